@@ -1,0 +1,193 @@
+"""The HTTP API (Starlette on hypercorn's trio worker). Everything a client does goes through here.
+
+    GET  /api/v1/version | /api/v1/id | /api/v1/nodes
+    POST /api/v1/jobs                      {"spec": JobSpec}            -> {"id": ...}
+    GET  /api/v1/jobs?limit=N              newest first (limit=0: all)
+    GET  /api/v1/jobs/{id}                 a unique id prefix is accepted
+    GET  /api/v1/jobs/{id}/wait?timeout=S&since=T   returns when the job changes after T, ends, or S passes
+    POST /api/v1/jobs/{id}/cancel
+    GET  /api/v1/jobs/{id}/results/{item}  item: stdout | stderr | exitCode | tar
+Errors are {"error": message, "code": kind} with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import trio
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from bacalhau.errors import AmbiguousIdError, BacalhauError, NotFoundError, StateError, UserError
+from bacalhau.models import ExecutionState, JobSpec
+from bacalhau.version import VERSION
+
+if TYPE_CHECKING:
+    from bacalhau.node import Node
+
+log = logging.getLogger(__name__)
+MAX_BODY = 4 * 1024 * 1024
+MAX_WAIT = 60.0
+
+
+def _error(status: int, message: str, code: str) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code}, status_code=status)
+
+
+def _handle_errors(fn):  # type: ignore[no-untyped-def]
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except NotFoundError as exc:
+            return _error(404, str(exc), "not_found")
+        except AmbiguousIdError as exc:
+            return _error(400, str(exc), "ambiguous_id")
+        except (UserError, ValueError) as exc:
+            return _error(400, str(exc), "bad_request")
+        except StateError as exc:
+            return _error(409, str(exc), "conflict")
+        except BacalhauError as exc:
+            return _error(502, str(exc), "upstream")
+
+    return wrapper
+
+
+def _spec_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "spec"
+    return f"invalid job spec at {where}: {first.get('msg')}"
+
+
+def build_app(node: Node) -> Starlette:
+    requester = node.requester
+    assert requester is not None
+
+    @_handle_errors
+    async def version(request: Request) -> Response:
+        return JSONResponse({"version": VERSION})
+
+    @_handle_errors
+    async def node_id(request: Request) -> Response:
+        return JSONResponse(node.identity())
+
+    @_handle_errors
+    async def nodes(request: Request) -> Response:
+        return JSONResponse([n.model_dump(mode="json") for n in requester.nodes.alive()])
+
+    @_handle_errors
+    async def submit(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return _error(413, f"request body over {MAX_BODY} bytes", "too_large")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return _error(400, "request body is not JSON", "bad_request")
+        if not isinstance(data, dict) or "spec" not in data:
+            return _error(400, "request body must be an object with a 'spec'", "bad_request")
+        try:
+            spec = JobSpec.model_validate(data["spec"])
+        except ValidationError as exc:
+            return _error(400, _spec_error(exc), "invalid_spec")
+        job = await requester.submit(spec, client_id=str(data.get("client_id", "")))
+        return JSONResponse({"id": job.id}, status_code=201)
+
+    @_handle_errors
+    async def list_jobs(request: Request) -> Response:
+        limit = int(request.query_params.get("limit", "10"))
+        jobs = await requester.store.list_jobs(limit if limit > 0 else None)
+        return JSONResponse([j.summary() for j in jobs])
+
+    async def _job_id(request: Request) -> str:
+        return await requester.store.resolve_id(request.path_params["job_id"])
+
+    @_handle_errors
+    async def describe(request: Request) -> Response:
+        job = await requester.store.get_job(await _job_id(request))
+        return JSONResponse(job.model_dump(mode="json"))
+
+    @_handle_errors
+    async def wait(request: Request) -> Response:
+        job_id = await _job_id(request)
+        timeout = min(float(request.query_params.get("timeout", "30")), MAX_WAIT)
+        since = float(request.query_params.get("since", "0"))
+        deadline = time.monotonic() + timeout
+        while True:
+            job = await requester.store.get_job(job_id, full=False)
+            latest = max([job.updated_at, *(e.updated_at for e in job.executions)])
+            remaining = deadline - time.monotonic()
+            if job.state.terminal or latest > since or remaining <= 0:
+                return JSONResponse(job.model_dump(mode="json"))
+            await requester.wait_for_change(job_id, remaining)
+
+    @_handle_errors
+    async def cancel(request: Request) -> Response:
+        job = await requester.cancel(await _job_id(request))
+        return JSONResponse(job.model_dump(mode="json"))
+
+    @_handle_errors
+    async def results(request: Request) -> Response:
+        job = await requester.store.get_job(await _job_id(request), full=False)
+        item = request.path_params["item"]
+        done = [e for e in job.executions if e.state == ExecutionState.COMPLETED]
+        if not done:
+            ran = [e for e in job.executions if e.result is not None]
+            if not ran:
+                raise NotFoundError(f"job {job.id} has no result yet (it is {job.state.value})")
+            done = ran
+        execution = done[0]
+        stream = node.open_result(execution.node_id, execution.id, item)
+        first = await _first_chunk(stream)
+        return StreamingResponse(_chain(first, stream), media_type="application/octet-stream",
+                                 headers={"X-Execution-Id": execution.id, "X-Node-Id": execution.node_id})
+
+    routes = [
+        Route("/api/v1/version", version),
+        Route("/api/v1/id", node_id),
+        Route("/api/v1/nodes", nodes),
+        Route("/api/v1/jobs", submit, methods=["POST"]),
+        Route("/api/v1/jobs", list_jobs, methods=["GET"]),
+        Route("/api/v1/jobs/{job_id}", describe),
+        Route("/api/v1/jobs/{job_id}/wait", wait),
+        Route("/api/v1/jobs/{job_id}/cancel", cancel, methods=["POST"]),
+        Route("/api/v1/jobs/{job_id}/results/{item}", results),
+    ]
+    return Starlette(routes=routes)
+
+
+async def _first_chunk(stream: AsyncIterator[bytes]) -> bytes | None:
+    """Pull the first chunk before answering, so a missing result is a 404, not a broken 200."""
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _chain(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first is None:
+        return
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+async def serve_api(app: Any, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run hypercorn on trio; report the bound port through task_status."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 2.0
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(serve, app, config)  # type: ignore[arg-type]
+        task_status.started(int(binds[0].rsplit(":", 1)[1]))

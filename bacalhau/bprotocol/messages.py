@@ -1,0 +1,120 @@
+"""bprotocol messages: one versioned protocol id per RPC, one pydantic model per request.
+
+Requester -> compute:  ask_for_bid, bid_accepted, bid_rejected, result_accepted, result_rejected, cancel
+Compute -> requester:  on_bid_complete, on_run_complete, on_publish_complete, on_cancel_complete,
+                       on_compute_failure
+Streams (compute):     get_result (a file or tar of an execution's result, as raw bytes after one frame)
+
+Every reply is an Envelope: either `result` or an `error` with a code, so the caller raises the right type.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from bacalhau.models import Job, RunResult
+
+COMPUTE = "/bacalhau/compute"
+CALLBACK = "/bacalhau/callback"
+
+ASK_FOR_BID = f"{COMPUTE}/ask_for_bid/1.0.0"
+BID_ACCEPTED = f"{COMPUTE}/bid_accepted/1.0.0"
+BID_REJECTED = f"{COMPUTE}/bid_rejected/1.0.0"
+RESULT_ACCEPTED = f"{COMPUTE}/result_accepted/1.0.0"
+RESULT_REJECTED = f"{COMPUTE}/result_rejected/1.0.0"
+CANCEL = f"{COMPUTE}/cancel/1.0.0"
+GET_RESULT = f"{COMPUTE}/get_result/1.0.0"
+
+ON_BID_COMPLETE = f"{CALLBACK}/on_bid_complete/1.0.0"
+ON_RUN_COMPLETE = f"{CALLBACK}/on_run_complete/1.0.0"
+ON_PUBLISH_COMPLETE = f"{CALLBACK}/on_publish_complete/1.0.0"
+ON_CANCEL_COMPLETE = f"{CALLBACK}/on_cancel_complete/1.0.0"
+ON_COMPUTE_FAILURE = f"{CALLBACK}/on_compute_failure/1.0.0"
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AskForBidRequest(_Msg):
+    execution_id: str
+    requester_id: str
+    job: Job
+
+
+class ExecutionRequest(_Msg):
+    """bid_accepted, result_accepted: just which execution."""
+
+    execution_id: str
+
+
+class ExecutionReasonRequest(_Msg):
+    """bid_rejected, result_rejected, cancel."""
+
+    execution_id: str
+    reason: str = ""
+
+
+class BidResult(_Msg):
+    execution_id: str
+    job_id: str
+    node_id: str
+    accepted: bool
+    reason: str = ""
+
+
+class RunComplete(_Msg):
+    execution_id: str
+    job_id: str
+    node_id: str
+    result: RunResult
+
+
+class PublishComplete(_Msg):
+    execution_id: str
+    job_id: str
+    node_id: str
+    result_ref: str
+
+
+class CancelComplete(_Msg):
+    execution_id: str
+    job_id: str
+    node_id: str
+
+
+class ComputeFailure(_Msg):
+    execution_id: str
+    job_id: str
+    node_id: str
+    reason: str
+
+
+class GetResultRequest(_Msg):
+    execution_id: str
+    item: str                   # "stdout", "stderr" or "tar" (the whole result directory)
+
+
+class Ack(_Msg):
+    pass
+
+
+class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"          # malformed, oversize or unknown message
+    NOT_FOUND = "not_found"              # no such execution on this node
+    ILLEGAL_STATE = "illegal_state"      # the message does not fit the execution's state
+    UNAVAILABLE = "unavailable"          # the node is shutting down
+    INTERNAL = "internal"
+
+
+class WireError(_Msg):
+    code: ErrorCode
+    message: str
+
+
+class Envelope(_Msg):
+    result: dict[str, Any] | None = None
+    error: WireError | None = None

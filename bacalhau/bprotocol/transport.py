@@ -1,0 +1,134 @@
+"""How bprotocol messages travel: over libp2p, in memory (tests), or straight to this node's own endpoint.
+
+A Transport moves opaque payloads; `typed_handler` is the per-request boundary that turns a typed handler
+into one that always answers with an Envelope, whatever the handler raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol, TypeVar
+
+import trio
+from pydantic import BaseModel
+
+from bacalhau.bprotocol.framing import decode, error_reply, ok_reply
+from bacalhau.errors import ProtocolError, TransportError
+
+log = logging.getLogger(__name__)
+
+RawHandler = Callable[[str, bytes], Awaitable[bytes]]
+RawStreamHandler = Callable[[str, bytes], AsyncIterator[bytes]]
+Req = TypeVar("Req", bound=BaseModel)
+
+
+class Transport(Protocol):
+    self_id: str
+
+    def register(self, protocol_id: str, handler: RawHandler) -> None: ...
+
+    def register_stream(self, protocol_id: str, handler: RawStreamHandler) -> None: ...
+
+    async def call(self, peer_id: str, protocol_id: str, payload: bytes, *, timeout: float) -> bytes: ...
+
+    def stream(
+        self, peer_id: str, protocol_id: str, payload: bytes
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]: ...
+
+
+def typed_handler(model: type[Req], fn: Callable[[str, Req], Awaitable[BaseModel]]) -> RawHandler:
+    async def handle(peer_id: str, payload: bytes) -> bytes:
+        try:
+            request = decode(payload, model)
+            return ok_reply(await fn(peer_id, request))
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # the per-request boundary: every error becomes a wire error
+            if not isinstance(exc, ProtocolError):
+                log.debug("handler for %s failed: %s", model.__name__, exc, exc_info=True)
+            return error_reply(exc)
+
+    return handle
+
+
+class LocalTransport:
+    """Handlers of this node, reachable without a socket. Base of the other transports."""
+
+    def __init__(self, self_id: str) -> None:
+        self.self_id = self_id
+        self.handlers: dict[str, RawHandler] = {}
+        self.stream_handlers: dict[str, RawStreamHandler] = {}
+
+    def register(self, protocol_id: str, handler: RawHandler) -> None:
+        self.handlers[protocol_id] = handler
+
+    def register_stream(self, protocol_id: str, handler: RawStreamHandler) -> None:
+        self.stream_handlers[protocol_id] = handler
+
+    async def call_local(self, peer_id: str, protocol_id: str, payload: bytes) -> bytes:
+        handler = self.handlers.get(protocol_id)
+        if handler is None:
+            raise TransportError(f"node {self.self_id} does not speak {protocol_id}")
+        return await handler(peer_id, payload)
+
+    @asynccontextmanager
+    async def stream_local(self, peer_id: str, protocol_id: str, payload: bytes) -> AsyncIterator[AsyncIterator[bytes]]:
+        handler = self.stream_handlers.get(protocol_id)
+        if handler is None:
+            raise TransportError(f"node {self.self_id} does not speak {protocol_id}")
+        gen = handler(peer_id, payload)
+        try:
+            yield gen
+        finally:
+            await gen.aclose()  # type: ignore[attr-defined]
+
+    async def call(self, peer_id: str, protocol_id: str, payload: bytes, *, timeout: float) -> bytes:
+        if peer_id != self.self_id:
+            raise TransportError(f"peer {peer_id} is not reachable from a local-only transport")
+        with trio.fail_after(timeout):
+            return await self.call_local(peer_id, protocol_id, payload)
+
+    def stream(self, peer_id: str, protocol_id: str, payload: bytes) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        if peer_id != self.self_id:
+            raise TransportError(f"peer {peer_id} is not reachable from a local-only transport")
+        return self.stream_local(self.self_id, protocol_id, payload)
+
+
+class InMemoryNetwork:
+    """Many nodes in one process, wired without sockets: requester and compute logic tested alone."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, InMemoryTransport] = {}
+        self.down: set[str] = set()
+        self.subscribers: list[Callable[[bytes], None]] = []   # the gossip topic, in memory
+
+    def publish(self, data: bytes) -> None:
+        for deliver in self.subscribers:
+            deliver(data)
+
+    def transport(self, node_id: str) -> InMemoryTransport:
+        t = InMemoryTransport(node_id, self)
+        self.nodes[node_id] = t
+        return t
+
+
+class InMemoryTransport(LocalTransport):
+    def __init__(self, self_id: str, network: InMemoryNetwork) -> None:
+        super().__init__(self_id)
+        self._network = network
+
+    def _peer(self, peer_id: str) -> InMemoryTransport:
+        peer = self._network.nodes.get(peer_id)
+        if peer is None or peer_id in self._network.down:
+            raise TransportError(f"peer {peer_id} is not reachable")
+        return peer
+
+    async def call(self, peer_id: str, protocol_id: str, payload: bytes, *, timeout: float) -> bytes:
+        peer = self._peer(peer_id)
+        with trio.fail_after(timeout):
+            return await peer.call_local(self.self_id, protocol_id, payload)
+
+    def stream(self, peer_id: str, protocol_id: str, payload: bytes) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        return self._peer(peer_id).stream_local(self.self_id, protocol_id, payload)

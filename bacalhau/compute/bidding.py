@@ -1,0 +1,54 @@
+"""Bid strategies: a chain where the first that says no decides; all say yes, the node bids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from bacalhau.compute.capacity import effective
+from bacalhau.models import Engine, Job, Resources
+from bacalhau.models.selector import matches, parse_selector
+
+
+@dataclass(frozen=True)
+class BidContext:
+    engines: frozenset[Engine]
+    capacity_total: Resources
+    labels: dict[str, str]
+
+
+class BidStrategy(Protocol):
+    def reject_reason(self, job: Job, ctx: BidContext) -> str | None: ...
+
+
+class EngineInstalled:
+    def reject_reason(self, job: Job, ctx: BidContext) -> str | None:
+        if job.spec.engine not in ctx.engines:
+            return f"the {job.spec.engine.value} engine is not installed on this node"
+        return None
+
+
+class FitsCapacity:
+    def reject_reason(self, job: Job, ctx: BidContext) -> str | None:
+        if not effective(job.spec.resources).fits_in(ctx.capacity_total):
+            return "the job asks for more resources than this node has in total"
+        return None
+
+
+class MatchesSelector:
+    def reject_reason(self, job: Job, ctx: BidContext) -> str | None:
+        if job.spec.node_selector and not matches(parse_selector(job.spec.node_selector), ctx.labels):
+            return f"node labels do not match selector {job.spec.node_selector!r}"
+        return None
+
+
+DEFAULT_BID_STRATEGIES: list[BidStrategy] = [EngineInstalled(), FitsCapacity(), MatchesSelector()]
+
+
+def bid(job: Job, ctx: BidContext, strategies: list[BidStrategy] = DEFAULT_BID_STRATEGIES) -> str | None:
+    """None to bid, else the reason not to."""
+    for strategy in strategies:
+        reason = strategy.reject_reason(job, ctx)
+        if reason is not None:
+            return reason
+    return None

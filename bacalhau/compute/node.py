@@ -1,0 +1,220 @@
+"""The compute node: bids for jobs, runs accepted executions within its capacity, keeps their results and
+reports every outcome to the requester through callbacks."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import trio
+
+from bacalhau.bprotocol import messages as m
+from bacalhau.bprotocol.proxies import CallbackProxy
+from bacalhau.bprotocol.transport import Transport, typed_handler
+from bacalhau.compute.bidding import BidContext, bid
+from bacalhau.compute.capacity import Capacity
+from bacalhau.compute.results import read_result
+from bacalhau.compute.store import ExecutionStore, LocalExecution
+from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, TransportError
+from bacalhau.executors.types import ExecutionDir, Executor
+from bacalhau.models import Engine, ExecutionState, NodeInfo, NodeType, Resources
+
+log = logging.getLogger(__name__)
+S = ExecutionState
+
+
+class ComputeNode:
+    def __init__(
+        self, *, node_id: str, transport: Transport, executors: dict[Engine, Executor], store: ExecutionStore,
+        results_dir: Path, capacity: Resources, labels: dict[str, str], call_timeout: float, version: str = "",
+    ) -> None:
+        self.node_id = node_id
+        self._transport = transport
+        self._executors = executors
+        self._store = store
+        self._results_dir = results_dir
+        self.capacity = Capacity(capacity)
+        self.labels = labels
+        self.version = version
+        self._callbacks = CallbackProxy(transport, call_timeout)
+        self.engines: frozenset[Engine] = frozenset()
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+        self._accepting = True
+        for proto, model, fn in [
+            (m.ASK_FOR_BID, m.AskForBidRequest, self._ask_for_bid),
+            (m.BID_ACCEPTED, m.ExecutionRequest, self._bid_accepted),
+            (m.BID_REJECTED, m.ExecutionReasonRequest, self._bid_rejected),
+            (m.RESULT_ACCEPTED, m.ExecutionRequest, self._result_accepted),
+            (m.RESULT_REJECTED, m.ExecutionReasonRequest, self._result_rejected),
+            (m.CANCEL, m.ExecutionReasonRequest, self._cancel),
+        ]:
+            transport.register(proto, typed_handler(model, fn))  # type: ignore[arg-type]
+        transport.register_stream(m.GET_RESULT, self._get_result)
+
+    # -- lifetime -------------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[ComputeNode] = trio.TASK_STATUS_IGNORED) -> None:
+        installed = set()
+        for engine, executor in self._executors.items():
+            if await executor.is_installed():
+                installed.add(engine)
+            else:
+                log.warning("engine %s is not available on this node; it will not be advertised", engine.value)
+        self.engines = frozenset(installed)
+        for executor in self._executors.values():
+            cleanup = getattr(executor, "cleanup_orphans", None)
+            if cleanup is not None and executor.engine in self.engines:
+                removed = await cleanup()
+                if removed:
+                    log.info("removed %d orphan containers of an earlier run", removed)
+        orphans = await trio.to_thread.run_sync(self._store.fail_unfinished_sync, "compute node restarted")
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for ex in orphans:
+                nursery.start_soon(self._notify_failure, ex, "compute node restarted while it held the execution")
+            task_status.started(self)
+            await trio.sleep_forever()
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking work; give running executions `grace` seconds to end."""
+        self._accepting = False
+        with trio.move_on_after(grace):
+            while self._scopes:
+                await trio.sleep(0.05)
+
+    def node_info(self, addrs: list[str], node_types: list[NodeType]) -> NodeInfo:
+        return NodeInfo(
+            node_id=self.node_id, node_types=node_types, addrs=addrs, engines=sorted(self.engines),
+            labels=self.labels, capacity_total=self.capacity.total, capacity_free=self.capacity.free,
+            running=len(self._scopes), queued=self.capacity.queued, version=self.version,
+            published_at=time.time(),
+        )
+
+    def _spawn(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
+        assert self._nursery is not None, "ComputeNode.run() is not running"
+        self._nursery.start_soon(fn, *args)
+
+    # -- handlers (requester -> compute) --------------------------------------------------------------------
+
+    async def _ask_for_bid(self, peer_id: str, req: m.AskForBidRequest) -> m.Ack:
+        reason = "the node is shutting down" if not self._accepting else bid(
+            req.job, BidContext(self.engines, self.capacity.total, self.labels)
+        )
+        state = S.NEW if reason is None else S.BID_REJECTED
+        await self._store.create(
+            LocalExecution(id=req.execution_id, job=req.job, requester_id=req.requester_id, state=state,
+                           reason=reason or "bid")
+        )
+        msg = m.BidResult(execution_id=req.execution_id, job_id=req.job.id, node_id=self.node_id,
+                          accepted=reason is None, reason=reason or "")
+        self._spawn(self._send, "on_bid_complete", req.requester_id, msg)
+        return m.Ack()
+
+    async def _bid_accepted(self, peer_id: str, req: m.ExecutionRequest) -> m.Ack:
+        ex = await self._store.update(req.execution_id, (S.NEW,), S.BID_ACCEPTED, "bid accepted")
+        scope = trio.CancelScope()
+        self._scopes[ex.id] = scope
+        self._spawn(self._execute, ex, scope)
+        return m.Ack()
+
+    async def _bid_rejected(self, peer_id: str, req: m.ExecutionReasonRequest) -> m.Ack:
+        await self._store.update(req.execution_id, (S.NEW,), S.BID_REJECTED, req.reason or "bid rejected")
+        return m.Ack()
+
+    async def _result_accepted(self, peer_id: str, req: m.ExecutionRequest) -> m.Ack:
+        ex = await self._store.update(req.execution_id, (S.RUNNING,), S.PUBLISHING, "result accepted")
+        self._spawn(self._publish, ex)
+        return m.Ack()
+
+    async def _result_rejected(self, peer_id: str, req: m.ExecutionReasonRequest) -> m.Ack:
+        await self._store.update(req.execution_id, (S.RUNNING,), S.FAILED, req.reason or "result rejected")
+        return m.Ack()
+
+    async def _cancel(self, peer_id: str, req: m.ExecutionReasonRequest) -> m.Ack:
+        ex = await self._store.get(req.execution_id)
+        if ex.state.terminal:
+            return m.Ack()
+        scope = self._scopes.get(ex.id)
+        if scope is not None:
+            executor = self._executors.get(ex.job.spec.engine)
+            if executor is not None:
+                await executor.cancel(ex.id)
+            scope.cancel()
+        ex = await self._store.update(ex.id, None, S.CANCELLED, req.reason or "cancelled")
+        self._spawn(self._send, "on_cancel_complete", ex.requester_id,
+                    m.CancelComplete(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id))
+        return m.Ack()
+
+    async def _get_result(self, peer_id: str, payload: bytes) -> AsyncIterator[bytes]:
+        from bacalhau.bprotocol.framing import decode
+
+        req = decode(payload, m.GetResultRequest)
+        root = self.execution_dir(req.execution_id).root
+        if not root.exists():
+            raise NotFoundError(f"no result for execution {req.execution_id} on this node")
+        async for chunk in read_result(root, req.item):
+            yield chunk
+
+    # -- work -----------------------------------------------------------------------------------------------
+
+    def execution_dir(self, execution_id: str) -> ExecutionDir:
+        return ExecutionDir(self._results_dir / execution_id)
+
+    async def _execute(self, ex: LocalExecution, scope: trio.CancelScope) -> None:
+        executor = self._executors[ex.job.spec.engine]
+        exec_dir = self.execution_dir(ex.id)
+        try:
+            with scope:
+                async with self.capacity.reserve(ex.job.spec.resources):
+                    await trio.to_thread.run_sync(exec_dir.create)
+                    await self._store.update(ex.id, (S.BID_ACCEPTED,), S.RUNNING, "started")
+                    try:
+                        await executor.start(ex.id, ex.job, exec_dir)
+                        result = await executor.wait(ex.id)
+                    except ExecutorError as exc:
+                        await self._fail(ex, str(exc))
+                        return
+            if scope.cancelled_caught:
+                return  # _cancel recorded and reported it
+            await self._store.record_result(ex.id, result)
+            await self._send("on_run_complete", ex.requester_id,
+                             m.RunComplete(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, result=result))
+        except BacalhauError as exc:
+            log.warning("execution %s of job %s failed: %s", ex.id, ex.job.id, exc)
+            await self._fail(ex, str(exc))
+        finally:
+            self._scopes.pop(ex.id, None)
+
+    async def _publish(self, ex: LocalExecution) -> None:
+        # Results stay on this node (served through get_result) until the embedded IPFS node publishes them.
+        ref = f"node:{self.node_id}/{ex.id}"
+        await self._store.update(ex.id, (S.PUBLISHING,), S.COMPLETED, "published", result_ref=ref)
+        await self._send("on_publish_complete", ex.requester_id,
+                         m.PublishComplete(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, result_ref=ref))
+
+    async def _fail(self, ex: LocalExecution, reason: str) -> None:
+        try:
+            await self._store.update(ex.id, None, S.FAILED, reason)
+        except BacalhauError:
+            return  # already terminal (cancelled)
+        await self._notify_failure(ex, reason)
+
+    async def _notify_failure(self, ex: LocalExecution, reason: str) -> None:
+        await self._send("on_compute_failure", ex.requester_id,
+                         m.ComputeFailure(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, reason=reason))
+
+    async def _send(self, name: str, requester_id: str, msg: object) -> None:
+        try:
+            await getattr(self._callbacks, name)(requester_id, msg)
+        except (TransportError, BacalhauError) as exc:
+            # The requester reconciles lost callbacks through its own timeouts; nothing to retry here.
+            log.warning("%s to requester %s failed: %s", name, requester_id, exc)
+
+    async def remove_result(self, execution_id: str) -> None:
+        await trio.to_thread.run_sync(shutil.rmtree, self.execution_dir(execution_id).root, True)
+
+

@@ -1,0 +1,43 @@
+"""Reading an execution's result off disk as a byte stream: one file, or the whole directory as a tar."""
+
+from __future__ import annotations
+
+import tarfile
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import trio
+
+from bacalhau.errors import NotFoundError, ProtocolError
+
+CHUNK = 256 * 1024
+ITEMS = ("stdout", "stderr", "exitCode", "tar")
+
+
+def _make_tar(root: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix="result-", suffix=".tar")
+    with open(fd, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
+        for child in sorted(root.iterdir()):
+            tar.add(child, arcname=child.name)
+    return Path(name)
+
+
+async def read_result(root: Path, item: str) -> AsyncIterator[bytes]:
+    if item not in ITEMS:
+        raise ProtocolError(f"unknown result item {item!r} (one of {', '.join(ITEMS)})")
+    if item == "tar":
+        path = await trio.to_thread.run_sync(_make_tar, root)
+        temporary = True
+    else:
+        path = root / item
+        temporary = False
+        if not path.exists():
+            raise NotFoundError(f"{item} of this execution is not on this node")
+    try:
+        async with await trio.open_file(path, "rb") as f:
+            while chunk := await f.read(CHUNK):
+                yield chunk
+    finally:
+        if temporary:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,67 @@
+"""Node configuration. Every default is a named constant; times are float seconds."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bacalhau.models import NodeType, Resources
+
+DEFAULT_API_HOST = "127.0.0.1"
+DEFAULT_API_PORT = 1234
+DEFAULT_SWARM_PORT = 1235
+DEFAULT_SWARM_HOST = "0.0.0.0"
+DEFAULT_NODE_INFO_INTERVAL = 1.0        # how often compute nodes gossip their NodeInfo
+DEFAULT_NODE_INFO_TTL = 5.0             # a node not heard of for this long is dropped from the node table
+DEFAULT_BID_TIMEOUT = 10.0              # an asked node that does not bid within this is rejected
+DEFAULT_CALL_TIMEOUT = 10.0             # every bprotocol call
+DEFAULT_SHUTDOWN_GRACE = 10.0           # running executions get this long to end on SIGINT/SIGTERM
+DEFAULT_JOB_CPU = 0.1                   # what a job that asks for nothing is counted as, for capacity
+DEFAULT_JOB_MEMORY = 100 * 1000**2
+DEFAULT_CAPACITY_FRACTION = 0.8         # share of the machine a compute node offers when not limited
+DEFAULT_MAX_ATTEMPTS = 3
+NODE_INFO_TOPIC = "bacalhau/node-info/1.0.0"
+ENV_DIR = "BACALHAU_DIR"
+
+
+def default_repo_dir() -> Path:
+    return Path(os.environ.get(ENV_DIR) or Path.home() / ".bacalhau")
+
+
+def machine_capacity(fraction: float = DEFAULT_CAPACITY_FRACTION) -> Resources:
+    cores = os.cpu_count() or 1
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        memory = 1024**3
+    return Resources(cpu=cores * fraction, memory=int(memory * fraction))
+
+
+@dataclass
+class NodeConfig:
+    repo_dir: Path = field(default_factory=default_repo_dir)
+    node_types: tuple[NodeType, ...] = (NodeType.REQUESTER, NodeType.COMPUTE)
+    api_host: str = DEFAULT_API_HOST
+    api_port: int = DEFAULT_API_PORT          # 0: pick a free port; None-like behaviour is not needed
+    serve_api: bool = True
+    swarm_host: str = DEFAULT_SWARM_HOST
+    swarm_port: int = DEFAULT_SWARM_PORT
+    peers: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+    capacity: Resources | None = None         # None: DEFAULT_CAPACITY_FRACTION of the machine
+    node_info_interval: float = DEFAULT_NODE_INFO_INTERVAL
+    node_info_ttl: float = DEFAULT_NODE_INFO_TTL
+    bid_timeout: float = DEFAULT_BID_TIMEOUT
+    call_timeout: float = DEFAULT_CALL_TIMEOUT
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    engines: tuple[str, ...] = ("docker", "wasm", "noop")
+
+    @property
+    def is_requester(self) -> bool:
+        return NodeType.REQUESTER in self.node_types
+
+    @property
+    def is_compute(self) -> bool:
+        return NodeType.COMPUTE in self.node_types

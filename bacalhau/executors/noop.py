@@ -1,0 +1,56 @@
+"""An executor that runs nothing: for control-plane tests and benchmarks. Hookable from tests."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from bacalhau.executors.types import ExecutionDir
+from bacalhau.models import Engine, Job, RunResult
+
+Hook = Callable[[str, Job], Awaitable[None]]
+
+
+class NoopExecutor:
+    engine = Engine.NOOP
+
+    def __init__(self, on_start: Hook | None = None) -> None:
+        self._on_start = on_start
+        self._runs: dict[str, tuple[Job, ExecutionDir, trio.CancelScope, trio.Event]] = {}
+
+    async def is_installed(self) -> bool:
+        return True
+
+    async def start(self, execution_id: str, job: Job, exec_dir: ExecutionDir) -> None:
+        if self._on_start is not None:
+            await self._on_start(execution_id, job)
+        self._runs[execution_id] = (job, exec_dir, trio.CancelScope(), trio.Event())
+
+    async def wait(self, execution_id: str) -> RunResult:
+        job, exec_dir, scope, _ = self._runs[execution_id]
+        spec = job.spec.noop
+        assert spec is not None
+        try:
+            with scope:
+                if spec.sleep:
+                    with trio.move_on_after(job.spec.timeout) as timeout_scope:
+                        await trio.sleep(spec.sleep)
+                    if timeout_scope.cancelled_caught:
+                        return RunResult(exit_code=-1, error=f"timed out after {job.spec.timeout:g}s")
+            if scope.cancelled_caught:
+                return RunResult(exit_code=-1, error="cancelled")
+            data = spec.stdout.encode()
+            if data:
+                exec_dir.stdout.write_bytes(data)
+            exec_dir.exit_code.write_text(str(spec.exit_code))
+            return RunResult(
+                exit_code=spec.exit_code, stdout_bytes=len(data), stdout_tail=spec.stdout[-1024:]
+            )
+        finally:
+            del self._runs[execution_id]
+
+    async def cancel(self, execution_id: str) -> None:
+        run = self._runs.get(execution_id)
+        if run is not None:
+            run[2].cancel()

@@ -1,0 +1,153 @@
+"""Jobs, executions and their events: the model the API takes and the stores keep."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bacalhau.models.resources import Resources
+from bacalhau.models.state import ExecutionState, JobState
+
+DEFAULT_JOB_TIMEOUT = 1800.0
+
+
+class Engine(StrEnum):
+    DOCKER = "docker"
+    WASM = "wasm"
+    NOOP = "noop"
+
+
+class Network(StrEnum):
+    NONE = "none"
+    HOST = "host"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DockerSpec(_Strict):
+    image: str
+    entrypoint: list[str] | None = None
+    parameters: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    working_dir: str | None = None
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("image must not be empty")
+        return v
+
+
+class WasmSpec(_Strict):
+    module: str                    # a path on the node, a CID or inline base64 (see storage)
+    entry_point: str = "_start"
+    parameters: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class NoopSpec(_Strict):
+    """Control-plane tests and benchmarks: 'runs' instantly, prints `stdout`, exits with `exit_code`."""
+
+    stdout: str = ""
+    exit_code: int = 0
+    sleep: float = 0.0
+
+
+class StorageSpec(_Strict):
+    source: str                    # ipfs://CID, https://..., inline:...
+    path: str                      # mount path inside the job
+
+
+class JobSpec(_Strict):
+    engine: Engine = Engine.DOCKER
+    docker: DockerSpec | None = None
+    wasm: WasmSpec | None = None
+    noop: NoopSpec | None = None
+    resources: Resources = Field(default_factory=Resources)
+    timeout: float = DEFAULT_JOB_TIMEOUT
+    network: Network = Network.NONE
+    labels: dict[str, str] = Field(default_factory=dict)
+    node_selector: str = ""        # Kubernetes label-selector syntax: 'zone=eu,gpu in (a100,h100)'
+    concurrency: int = 1
+    inputs: list[StorageSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _engine_spec(self) -> JobSpec:
+        if self.engine == Engine.DOCKER and self.docker is None:
+            raise ValueError("engine is docker but the spec has no 'docker' section")
+        if self.engine == Engine.WASM and self.wasm is None:
+            raise ValueError("engine is wasm but the spec has no 'wasm' section")
+        if self.engine == Engine.NOOP and self.noop is None:
+            self.noop = NoopSpec()
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if self.timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if self.node_selector:
+            from bacalhau.models.selector import parse_selector
+
+            parse_selector(self.node_selector)
+        return self
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Event(_Strict):
+    time: float
+    kind: str                      # "job" or "execution"
+    subject: str                   # job or execution id
+    state: str
+    reason: str = ""
+    node_id: str = ""
+
+
+class RunResult(_Strict):
+    """What an executor reports: exit code and where the outputs are kept (stdout/stderr in full)."""
+
+    exit_code: int
+    error: str = ""                # the executor's own failure (not the job's exit code)
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    stdout_tail: str = ""          # the last bytes of stdout, for describe
+
+
+class Execution(_Strict):
+    id: str = Field(default_factory=new_id)
+    job_id: str
+    node_id: str
+    state: ExecutionState = ExecutionState.NEW
+    reason: str = ""
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    result: RunResult | None = None
+    result_ref: str = ""           # where the published result lives (node-local path id or a CID)
+
+
+class Job(_Strict):
+    id: str = Field(default_factory=new_id)
+    spec: JobSpec
+    state: JobState = JobState.PENDING
+    reason: str = ""
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    client_id: str = ""
+    executions: list[Execution] = Field(default_factory=list)
+    events: list[Event] = Field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state.value,
+            "engine": self.spec.engine.value,
+            "created_at": self.created_at,
+            "reason": self.reason,
+        }

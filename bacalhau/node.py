@@ -1,0 +1,196 @@
+"""build_node / Node.run: the one place where a node's parts are assembled and started, in order:
+libp2p host -> transport -> compute -> requester -> node-info gossip -> API."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from bacalhau.bprotocol.proxies import ComputeProxy
+from bacalhau.bprotocol.transport import InMemoryNetwork, Transport
+from bacalhau.compute.node import ComputeNode
+from bacalhau.compute.store import ExecutionStore
+from bacalhau.config import NODE_INFO_TOPIC, NodeConfig, machine_capacity
+from bacalhau.executors.types import Executor
+from bacalhau.models import Engine, NodeInfo, NodeType
+from bacalhau.requester.nodes import NodeTable
+from bacalhau.requester.service import Requester
+from bacalhau.requester.store import JobStore
+from bacalhau.version import VERSION
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeDeps:
+    """What tests swap: executors, or an in-memory network instead of libp2p."""
+
+    executors: dict[Engine, Executor] | None = None
+    network: InMemoryNetwork | None = None
+    on_ready: Callable[[Node], Awaitable[None]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def default_executors(node_id: str, engines: tuple[str, ...]) -> dict[Engine, Executor]:
+    executors: dict[Engine, Executor] = {}
+    if "noop" in engines:
+        from bacalhau.executors.noop import NoopExecutor
+
+        executors[Engine.NOOP] = NoopExecutor()
+    if "docker" in engines:
+        from bacalhau.executors.docker import DockerExecutor
+
+        executors[Engine.DOCKER] = DockerExecutor(node_id)
+    if "wasm" in engines:
+        try:
+            from bacalhau.executors.wasm import WasmExecutor
+        except ImportError:
+            pass
+        else:
+            executors[Engine.WASM] = WasmExecutor()
+    return executors
+
+
+class Node:
+    def __init__(self, config: NodeConfig, deps: NodeDeps | None = None) -> None:
+        self.config = config
+        self.deps = deps or NodeDeps()
+        self.host: Any = None
+        self.transport: Transport | None = None
+        self.requester: Requester | None = None
+        self.compute: ComputeNode | None = None
+        self.node_id = ""
+        self.api_port: int | None = None
+        self._stores: list[Any] = []
+
+    # -- identity -------------------------------------------------------------------------------------------
+
+    def node_types(self) -> list[NodeType]:
+        return list(self.config.node_types)
+
+    def addrs(self) -> list[str]:
+        return list(self.host.listen_addrs) if self.host is not None else []
+
+    def identity(self) -> dict[str, Any]:
+        return {"id": self.node_id, "addrs": self.addrs(), "node_types": [t.value for t in self.node_types()],
+                "version": VERSION, "api_port": self.api_port}
+
+    # -- lifetime -------------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        cfg.repo_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            async with trio.open_nursery() as nursery:
+                await self._start(nursery)
+                task_status.started(self)
+        finally:
+            for store in self._stores:
+                store.close()
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        cfg = self.config
+        if self.deps.network is not None:
+            import uuid
+
+            self.node_id = f"mem-{uuid.uuid4().hex[:12]}"
+            self.transport = self.deps.network.transport(self.node_id)
+        else:
+            from bacalhau.bprotocol.p2p_transport import P2PTransport
+            from bacalhau.p2p.host import P2PHost
+
+            self.host = P2PHost(key_path=cfg.repo_dir / "identity.key", listen_host=cfg.swarm_host,
+                                listen_port=cfg.swarm_port, peers=cfg.peers)
+            await nursery.start(self.host.run)
+            self.node_id = self.host.peer_id
+            self.transport = P2PTransport(self.host)
+
+        if cfg.is_compute:
+            executors = self.deps.executors or default_executors(self.node_id, cfg.engines)
+            store = ExecutionStore(cfg.repo_dir / "compute.db")
+            self._stores.append(store)
+            self.compute = ComputeNode(
+                node_id=self.node_id, transport=self.transport, executors=executors, store=store,
+                results_dir=cfg.repo_dir / "results", capacity=cfg.capacity or machine_capacity(),
+                labels=cfg.labels, call_timeout=cfg.call_timeout, version=VERSION,
+            )
+            await nursery.start(self.compute.run)
+
+        if cfg.is_requester:
+            store = JobStore(cfg.repo_dir / "jobs.db")
+            self._stores.append(store)
+            self.requester = Requester(
+                node_id=self.node_id, transport=self.transport, store=store, nodes=NodeTable(cfg.node_info_ttl),
+                call_timeout=cfg.call_timeout, bid_timeout=cfg.bid_timeout, max_attempts=cfg.max_attempts,
+            )
+            if self.compute is not None:
+                self.requester.nodes.pinned.add(self.node_id)
+                self.requester.nodes.update(self._node_info())
+            await nursery.start(self.requester.run)
+            await nursery.start(self._listen_node_info)
+
+        if cfg.is_compute:
+            await nursery.start(self._publish_node_info)
+
+        if cfg.is_requester and cfg.serve_api:
+            from bacalhau.api.server import build_app, serve_api
+
+            self.api_port = await nursery.start(serve_api, build_app(self), cfg.api_host, cfg.api_port)
+        if self.deps.on_ready is not None:
+            await self.deps.on_ready(self)
+
+    def _node_info(self) -> NodeInfo:
+        assert self.compute is not None
+        return self.compute.node_info(self.addrs(), self.node_types())
+
+    async def _publish_node_info(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            info = self._node_info()
+            if self.requester is not None:
+                self.requester.nodes.update(info)
+            if self.host is not None:
+                await self.host.publish(NODE_INFO_TOPIC, info.model_dump_json().encode())
+            elif self.deps.network is not None:
+                self.deps.network.publish(info.model_dump_json().encode())
+            await trio.sleep(self.config.node_info_interval)
+
+    def _receive_node_info(self, data: bytes) -> None:
+        try:
+            info = NodeInfo.model_validate_json(data)
+        except ValueError:
+            log.warning("ignored a malformed NodeInfo")
+            return
+        if self.requester is not None and info.node_id != self.node_id:
+            if self.requester.nodes.update(info):
+                log.info("node %s joined", info.node_id)
+                self.requester.node_joined(info)
+
+    async def _listen_node_info(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self.host is None:
+            if self.deps.network is not None:
+                self.deps.network.subscribers.append(self._receive_node_info)
+            task_status.started()
+            return
+        async with self.host.subscribe(NODE_INFO_TOPIC) as messages:
+            task_status.started()
+            async for _peer, data in messages:
+                self._receive_node_info(data)
+
+    async def drain(self) -> None:
+        if self.compute is not None:
+            await self.compute.drain(self.config.shutdown_grace)
+
+    # -- results --------------------------------------------------------------------------------------------
+
+    async def open_result(self, node_id: str, execution_id: str, item: str) -> AsyncIterator[bytes]:
+        assert self.transport is not None
+        proxy = ComputeProxy(self.transport, self.config.call_timeout)
+        async with proxy.get_result(node_id, execution_id, item) as chunks:
+            async for chunk in chunks:
+                yield chunk
+

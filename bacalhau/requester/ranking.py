@@ -1,0 +1,83 @@
+"""Node ranking: filters that say why a node cannot take a job, then an order among the rest.
+
+When no node is left, the reasons are summed up into the job's failure message: "no node has the docker
+engine" when one reason holds for all, else "no node can take the job (3 compute nodes: 2 without the
+docker engine, 1 not matching selector 'zone=eu')".
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import NamedTuple, Protocol
+
+from bacalhau.compute.capacity import effective
+from bacalhau.models import Job, NodeInfo, NodeType
+from bacalhau.models.selector import matches, parse_selector
+
+
+class Why(NamedTuple):
+    none_has: str        # completes "no node ..."
+    without: str         # completes "N ..."
+
+
+class NodeFilter(Protocol):
+    def reject_reason(self, job: Job, node: NodeInfo) -> Why | None: ...
+
+
+class HasEngine:
+    def reject_reason(self, job: Job, node: NodeInfo) -> Why | None:
+        if job.spec.engine in node.engines:
+            return None
+        engine = job.spec.engine.value
+        return Why(f"has the {engine} engine", f"without the {engine} engine")
+
+
+class MatchesLabels:
+    def reject_reason(self, job: Job, node: NodeInfo) -> Why | None:
+        selector = job.spec.node_selector
+        if not selector or matches(parse_selector(selector), node.labels):
+            return None
+        return Why(f"matches selector {selector!r}", f"not matching selector {selector!r}")
+
+
+class HasCapacity:
+    def reject_reason(self, job: Job, node: NodeInfo) -> Why | None:
+        if effective(job.spec.resources).fits_in(node.capacity_total):
+            return None
+        return Why("has the resources the job asks for", "too small for the job's resources")
+
+
+DEFAULT_FILTERS: list[NodeFilter] = [HasEngine(), MatchesLabels(), HasCapacity()]
+ALREADY_TRIED = Why("is left that was not already tried for this job", "already tried for this job")
+
+
+def _score(job: Job, node: NodeInfo) -> tuple[float, ...]:
+    """Higher is better: room free now, then the larger share of CPU free, then fewer queued."""
+    fits_now = 1.0 if effective(job.spec.resources).fits_in(node.capacity_free) else 0.0
+    return (fits_now, node.capacity_free.cpu / (node.capacity_total.cpu or 1.0), -float(node.queued))
+
+
+def rank_nodes(
+    job: Job, nodes: list[NodeInfo], exclude: set[str], filters: list[NodeFilter] = DEFAULT_FILTERS
+) -> tuple[list[NodeInfo], str]:
+    """Nodes able to take the job, best first, and (when none is) a sentence saying why."""
+    compute = [n for n in nodes if NodeType.COMPUTE in n.node_types]
+    ok: list[NodeInfo] = []
+    reasons: Counter[Why] = Counter()
+    for node in compute:
+        why = ALREADY_TRIED if node.node_id in exclude else next(
+            (w for f in filters if (w := f.reject_reason(job, node)) is not None), None
+        )
+        if why is None:
+            ok.append(node)
+        else:
+            reasons[why] += 1
+    ok.sort(key=lambda n: _score(job, n), reverse=True)
+    if ok:
+        return ok, ""
+    if not compute:
+        return [], "no compute node is known to this requester"
+    if len(reasons) == 1:
+        return [], f"no node {next(iter(reasons)).none_has}"
+    parts = ", ".join(f"{count} {why.without}" for why, count in reasons.most_common())
+    return [], f"no node can take the job ({len(compute)} compute nodes: {parts})"

@@ -1,0 +1,291 @@
+"""The requester: takes jobs, picks nodes, drives every execution's state machine through the bprotocol
+and retries failed attempts on other nodes."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import trio
+
+from bacalhau.bprotocol import messages as m
+from bacalhau.bprotocol.proxies import ComputeProxy
+from bacalhau.bprotocol.transport import Transport, typed_handler
+from bacalhau.errors import BacalhauError, StateError
+from bacalhau.models import Execution, ExecutionState, Job, JobSpec, JobState, NodeInfo
+from bacalhau.requester.nodes import NodeTable
+from bacalhau.requester.ranking import rank_nodes
+from bacalhau.requester.retry import MaxAttempts, RetryStrategy, attempts_summary, decide
+from bacalhau.requester.store import JobStore
+
+log = logging.getLogger(__name__)
+S = ExecutionState
+NOT_NEEDED = "not needed: the job had enough accepted bids"
+BID_OVERASK = 2        # ask up to this many nodes per execution still needed
+
+
+class Requester:
+    def __init__(
+        self, *, node_id: str, transport: Transport, store: JobStore, nodes: NodeTable, call_timeout: float,
+        bid_timeout: float, retry_chain: list[RetryStrategy] | None = None, max_attempts: int = 3,
+    ) -> None:
+        self.node_id = node_id
+        self.store = store
+        self.nodes = nodes
+        self._compute = ComputeProxy(transport, call_timeout)
+        self._bid_timeout = bid_timeout
+        self._retry_chain = retry_chain if retry_chain is not None else [MaxAttempts(max_attempts)]
+        self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        self._changed: dict[str, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+        for proto, model, fn in [
+            (m.ON_BID_COMPLETE, m.BidResult, self._on_bid_complete),
+            (m.ON_RUN_COMPLETE, m.RunComplete, self._on_run_complete),
+            (m.ON_PUBLISH_COMPLETE, m.PublishComplete, self._on_publish_complete),
+            (m.ON_CANCEL_COMPLETE, m.CancelComplete, self._on_cancel_complete),
+            (m.ON_COMPUTE_FAILURE, m.ComputeFailure, self._on_compute_failure),
+        ]:
+            transport.register(proto, typed_handler(model, fn))  # type: ignore[arg-type]
+
+    async def run(self, *, task_status: trio.TaskStatus[Requester] = trio.TASK_STATUS_IGNORED) -> None:
+        unfinished = await self.store.jobs_in_states([JobState.PENDING, JobState.IN_PROGRESS])
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for job in unfinished:
+                nursery.start_soon(self._reconcile_after_restart, job.id)
+            nursery.start_soon(self._expire_nodes_loop)
+            task_status.started(self)
+            await trio.sleep_forever()
+
+    # -- the API's side -------------------------------------------------------------------------------------
+
+    async def submit(self, spec: JobSpec, client_id: str = "") -> Job:
+        job = Job(spec=spec, client_id=client_id)
+        await self.store.create_job(job)
+        log.info("job %s submitted", job.id)
+        self._spawn(self._evaluate, job.id)
+        return job
+
+    async def cancel(self, job_id: str, reason: str = "cancelled by the user") -> Job:
+        async with self._locks[job_id]:
+            job = await self.store.get_job(job_id, full=False)
+            if job.state.terminal:
+                raise StateError(f"job {job_id} is already {job.state.value}")
+            await self.store.update_job(job_id, job.state, JobState.CANCELLED, reason)
+            for ex in job.executions:
+                if not ex.state.terminal:
+                    await self._set(ex.id, None, S.CANCELLED, reason)
+                    self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, reason)
+        self._notify(job_id)
+        return await self.store.get_job(job_id)
+
+    async def wait_for_change(self, job_id: str, timeout: float) -> None:
+        event = self._changed.setdefault(job_id, trio.Event())
+        with trio.move_on_after(timeout):
+            await event.wait()
+
+    def node_joined(self, info: NodeInfo) -> None:
+        """A node appeared: jobs waiting for one get another look."""
+        self._spawn(self._evaluate_waiting)
+
+    # -- callbacks (compute -> requester) -------------------------------------------------------------------
+
+    async def _on_bid_complete(self, peer_id: str, msg: m.BidResult) -> m.Ack:
+        async with self._locks[msg.job_id]:
+            if not msg.accepted:
+                await self._set(msg.execution_id, (S.ASKED_FOR_BID,), S.BID_REJECTED, msg.reason)
+            else:
+                job = await self.store.get_job(msg.job_id, full=False)
+                taken = sum(1 for e in job.executions if e.state.active or e.state == S.COMPLETED)
+                if job.state.terminal or taken >= job.spec.concurrency:
+                    reason = NOT_NEEDED if not job.state.terminal else f"the job is {job.state.value}"
+                    await self._set(msg.execution_id, (S.ASKED_FOR_BID,), S.BID_REJECTED, reason)
+                    self._spawn(self._tell_compute, "bid_rejected", msg.node_id, msg.execution_id, reason)
+                else:
+                    await self._set(msg.execution_id, (S.ASKED_FOR_BID,), S.BID_ACCEPTED, "bid accepted")
+                    if job.state == JobState.PENDING:
+                        await self.store.update_job(job.id, JobState.PENDING, JobState.IN_PROGRESS, "bid accepted")
+                    self._spawn(self._accept_bid, msg.node_id, msg.execution_id, job.id)
+        if not msg.accepted:
+            self._spawn(self._evaluate, msg.job_id)
+        self._notify(msg.job_id)
+        return m.Ack()
+
+    async def _on_run_complete(self, peer_id: str, msg: m.RunComplete) -> m.Ack:
+        async with self._locks[msg.job_id]:
+            if msg.result.error:
+                # The job ran and hit its own limit (e.g. its timeout): not the node's fault, no retry.
+                await self._set(msg.execution_id, (S.BID_ACCEPTED, S.RUNNING), S.FAILED, msg.result.error,
+                                result=msg.result)
+                job = await self.store.get_job(msg.job_id, full=False)
+                if not job.state.terminal:
+                    await self.store.update_job(job.id, job.state, JobState.FAILED, msg.result.error)
+            else:
+                await self._set(msg.execution_id, (S.BID_ACCEPTED, S.RUNNING), S.PUBLISHING,
+                                f"ran, exit code {msg.result.exit_code}", result=msg.result)
+                self._spawn(self._tell_compute, "result_accepted", msg.node_id, msg.execution_id)
+        self._notify(msg.job_id)
+        return m.Ack()
+
+    async def _on_publish_complete(self, peer_id: str, msg: m.PublishComplete) -> m.Ack:
+        async with self._locks[msg.job_id]:
+            await self._set(msg.execution_id, (S.PUBLISHING,), S.COMPLETED, "result published",
+                            result_ref=msg.result_ref)
+        await self._evaluate(msg.job_id)
+        return m.Ack()
+
+    async def _on_cancel_complete(self, peer_id: str, msg: m.CancelComplete) -> m.Ack:
+        return m.Ack()
+
+    async def _on_compute_failure(self, peer_id: str, msg: m.ComputeFailure) -> m.Ack:
+        async with self._locks[msg.job_id]:
+            ex = await self.store.get_execution(msg.execution_id)
+            if ex.state.terminal:
+                return m.Ack()
+            await self._set(msg.execution_id, None, S.FAILED, msg.reason)
+        log.info("execution %s of job %s failed on %s: %s", msg.execution_id, msg.job_id, msg.node_id, msg.reason)
+        await self._evaluate(msg.job_id)
+        return m.Ack()
+
+    # -- scheduling -----------------------------------------------------------------------------------------
+
+    async def _evaluate(self, job_id: str) -> None:
+        """Look at a job and do the next thing it needs: finish it, fail it, or ask nodes for bids."""
+        delay = 0.0
+        async with self._locks[job_id]:
+            job = await self.store.get_job(job_id, full=False)
+            if job.state.terminal:
+                return
+            done = [e for e in job.executions if e.state == S.COMPLETED]
+            live = [e for e in job.executions if not e.state.terminal]
+            if len(done) >= job.spec.concurrency:
+                for ex in live:
+                    await self._set(ex.id, None, S.CANCELLED, "the job completed")
+                    self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, "the job completed")
+                await self.store.update_job(job_id, job.state, JobState.COMPLETED, "")
+                self._notify(job_id)
+                return
+            needed = job.spec.concurrency - len(done) - len(live)
+            if needed <= 0:
+                return
+            if any(e.state == S.FAILED for e in job.executions):
+                decision = decide(self._retry_chain, job)
+                if not decision.retry:
+                    await self._fail_job(job, f"{decision.reason}: {attempts_summary(job)}")
+                    return
+                delay = decision.delay
+            if not delay:
+                await self._ask_for_bids(job, needed, live)
+                return
+        await trio.sleep(delay)
+        async with self._locks[job_id]:
+            job = await self.store.get_job(job_id, full=False)
+            live = [e for e in job.executions if not e.state.terminal]
+            done = [e for e in job.executions if e.state == S.COMPLETED]
+            needed = job.spec.concurrency - len(done) - len(live)
+            if not job.state.terminal and needed > 0:
+                await self._ask_for_bids(job, needed, live)
+
+    async def _ask_for_bids(self, job: Job, needed: int, live: list[Execution]) -> None:
+        exclude = {e.node_id for e in job.executions if e.state == S.FAILED
+                   or (e.state == S.BID_REJECTED and e.reason != NOT_NEEDED)} | {e.node_id for e in live}
+        candidates, why = rank_nodes(job, self.nodes.alive(), exclude)
+        if not candidates:
+            if live:
+                return  # bids or runs in flight may still do it
+            failures = attempts_summary(job)
+            await self._fail_job(job, f"{why}; earlier attempts: {failures}" if failures else why)
+            return
+        for node in candidates[: needed * BID_OVERASK]:
+            ex = Execution(job_id=job.id, node_id=node.node_id, state=S.ASKED_FOR_BID)
+            await self.store.create_execution(ex, "asked for a bid")
+            self._spawn(self._ask_one, job, ex)
+        self._notify(job.id)
+
+    async def _ask_one(self, job: Job, ex: Execution) -> None:
+        req = m.AskForBidRequest(execution_id=ex.id, requester_id=self.node_id, job=job)
+        try:
+            await self._compute.ask_for_bid(ex.node_id, req)
+        except BacalhauError as exc:
+            await self._execution_failed(job.id, ex.id, (S.ASKED_FOR_BID,), S.BID_REJECTED, f"ask for bid failed: {exc}")
+            return
+        await trio.sleep(self._bid_timeout)
+        await self._execution_failed(job.id, ex.id, (S.ASKED_FOR_BID,), S.BID_REJECTED,
+                                     f"no bid within {self._bid_timeout:g}s")
+
+    async def _accept_bid(self, node_id: str, execution_id: str, job_id: str) -> None:
+        try:
+            await self._compute.bid_accepted(node_id, execution_id)
+        except BacalhauError as exc:
+            await self._execution_failed(job_id, execution_id, (S.BID_ACCEPTED,), S.FAILED, f"bid_accepted failed: {exc}")
+            return
+        try:
+            async with self._locks[job_id]:
+                await self._set(execution_id, (S.BID_ACCEPTED,), S.RUNNING, "running")
+        except StateError:
+            return  # it already finished (a fast job's callbacks can overtake this)
+        self._notify(job_id)
+
+    async def _execution_failed(self, job_id: str, execution_id: str, expected: tuple[ExecutionState, ...],
+                                new: ExecutionState, reason: str) -> None:
+        async with self._locks[job_id]:
+            try:
+                await self._set(execution_id, expected, new, reason)
+            except StateError:
+                return  # moved on meanwhile: nothing to do
+        await self._evaluate(job_id)
+
+    async def _fail_job(self, job: Job, reason: str) -> None:
+        await self.store.update_job(job.id, job.state, JobState.FAILED, reason)
+        log.info("job %s failed: %s", job.id, reason)
+        self._notify(job.id)
+
+    async def _tell_compute(self, call: str, node_id: str, execution_id: str, *args: str) -> None:
+        try:
+            await getattr(self._compute, call)(node_id, execution_id, *args)
+        except BacalhauError as exc:
+            log.warning("%s to %s for execution %s failed: %s", call, node_id, execution_id, exc)
+
+    async def _evaluate_waiting(self) -> None:
+        for job in await self.store.jobs_in_states([JobState.PENDING]):
+            await self._evaluate(job.id)
+
+    async def _reconcile_after_restart(self, job_id: str) -> None:
+        """Executions in flight when the requester stopped cannot be trusted: fail them, then retry."""
+        async with self._locks[job_id]:
+            job = await self.store.get_job(job_id, full=False)
+            for ex in job.executions:
+                if not ex.state.terminal:
+                    await self._set(ex.id, None, S.FAILED, "the requester restarted while it was in flight")
+                    self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, "the requester restarted")
+            if job.state == JobState.IN_PROGRESS:
+                await self.store.update_job(job_id, JobState.IN_PROGRESS, JobState.PENDING, "requester restarted")
+        await self._evaluate(job_id)
+
+    async def _expire_nodes_loop(self) -> None:
+        while True:
+            await trio.sleep(self.nodes.ttl / 2)
+            gone = set(self.nodes.expire())
+            if not gone:
+                continue
+            log.warning("nodes lost: %s", ", ".join(sorted(gone)))
+            for job in await self.store.jobs_in_states([JobState.PENDING, JobState.IN_PROGRESS]):
+                for ex in job.executions:
+                    if ex.node_id in gone and not ex.state.terminal:
+                        await self._execution_failed(job.id, ex.id, (ex.state,), S.FAILED, "the node was lost")
+
+    # -- helpers --------------------------------------------------------------------------------------------
+
+    async def _set(self, execution_id: str, expected: tuple[ExecutionState, ...] | None, new: ExecutionState,
+                   reason: str, **kw: object) -> Execution:
+        return await self.store.update_execution(execution_id, expected, new, reason, **kw)  # type: ignore[arg-type]
+
+    def _notify(self, job_id: str) -> None:
+        event = self._changed.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    def _spawn(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
+        assert self._nursery is not None, "Requester.run() is not running"
+        self._nursery.start_soon(fn, *args)
+

@@ -1,0 +1,209 @@
+"""The requester's job store: jobs, executions and every state change as an event, in SQLite.
+
+Updates are compare-and-set on the expected state: a transition the table forbids raises
+IllegalTransitionError, and one whose expected state is stale raises StateError.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from bacalhau.db import Database
+from bacalhau.errors import AmbiguousIdError, NotFoundError, StateError
+from bacalhau.models import Event, Execution, ExecutionState, Job, JobSpec, JobState, RunResult
+from bacalhau.models.state import check_execution_transition, check_job_transition
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+    client_id TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL, updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
+CREATE TABLE IF NOT EXISTS executions (
+    id TEXT PRIMARY KEY, job_id TEXT NOT NULL, node_id TEXT NOT NULL, state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '', result TEXT, result_ref TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL, updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS executions_job ON executions(job_id);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, time REAL NOT NULL, kind TEXT NOT NULL,
+    subject TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', node_id TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_job ON events(job_id);
+"""
+
+
+def _event(conn: sqlite3.Connection, job_id: str, kind: str, subject: str, state: str, reason: str,
+           node_id: str = "") -> None:
+    conn.execute(
+        "INSERT INTO events(job_id, time, kind, subject, state, reason, node_id) VALUES (?,?,?,?,?,?,?)",
+        (job_id, time.time(), kind, subject, state, reason, node_id),
+    )
+
+
+def _row_to_execution(row: sqlite3.Row) -> Execution:
+    return Execution(
+        id=row["id"], job_id=row["job_id"], node_id=row["node_id"], state=ExecutionState(row["state"]),
+        reason=row["reason"], created_at=row["created_at"], updated_at=row["updated_at"],
+        result=RunResult.model_validate_json(row["result"]) if row["result"] else None,
+        result_ref=row["result_ref"],
+    )
+
+
+def _row_to_job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"], spec=JobSpec.model_validate_json(row["spec"]), state=JobState(row["state"]),
+        reason=row["reason"], client_id=row["client_id"], created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+class JobStore:
+    def __init__(self, path: Path) -> None:
+        self._db = Database(path, SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    async def create_job(self, job: Job) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO jobs(id, spec, state, reason, client_id, created_at, updated_at) VALUES (?,?,?,?,?,?,?)",
+                (job.id, job.spec.model_dump_json(), job.state.value, job.reason, job.client_id,
+                 job.created_at, job.updated_at),
+            )
+            _event(conn, job.id, "job", job.id, job.state.value, "submitted")
+
+        await self._db.run(tx)
+
+    async def resolve_id(self, prefix: str) -> str:
+        """A full job id, or a unique prefix of one."""
+        def tx(conn: sqlite3.Connection) -> list[str]:
+            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            rows = conn.execute(
+                "SELECT id FROM jobs WHERE id LIKE ? ESCAPE '\\' LIMIT 3", (escaped + "%",)
+            ).fetchall()
+            return [r["id"] for r in rows]
+
+        if not prefix:
+            raise NotFoundError("no job id given")
+        ids = await self._db.run(tx)
+        if prefix in ids:
+            return prefix
+        if not ids:
+            raise NotFoundError(f"no job with id {prefix!r}")
+        if len(ids) > 1:
+            raise AmbiguousIdError(f"job id prefix {prefix!r} matches several jobs: give more characters")
+        return ids[0]
+
+    async def get_job(self, job_id: str, *, full: bool = True) -> Job:
+        def tx(conn: sqlite3.Connection) -> Job:
+            row = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no job with id {job_id!r}")
+            job = _row_to_job(row)
+            rows = conn.execute(
+                "SELECT * FROM executions WHERE job_id=? ORDER BY created_at", (job_id,)
+            ).fetchall()
+            job.executions = [_row_to_execution(r) for r in rows]
+            if full:
+                events = conn.execute("SELECT * FROM events WHERE job_id=? ORDER BY seq", (job_id,)).fetchall()
+                job.events = [
+                    Event(time=e["time"], kind=e["kind"], subject=e["subject"], state=e["state"],
+                          reason=e["reason"], node_id=e["node_id"])
+                    for e in events
+                ]
+            return job
+
+        return await self._db.run(tx)
+
+    async def list_jobs(self, limit: int | None = 10) -> list[Job]:
+        def tx(conn: sqlite3.Connection) -> list[Job]:
+            sql = "SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC"
+            if limit is not None:
+                sql += f" LIMIT {int(limit)}"
+            return [_row_to_job(r) for r in conn.execute(sql).fetchall()]
+
+        return await self._db.run(tx)
+
+    async def jobs_in_states(self, states: list[JobState]) -> list[Job]:
+        def tx(conn: sqlite3.Connection) -> list[Job]:
+            marks = ",".join("?" * len(states))
+            rows = conn.execute(
+                f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at", [s.value for s in states]
+            ).fetchall()
+            return [_row_to_job(r) for r in rows]
+
+        return await self._db.run(tx)
+
+    async def update_job(self, job_id: str, expected: JobState | None, new: JobState, reason: str = "") -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no job with id {job_id!r}")
+            current = JobState(row["state"])
+            if expected is not None and current != expected:
+                raise StateError(f"job {job_id}: expected state {expected.value}, found {current.value}")
+            check_job_transition(job_id, current, new)
+            conn.execute(
+                "UPDATE jobs SET state=?, reason=?, updated_at=? WHERE id=?", (new.value, reason, time.time(), job_id)
+            )
+            _event(conn, job_id, "job", job_id, new.value, reason)
+
+        await self._db.run(tx)
+
+    async def create_execution(self, execution: Execution, reason: str = "") -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO executions(id, job_id, node_id, state, reason, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (execution.id, execution.job_id, execution.node_id, execution.state.value, reason,
+                 execution.created_at, execution.updated_at),
+            )
+            _event(conn, execution.job_id, "execution", execution.id, execution.state.value, reason,
+                   execution.node_id)
+
+        await self._db.run(tx)
+
+    async def update_execution(
+        self, execution_id: str, expected: ExecutionState | tuple[ExecutionState, ...] | None,
+        new: ExecutionState, reason: str = "", *, result: RunResult | None = None, result_ref: str | None = None,
+    ) -> Execution:
+        def tx(conn: sqlite3.Connection) -> Execution:
+            row = conn.execute("SELECT * FROM executions WHERE id=?", (execution_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no execution with id {execution_id!r}")
+            current = ExecutionState(row["state"])
+            allowed = (expected,) if isinstance(expected, ExecutionState) else expected
+            if allowed is not None and current not in allowed:
+                raise StateError(
+                    f"execution {execution_id}: expected state {'/'.join(a.value for a in allowed)},"
+                    f" found {current.value}"
+                )
+            check_execution_transition(execution_id, current, new)
+            sets = ["state=?", "reason=?", "updated_at=?"]
+            args: list[object] = [new.value, reason, time.time()]
+            if result is not None:
+                sets.append("result=?")
+                args.append(result.model_dump_json())
+            if result_ref is not None:
+                sets.append("result_ref=?")
+                args.append(result_ref)
+            conn.execute(f"UPDATE executions SET {', '.join(sets)} WHERE id=?", [*args, execution_id])
+            _event(conn, row["job_id"], "execution", execution_id, new.value, reason, row["node_id"])
+            updated = conn.execute("SELECT * FROM executions WHERE id=?", (execution_id,)).fetchone()
+            return _row_to_execution(updated)
+
+        return await self._db.run(tx)
+
+    async def get_execution(self, execution_id: str) -> Execution:
+        def tx(conn: sqlite3.Connection) -> Execution:
+            row = conn.execute("SELECT * FROM executions WHERE id=?", (execution_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no execution with id {execution_id!r}")
+            return _row_to_execution(row)
+
+        return await self._db.run(tx)
+

@@ -1,0 +1,3 @@
+"""The version of this bacalhau; clients and nodes report it."""
+
+VERSION = "0.1.0"
