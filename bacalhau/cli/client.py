@@ -1,0 +1,118 @@
+"""The API client of the CLI: the standard library's http.client, so a client command starts fast."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from bacalhau.errors import ApiError, DaemonNotRunning, NotFoundError, UserError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 1234
+READ_CHUNK = 256 * 1024
+
+
+def _config_file() -> Path:
+    return Path(os.environ.get("BACALHAU_DIR") or Path.home() / ".bacalhau") / "config.yaml"
+
+
+def resolve_api(host: str | None, port: int | None) -> tuple[str, int]:
+    """A flag beats the environment (click fills both in), which beats the config file, then the default."""
+    if host is None or port is None:
+        path = _config_file()
+        conf: dict[str, Any] = {}
+        if path.exists():
+            import yaml
+
+            try:
+                conf = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise UserError(f"cannot read {path}: {exc}") from None
+        host = host or conf.get("api_host") or DEFAULT_HOST
+        port = port or conf.get("api_port") or DEFAULT_PORT
+    return str(host), int(port)
+
+
+class ApiClient:
+    def __init__(self, host: str, port: int, timeout: float = 90.0) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+
+    def _open(self, method: str, path: str, body: Any = None) -> http.client.HTTPResponse:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        try:
+            conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+            resp = conn.getresponse()
+        except (ConnectionRefusedError, socket.gaierror, OSError) as exc:
+            if isinstance(exc, TimeoutError):
+                raise ApiError(f"the bacalhau API at {self.host}:{self.port} did not answer in time") from None
+            raise DaemonNotRunning(
+                f"cannot reach the bacalhau API at {self.host}:{self.port} ({exc.__class__.__name__}):"
+                " is `bacalhau serve` running? Point at it with --api-host/--api-port or"
+                " BACALHAU_API_HOST/BACALHAU_API_PORT."
+            ) from None
+        if resp.status >= 400:
+            raw = resp.read()
+            try:
+                message = json.loads(raw).get("error", raw.decode(errors="replace"))
+            except ValueError:
+                message = raw.decode(errors="replace") or resp.reason
+            if resp.status == 404:
+                raise NotFoundError(message)
+            if resp.status in (400, 409, 413):
+                raise UserError(message)
+            raise ApiError(message, resp.status)
+        return resp
+
+    def request(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
+        if query:
+            path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
+        with self._open(method, path, body) as resp:
+            return json.loads(resp.read())
+
+    def stream(self, path: str) -> Iterator[bytes]:
+        resp = self._open("GET", path)
+        try:
+            while chunk := resp.read(READ_CHUNK):
+                yield chunk
+        finally:
+            resp.close()
+
+    # -- the API, one method per route ----------------------------------------------------------------------
+
+    def version(self) -> dict[str, Any]:
+        return self.request("GET", "/api/v1/version")  # type: ignore[no-any-return]
+
+    def node_id(self) -> dict[str, Any]:
+        return self.request("GET", "/api/v1/id")  # type: ignore[no-any-return]
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/api/v1/nodes")  # type: ignore[no-any-return]
+
+    def submit(self, spec: dict[str, Any]) -> str:
+        return self.request("POST", "/api/v1/jobs", {"spec": spec})["id"]  # type: ignore[no-any-return]
+
+    def list_jobs(self, limit: int) -> list[dict[str, Any]]:
+        return self.request("GET", "/api/v1/jobs", limit=limit)  # type: ignore[no-any-return]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/v1/jobs/{quote(job_id)}")  # type: ignore[no-any-return]
+
+    def wait(self, job_id: str, since: float, timeout: float = 30.0) -> dict[str, Any]:
+        return self.request(  # type: ignore[no-any-return]
+            "GET", f"/api/v1/jobs/{quote(job_id)}/wait", timeout=timeout, since=repr(since)
+        )
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/api/v1/jobs/{quote(job_id)}/cancel", {})  # type: ignore[no-any-return]
+
+    def result(self, job_id: str, item: str) -> Iterator[bytes]:
+        return self.stream(f"/api/v1/jobs/{quote(job_id)}/results/{item}")

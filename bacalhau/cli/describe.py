@@ -1,0 +1,38 @@
+"""`bacalhau describe JOB_ID`: spec, state, executions and events of a job."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from bacalhau.cli.main import client_from
+from bacalhau.cli.output import emit, output_option, short, table
+
+
+@click.command()
+@click.argument("job_id")
+@output_option(default="yaml")
+@click.pass_context
+def describe(ctx: click.Context, job_id: str, output: str) -> None:
+    """Show a job (a unique prefix of its ID is enough). The YAML can be fed back to `create`."""
+    job = client_from(ctx).job(job_id)
+    if output != "table":
+        emit(job, output)
+        return
+    click.echo(f"Job:    {job['id']}\nState:  {job['state']}" + (f" ({job['reason']})" if job["reason"] else ""))
+    spec = job["spec"]
+    engine = spec["engine"]
+    detail = spec.get(engine) or {}
+    if engine == "docker":
+        click.echo(f"Docker: {detail['image']} {' '.join(detail.get('parameters', []))}")
+    click.echo("\nExecutions:")
+    table(["ID", "NODE", "STATE", "EXIT", "REASON"], [
+        [e["id"][:8], short(e["node_id"]), e["state"], str((e.get("result") or {}).get("exit_code", "")),
+         e["reason"][:70]] for e in job["executions"]
+    ])
+    click.echo("\nEvents:")
+    table(["TIME", "WHAT", "STATE", "REASON"], [
+        [time.strftime("%H:%M:%S", time.localtime(ev["time"])) + f".{int(ev['time'] * 1000) % 1000:03d}",
+         f"{ev['kind']} {ev['subject'][:8]}", ev["state"], ev["reason"][:70]] for ev in job["events"]
+    ])

@@ -1,0 +1,41 @@
+"""`bacalhau get JOB_ID`: download a job's results (stdout, stderr, exitCode, outputs/)."""
+
+from __future__ import annotations
+
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import click
+
+from bacalhau.cli.main import client_from
+from bacalhau.cli.output import status
+
+PROGRESS_EVERY = 8 * 1024 * 1024
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--output-dir", "-o", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Where to put the results (in a folder named after the job).")
+@click.pass_context
+def get(ctx: click.Context, job_id: str, output_dir: str) -> None:
+    """Download the results of a job: stdout, stderr, exitCode and outputs/."""
+    client = client_from(ctx)
+    job = client.job(job_id)
+    dest = Path(output_dir) / f"job-{job['id'][:8]}"
+    dest.mkdir(parents=True, exist_ok=True)
+    received, next_report = 0, PROGRESS_EVERY
+    with tempfile.TemporaryFile() as tmp:
+        for chunk in client.result(job["id"], "tar"):
+            tmp.write(chunk)
+            received += len(chunk)
+            if received >= next_report:
+                status(f"downloaded {received / 1024**2:.0f} MB")
+                next_report += PROGRESS_EVERY
+        tmp.seek(0)
+        with tarfile.open(fileobj=tmp, mode="r") as tar:
+            tar.extractall(dest, filter="data")
+    status(f"results of job {job['id']} in {dest}")
+    click.echo(str(dest), file=sys.stdout)

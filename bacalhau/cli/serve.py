@@ -1,0 +1,134 @@
+"""`bacalhau serve`: run a node until SIGINT/SIGTERM, then drain and exit 0."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from bacalhau.config import DEFAULT_API_HOST, DEFAULT_API_PORT, DEFAULT_SWARM_PORT
+
+if TYPE_CHECKING:
+    from bacalhau.config import NodeConfig
+    from bacalhau.node import Node
+
+NODE_TYPES = {"requester", "compute", "requester,compute", "compute,requester"}
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{part!r} is not k=v", param_hint="--labels")
+        labels[key] = value
+    return labels
+
+
+def public_ip() -> str:
+    """The address other machines reach this one at (no packet is sent: UDP connect only picks a route)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.254.254.254", 1))
+            return str(s.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("libp2p", "multiaddr", "hypercorn.error", "docker", "urllib3", "aioquic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
+
+
+def join_instructions(node_id: str, addrs: list[str], swarm_host: str, api_host: str, api_port: int | None) -> str:
+    port = next((a.split("/tcp/")[1].split("/")[0] for a in addrs if "/tcp/" in a), "?")
+    host = public_ip() if swarm_host in ("0.0.0.0", "") else swarm_host
+    maddr = f"/ip4/{host}/tcp/{port}/p2p/{node_id}"
+    lines = [f"bacalhau node {node_id} is running."]
+    lines += ["To join another machine to this cluster, run on it:",
+              f"    bacalhau serve --node-type compute --peer {maddr}"]
+    if api_port is not None:
+        lines += ["To use this node from a client:",
+                  f"    export BACALHAU_API_HOST={api_host} BACALHAU_API_PORT={api_port}"]
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--node-type", default="requester,compute", show_default=True,
+              help="requester, compute or requester,compute.")
+@click.option("--peer", "peers", multiple=True, metavar="MULTIADDR",
+              help="A node to connect to, /ip4/.../tcp/.../p2p/ID (repeatable; 'none' = alone).")
+@click.option("--host", "api_host", default=DEFAULT_API_HOST, show_default=True, help="API listen address.")
+@click.option("--port", "api_port", default=DEFAULT_API_PORT, show_default=True, type=int, help="API port.")
+@click.option("--swarm-port", default=DEFAULT_SWARM_PORT, show_default=True, type=int, help="libp2p TCP port.")
+@click.option("--labels", default="", metavar="K=V,...", help="Labels of this compute node.")
+@click.option("--limit-total-cpu", default=None, metavar="CPU", help="CPU this node offers (default 80% of cores).")
+@click.option("--limit-total-memory", default=None, metavar="SIZE", help="Memory this node offers (default 80%).")
+@click.option("--repo", default=None, type=click.Path(file_okay=False), envvar="BACALHAU_DIR",
+              help="State directory (env BACALHAU_DIR, default ~/.bacalhau).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, swarm_port: int, labels: str,
+          limit_total_cpu: str | None, limit_total_memory: str | None, repo: str | None, verbose: bool) -> None:
+    """Run a bacalhau node: with no flags, a private cluster of one that is requester and compute.
+
+    It prints the command that joins more machines. SIGINT/SIGTERM stop taking work, give running jobs a
+    grace period, persist state and exit 0.
+    """
+    from bacalhau.config import NodeConfig, default_repo_dir, machine_capacity
+    from bacalhau.models import NodeType, Resources
+
+    if node_type.replace(" ", "") not in NODE_TYPES:
+        raise click.BadParameter("must be requester, compute or requester,compute", param_hint="--node-type")
+    types = tuple(NodeType(t) for t in sorted(set(node_type.replace(" ", "").split(",")), reverse=True))
+    peer_list = tuple(p for p in peers if p != "none")
+    for p in peer_list:
+        if "/p2p/" not in p:
+            raise click.BadParameter(f"{p!r} must end in /p2p/<peer id>", param_hint="--peer")
+    capacity = None
+    if limit_total_cpu or limit_total_memory:
+        machine = machine_capacity()
+        try:
+            capacity = Resources(cpu=limit_total_cpu or machine.cpu, memory=limit_total_memory or machine.memory)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc).splitlines()[-1], param_hint="--limit-total-*") from None
+    config = NodeConfig(
+        repo_dir=Path(repo) if repo else default_repo_dir(), node_types=types, api_host=api_host,
+        api_port=api_port, swarm_port=swarm_port, peers=peer_list, labels=parse_labels(labels), capacity=capacity,
+    )
+    setup_logging(verbose)
+    import trio
+
+    trio.run(run_until_signalled, config)
+
+
+async def run_until_signalled(first_config: NodeConfig, more: Callable[[Node], list[NodeConfig]] | None = None) -> None:
+    """Start the first node, then the nodes `more` derives from it (devstack); stop all on a signal."""
+    import trio
+
+    from bacalhau.node import Node
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            first = await nursery.start(Node(first_config).run)
+            nodes = [first]
+            configs = [first_config, *(more(first) if more else [])]
+            for config in configs[1:]:
+                nodes.append(await nursery.start(Node(config).run))
+            click.echo(join_instructions(first.node_id, first.addrs(), first_config.swarm_host,
+                                         first_config.api_host, first.api_port), err=True)
+            async for signum in signals:
+                logging.getLogger("bacalhau").info(
+                    "%s: stopping (running jobs get %gs to end)", signal.Signals(signum).name, configs[0].shutdown_grace)
+                break
+            with trio.move_on_after(configs[0].shutdown_grace + 1):
+                for node in nodes:
+                    await node.drain()
+            nursery.cancel_scope.cancel()

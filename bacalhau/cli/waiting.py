@@ -1,0 +1,57 @@
+"""Waiting for a job with progress on stderr, then printing its output: shared by `docker run` and `create`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from bacalhau.cli.client import ApiClient
+from bacalhau.cli.output import short, status
+
+
+def _progress_line(job: dict[str, Any]) -> str:
+    executions = job.get("executions", [])
+    live = [e for e in executions if e["state"] not in ("bid_rejected", "failed", "cancelled", "completed")]
+    shown = live[-1] if live else (executions[-1] if executions else None)
+    detail = f" ({shown['state'].replace('_', ' ')} on node {short(shown['node_id'])})" if shown else ""
+    return f"job {short(job['id'])}: {job['state'].replace('_', ' ')}{detail}"
+
+
+def wait_and_print(client: ApiClient, job_id: str, *, quiet: bool = False) -> int:
+    """Wait for the job to end, showing each change; print its stdout (and stderr); return the exit code."""
+    since, last = 0.0, ""
+    started = time.monotonic()
+    while True:
+        job = client.wait(job_id, since)
+        since = max([job["updated_at"], *(e["updated_at"] for e in job.get("executions", []))])
+        line = _progress_line(job)
+        if line != last and not quiet:
+            status(f"[{time.monotonic() - started:5.1f}s] {line}")
+            last = line
+        if job["state"] in ("completed", "failed", "cancelled"):
+            break
+    return finish(client, job)
+
+
+def finish(client: ApiClient, job: dict[str, Any]) -> int:
+    if job["state"] == "cancelled":
+        status(f"job {short(job['id'])} was cancelled: {job['reason']}")
+        return 1
+    ran = sorted((e for e in job["executions"] if e.get("result")), key=lambda e: e["state"] != "completed")
+    if job["state"] == "failed" and not ran:
+        status(f"job {short(job['id'])} could not run: {job['reason']}")
+        return 1
+    out = sys.stdout.buffer
+    for chunk in client.result(job["id"], "stdout"):
+        out.write(chunk)
+    out.flush()
+    err = sys.stderr.buffer
+    for chunk in client.result(job["id"], "stderr"):
+        err.write(chunk)
+    err.flush()
+    result = ran[0]["result"] if ran else {"exit_code": 1}
+    if job["state"] == "failed":
+        status(f"job {short(job['id'])} failed: {job['reason']}")
+        return int(result["exit_code"]) or 1
+    return int(result["exit_code"])

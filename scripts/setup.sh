@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Idempotent set-up of everything bacalhau-py needs on a Debian machine, as root:
+# apt packages, a running Docker engine, the virtualenv with the project, the local test images.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { echo "[setup] $*" >&2; }
+
+apt_missing=()
+command -v dockerd >/dev/null 2>&1 || apt_missing+=(docker.io)
+dpkg -s busybox-static >/dev/null 2>&1 || apt_missing+=(busybox-static)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_missing+=(python3-venv)
+command -v python3 >/dev/null 2>&1 || apt_missing+=(python3)
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  log "installing ${apt_missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  log "starting dockerd"
+  nohup dockerd --bridge=none --iptables=false >/var/log/bacalhau-dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { log "dockerd did not start: see /var/log/bacalhau-dockerd.log"; exit 1; }
+fi
+
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  log "creating the virtualenv in .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+
+bash docker/build-images.sh
+log "ready: $(.venv/bin/bacalhau --version)"
