@@ -64,3 +64,112 @@ async def test_job_routed_by_label_to_the_right_compute_node(tmp_path: Path) -> 
         assert failed.state == JobState.FAILED
         assert "matches selector 'zone=mars'" in failed.reason
         nursery.cancel_scope.cancel()
+
+
+async def _cluster(nursery: trio.Nursery, tmp_path: Path, net: InMemoryNetwork, executors: list[NoopExecutor]) -> tuple[Node, list[Node]]:
+    req = await nursery.start(Node(NodeConfig(repo_dir=tmp_path / "r", serve_api=False, node_info_ttl=2.0,
+                                              node_types=(NodeType.REQUESTER,)), NodeDeps(network=net)).run)
+    computes = []
+    for i, executor in enumerate(executors):
+        cfg = NodeConfig(repo_dir=tmp_path / f"c{i}", node_types=(NodeType.COMPUTE,), node_info_interval=0.2)
+        computes.append(await nursery.start(Node(cfg, NodeDeps(network=net, executors={Engine.NOOP: executor})).run))
+    with trio.fail_after(5):
+        while len(req.requester.nodes.alive()) < len(executors):
+            await trio.sleep(0.05)
+    return req, computes
+
+
+async def test_job_is_retried_on_another_node_when_the_executor_fails(tmp_path: Path) -> None:
+    from bacalhau.errors import ExecutorError
+
+    async def broken(execution_id: str, job: object) -> None:
+        raise ExecutorError("image 'x' is not available on this node")
+
+    net = InMemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        req, computes = await _cluster(nursery, tmp_path, net, [NoopExecutor(on_start=broken), NoopExecutor()])
+        # make the broken node the preferred one: it is asked first, fails, the job moves on
+        for _ in range(3):
+            job = await req.requester.submit(JobSpec(engine=Engine.NOOP))
+            await wait_terminal(req, job.id)
+            done = await req.requester.store.get_job(job.id)
+            assert done.state == JobState.COMPLETED, done.reason
+            completed = [e for e in done.executions if e.state == ExecutionState.COMPLETED]
+            assert [e.node_id for e in completed] == [computes[1].node_id]
+            failed = [e for e in done.executions if e.state == ExecutionState.FAILED]
+            assert all(e.node_id == computes[0].node_id and "not available" in e.reason for e in failed)
+        nursery.cancel_scope.cancel()
+
+
+async def test_job_fails_listing_every_attempt_when_all_nodes_fail(tmp_path: Path) -> None:
+    from bacalhau.errors import ExecutorError
+
+    async def broken(execution_id: str, job: object) -> None:
+        raise ExecutorError("engine exploded")
+
+    net = InMemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        req, _ = await _cluster(nursery, tmp_path, net, [NoopExecutor(on_start=broken), NoopExecutor(on_start=broken)])
+        job = await req.requester.submit(JobSpec(engine=Engine.NOOP))
+        await wait_terminal(req, job.id)
+        done = await req.requester.store.get_job(job.id)
+        assert done.state == JobState.FAILED
+        assert done.reason.count("engine exploded") == 2 and "attempt 2" in done.reason
+        nursery.cancel_scope.cancel()
+
+
+async def test_non_zero_exit_completes_and_is_not_retried(tmp_path: Path) -> None:
+    net = InMemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        req, _ = await _cluster(nursery, tmp_path, net, [NoopExecutor(), NoopExecutor()])
+        job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(exit_code=7)))
+        await wait_terminal(req, job.id)
+        done = await req.requester.store.get_job(job.id)
+        assert done.state == JobState.COMPLETED
+        assert [e.result.exit_code for e in done.executions if e.result] == [7]
+        nursery.cancel_scope.cancel()
+
+
+async def test_concurrency_runs_on_that_many_nodes_and_rejects_extra_bids(tmp_path: Path) -> None:
+    net = InMemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        req, computes = await _cluster(nursery, tmp_path, net, [NoopExecutor() for _ in range(3)])
+        job = await req.requester.submit(JobSpec(engine=Engine.NOOP, concurrency=2))
+        await wait_terminal(req, job.id)
+        done = await req.requester.store.get_job(job.id)
+        assert done.state == JobState.COMPLETED
+        completed = {e.node_id for e in done.executions if e.state == ExecutionState.COMPLETED}
+        assert len(completed) == 2
+        rejected = [e for e in done.executions if e.state == ExecutionState.BID_REJECTED]
+        assert len(rejected) == 1 and "not needed" in rejected[0].reason
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_lost_node_mid_execution_is_retried_elsewhere(tmp_path: Path) -> None:
+    net = InMemoryNetwork()
+    started = trio.Event()
+
+    async def note(execution_id: str, job: object) -> None:
+        started.set()
+
+    async with trio.open_nursery() as nursery:
+        req, computes = await _cluster(
+            nursery, tmp_path, net, [NoopExecutor(on_start=note), NoopExecutor(on_start=note)])
+        job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=30)))
+        with trio.fail_after(5):
+            await started.wait()
+        first = (await req.requester.store.get_job(job.id)).executions[0]
+        # the node dies: no more NodeInfo, no calls get through
+        net.down.add(first.node_id)
+        victim = next(c for c in computes if c.node_id == first.node_id)
+        victim.config.node_info_interval = 3600
+        with trio.fail_after(10):
+            while True:
+                current = await req.requester.store.get_job(job.id)
+                others = [e for e in current.executions if e.node_id != first.node_id and not e.state.terminal]
+                if others:
+                    break
+                await req.requester.wait_for_change(job.id, 0.5)
+        lost = next(e for e in current.executions if e.id == first.id)
+        assert lost.state == ExecutionState.FAILED and lost.reason == "the node was lost"
+        nursery.cancel_scope.cancel()

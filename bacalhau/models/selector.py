@@ -69,7 +69,7 @@ def parse_selector(text: str) -> list[Requirement]:
     for part in _split(text):
         if m := _SET_RE.match(part):
             values = [v.strip() for v in m.group("values").split(",")]
-            bad = [v for v in values if not _VALUE_RE.match(v)]
+            bad = [v for v in values if not v or not _VALUE_RE.match(v)]
             if bad or not values:
                 raise ValueError(f"bad value in selector requirement {part.strip()!r}")
             reqs.append(Requirement(m.group("key"), m.group("op"), frozenset(values)))

@@ -269,7 +269,8 @@ class Requester:
             if not gone:
                 continue
             log.warning("nodes lost: %s", ", ".join(sorted(gone)))
-            for job in await self.store.jobs_in_states([JobState.PENDING, JobState.IN_PROGRESS]):
+            for pending in await self.store.jobs_in_states([JobState.PENDING, JobState.IN_PROGRESS]):
+                job = await self.store.get_job(pending.id, full=False)
                 for ex in job.executions:
                     if ex.node_id in gone and not ex.state.terminal:
                         await self._execution_failed(job.id, ex.id, (ex.state,), S.FAILED, "the node was lost")
