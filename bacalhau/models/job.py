@@ -45,8 +45,11 @@ class DockerSpec(_Strict):
         return v
 
 
+WASM_INLINE_PREFIX = "base64:"
+
+
 class WasmSpec(_Strict):
-    module: str                    # a path on the node, a CID or inline base64 (see storage)
+    module: str                    # "base64:<module bytes>" (uploaded with the job); ipfs:// once IPFS lands
     entry_point: str = "_start"
     parameters: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)

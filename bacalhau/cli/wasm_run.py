@@ -1,0 +1,69 @@
+"""`bacalhau wasm run`: submit a WASM job (the module file is uploaded with it), wait, print its output."""
+
+from __future__ import annotations
+
+import base64
+import sys
+from pathlib import Path
+
+import click
+
+from bacalhau.cli.docker_run import _pairs
+from bacalhau.cli.main import client_from
+from bacalhau.cli.output import status
+from bacalhau.errors import UserError
+from bacalhau.models.job import WASM_INLINE_PREFIX
+
+MAX_MODULE_BYTES = 2 * 1024 * 1024
+
+
+@click.group()
+def wasm() -> None:
+    """Run WebAssembly (WASI) jobs."""
+
+
+@wasm.command("run")
+@click.argument("module")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--entry-point", default="_start", show_default=True, help="Function the job starts in.")
+@click.option("-e", "--env", multiple=True, metavar="K=V", help="Environment variable for the job (repeatable).")
+@click.option("--timeout", default=None, type=float, metavar="SECONDS", help="Stop the job after this long.")
+@click.option("--memory", default=None, metavar="SIZE", help="Memory limit of the module, e.g. 64Mb.")
+@click.option("-s", "--selector", default="", metavar="SELECTOR", help="Run only on nodes whose labels match.")
+@click.option("--id-only", is_flag=True, help="Print only the job ID on stdout (implies --no-wait).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the job and print its output.")
+@click.pass_context
+def run(ctx: click.Context, module: str, args: tuple[str, ...], entry_point: str, env: tuple[str, ...],
+        timeout: float | None, memory: str | None, selector: str, id_only: bool, wait: bool) -> None:
+    """Run MODULE.wasm with ARGS on a node of the network.
+
+    \b
+    bacalhau wasm run hello.wasm -- --name world
+    """
+    path = Path(module)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read the WASM module {module}: {exc.strerror}") from None
+    if len(data) > MAX_MODULE_BYTES:
+        raise UserError(f"{module} is {len(data)} bytes; modules up to {MAX_MODULE_BYTES} bytes can be uploaded")
+    if data[:4] != b"\0asm":
+        raise UserError(f"{module} is not a WebAssembly module (no \\0asm header)")
+    spec: dict[str, object] = {
+        "engine": "wasm",
+        "wasm": {"module": WASM_INLINE_PREFIX + base64.b64encode(data).decode(), "entry_point": entry_point,
+                 "parameters": list(args), "env": _pairs(env, "env")},
+        "resources": {"memory": memory} if memory else {},
+        "node_selector": selector,
+    }
+    if timeout is not None:
+        spec["timeout"] = timeout
+    client = client_from(ctx)
+    job_id = client.submit(spec)
+    if id_only or not wait:
+        click.echo(job_id)
+        return
+    status(f"job {job_id} submitted")
+    from bacalhau.cli.waiting import wait_and_print
+
+    sys.exit(wait_and_print(client, job_id))

@@ -1,0 +1,109 @@
+"""Job start-to-finish latency against plain `docker run`, and control-plane throughput.
+
+Starts its own `bacalhau serve` (temporary state dir, free ports), then:
+  1. runs `docker run --rm bacalhau/busybox echo hi` and `bacalhau docker run bacalhau/busybox -- echo hi`
+     N times each, interleaved, and prints both medians and their ratio (target: ratio <= 1.5);
+  2. submits 50 noop jobs at once through the API and prints jobs completed per second (target >= 50/s).
+
+    .venv/bin/python benchmarks/job_latency.py [--runs 20] [--noop-jobs 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bacalhau.cli.client import ApiClient
+
+BIN = Path(sys.executable).parent / "bacalhau"
+IMAGE = "bacalhau/busybox:latest"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, env=env, check=False)
+    elapsed = time.perf_counter() - start
+    if out.returncode != 0 or b"hi" not in out.stdout:
+        raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.decode()[-500:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--noop-jobs", type=int, default=50)
+    args = parser.parse_args()
+
+    repo = Path(tempfile.mkdtemp(prefix="bench-latency-"))
+    api_port, swarm_port = free_port(), free_port()
+    env = {**os.environ, "BACALHAU_DIR": str(repo), "BACALHAU_API_HOST": "127.0.0.1",
+           "BACALHAU_API_PORT": str(api_port)}
+    server = subprocess.Popen([str(BIN), "serve", "--port", str(api_port), "--swarm-port", str(swarm_port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=open(repo / "serve.log", "wb"))
+    client = ApiClient("127.0.0.1", api_port)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if any("docker" in n["engines"] for n in client.nodes()):
+                    break
+            except Exception:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit(f"bacalhau serve did not come up; see {repo / 'serve.log'}")
+            time.sleep(0.2)
+
+        docker_cmd = ["docker", "run", "--rm", "--network", "none", IMAGE, "echo", "hi"]
+        ours_cmd = [str(BIN), "docker", "run", IMAGE, "--", "echo", "hi"]
+        timed(docker_cmd, env), timed(ours_cmd, env)  # warm both paths once
+        docker_times, ours_times = [], []
+        for _ in range(args.runs):
+            docker_times.append(timed(docker_cmd, env))
+            ours_times.append(timed(ours_cmd, env))
+        d, o = statistics.median(docker_times), statistics.median(ours_times)
+        print(f"docker run --rm          median {d * 1000:7.1f} ms  (n={args.runs})")
+        print(f"bacalhau docker run      median {o * 1000:7.1f} ms  (n={args.runs})")
+        print(f"ratio bacalhau/docker    {o / d:.2f}   (target <= 1.5)")
+
+        spec = {"engine": "noop", "noop": {"stdout": "hi\n"}}
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            ids = list(pool.map(lambda _: client.submit(spec), range(args.noop_jobs)))
+        pending = set(ids)
+        while pending:
+            for job_id in list(pending):
+                job = client.wait(job_id, since=time.time() + 3600, timeout=10)
+                if job["state"] in ("completed", "failed", "cancelled"):
+                    if job["state"] != "completed":
+                        raise SystemExit(f"noop job {job_id} ended {job['state']}: {job['reason']}")
+                    pending.discard(job_id)
+        elapsed = time.perf_counter() - start
+        print(f"noop jobs: {args.noop_jobs} submitted at once, all completed in {elapsed:.2f}s "
+              f"= {args.noop_jobs / elapsed:.1f} jobs/s   (target >= 50/s)")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(repo, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
