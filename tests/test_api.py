@@ -1,0 +1,90 @@
+"""The HTTP API: bad bodies get a clear 4xx, id prefixes resolve, waits return on change."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bacalhau.bprotocol.transport import InMemoryNetwork
+from bacalhau.node import Node, NodeDeps
+from tests.conftest import node_config
+
+
+def post(port: int, path: str, body: bytes) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, json.loads(data)
+
+
+def get(port: int, path: str) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, json.loads(data)
+
+
+@pytest.fixture
+async def api_node(tmp_path: Path) -> AsyncIterator[Node]:
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(node_config(tmp_path, engines=("noop",)), NodeDeps(network=InMemoryNetwork())).run)
+        yield node
+        nursery.cancel_scope.cancel()
+
+
+async def test_bad_submissions_get_a_400_that_names_the_field(api_node: Node) -> None:
+    port = api_node.api_port
+    cases = [
+        (b"not json", "not JSON"),
+        (b"[]", "must be an object"),
+        (json.dumps({"spec": {"engine": "docker"}}).encode(), "no 'docker' section"),
+        (json.dumps({"spec": {"engine": "noop", "concurrency": "x"}}).encode(), "at concurrency"),
+        (json.dumps({"spec": {"engine": "teleport"}}).encode(), "at engine"),
+    ]
+    for body, expected in cases:
+        status, data = await trio.to_thread.run_sync(post, port, "/api/v1/jobs", body)
+        assert status == 400 and expected in data["error"], (body, data)
+    status, data = await trio.to_thread.run_sync(post, port, "/api/v1/jobs", b"x" * (5 * 1024 * 1024))
+    assert status == 413
+    status, data = await trio.to_thread.run_sync(get, port, "/api/v1/jobs/nope")
+    assert status == 404 and "no job" in data["error"]
+
+
+async def test_random_json_bodies_never_break_the_api(api_node: Node) -> None:
+    port = api_node.api_port
+    tried: list[int] = []
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body=st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                             lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
+                             max_leaves=20))
+    def fuzz(body: object) -> None:
+        status, data = post(port, "/api/v1/jobs", json.dumps({"spec": body}).encode())
+        assert status in (201, 400) and ("id" in data or "error" in data)
+        tried.append(status)
+
+    await trio.to_thread.run_sync(fuzz)
+    assert len(tried) >= 50
+    status, _ = await trio.to_thread.run_sync(get, port, "/api/v1/version")
+    assert status == 200
+
+
+async def test_unique_prefix_resolves_and_wait_returns_when_the_job_ends(api_node: Node) -> None:
+    port = api_node.api_port
+    status, data = await trio.to_thread.run_sync(
+        post, port, "/api/v1/jobs", json.dumps({"spec": {"engine": "noop", "noop": {"stdout": "x"}}}).encode())
+    assert status == 201
+    job_id = data["id"]
+    status, job = await trio.to_thread.run_sync(get, port, f"/api/v1/jobs/{job_id[:6]}/wait?timeout=10&since=1e12")
+    assert status == 200 and job["id"] == job_id and job["state"] == "completed"

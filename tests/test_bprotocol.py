@@ -1,0 +1,84 @@
+"""bprotocol messages and the per-request boundary: every bad frame gets an error reply, nothing crashes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bacalhau.bprotocol import messages as m
+from bacalhau.bprotocol.framing import MAX_MESSAGE_BYTES, decode, encode, error_reply, ok_reply, parse_reply
+from bacalhau.bprotocol.transport import InMemoryNetwork, typed_handler
+from bacalhau.config import NodeConfig
+from bacalhau.errors import NotFoundError, ProtocolError, RemoteError, TransportError
+from bacalhau.models import DockerSpec, Job, JobSpec, NodeType
+from bacalhau.node import Node, NodeDeps
+
+
+def test_messages_round_trip_and_reject_unknown_fields() -> None:
+    req = m.AskForBidRequest(execution_id="e", requester_id="r", job=Job(spec=JobSpec(docker=DockerSpec(image="x"))))
+    assert decode(encode(req), m.AskForBidRequest) == req
+    data = json.loads(encode(req))
+    data["surprise"] = 1
+    with pytest.raises(ProtocolError, match="malformed AskForBidRequest"):
+        decode(json.dumps(data).encode(), m.AskForBidRequest)
+    with pytest.raises(ProtocolError, match="over the"):
+        decode(b"{" + b" " * MAX_MESSAGE_BYTES + b"}", m.Ack)
+
+
+def test_error_replies_carry_a_code_the_caller_turns_into_an_exception() -> None:
+    with pytest.raises(RemoteError) as info:
+        parse_reply(error_reply(NotFoundError("no execution 'x' on this node")), m.Ack)
+    assert info.value.code == "not_found"
+    assert parse_reply(ok_reply(m.Ack()), m.Ack) == m.Ack()
+    with pytest.raises(ProtocolError):
+        parse_reply(b"not json", m.Ack)
+
+
+async def _echo(peer: str, req: m.ExecutionRequest) -> m.Ack:
+    if req.execution_id == "boom":
+        raise ValueError("handler bug")
+    return m.Ack()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=512))
+def test_random_frames_always_get_an_envelope(payload: bytes) -> None:
+    handler = typed_handler(m.ExecutionRequest, _echo)
+    reply = trio.run(handler, "peer", payload)
+    envelope = decode(reply, m.Envelope)
+    assert (envelope.result is None) != (envelope.error is None)
+
+
+async def test_a_handler_that_raises_answers_with_an_internal_error_and_keeps_serving() -> None:
+    handler = typed_handler(m.ExecutionRequest, _echo)
+    with pytest.raises(RemoteError) as info:
+        parse_reply(await handler("p", encode(m.ExecutionRequest(execution_id="boom"))), m.Ack)
+    assert info.value.code == "internal" and "handler bug" in str(info.value)
+    assert parse_reply(await handler("p", encode(m.ExecutionRequest(execution_id="ok"))), m.Ack) == m.Ack()
+
+
+async def test_compute_node_answers_bad_and_unknown_messages_with_errors(tmp_path: Path) -> None:
+    net = InMemoryNetwork()
+    cfg = NodeConfig(repo_dir=tmp_path, serve_api=False, node_types=(NodeType.COMPUTE,), engines=("noop",))
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg, NodeDeps(network=net)).run)
+        client = net.transport("client")
+        reply = await client.call(node.node_id, m.BID_ACCEPTED, b'{"execution_id": 5}', timeout=5)
+        with pytest.raises(RemoteError, match="bad_request"):
+            parse_reply(reply, m.Ack)
+        reply = await client.call(node.node_id, m.BID_ACCEPTED, encode(m.ExecutionRequest(execution_id="nope")), timeout=5)
+        with pytest.raises(RemoteError, match="not_found"):
+            parse_reply(reply, m.Ack)
+        with pytest.raises(TransportError, match="does not speak"):
+            await client.call(node.node_id, "/bacalhau/compute/unknown/1.0.0", b"{}", timeout=5)
+        # and it still bids afterwards
+        job = Job(spec=JobSpec(engine="noop"))
+        reply = await client.call(node.node_id, m.ASK_FOR_BID,
+                                  encode(m.AskForBidRequest(execution_id="e1", requester_id="client", job=job)), timeout=5)
+        assert parse_reply(reply, m.Ack) == m.Ack()
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,147 @@
+"""`bacalhau serve` as a real process: join instructions, persistent identity, signals, restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bacalhau.cli.client import ApiClient
+
+BACALHAU = [sys.executable, "-m", "bacalhau.cli.main"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Served:
+    def __init__(self, repo: Path, *args: str) -> None:
+        self.repo = repo
+        self.api_port = free_port()
+        self.swarm_port = free_port()
+        self.log = repo.parent / f"{repo.name}.log"
+        self.env = {**os.environ, "BACALHAU_DIR": str(repo)}
+        self.args = ["serve", "--port", str(self.api_port), "--swarm-port", str(self.swarm_port), *args]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Served:
+        self.proc = subprocess.Popen([*BACALHAU, *self.args], env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=open(self.log, "ab"))
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace") if self.log.exists() else ""
+            if "To join another machine" in text:
+                return text
+            assert self.proc is not None and self.proc.poll() is None, text
+            time.sleep(0.1)
+        raise AssertionError(f"serve did not start: {self.log.read_text()}")
+
+    def client(self) -> ApiClient:
+        return ApiClient("127.0.0.1", self.api_port)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**self.env, "BACALHAU_API_PORT": str(self.api_port)}
+        return subprocess.run([*BACALHAU, *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def served(tmp_path: Path):  # type: ignore[no-untyped-def]
+    started: list[Served] = []
+
+    def make(name: str = "node", *args: str) -> Served:
+        s = Served(tmp_path / name, *args)
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        if s.proc is not None and s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait()
+
+
+def test_serve_prints_the_join_command_keeps_its_peer_id_and_exits_0_on_sigterm(served) -> None:  # type: ignore[no-untyped-def]
+    node = served().start()
+    text = node.wait_ready()
+    m = re.search(r"bacalhau serve --node-type compute --peer (/ip4/[0-9.]+/tcp/(\d+)/p2p/(12D3KooW\w+))", text)
+    assert m, text
+    assert int(m.group(2)) == node.swarm_port
+    assert f"BACALHAU_API_PORT={node.api_port}" in text and "BACALHAU_API_HOST=127.0.0.1" in text
+    peer_id = m.group(3)
+    assert node.client().node_id()["id"] == peer_id
+    assert node.stop(signal.SIGTERM) == 0
+
+    node.start()
+    node.wait_ready()
+    assert node.client().node_id()["id"] == peer_id
+    assert node.stop(signal.SIGINT) == 0
+
+
+def test_requester_killed_and_restarted_keeps_its_jobs_and_peer_id(served) -> None:  # type: ignore[no-untyped-def]
+    node = served().start()
+    node.wait_ready()
+    done = node.cli("docker", "run", "bacalhau/busybox", "--", "echo", "before")
+    assert done.returncode == 0 and done.stdout == "before\n", done.stderr
+    pending = node.cli("docker", "run", "--id-only", "bacalhau/busybox", "--", "sleep", "30")
+    peer_id = node.client().node_id()["id"]
+    jobs_before = {j["id"]: j["state"] for j in node.client().list_jobs(0)}
+    assert node.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    node.start()
+    node.wait_ready()
+    client = node.client()
+    assert client.node_id()["id"] == peer_id
+    jobs_after = {j["id"]: j["state"] for j in client.list_jobs(0)}
+    assert set(jobs_after) == set(jobs_before)
+    first = [j for j, s in jobs_before.items() if s == "completed"]
+    assert first and all(jobs_after[j] == "completed" for j in first)
+    # the job that was running when the node died is retried, not lost
+    job_id = pending.stdout.strip()
+    job = client.job(job_id)
+    assert job["state"] in ("pending", "in_progress"), job
+    assert any("restarted" in e["reason"] for e in job["executions"]), json.dumps(job["executions"])
+    # its orphan container was removed by the restarted compute node
+    containers = subprocess.run(["docker", "ps", "-aq", "--filter", "label=bacalhau.job_id=" + job_id],
+                                capture_output=True, text=True, check=True).stdout.split()
+    running = [c for c in containers]
+    assert len(running) <= 1  # at most the retry's own container
+    client.cancel(job_id)
+
+
+def test_a_second_node_joins_with_the_printed_command_and_runs_jobs(served) -> None:  # type: ignore[no-untyped-def]
+    first = served("first", "--labels", "role=first").start()
+    text = first.wait_ready()
+    peer = re.search(r"--peer (\S+)", text).group(1).replace("/ip4/" + text.split("/ip4/")[1].split("/")[0], "/ip4/127.0.0.1")
+    second = served("second", "--node-type", "compute", "--peer", peer, "--labels", "role=second").start()
+    second.wait_ready()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        nodes = first.client().nodes()
+        if len(nodes) == 2:
+            break
+        time.sleep(0.2)
+    assert len(nodes) == 2
+    res = first.cli("docker", "run", "-s", "role=second", "bacalhau/busybox", "--", "echo", "on-second")
+    assert res.returncode == 0 and res.stdout == "on-second\n", res.stderr
+    job = json.loads(first.cli("describe", "-o", "json", first.client().list_jobs(1)[0]["id"]).stdout)
+    second_id = next(n["node_id"] for n in nodes if n["labels"].get("role") == "second")
+    assert job["executions"][-1]["node_id"] == second_id
