@@ -7,6 +7,7 @@
     GET  /api/v1/jobs/{id}/wait?timeout=S&since=T   returns when the job changes after T, ends, or S passes
     POST /api/v1/jobs/{id}/cancel
     GET  /api/v1/jobs/{id}/results/{item}  item: stdout | stderr | exitCode | tar
+    WS   /api/v1/jobs/{id}/logs            live logs (see api/logs.py)
 Errors are {"error": message, "code": kind} with a 4xx/5xx status.
 """
 
@@ -23,7 +24,8 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from bacalhau.errors import AmbiguousIdError, BacalhauError, NotFoundError, StateError, UserError
 from bacalhau.models import ExecutionState, JobSpec
@@ -148,6 +150,11 @@ def build_app(node: Node) -> Starlette:
         return StreamingResponse(_chain(first, stream), media_type="application/octet-stream",
                                  headers={"X-Execution-Id": execution.id, "X-Node-Id": execution.node_id})
 
+    async def logs(websocket: WebSocket) -> None:
+        from bacalhau.api.logs import job_logs
+
+        await job_logs(node, websocket)
+
     routes = [
         Route("/api/v1/version", version),
         Route("/api/v1/id", node_id),
@@ -158,6 +165,7 @@ def build_app(node: Node) -> Starlette:
         Route("/api/v1/jobs/{job_id}/wait", wait),
         Route("/api/v1/jobs/{job_id}/cancel", cancel, methods=["POST"]),
         Route("/api/v1/jobs/{job_id}/results/{item}", results),
+        WebSocketRoute("/api/v1/jobs/{job_id}/logs", logs),
     ]
     return Starlette(routes=routes)
 

@@ -44,10 +44,12 @@ def docker() -> None:
               help="Network access of the job.")
 @click.option("--id-only", is_flag=True, help="Print only the job ID on stdout (implies --no-wait).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the job and print its output.")
+@click.option("-f", "--follow", is_flag=True, help="Stream the job's logs live while it runs.")
 @click.pass_context
 def run(ctx: click.Context, image: str, command: tuple[str, ...], env: tuple[str, ...], workdir: str | None,
         entrypoint: str | None, cpu: str | None, memory: str | None, timeout: float | None,
-        labels: tuple[str, ...], selector: str, concurrency: int, network: str, id_only: bool, wait: bool) -> None:
+        labels: tuple[str, ...], selector: str, concurrency: int, network: str, id_only: bool, wait: bool,
+        follow: bool) -> None:
     """Run COMMAND in a container of IMAGE on a node of the network.
 
     \b
@@ -81,6 +83,10 @@ def run(ctx: click.Context, image: str, command: tuple[str, ...], env: tuple[str
         click.echo(job_id)
         return
     status(f"job {job_id} submitted")
+    if follow:
+        from bacalhau.cli.logs import follow_logs
+
+        sys.exit(follow_logs(client.host, client.port, job_id))
     from bacalhau.cli.waiting import wait_and_print
 
     sys.exit(wait_and_print(client, job_id))

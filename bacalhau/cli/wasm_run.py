@@ -32,9 +32,11 @@ def wasm() -> None:
 @click.option("-s", "--selector", default="", metavar="SELECTOR", help="Run only on nodes whose labels match.")
 @click.option("--id-only", is_flag=True, help="Print only the job ID on stdout (implies --no-wait).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the job and print its output.")
+@click.option("-f", "--follow", is_flag=True, help="Stream the job's logs live while it runs.")
 @click.pass_context
 def run(ctx: click.Context, module: str, args: tuple[str, ...], entry_point: str, env: tuple[str, ...],
-        timeout: float | None, memory: str | None, selector: str, id_only: bool, wait: bool) -> None:
+        timeout: float | None, memory: str | None, selector: str, id_only: bool, wait: bool,
+        follow: bool) -> None:
     """Run MODULE.wasm with ARGS on a node of the network.
 
     \b
@@ -64,6 +66,10 @@ def run(ctx: click.Context, module: str, args: tuple[str, ...], entry_point: str
         click.echo(job_id)
         return
     status(f"job {job_id} submitted")
+    if follow:
+        from bacalhau.cli.logs import follow_logs
+
+        sys.exit(follow_logs(client.host, client.port, job_id))
     from bacalhau.cli.waiting import wait_and_print
 
     sys.exit(wait_and_print(client, job_id))

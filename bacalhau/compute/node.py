@@ -16,6 +16,7 @@ from bacalhau.bprotocol.proxies import CallbackProxy
 from bacalhau.bprotocol.transport import Transport, typed_handler
 from bacalhau.compute.bidding import BidContext, bid
 from bacalhau.compute.capacity import Capacity
+from bacalhau.compute.logs import LOG_PROTOCOL, LogEnd, LogRequest, stream_logs
 from bacalhau.compute.results import read_result
 from bacalhau.compute.store import ExecutionStore, LocalExecution
 from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, TransportError
@@ -54,6 +55,7 @@ class ComputeNode:
         ]:
             transport.register(proto, typed_handler(model, fn))  # type: ignore[arg-type]
         transport.register_stream(m.GET_RESULT, self._get_result)
+        transport.register_stream(LOG_PROTOCOL, self._logs)
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
@@ -157,6 +159,23 @@ class ComputeNode:
         if not root.exists():
             raise NotFoundError(f"no result for execution {req.execution_id} on this node")
         async for chunk in read_result(root, req.item):
+            yield chunk
+
+    async def _logs(self, peer_id: str, payload: bytes) -> AsyncIterator[bytes]:
+        from bacalhau.bprotocol.framing import decode
+
+        req = decode(payload, LogRequest)
+        await self._store.get(req.execution_id)  # NotFoundError before any frame for an unknown execution
+
+        async def status() -> LogEnd | None:
+            if req.execution_id in self._scopes:
+                return None  # accepted: queued, starting or running; its files may still grow
+            ex = await self._store.get(req.execution_id)
+            if ex.state == S.NEW:
+                return None  # bid given, not yet accepted
+            return LogEnd(ex.state.value, ex.result.exit_code if ex.result else None, ex.reason)
+
+        async for chunk in stream_logs(self.execution_dir(req.execution_id).root, req, status):
             yield chunk
 
     # -- work -----------------------------------------------------------------------------------------------

@@ -1,0 +1,96 @@
+"""`bacalhau logs [-f] JOB_ID`: a job's stdout and stderr, live, from whichever node runs it.
+
+Each frame carries its byte offset, so when the connection drops the client reconnects and resumes where it
+stopped: nothing lost, nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+import time
+from urllib.parse import urlencode
+
+import click
+
+from bacalhau.cli.main import client_from
+from bacalhau.cli.output import short, status
+from bacalhau.errors import ApiError, DaemonNotRunning
+
+HEADER = struct.Struct(">BQI")   # kind, offset, length: the same frames as compute/logs.py
+RECONNECT_DELAY = 0.5
+RECONNECT_GIVE_UP = 30.0
+
+
+def follow_logs(host: str, port: int, job_id: str, *, follow: bool = True, quiet: bool = False) -> int:
+    """Print the job's logs; with follow, until the job ends. Return the job's exit code (1 if it never ran)."""
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+    from websockets.sync.client import connect
+
+    outs = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
+    execution_id, offsets = "", {1: 0, 2: 0}
+    failing_since: float | None = None
+    while True:
+        query = {"follow": "1" if follow else "0", "execution_id": execution_id,
+                 "stdout_offset": offsets[1], "stderr_offset": offsets[2]}
+        url = f"ws://{host}:{port}/api/v1/jobs/{job_id}/logs?{urlencode(query)}"
+        try:
+            with connect(url, max_size=4 * 1024 * 1024, open_timeout=10) as ws:
+                failing_since = None
+                for message in ws:
+                    if isinstance(message, bytes):
+                        kind, offset, length = HEADER.unpack_from(message)
+                        data = message[HEADER.size:HEADER.size + length]
+                        if offset + len(data) <= offsets[kind]:
+                            continue
+                        data = data[max(0, offsets[kind] - offset):]
+                        outs[kind].write(data)
+                        outs[kind].flush()
+                        offsets[kind] += len(data)
+                        continue
+                    event = json.loads(message)
+                    if event["type"] == "execution":
+                        if event["execution_id"] != execution_id:
+                            execution_id, offsets = event["execution_id"], {1: 0, 2: 0}
+                        if not quiet:
+                            status(f"[logs of execution {short(execution_id)} on node {short(event['node_id'])}]")
+                    elif event["type"] == "retry":
+                        status(f"[execution {short(event['execution_id'])} failed: {event['reason']}; "
+                               "the job is retried on another node]")
+                    elif event["type"] == "end":
+                        return _verdict(event, follow)
+        except (ConnectionClosed, OSError, InvalidHandshake) as exc:
+            if isinstance(exc, InvalidStatus) and exc.response.status_code == 404:
+                raise ApiError(f"no job {job_id!r}") from None
+            now = time.monotonic()
+            failing_since = failing_since or now
+            if now - failing_since > RECONNECT_GIVE_UP:
+                raise DaemonNotRunning(f"lost the log stream from {host}:{port} and could not reconnect "
+                                       f"for {RECONNECT_GIVE_UP:g}s: {exc}") from None
+            time.sleep(RECONNECT_DELAY)
+
+
+def _verdict(event: dict, follow: bool) -> int:  # type: ignore[type-arg]
+    state, code, reason = event["state"], event.get("exit_code"), event.get("reason") or ""
+    if state == "error":
+        raise ApiError(reason)
+    if not follow:
+        return 0
+    if state == "completed":
+        return int(code or 0)
+    if state in ("failed", "cancelled"):
+        status(f"job {state}: {reason}" if reason else f"job {state}")
+        return int(code) if code else 1
+    return int(code or 0)
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("-f", "--follow", is_flag=True,
+              help="Replay from the start, then follow until the job ends; exit with the job's exit code.")
+@click.pass_context
+def logs(ctx: click.Context, job_id: str, follow: bool) -> None:
+    """Print what JOB_ID has written so far (stdout to stdout, stderr to stderr); -f follows it live."""
+    client = client_from(ctx)
+    sys.exit(follow_logs(client.host, client.port, job_id, follow=follow))
