@@ -127,7 +127,7 @@ async def test_api_address_flag_beats_environment_beats_config_file(single_node:
     assert flag.returncode == 0                                            # the flag beats the environment
 
 
-async def test_client_commands_do_not_import_libp2p_or_the_server_stack(tmp_path: Path) -> None:
+def test_client_commands_do_not_import_libp2p_or_the_server_stack(tmp_path: Path) -> None:
     import subprocess
     import sys
 

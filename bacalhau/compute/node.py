@@ -45,6 +45,7 @@ class ComputeNode:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._accepting = True
+        self._idle = trio.Event()      # set whenever an execution ends, for drain()
         for proto, model, fn in [
             (m.ASK_FOR_BID, m.AskForBidRequest, self._ask_for_bid),
             (m.BID_ACCEPTED, m.ExecutionRequest, self._bid_accepted),
@@ -86,7 +87,8 @@ class ComputeNode:
         self._accepting = False
         with trio.move_on_after(grace):
             while self._scopes:
-                await trio.sleep(0.05)
+                self._idle = trio.Event()
+                await self._idle.wait()
 
     def node_info(self, addrs: list[str], node_types: list[NodeType]) -> NodeInfo:
         return NodeInfo(
@@ -207,6 +209,7 @@ class ComputeNode:
             await self._fail(ex, str(exc))
         finally:
             self._scopes.pop(ex.id, None)
+            self._idle.set()
 
     async def _publish(self, ex: LocalExecution) -> None:
         # Results stay on this node (served through get_result) until the embedded IPFS node publishes them.
