@@ -11,28 +11,12 @@ Starts its own `bacalhau serve` (temporary state dir, free ports), then:
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from bacalhau.cli.client import ApiClient
-
-BIN = Path(sys.executable).parent / "bacalhau"
-IMAGE = "bacalhau/busybox:latest"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from _serve import BIN, IMAGE, serve
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
@@ -50,27 +34,10 @@ def main() -> None:
     parser.add_argument("--noop-jobs", type=int, default=50)
     args = parser.parse_args()
 
-    repo = Path(tempfile.mkdtemp(prefix="bench-latency-"))
-    api_port, swarm_port = free_port(), free_port()
-    env = {**os.environ, "BACALHAU_DIR": str(repo), "BACALHAU_API_HOST": "127.0.0.1",
-           "BACALHAU_API_PORT": str(api_port)}
-    server = subprocess.Popen([str(BIN), "serve", "--port", str(api_port), "--swarm-port", str(swarm_port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=open(repo / "serve.log", "wb"))
-    client = ApiClient("127.0.0.1", api_port)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if any("docker" in n["engines"] for n in client.nodes()):
-                    break
-            except Exception:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit(f"bacalhau serve did not come up; see {repo / 'serve.log'}")
-            time.sleep(0.2)
-
+    with serve() as served:
+        env, client = served.env, served.client
         docker_cmd = ["docker", "run", "--rm", "--network", "none", IMAGE, "echo", "hi"]
-        ours_cmd = [str(BIN), "docker", "run", IMAGE, "--", "echo", "hi"]
+        ours_cmd = [BIN, "docker", "run", IMAGE, "--", "echo", "hi"]
         timed(docker_cmd, env), timed(ours_cmd, env)  # warm both paths once
         docker_times, ours_times = [], []
         for _ in range(args.runs):
@@ -96,13 +63,6 @@ def main() -> None:
         elapsed = time.perf_counter() - start
         print(f"noop jobs: {args.noop_jobs} submitted at once, all completed in {elapsed:.2f}s "
               f"= {args.noop_jobs / elapsed:.1f} jobs/s   (target >= 50/s)")
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        shutil.rmtree(repo, ignore_errors=True)
 
 
 if __name__ == "__main__":

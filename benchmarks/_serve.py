@@ -1,0 +1,90 @@
+"""A `bacalhau serve` of its own for a benchmark: temporary state, free ports, stopped at the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bacalhau.cli.client import ApiClient
+
+BIN = str(Path(sys.executable).parent / "bacalhau")
+IMAGE = "bacalhau/busybox:latest"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Served:
+    repo: Path
+    api_port: int
+    env: dict[str, str]
+    client: ApiClient
+
+
+@contextmanager
+def serve(*extra: str) -> Iterator[Served]:
+    repo = Path(tempfile.mkdtemp(prefix="bacalhau-bench-"))
+    api_port, swarm_port = free_port(), free_port()
+    env = {**os.environ, "BACALHAU_DIR": str(repo), "BACALHAU_API_HOST": "127.0.0.1",
+           "BACALHAU_API_PORT": str(api_port)}
+    log = open(repo / "serve.log", "wb")
+    proc = subprocess.Popen([BIN, "serve", "--port", str(api_port), "--swarm-port", str(swarm_port), *extra],
+                            env=env, stdout=subprocess.DEVNULL, stderr=log)
+    client = ApiClient("127.0.0.1", api_port)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if any("docker" in n["engines"] for n in client.nodes()):
+                    break
+            except Exception:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(f"bacalhau serve did not come up:\n{(repo / 'serve.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield Served(repo, api_port, env, client)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        shutil.rmtree(repo, ignore_errors=True)
+
+
+def container_of(execution_id: str, timeout: float = 30) -> str:
+    """The Docker container id of a bacalhau execution (found by its label)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["docker", "ps", "-q", "--filter", f"label=bacalhau.execution_id={execution_id}"],
+                             capture_output=True, text=True, check=True).stdout.split()
+        if out:
+            return out[0]
+        time.sleep(0.01)
+    raise SystemExit(f"no container for execution {execution_id}")
+
+
+def running_execution(client: ApiClient, job_id: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.job(job_id)
+        live = [e for e in job["executions"] if e["state"] in ("bid_accepted", "running")]
+        if live:
+            return str(live[-1]["id"])
+        time.sleep(0.01)
+    raise SystemExit(f"job {job_id} did not start")
