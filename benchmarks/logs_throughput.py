@@ -30,8 +30,8 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    size = args.mb * 1000 * 1000
-    script = f"yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c {size}"
+    size = args.mb * 1024 * 1024
+    script = f"dd if=/dev/zero bs=1M count={args.mb} 2>/dev/null | tr '\\0' a"
     with serve() as served:
         ours, theirs = [], []
         for i in range(args.runs):

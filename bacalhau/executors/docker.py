@@ -1,0 +1,246 @@
+"""The Docker executor: the `docker` SDK against the real engine, every blocking call in a worker thread.
+
+A job's container is created with its limits, labels and the execution's `outputs/` mounted at /outputs,
+attached before it starts (so no byte is missed), and its stdout and stderr are appended to the execution's
+files as they arrive. The container is always removed; `cleanup_orphans` removes what a crashed run left.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from bacalhau.errors import ExecutorError
+from bacalhau.executors.types import ExecutionDir
+from bacalhau.models import Engine, Job, Network, RunResult
+
+log = logging.getLogger(__name__)
+
+LABEL_NODE = "bacalhau.node_id"
+LABEL_EXECUTION = "bacalhau.execution_id"
+LABEL_JOB = "bacalhau.job_id"
+TAIL_BYTES = 1024
+KILLED_EXIT_CODE = -1       # what a timed-out or cancelled run reports (its RunResult.error says which)
+DEFAULT_CONCURRENT_CALLS = 16
+READ_SIZE = 1024 * 1024
+
+
+@dataclass
+class _Run:
+    job: Job
+    exec_dir: ExecutionDir
+    container: Any
+    reader: threading.Thread
+    why_killed: str = ""
+    sizes: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
+    read_error: BaseException | None = None
+
+
+def _docker_error(exc: BaseException) -> str:
+    text = getattr(exc, "explanation", None) or str(exc)
+    return str(text).splitlines()[0] if text else exc.__class__.__name__
+
+
+class DockerExecutor:
+    engine = Engine.DOCKER
+
+    def __init__(self, node_id: str, *, client_factory: Any = None) -> None:
+        self.node_id = node_id
+        self._client_factory = client_factory
+        self._client: Any = None
+        self._limiter = trio.CapacityLimiter(DEFAULT_CONCURRENT_CALLS)
+        self._runs: dict[str, _Run] = {}
+
+    async def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kw), limiter=self._limiter)
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            import docker
+
+            self._client = (self._client_factory or docker.from_env)()
+        return self._client
+
+    async def is_installed(self) -> bool:
+        try:
+            client = await self._call(self._get_client)
+            return bool(await self._call(client.ping))
+        except Exception as exc:  # any failure here means: not usable on this node
+            log.info("docker is not usable: %s", exc)
+            return False
+
+    async def cleanup_orphans(self) -> int:
+        """Remove containers this node started in an earlier life (they carry its node id)."""
+        client = await self._call(self._get_client)
+        containers = await self._call(client.containers.list, all=True, filters={"label": f"{LABEL_NODE}={self.node_id}"})
+        for c in containers:
+            if c.labels.get(LABEL_EXECUTION) not in self._runs:
+                await self._call(c.remove, force=True)
+        return len(containers)
+
+    # -- the Executor protocol ------------------------------------------------------------------------------
+
+    async def start(self, execution_id: str, job: Job, exec_dir: ExecutionDir) -> None:
+        await trio.to_thread.run_sync(self._start_blocking, execution_id, job, exec_dir, limiter=self._limiter)
+
+    def _create(self, client: Any, job: Job, execution_id: str, exec_dir: ExecutionDir) -> Any:
+        import docker.errors
+
+        spec = job.spec.docker
+        assert spec is not None
+        res = job.spec.resources
+        kwargs: dict[str, Any] = dict(
+            image=spec.image, command=spec.parameters or None, entrypoint=spec.entrypoint,
+            environment=spec.env, working_dir=spec.working_dir or None,
+            network_mode="host" if job.spec.network == Network.HOST else "none",
+            labels={LABEL_NODE: self.node_id, LABEL_EXECUTION: execution_id, LABEL_JOB: job.id},
+            volumes={str(exec_dir.outputs.resolve()): {"bind": "/outputs", "mode": "rw"}},
+            detach=True, stdin_open=False, tty=False,
+        )
+        if res.cpu:
+            kwargs["nano_cpus"] = int(res.cpu * 1e9)
+        if res.memory:
+            kwargs["mem_limit"] = res.memory
+            kwargs["memswap_limit"] = res.memory  # no swap beyond the limit: the limit is enforced
+        try:
+            return client.containers.create(**kwargs)
+        except docker.errors.ImageNotFound:
+            pass
+        try:
+            client.images.pull(spec.image)
+        except Exception as exc:
+            raise ExecutorError(
+                f"image {spec.image!r} is not available on this node and could not be pulled: {_docker_error(exc)}"
+            ) from None
+        return client.containers.create(**kwargs)
+
+    def _start_blocking(self, execution_id: str, job: Job, exec_dir: ExecutionDir) -> None:
+        import docker.errors
+        import requests.exceptions
+
+        try:
+            client = self._get_client()
+            container = self._create(client, job, execution_id, exec_dir)
+        except ExecutorError:
+            raise
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise ExecutorError(f"docker could not create the container: {_docker_error(exc)}") from None
+        try:
+            sock = client.api.attach_socket(container.id, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 1})
+            stream = _raw(sock)
+            run = _Run(job, exec_dir, container, threading.Thread(target=lambda: None))
+            run.reader = threading.Thread(target=self._pump, args=(run, stream), daemon=True,
+                                          name=f"docker-logs-{execution_id[:8]}")
+            run.reader.start()
+            container.start()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            _remove(container)
+            raise ExecutorError(f"docker could not start the container: {_docker_error(exc)}") from None
+        self._runs[execution_id] = run
+
+    @staticmethod
+    def _pump(run: _Run, sock: Any) -> None:
+        """Append the container's output to the execution's files as it arrives (a worker thread).
+
+        Docker multiplexes both streams on one socket in frames of an 8-byte header (stream, 0, 0, 0,
+        big-endian u32 length) and the payload; large reads and our own demuxing keep this fast."""
+        try:
+            with open(run.exec_dir.stdout, "ab", buffering=0) as out, \
+                    open(run.exec_dir.stderr, "ab", buffering=0) as err:
+                files = {1: (out, "stdout"), 2: (err, "stderr")}
+                buf = bytearray()
+                while True:
+                    chunk = sock.recv(READ_SIZE)
+                    if not chunk:
+                        break
+                    buf += chunk
+                    pos, pending = 0, {1: bytearray(), 2: bytearray()}
+                    while len(buf) - pos >= 8:
+                        kind, length = buf[pos], int.from_bytes(buf[pos + 4:pos + 8], "big")
+                        if len(buf) - pos - 8 < length:
+                            break
+                        if kind in pending:
+                            pending[kind] += buf[pos + 8:pos + 8 + length]
+                        pos += 8 + length
+                    del buf[:pos]
+                    for kind, data in pending.items():
+                        if data:
+                            f, name = files[kind]
+                            f.write(data)
+                            run.sizes[name] += len(data)
+        except BaseException as exc:  # reported by wait(): the output would be incomplete
+            run.read_error = exc
+        finally:
+            sock.close()
+
+    async def wait(self, execution_id: str) -> RunResult:
+        run = self._runs[execution_id]
+        try:
+            timeout = run.job.spec.timeout
+            with trio.move_on_after(timeout) as scope:
+                status = await trio.to_thread.run_sync(run.container.wait, abandon_on_cancel=True)
+            if scope.cancelled_caught:
+                run.why_killed = run.why_killed or f"timed out after {timeout:g}s"
+                await self._call(_kill, run.container)
+                status = await self._call(run.container.wait)
+            await trio.to_thread.run_sync(run.reader.join)
+            exit_code = int(status.get("StatusCode", -1))
+            error = run.why_killed
+            if error:
+                exit_code = KILLED_EXIT_CODE
+            elif exit_code == 137:
+                state = (await self._call(lambda: run.container.client.api.inspect_container(run.container.id)))["State"]
+                if state.get("OOMKilled"):
+                    note = f"\nbacalhau: the container was killed: out of memory (limit {run.job.spec.resources.memory} bytes)\n"
+                    await trio.to_thread.run_sync(_append, run.exec_dir.stderr, note.encode())
+            if run.read_error is not None:
+                raise ExecutorError(f"lost the container's output: {run.read_error}")
+            await trio.to_thread.run_sync(run.exec_dir.exit_code.write_text, str(exit_code))
+            tail = await trio.to_thread.run_sync(_tail, run.exec_dir.stdout)
+            return RunResult(exit_code=exit_code, error=error, stdout_bytes=run.sizes["stdout"],
+                             stderr_bytes=run.sizes["stderr"], stdout_tail=tail)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._call(_remove, run.container)
+            self._runs.pop(execution_id, None)
+
+    async def cancel(self, execution_id: str) -> None:
+        run = self._runs.get(execution_id)
+        if run is not None:
+            run.why_killed = "cancelled"
+            await self._call(_kill, run.container)
+
+
+def _raw(sock: Any) -> Any:
+    """The plain socket under docker-py's attach socket (a SocketIO on Unix sockets)."""
+    return getattr(sock, "_sock", sock)
+
+
+def _kill(container: Any) -> None:
+    try:
+        container.kill()
+    except Exception as exc:  # already gone or stopped: nothing to kill
+        log.debug("kill %s: %s", container.id[:12], exc)
+
+
+def _remove(container: Any) -> None:
+    try:
+        container.remove(force=True)
+    except Exception as exc:  # already removed
+        log.debug("remove %s: %s", container.id[:12], exc)
+
+
+def _append(path: Any, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def _tail(path: Any) -> str:
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - TAIL_BYTES))
+        return f.read().decode(errors="replace")
