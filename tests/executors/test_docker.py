@@ -125,8 +125,8 @@ async def test_missing_image_is_a_clear_executor_error(tmp_path: Path) -> None:
 
 async def test_cleanup_orphans_removes_what_an_earlier_run_left() -> None:
     node = "orphan-test-node"
-    subprocess.run(["docker", "create", "--label", f"{LABEL_NODE}={node}", IMAGE, "true"],
-                   capture_output=True, check=True)
+    await trio.run_process(["docker", "create", "--label", f"{LABEL_NODE}={node}", IMAGE, "true"],
+                           capture_stdout=True)
     assert len(containers(f"{LABEL_NODE}={node}")) == 1
     assert await DockerExecutor(node).cleanup_orphans() == 1
     assert containers(f"{LABEL_NODE}={node}") == []
