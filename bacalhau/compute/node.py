@@ -44,6 +44,7 @@ class ComputeNode:
         self.engines: frozenset[Engine] = frozenset()
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
+        self._orphans: list[LocalExecution] = []
         self._accepting = True
         self._idle = trio.Event()      # set whenever an execution ends, for drain()
         for proto, model, fn in [
@@ -74,13 +75,18 @@ class ComputeNode:
                 removed = await cleanup()
                 if removed:
                     log.info("removed %d orphan containers of an earlier run", removed)
-        orphans = await trio.to_thread.run_sync(self._store.fail_unfinished_sync, "compute node restarted")
+        self._orphans = await trio.to_thread.run_sync(self._store.fail_unfinished_sync, "compute node restarted")
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for ex in orphans:
-                nursery.start_soon(self._notify_failure, ex, "compute node restarted while it held the execution")
             task_status.started(self)
             await trio.sleep_forever()
+
+    def report_orphans(self) -> None:
+        """Tell requesters about executions an earlier run of this node left unfinished (called once the
+        node's own requester, if any, is up)."""
+        for ex in self._orphans:
+            self._spawn(self._notify_failure, ex, "compute node restarted while it held the execution")
+        self._orphans = []
 
     async def drain(self, grace: float) -> None:
         """Stop taking work; give running executions `grace` seconds to end."""

@@ -52,7 +52,7 @@ class Requester:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for job in unfinished:
-                nursery.start_soon(self._reconcile_after_restart, job.id)
+                await self._reconcile_after_restart(job.id)
             nursery.start_soon(self._expire_nodes_loop)
             task_status.started(self)
             await trio.sleep_forever()
@@ -251,16 +251,17 @@ class Requester:
             await self._evaluate(job.id)
 
     async def _reconcile_after_restart(self, job_id: str) -> None:
-        """Executions in flight when the requester stopped cannot be trusted: fail them, then retry."""
+        """Executions in flight when the requester stopped cannot be trusted: cancel them (not the nodes'
+        fault, so they stay eligible and no attempt is counted), then schedule the job again."""
         async with self._locks[job_id]:
             job = await self.store.get_job(job_id, full=False)
             for ex in job.executions:
                 if not ex.state.terminal:
-                    await self._set(ex.id, None, S.FAILED, "the requester restarted while it was in flight")
+                    await self._set(ex.id, None, S.CANCELLED, "the requester restarted while it was in flight")
                     self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, "the requester restarted")
             if job.state == JobState.IN_PROGRESS:
                 await self.store.update_job(job_id, JobState.IN_PROGRESS, JobState.PENDING, "requester restarted")
-        await self._evaluate(job_id)
+        self._spawn(self._evaluate, job_id)
 
     async def _expire_nodes_loop(self) -> None:
         while True:

@@ -1,0 +1,291 @@
+"""The libp2p host of a node: the only module that imports py-libp2p.
+
+What it adds over py-libp2p (see ../shared/PY-LIBP2P-NOTES.md for why):
+- an Ed25519 identity kept in a file, so the peer ID survives restarts;
+- Noise as the only security protocol (py-libp2p's defaults accept plaintext dialers), yamux and mplex;
+- request/response calls, one stream each, one length-prefixed frame each way, a size limit and a timeout
+  on every read, and handlers behind a boundary that catches everything (an exception escaping a raw
+  py-libp2p handler can take the host down);
+- connections to the configured peers kept up with backoff (dialing costs >= 250 ms: never per call);
+- gossipsub with a 1 s heartbeat and spam limits sized for a cluster's NodeInfo traffic.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.identity_utils import load_identity, save_identity
+from libp2p.network.config import ConnectionConfig
+from libp2p.network.stream.exceptions import StreamError
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service.context import background_trio_service
+
+from bacalhau.errors import ProtocolError, TransportError
+
+log = logging.getLogger(__name__)
+
+GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
+LENGTH = struct.Struct(">I")
+DEFAULT_MAX_FRAME = 4 * 1024 * 1024
+DEFAULT_READ_TIMEOUT = 10.0
+REDIAL_MIN, REDIAL_MAX = 0.5, 10.0
+READ_CHUNK = 256 * 1024
+
+RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
+
+
+def load_or_create_identity(key_path: Path) -> Any:
+    """The node's Ed25519 key pair, created once and kept (mode 0600)."""
+    if key_path.exists():
+        return load_identity(key_path)
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    key_pair = create_new_key_pair()
+    save_identity(key_pair, key_path)
+    return key_pair
+
+
+class P2PStream:
+    """One libp2p stream. Not to be shared between tasks (yamux streams have no lock upstream)."""
+
+    def __init__(self, stream: Any, max_frame: int, read_timeout: float) -> None:
+        self._stream = stream
+        self._max_frame = max_frame
+        self._timeout = read_timeout
+        self._buf = b""
+
+    @property
+    def remote_peer(self) -> str:
+        return str(self._stream.muxed_conn.peer_id)
+
+    async def read(self, max_bytes: int = READ_CHUNK) -> bytes:
+        """Up to max_bytes; b"" at the end of the stream."""
+        if self._buf:
+            data, self._buf = self._buf[:max_bytes], self._buf[max_bytes:]
+            return data
+        try:
+            with trio.fail_after(self._timeout):
+                return bytes(await self._stream.read(max_bytes))
+        except StreamError:
+            return b""
+        except trio.TooSlowError:
+            raise TransportError(f"no data from {self.remote_peer} within {self._timeout:g}s") from None
+
+    async def read_exactly(self, n: int) -> bytes:
+        parts, got = [], 0
+        while got < n:
+            chunk = await self.read(n - got)
+            if not chunk:
+                raise ProtocolError(f"stream ended after {got} of {n} bytes")
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+
+    async def read_frame(self) -> bytes:
+        (length,) = LENGTH.unpack(await self.read_exactly(LENGTH.size))
+        if length > self._max_frame:
+            raise ProtocolError(f"frame of {length} bytes is over the {self._max_frame} limit")
+        return await self.read_exactly(length)
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self._stream.write(data)
+        except StreamError as exc:
+            raise TransportError(f"stream to {self.remote_peer} broke: {exc}") from None
+
+    async def write_frame(self, payload: bytes) -> None:
+        if len(payload) > self._max_frame:
+            raise ProtocolError(f"frame of {len(payload)} bytes is over the {self._max_frame} limit")
+        await self.write(LENGTH.pack(len(payload)) + payload)
+
+    async def close_write(self) -> None:
+        try:
+            close_write = getattr(self._stream, "close_write", None)
+            if close_write is not None:
+                await close_write()
+        except StreamError:
+            pass
+
+    async def close(self) -> None:
+        try:
+            await self._stream.close()
+        except Exception:  # closing a broken stream: nothing left to do
+            pass
+
+    async def reset(self) -> None:
+        try:
+            await self._stream.reset()
+        except Exception:  # already gone
+            pass
+
+
+class P2PHost:
+    def __init__(
+        self, *, key_path: Path, listen_host: str = "0.0.0.0", listen_port: int = 1235, peers: Sequence[str] = (),
+        psk: str | None = None, max_frame: int = DEFAULT_MAX_FRAME, read_timeout: float = DEFAULT_READ_TIMEOUT,
+    ) -> None:
+        self._key_path = key_path
+        self._listen = f"/ip4/{listen_host}/tcp/{listen_port}"
+        self._peers = list(peers)
+        self._psk = psk
+        self._max_frame = max_frame
+        self._read_timeout = read_timeout
+        self._host: Any = None
+        self._pubsub: Any = None
+        self.peer_id = ""
+        self.listen_addrs: list[str] = []
+
+    async def run(self, *, task_status: trio.TaskStatus[P2PHost] = trio.TASK_STATUS_IGNORED) -> None:
+        key_pair = await trio.to_thread.run_sync(load_or_create_identity, self._key_path)
+        noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
+        kwargs: dict[str, Any] = {}
+        if self._psk:
+            kwargs["psk"] = self._psk
+        self._host = new_host(
+            key_pair=key_pair,
+            sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux, TProtocol(MPLEX_PROTOCOL_ID): Mplex},
+            listen_addrs=[multiaddr.Multiaddr(self._listen)],
+            connection_config=ConnectionConfig(min_connections=0, low_watermark=0),
+            **kwargs,
+        )
+        self.peer_id = self._host.get_id().to_base58()
+        router = GossipSub(
+            protocols=GOSSIPSUB_PROTOCOLS, degree=6, degree_low=1, degree_high=12, heartbeat_interval=1,
+            heartbeat_initial_delay=0.1, spam_protection_enabled=False, eclipse_protection_enabled=False,
+            max_messages_per_topic_per_second=10_000.0, max_pending_messages_per_peer=1000,
+        )
+        self._pubsub = Pubsub(self._host, router)
+        async with self._host.run(listen_addrs=[multiaddr.Multiaddr(self._listen)]):
+            async with background_trio_service(self._pubsub), background_trio_service(router):
+                await self._pubsub.wait_until_ready()
+                self.listen_addrs = [f"{a}" if "/p2p/" in str(a) else f"{a}/p2p/{self.peer_id}"
+                                     for a in self._host.get_addrs()]
+                async with trio.open_nursery() as nursery:
+                    for peer in self._peers:
+                        nursery.start_soon(self._keep_connected, peer)
+                    task_status.started(self)
+                    await trio.sleep_forever()
+
+    # -- connections ----------------------------------------------------------------------------------------
+
+    def connected_peers(self) -> list[str]:
+        return [p.to_base58() for p in self._host.get_connected_peers()]
+
+    async def connect(self, addr: str) -> str:
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        except Exception as exc:
+            raise TransportError(f"bad peer address {addr!r}: {exc}") from None
+        try:
+            await self._host.connect(info)
+        except Exception as exc:
+            raise TransportError(f"cannot connect to {addr}: {exc}") from None
+        return str(info.peer_id.to_base58())
+
+    async def _keep_connected(self, addr: str) -> None:
+        delay = REDIAL_MIN
+        peer = ""
+        while True:
+            if not peer or peer not in self.connected_peers():
+                try:
+                    peer = await self.connect(addr)
+                    log.info("connected to %s", addr)
+                    delay = REDIAL_MIN
+                except TransportError as exc:
+                    log.warning("%s (retrying in %.1fs)", exc, delay)
+                    await trio.sleep(delay)
+                    delay = min(REDIAL_MAX, delay * 2)
+                    continue
+            await trio.sleep(REDIAL_MIN)
+
+    def add_peer_addrs(self, peer_id: str, addrs: list[str]) -> None:
+        store = self._host.get_peerstore()
+        pid = ID.from_base58(peer_id)
+        for addr in addrs:
+            try:
+                store.add_addr(pid, multiaddr.Multiaddr(addr.split("/p2p/")[0]), 3600)
+            except Exception as exc:
+                log.debug("ignored address %s of %s: %s", addr, peer_id, exc)
+
+    # -- streams --------------------------------------------------------------------------------------------
+
+    def set_stream_handler(self, protocol_id: str, handler: Callable[[str, P2PStream], Awaitable[None]]) -> None:
+        async def guarded(stream: Any) -> None:
+            wrapped = P2PStream(stream, self._max_frame, self._read_timeout)
+            try:
+                await handler(wrapped.remote_peer, wrapped)
+            except trio.Cancelled:
+                raise
+            except BaseException as exc:  # the boundary: nothing may escape into py-libp2p
+                log.debug("handler for %s failed: %r", protocol_id, exc)
+                await wrapped.reset()
+
+        self._host.set_stream_handler(TProtocol(protocol_id), guarded)
+
+    def set_request_handler(self, protocol_id: str, handler: RequestHandler) -> None:
+        async def serve(peer_id: str, stream: P2PStream) -> None:
+            request = await stream.read_frame()
+            reply = await handler(peer_id, request)
+            await stream.write_frame(reply)
+            await stream.close()
+
+        self.set_stream_handler(protocol_id, serve)
+
+    async def open_stream(self, peer_id: str, protocol_id: str) -> P2PStream:
+        try:
+            stream = await self._host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol_id)])
+        except Exception as exc:
+            raise TransportError(f"cannot open {protocol_id} to {peer_id}: {exc}") from None
+        return P2PStream(stream, self._max_frame, self._read_timeout)
+
+    async def request(self, peer_id: str, protocol_id: str, payload: bytes, *, timeout: float = 10.0) -> bytes:
+        try:
+            with trio.fail_after(timeout):
+                stream = await self.open_stream(peer_id, protocol_id)
+                try:
+                    await stream.write_frame(payload)
+                    await stream.close_write()
+                    return await stream.read_frame()
+                finally:
+                    await stream.close()
+        except trio.TooSlowError:
+            raise TransportError(f"{protocol_id} to {peer_id} timed out after {timeout:g}s") from None
+
+    # -- pubsub ---------------------------------------------------------------------------------------------
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        await self._pubsub.publish(topic, data)
+
+    @asynccontextmanager
+    async def subscribe(self, topic: str) -> AsyncIterator[AsyncIterator[tuple[str, bytes]]]:
+        sub = await self._pubsub.subscribe(topic)
+
+        async def messages() -> AsyncIterator[tuple[str, bytes]]:
+            while True:
+                msg = await sub.get()
+                yield ID(msg.from_id).to_base58(), bytes(msg.data)
+
+        try:
+            yield messages()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self._pubsub.unsubscribe(topic)
