@@ -1,0 +1,125 @@
+"""In-process cluster over real libp2p on 127.0.0.1: 1 requester + 3 compute nodes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from bacalhau.models import DockerSpec, Engine, ExecutionState, JobSpec, JobState, NodeType, Resources
+from bacalhau.node import Node
+from tests.conftest import node_config, run_cli
+
+
+async def wait_terminal(node: Node, job_id: str, timeout: float = 30) -> None:
+    assert node.requester is not None
+    with trio.fail_after(timeout):
+        while not (await node.requester.store.get_job(job_id, full=False)).state.terminal:
+            await node.requester.wait_for_change(job_id, 1)
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[tuple[Node, list[Node]]]:
+    async with trio.open_nursery() as nursery:
+        req = await nursery.start(Node(node_config(tmp_path / "req", node_types=(NodeType.REQUESTER,))).run)
+        computes = []
+        for i, (zone, cpu) in enumerate([("eu", 1.0), ("us", 1.0), ("us", 4.0)]):
+            cfg = node_config(tmp_path / f"c{i}", node_types=(NodeType.COMPUTE,), serve_api=False,
+                              peers=(req.addrs()[0],), labels={"zone": zone, "name": f"c{i}"},
+                              capacity=Resources(cpu=cpu, memory=8 * 1024**3))
+            computes.append(await nursery.start(Node(cfg).run))
+        with trio.fail_after(20):
+            while len(req.requester.nodes.alive()) < 3:
+                await trio.sleep(0.05)
+        yield req, computes
+        nursery.cancel_scope.cancel()
+
+
+async def test_jobs_are_routed_by_labels_and_capacity(cluster: tuple[Node, list[Node]]) -> None:
+    req, computes = cluster
+    job = await req.requester.submit(JobSpec(engine=Engine.NOOP, node_selector="zone=eu"))
+    await wait_terminal(req, job.id)
+    done = await req.requester.store.get_job(job.id)
+    assert done.state == JobState.COMPLETED
+    assert [e.node_id for e in done.executions if e.state == ExecutionState.COMPLETED] == [computes[0].node_id]
+
+    big = await req.requester.submit(JobSpec(engine=Engine.NOOP, resources=Resources(cpu=2)))
+    await wait_terminal(req, big.id)
+    done = await req.requester.store.get_job(big.id)
+    assert done.state == JobState.COMPLETED
+    assert [e.node_id for e in done.executions] == [computes[2].node_id]
+
+    huge = await req.requester.submit(JobSpec(engine=Engine.NOOP, resources=Resources(cpu=64)))
+    await wait_terminal(req, huge.id)
+    done = await req.requester.store.get_job(huge.id)
+    assert done.state == JobState.FAILED and done.reason == "no node has the resources the job asks for"
+
+
+async def test_a_requester_only_node_has_no_compute_and_says_so(cluster: tuple[Node, list[Node]]) -> None:
+    req, _ = cluster
+    job = await req.requester.submit(JobSpec(engine=Engine.WASM, wasm={"module": "base64:AA=="},
+                                             node_selector="zone=mars"))
+    await wait_terminal(req, job.id)
+    done = await req.requester.store.get_job(job.id)
+    assert done.state == JobState.FAILED and "zone=mars" in done.reason
+
+
+async def test_docker_job_on_a_remote_node_results_and_logs_come_through_the_requester(
+    cluster: tuple[Node, list[Node]], tmp_path: Path
+) -> None:
+    req, computes = cluster
+    res = await run_cli(req, "docker", "run", "-s", "name=c1", "bacalhau/busybox:latest", "--", "sh", "-c",
+                        "echo remote-out; echo remote-err >&2; echo file > /outputs/f.txt")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "remote-out\n" and "remote-err" in res.stderr
+    listed = await run_cli(req, "list", "-o", "json")
+    import json
+
+    job_id = json.loads(listed.stdout)[0]["id"]
+    job = await req.requester.store.get_job(job_id)
+    assert job.executions[-1].node_id == computes[1].node_id
+    got = await run_cli(req, "get", job_id, "-o", str(tmp_path))
+    assert got.returncode == 0, got.stderr
+    assert (Path(got.stdout.strip()) / "outputs" / "f.txt").read_text() == "file\n"
+    logs = await run_cli(req, "logs", job_id)
+    assert logs.returncode == 0 and logs.stdout == "remote-out\n" and "remote-err" in logs.stderr
+
+
+async def test_node_list_shows_every_compute_node(cluster: tuple[Node, list[Node]]) -> None:
+    req, computes = cluster
+    import json
+
+    res = await run_cli(req, "node", "list", "-o", "json")
+    nodes = json.loads(res.stdout)
+    assert sorted(n["node_id"] for n in nodes) == sorted(c.node_id for c in computes)
+    assert {n["labels"]["name"] for n in nodes} == {"c0", "c1", "c2"}
+
+
+async def test_devstack_runs_a_cluster_in_one_command(tmp_path: Path) -> None:
+    import os
+    import signal
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "bacalhau.cli.main", "devstack", "-n", "3", "--port", str(port), "--repo",
+         str(tmp_path / "dev")], stderr=open(tmp_path / "dev.log", "wb"), env=os.environ)
+    try:
+        env = {"BACALHAU_API_PORT": str(port), "BACALHAU_API_HOST": "127.0.0.1"}
+        with trio.fail_after(60):
+            while True:
+                res = await run_cli(None, "node", "list", "-o", "json", env=env)
+                if res.returncode == 0 and len(__import__("json").loads(res.stdout)) == 3:
+                    break
+                await trio.sleep(0.3)
+        res = await run_cli(None, "docker", "run", "bacalhau/busybox:latest", "--", "echo", "devstack", env=env)
+        assert res.returncode == 0 and res.stdout == "devstack\n", res.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await proc.wait() == 0
