@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from bacalhau.models import DockerSpec, Engine, ExecutionState, JobSpec, JobState, NodeType, Resources
+from bacalhau.models import Engine, ExecutionState, JobSpec, JobState, NodeType, Resources
 from bacalhau.node import Node
 from tests.conftest import node_config, run_cli
 
