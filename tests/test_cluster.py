@@ -101,6 +101,7 @@ async def test_devstack_runs_a_cluster_in_one_command(tmp_path: Path) -> None:
     import os
     import signal
     import socket
+    import subprocess
     import sys
 
     with socket.socket() as s:
@@ -108,7 +109,7 @@ async def test_devstack_runs_a_cluster_in_one_command(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "bacalhau.cli.main", "devstack", "-n", "3", "--port", str(port), "--repo",
-         str(tmp_path / "dev")], stderr=open(tmp_path / "dev.log", "wb"), env=os.environ)
+         str(tmp_path / "dev")], stderr=subprocess.DEVNULL, env=os.environ)
     try:
         env = {"BACALHAU_API_PORT": str(port), "BACALHAU_API_HOST": "127.0.0.1"}
         with trio.fail_after(60):
