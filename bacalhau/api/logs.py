@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 S = ExecutionState
+CLIENT_CLOSE_GRACE = 5.0
 ACTIVE = (S.BID_ACCEPTED, S.RUNNING, S.PUBLISHING)
 RAN = ("running", "publishing", "completed")
 
@@ -106,6 +107,14 @@ async def _send_end(websocket: WebSocket, job: Job) -> None:
     state = job.state.value if job.state.terminal else "running"
     await websocket.send_text(json.dumps(
         {"type": "end", "state": state, "exit_code": _exit_code(job), "reason": job.reason}))
+    # Let the client close first: hypercorn's trio server can race its own close against the reply to the
+    # client's close frame (send_eof without its send lock) and take the whole listener down.
+    with trio.move_on_after(CLIENT_CLOSE_GRACE):
+        try:
+            while True:
+                await websocket.receive_bytes()
+        except (WebSocketDisconnect, RuntimeError, KeyError):
+            return
     await websocket.close()
 
 

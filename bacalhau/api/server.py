@@ -186,10 +186,33 @@ async def _chain(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterat
         yield chunk
 
 
+def _guard_hypercorn_close() -> None:
+    """hypercorn's trio TCPServer sends EOF on close without its send lock, so a client closing a websocket
+    while the app streams to it raises BusyResourceError in the listener and ends the whole server. Take the
+    lock there too (unless this task already holds it: a failed send closes from inside the lock)."""
+    from hypercorn.trio.tcp_server import TCPServer
+
+    if getattr(TCPServer, "_bacalhau_guarded", False):
+        return
+    original = TCPServer._close
+
+    async def _close(self: Any) -> None:
+        if self.send_lock.statistics().owner is trio.lowlevel.current_task():
+            await original(self)
+            return
+        async with self.send_lock:
+            await original(self)
+
+    TCPServer._close = _close  # type: ignore[method-assign]
+    TCPServer._bacalhau_guarded = True  # type: ignore[attr-defined]
+
+
 async def serve_api(app: Any, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Run hypercorn on trio; report the bound port through task_status."""
     from hypercorn.config import Config
     from hypercorn.trio import serve
+
+    _guard_hypercorn_close()
 
     config = Config()
     config.bind = [f"{host}:{port}"]

@@ -103,6 +103,15 @@ class InMemoryNetwork:
         self.nodes: dict[str, InMemoryTransport] = {}
         self.down: set[str] = set()
         self.subscribers: list[Callable[[bytes], None]] = []   # the gossip topic, in memory
+        self._went_down: dict[str, trio.Event] = {}
+
+    def take_down(self, node_id: str) -> None:
+        """Simulate a node's death: calls to it fail, and streams from it break, as a reset would."""
+        self.down.add(node_id)
+        self.went_down(node_id).set()
+
+    def went_down(self, node_id: str) -> trio.Event:
+        return self._went_down.setdefault(node_id, trio.Event())
 
     def publish(self, data: bytes) -> None:
         for deliver in self.subscribers:
@@ -130,5 +139,41 @@ class InMemoryTransport(LocalTransport):
         with trio.fail_after(timeout):
             return await peer.call_local(self.self_id, protocol_id, payload)
 
-    def stream(self, peer_id: str, protocol_id: str, payload: bytes) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        return self._peer(peer_id).stream_local(self.self_id, protocol_id, payload)
+    @asynccontextmanager
+    async def stream(self, peer_id: str, protocol_id: str, payload: bytes) -> AsyncIterator[AsyncIterator[bytes]]:
+        async with self._peer(peer_id).stream_local(self.self_id, protocol_id, payload) as chunks:
+            yield _BreakOnDeath(chunks, self._network.went_down(peer_id), peer_id)
+
+
+class _BreakOnDeath:
+    """Chunks of an in-memory stream that end with TransportError when the sending node is taken down."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], down: trio.Event, peer_id: str) -> None:
+        self._chunks = chunks
+        self._down = down
+        self._peer_id = peer_id
+
+    def __aiter__(self) -> _BreakOnDeath:
+        return self
+
+    async def __anext__(self) -> bytes:
+        result: list[bytes] = []
+        ended = False
+
+        async def pull(cancel: trio.CancelScope) -> None:
+            nonlocal ended
+            try:
+                result.append(await self._chunks.__anext__())
+            except StopAsyncIteration:
+                ended = True
+            cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pull, nursery.cancel_scope)
+            await self._down.wait()
+            nursery.cancel_scope.cancel()
+        if result:
+            return result[0]
+        if ended:
+            raise StopAsyncIteration
+        raise TransportError(f"stream from {self._peer_id} reset: the node went down")

@@ -31,6 +31,9 @@ class NoopExecutor:
         job, exec_dir, scope, _ = self._runs[execution_id]
         spec = job.spec.noop
         assert spec is not None
+        data = spec.stdout.encode()
+        if data:
+            exec_dir.stdout.write_bytes(data)  # before sleeping, so followers see output while it "runs"
         try:
             with scope:
                 if spec.sleep:
@@ -40,9 +43,6 @@ class NoopExecutor:
                         return RunResult(exit_code=-1, error=f"timed out after {job.spec.timeout:g}s")
             if scope.cancelled_caught:
                 return RunResult(exit_code=-1, error="cancelled")
-            data = spec.stdout.encode()
-            if data:
-                exec_dir.stdout.write_bytes(data)
             exec_dir.exit_code.write_text(str(spec.exit_code))
             return RunResult(
                 exit_code=spec.exit_code, stdout_bytes=len(data), stdout_tail=spec.stdout[-1024:]

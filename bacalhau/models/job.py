@@ -56,7 +56,7 @@ class WasmSpec(_Strict):
 
 
 class NoopSpec(_Strict):
-    """Control-plane tests and benchmarks: 'runs' instantly, prints `stdout`, exits with `exit_code`."""
+    """Control-plane tests and benchmarks: prints `stdout`, waits `sleep` seconds, exits with `exit_code`."""
 
     stdout: str = ""
     exit_code: int = 0

@@ -175,6 +175,9 @@ class P2PHost:
         )
         self._pubsub = Pubsub(self._host, router)
         async with self._host.run(listen_addrs=[multiaddr.Multiaddr(self._listen)]):
+            # The auto-connector aims at 100+ connections and keeps redialing every peer it ever saw (a
+            # departed node, hundreds of times): a cluster dials its own peers (see _keep_connected).
+            await self._host.get_network().auto_connector.stop()
             async with background_trio_service(self._pubsub), background_trio_service(router):
                 await self._pubsub.wait_until_ready()
                 self.listen_addrs = [f"{a}" if "/p2p/" in str(a) else f"{a}/p2p/{self.peer_id}"
