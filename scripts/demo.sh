@@ -13,6 +13,6 @@ if ! bacalhau version >/dev/null 2>&1 || ! bacalhau node list >/dev/null 2>&1; t
   for _ in $(seq 1 60); do bacalhau node list >/dev/null 2>&1 && break; sleep 0.5; done
 fi
 bacalhau node list
-echo "[demo] bacalhau docker run bacalhau/busybox -- sh -c 'for i in 1 2 3 4 5; do echo step \$i; sleep 1; done'" >&2
-bacalhau docker run bacalhau/busybox -- sh -c 'for i in 1 2 3 4 5; do echo "step $i"; sleep 1; done'
+echo "[demo] bacalhau docker run -f bacalhau/busybox -- sh -c 'for i in 1 2 3 4 5; do echo step \$i; sleep 1; done'  (logs stream live)" >&2
+bacalhau docker run -f bacalhau/busybox -- sh -c 'for i in 1 2 3 4 5; do echo "step $i"; sleep 1; done'
 echo "[demo] the node keeps running; stop it with: pkill -f 'bacalhau serve'" >&2
