@@ -152,3 +152,32 @@ def test_a_second_node_joins_with_the_printed_command_and_runs_jobs(served) -> N
     job = json.loads(first.cli("describe", "-o", "json", first.client().list_jobs(1)[0]["id"]).stdout)
     second_id = next(n["node_id"] for n in nodes if n["labels"].get("role") == "second")
     assert job["executions"][-1]["node_id"] == second_id
+
+
+def test_sigterm_lets_a_running_job_finish_and_the_limits_show_in_node_list(served) -> None:  # type: ignore[no-untyped-def]
+    node = served("limited", "--limit-total-cpu", "1.5", "--limit-total-memory", "2Gi", "--labels", "a=1,b=2").start()
+    node.wait_ready()
+    info = node.client().nodes()[0]
+    assert info["capacity_total"] == {"cpu": 1.5, "memory": 2 * 1024**3}
+    assert info["labels"] == {"a": "1", "b": "2"}
+    job_id = node.cli("docker", "run", "--id-only", "bacalhau/busybox", "--", "sh", "-c", "sleep 1; echo finished").stdout.strip()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        executions = node.client().job(job_id)["executions"]
+        if executions and executions[-1]["state"] == "running":
+            break
+        time.sleep(0.02)
+    started = time.monotonic()
+    assert node.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started >= 0.5          # it waited for the job
+    node.start()
+    node.wait_ready()
+    job = node.client().job(job_id)
+    assert job["state"] == "completed", [(e["state"], e["reason"]) for e in job["events"]][5:]
+    assert node.cli("logs", job_id).stdout == "finished\n"
+
+
+def test_bad_serve_flags_get_one_clear_error(served) -> None:  # type: ignore[no-untyped-def]
+    node = served("bad", "--node-type", "banana")
+    out = subprocess.run([*BACALHAU, *node.args], env=node.env, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2 and "--node-type" in out.stderr and "Traceback" not in out.stderr

@@ -46,7 +46,8 @@ class ComputeNode:
         self._nursery: trio.Nursery | None = None
         self._orphans: list[LocalExecution] = []
         self._accepting = True
-        self._idle = trio.Event()      # set whenever an execution ends, for drain()
+        self._idle = trio.Event()      # set whenever an execution leaves _busy, for drain()
+        self._busy: set[str] = set()   # accepted and not yet published, failed or cancelled
         for proto, model, fn in [
             (m.ASK_FOR_BID, m.AskForBidRequest, self._ask_for_bid),
             (m.BID_ACCEPTED, m.ExecutionRequest, self._bid_accepted),
@@ -92,7 +93,7 @@ class ComputeNode:
         """Stop taking work; give running executions `grace` seconds to end."""
         self._accepting = False
         with trio.move_on_after(grace):
-            while self._scopes:
+            while self._busy:
                 self._idle = trio.Event()
                 await self._idle.wait()
 
@@ -128,6 +129,7 @@ class ComputeNode:
         ex = await self._store.update(req.execution_id, (S.NEW,), S.BID_ACCEPTED, "bid accepted")
         scope = trio.CancelScope()
         self._scopes[ex.id] = scope
+        self._busy.add(ex.id)
         self._spawn(self._execute, ex, scope)
         return m.Ack()
 
@@ -142,6 +144,7 @@ class ComputeNode:
 
     async def _result_rejected(self, peer_id: str, req: m.ExecutionReasonRequest) -> m.Ack:
         await self._store.update(req.execution_id, (S.RUNNING,), S.FAILED, req.reason or "result rejected")
+        self._done(req.execution_id)
         return m.Ack()
 
     async def _cancel(self, peer_id: str, req: m.ExecutionReasonRequest) -> m.Ack:
@@ -155,6 +158,7 @@ class ComputeNode:
                 await executor.cancel(ex.id)
             scope.cancel()
         ex = await self._store.update(ex.id, None, S.CANCELLED, req.reason or "cancelled")
+        self._done(ex.id)
         self._spawn(self._send, "on_cancel_complete", ex.requester_id,
                     m.CancelComplete(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id))
         return m.Ack()
@@ -215,21 +219,28 @@ class ComputeNode:
             await self._fail(ex, str(exc))
         finally:
             self._scopes.pop(ex.id, None)
-            self._idle.set()
 
     async def _publish(self, ex: LocalExecution) -> None:
         # Results stay on this node (served through get_result) until the embedded IPFS node publishes them.
         ref = f"node:{self.node_id}/{ex.id}"
-        await self._store.update(ex.id, (S.PUBLISHING,), S.COMPLETED, "published", result_ref=ref)
-        await self._send("on_publish_complete", ex.requester_id,
-                         m.PublishComplete(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, result_ref=ref))
+        try:
+            await self._store.update(ex.id, (S.PUBLISHING,), S.COMPLETED, "published", result_ref=ref)
+            await self._send("on_publish_complete", ex.requester_id, m.PublishComplete(
+                execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, result_ref=ref))
+        finally:
+            self._done(ex.id)
 
     async def _fail(self, ex: LocalExecution, reason: str) -> None:
+        self._done(ex.id)
         try:
             await self._store.update(ex.id, None, S.FAILED, reason)
         except BacalhauError:
             return  # already terminal (cancelled)
         await self._notify_failure(ex, reason)
+
+    def _done(self, execution_id: str) -> None:
+        self._busy.discard(execution_id)
+        self._idle.set()
 
     async def _notify_failure(self, ex: LocalExecution, reason: str) -> None:
         await self._send("on_compute_failure", ex.requester_id,
