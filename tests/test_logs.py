@@ -14,9 +14,10 @@ from bacalhau.bprotocol.transport import InMemoryNetwork
 from bacalhau.compute.logs import HEADER
 from bacalhau.config import NodeConfig
 from bacalhau.executors.noop import NoopExecutor
-from bacalhau.models import Engine, JobSpec, JobState, NodeType, NoopSpec, Resources
+from bacalhau.models import Engine, JobSpec, NodeType, NoopSpec, Resources
 from bacalhau.node import Node, NodeDeps
 from tests.conftest import node_config, run_cli
+from tests.test_flow_inmemory import wait_terminal
 
 IMAGE = "bacalhau/busybox:latest"
 
@@ -103,7 +104,7 @@ async def mem_cluster(tmp_path: Path) -> AsyncIterator[tuple[Node, list[Node], I
         computes = []
         for i in range(2):
             cfg = NodeConfig(repo_dir=tmp_path / f"c{i}", node_types=(NodeType.COMPUTE,), node_info_interval=0.2,
-                             capacity=Resources(cpu=1, memory=1024**3))
+                             capacity=Resources(cpu=1, memory=1024**3), labels={"name": f"c{i}"})
             computes.append(await nursery.start(Node(cfg, NodeDeps(network=net, executors={Engine.NOOP: NoopExecutor()})).run))
         with trio.fail_after(5):
             while len(req.requester.nodes.alive()) < 2:
@@ -118,13 +119,16 @@ async def test_attaching_before_the_job_starts_waits_then_streams(
     req, _, _ = mem_cluster
     # fill both nodes so the next job queues
     blockers = [await req.requester.submit(JobSpec(engine=Engine.NOOP, resources=Resources(cpu=1),
-                                                   noop=NoopSpec(sleep=1.5))) for _ in range(2)]
+                                                   node_selector=f"name=c{i}", noop=NoopSpec(sleep=1.5)))
+                for i in range(2)]
     queued = await req.requester.submit(JobSpec(engine=Engine.NOOP, resources=Resources(cpu=1),
                                                 noop=NoopSpec(stdout="finally\n")))
+    started = trio.current_time()
     res = await run_cli(req, "logs", "-f", queued.id)
     assert res.returncode == 0 and res.stdout == "finally\n"
+    assert trio.current_time() - started >= 1.0   # it waited for room, then streamed
     for b in blockers:
-        assert (await req.requester.store.get_job(b.id, full=False)).state == JobState.COMPLETED
+        await wait_terminal(req, b.id)
 
 
 async def test_a_job_retried_on_another_node_is_followed_there(
