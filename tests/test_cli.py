@@ -137,3 +137,18 @@ def test_client_commands_do_not_import_libp2p_or_the_server_stack(tmp_path: Path
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"BACALHAU_API_PORT": "1", "PATH": "/usr/bin:/bin"}, check=False)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+async def test_wasm_run_uploads_the_module_and_streams_its_output(single_node: Node, tmp_path: Path) -> None:
+    from tests.executors.test_wasm import hello
+
+    module = tmp_path / "hello.wasm"
+    module.write_bytes(hello("from wasm\n", exit_code=2))
+    res = await run_cli(single_node, "wasm", "run", "-f", str(module))
+    assert res.returncode == 2 and res.stdout == "from wasm\n", res.stderr
+    res = await run_cli(single_node, "wasm", "run", str(module))
+    assert res.returncode == 2 and res.stdout == "from wasm\n", res.stderr
+    bad = tmp_path / "bad.wasm"
+    bad.write_text("not wasm")
+    res = await run_cli(single_node, "wasm", "run", str(bad))
+    assert res.returncode == 1 and "not a WebAssembly module" in res.stderr and "Traceback" not in res.stderr
