@@ -21,6 +21,39 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
     return out
 
 
+MAX_INLINE_BYTES = 1024 * 1024
+
+
+def parse_inputs(values: tuple[str, ...]) -> list[dict[str, str]]:
+    """-i SOURCE[:/PATH]: a URL (https://, ipfs://) or a small local file, uploaded with the job."""
+    from pathlib import Path
+
+    inputs = []
+    for value in values:
+        source, path = value, "/inputs"
+        if "://" in value:
+            scheme, rest = value.split("://", 1)
+            if ":/" in rest:
+                rest, path = rest.rsplit(":/", 1)
+                path = "/" + path
+            source = f"{scheme}://{rest}"
+        else:
+            local, sep, target = value.rpartition(":/")
+            if sep and local:
+                source, path = local, "/" + target
+            file = Path(source)
+            if not file.is_file():
+                raise click.BadParameter(f"{source!r} is neither a URL nor a local file", param_hint="-i")
+            if file.stat().st_size > MAX_INLINE_BYTES:
+                raise click.BadParameter(f"{source} is over {MAX_INLINE_BYTES} bytes: serve it over https:// "
+                                         "and pass the URL", param_hint="-i")
+            from bacalhau.storage.inline import encode_inline
+
+            source = encode_inline(file.name, file.read_bytes())
+        inputs.append({"source": source, "path": path})
+    return inputs
+
+
 @click.group()
 def docker() -> None:
     """Run Docker jobs."""
@@ -30,6 +63,8 @@ def docker() -> None:
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("-e", "--env", multiple=True, metavar="K=V", help="Environment variable for the job (repeatable).")
+@click.option("-i", "--input", "inputs", multiple=True, metavar="SOURCE[:/PATH]",
+              help="Input mounted read-only at PATH (default /inputs): https://..., ipfs://CID or a small local file.")
 @click.option("-w", "--workdir", default=None, metavar="DIR", help="Working directory inside the container.")
 @click.option("--entrypoint", default=None, help="Override the image's entrypoint (split on spaces).")
 @click.option("--cpu", default=None, metavar="CPU", help="CPU the job needs, e.g. 0.5 or 500m.")
@@ -46,7 +81,8 @@ def docker() -> None:
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the job and print its output.")
 @click.option("-f", "--follow", is_flag=True, help="Stream the job's logs live while it runs.")
 @click.pass_context
-def run(ctx: click.Context, image: str, command: tuple[str, ...], env: tuple[str, ...], workdir: str | None,
+def run(ctx: click.Context, image: str, command: tuple[str, ...], env: tuple[str, ...], inputs: tuple[str, ...],
+        workdir: str | None,
         entrypoint: str | None, cpu: str | None, memory: str | None, timeout: float | None,
         labels: tuple[str, ...], selector: str, concurrency: int, network: str, id_only: bool, wait: bool,
         follow: bool) -> None:
@@ -74,6 +110,7 @@ def run(ctx: click.Context, image: str, command: tuple[str, ...], env: tuple[str
         "labels": _pairs(labels, "label"),
         "node_selector": selector,
         "concurrency": concurrency,
+        "inputs": parse_inputs(inputs),
     }
     if timeout is not None:
         spec["timeout"] = timeout

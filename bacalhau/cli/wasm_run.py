@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from bacalhau.cli.docker_run import _pairs
+from bacalhau.cli.docker_run import _pairs, parse_inputs
 from bacalhau.cli.main import client_from
 from bacalhau.cli.output import status
 from bacalhau.errors import UserError
@@ -27,6 +27,8 @@ def wasm() -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--entry-point", default="_start", show_default=True, help="Function the job starts in.")
 @click.option("-e", "--env", multiple=True, metavar="K=V", help="Environment variable for the job (repeatable).")
+@click.option("-i", "--input", "inputs", multiple=True, metavar="SOURCE[:/PATH]",
+              help="Input preopened read-only at PATH (default /inputs): https://... or a small local file.")
 @click.option("--timeout", default=None, type=float, metavar="SECONDS", help="Stop the job after this long.")
 @click.option("--memory", default=None, metavar="SIZE", help="Memory limit of the module, e.g. 64Mb.")
 @click.option("-s", "--selector", default="", metavar="SELECTOR", help="Run only on nodes whose labels match.")
@@ -35,6 +37,7 @@ def wasm() -> None:
 @click.option("-f", "--follow", is_flag=True, help="Stream the job's logs live while it runs.")
 @click.pass_context
 def run(ctx: click.Context, module: str, args: tuple[str, ...], entry_point: str, env: tuple[str, ...],
+        inputs: tuple[str, ...],
         timeout: float | None, memory: str | None, selector: str, id_only: bool, wait: bool,
         follow: bool) -> None:
     """Run MODULE.wasm with ARGS on a node of the network.
@@ -57,6 +60,7 @@ def run(ctx: click.Context, module: str, args: tuple[str, ...], entry_point: str
                  "parameters": list(args), "env": _pairs(env, "env")},
         "resources": {"memory": memory} if memory else {},
         "node_selector": selector,
+        "inputs": parse_inputs(inputs),
     }
     if timeout is not None:
         spec["timeout"] = timeout

@@ -22,6 +22,7 @@ from bacalhau.compute.store import ExecutionStore, LocalExecution
 from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, TransportError
 from bacalhau.executors.types import ExecutionDir, Executor
 from bacalhau.models import Engine, ExecutionState, NodeInfo, NodeType, Resources
+from bacalhau.storage.inputs import prepare_inputs
 
 log = logging.getLogger(__name__)
 S = ExecutionState
@@ -204,7 +205,8 @@ class ComputeNode:
                     await trio.to_thread.run_sync(exec_dir.create)
                     await self._store.update(ex.id, (S.BID_ACCEPTED,), S.RUNNING, "started")
                     try:
-                        await executor.start(ex.id, ex.job, exec_dir)
+                        mounts = await prepare_inputs(ex.job, exec_dir.inputs)
+                        await executor.start(ex.id, ex.job, exec_dir, mounts)
                         result = await executor.wait(ex.id)
                     except ExecutorError as exc:
                         await self._fail(ex, str(exc))

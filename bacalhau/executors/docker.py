@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ import trio
 from bacalhau.errors import ExecutorError
 from bacalhau.executors.types import ExecutionDir
 from bacalhau.models import Engine, Job, Network, RunResult
+from bacalhau.storage.types import Mount
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +86,10 @@ class DockerExecutor:
 
     # -- the Executor protocol ------------------------------------------------------------------------------
 
-    async def start(self, execution_id: str, job: Job, exec_dir: ExecutionDir) -> None:
-        await trio.to_thread.run_sync(self._start_blocking, execution_id, job, exec_dir, limiter=self._limiter)
+    async def start(self, execution_id: str, job: Job, exec_dir: ExecutionDir, mounts: Sequence[Mount] = ()) -> None:
+        await trio.to_thread.run_sync(self._start_blocking, execution_id, job, exec_dir, mounts, limiter=self._limiter)
 
-    def _create(self, client: Any, job: Job, execution_id: str, exec_dir: ExecutionDir) -> Any:
+    def _create(self, client: Any, job: Job, execution_id: str, exec_dir: ExecutionDir, mounts: Sequence[Mount]) -> Any:
         import docker.errors
 
         spec = job.spec.docker
@@ -98,7 +100,8 @@ class DockerExecutor:
             environment=spec.env, working_dir=spec.working_dir or None,
             network_mode="host" if job.spec.network == Network.HOST else "none",
             labels={LABEL_NODE: self.node_id, LABEL_EXECUTION: execution_id, LABEL_JOB: job.id},
-            volumes={str(exec_dir.outputs.resolve()): {"bind": "/outputs", "mode": "rw"}},
+            volumes={str(exec_dir.outputs.resolve()): {"bind": "/outputs", "mode": "rw"},
+                     **{str(m.host_dir.resolve()): {"bind": m.path, "mode": "ro"} for m in mounts}},
             detach=True, stdin_open=False, tty=False,
         )
         if res.cpu:
@@ -118,13 +121,13 @@ class DockerExecutor:
             ) from None
         return client.containers.create(**kwargs)
 
-    def _start_blocking(self, execution_id: str, job: Job, exec_dir: ExecutionDir) -> None:
+    def _start_blocking(self, execution_id: str, job: Job, exec_dir: ExecutionDir, mounts: Sequence[Mount]) -> None:
         import docker.errors
         import requests.exceptions
 
         try:
             client = self._get_client()
-            container = self._create(client, job, execution_id, exec_dir)
+            container = self._create(client, job, execution_id, exec_dir, mounts)
         except ExecutorError:
             raise
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:

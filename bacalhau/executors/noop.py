@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
 from bacalhau.executors.types import ExecutionDir
 from bacalhau.models import Engine, Job, RunResult
+from bacalhau.storage.types import Mount
 
 Hook = Callable[[str, Job], Awaitable[None]]
 
@@ -22,7 +23,7 @@ class NoopExecutor:
     async def is_installed(self) -> bool:
         return True
 
-    async def start(self, execution_id: str, job: Job, exec_dir: ExecutionDir) -> None:
+    async def start(self, execution_id: str, job: Job, exec_dir: ExecutionDir, mounts: Sequence[Mount] = ()) -> None:
         if self._on_start is not None:
             await self._on_start(execution_id, job)
         self._runs[execution_id] = (job, exec_dir, trio.CancelScope(), trio.Event())

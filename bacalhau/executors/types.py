@@ -8,11 +8,13 @@ An execution's directory holds, while it runs and after:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from bacalhau.models import Engine, Job, RunResult
+from bacalhau.storage.types import Mount
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,9 @@ class Executor(Protocol):
         """True only when this engine really works on this node (the node advertises only those)."""
         ...
 
-    async def start(self, execution_id: str, job: Job, exec_dir: ExecutionDir) -> None:
-        """Prepare and start the job; raises ExecutorError when it cannot (image missing, engine error)."""
+    async def start(self, execution_id: str, job: Job, exec_dir: ExecutionDir, mounts: Sequence[Mount] = ()) -> None:
+        """Prepare and start the job with its inputs mounted read-only; raises ExecutorError when it cannot
+        (image missing, engine error)."""
         ...
 
     async def wait(self, execution_id: str) -> RunResult:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -18,6 +19,7 @@ from bacalhau.errors import ExecutorError
 from bacalhau.executors.types import ExecutionDir
 from bacalhau.models import Engine, Job, RunResult
 from bacalhau.models.job import WASM_INLINE_PREFIX as INLINE_PREFIX
+from bacalhau.storage.types import Mount
 
 TAIL_BYTES = 1024
 _limiter = trio.CapacityLimiter(4)
@@ -33,6 +35,7 @@ class _Run:
     exec_dir: ExecutionDir
     engine: object
     module: object
+    mounts: list[Mount] = field(default_factory=list)
     why_interrupted: str = ""
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -50,7 +53,7 @@ class WasmExecutor:
             return False
         return True
 
-    async def start(self, execution_id: str, job: Job, exec_dir: ExecutionDir) -> None:
+    async def start(self, execution_id: str, job: Job, exec_dir: ExecutionDir, mounts: Sequence[Mount] = ()) -> None:
         spec = job.spec.wasm
         assert spec is not None
         if not spec.module.startswith(INLINE_PREFIX):
@@ -60,7 +63,7 @@ class WasmExecutor:
         except (binascii.Error, ValueError):
             raise ExecutorError("the uploaded WASM module is not valid base64") from None
         engine, module = await trio.to_thread.run_sync(_compile, data, limiter=_limiter)
-        self._runs[execution_id] = _Run(job, exec_dir, engine, module)
+        self._runs[execution_id] = _Run(job, exec_dir, engine, module, list(mounts))
 
     async def wait(self, execution_id: str) -> RunResult:
         run = self._runs[execution_id]
@@ -126,10 +129,8 @@ def _run_blocking(run: _Run) -> RunResult:
     wasi.stdout_file = str(run.exec_dir.stdout)
     wasi.stderr_file = str(run.exec_dir.stderr)
     wasi.preopen_dir(str(run.exec_dir.outputs), "/outputs")
-    inputs = run.exec_dir.inputs
-    if inputs.exists():
-        for child in sorted(inputs.iterdir()):
-            wasi.preopen_dir(str(child), f"/inputs/{child.name}", fs_mutable=False)
+    for mount in run.mounts:
+        wasi.preopen_dir(str(mount.host_dir), mount.path, fs_mutable=False)
     store.set_wasi(wasi)
     linker = wasmtime.Linker(run.engine)  # type: ignore[arg-type]
     linker.define_wasi()

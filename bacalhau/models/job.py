@@ -64,8 +64,22 @@ class NoopSpec(_Strict):
 
 
 class StorageSpec(_Strict):
-    source: str                    # ipfs://CID, https://..., inline:...
-    path: str                      # mount path inside the job
+    source: str                    # ipfs://CID, https://..., inline:NAME;base64,DATA
+    path: str = "/inputs"          # the directory the job sees it in (read-only)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/") or "/../" in v + "/" or v.rstrip("/") in ("", "/outputs"):
+            raise ValueError(f"input path must be an absolute directory other than / and /outputs, not {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("source")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if not (v.startswith("inline:") or v.split("://", 1)[0].lower() in ("http", "https", "ipfs")):
+            raise ValueError(f"input source must be https://..., ipfs://CID or inline data, not {v[:40]!r}")
+        return v
 
 
 class JobSpec(_Strict):
@@ -93,6 +107,9 @@ class JobSpec(_Strict):
             raise ValueError("concurrency must be at least 1")
         if self.timeout <= 0:
             raise ValueError("timeout must be positive")
+        paths = [i.path for i in self.inputs]
+        if len(set(paths)) != len(paths):
+            raise ValueError("two inputs share a mount path: give each its own (-i SOURCE:/inputs/NAME)")
         if self.node_selector:
             from bacalhau.models.selector import parse_selector
 
