@@ -95,3 +95,16 @@ def test_retry_chain_first_decision_wins() -> None:
     assert decide([MaxAttempts(1)], j).retry is False
     assert decide([Backoff(base=1.0), MaxAttempts(1)], j).delay == 1.0
     assert decide([MaxAttempts(1), Backoff(base=1.0)], j).retry is False
+
+
+def test_a_jobs_retry_spec_replaces_the_nodes_limit_and_adds_backoff() -> None:
+    from bacalhau.requester.retry import chain_for
+
+    j = job(retry={"max_attempts": 1, "backoff": 2.0})
+    j.executions = [Execution(job_id=j.id, node_id="n1", state=ExecutionState.FAILED, reason="boom")]
+    assert decide(chain_for(j, [MaxAttempts(3)]), j).retry is False
+    j2 = job(retry={"backoff": 2.0})
+    j2.executions = list(j.executions)
+    assert decide(chain_for(j2, [MaxAttempts(3)]), j2) .delay == 2.0
+    j2.executions *= 3
+    assert decide(chain_for(j2, [MaxAttempts(3)]), j2).retry is False

@@ -82,6 +82,20 @@ class StorageSpec(_Strict):
         return v
 
 
+class RetrySpec(_Strict):
+    """How this job is retried on other nodes when an attempt fails (not when it exits non-zero)."""
+
+    max_attempts: int | None = None     # None: the requester's default
+    backoff: float = 0.0                # seconds before the second attempt, doubling after each failure
+
+    @field_validator("max_attempts")
+    @classmethod
+    def _positive(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("max_attempts must be at least 1")
+        return v
+
+
 class JobSpec(_Strict):
     engine: Engine = Engine.DOCKER
     docker: DockerSpec | None = None
@@ -94,6 +108,7 @@ class JobSpec(_Strict):
     node_selector: str = ""        # Kubernetes label-selector syntax: 'zone=eu,gpu in (a100,h100)'
     concurrency: int = 1
     inputs: list[StorageSpec] = Field(default_factory=list)
+    retry: RetrySpec = Field(default_factory=RetrySpec)
 
     @model_validator(mode="after")
     def _engine_spec(self) -> JobSpec:

@@ -47,6 +47,17 @@ class Backoff:
         return Decision(True, "retrying with backoff", min(self.cap, self.base * self.factor ** (failed - 1)))
 
 
+def chain_for(job: Job, default: list[RetryStrategy]) -> list[RetryStrategy]:
+    """The node's configured chain, with the job's own retry spec applied: its max_attempts replaces the
+    node's, and its backoff goes last (reached only when nothing before it said stop)."""
+    chain = list(default)
+    if job.spec.retry.max_attempts is not None:
+        chain = [MaxAttempts(job.spec.retry.max_attempts), *(s for s in chain if not isinstance(s, MaxAttempts))]
+    if job.spec.retry.backoff:
+        chain.append(Backoff(base=job.spec.retry.backoff))
+    return chain
+
+
 def decide(chain: list[RetryStrategy], job: Job) -> Decision:
     for strategy in chain:
         decision = strategy.decide(job)

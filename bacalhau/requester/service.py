@@ -15,7 +15,7 @@ from bacalhau.errors import BacalhauError, StateError
 from bacalhau.models import Execution, ExecutionState, Job, JobSpec, JobState, NodeInfo
 from bacalhau.requester.nodes import NodeTable
 from bacalhau.requester.ranking import rank_nodes
-from bacalhau.requester.retry import MaxAttempts, RetryStrategy, attempts_summary, decide
+from bacalhau.requester.retry import MaxAttempts, RetryStrategy, attempts_summary, chain_for, decide
 from bacalhau.requester.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class Requester:
             if needed <= 0:
                 return
             if any(e.state == S.FAILED for e in job.executions):
-                decision = decide(self._retry_chain, job)
+                decision = decide(chain_for(job, self._retry_chain), job)
                 if not decision.retry:
                     await self._fail_job(job, f"{decision.reason}: {attempts_summary(job)}")
                     return

@@ -1,0 +1,65 @@
+"""Faults with real processes: a compute node killed with SIGKILL in the middle of a batch of jobs."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+
+from tests.test_serve import served  # noqa: F401  (fixture)
+
+
+def test_killing_a_compute_node_mid_batch_loses_no_job(served) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    req = served("req", "--node-type", "requester").start()
+    text = req.wait_ready()
+    m = re.search(r"--peer /ip4/[0-9.]+/tcp/(\d+)/p2p/(\w+)", text)
+    assert m, text
+    peer = f"/ip4/127.0.0.1/tcp/{m.group(1)}/p2p/{m.group(2)}"
+    computes = [served(f"c{i}", "--node-type", "compute", "--peer", peer, "--labels", f"name=c{i}").start()
+                for i in range(3)]
+    for c in computes:
+        c.wait_ready()
+    client = req.client()
+    deadline = time.monotonic() + 30
+    while len(client.nodes()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(client.nodes()) == 3
+
+    ids = [client.submit({"engine": "docker", "docker": {"image": "bacalhau/busybox:latest",
+                                                          "parameters": ["sh", "-c", f"sleep 2; echo job-{i}"]}})
+           for i in range(30)]
+    # wait until the victim runs something, then kill it without warning
+    victim = computes[0]
+    victim_id = next(n["node_id"] for n in client.nodes() if n["labels"].get("name") == "c0")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(e["node_id"] == victim_id and e["state"] == "running"
+               for job_id in ids for e in client.job(job_id)["executions"]):
+            break
+        time.sleep(0.1)
+    victim.stop(signal.SIGKILL)
+
+    deadline = time.monotonic() + 90
+    pending = set(ids)
+    while pending and time.monotonic() < deadline:
+        for job_id in list(pending):
+            if client.job(job_id)["state"] in ("completed", "failed", "cancelled"):
+                pending.discard(job_id)
+        time.sleep(0.2)
+    assert not pending, f"{len(pending)} jobs did not end"
+    jobs = [client.job(j) for j in ids]
+    assert all(j["state"] == "completed" for j in jobs), [(j["id"][:8], j["state"], j["reason"]) for j in jobs]
+    moved = [j for j in jobs if any(e["node_id"] == victim_id and e["state"] == "failed" for e in j["executions"])]
+    assert moved, "the killed node held no job when it died"
+    for j in moved:
+        done = [e for e in j["executions"] if e["state"] == "completed"]
+        assert done and done[0]["node_id"] != victim_id
+        lost = [e["reason"] for e in j["executions"] if e["node_id"] == victim_id and e["state"] == "failed"]
+        assert all(r == "the node was lost" or r.startswith(("bid_accepted failed", "ask for bid failed"))
+                   for r in lost), lost
+    # the dead node's containers are its restart's business; clean them here
+    leftover = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=bacalhau.node_id={victim_id}"],
+                              capture_output=True, text=True, check=True).stdout.split()
+    if leftover:
+        subprocess.run(["docker", "rm", "-f", *leftover], capture_output=True, check=False)
