@@ -57,6 +57,7 @@ class NodeConfig:
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     engines: tuple[str, ...] = ("docker", "wasm", "noop")
+    swarm_key: str | None = None              # hex or a key file; None: the repo's swarm.key (made once)
 
     @property
     def is_requester(self) -> bool:

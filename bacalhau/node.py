@@ -64,6 +64,7 @@ class Node:
         self.requester: Requester | None = None
         self.compute: ComputeNode | None = None
         self.node_id = ""
+        self.swarm_key = ""
         self.api_port: int | None = None
         self._stores: list[Any] = []
 
@@ -102,9 +103,12 @@ class Node:
         else:
             from bacalhau.bprotocol.p2p_transport import P2PTransport
             from bacalhau.p2p.host import P2PHost
+            from bacalhau.p2p.swarm_key import load_or_create_swarm_key
 
+            self.swarm_key = await trio.to_thread.run_sync(
+                load_or_create_swarm_key, cfg.repo_dir / "swarm.key", cfg.swarm_key)
             self.host = P2PHost(key_path=cfg.repo_dir / "identity.key", listen_host=cfg.swarm_host,
-                                listen_port=cfg.swarm_port, peers=cfg.peers)
+                                listen_port=cfg.swarm_port, peers=cfg.peers, psk=self.swarm_key)
             await nursery.start(self.host.run)
             self.node_id = self.host.peer_id
             self.transport = P2PTransport(self.host)

@@ -19,6 +19,13 @@ from bacalhau.cli.client import ApiClient
 BACALHAU = [sys.executable, "-m", "bacalhau.cli.main"]
 
 
+def join_args(text: str) -> tuple[str, str]:
+    """The --peer (pointed at loopback) and --swarm-key of the join command a first node printed."""
+    m = re.search(r"--peer /ip4/[0-9.]+/tcp/(\d+)/p2p/(\w+) --swarm-key ([0-9a-f]{64})", text)
+    assert m, text
+    return f"/ip4/127.0.0.1/tcp/{m.group(1)}/p2p/{m.group(2)}", m.group(3)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -137,8 +144,12 @@ def test_requester_killed_and_restarted_keeps_its_jobs_and_peer_id(served) -> No
 def test_a_second_node_joins_with_the_printed_command_and_runs_jobs(served) -> None:  # type: ignore[no-untyped-def]
     first = served("first", "--labels", "role=first").start()
     text = first.wait_ready()
-    peer = re.search(r"--peer (\S+)", text).group(1).replace("/ip4/" + text.split("/ip4/")[1].split("/")[0], "/ip4/127.0.0.1")
-    second = served("second", "--node-type", "compute", "--peer", peer, "--labels", "role=second").start()
+    peer, key = join_args(text)
+    # a node without the cluster's key is refused, and says why
+    stranger = served("stranger", "--node-type", "compute", "--peer", peer).start()
+    stranger.wait_ready()
+    second = served("second", "--node-type", "compute", "--peer", peer, "--swarm-key", key, "--labels",
+                    "role=second").start()
     second.wait_ready()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -147,6 +158,11 @@ def test_a_second_node_joins_with_the_printed_command_and_runs_jobs(served) -> N
             break
         time.sleep(0.2)
     assert len(nodes) == 2
+    assert all(n["labels"].get("role") in ("first", "second") for n in nodes)
+    deadline = time.monotonic() + 30
+    while "swarm key" not in stranger.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "swarm key" in stranger.log.read_text()
     res = first.cli("docker", "run", "-s", "role=second", "bacalhau/busybox", "--", "echo", "on-second")
     assert res.returncode == 0 and res.stdout == "on-second\n", res.stderr
     job = json.loads(first.cli("describe", "-o", "json", first.client().list_jobs(1)[0]["id"]).stdout)

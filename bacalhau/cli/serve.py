@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from bacalhau.config import DEFAULT_API_HOST, DEFAULT_API_PORT, DEFAULT_SWARM_PORT
+from bacalhau.errors import UserError
 
 if TYPE_CHECKING:
     from bacalhau.config import NodeConfig
@@ -48,13 +49,15 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
 
 
-def join_instructions(node_id: str, addrs: list[str], swarm_host: str, api_host: str, api_port: int | None) -> str:
+def join_instructions(node_id: str, addrs: list[str], swarm_host: str, api_host: str, api_port: int | None,
+                      swarm_key: str) -> str:
     port = next((a.split("/tcp/")[1].split("/")[0] for a in addrs if "/tcp/" in a), "?")
     host = public_ip() if swarm_host in ("0.0.0.0", "") else swarm_host
     maddr = f"/ip4/{host}/tcp/{port}/p2p/{node_id}"
     lines = [f"bacalhau node {node_id} is running."]
     lines += ["To join another machine to this cluster, run on it:",
-              f"    bacalhau serve --node-type compute --peer {maddr}"]
+              f"    bacalhau serve --node-type compute --peer {maddr} --swarm-key {swarm_key}",
+              "(the swarm key makes the cluster private: keep it secret; nodes without it cannot connect)"]
     if api_port is not None:
         lines += ["To use this node from a client:",
                   f"    export BACALHAU_API_HOST={api_host} BACALHAU_API_PORT={api_port}"]
@@ -74,9 +77,12 @@ def join_instructions(node_id: str, addrs: list[str], swarm_host: str, api_host:
 @click.option("--limit-total-memory", default=None, metavar="SIZE", help="Memory this node offers (default 80%).")
 @click.option("--repo", default=None, type=click.Path(file_okay=False), envvar="BACALHAU_DIR",
               help="State directory (env BACALHAU_DIR, default ~/.bacalhau).")
+@click.option("--swarm-key", default=None, metavar="HEX|FILE", envvar="BACALHAU_SWARM_KEY",
+              help="The private cluster's key, as printed by its first node (kept in the repo once given).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, swarm_port: int, labels: str,
-          limit_total_cpu: str | None, limit_total_memory: str | None, repo: str | None, verbose: bool) -> None:
+          limit_total_cpu: str | None, limit_total_memory: str | None, repo: str | None, swarm_key: str | None,
+          verbose: bool) -> None:
     """Run a bacalhau node: with no flags, a private cluster of one that is requester and compute.
 
     It prints the command that joins more machines. SIGINT/SIGTERM stop taking work, give running jobs a
@@ -102,7 +108,15 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
     config = NodeConfig(
         repo_dir=Path(repo) if repo else default_repo_dir(), node_types=types, api_host=api_host,
         api_port=api_port, swarm_port=swarm_port, peers=peer_list, labels=parse_labels(labels), capacity=capacity,
+        swarm_key=swarm_key,
     )
+    if swarm_key:
+        from bacalhau.p2p.swarm_key import parse_swarm_key
+
+        try:
+            parse_swarm_key(Path(swarm_key).read_text() if Path(swarm_key).is_file() else swarm_key)
+        except UserError as exc:
+            raise click.BadParameter(str(exc), param_hint="--swarm-key") from None
     setup_logging(verbose)
     import trio
 
@@ -123,7 +137,7 @@ async def run_until_signalled(first_config: NodeConfig, more: Callable[[Node], l
             for config in configs[1:]:
                 nodes.append(await nursery.start(Node(config).run))
             click.echo(join_instructions(first.node_id, first.addrs(), first_config.swarm_host,
-                                         first_config.api_host, first.api_port), err=True)
+                                         first_config.api_host, first.api_port, first.swarm_key), err=True)
             async for signum in signals:
                 logging.getLogger("bacalhau").info(
                     "%s: stopping (running jobs get %gs to end)", signal.Signals(signum).name, configs[0].shutdown_grace)

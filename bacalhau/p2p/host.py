@@ -48,6 +48,7 @@ LENGTH = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
 DEFAULT_READ_TIMEOUT = 10.0
 REDIAL_MIN, REDIAL_MAX = 0.5, 10.0
+DIAL_TIMEOUT = 10.0   # a dial that the other side's PSK silently refuses would hang for 20-30 s
 READ_CHUNK = 256 * 1024
 
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
@@ -198,10 +199,15 @@ class P2PHost:
             info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
         except Exception as exc:
             raise TransportError(f"bad peer address {addr!r}: {exc}") from None
+        hint = (" (this cluster is private: check that this node has the swarm key printed by the node it"
+                " joins, --swarm-key)") if self._psk else ""
         try:
-            await self._host.connect(info)
+            with trio.fail_after(DIAL_TIMEOUT):
+                await self._host.connect(info)
+        except trio.TooSlowError:
+            raise TransportError(f"cannot connect to {addr} within {DIAL_TIMEOUT:g}s{hint}") from None
         except Exception as exc:
-            raise TransportError(f"cannot connect to {addr}: {exc}") from None
+            raise TransportError(f"cannot connect to {addr}: {exc}{hint}") from None
         return str(info.peer_id.to_base58())
 
     async def _keep_connected(self, addr: str) -> None:

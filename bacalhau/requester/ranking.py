@@ -7,6 +7,7 @@ docker engine, 1 not matching selector 'zone=eu')".
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from typing import NamedTuple, Protocol
 
@@ -52,9 +53,11 @@ ALREADY_TRIED = Why("is left that was not already tried for this job", "already 
 
 
 def _score(job: Job, node: NodeInfo) -> tuple[float, ...]:
-    """Higher is better: room free now, then the larger share of CPU free, then fewer queued."""
+    """Higher is better: room free now, then the larger share of CPU free (in steps of 10%, so that nodes
+    about as busy count as equal), then fewer queued."""
     fits_now = 1.0 if effective(job.spec.resources).fits_in(node.capacity_free) else 0.0
-    return (fits_now, node.capacity_free.cpu / (node.capacity_total.cpu or 1.0), -float(node.queued))
+    share_free = round(node.capacity_free.cpu / (node.capacity_total.cpu or 1.0), 1)
+    return (fits_now, share_free, -float(node.queued))
 
 
 def rank_nodes(
@@ -72,6 +75,7 @@ def rank_nodes(
             ok.append(node)
         else:
             reasons[why] += 1
+    random.shuffle(ok)  # equals stay equal: spread a burst of jobs instead of always asking the same nodes
     ok.sort(key=lambda n: _score(job, n), reverse=True)
     if ok:
         return ok, ""
