@@ -58,6 +58,7 @@ class NodeConfig:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     engines: tuple[str, ...] = ("docker", "wasm", "noop")
     swarm_key: str | None = None              # hex or a key file; None: the repo's swarm.key (made once)
+    api_token: str | None = None              # required of non-loopback API clients when set
 
     @property
     def is_requester(self) -> bool:

@@ -144,7 +144,12 @@ class Node:
         if cfg.is_requester and cfg.serve_api:
             from bacalhau.api.server import build_app, serve_api
 
-            self.api_port = await nursery.start(serve_api, build_app(self), cfg.api_host, cfg.api_port)
+            app: Any = build_app(self)
+            if cfg.api_token:
+                from bacalhau.api.server import TokenGuard
+
+                app = TokenGuard(app, cfg.api_token)
+            self.api_port = await nursery.start(serve_api, app, cfg.api_host, cfg.api_port)
         if self.deps.on_ready is not None:
             await self.deps.on_ready(self)
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from bacalhau.bprotocol.transport import InMemoryNetwork
 from bacalhau.node import Node, NodeDeps
+from bacalhau.signing import load_or_create_client_key, sign
 from tests.conftest import node_config
 
 
@@ -80,11 +81,71 @@ async def test_random_json_bodies_never_break_the_api(api_node: Node) -> None:
     assert status == 200
 
 
-async def test_unique_prefix_resolves_and_wait_returns_when_the_job_ends(api_node: Node) -> None:
+def signed_body(key: object, spec: dict) -> bytes:  # type: ignore[type-arg]
+    return json.dumps({"spec": spec, **sign(key, {"submit": spec})}).encode()
+
+
+async def test_unique_prefix_resolves_and_wait_returns_when_the_job_ends(api_node: Node, tmp_path: Path) -> None:
     port = api_node.api_port
+    key = load_or_create_client_key(tmp_path / "client.key")
     status, data = await trio.to_thread.run_sync(
-        post, port, "/api/v1/jobs", json.dumps({"spec": {"engine": "noop", "noop": {"stdout": "x"}}}).encode())
+        post, port, "/api/v1/jobs", signed_body(key, {"engine": "noop", "noop": {"stdout": "x"}}))
     assert status == 201
     job_id = data["id"]
     status, job = await trio.to_thread.run_sync(get, port, f"/api/v1/jobs/{job_id[:6]}/wait?timeout=10&since=1e12")
     assert status == 200 and job["id"] == job_id and job["state"] == "completed"
+
+
+async def test_submissions_must_be_signed_and_only_the_submitter_may_cancel(api_node: Node, tmp_path: Path) -> None:
+    port = api_node.api_port
+    spec = {"engine": "noop", "noop": {"sleep": 30}}
+    status, data = await trio.to_thread.run_sync(post, port, "/api/v1/jobs", json.dumps({"spec": spec}).encode())
+    assert status == 400 and "not signed" in data["error"]
+    alice = load_or_create_client_key(tmp_path / "alice.key")
+    mallory = load_or_create_client_key(tmp_path / "mallory.key")
+    tampered = json.loads(signed_body(alice, spec))
+    tampered["spec"]["noop"]["sleep"] = 1
+    status, data = await trio.to_thread.run_sync(post, port, "/api/v1/jobs", json.dumps(tampered).encode())
+    assert status == 400 and "does not verify" in data["error"]
+    status, data = await trio.to_thread.run_sync(post, port, "/api/v1/jobs", signed_body(alice, spec))
+    assert status == 201
+    job_id = data["id"]
+    cancel = f"/api/v1/jobs/{job_id}/cancel"
+    status, data = await trio.to_thread.run_sync(post, port, cancel, json.dumps(sign(mallory, {"cancel": job_id})).encode())
+    assert status == 403 and "only the client that submitted" in data["error"]
+    status, data = await trio.to_thread.run_sync(post, port, cancel, b"{}")
+    assert status == 400
+    status, data = await trio.to_thread.run_sync(post, port, cancel, json.dumps(sign(alice, {"cancel": job_id})).encode())
+    assert status == 200 and data["state"] == "cancelled"
+
+
+async def test_non_loopback_clients_need_the_api_token() -> None:
+    # The guard is driven with ASGI scopes directly: a second machine's address cannot be used in tests here
+    from bacalhau.api.server import TokenGuard
+
+    reached: list[str] = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        reached.append(scope["client"][0])
+
+    sent: list[dict] = []  # type: ignore[type-arg]
+
+    async def send(message: dict) -> None:  # type: ignore[type-arg]
+        sent.append(message)
+
+    async def receive() -> dict:  # type: ignore[type-arg]
+        return {"type": "http.request", "body": b""}
+
+    guard = TokenGuard(app, "s3cret")
+
+    def scope(client: str, auth: str = "") -> dict:  # type: ignore[type-arg]
+        headers = [(b"authorization", f"Bearer {auth}".encode())] if auth else []
+        return {"type": "http", "client": (client, 1), "headers": headers, "method": "GET", "path": "/"}
+
+    await guard(scope("127.0.0.1"), receive, send)
+    await guard(scope("10.1.2.3", "s3cret"), receive, send)
+    assert reached == ["127.0.0.1", "10.1.2.3"]
+    await guard(scope("10.1.2.3", "wrong"), receive, send)
+    await guard(scope("10.1.2.3"), receive, send)
+    assert reached == ["127.0.0.1", "10.1.2.3"]
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [401, 401]

@@ -13,6 +13,7 @@ Errors are {"error": message, "code": kind} with a 4xx/5xx status.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -29,6 +30,7 @@ from starlette.websockets import WebSocket
 
 from bacalhau.errors import AmbiguousIdError, BacalhauError, NotFoundError, StateError, UserError
 from bacalhau.models import ExecutionState, JobSpec
+from bacalhau.signing import verify
 from bacalhau.version import VERSION
 
 if TYPE_CHECKING:
@@ -98,7 +100,8 @@ def build_app(node: Node) -> Starlette:
             spec = JobSpec.model_validate(data["spec"])
         except ValidationError as exc:
             return _error(400, _spec_error(exc), "invalid_spec")
-        job = await requester.submit(spec, client_id=str(data.get("client_id", "")))
+        client_id = verify(data, {"submit": data["spec"]})
+        job = await requester.submit(spec, client_id=client_id)
         return JSONResponse({"id": job.id}, status_code=201)
 
     @_handle_errors
@@ -131,7 +134,16 @@ def build_app(node: Node) -> Starlette:
 
     @_handle_errors
     async def cancel(request: Request) -> Response:
-        job = await requester.cancel(await _job_id(request))
+        job_id = await _job_id(request)
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            return _error(400, "request body is not JSON", "bad_request")
+        client_id = verify(body if isinstance(body, dict) else {}, {"cancel": job_id})
+        owner = (await requester.store.get_job(job_id, full=False)).client_id
+        if owner and owner != client_id:
+            return _error(403, "only the client that submitted a job can cancel it", "forbidden")
+        job = await requester.cancel(job_id)
         return JSONResponse(job.model_dump(mode="json"))
 
     @_handle_errors
@@ -184,6 +196,37 @@ async def _chain(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterat
     yield first
     async for chunk in rest:
         yield chunk
+
+
+LOOPBACK = ("127.", "::1", "localhost")
+
+
+class TokenGuard:
+    """ASGI middleware: requests that do not come from loopback must carry the API token
+    (`Authorization: Bearer TOKEN`, or `?token=` on the log websocket)."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            client = (scope.get("client") or ("",))[0] or ""
+            if not client.startswith(LOOPBACK):
+                headers = dict(scope.get("headers") or [])
+                given = headers.get(b"authorization", b"").decode().removeprefix("Bearer ").strip()
+                if not given and scope["type"] == "websocket":
+                    from urllib.parse import parse_qs
+
+                    given = (parse_qs(scope.get("query_string", b"").decode()).get("token") or [""])[0]
+                if not hmac.compare_digest(given, self.token):
+                    if scope["type"] == "websocket":
+                        await send({"type": "websocket.close", "code": 4401})
+                        return
+                    await JSONResponse({"error": "this API needs a token (BACALHAU_API_TOKEN)", "code": "unauthorized"},
+                                       status_code=401)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 def _guard_hypercorn_close() -> None:

@@ -18,8 +18,12 @@ DEFAULT_PORT = 1234
 READ_CHUNK = 256 * 1024
 
 
+def _state_dir() -> Path:
+    return Path(os.environ.get("BACALHAU_DIR") or Path.home() / ".bacalhau")
+
+
 def _config_file() -> Path:
-    return Path(os.environ.get("BACALHAU_DIR") or Path.home() / ".bacalhau") / "config.yaml"
+    return _state_dir() / "config.yaml"
 
 
 def resolve_api(host: str | None, port: int | None) -> tuple[str, int]:
@@ -40,14 +44,17 @@ def resolve_api(host: str | None, port: int | None) -> tuple[str, int]:
 
 
 class ApiClient:
-    def __init__(self, host: str, port: int, timeout: float = 90.0) -> None:
+    def __init__(self, host: str, port: int, timeout: float = 90.0, token: str | None = None) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.token = token if token is not None else os.environ.get("BACALHAU_API_TOKEN", "")
 
     def _open(self, method: str, path: str, body: Any = None) -> http.client.HTTPResponse:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         headers = {"Content-Type": "application/json"} if body is not None else {}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         try:
             conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
             resp = conn.getresponse()
@@ -67,7 +74,9 @@ class ApiClient:
                 message = raw.decode(errors="replace") or resp.reason
             if resp.status == 404:
                 raise NotFoundError(message)
-            if resp.status in (400, 409, 413):
+            if resp.status == 401:
+                raise UserError(f"{message}: set BACALHAU_API_TOKEN to the token `bacalhau serve` printed")
+            if resp.status in (400, 403, 409, 413):
                 raise UserError(message)
             raise ApiError(message, resp.status)
         return resp
@@ -97,8 +106,16 @@ class ApiClient:
     def nodes(self) -> list[dict[str, Any]]:
         return self.request("GET", "/api/v1/nodes")  # type: ignore[no-any-return]
 
+    def _key(self) -> Any:
+        from bacalhau.signing import load_or_create_client_key
+
+        return load_or_create_client_key(_state_dir() / "client.key")
+
     def submit(self, spec: dict[str, Any]) -> str:
-        return self.request("POST", "/api/v1/jobs", {"spec": spec})["id"]  # type: ignore[no-any-return]
+        from bacalhau.signing import sign
+
+        body = {"spec": spec, **sign(self._key(), {"submit": spec})}
+        return self.request("POST", "/api/v1/jobs", body)["id"]  # type: ignore[no-any-return]
 
     def list_jobs(self, limit: int) -> list[dict[str, Any]]:
         return self.request("GET", "/api/v1/jobs", limit=limit)  # type: ignore[no-any-return]
@@ -112,7 +129,11 @@ class ApiClient:
         )
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return self.request("POST", f"/api/v1/jobs/{quote(job_id)}/cancel", {})  # type: ignore[no-any-return]
+        from bacalhau.signing import sign
+
+        full_id = self.job(job_id)["id"]  # the signature covers the full id, whatever prefix was typed
+        body = sign(self._key(), {"cancel": full_id})
+        return self.request("POST", f"/api/v1/jobs/{quote(full_id)}/cancel", body)  # type: ignore[no-any-return]
 
     def result(self, job_id: str, item: str) -> Iterator[bytes]:
         return self.stream(f"/api/v1/jobs/{quote(job_id)}/results/{item}")

@@ -23,7 +23,8 @@ RECONNECT_DELAY = 0.5
 RECONNECT_GIVE_UP = 30.0
 
 
-def follow_logs(host: str, port: int, job_id: str, *, follow: bool = True, quiet: bool = False) -> int:
+def follow_logs(host: str, port: int, job_id: str, *, follow: bool = True, quiet: bool = False,
+                token: str = "") -> int:
     """Print the job's logs; with follow, until the job ends. Return the job's exit code (1 if it never ran)."""
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
     from websockets.sync.client import connect
@@ -33,7 +34,7 @@ def follow_logs(host: str, port: int, job_id: str, *, follow: bool = True, quiet
     failing_since: float | None = None
     while True:
         query = {"follow": "1" if follow else "0", "execution_id": execution_id,
-                 "stdout_offset": offsets[1], "stderr_offset": offsets[2]}
+                 "stdout_offset": offsets[1], "stderr_offset": offsets[2], **({"token": token} if token else {})}
         url = f"ws://{host}:{port}/api/v1/jobs/{job_id}/logs?{urlencode(query)}"
         try:
             with connect(url, max_size=4 * 1024 * 1024, open_timeout=10) as ws:
@@ -93,4 +94,4 @@ def _verdict(event: dict, follow: bool) -> int:  # type: ignore[type-arg]
 def logs(ctx: click.Context, job_id: str, follow: bool) -> None:
     """Print what JOB_ID has written so far (stdout to stdout, stderr to stderr); -f follows it live."""
     client = client_from(ctx)
-    sys.exit(follow_logs(client.host, client.port, job_id, follow=follow))
+    sys.exit(follow_logs(client.host, client.port, job_id, follow=follow, token=client.token))

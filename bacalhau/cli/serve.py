@@ -50,7 +50,7 @@ def setup_logging(verbose: bool) -> None:
 
 
 def join_instructions(node_id: str, addrs: list[str], swarm_host: str, api_host: str, api_port: int | None,
-                      swarm_key: str) -> str:
+                      swarm_key: str, api_token: str | None = None) -> str:
     port = next((a.split("/tcp/")[1].split("/")[0] for a in addrs if "/tcp/" in a), "?")
     host = public_ip() if swarm_host in ("0.0.0.0", "") else swarm_host
     maddr = f"/ip4/{host}/tcp/{port}/p2p/{node_id}"
@@ -59,8 +59,10 @@ def join_instructions(node_id: str, addrs: list[str], swarm_host: str, api_host:
               f"    bacalhau serve --node-type compute --peer {maddr} --swarm-key {swarm_key}",
               "(the swarm key makes the cluster private: keep it secret; nodes without it cannot connect)"]
     if api_port is not None:
+        host = public_ip() if api_host in ("0.0.0.0", "::") else api_host
+        token = f" BACALHAU_API_TOKEN={api_token}" if api_token else ""
         lines += ["To use this node from a client:",
-                  f"    export BACALHAU_API_HOST={api_host} BACALHAU_API_PORT={api_port}"]
+                  f"    export BACALHAU_API_HOST={host} BACALHAU_API_PORT={api_port}{token}"]
     return "\n".join(lines)
 
 
@@ -110,6 +112,15 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
         api_port=api_port, swarm_port=swarm_port, peers=peer_list, labels=parse_labels(labels), capacity=capacity,
         swarm_key=swarm_key,
     )
+    if not api_host.startswith(("127.", "localhost", "::1")):
+        import secrets
+
+        token_file = config.repo_dir / "api.token"
+        if not token_file.exists():
+            token_file.parent.mkdir(parents=True, exist_ok=True)
+            token_file.write_text(secrets.token_urlsafe(32) + "\n")
+            token_file.chmod(0o600)
+        config.api_token = token_file.read_text().strip()
     if swarm_key:
         from bacalhau.p2p.swarm_key import parse_swarm_key
 
@@ -137,7 +148,8 @@ async def run_until_signalled(first_config: NodeConfig, more: Callable[[Node], l
             for config in configs[1:]:
                 nodes.append(await nursery.start(Node(config).run))
             click.echo(join_instructions(first.node_id, first.addrs(), first_config.swarm_host,
-                                         first_config.api_host, first.api_port, first.swarm_key), err=True)
+                                         first_config.api_host, first.api_port, first.swarm_key,
+                                         first_config.api_token), err=True)
             async for signum in signals:
                 logging.getLogger("bacalhau").info(
                     "%s: stopping (running jobs get %gs to end)", signal.Signals(signum).name, configs[0].shutdown_grace)

@@ -73,7 +73,7 @@ def run(ctx: click.Context, module: str, args: tuple[str, ...], entry_point: str
     if follow:
         from bacalhau.cli.logs import follow_logs
 
-        sys.exit(follow_logs(client.host, client.port, job_id))
+        sys.exit(follow_logs(client.host, client.port, job_id, token=client.token))
     from bacalhau.cli.waiting import wait_and_print
 
     sys.exit(wait_and_print(client, job_id))
