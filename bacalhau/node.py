@@ -122,6 +122,7 @@ class Node:
                 results_dir=cfg.repo_dir / "results", capacity=cfg.capacity or machine_capacity(),
                 labels=cfg.labels, call_timeout=cfg.call_timeout, version=VERSION,
             )
+            self.compute.log_stream_addr = next(iter(self.addrs()), "")
             await nursery.start(self.compute.run)
 
         if cfg.is_requester:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
+import trio
 import yaml
 
 from bacalhau.node import Node
@@ -152,3 +154,39 @@ async def test_wasm_run_uploads_the_module_and_streams_its_output(single_node: N
     bad.write_text("not wasm")
     res = await run_cli(single_node, "wasm", "run", str(bad))
     assert res.returncode == 1 and "not a WebAssembly module" in res.stderr and "Traceback" not in res.stderr
+
+
+async def test_a_slow_wasm_printer_streams_live(single_node: Node, tmp_path: Path) -> None:
+    import os
+    import sys
+
+    import wasmtime
+
+    from tests.executors.test_wasm import WASI
+
+    # prints "tick N" three times, burning CPU between prints (WASI has no plain sleep to call from WAT)
+    wat = """(module %s
+      (memory (export "memory") 1)
+      (data (i32.const 16) "tick\\0a")
+      (func $burn (local $i i64) (local.set $i (i64.const 0))
+        (loop $l (local.set $i (i64.add (local.get $i) (i64.const 1)))
+              (br_if $l (i64.lt_u (local.get $i) (i64.const 3000000000)))))
+      (func $tick (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 5))
+        (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+      (func (export "_start") (call $tick) (call $burn) (call $tick) (call $burn) (call $tick)))""" % WASI
+    module = tmp_path / "slow.wasm"
+    module.write_bytes(wasmtime.wat2wasm(wat))
+    env = {**os.environ, "BACALHAU_API_HOST": "127.0.0.1", "BACALHAU_API_PORT": str(single_node.api_port)}
+    proc = await trio.lowlevel.open_process([sys.executable, "-m", "bacalhau.cli.main", "wasm", "run", "-f",
+                                             str(module)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    arrivals: list[float] = []
+    start = time.monotonic()
+    buf = b""
+    assert proc.stdout is not None
+    with trio.fail_after(60):
+        while chunk := await proc.stdout.receive_some(1024):
+            buf += chunk
+            arrivals += [time.monotonic() - start] * chunk.count(b"\n")
+        await proc.wait()
+    assert buf == b"tick\n" * 3 and proc.returncode == 0
+    assert arrivals[-1] - arrivals[0] > 0.2   # the first tick arrived well before the last: live, not at the end

@@ -124,3 +124,11 @@ async def test_devstack_runs_a_cluster_in_one_command(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         with trio.fail_after(30):
             assert await proc.wait() == 0
+
+
+async def test_compute_nodes_advertise_their_log_stream_address(cluster: tuple[Node, list[Node]]) -> None:
+    req, computes = cluster
+    infos = {n.node_id: n for n in req.requester.nodes.alive()}
+    for c in computes:
+        assert infos[c.node_id].log_stream_addr == c.addrs()[0]
+        assert infos[c.node_id].log_stream_addr.endswith(f"/p2p/{c.node_id}")

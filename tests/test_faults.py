@@ -61,3 +61,39 @@ def test_killing_a_compute_node_mid_batch_loses_no_job(served) -> None:  # type:
                               capture_output=True, text=True, check=True).stdout.split()
     if leftover:
         subprocess.run(["docker", "rm", "-f", *leftover], capture_output=True, check=False)
+
+
+def test_killing_the_requester_mid_batch_loses_no_job_and_runs_none_twice(served) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    req = served("req", "--node-type", "requester").start()
+    peer, key = join_args(req.wait_ready())
+    computes = [served(f"c{i}", "--node-type", "compute", "--peer", peer, "--swarm-key", key).start()
+                for i in range(2)]
+    for c in computes:
+        c.wait_ready()
+    client = req.client()
+    deadline = time.monotonic() + 30
+    while len(client.nodes()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ids = [client.submit({"engine": "docker", "docker": {"image": "bacalhau/busybox:latest", "parameters":
+                                                          ["sh", "-c", f"sleep 2; echo job-{i}"]}}) for i in range(10)]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if sum(1 for j in ids if any(e["state"] == "running" for e in client.job(j)["executions"])) >= 4:
+            break
+        time.sleep(0.1)
+    req.stop(signal.SIGKILL)
+    time.sleep(3)          # jobs finish while no requester listens: their callbacks are lost
+    req.start()
+    req.wait_ready()
+    deadline = time.monotonic() + 60
+    pending = set(ids)
+    while pending and time.monotonic() < deadline:
+        pending = {j for j in pending if client.job(j)["state"] not in ("completed", "failed", "cancelled")}
+        time.sleep(0.2)
+    assert not pending
+    for i, job_id in enumerate(ids):
+        job = client.job(job_id)
+        assert job["state"] == "completed", (job["reason"], [(e["state"], e["reason"]) for e in job["executions"]])
+        ran = [e for e in job["executions"] if e.get("result")]
+        assert len(ran) == 1, [(e["state"], e["reason"]) for e in job["executions"]]   # ran exactly once
+        assert req.cli("logs", job_id).stdout == f"job-{i}\n"

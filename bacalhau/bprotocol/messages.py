@@ -1,6 +1,7 @@
 """bprotocol messages: one versioned protocol id per RPC, one pydantic model per request.
 
-Requester -> compute:  ask_for_bid, bid_accepted, bid_rejected, result_accepted, result_rejected, cancel
+Requester -> compute:  ask_for_bid, bid_accepted, bid_rejected, result_accepted, result_rejected, cancel,
+                       execution_status
 Compute -> requester:  on_bid_complete, on_run_complete, on_publish_complete, on_cancel_complete,
                        on_compute_failure
 Streams (compute):     get_result (a file or tar of an execution's result, as raw bytes after one frame)
@@ -15,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from bacalhau.models import Job, RunResult
+from bacalhau.models import ExecutionState, Job, RunResult
 
 COMPUTE = "/bacalhau/compute"
 CALLBACK = "/bacalhau/callback"
@@ -26,6 +27,7 @@ BID_REJECTED = f"{COMPUTE}/bid_rejected/1.0.0"
 RESULT_ACCEPTED = f"{COMPUTE}/result_accepted/1.0.0"
 RESULT_REJECTED = f"{COMPUTE}/result_rejected/1.0.0"
 CANCEL = f"{COMPUTE}/cancel/1.0.0"
+EXECUTION_STATUS = f"{COMPUTE}/execution_status/1.0.0"
 GET_RESULT = f"{COMPUTE}/get_result/1.0.0"
 
 ON_BID_COMPLETE = f"{CALLBACK}/on_bid_complete/1.0.0"
@@ -64,6 +66,7 @@ class BidResult(_Msg):
     node_id: str
     accepted: bool
     reason: str = ""
+    log_stream_addr: str = ""   # where this node serves the execution's logs (multiaddr; protocol in compute/logs)
 
 
 class RunComplete(_Msg):
@@ -91,6 +94,16 @@ class ComputeFailure(_Msg):
     job_id: str
     node_id: str
     reason: str
+
+
+class ExecutionStatus(_Msg):
+    """What a compute node knows of an execution: how a restarted requester catches up."""
+
+    execution_id: str
+    state: ExecutionState
+    reason: str = ""
+    result: RunResult | None = None
+    result_ref: str = ""
 
 
 class GetResultRequest(_Msg):

@@ -52,6 +52,10 @@ class ComputeProxy(_Proxy):
     async def cancel(self, peer_id: str, execution_id: str, reason: str) -> None:
         await self._call(peer_id, m.CANCEL, m.ExecutionReasonRequest(execution_id=execution_id, reason=reason), m.Ack)
 
+    async def execution_status(self, peer_id: str, execution_id: str) -> m.ExecutionStatus:
+        return await self._call(peer_id, m.EXECUTION_STATUS, m.ExecutionRequest(execution_id=execution_id),
+                                m.ExecutionStatus)
+
     def get_result(self, peer_id: str, execution_id: str, item: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         return self._transport.stream(peer_id, m.GET_RESULT, encode(m.GetResultRequest(execution_id=execution_id, item=item)))
 

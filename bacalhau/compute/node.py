@@ -43,6 +43,7 @@ class ComputeNode:
         self.version = version
         self._callbacks = CallbackProxy(transport, call_timeout)
         self.engines: frozenset[Engine] = frozenset()
+        self.log_stream_addr = ""      # set by the node once its libp2p host listens
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._orphans: list[LocalExecution] = []
@@ -56,6 +57,7 @@ class ComputeNode:
             (m.RESULT_ACCEPTED, m.ExecutionRequest, self._result_accepted),
             (m.RESULT_REJECTED, m.ExecutionReasonRequest, self._result_rejected),
             (m.CANCEL, m.ExecutionReasonRequest, self._cancel),
+            (m.EXECUTION_STATUS, m.ExecutionRequest, self._execution_status),
         ]:
             transport.register(proto, typed_handler(model, fn))  # type: ignore[arg-type]
         transport.register_stream(m.GET_RESULT, self._get_result)
@@ -103,7 +105,7 @@ class ComputeNode:
             node_id=self.node_id, node_types=node_types, addrs=addrs, engines=sorted(self.engines),
             labels=self.labels, capacity_total=self.capacity.total, capacity_free=self.capacity.free,
             running=len(self._scopes), queued=self.capacity.queued, version=self.version,
-            published_at=time.time(),
+            published_at=time.time(), log_stream_addr=self.log_stream_addr,
         )
 
     def _spawn(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
@@ -122,7 +124,7 @@ class ComputeNode:
                            reason=reason or "bid")
         )
         msg = m.BidResult(execution_id=req.execution_id, job_id=req.job.id, node_id=self.node_id,
-                          accepted=reason is None, reason=reason or "")
+                          accepted=reason is None, reason=reason or "", log_stream_addr=self.log_stream_addr)
         self._spawn(self._send, "on_bid_complete", req.requester_id, msg)
         return m.Ack()
 
@@ -163,6 +165,11 @@ class ComputeNode:
         self._spawn(self._send, "on_cancel_complete", ex.requester_id,
                     m.CancelComplete(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id))
         return m.Ack()
+
+    async def _execution_status(self, peer_id: str, req: m.ExecutionRequest) -> m.ExecutionStatus:
+        ex = await self._store.get(req.execution_id)
+        return m.ExecutionStatus(execution_id=ex.id, state=ex.state, reason=ex.reason, result=ex.result,
+                                 result_ref=ex.result_ref)
 
     async def _get_result(self, peer_id: str, payload: bytes) -> AsyncIterator[bytes]:
         from bacalhau.bprotocol.framing import decode

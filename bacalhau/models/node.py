@@ -29,5 +29,5 @@ class NodeInfo(BaseModel):
     running: int = 0
     queued: int = 0
     version: str = ""
-    log_stream_addr: str = ""
+    log_stream_addr: str = ""      # multiaddr of the log-stream server (/bacalhau/compute/logs/1.0.0)
     published_at: float = Field(default_factory=time.time)

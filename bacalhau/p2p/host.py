@@ -201,6 +201,8 @@ class P2PHost:
             raise TransportError(f"bad peer address {addr!r}: {exc}") from None
         hint = (" (this cluster is private: check that this node has the swarm key printed by the node it"
                 " joins, --swarm-key)") if self._psk else ""
+        # py-libp2p refuses to redial a peer for 60 s after a failed dial: our own backoff decides instead
+        self._host.get_network().unblock_peer(info.peer_id)
         try:
             with trio.fail_after(DIAL_TIMEOUT):
                 await self._host.connect(info)

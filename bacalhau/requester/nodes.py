@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import trio
+
 from bacalhau.models import NodeInfo
 
 
@@ -12,12 +14,20 @@ class NodeTable:
         self.ttl = ttl
         self._nodes: dict[str, tuple[NodeInfo, float]] = {}
         self.pinned: set[str] = set()          # this node's own compute part: never expires
+        self._seen: dict[str, trio.Event] = {}
 
     def update(self, info: NodeInfo) -> bool:
         """Record a NodeInfo; True when the node is new (or had expired)."""
         known = info.node_id in self._nodes
         self._nodes[info.node_id] = (info, time.monotonic() + self.ttl)
+        if not known:
+            self._seen.pop(info.node_id, trio.Event()).set()
         return not known
+
+    async def wait_for(self, node_id: str) -> None:
+        """Return once the node is in the table (at once if it is)."""
+        if node_id not in self._nodes:
+            await self._seen.setdefault(node_id, trio.Event()).wait()
 
     def remove(self, node_id: str) -> None:
         self._nodes.pop(node_id, None)

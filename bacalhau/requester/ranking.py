@@ -49,6 +49,7 @@ class HasCapacity:
 
 
 DEFAULT_FILTERS: list[NodeFilter] = [HasEngine(), MatchesLabels(), HasCapacity()]
+NO_COMPUTE_NODE = "no compute node is known to this requester"
 ALREADY_TRIED = Why("is left that was not already tried for this job", "already tried for this job")
 
 
@@ -80,7 +81,7 @@ def rank_nodes(
     if ok:
         return ok, ""
     if not compute:
-        return [], "no compute node is known to this requester"
+        return [], NO_COMPUTE_NODE
     if len(reasons) == 1:
         return [], f"no node {next(iter(reasons)).none_has}"
     parts = ", ".join(f"{count} {why.without}" for why, count in reasons.most_common())

@@ -14,7 +14,7 @@ from bacalhau.bprotocol.transport import Transport, typed_handler
 from bacalhau.errors import BacalhauError, StateError
 from bacalhau.models import Execution, ExecutionState, Job, JobSpec, JobState, NodeInfo
 from bacalhau.requester.nodes import NodeTable
-from bacalhau.requester.ranking import rank_nodes
+from bacalhau.requester.ranking import NO_COMPUTE_NODE, rank_nodes
 from bacalhau.requester.retry import MaxAttempts, RetryStrategy, attempts_summary, chain_for, decide
 from bacalhau.requester.store import JobStore
 
@@ -38,6 +38,7 @@ class Requester:
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self._changed: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
+        self._started_at = 0.0
         for proto, model, fn in [
             (m.ON_BID_COMPLETE, m.BidResult, self._on_bid_complete),
             (m.ON_RUN_COMPLETE, m.RunComplete, self._on_run_complete),
@@ -48,6 +49,7 @@ class Requester:
             transport.register(proto, typed_handler(model, fn))  # type: ignore[arg-type]
 
     async def run(self, *, task_status: trio.TaskStatus[Requester] = trio.TASK_STATUS_IGNORED) -> None:
+        self._started_at = trio.current_time()
         unfinished = await self.store.jobs_in_states([JobState.PENDING, JobState.IN_PROGRESS])
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -193,6 +195,11 @@ class Requester:
         if not candidates:
             if live:
                 return  # bids or runs in flight may still do it
+            waited = trio.current_time() - self._started_at
+            if why == NO_COMPUTE_NODE and waited < self.nodes.ttl * 2:
+                # just started: compute nodes reconnect and gossip within a TTL or two; look again then
+                self._spawn(self._evaluate_later, job.id, self.nodes.ttl * 2 - waited)
+                return
             failures = attempts_summary(job)
             await self._fail_job(job, f"{why}; earlier attempts: {failures}" if failures else why)
             return
@@ -226,7 +233,7 @@ class Requester:
             return  # it already finished (a fast job's callbacks can overtake this)
         self._notify(job_id)
 
-    async def _execution_failed(self, job_id: str, execution_id: str, expected: tuple[ExecutionState, ...],
+    async def _execution_failed(self, job_id: str, execution_id: str, expected: tuple[ExecutionState, ...] | None,
                                 new: ExecutionState, reason: str) -> None:
         async with self._locks[job_id]:
             try:
@@ -246,22 +253,58 @@ class Requester:
         except BacalhauError as exc:
             log.warning("%s to %s for execution %s failed: %s", call, node_id, execution_id, exc)
 
+    async def _evaluate_later(self, job_id: str, delay: float) -> None:
+        await trio.sleep(delay)
+        await self._evaluate(job_id)
+
     async def _evaluate_waiting(self) -> None:
         for job in await self.store.jobs_in_states([JobState.PENDING]):
             await self._evaluate(job.id)
 
     async def _reconcile_after_restart(self, job_id: str) -> None:
-        """Executions in flight when the requester stopped cannot be trusted: cancel them (not the nodes'
-        fault, so they stay eligible and no attempt is counted), then schedule the job again."""
-        async with self._locks[job_id]:
-            job = await self.store.get_job(job_id, full=False)
-            for ex in job.executions:
-                if not ex.state.terminal:
-                    await self._set(ex.id, None, S.CANCELLED, "the requester restarted while it was in flight")
-                    self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, "the requester restarted")
-            if job.state == JobState.IN_PROGRESS:
-                await self.store.update_job(job_id, JobState.IN_PROGRESS, JobState.PENDING, "requester restarted")
-        self._spawn(self._evaluate, job_id)
+        """Executions in flight when the requester stopped went on without it: ask their nodes how each
+        went (callbacks sent meanwhile were lost) and catch up, so none is lost or run twice."""
+        job = await self.store.get_job(job_id, full=False)
+        live = [ex for ex in job.executions if not ex.state.terminal]
+        for ex in live:
+            self._spawn(self._reconcile_execution, job_id, ex)
+        if not live:
+            self._spawn(self._evaluate, job_id)
+
+    async def _reconcile_execution(self, job_id: str, ex: Execution) -> None:
+        with trio.move_on_after(self.nodes.ttl * 3):   # nodes reconnect and gossip again after a restart
+            await self.nodes.wait_for(ex.node_id)
+        try:
+            status = await self._compute.execution_status(ex.node_id, ex.id)
+        except BacalhauError as exc:
+            await self._execution_failed(job_id, ex.id, None, S.FAILED,
+                                         f"lost while the requester was down: {exc}")
+            return
+        log.info("reconciling execution %s: requester had %s, node %s says %s", ex.id, ex.state.value,
+                 ex.node_id, status.state.value)
+        info = dict(execution_id=ex.id, job_id=job_id, node_id=ex.node_id)
+        try:
+            if status.state == S.NEW:
+                await self._execution_failed(job_id, ex.id, None, S.BID_REJECTED, NOT_NEEDED)
+                await self._tell_compute("bid_rejected", ex.node_id, ex.id, "the requester restarted")
+            elif status.state in (S.BID_ACCEPTED, S.RUNNING) and status.result is None:
+                if ex.state == S.BID_ACCEPTED:
+                    async with self._locks[job_id]:
+                        await self._set(ex.id, (S.BID_ACCEPTED,), S.RUNNING, "running (seen after a restart)")
+            elif status.state in (S.RUNNING, S.PUBLISHING, S.COMPLETED) and status.result is not None:
+                if ex.state in (S.ASKED_FOR_BID, S.NEW):
+                    async with self._locks[job_id]:
+                        await self._set(ex.id, None, S.BID_ACCEPTED, "bid accepted (seen after a restart)")
+                if ex.state != S.PUBLISHING:
+                    await self._on_run_complete(ex.node_id, m.RunComplete(**info, result=status.result))
+                if status.state == S.COMPLETED:
+                    await self._on_publish_complete(ex.node_id, m.PublishComplete(**info, result_ref=status.result_ref))
+            elif status.state.terminal:
+                new = S.CANCELLED if status.state == S.CANCELLED else S.FAILED
+                await self._execution_failed(job_id, ex.id, None, new, status.reason or status.state.value)
+        except StateError:
+            pass  # a callback got there first
+        self._notify(job_id)
 
     async def _expire_nodes_loop(self) -> None:
         while True:
