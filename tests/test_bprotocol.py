@@ -82,3 +82,44 @@ async def test_compute_node_answers_bad_and_unknown_messages_with_errors(tmp_pat
                                   encode(m.AskForBidRequest(execution_id="e1", requester_id="client", job=job)), timeout=5)
         assert parse_reply(reply, m.Ack) == m.Ack()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_real_node_survives_random_truncated_and_oversize_frames_over_libp2p(tmp_path: Path) -> None:
+    import random
+    import struct
+
+    from bacalhau.p2p.host import P2PHost
+    from tests.conftest import node_config
+
+    rng = random.Random(1234)
+    tried = 0
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(node_config(tmp_path / "node", engines=("noop",))).run)
+        client = await nursery.start(P2PHost(key_path=tmp_path / "client.key", listen_host="127.0.0.1", listen_port=0,
+                                             peers=[node.addrs()[0]], psk=node.swarm_key).run)
+        with trio.fail_after(10):
+            while node.node_id not in client.connected_peers():
+                await trio.sleep(0.05)
+        protocols = [m.ASK_FOR_BID, m.BID_ACCEPTED, m.CANCEL, m.ON_BID_COMPLETE, m.ON_RUN_COMPLETE, m.EXECUTION_STATUS]
+        for i in range(150):
+            proto = protocols[i % len(protocols)]
+            kind = i % 3
+            if kind == 0:   # random bytes in a well-formed frame: always an error envelope
+                payload = rng.randbytes(rng.randrange(0, 300))
+                reply = await client.request(node.node_id, proto, payload, timeout=5)
+                assert decode(reply, m.Envelope).error is not None
+            else:           # a truncated frame, or a length prefix far over the limit
+                stream = await client.open_stream(node.node_id, proto)
+                if kind == 1:
+                    await stream.write(struct.pack(">I", 1000) + rng.randbytes(rng.randrange(0, 999)))
+                else:
+                    await stream.write(struct.pack(">I", 2**31) + b"{}")
+                await stream.close_write()
+                assert await stream.read() == b""   # the node ends the stream, nothing else
+                await stream.close()
+            tried += 1
+        # and it still does its job
+        ok = await client.request(node.node_id, m.EXECUTION_STATUS, encode(m.ExecutionRequest(execution_id="none")), timeout=5)
+        assert decode(ok, m.Envelope).error.code == m.ErrorCode.NOT_FOUND
+        nursery.cancel_scope.cancel()
+    assert tried == 150

@@ -173,3 +173,18 @@ async def test_a_lost_node_mid_execution_is_retried_elsewhere(tmp_path: Path) ->
         lost = next(e for e in current.executions if e.id == first.id)
         assert lost.state == ExecutionState.FAILED and lost.reason == "the node was lost"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_job_may_ask_to_be_retried_when_it_exits_non_zero(tmp_path: Path) -> None:
+    net = InMemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        req, _ = await _cluster(nursery, tmp_path, net, [NoopExecutor(), NoopExecutor()])
+        job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(exit_code=3),
+                                                 retry={"on_nonzero_exit": True, "max_attempts": 2}))
+        await wait_terminal(req, job.id)
+        done = await req.requester.store.get_job(job.id)
+        assert done.state == JobState.FAILED
+        failed = [e for e in done.executions if e.state == ExecutionState.FAILED]
+        assert len(failed) == 2 and len({e.node_id for e in failed}) == 2
+        assert all("exited with code 3" in e.reason for e in failed)
+        nursery.cancel_scope.cancel()

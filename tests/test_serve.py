@@ -165,6 +165,12 @@ def test_a_second_node_joins_with_the_printed_command_and_runs_jobs(served) -> N
     job = json.loads(first.cli("describe", "-o", "json", first.client().list_jobs(1)[0]["id"]).stdout)
     second_id = next(n["node_id"] for n in nodes if n["labels"].get("role") == "second")
     assert job["executions"][-1]["node_id"] == second_id
+    # a node that leaves is dropped within its NodeInfo TTL (5 s) plus one expiry sweep (2.5 s)
+    left_at = time.monotonic()
+    assert second.stop(signal.SIGTERM) == 0
+    while any(n["node_id"] == second_id for n in first.client().nodes()):
+        assert time.monotonic() - left_at < 9, "the node that left is still listed"
+        time.sleep(0.2)
 
 
 def test_sigterm_lets_a_running_job_finish_and_the_limits_show_in_node_list(served) -> None:  # type: ignore[no-untyped-def]

@@ -79,12 +79,14 @@ def join_instructions(node_id: str, addrs: list[str], swarm_host: str, api_host:
 @click.option("--limit-total-memory", default=None, metavar="SIZE", help="Memory this node offers (default 80%).")
 @click.option("--repo", default=None, type=click.Path(file_okay=False), envvar="BACALHAU_DIR",
               help="State directory (env BACALHAU_DIR, default ~/.bacalhau).")
+@click.option("--max-attempts", default=None, type=click.IntRange(min=1), metavar="N",
+              help="Attempts a job gets (on different nodes) before it fails, unless its spec says otherwise.")
 @click.option("--swarm-key", default=None, metavar="HEX|FILE", envvar="BACALHAU_SWARM_KEY",
               help="The private cluster's key, as printed by its first node (kept in the repo once given).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, swarm_port: int, labels: str,
-          limit_total_cpu: str | None, limit_total_memory: str | None, repo: str | None, swarm_key: str | None,
-          verbose: bool) -> None:
+          limit_total_cpu: str | None, limit_total_memory: str | None, repo: str | None, max_attempts: int | None,
+          swarm_key: str | None, verbose: bool) -> None:
     """Run a bacalhau node: with no flags, a private cluster of one that is requester and compute.
 
     It prints the command that joins more machines. SIGINT/SIGTERM stop taking work, give running jobs a
@@ -112,6 +114,8 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
         api_port=api_port, swarm_port=swarm_port, peers=peer_list, labels=parse_labels(labels), capacity=capacity,
         swarm_key=swarm_key,
     )
+    if max_attempts:
+        config.max_attempts = max_attempts
     if not api_host.startswith(("127.", "localhost", "::1")):
         import secrets
 

@@ -87,6 +87,7 @@ class RetrySpec(_Strict):
 
     max_attempts: int | None = None     # None: the requester's default
     backoff: float = 0.0                # seconds before the second attempt, doubling after each failure
+    on_nonzero_exit: bool = False       # also retry (elsewhere) when the command ran and exited non-zero
 
     @field_validator("max_attempts")
     @classmethod

@@ -122,6 +122,11 @@ class Requester:
                 job = await self.store.get_job(msg.job_id, full=False)
                 if not job.state.terminal:
                     await self.store.update_job(job.id, job.state, JobState.FAILED, msg.result.error)
+            elif msg.result.exit_code != 0 and (await self.store.get_job(msg.job_id, full=False)).spec.retry.on_nonzero_exit:
+                reason = f"exited with code {msg.result.exit_code}; the job asks to be retried"
+                await self._set(msg.execution_id, (S.BID_ACCEPTED, S.RUNNING), S.FAILED, reason, result=msg.result)
+                self._spawn(self._tell_compute, "result_rejected", msg.node_id, msg.execution_id, reason)
+                self._spawn(self._evaluate, msg.job_id)
             else:
                 await self._set(msg.execution_id, (S.BID_ACCEPTED, S.RUNNING), S.PUBLISHING,
                                 f"ran, exit code {msg.result.exit_code}", result=msg.result)
