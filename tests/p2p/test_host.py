@@ -150,25 +150,24 @@ async def test_pubsub_relays_across_a_star(tmp_path: Path) -> None:
         right = await nursery.start(host(tmp_path, "right", peers=[hub.listen_addrs[0]]).run)
         await connected(hub, left)
         await connected(hub, right)
-        got: list[tuple[str, bytes]] = []
-        subscribed = trio.Event()
+        got: dict[str, list[tuple[str, bytes]]] = {"hub": [], "left": [], "right": []}
 
-        async def listen() -> None:
-            async with right.subscribe("test-topic") as messages:
-                subscribed.set()
-                async for item in messages:
-                    got.append(item)
+        async def listen(name: str, h: P2PHost, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            async with h.subscribe("test-topic") as messages:
+                task_status.started()
+                async for item in messages:   # every subscriber reads, as nodes do
+                    got[name].append(item)
 
-        nursery.start_soon(listen)
-        await subscribed.wait()
-        async with hub.subscribe("test-topic"), left.subscribe("test-topic"):
-            with trio.fail_after(15):
-                i = 0
-                while not got:  # meshes form on heartbeats: publish until the first one lands
-                    await left.publish("test-topic", b"hello-%d" % i)
-                    i += 1
-                    await trio.sleep(0.2)
-        assert got[0][0] == left.peer_id and got[0][1].startswith(b"hello-")
+        for name, h in (("hub", hub), ("left", left), ("right", right)):
+            await nursery.start(listen, name, h)
+        with trio.fail_after(20):
+            i = 0
+            while not got["right"]:  # meshes form on heartbeats: publish until the first one lands
+                await left.publish("test-topic", b"hello-%d" % i)
+                i += 1
+                await trio.sleep(0.2)
+        assert got["right"][0][0] == left.peer_id and got["right"][0][1].startswith(b"hello-")
+        assert got["hub"]
         nursery.cancel_scope.cancel()
 
 
