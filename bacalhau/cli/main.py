@@ -26,6 +26,7 @@ COMMANDS = {
     "node": "bacalhau.cli.node:node",
     "version": "bacalhau.cli.version:version",
     "id": "bacalhau.cli.id:id_",
+    "ipfs": "bacalhau.cli.ipfs:ipfs",
 }
 HELP = {
     "serve": "Run a node (requester and compute by default).",
@@ -42,6 +43,7 @@ HELP = {
     "node": "Look at the cluster's nodes.",
     "version": "Print the client's and the node's versions.",
     "id": "Print the node's peer ID and addresses.",
+    "ipfs": "Content addressing: `ipfs add` with Kubo's CIDs.",
 }
 
 

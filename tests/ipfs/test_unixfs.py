@@ -1,0 +1,80 @@
+"""The UnixFS importer against the CIDs real Kubo gives for the shared corpus (../shared/ipfs-vectors)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bacalhau.ipfs.unixfs import add_path, cid_str, dag_pb, make_cid, unixfs_data
+
+VECTORS = Path(__file__).resolve().parents[3] / "shared" / "ipfs-vectors"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    subprocess.run([sys.executable, str(VECTORS / "make_corpus.py"), str(out)], check=True, capture_output=True)
+    return out
+
+
+def expected(version: int) -> list[tuple[str, str]]:
+    lines = (VECTORS / f"cids-v{version}.txt").read_text().splitlines()
+    return [(line.split()[0], line.split(None, 1)[1]) for line in lines if line.strip()]
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_every_vector_line_is_reproduced(corpus: Path, version: int) -> None:
+    want = expected(version)
+    assert len(want) == 15
+    got = [(add_path(corpus / name, cid_version=version)[-1][0], name) for _, name in want]
+    assert got == want
+
+
+def test_add_lists_every_entry_root_last_like_ipfs_add(corpus: Path) -> None:
+    lines = add_path(corpus / "tree")
+    assert lines[-1][1] == "tree"
+    assert {rel for _, rel in lines} == {"tree", "tree/readme.md", "tree/.config", "tree/empty", "tree/src",
+                                         "tree/src/main.py", "tree/src/data", "tree/src/data/blob.bin"}
+
+
+def test_blocks_handed_to_put_match_their_cids(corpus: Path) -> None:
+    import hashlib
+
+    blocks: dict[bytes, bytes] = {}
+    add_path(corpus / "three_chunks.bin", put=blocks.__setitem__)
+    assert len(blocks) == 4  # three leaves and their parent
+    for cid, block in blocks.items():
+        assert cid[2:] == hashlib.sha256(block).digest()
+
+
+def test_known_small_blocks() -> None:
+    empty_dir = dag_pb(unixfs_data(1), [])
+    assert cid_str(make_cid(empty_dir, 0x70, 0)) == "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"
+    assert cid_str(make_cid(b"", 0x55, 1)) == "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+
+
+def test_symlinks_become_unixfs_symlinks(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "target.txt").write_text("x")
+    (tmp_path / "d" / "link").symlink_to("target.txt")
+    lines = dict((rel, cid) for cid, rel in add_path(tmp_path / "d"))
+    blocks: dict[bytes, bytes] = {}
+    add_path(tmp_path / "d" / "link", put=blocks.__setitem__)
+    (block,) = blocks.values()
+    assert b"target.txt" in block and b"\x08\x04" in block   # UnixFS Type=Symlink, the target as data
+    assert lines["d/link"] != lines["d/target.txt"]
+
+
+async def test_the_cli_prints_ipfs_add_lines(corpus: Path) -> None:
+    from tests.conftest import run_cli
+
+    res = await run_cli(None, "ipfs", "add", "-n", str(corpus / "hello.txt"))
+    assert res.returncode == 0 and res.stdout == f"added {expected(0)[3][0]} hello.txt\n"
+    assert expected(0)[3][1] == "hello.txt"
+    res = await run_cli(None, "ipfs", "add", "-n", "-r", "-q", "--cid-version", "1", str(corpus / "names"))
+    assert res.stdout.strip() == dict((n, c) for c, n in expected(1))["names"]
+    res = await run_cli(None, "ipfs", "add", "-n", str(corpus / "names"))
+    assert res.returncode == 1 and "use -r" in res.stderr
