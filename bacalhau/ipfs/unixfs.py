@@ -249,3 +249,16 @@ def add_path(path: str | Path, put: Put | None = None, cid_version: int = 0) -> 
 
     walk(root, root.name)
     return lines
+
+
+def cid_to_bytes(text: str) -> bytes:
+    """Parse a CIDv0 (base58btc 'Qm...') or a CIDv1 in base32 ('b...')."""
+    if text.startswith("Qm"):
+        n = 0
+        for ch in text:
+            n = n * 58 + _B58.index(ch)
+        return n.to_bytes(34, "big")
+    if text.startswith("b"):
+        body = text[1:].upper()
+        return base64.b32decode(body + "=" * (-len(body) % 8))
+    raise ValueError(f"unsupported CID {text!r} (CIDv0 Qm... or base32 CIDv1 b...)")
