@@ -16,6 +16,7 @@ from bacalhau.compute.node import ComputeNode
 from bacalhau.compute.store import ExecutionStore
 from bacalhau.config import NODE_INFO_TOPIC, NodeConfig, machine_capacity
 from bacalhau.executors.types import Executor
+from bacalhau.ipfs.blockstore import Blockstore
 from bacalhau.models import Engine, NodeInfo, NodeType
 from bacalhau.requester.nodes import NodeTable
 from bacalhau.requester.service import Requester
@@ -121,6 +122,7 @@ class Node:
                 node_id=self.node_id, transport=self.transport, executors=executors, store=store,
                 results_dir=cfg.repo_dir / "results", capacity=cfg.capacity or machine_capacity(),
                 labels=cfg.labels, call_timeout=cfg.call_timeout, version=VERSION,
+                blockstore=Blockstore(cfg.repo_dir / "ipfs"),
             )
             self.compute.log_stream_addr = next(iter(self.addrs()), "")
             await nursery.start(self.compute.run)

@@ -190,3 +190,20 @@ async def test_a_slow_wasm_printer_streams_live(single_node: Node, tmp_path: Pat
         await proc.wait()
     assert buf == b"tick\n" * 3 and proc.returncode == 0
     assert arrivals[-1] - arrivals[0] > 0.2   # the first tick arrived well before the last: live, not at the end
+
+
+async def test_the_result_is_published_as_a_cid_kubo_would_give_the_downloaded_tree(
+    single_node: Node, tmp_path: Path
+) -> None:
+    res = await run_cli(single_node, "docker", "run", "--id-only", IMAGE, "--", "sh", "-c",
+                        "echo hi; mkdir /outputs/d; echo x > /outputs/d/x.txt")
+    job_id = res.stdout.strip()
+    await run_cli(single_node, "logs", "-f", job_id)
+    deadline = time.monotonic() + 20
+    while (job := json.loads((await run_cli(single_node, "describe", job_id, "-o", "json")).stdout))["state"] != "completed":
+        assert time.monotonic() < deadline
+    ref = job["executions"][-1]["result_ref"]
+    assert ref.startswith("ipfs://Qm")
+    got = await run_cli(single_node, "get", job_id, "-o", str(tmp_path))
+    hashed = await run_cli(None, "ipfs", "add", "-n", "-r", "-q", got.stdout.strip())
+    assert hashed.stdout.strip() == ref.removeprefix("ipfs://")

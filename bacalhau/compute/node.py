@@ -21,6 +21,7 @@ from bacalhau.compute.results import read_result
 from bacalhau.compute.store import ExecutionStore, LocalExecution
 from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, TransportError
 from bacalhau.executors.types import ExecutionDir, Executor
+from bacalhau.ipfs.blockstore import Blockstore
 from bacalhau.models import Engine, ExecutionState, NodeInfo, NodeType, Resources
 from bacalhau.storage.inputs import prepare_inputs
 
@@ -32,7 +33,9 @@ class ComputeNode:
     def __init__(
         self, *, node_id: str, transport: Transport, executors: dict[Engine, Executor], store: ExecutionStore,
         results_dir: Path, capacity: Resources, labels: dict[str, str], call_timeout: float, version: str = "",
+        blockstore: Blockstore,
     ) -> None:
+        self._blockstore = blockstore
         self.node_id = node_id
         self._transport = transport
         self._executors = executors
@@ -230,8 +233,16 @@ class ComputeNode:
             self._scopes.pop(ex.id, None)
 
     async def _publish(self, ex: LocalExecution) -> None:
-        # Results stay on this node (served through get_result) until the embedded IPFS node publishes them.
-        ref = f"node:{self.node_id}/{ex.id}"
+        """Add the result to this node's blockstore as one UnixFS directory; the job records its CID. (The
+        node also serves the files through get_result until bitswap serves them to the cluster.)"""
+        from bacalhau.ipfs.publish import publish_result
+
+        try:
+            cid = await trio.to_thread.run_sync(publish_result, self.execution_dir(ex.id).root, self._blockstore)
+        except (OSError, BacalhauError) as exc:
+            await self._fail(ex, f"the result could not be published: {exc}")
+            return
+        ref = f"ipfs://{cid}"
         try:
             await self._store.update(ex.id, (S.PUBLISHING,), S.COMPLETED, "published", result_ref=ref)
             await self._send("on_publish_complete", ex.requester_id, m.PublishComplete(

@@ -10,17 +10,19 @@ from pathlib import Path
 import trio
 
 from bacalhau.errors import NotFoundError, ProtocolError
+from bacalhau.ipfs.publish import RESULT_ENTRIES
 
 CHUNK = 256 * 1024
 ITEMS = ("stdout", "stderr", "exitCode", "tar")
 
 
 def _make_tar(root: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix="result-", suffix=".tar")
+    fd, tar_path = tempfile.mkstemp(prefix="result-", suffix=".tar")
     with open(fd, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
-        for child in sorted(root.iterdir()):
-            tar.add(child, arcname=child.name)
-    return Path(name)
+        for entry in RESULT_ENTRIES:
+            if (root / entry).exists():
+                tar.add(root / entry, arcname=entry)
+    return Path(tar_path)
 
 
 async def read_result(root: Path, item: str) -> AsyncIterator[bytes]:
