@@ -59,10 +59,27 @@ async def test_wasm_sees_its_inputs_as_preopened_directories(single_node: Node, 
     assert res.returncode == 0 and res.stdout == "ok\n", res.stderr
 
 
-async def test_ipfs_inputs_fail_with_a_clear_reason_until_the_ipfs_node_lands(single_node: Node) -> None:
+async def test_one_jobs_output_cid_feeds_the_next(single_node: Node) -> None:
+    import json
+
+    first = await run_cli(single_node, "docker", "run", "--id-only", IMAGE, "--", "sh", "-c",
+                          "echo 41 > /outputs/n.txt")
+    await run_cli(single_node, "logs", "-f", first.stdout.strip())
+    for _ in range(100):
+        job = json.loads((await run_cli(single_node, "describe", "-o", "json", first.stdout.strip())).stdout)
+        if job["state"] == "completed":
+            break
+    cid = job["executions"][-1]["result_ref"].removeprefix("ipfs://")
+    second = await run_cli(single_node, "docker", "run", "-i", f"ipfs://{cid}:/prev", IMAGE, "--", "sh", "-c",
+                           "echo $(( $(cat /prev/outputs/n.txt) + 1 )); cat /prev/stdout | wc -c")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.split() == ["42", "0"]
+
+
+async def test_an_ipfs_input_no_node_holds_fails_with_the_reason(single_node: Node) -> None:
     res = await run_cli(single_node, "docker", "run", "-i", "ipfs://QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG",
                         IMAGE, "--", "true")
-    assert res.returncode == 1 and "embedded IPFS node" in res.stderr
+    assert res.returncode == 1 and "does not hold ipfs://QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG" in res.stderr
 
 
 async def test_bad_input_arguments_get_one_clear_line(single_node: Node) -> None:

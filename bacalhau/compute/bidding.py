@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bacalhau.compute.capacity import effective
+from bacalhau.ipfs.blockstore import Blockstore
 from bacalhau.models import Engine, Job, Resources
 from bacalhau.models.selector import matches, parse_selector
+from bacalhau.storage.ipfs import holds
 
 
 @dataclass(frozen=True)
@@ -15,6 +17,7 @@ class BidContext:
     engines: frozenset[Engine]
     capacity_total: Resources
     labels: dict[str, str]
+    blockstore: Blockstore | None = None
 
 
 class BidStrategy(Protocol):
@@ -42,7 +45,17 @@ class MatchesSelector:
         return None
 
 
-DEFAULT_BID_STRATEGIES: list[BidStrategy] = [EngineInstalled(), FitsCapacity(), MatchesSelector()]
+class HoldsIpfsInputs:
+    """Until bitswap fetches from peers, only a node that holds an ipfs:// input can run the job."""
+
+    def reject_reason(self, job: Job, ctx: BidContext) -> str | None:
+        for spec in job.spec.inputs:
+            if spec.source.startswith("ipfs://") and (ctx.blockstore is None or not holds(ctx.blockstore, spec.source)):
+                return f"this node does not hold {spec.source} (fetching from peers is not built yet)"
+        return None
+
+
+DEFAULT_BID_STRATEGIES: list[BidStrategy] = [EngineInstalled(), FitsCapacity(), MatchesSelector(), HoldsIpfsInputs()]
 
 
 def bid(job: Job, ctx: BidContext, strategies: list[BidStrategy] = DEFAULT_BID_STRATEGIES) -> str | None:

@@ -23,7 +23,8 @@ from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, Transpo
 from bacalhau.executors.types import ExecutionDir, Executor
 from bacalhau.ipfs.blockstore import Blockstore
 from bacalhau.models import Engine, ExecutionState, NodeInfo, NodeType, Resources
-from bacalhau.storage.inputs import prepare_inputs
+from bacalhau.storage.inputs import DEFAULT_PROVIDERS, prepare_inputs
+from bacalhau.storage.ipfs import IpfsStorage
 
 log = logging.getLogger(__name__)
 S = ExecutionState
@@ -36,6 +37,7 @@ class ComputeNode:
         blockstore: Blockstore,
     ) -> None:
         self._blockstore = blockstore
+        self._storage = [*DEFAULT_PROVIDERS, IpfsStorage(blockstore)]
         self.node_id = node_id
         self._transport = transport
         self._executors = executors
@@ -119,7 +121,7 @@ class ComputeNode:
 
     async def _ask_for_bid(self, peer_id: str, req: m.AskForBidRequest) -> m.Ack:
         reason = "the node is shutting down" if not self._accepting else bid(
-            req.job, BidContext(self.engines, self.capacity.total, self.labels)
+            req.job, BidContext(self.engines, self.capacity.total, self.labels, self._blockstore)
         )
         state = S.NEW if reason is None else S.BID_REJECTED
         await self._store.create(
@@ -215,7 +217,7 @@ class ComputeNode:
                     await trio.to_thread.run_sync(exec_dir.create)
                     await self._store.update(ex.id, (S.BID_ACCEPTED,), S.RUNNING, "started")
                     try:
-                        mounts = await prepare_inputs(ex.job, exec_dir.inputs)
+                        mounts = await prepare_inputs(ex.job, exec_dir.inputs, self._storage)
                         await executor.start(ex.id, ex.job, exec_dir, mounts)
                         result = await executor.wait(ex.id)
                     except ExecutorError as exc:

@@ -206,7 +206,10 @@ class Requester:
                 self._spawn(self._evaluate_later, job.id, self.nodes.ttl * 2 - waited)
                 return
             failures = attempts_summary(job)
-            await self._fail_job(job, f"{why}; earlier attempts: {failures}" if failures else why)
+            refused = "; ".join(f"node {e.node_id[-8:]} refused: {e.reason}" for e in job.executions
+                                if e.state == S.BID_REJECTED and e.reason != NOT_NEEDED)
+            details = "; ".join(x for x in (f"earlier attempts: {failures}" if failures else "", refused) if x)
+            await self._fail_job(job, f"{why}; {details}" if details else why)
             return
         for node in candidates[: needed * BID_OVERASK]:
             ex = Execution(job_id=job.id, node_id=node.node_id, state=S.ASKED_FOR_BID)

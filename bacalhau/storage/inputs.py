@@ -28,9 +28,7 @@ async def prepare_inputs(job: Job, inputs_root: Path, providers: list[StoragePro
         scheme = scheme_of(spec.source)
         provider = by_scheme.get(scheme)
         if provider is None:
-            what = "ipfs:// inputs need the embedded IPFS node, which this node does not run yet" \
-                if scheme == "ipfs" else f"no storage provider for {scheme or 'this'} source"
-            raise ExecutorError(f"input {spec.source[:60]!r}: {what}")
+            raise ExecutorError(f"input {spec.source[:60]!r}: no storage provider for {scheme or 'this'} source")
         dest = inputs_root / str(i)
         await trio.to_thread.run_sync(lambda d=dest: d.mkdir(parents=True, exist_ok=True))
         await provider.prepare(spec, dest)

@@ -1,0 +1,55 @@
+"""ipfs:// inputs, exported from this node's blockstore (results of earlier jobs live there, so one job's
+output CID can feed the next). Fetching from other peers needs bitswap, which this build does not have:
+a node that does not hold the CID does not bid for the job (see compute/bidding.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from bacalhau.errors import BacalhauError, ExecutorError
+from bacalhau.ipfs.blockstore import Blockstore
+from bacalhau.ipfs.exporter import export
+from bacalhau.ipfs.unixfs import cid_to_bytes
+from bacalhau.models import StorageSpec
+
+
+def parse_ipfs_source(source: str) -> bytes:
+    text = source.removeprefix("ipfs://").strip("/")
+    try:
+        return cid_to_bytes(text)
+    except ValueError as exc:
+        raise ExecutorError(f"input {source!r}: {exc}") from None
+
+
+def holds(store: Blockstore, source: str) -> bool:
+    try:
+        return store.has(parse_ipfs_source(source))
+    except ExecutorError:
+        return False
+
+
+class IpfsStorage:
+    schemes = ("ipfs",)
+
+    def __init__(self, store: Blockstore) -> None:
+        self._store = store
+
+    async def prepare(self, spec: StorageSpec, dest: Path) -> None:
+        cid = parse_ipfs_source(spec.source)
+        name = spec.source.removeprefix("ipfs://").strip("/")
+        try:
+            await trio.to_thread.run_sync(_export_into, cid, self._store, dest, name)
+        except BacalhauError as exc:
+            raise ExecutorError(f"input {spec.source}: {exc}") from None
+
+
+def _export_into(cid: bytes, store: Blockstore, dest: Path, name: str) -> None:
+    """A directory's entries land right at the mount path; a single file lands as PATH/<CID>."""
+    target = dest / name
+    export(cid, store, target)
+    if target.is_dir() and not target.is_symlink():
+        for child in target.iterdir():
+            child.rename(dest / child.name)
+        target.rmdir()
