@@ -13,6 +13,7 @@ import base64
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class Blockstore:
         self._blocks = root / "blocks"
         self._pins = root / "pins"
         self._blocks.mkdir(parents=True, exist_ok=True)
+        self._pin_lock = threading.Lock()   # publishes run in worker threads, several at once
 
     def _path(self, cid: bytes) -> Path:
         name = base64.b32encode(multihash_of(cid)).decode().rstrip("=")
@@ -110,17 +112,20 @@ class Blockstore:
         os.replace(tmp, self._pins)
 
     def pin(self, cid: bytes) -> None:
-        pins = self.pins()
-        if cid not in pins:
-            self._write_pins([*pins, cid])
+        with self._pin_lock:
+            pins = self.pins()
+            if cid not in pins:
+                self._write_pins([*pins, cid])
 
     def unpin(self, cid: bytes) -> None:
-        self._write_pins([p for p in self.pins() if p != cid])
+        with self._pin_lock:
+            self._write_pins([p for p in self.pins() if p != cid])
 
     def gc(self) -> int:
         """Remove every block no pin reaches (and temp files a crash left); return how many blocks went."""
         keep: set[Path] = set()
-        stack = list(self.pins())
+        with self._pin_lock:
+            stack = list(self.pins())
         while stack:
             cid = stack.pop()
             path = self._path(cid)

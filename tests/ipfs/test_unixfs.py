@@ -127,3 +127,19 @@ def test_pins_survive_gc_and_corruption_is_caught(corpus: Path, tmp_path: Path) 
         raise AssertionError("a corrupt block was served")
     # a persistent store: a new instance over the same dir sees the same pins
     assert Blockstore(tmp_path / "store").pins() == [kept]
+
+
+def test_concurrent_pins_from_worker_threads_are_all_kept(tmp_path: Path) -> None:
+    import threading
+
+    from bacalhau.ipfs.blockstore import Blockstore
+    from bacalhau.ipfs.unixfs import make_cid
+
+    store = Blockstore(tmp_path / "store")
+    cids = [make_cid(b"%d" % i, 0x55, 1) for i in range(40)]
+    threads = [threading.Thread(target=store.pin, args=(c,)) for c in cids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(store.pins()) == sorted(cids)
