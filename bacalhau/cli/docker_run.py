@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from bacalhau.cli.main import client_from
-from bacalhau.cli.output import status
+from bacalhau.cli.waiting import submit_and_report
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
@@ -114,16 +112,4 @@ def run(ctx: click.Context, image: str, command: tuple[str, ...], env: tuple[str
     }
     if timeout is not None:
         spec["timeout"] = timeout
-    client = client_from(ctx)
-    job_id = client.submit(spec)
-    if id_only or not wait:
-        click.echo(job_id)
-        return
-    status(f"job {job_id} submitted")
-    if follow:
-        from bacalhau.cli.logs import follow_logs
-
-        sys.exit(follow_logs(client.host, client.port, job_id, token=client.token))
-    from bacalhau.cli.waiting import wait_and_print
-
-    sys.exit(wait_and_print(client, job_id))
+    submit_and_report(client_from(ctx), spec, id_only=id_only, wait=wait, follow=follow)

@@ -18,6 +18,21 @@ def _progress_line(job: dict[str, Any]) -> str:
     return f"job {short(job['id'])}: {job['state'].replace('_', ' ')}{detail}"
 
 
+def submit_and_report(client: ApiClient, spec: dict[str, Any], *, id_only: bool, wait: bool, follow: bool) -> None:
+    """What `docker run` and `wasm run` do once they have a spec: submit it, then print the ID, or stream the
+    logs (-f), or wait and print the output; exit with the job's exit code."""
+    job_id = client.submit(spec)
+    if id_only or not wait:
+        print(job_id)
+        return
+    status(f"job {job_id} submitted")
+    if follow:
+        from bacalhau.cli.logs import follow_logs
+
+        sys.exit(follow_logs(client.host, client.port, job_id, token=client.token))
+    sys.exit(wait_and_print(client, job_id))
+
+
 def wait_and_print(client: ApiClient, job_id: str, *, quiet: bool = False) -> int:
     """Wait for the job to end, showing each change; print its stdout (and stderr); return the exit code."""
     since, last = 0.0, ""
