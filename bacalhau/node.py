@@ -68,6 +68,7 @@ class Node:
         self.swarm_key = ""
         self.api_port: int | None = None
         self._stores: list[Any] = []
+        self.blockstore: Blockstore
 
     # -- identity -------------------------------------------------------------------------------------------
 
@@ -96,6 +97,7 @@ class Node:
 
     async def _start(self, nursery: trio.Nursery) -> None:
         cfg = self.config
+        self.blockstore = await trio.to_thread.run_sync(Blockstore, cfg.repo_dir / "ipfs")
         if self.deps.network is not None:
             import uuid
 
@@ -122,7 +124,7 @@ class Node:
                 node_id=self.node_id, transport=self.transport, executors=executors, store=store,
                 results_dir=cfg.repo_dir / "results", capacity=cfg.capacity or machine_capacity(),
                 labels=cfg.labels, call_timeout=cfg.call_timeout, version=VERSION,
-                blockstore=Blockstore(cfg.repo_dir / "ipfs"),
+                blockstore=self.blockstore,
             )
             self.compute.log_stream_addr = next(iter(self.addrs()), "")
             await nursery.start(self.compute.run)

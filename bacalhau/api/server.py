@@ -179,6 +179,9 @@ def build_app(node: Node) -> Starlette:
         Route("/api/v1/jobs/{job_id}/results/{item}", results),
         WebSocketRoute("/api/v1/jobs/{job_id}/logs", logs),
     ]
+    from bacalhau.api.ipfs import routes as ipfs_routes
+
+    routes += [Route(path, _handle_errors(fn), methods=methods) for path, fn, methods in ipfs_routes(node)]
     return Starlette(routes=routes)
 
 

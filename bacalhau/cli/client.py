@@ -50,13 +50,16 @@ class ApiClient:
         self.timeout = timeout
         self.token = token if token is not None else os.environ.get("BACALHAU_API_TOKEN", "")
 
-    def _open(self, method: str, path: str, body: Any = None) -> http.client.HTTPResponse:
+    def _open(self, method: str, path: str, body: Any = None, raw: Any = None) -> http.client.HTTPResponse:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         headers = {"Content-Type": "application/json"} if body is not None else {}
+        if raw is not None:
+            headers = {"Content-Type": "application/octet-stream"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         try:
-            conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+            conn.request(method, path, body=raw if raw is not None else json.dumps(body) if body is not None else None,
+                         headers=headers)
             resp = conn.getresponse()
         except (ConnectionRefusedError, socket.gaierror, OSError) as exc:
             if isinstance(exc, TimeoutError):
@@ -134,6 +137,10 @@ class ApiClient:
         full_id = self.job(job_id)["id"]  # the signature covers the full id, whatever prefix was typed
         body = sign(self._key(), {"cancel": full_id})
         return self.request("POST", f"/api/v1/jobs/{quote(full_id)}/cancel", body)  # type: ignore[no-any-return]
+
+    def upload(self, path: str, file: Any) -> Any:
+        with self._open("POST", path, raw=file) as resp:
+            return json.loads(resp.read())
 
     def result(self, job_id: str, item: str) -> Iterator[bytes]:
         return self.stream(f"/api/v1/jobs/{quote(job_id)}/results/{item}")

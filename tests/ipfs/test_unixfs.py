@@ -80,6 +80,32 @@ async def test_the_cli_prints_ipfs_add_lines(corpus: Path) -> None:
     assert res.returncode == 1 and "use -r" in res.stderr
 
 
+async def test_add_get_and_cat_through_a_node(corpus: Path, single_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import filecmp
+    import json
+
+    from tests.conftest import run_cli
+
+    res = await run_cli(single_node, "ipfs", "add", "-r", str(corpus / "tree"))
+    assert res.returncode == 0, res.stderr
+    root = res.stdout.splitlines()[-1].split()[1]
+    assert root == dict((n, c) for c, n in expected(0))["tree"]
+    got = await run_cli(single_node, "ipfs", "get", root, "-o", str(tmp_path / "back"))
+    assert got.returncode == 0, got.stderr
+    cmp = filecmp.dircmp(corpus / "tree", tmp_path / "back")
+    assert not (cmp.left_only or cmp.right_only or cmp.diff_files)
+    hello = (await run_cli(single_node, "ipfs", "add", "-q", str(corpus / "hello.txt"))).stdout.strip()
+    assert (await run_cli(single_node, "ipfs", "cat", hello)).stdout == "hello world\n"
+    missing = await run_cli(single_node, "ipfs", "cat", "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG")
+    assert missing.returncode == 1 and "not held by this node" in missing.stderr
+    ident = json.loads((await run_cli(single_node, "ipfs", "id")).stdout)
+    assert ident["ID"] == single_node.node_id and ident["Addresses"]
+    # what was added can feed a job
+    job = await run_cli(single_node, "docker", "run", "-i", f"ipfs://{root}:/tree", "bacalhau/busybox:latest", "--",
+                        "cat", "/tree/src/main.py")
+    assert job.returncode == 0 and job.stdout == "print('hi')\n", job.stderr
+
+
 def test_import_then_export_round_trips_the_corpus_with_verified_blocks(corpus: Path, tmp_path: Path) -> None:
     import filecmp
 

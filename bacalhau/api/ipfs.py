@@ -1,0 +1,136 @@
+"""The node's IPFS store over the API: put data into a private cluster and get it out with only the CLI.
+
+    GET  /api/v1/ipfs/id                       peer ID and multiaddrs
+    POST /api/v1/ipfs/add?cid_version=0|1      body: a tar of what to add -> [[cid, path], ...], root last
+    GET  /api/v1/ipfs/get/{cid}                a tar of the content (file, directory or symlink)
+    GET  /api/v1/ipfs/cat/{cid}                a file's bytes
+Only this node's blockstore is read: content held by other nodes is not fetched (no bitswap yet).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from bacalhau.errors import NotFoundError, UserError
+from bacalhau.ipfs.exporter import cat, export
+from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
+
+if TYPE_CHECKING:
+    from bacalhau.node import Node
+
+CHUNK = 256 * 1024
+MAX_ADD_BYTES = 10 * 1024**3
+
+
+def _cid(text: str) -> bytes:
+    try:
+        return cid_to_bytes(text)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _add_tar(tar_path: Path, version: int, store: object) -> list[tuple[str, str]]:
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(tar_path) as tar:
+        tar.extractall(tmp, filter="data")
+        entries = list(Path(tmp).iterdir())
+        if len(entries) != 1:
+            raise UserError("the upload must hold exactly one file or directory")
+        lines = add_path(entries[0], put=store.put, cid_version=version)  # type: ignore[attr-defined]
+        store.pin(cid_to_bytes(lines[-1][0]))  # type: ignore[attr-defined]
+        return lines
+
+
+def _cat_to_file(cid: bytes, store: object) -> Path:
+    fd, name = tempfile.mkstemp()
+    with open(fd, "wb") as f:
+        for chunk in cat(cid, store):  # type: ignore[arg-type]
+            f.write(chunk)
+    return Path(name)
+
+
+def _export_tar(cid: bytes, store: object, name: str) -> Path:
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        export(cid, store, tmp / name)  # type: ignore[arg-type]
+        fd, tar_path = tempfile.mkstemp(suffix=".tar")
+        with open(fd, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
+            tar.add(tmp / name, arcname=name)
+        return Path(tar_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _file_chunks(path: Path, remove: bool) -> AsyncIterator[bytes]:
+    try:
+        async with await trio.open_file(path, "rb") as f:
+            while chunk := await f.read(CHUNK):
+                yield chunk
+    finally:
+        if remove:
+            await _unlink(path)
+
+
+async def _unlink(path: Path) -> None:
+    with trio.CancelScope(shield=True):
+        await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+
+
+def routes(node: Node) -> list[tuple[str, object, list[str]]]:
+    store = node.blockstore
+
+    async def ipfs_id(request: Request) -> Response:
+        return JSONResponse({"ID": node.node_id, "Addresses": node.addrs()})
+
+    async def add(request: Request) -> Response:
+        version = int(request.query_params.get("cid_version", "0"))
+        if version not in (0, 1):
+            raise UserError("cid_version must be 0 or 1")
+        fd, name = tempfile.mkstemp(suffix=".tar")
+        upload = Path(name)
+        try:
+            received = 0
+            async with await trio.open_file(fd, "wb") as f:
+                async for chunk in request.stream():
+                    received += len(chunk)
+                    if received > MAX_ADD_BYTES:
+                        raise UserError(f"uploads are limited to {MAX_ADD_BYTES} bytes")
+                    await f.write(chunk)
+            try:
+                lines = await trio.to_thread.run_sync(_add_tar, upload, version, store)
+            except tarfile.TarError as exc:
+                raise UserError(f"the upload is not a tar: {exc}") from None
+        finally:
+            await _unlink(upload)
+        return JSONResponse([list(line) for line in lines])
+
+    async def get(request: Request) -> Response:
+        text = request.path_params["cid"]
+        cid = _cid(text)
+        if not store.has(cid):
+            raise NotFoundError(f"{text} is not held by this node")
+        tar_path = await trio.to_thread.run_sync(_export_tar, cid, store, text)
+        return StreamingResponse(_file_chunks(tar_path, remove=True), media_type="application/x-tar")
+
+    async def cat_(request: Request) -> Response:
+        text = request.path_params["cid"]
+        cid = _cid(text)
+        if not store.has(cid):
+            raise NotFoundError(f"{text} is not held by this node")
+        path = await trio.to_thread.run_sync(_cat_to_file, cid, store)
+        return StreamingResponse(_file_chunks(path, remove=True), media_type="application/octet-stream")
+
+    return [
+        ("/api/v1/ipfs/id", ipfs_id, ["GET"]),
+        ("/api/v1/ipfs/add", add, ["POST"]),
+        ("/api/v1/ipfs/get/{cid}", get, ["GET"]),
+        ("/api/v1/ipfs/cat/{cid}", cat_, ["GET"]),
+    ]
