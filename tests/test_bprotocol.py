@@ -123,3 +123,25 @@ async def test_a_real_node_survives_random_truncated_and_oversize_frames_over_li
         assert decode(ok, m.Envelope).error.code == m.ErrorCode.NOT_FOUND
         nursery.cancel_scope.cancel()
     assert tried == 150
+
+
+async def test_callbacks_and_calls_are_taken_only_from_the_peer_that_owns_the_execution(tmp_path: Path) -> None:
+    from bacalhau.models import JobSpec, NoopSpec, RunResult
+
+    net = InMemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(NodeConfig(repo_dir=tmp_path, serve_api=False, engines=("noop",)),
+                                        NodeDeps(network=net)).run)
+        job = await node.requester.submit(JobSpec(engine="noop", noop=NoopSpec(sleep=30)))
+        with trio.fail_after(5):
+            while not (ex := (await node.requester.store.get_job(job.id)).executions):
+                await trio.sleep(0.02)
+        intruder = net.transport("intruder")
+        forged = m.RunComplete(execution_id=ex[0].id, job_id=job.id, node_id="intruder", result=RunResult(exit_code=0))
+        with pytest.raises(RemoteError, match="does not hold execution"):
+            parse_reply(await intruder.call(node.node_id, m.ON_RUN_COMPLETE, encode(forged), timeout=5), m.Ack)
+        cancel = m.ExecutionReasonRequest(execution_id=ex[0].id, reason="mine now")
+        with pytest.raises(RemoteError, match="is not the requester"):
+            parse_reply(await intruder.call(node.node_id, m.CANCEL, encode(cancel), timeout=5), m.Ack)
+        assert not (await node.requester.store.get_job(job.id, full=False)).state.terminal
+        nursery.cancel_scope.cancel()

@@ -19,7 +19,7 @@ from bacalhau.compute.capacity import Capacity
 from bacalhau.compute.logs import LOG_PROTOCOL, LogEnd, LogRequest, stream_logs
 from bacalhau.compute.results import read_result
 from bacalhau.compute.store import ExecutionStore, LocalExecution
-from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, TransportError
+from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, ProtocolError, TransportError
 from bacalhau.executors.types import ExecutionDir, Executor
 from bacalhau.ipfs.blockstore import Blockstore
 from bacalhau.models import Engine, ExecutionState, NodeInfo, NodeType, Resources
@@ -64,9 +64,21 @@ class ComputeNode:
             (m.CANCEL, m.ExecutionReasonRequest, self._cancel),
             (m.EXECUTION_STATUS, m.ExecutionRequest, self._execution_status),
         ]:
-            transport.register(proto, typed_handler(model, fn))  # type: ignore[arg-type]
+            transport.register(proto, typed_handler(model, self._from_its_requester(fn)))  # type: ignore[arg-type]
         transport.register_stream(m.GET_RESULT, self._get_result)
         transport.register_stream(LOG_PROTOCOL, self._logs)
+
+    def _from_its_requester(self, fn):  # type: ignore[no-untyped-def]
+        """Only the requester that asked for an execution may steer it (any cluster member can call)."""
+        async def checked(peer_id: str, req):  # type: ignore[no-untyped-def]
+            if isinstance(req, m.AskForBidRequest):
+                if req.requester_id != peer_id:
+                    raise ProtocolError(f"{peer_id} asks for a bid on behalf of {req.requester_id}")
+            elif (await self._store.get(req.execution_id)).requester_id != peer_id:
+                raise ProtocolError(f"{peer_id} is not the requester of execution {req.execution_id}")
+            return await fn(peer_id, req)
+
+        return checked
 
     # -- lifetime -------------------------------------------------------------------------------------------
 

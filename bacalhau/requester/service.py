@@ -11,7 +11,7 @@ import trio
 from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.proxies import ComputeProxy
 from bacalhau.bprotocol.transport import Transport, typed_handler
-from bacalhau.errors import BacalhauError, StateError
+from bacalhau.errors import BacalhauError, ProtocolError, StateError
 from bacalhau.models import Execution, ExecutionState, Job, JobSpec, JobState, NodeInfo
 from bacalhau.requester.nodes import NodeTable
 from bacalhau.requester.ranking import NO_COMPUTE_NODE, rank_nodes
@@ -46,7 +46,17 @@ class Requester:
             (m.ON_CANCEL_COMPLETE, m.CancelComplete, self._on_cancel_complete),
             (m.ON_COMPUTE_FAILURE, m.ComputeFailure, self._on_compute_failure),
         ]:
-            transport.register(proto, typed_handler(model, fn))  # type: ignore[arg-type]
+            transport.register(proto, typed_handler(model, self._from_its_node(fn)))  # type: ignore[arg-type]
+
+    def _from_its_node(self, fn):  # type: ignore[no-untyped-def]
+        """Callbacks are taken only from the node that holds the execution (any cluster member can call)."""
+        async def checked(peer_id: str, msg):  # type: ignore[no-untyped-def]
+            ex = await self.store.get_execution(msg.execution_id)
+            if peer_id != msg.node_id or ex.node_id != peer_id or ex.job_id != msg.job_id:
+                raise ProtocolError(f"node {peer_id} does not hold execution {msg.execution_id}")
+            return await fn(peer_id, msg)
+
+        return checked
 
     async def run(self, *, task_status: trio.TaskStatus[Requester] = trio.TASK_STATUS_IGNORED) -> None:
         self._started_at = trio.current_time()
