@@ -15,6 +15,7 @@ from bacalhau.bprotocol.transport import InMemoryNetwork, Transport
 from bacalhau.compute.node import ComputeNode
 from bacalhau.compute.store import ExecutionStore
 from bacalhau.config import NODE_INFO_TOPIC, NodeConfig, machine_capacity
+from bacalhau.errors import BacalhauError
 from bacalhau.executors.types import Executor
 from bacalhau.ipfs.blockstore import Blockstore
 from bacalhau.models import Engine, NodeInfo, NodeType
@@ -69,6 +70,8 @@ class Node:
         self.api_port: int | None = None
         self._stores: list[Any] = []
         self.blockstore: Blockstore
+        self.bitswap: Any = None
+        self.known_addrs: dict[str, list[str]] = {}     # other nodes' multiaddrs, from their NodeInfo
 
     # -- identity -------------------------------------------------------------------------------------------
 
@@ -115,6 +118,9 @@ class Node:
             await nursery.start(self.host.run)
             self.node_id = self.host.peer_id
             self.transport = P2PTransport(self.host)
+            from bacalhau.ipfs.bitswap import Bitswap
+
+            self.bitswap = await nursery.start(Bitswap(self.host, self.blockstore, self._connect_known).run)
 
         if cfg.is_compute:
             executors = self.deps.executors or default_executors(self.node_id, cfg.engines)
@@ -124,7 +130,7 @@ class Node:
                 node_id=self.node_id, transport=self.transport, executors=executors, store=store,
                 results_dir=cfg.repo_dir / "results", capacity=cfg.capacity or machine_capacity(),
                 labels=cfg.labels, call_timeout=cfg.call_timeout, version=VERSION,
-                blockstore=self.blockstore,
+                blockstore=self.blockstore, fetcher=self.bitswap,
             )
             self.compute.log_stream_addr = next(iter(self.addrs()), "")
             await nursery.start(self.compute.run)
@@ -140,7 +146,9 @@ class Node:
                 self.requester.nodes.pinned.add(self.node_id)
                 self.requester.nodes.update(self._node_info())
             await nursery.start(self.requester.run)
-            await nursery.start(self._listen_node_info)
+        # every node listens: requesters keep their node table, and all keep the cluster's addresses, so
+        # bitswap can reach a node that holds a block even where the cluster is a star around a requester
+        await nursery.start(self._listen_node_info)
 
         if self.compute is not None:
             self.compute.report_orphans()
@@ -180,6 +188,8 @@ class Node:
         except ValueError:
             log.warning("ignored a malformed NodeInfo")
             return
+        if info.node_id != self.node_id and info.addrs:
+            self.known_addrs[info.node_id] = info.addrs
         if self.requester is not None and info.node_id != self.node_id:
             if self.requester.nodes.update(info):
                 log.info("node %s joined", info.node_id)
@@ -195,6 +205,20 @@ class Node:
             task_status.started()
             async for _peer, data in messages:
                 self._receive_node_info(data)
+
+    async def _connect_known(self) -> list[str]:
+        """Dial the cluster's nodes this one is not connected to; the peer ids that are now connected."""
+        assert self.host is not None
+        connected = set(self.host.connected_peers())
+        new = []
+        for node_id, addrs in list(self.known_addrs.items()):
+            if node_id in connected:
+                continue
+            try:
+                new.append(await self.host.connect(addrs[0]))
+            except BacalhauError as exc:
+                log.info("could not reach node %s for blocks: %s", node_id, exc)
+        return new
 
     async def drain(self) -> None:
         if self.compute is not None:

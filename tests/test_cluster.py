@@ -132,3 +132,28 @@ async def test_compute_nodes_advertise_their_log_stream_address(cluster: tuple[N
     for c in computes:
         assert infos[c.node_id].log_stream_addr == c.addrs()[0]
         assert infos[c.node_id].log_stream_addr.endswith(f"/p2p/{c.node_id}")
+
+
+async def test_one_nodes_result_feeds_a_job_on_another_node_through_bitswap(
+    cluster: tuple[Node, list[Node]], tmp_path: Path
+) -> None:
+    import json
+
+    req, computes = cluster
+    first = await run_cli(req, "docker", "run", "-s", "name=c0", "bacalhau/busybox:latest", "--", "sh", "-c",
+                          "head -c 3000000 /dev/urandom > /outputs/blob; md5sum /outputs/blob | cut -c1-32")
+    assert first.returncode == 0, first.stderr
+    job = json.loads((await run_cli(req, "describe", "-o", "json",
+                                    json.loads((await run_cli(req, "list", "-o", "json")).stdout)[0]["id"])).stdout)
+    assert job["executions"][-1]["node_id"] == computes[0].node_id
+    cid = job["executions"][-1]["result_ref"].removeprefix("ipfs://")
+    second = await run_cli(req, "docker", "run", "-s", "name=c2", "-i", f"ipfs://{cid}:/prev",
+                           "bacalhau/busybox:latest", "--", "sh", "-c", "md5sum /prev/outputs/blob | cut -c1-32")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == first.stdout          # the same bytes, fetched from c0 by c2
+    # and the requester (which ran neither) serves it to the CLI, fetching it too
+    got = await run_cli(req, "ipfs", "cat", f"{cid}")
+    assert got.returncode == 1   # a directory is not a file: a clear error, not a crash
+    blob = await run_cli(req, "ipfs", "get", cid, "-o", str(tmp_path / "res"))
+    assert blob.returncode == 0, blob.stderr
+    assert (tmp_path / "res" / "outputs" / "blob").stat().st_size == 3_000_000

@@ -79,7 +79,8 @@ async def test_one_jobs_output_cid_feeds_the_next(single_node: Node) -> None:
 async def test_an_ipfs_input_no_node_holds_fails_with_the_reason(single_node: Node) -> None:
     res = await run_cli(single_node, "docker", "run", "-i", "ipfs://QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG",
                         IMAGE, "--", "true")
-    assert res.returncode == 1 and "does not hold ipfs://QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG" in res.stderr
+    assert res.returncode == 1 and "ipfs://QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG" in res.stderr
+    assert "no peer" in res.stderr
 
 
 async def test_bad_input_arguments_get_one_clear_line(single_node: Node) -> None:

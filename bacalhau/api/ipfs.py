@@ -4,7 +4,7 @@
     POST /api/v1/ipfs/add?cid_version=0|1      body: a tar of what to add -> [[cid, path], ...], root last
     GET  /api/v1/ipfs/get/{cid}                a tar of the content (file, directory or symlink)
     GET  /api/v1/ipfs/cat/{cid}                a file's bytes
-Only this node's blockstore is read: content held by other nodes is not fetched (no bitswap yet).
+Content this node does not hold is fetched from the cluster's nodes with bitswap first.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 CHUNK = 256 * 1024
 MAX_ADD_BYTES = 10 * 1024**3
+FETCH_TIMEOUT = 60.0
 
 
 def _cid(text: str) -> bytes:
@@ -112,19 +113,27 @@ def routes(node: Node) -> list[tuple[str, object, list[str]]]:
             await _unlink(upload)
         return JSONResponse([list(line) for line in lines])
 
-    async def get(request: Request) -> Response:
-        text = request.path_params["cid"]
+    async def held(text: str) -> bytes:
+        """The CID, fetched from the cluster first when this node does not hold it."""
         cid = _cid(text)
         if not store.has(cid):
-            raise NotFoundError(f"{text} is not held by this node")
+            if node.bitswap is None:
+                raise NotFoundError(f"{text} is not held by this node")
+            try:
+                await node.bitswap.fetch(cid, timeout=FETCH_TIMEOUT)
+            except (NotFoundError, trio.TooSlowError):
+                raise NotFoundError(f"{text} is held by no node of this cluster") from None
+        return cid
+
+    async def get(request: Request) -> Response:
+        text = request.path_params["cid"]
+        cid = await held(text)
         tar_path = await trio.to_thread.run_sync(_export_tar, cid, store, text)
         return StreamingResponse(_file_chunks(tar_path, remove=True), media_type="application/x-tar")
 
     async def cat_(request: Request) -> Response:
         text = request.path_params["cid"]
-        cid = _cid(text)
-        if not store.has(cid):
-            raise NotFoundError(f"{text} is not held by this node")
+        cid = await held(text)
         path = await trio.to_thread.run_sync(_cat_to_file, cid, store)
         return StreamingResponse(_file_chunks(path, remove=True), media_type="application/octet-stream")
 

@@ -45,17 +45,13 @@ class MatchesSelector:
         return None
 
 
-class HoldsIpfsInputs:
-    """Until bitswap fetches from peers, only a node that holds an ipfs:// input can run the job."""
-
-    def reject_reason(self, job: Job, ctx: BidContext) -> str | None:
-        for spec in job.spec.inputs:
-            if spec.source.startswith("ipfs://") and (ctx.blockstore is None or not holds(ctx.blockstore, spec.source)):
-                return f"this node does not hold {spec.source} (fetching from peers is not built yet)"
-        return None
+DEFAULT_BID_STRATEGIES: list[BidStrategy] = [EngineInstalled(), FitsCapacity(), MatchesSelector()]
 
 
-DEFAULT_BID_STRATEGIES: list[BidStrategy] = [EngineInstalled(), FitsCapacity(), MatchesSelector(), HoldsIpfsInputs()]
+def lacks_inputs(job: Job, ctx: BidContext) -> bool:
+    """True when the job has ipfs:// inputs this node would have to fetch first."""
+    return any(spec.source.startswith("ipfs://") and (ctx.blockstore is None or not holds(ctx.blockstore, spec.source))
+               for spec in job.spec.inputs)
 
 
 def bid(job: Job, ctx: BidContext, strategies: list[BidStrategy] = DEFAULT_BID_STRATEGIES) -> str | None:

@@ -14,7 +14,7 @@ import trio
 from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.proxies import CallbackProxy
 from bacalhau.bprotocol.transport import Transport, typed_handler
-from bacalhau.compute.bidding import BidContext, bid
+from bacalhau.compute.bidding import BidContext, bid, lacks_inputs
 from bacalhau.compute.capacity import Capacity
 from bacalhau.compute.logs import LOG_PROTOCOL, LogEnd, LogRequest, stream_logs
 from bacalhau.compute.results import read_result
@@ -28,16 +28,17 @@ from bacalhau.storage.ipfs import IpfsStorage
 
 log = logging.getLogger(__name__)
 S = ExecutionState
+REMOTE_INPUT_BID_DELAY = 0.3   # seconds a node that must fetch a job's ipfs:// inputs waits before bidding
 
 
 class ComputeNode:
     def __init__(
         self, *, node_id: str, transport: Transport, executors: dict[Engine, Executor], store: ExecutionStore,
         results_dir: Path, capacity: Resources, labels: dict[str, str], call_timeout: float, version: str = "",
-        blockstore: Blockstore,
+        blockstore: Blockstore, fetcher: object = None,
     ) -> None:
         self._blockstore = blockstore
-        self._storage = [*DEFAULT_PROVIDERS, IpfsStorage(blockstore)]
+        self._storage = [*DEFAULT_PROVIDERS, IpfsStorage(blockstore, fetcher)]
         self.node_id = node_id
         self._transport = transport
         self._executors = executors
@@ -132,9 +133,8 @@ class ComputeNode:
     # -- handlers (requester -> compute) --------------------------------------------------------------------
 
     async def _ask_for_bid(self, peer_id: str, req: m.AskForBidRequest) -> m.Ack:
-        reason = "the node is shutting down" if not self._accepting else bid(
-            req.job, BidContext(self.engines, self.capacity.total, self.labels, self._blockstore)
-        )
+        ctx = BidContext(self.engines, self.capacity.total, self.labels, self._blockstore)
+        reason = "the node is shutting down" if not self._accepting else bid(req.job, ctx)
         state = S.NEW if reason is None else S.BID_REJECTED
         await self._store.create(
             LocalExecution(id=req.execution_id, job=req.job, requester_id=req.requester_id, state=state,
@@ -142,7 +142,9 @@ class ComputeNode:
         )
         msg = m.BidResult(execution_id=req.execution_id, job_id=req.job.id, node_id=self.node_id,
                           accepted=reason is None, reason=reason or "", log_stream_addr=self.log_stream_addr)
-        self._spawn(self._send, "on_bid_complete", req.requester_id, msg)
+        # a node that holds the job's ipfs:// inputs bids first: the others answer a moment later
+        delay = REMOTE_INPUT_BID_DELAY if reason is None and lacks_inputs(req.job, ctx) else 0.0
+        self._spawn(self._send, "on_bid_complete", req.requester_id, msg, delay)
         return m.Ack()
 
     async def _bid_accepted(self, peer_id: str, req: m.ExecutionRequest) -> m.Ack:
@@ -280,7 +282,9 @@ class ComputeNode:
         await self._send("on_compute_failure", ex.requester_id,
                          m.ComputeFailure(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, reason=reason))
 
-    async def _send(self, name: str, requester_id: str, msg: object) -> None:
+    async def _send(self, name: str, requester_id: str, msg: object, delay: float = 0.0) -> None:
+        if delay:
+            await trio.sleep(delay)
         try:
             await getattr(self._callbacks, name)(requester_id, msg)
         except (TransportError, BacalhauError) as exc:

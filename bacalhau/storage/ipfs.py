@@ -1,10 +1,11 @@
-"""ipfs:// inputs, exported from this node's blockstore (results of earlier jobs live there, so one job's
-output CID can feed the next). Fetching from other peers needs bitswap, which this build does not have:
-a node that does not hold the CID does not bid for the job (see compute/bidding.py)."""
+"""ipfs:// inputs: fetched with bitswap from the cluster's nodes when this node does not hold them
+(results of earlier jobs live in the blockstores, so one job's output CID can feed the next), then exported
+into the job's input directory. A node that holds the CID bids first (see compute/node.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -33,13 +34,16 @@ def holds(store: Blockstore, source: str) -> bool:
 class IpfsStorage:
     schemes = ("ipfs",)
 
-    def __init__(self, store: Blockstore) -> None:
+    def __init__(self, store: Blockstore, fetcher: Any = None) -> None:
         self._store = store
+        self._fetcher = fetcher       # Bitswap, or None where the node has no libp2p host (tests)
 
     async def prepare(self, spec: StorageSpec, dest: Path) -> None:
         cid = parse_ipfs_source(spec.source)
         name = spec.source.removeprefix("ipfs://").strip("/")
         try:
+            if self._fetcher is not None:
+                await self._fetcher.fetch(cid)
             await trio.to_thread.run_sync(_export_into, cid, self._store, dest, name)
         except BacalhauError as exc:
             raise ExecutorError(f"input {spec.source}: {exc}") from None

@@ -97,7 +97,7 @@ async def test_add_get_and_cat_through_a_node(corpus: Path, single_node, tmp_pat
     hello = (await run_cli(single_node, "ipfs", "add", "-q", str(corpus / "hello.txt"))).stdout.strip()
     assert (await run_cli(single_node, "ipfs", "cat", hello)).stdout == "hello world\n"
     missing = await run_cli(single_node, "ipfs", "cat", "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG")
-    assert missing.returncode == 1 and "not held by this node" in missing.stderr
+    assert missing.returncode == 1 and "held by no node of this cluster" in missing.stderr
     ident = json.loads((await run_cli(single_node, "ipfs", "id")).stdout)
     assert ident["ID"] == single_node.node_id and ident["Addresses"]
     # what was added can feed a job
