@@ -97,3 +97,40 @@ def test_killing_the_requester_mid_batch_loses_no_job_and_runs_none_twice(served
         ran = [e for e in job["executions"] if e.get("result")]
         assert len(ran) == 1, [(e["state"], e["reason"]) for e in job["executions"]]   # ran exactly once
         assert req.cli("logs", job_id).stdout == f"job-{i}\n"
+
+
+def test_a_compute_node_restarted_mid_job_reports_it_failed_and_it_runs_elsewhere(served) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    req = served("req", "--node-type", "requester").start()
+    peer, key = join_args(req.wait_ready())
+    computes = [served(f"c{i}", "--node-type", "compute", "--peer", peer, "--swarm-key", key, "--labels",
+                       f"name=c{i}").start() for i in range(2)]
+    for c in computes:
+        c.wait_ready()
+    client = req.client()
+    deadline = time.monotonic() + 30
+    while len(client.nodes()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    job_id = client.submit({"engine": "docker", "docker": {"image": "bacalhau/busybox:latest",
+                                                           "parameters": ["sh", "-c", "sleep 3; echo done"]}})
+    deadline = time.monotonic() + 30
+    while not (running := [e for e in client.job(job_id)["executions"] if e["state"] == "running"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    first = running[0]
+    victim = next(c for c in computes if c.name_matches(client, first["node_id"]))
+    time.sleep(0.5)   # its container is up
+    victim.stop(signal.SIGKILL)
+    victim.start()
+    victim.wait_ready()
+    deadline = time.monotonic() + 60
+    while client.job(job_id)["state"] not in ("completed", "failed") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    job = client.job(job_id)
+    assert job["state"] == "completed", job["reason"]
+    mine = next(e for e in job["executions"] if e["id"] == first["id"])
+    assert mine["state"] == "failed" and "compute node restarted" in mine["reason"]
+    done = [e for e in job["executions"] if e["state"] == "completed"]
+    assert done and done[0]["node_id"] != first["node_id"]
+    orphans = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=bacalhau.execution_id={first['id']}"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert orphans == []

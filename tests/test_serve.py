@@ -59,6 +59,10 @@ class Served:
             time.sleep(0.1)
         raise AssertionError(f"serve did not start: {self.log.read_text()}")
 
+    def name_matches(self, client: ApiClient, node_id: str) -> bool:
+        """Whether the cluster's node `node_id` is this process (matched by its labels' name=)."""
+        return any(n["node_id"] == node_id and n["labels"].get("name") == self.repo.name for n in client.nodes())
+
     def client(self) -> ApiClient:
         return ApiClient("127.0.0.1", self.api_port)
 
