@@ -50,6 +50,7 @@ DEFAULT_READ_TIMEOUT = 10.0
 REDIAL_MIN, REDIAL_MAX = 0.5, 10.0
 DIAL_TIMEOUT = 10.0   # a dial that the other side's PSK silently refuses would hang for 20-30 s
 READ_CHUNK = 256 * 1024
+REANNOUNCE_INTERVAL = 2.0
 
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
 
@@ -184,6 +185,7 @@ class P2PHost:
                 self.listen_addrs = [f"{a}" if "/p2p/" in str(a) else f"{a}/p2p/{self.peer_id}"
                                      for a in self._host.get_addrs()]
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._reannounce_subscriptions)
                     for peer in self._peers:
                         nursery.start_soon(self._keep_connected, peer)
                     task_status.started(self)
@@ -280,6 +282,16 @@ class P2PHost:
                     await stream.close()
         except trio.TooSlowError:
             raise TransportError(f"{protocol_id} to {peer_id} timed out after {timeout:g}s") from None
+
+    async def _reannounce_subscriptions(self) -> None:
+        """py-libp2p announces a subscription once, to the pubsub peers it has at that moment: a peer whose
+        pubsub stream was still being set up (its hello already built) never learns of it, and never sends
+        us that topic. Announcing again now and then closes that gap; receivers treat repeats as no-ops."""
+        while True:
+            await trio.sleep(REANNOUNCE_INTERVAL)
+            for topic in list(self._pubsub.topic_ids):
+                packet, subopt = self._pubsub._build_announce_rpc(topic, subscribe=True)
+                await self._pubsub.message_all_peers(packet.SerializeToString(), announce=subopt)
 
     # -- pubsub ---------------------------------------------------------------------------------------------
 
