@@ -6,23 +6,28 @@ import signal
 import subprocess
 import time
 
-from tests.test_serve import join_args, served  # noqa: F401  (fixture)
+from bacalhau.cli.client import ApiClient
+from tests.test_serve import Served, join_args, served  # noqa: F401  (fixture)
 
 
-def test_killing_a_compute_node_mid_batch_loses_no_job(served) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
-    req = served("req", "--node-type", "requester").start()
-    text = req.wait_ready()
-    peer, key = join_args(text)
-    computes = [served(f"c{i}", "--node-type", "compute", "--peer", peer, "--swarm-key", key, "--labels",
-                       f"name=c{i}").start()
-                for i in range(3)]
-    for c in computes:
+def start_cluster(make, computes: int) -> tuple[Served, list[Served], ApiClient]:  # type: ignore[no-untyped-def]
+    """A requester process and `computes` compute processes joined to it (labels name=c0, c1, ...)."""
+    req = make("req", "--node-type", "requester").start()
+    peer, key = join_args(req.wait_ready())
+    nodes = [make(f"c{i}", "--node-type", "compute", "--peer", peer, "--swarm-key", key, "--labels",
+                    f"name=c{i}").start() for i in range(computes)]
+    for c in nodes:
         c.wait_ready()
     client = req.client()
     deadline = time.monotonic() + 30
-    while len(client.nodes()) < 3 and time.monotonic() < deadline:
+    while len(client.nodes()) < computes and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert len(client.nodes()) == 3
+    assert len(client.nodes()) == computes
+    return req, nodes, client
+
+
+def test_killing_a_compute_node_mid_batch_loses_no_job(served) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    req, computes, client = start_cluster(served, 3)
 
     ids = [client.submit({"engine": "docker", "docker": {"image": "bacalhau/busybox:latest",
                                                           "parameters": ["sh", "-c", f"sleep 2; echo job-{i}"]}})
@@ -64,16 +69,7 @@ def test_killing_a_compute_node_mid_batch_loses_no_job(served) -> None:  # type:
 
 
 def test_killing_the_requester_mid_batch_loses_no_job_and_runs_none_twice(served) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
-    req = served("req", "--node-type", "requester").start()
-    peer, key = join_args(req.wait_ready())
-    computes = [served(f"c{i}", "--node-type", "compute", "--peer", peer, "--swarm-key", key).start()
-                for i in range(2)]
-    for c in computes:
-        c.wait_ready()
-    client = req.client()
-    deadline = time.monotonic() + 30
-    while len(client.nodes()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    req, computes, client = start_cluster(served, 2)
     ids = [client.submit({"engine": "docker", "docker": {"image": "bacalhau/busybox:latest", "parameters":
                                                           ["sh", "-c", f"sleep 2; echo job-{i}"]}}) for i in range(10)]
     deadline = time.monotonic() + 30
@@ -100,16 +96,7 @@ def test_killing_the_requester_mid_batch_loses_no_job_and_runs_none_twice(served
 
 
 def test_a_compute_node_restarted_mid_job_reports_it_failed_and_it_runs_elsewhere(served) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
-    req = served("req", "--node-type", "requester").start()
-    peer, key = join_args(req.wait_ready())
-    computes = [served(f"c{i}", "--node-type", "compute", "--peer", peer, "--swarm-key", key, "--labels",
-                       f"name=c{i}").start() for i in range(2)]
-    for c in computes:
-        c.wait_ready()
-    client = req.client()
-    deadline = time.monotonic() + 30
-    while len(client.nodes()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    req, computes, client = start_cluster(served, 2)
     job_id = client.submit({"engine": "docker", "docker": {"image": "bacalhau/busybox:latest",
                                                            "parameters": ["sh", "-c", "sleep 3; echo done"]}})
     deadline = time.monotonic() + 30

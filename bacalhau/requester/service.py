@@ -302,7 +302,9 @@ class Requester:
                  ex.node_id, status.state.value)
         info = dict(execution_id=ex.id, job_id=job_id, node_id=ex.node_id)
         try:
-            if status.state == S.NEW:
+            if status.state == S.NEW and ex.state == S.BID_ACCEPTED:
+                await self._accept_bid(ex.node_id, ex.id, job_id)   # the acceptance never reached the node
+            elif status.state == S.NEW:
                 await self._execution_failed(job_id, ex.id, None, S.BID_REJECTED, NOT_NEEDED)
                 await self._tell_compute("bid_rejected", ex.node_id, ex.id, "the requester restarted")
             elif status.state in (S.BID_ACCEPTED, S.RUNNING) and status.result is None:
