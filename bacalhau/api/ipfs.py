@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import tarfile
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,7 @@ import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from bacalhau.compute.results import stream_file
 from bacalhau.errors import NotFoundError, UserError
 from bacalhau.ipfs.exporter import cat, export
 from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
@@ -68,16 +68,6 @@ def _export_tar(cid: bytes, store: object, name: str) -> Path:
         return Path(tar_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-async def _file_chunks(path: Path, remove: bool) -> AsyncIterator[bytes]:
-    try:
-        async with await trio.open_file(path, "rb") as f:
-            while chunk := await f.read(CHUNK):
-                yield chunk
-    finally:
-        if remove:
-            await _unlink(path)
 
 
 async def _unlink(path: Path) -> None:
@@ -129,13 +119,13 @@ def routes(node: Node) -> list[tuple[str, object, list[str]]]:
         text = request.path_params["cid"]
         cid = await held(text)
         tar_path = await trio.to_thread.run_sync(_export_tar, cid, store, text)
-        return StreamingResponse(_file_chunks(tar_path, remove=True), media_type="application/x-tar")
+        return StreamingResponse(stream_file(tar_path, remove=True), media_type="application/x-tar")
 
     async def cat_(request: Request) -> Response:
         text = request.path_params["cid"]
         cid = await held(text)
         path = await trio.to_thread.run_sync(_cat_to_file, cid, store)
-        return StreamingResponse(_file_chunks(path, remove=True), media_type="application/octet-stream")
+        return StreamingResponse(stream_file(path, remove=True), media_type="application/octet-stream")
 
     return [
         ("/api/v1/ipfs/id", ipfs_id, ["GET"]),

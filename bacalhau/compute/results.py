@@ -36,10 +36,17 @@ async def read_result(root: Path, item: str) -> AsyncIterator[bytes]:
         temporary = False
         if not path.exists():
             raise NotFoundError(f"{item} of this execution is not on this node")
+    async for chunk in stream_file(path, remove=temporary):
+        yield chunk
+
+
+async def stream_file(path: Path, *, remove: bool = False) -> AsyncIterator[bytes]:
+    """A file's bytes in chunks; with `remove`, the file (a temporary one) is deleted afterwards."""
     try:
         async with await trio.open_file(path, "rb") as f:
             while chunk := await f.read(CHUNK):
                 yield chunk
     finally:
-        if temporary:
-            path.unlink(missing_ok=True)
+        if remove:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
