@@ -27,7 +27,6 @@ from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
 if TYPE_CHECKING:
     from bacalhau.node import Node
 
-CHUNK = 256 * 1024
 MAX_ADD_BYTES = 10 * 1024**3
 FETCH_TIMEOUT = 60.0
 
