@@ -176,3 +176,29 @@ async def test_when_every_node_dies_the_follower_gets_a_clear_end(
     res = results[0]
     assert res.returncode == 1
     assert "job failed" in res.stderr and "lost" in res.stderr
+
+
+async def test_a_stalled_follower_slows_nobody_and_a_gone_one_frees_its_stream(single_node: Node) -> None:
+    from websockets.sync.client import connect
+
+    res = await run_cli(single_node, "docker", "run", "--id-only", IMAGE, "--", "sh", "-c",
+                        "usleep 300000; head -c 30000000 /dev/zero | tr '\\0' x; echo; touch /outputs/printed; sleep 30")
+    job_id = res.stdout.strip()
+    url = f"ws://127.0.0.1:{single_node.api_port}/api/v1/jobs/{job_id}/logs?follow=1"
+    stalled = await trio.to_thread.run_sync(lambda: connect(url))   # connects, never reads
+    try:
+        with trio.fail_after(60):   # the container is not slowed: it gets past its output meanwhile
+            while True:
+                execs = [e for e in single_node.compute._scopes]  # noqa: SLF001  (which execution runs)
+                if execs and (single_node.compute.execution_dir(execs[0]).outputs / "printed").exists():
+                    break
+                await trio.sleep(0.1)
+        normal = await run_cli(single_node, "logs", job_id, timeout=60)   # another follower gets it all
+        assert normal.returncode == 0 and len(normal.stdout_bytes) == 30_000_001
+        assert single_node.compute.log_followers >= 1   # the stalled stream is open (held back, not done)
+    finally:
+        await trio.to_thread.run_sync(stalled.close)
+    with trio.fail_after(10):   # the client went away: its stream is freed on every hop
+        while single_node.compute.log_followers:
+            await trio.sleep(0.05)
+    await run_cli(single_node, "cancel", job_id)

@@ -67,6 +67,26 @@ async def job_logs(node: Node, websocket: WebSocket) -> None:
         await websocket.send_text(json.dumps({"type": "end", "state": "error", "exit_code": None, "reason": str(exc)}))
         await websocket.close()
         return
+    gone = trio.Event()   # the client went away: stop following at once, on every hop
+
+    async def watch(cancel: trio.CancelScope) -> None:
+        try:
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                pass
+        finally:
+            gone.set()
+            cancel.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch, nursery.cancel_scope)
+        await _follow(node, websocket, job_id, execution_id, offsets, follow, gone)
+        nursery.cancel_scope.cancel()
+
+
+async def _follow(node: Node, websocket: WebSocket, job_id: str, execution_id: str, offsets: dict[int, int],
+                  follow: bool, gone: trio.Event) -> None:
+    requester = node.requester
+    assert requester is not None
     announced = ""
     try:
         while True:
@@ -74,7 +94,7 @@ async def job_logs(node: Node, websocket: WebSocket) -> None:
             ex = _pick(job, execution_id)
             if ex is None:
                 if job.state.terminal or not follow:
-                    return await _send_end(websocket, job)
+                    return await _send_end(websocket, job, gone)
                 await requester.wait_for_change(job_id, 5.0)  # queued: no execution accepted yet
                 continue
             if ex.id != execution_id:
@@ -96,26 +116,22 @@ async def job_logs(node: Node, websocket: WebSocket) -> None:
                     await requester.wait_for_change(job_id, 5.0)
                     job = await requester.store.get_job(job_id, full=False)
             if ran or job.state.terminal or not follow:
-                return await _send_end(websocket, job)
+                return await _send_end(websocket, job, gone)
             # the execution failed or its node went away: wait for the requester to retry (or give up)
             await requester.wait_for_change(job_id, 2.0)
     except WebSocketDisconnect:
         return
 
 
-async def _send_end(websocket: WebSocket, job: Job) -> None:
+async def _send_end(websocket: WebSocket, job: Job, gone: trio.Event) -> None:
     state = job.state.value if job.state.terminal else "running"
     await websocket.send_text(json.dumps(
         {"type": "end", "state": state, "exit_code": _exit_code(job), "reason": job.reason}))
-    # Let the client close first: hypercorn's trio server can race its own close against the reply to the
-    # client's close frame (send_eof without its send lock) and take the whole listener down.
+    # Let the client close first (it does on "end"); close ourselves only if it does not.
     with trio.move_on_after(CLIENT_CLOSE_GRACE):
-        try:
-            while True:
-                await websocket.receive_bytes()
-        except (WebSocketDisconnect, RuntimeError, KeyError):
-            return
-    await websocket.close()
+        await gone.wait()
+    if not gone.is_set():
+        await websocket.close()
 
 
 async def _forward(node: Node, websocket: WebSocket, ex: Execution, offsets: dict[int, int],

@@ -50,6 +50,7 @@ class ComputeNode:
         self._callbacks = CallbackProxy(transport, call_timeout)
         self.engines: frozenset[Engine] = frozenset()
         self.log_stream_addr = ""      # set by the node once its libp2p host listens
+        self.log_followers = 0         # log streams open right now (each ends when its client goes)
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._orphans: list[LocalExecution] = []
@@ -214,8 +215,12 @@ class ComputeNode:
                 return None  # bid given, not yet accepted
             return LogEnd(ex.state.value, ex.result.exit_code if ex.result else None, ex.reason)
 
-        async for chunk in stream_logs(self.execution_dir(req.execution_id).root, req, status):
-            yield chunk
+        self.log_followers += 1
+        try:
+            async for chunk in stream_logs(self.execution_dir(req.execution_id).root, req, status):
+                yield chunk
+        finally:
+            self.log_followers -= 1
 
     # -- work -----------------------------------------------------------------------------------------------
 
