@@ -207,8 +207,10 @@ class DockerExecutor:
             return RunResult(exit_code=exit_code, error=error, stdout_bytes=run.sizes["stdout"],
                              stderr_bytes=run.sizes["stderr"], stdout_tail=tail)
         finally:
-            with trio.CancelScope(shield=True):
-                await self._call(_remove, run.container)
+            # Removal takes tens of ms and nobody waits on it: off the job's critical path, in a thread of its
+            # own (a node that dies first removes the leftover at restart, by label)
+            threading.Thread(target=_remove, args=(run.container,), daemon=True,
+                             name=f"docker-rm-{execution_id[:8]}").start()
             self._runs.pop(execution_id, None)
 
     async def cancel(self, execution_id: str) -> None:

@@ -35,8 +35,15 @@ async def run(tmp_path: Path, j: Job, execution_id: str = "e1") -> tuple[RunResu
     d.create()
     await ex.start(execution_id, j, d)
     result = await ex.wait(execution_id)
-    assert containers(f"{LABEL_EXECUTION}={execution_id}") == []  # always removed
+    await removed(execution_id)
     return result, d
+
+
+async def removed(execution_id: str) -> None:
+    """Containers are always removed (in the background, off the job's critical path)."""
+    with trio.fail_after(20):
+        while containers(f"{LABEL_EXECUTION}={execution_id}"):
+            await trio.sleep(0.05)
 
 
 async def test_engine_is_installed_here() -> None:
@@ -112,7 +119,7 @@ async def test_cancel_kills_the_container_and_wait_returns(tmp_path: Path) -> No
             await trio.sleep(0.3)
             await ex.cancel("c1")
     assert results[0].error == "cancelled"
-    assert containers(f"{LABEL_EXECUTION}=c1") == []
+    await removed("c1")
 
 
 async def test_missing_image_is_a_clear_executor_error(tmp_path: Path) -> None:
