@@ -1,16 +1,25 @@
-"""Bitswap 1.2 over the node's libp2p host: serve blocks we hold, fetch DAGs from peers that have them.
+"""Bitswap 1.2 over one or more libp2p hosts (the cluster's private host and the public IPFS host): serve the
+blocks we hold, fetch DAGs from whichever connected peers have them. Kubo speaks it with us both ways.
 
-Messages are uvarint-length-prefixed protobufs on `/ipfs/bitswap/1.2.0`; as Kubo does, every message goes
-out on a new stream of the sender's (a reply never rides on the requester's stream, which Kubo never reads).
-A fetch keeps many wants in flight: it asks every connected peer for the next batch of missing blocks and
-walks the DAG as blocks arrive; every block is verified against its CID before it is stored.
+Wire: uvarint-length-prefixed protobuf messages on `/ipfs/bitswap/1.2.0`. As Kubo does, a node sends its
+messages on a long-lived stream of its own to each peer (a reply never rides on the requester's stream, which
+Kubo never reads) and reads any number of messages on each stream a peer opens to it.
+
+A fetch walks the DAG with a window of wants in flight: the root is asked of every connected peer, the rest of
+the peers that delivered (split among them), and a block every asked peer says it lacks is asked of the others,
+then of nodes `discover` connects to, before the fetch gives up. Every block is checked against its CID
+before it is stored, and links are read from the block as it arrives.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Awaitable, Callable
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -23,10 +32,32 @@ from bacalhau.ipfs.unixfs import _varint as _enc_varint
 
 log = logging.getLogger(__name__)
 PROTOCOL = "/ipfs/bitswap/1.2.0"
-MAX_MESSAGE = 4 * 1024 * 1024 + 4096
-WANT_BATCH = 64
+PROTOCOLS = (PROTOCOL, "/ipfs/bitswap/1.1.0")   # 1.1.0 has the same messages, minus HAVE/DONT_HAVE
+MAX_MESSAGE = 4 * 1024 * 1024 + 4096            # libp2p bitswap's limit: a 4 MiB block and its framing
+REPLY_BLOCKS = 4                                # blocks a reply message carries (1 MiB of 256 KiB blocks)
+WINDOW = 128                                    # blocks a fetch keeps in flight
+WANT_BATCH = 32                                 # wants per message
+READ_AHEAD = 8                                  # messages read ahead of their handling, per stream
+STORE_AHEAD = 8                                 # received messages being stored at once
+INLINE_HAVE = 1024                              # as Kubo: a want-have of a block this small gets the block
 WANT_BLOCK, WANT_HAVE = 0, 1
 HAVE, DONT_HAVE = 0, 1
+
+
+@dataclass
+class Want:
+    cid: bytes
+    cancel: bool = False
+    have_only: bool = False         # want-have: "do you have it?", not "send it"
+    send_dont_have: bool = False
+
+
+@dataclass
+class Message:
+    wants: list[Want] = field(default_factory=list)
+    blocks: list[tuple[bytes, bytes]] = field(default_factory=list)
+    haves: list[bytes] = field(default_factory=list)
+    dont_haves: list[bytes] = field(default_factory=list)
 
 
 def _cid_prefix(cid: bytes) -> bytes:
@@ -36,185 +67,299 @@ def _cid_prefix(cid: bytes) -> bytes:
     return b"\x01" + _enc_varint(codec_of(cid)) + b"\x12\x20"
 
 
-def encode_message(wants: list[bytes] = (), blocks: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
-                   dont_have: list[bytes] = ()) -> bytes:  # type: ignore[assignment]
-    out = b""
-    if wants:
-        entries = b"".join(_bytes_field(1, _bytes_field(1, c) + _uint_field(2, 1) + _uint_field(4, WANT_BLOCK)
-                                        + _uint_field(5, 1)) for c in wants)
-        out += _bytes_field(1, entries)
+def encode_message(*, wants: Iterable[bytes] = (), blocks: Iterable[tuple[bytes, bytes]] = (),
+                   haves: Iterable[bytes] = (), dont_haves: Iterable[bytes] = ()) -> bytes:
+    """Wants are want-block with send-dont-have set (what a fetch asks)."""
+    out = []
+    entries = b"".join(_bytes_field(1, _bytes_field(1, c) + _uint_field(2, 1) + _uint_field(4, WANT_BLOCK)
+                                    + _uint_field(5, 1)) for c in wants)
+    if entries:
+        out.append(_bytes_field(1, entries))
     for cid, data in blocks:
-        out += _bytes_field(3, _bytes_field(1, _cid_prefix(cid)) + _bytes_field(2, data))
-    for cid in dont_have:
-        out += _bytes_field(4, _bytes_field(1, cid) + _uint_field(2, DONT_HAVE))
-    return out
+        out.append(_bytes_field(3, _bytes_field(1, _cid_prefix(cid)) + _bytes_field(2, data)))
+    for cid in haves:
+        out.append(_bytes_field(4, _bytes_field(1, cid) + _uint_field(2, HAVE)))
+    for cid in dont_haves:
+        out.append(_bytes_field(4, _bytes_field(1, cid) + _uint_field(2, DONT_HAVE)))
+    return b"".join(out)
 
 
-def decode_message(buf: bytes) -> tuple[list[tuple[bytes, bool]], list[tuple[bytes, bytes]], list[bytes]]:
-    """(wants as (cid, cancel), blocks as (cid, data), cids the peer does not have)."""
-    wants, blocks, dont_have = [], [], []
+def _want(entry: bytes) -> Want:
+    want = Want(b"")
+    for n, v in _fields(entry):
+        if n == 1 and isinstance(v, bytes):
+            want.cid = v
+        elif n == 3 and isinstance(v, int):
+            want.cancel = bool(v)
+        elif n == 4 and isinstance(v, int):
+            want.have_only = v == WANT_HAVE
+        elif n == 5 and isinstance(v, int):
+            want.send_dont_have = bool(v)
+    return want
+
+
+def decode_message(buf: bytes) -> Message:
+    msg = Message()
     for num, value in _fields(buf):
-        if num == 1 and isinstance(value, bytes):
-            for n, entry in _fields(value):
-                if n == 1 and isinstance(entry, bytes):
-                    cid, cancel = b"", False
-                    for en, ev in _fields(entry):
-                        if en == 1 and isinstance(ev, bytes):
-                            cid = ev
-                        elif en == 3 and isinstance(ev, int):
-                            cancel = bool(ev)
-                    wants.append((cid, cancel))
-        elif num == 2 and isinstance(value, bytes):      # bitswap 1.0 blocks: CIDv0 only
-            blocks.append((make_cid(value, 0x70, 0), value))
-        elif num == 3 and isinstance(value, bytes):
-            prefix, data = b"", b""
-            for n, v in _fields(value):
-                if n == 1 and isinstance(v, bytes):
-                    prefix = v
-                elif n == 2 and isinstance(v, bytes):
-                    data = v
-            version, i = _varint(prefix, 0)
-            codec, _ = _varint(prefix, i)
-            blocks.append((make_cid(data, codec, version), data))
-        elif num == 4 and isinstance(value, bytes):
-            cid, kind = b"", HAVE
-            for n, v in _fields(value):
-                if n == 1 and isinstance(v, bytes):
-                    cid = v
-                elif n == 2 and isinstance(v, int):
-                    kind = v
-            if kind == DONT_HAVE:
-                dont_have.append(cid)
-    return wants, blocks, dont_have
+        if not isinstance(value, bytes):
+            continue
+        if num == 1:
+            msg.wants += [_want(e) for n, e in _fields(value) if n == 1 and isinstance(e, bytes)]
+        elif num == 2:                                  # bitswap 1.0 blocks: CIDv0 only
+            msg.blocks.append((make_cid(value, 0x70, 0), value))
+        elif num == 3:
+            parts = dict(_fields(value))
+            prefix, data = parts.get(1, b""), parts.get(2, b"")
+            if isinstance(prefix, bytes) and isinstance(data, bytes):
+                version, i = _varint(prefix, 0)
+                codec, _ = _varint(prefix, i)
+                msg.blocks.append((make_cid(data, codec, version), data))
+        elif num == 4:
+            parts = dict(_fields(value))
+            cid = parts.get(1, b"")
+            if isinstance(cid, bytes):
+                (msg.dont_haves if parts.get(2, HAVE) == DONT_HAVE else msg.haves).append(cid)
+    return msg
 
 
-@dataclass
-class _Want:
-    event: trio.Event = field(default_factory=trio.Event)
-    asked: set[str] = field(default_factory=set)
-    refused: set[str] = field(default_factory=set)
-    arrived: bool = False
+def _frame(message: bytes) -> bytes:
+    return _enc_varint(len(message)) + message
+
+
+class _Outbox:
+    """Our long-lived stream to one peer, opened on first use and again after it breaks."""
+
+    def __init__(self, host: Any, peer: str) -> None:
+        self._host, self._peer = host, peer
+        self._stream: Any = None
+        self._lock = trio.Lock()
+
+    async def send(self, message: bytes) -> None:
+        async with self._lock:
+            for attempt in (1, 2):
+                if self._stream is None:
+                    self._stream = await self._host.open_stream(self._peer, PROTOCOL)
+                try:
+                    await self._stream.write(_frame(message))
+                    return
+                except TransportError:
+                    await self._stream.reset()
+                    self._stream = None
+                    if attempt == 2:
+                        raise
+
+
+class _Session:
+    """One fetch: what its wants became, delivered to the fetching task."""
+
+    def __init__(self) -> None:
+        self.send, self.events = trio.open_memory_channel[tuple[str, bytes, bytes, str]](math.inf)
 
 
 class Bitswap:
-    def __init__(self, host: Any, store: Blockstore,
+    def __init__(self, hosts: Any, store: Blockstore,
                  discover: Callable[[], Awaitable[list[str]]] | None = None) -> None:
-        self._host = host
+        self._hosts: list[Any] = list(hosts) if isinstance(hosts, list | tuple) else [hosts]
         self._store = store
         self._discover = discover     # connects to more of the cluster when the connected peers lack a block
-        self._waiting: dict[bytes, _Want] = {}
+        self._wanted: dict[bytes, list[_Session]] = {}
+        self._outboxes: dict[str, _Outbox] = {}
+        self._storing = trio.Semaphore(STORE_AHEAD)
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[Bitswap] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self._host.set_stream_handler(PROTOCOL, self._on_stream)
+            for host in self._hosts:
+                for protocol in PROTOCOLS:
+                    host.set_stream_handler(protocol, self._on_stream)
             task_status.started(self)
             await trio.sleep_forever()
 
-    async def _send(self, peer_id: str, message: bytes) -> None:
-        stream = await self._host.open_stream(peer_id, PROTOCOL)
-        try:
-            await stream.write(_enc_varint(len(message)) + message)
-            await stream.close_write()
-        finally:
-            await stream.close()
+    # -- peers ----------------------------------------------------------------------------------------------
 
-    async def _on_stream(self, peer_id: str, stream: Any) -> None:
-        while True:
-            head = b""
-            while not head or head[-1] & 0x80:
-                byte = await stream.read(1)
-                if not byte:
-                    return
-                head += byte
-            length, _ = _varint(head, 0)
-            if length > MAX_MESSAGE:
-                raise TransportError(f"bitswap message of {length} bytes from {peer_id}")
-            wants, blocks, dont_have = decode_message(await stream.read_exactly(length))
-            for cid, data in blocks:
-                want = self._waiting.get(cid)
-                if want is not None and not want.arrived:
-                    await trio.to_thread.run_sync(self._store.put, cid, data)
-                    want.arrived = True
-                    want.event.set()
-            for cid in dont_have:
-                want = self._waiting.get(cid)
-                if want is not None:
-                    want.refused.add(peer_id)
-                    if want.asked <= want.refused:
-                        want.event.set()
-            wanted = [cid for cid, cancel in wants if not cancel]
-            if wanted:
+    def connected(self) -> dict[str, Any]:
+        """Every connected peer of every host, with the host it is connected through."""
+        return {peer: host for host in self._hosts for peer in host.connected_peers()}
+
+    async def _send(self, peer: str, message: bytes) -> None:
+        outbox = self._outboxes.get(peer)
+        if outbox is None:
+            host = self.connected().get(peer)
+            if host is None:
+                raise TransportError(f"peer {peer} is not connected")
+            outbox = self._outboxes[peer] = _Outbox(host, peer)
+        try:
+            await outbox.send(message)
+        except BacalhauError:
+            self._outboxes.pop(peer, None)
+            raise
+
+    # -- serving --------------------------------------------------------------------------------------------
+
+    async def _on_stream(self, peer: str, stream: Any) -> None:
+        # reading goes on while earlier messages are hashed and stored, so the sender's window never closes
+        send, receive = trio.open_memory_channel[bytes](READ_AHEAD)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._handle_messages, peer, receive)
+            async with send:
+                while True:
+                    stream.set_read_timeout(None)   # a peer's stream may idle between messages as long as it likes
+                    head = b""
+                    while not head or head[-1] & 0x80:
+                        byte = await stream.read(1)
+                        if not byte:
+                            return
+                        head += byte
+                        if len(head) > 5:
+                            raise TransportError(f"bad bitswap message length from {peer}")
+                    stream.set_read_timeout()
+                    length, _ = _varint(head, 0)
+                    if length > MAX_MESSAGE:
+                        raise TransportError(f"bitswap message of {length} bytes from {peer}")
+                    await send.send(await stream.read_exactly(length))
+
+    async def _handle_messages(self, peer: str, messages: trio.MemoryReceiveChannel[bytes]) -> None:
+        async for buf in messages:
+            # a message with blocks is hashed (its CIDs are computed from the bytes) and stored off the loop
+            msg = await trio.to_thread.run_sync(decode_message, buf) if len(buf) > 4096 else decode_message(buf)
+            if msg.blocks:
+                # stored by several threads at once (each block is fsynced): the next message is not held up
+                await self._storing.acquire()
                 assert self._nursery is not None
-                self._nursery.start_soon(self._answer, peer_id, wanted)
+                self._nursery.start_soon(self._receive_blocks, peer, msg.blocks)
+            for cid in msg.dont_haves:
+                for session in self._wanted.get(cid, ()):
+                    session.send.send_nowait(("refused", cid, b"", peer))
+            wants = [w for w in msg.wants if not w.cancel]
+            if wants:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._answer, peer, wants)
 
-    async def _answer(self, peer_id: str, wanted: list[bytes]) -> None:
-        found, missing = [], []
-        for cid in wanted:
-            try:
-                found.append((cid, await trio.to_thread.run_sync(self._store.get, cid)))
-            except (NotFoundError, ValueError, IndexError):
-                missing.append(cid)
+    async def _receive_blocks(self, peer: str, blocks: list[tuple[bytes, bytes]]) -> None:
         try:
-            # stay under the message limit: several messages if the blocks are big
-            batch: list[tuple[bytes, bytes]] = []
-            size = 0
-            for cid, data in found:
-                if batch and size + len(data) > MAX_MESSAGE - 4096:
-                    await self._send(peer_id, encode_message(blocks=batch))
-                    batch, size = [], 0
-                batch.append((cid, data))
-                size += len(data)
-            if batch or missing:
-                await self._send(peer_id, encode_message(blocks=batch, dont_have=missing))
+            wanted = [(cid, data) for cid, data in blocks if cid in self._wanted]
+            if not wanted:
+                return
+            await trio.to_thread.run_sync(partial(self._store.put_many, wanted, hashed=True))
+        finally:
+            self._storing.release()
+        for cid, data in wanted:
+            for session in self._wanted.pop(cid, ()):
+                session.send.send_nowait(("block", cid, data, peer))
+
+    async def _answer(self, peer: str, wants: list[Want]) -> None:
+        try:
+            for i in range(0, len(wants), REPLY_BLOCKS):
+                part = wants[i:i + REPLY_BLOCKS]
+                found = await trio.to_thread.run_sync(self._store.get_many, [w.cid for w in part])
+                blocks, haves, dont_haves = [], [], []
+                for w in part:
+                    data = found.get(w.cid)
+                    if data is None:
+                        if w.send_dont_have:
+                            dont_haves.append(w.cid)
+                    elif w.have_only and len(data) > INLINE_HAVE:
+                        haves.append(w.cid)
+                    else:
+                        blocks.append((w.cid, data))
+                if blocks or haves or dont_haves:
+                    await self._send(peer, encode_message(blocks=blocks, haves=haves, dont_haves=dont_haves))
         except BacalhauError as exc:
-            log.info("could not answer %s: %s", peer_id, exc)
+            log.info("could not answer %s: %s", peer, exc)
+
+    # -- fetching -------------------------------------------------------------------------------------------
 
     async def fetch(self, root: bytes, *, timeout: float = 60.0,
                     on_progress: Callable[[int], None] | None = None) -> int:
         """Fetch the DAG under `root` into the store from connected peers; return how many blocks came."""
+        session = _Session()
+        pending: deque[bytes] = deque([root])
+        asked: dict[bytes, set[str]] = {}          # in flight: the peers asked for it
+        refused: dict[bytes, set[str]] = {}
+        providers: list[str] = []
+        rotation = itertools.count()
         fetched = 0
-        todo = [root]
-        with trio.fail_after(timeout):
-            while todo:
-                batch, todo = todo[:WANT_BATCH * 4], todo[WANT_BATCH * 4:]
-                missing = [c for c in batch if not self._store.has(c)]
-                peers = self._host.connected_peers()
-                if missing and not peers:
-                    raise NotFoundError("no peer is connected to fetch blocks from")
-                wants = {c: self._waiting.setdefault(c, _Want()) for c in missing}
-                for want in wants.values():
-                    want.asked.update(peers)
-                for i in range(0, len(missing), WANT_BATCH):
-                    message = encode_message(wants=missing[i:i + WANT_BATCH])
-                    for peer in peers:
-                        try:
-                            await self._send(peer, message)
-                        except BacalhauError as exc:
-                            log.debug("want to %s failed: %s", peer, exc)
-                try:
-                    for cid, want in wants.items():
-                        await want.event.wait()
-                        if not want.arrived and self._discover is not None:
-                            reachable = {*await self._discover(), *self._host.connected_peers()}
-                            more = [p for p in reachable if p not in want.asked]
-                            if more:
-                                want.event = trio.Event()
-                                want.asked.update(more)
-                                for peer in more:
-                                    await self._send(peer, encode_message(wants=[cid]))
-                                await want.event.wait()
-                        if not want.arrived:
-                            raise NotFoundError(f"no connected peer has block {cid_str(cid)}")
+
+        async def ask(cids: Sequence[bytes], peers: Sequence[str]) -> None:
+            for cid in cids:
+                self._wanted.setdefault(cid, []).append(session)
+                asked.setdefault(cid, set()).update(peers)
+            for i in range(0, len(cids), WANT_BATCH):
+                message = encode_message(wants=cids[i:i + WANT_BATCH])
+                for peer in peers:
+                    try:
+                        await self._send(peer, message)
+                    except BacalhauError as exc:
+                        log.debug("want to %s failed: %s", peer, exc)
+                        for cid in cids[i:i + WANT_BATCH]:
+                            refused.setdefault(cid, set()).add(peer)
+            for cid in cids:     # every peer asked is gone already: ask others now, no answer will come
+                if cid in asked and asked[cid] <= refused.get(cid, set()):
+                    await ask_elsewhere(cid)
+
+        async def ask_elsewhere(cid: bytes) -> None:
+            others = [p for p in self.connected() if p not in asked[cid]]
+            if not others and self._discover is not None:
+                others = [p for p in {*await self._discover(), *self.connected()} if p not in asked[cid]]
+            if not others:
+                raise NotFoundError(f"no connected peer has block {cid_str(cid)}")
+            await ask([cid], others)
+
+        def links_of(cid: bytes, data: bytes) -> list[bytes]:
+            return [link.cid for link in decode_links(data)] if codec_of(cid) == 0x70 else []
+
+        try:
+            with trio.fail_after(timeout):
+                while pending or asked:
+                    room = WINDOW - len(asked)
+                    # top up a batch at a time: a want message per block would cost the server a reply each
+                    if pending and (room >= min(WANT_BATCH, len(pending)) or not asked):
+                        batch = [pending.popleft() for _ in range(min(room, len(pending)))]
+                        local = await trio.to_thread.run_sync(self._store.get_many, batch)
+                        for cid in batch:       # what we hold already: only its links are news
+                            if cid in local:
+                                pending.extend(links_of(cid, local[cid]))
+                        missing = [c for c in batch if c not in local and c not in asked]
+                        if missing:
+                            if providers:   # split among the peers that delivered, each a contiguous run
+                                share = math.ceil(len(missing) / len(providers))
+                                start = next(rotation)
+                                for k in range(len(providers)):
+                                    peer = providers[(start + k) % len(providers)]
+                                    if part := missing[k * share:(k + 1) * share]:
+                                        await ask(part, [peer])
+                            else:
+                                peers = list(self.connected())
+                                if not peers and self._discover is not None:
+                                    peers = await self._discover()
+                                if not peers:
+                                    raise NotFoundError("no peer is connected to fetch blocks from")
+                                await ask(missing, peers)
+                        continue
+                    kind, cid, data, peer = await session.events.receive()
+                    if cid not in asked:
+                        continue                 # a late answer for a block that came already
+                    if kind == "block":
+                        del asked[cid]
+                        refused.pop(cid, None)
+                        if peer not in providers:
+                            providers.append(peer)
+                        pending.extend(links_of(cid, data))
                         fetched += 1
                         if on_progress:
                             on_progress(fetched)
-                finally:
-                    for cid in wants:
-                        self._waiting.pop(cid, None)
-                for cid in batch:
-                    if codec_of(cid) == 0x70:
-                        block = await trio.to_thread.run_sync(self._store.get, cid)
-                        todo.extend(link.cid for link in decode_links(block))
+                    else:
+                        refused.setdefault(cid, set()).add(peer)
+                        if peer in providers and len(providers) > 1:
+                            providers.remove(peer)
+                        if asked[cid] <= refused[cid]:
+                            await ask_elsewhere(cid)
+        finally:
+            for cid in asked:
+                sessions = self._wanted.get(cid, [])
+                if session in sessions:
+                    sessions.remove(session)
+                if not sessions:
+                    self._wanted.pop(cid, None)
         return fetched

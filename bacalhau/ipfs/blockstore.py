@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +54,8 @@ class Blockstore:
         self._pins = root / "pins"
         self._blocks.mkdir(parents=True, exist_ok=True)
         self._pin_lock = threading.Lock()   # publishes run in worker threads, several at once
+        self._shards: set[Path] = set()
+        self._tmp_names = itertools.count()  # next() on it is atomic under the GIL: threads get distinct names
 
     def _path(self, cid: bytes) -> Path:
         name = base64.b32encode(multihash_of(cid)).decode().rstrip("=")
@@ -62,23 +64,30 @@ class Blockstore:
     def has(self, cid: bytes) -> bool:
         return self._path(cid).exists()
 
-    def put(self, cid: bytes, block: bytes) -> None:
+    def put(self, cid: bytes, block: bytes, *, hashed: bool = False) -> None:
+        """hashed: the caller computed `cid` from these very bytes (a bitswap block), so no second check."""
         path = self._path(cid)
         if path.exists():
             return
         mh = multihash_of(cid)
-        if mh[:2] != b"\x12\x20" or hashlib.sha256(block).digest() != mh[2:]:
+        if not hashed and (mh[:2] != b"\x12\x20" or hashlib.sha256(block).digest() != mh[2:]):
             raise CorruptBlockError("block does not match its CID")
-        path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        if path.parent not in self._shards:
+            path.parent.mkdir(exist_ok=True)
+            self._shards.add(path.parent)
+        tmp = path.parent / f".tmp-{os.getpid()}-{next(self._tmp_names)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(block)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except BaseException:
-            os.unlink(tmp)
+            tmp.unlink(missing_ok=True)
             raise
 
     def get(self, cid: bytes) -> bytes:
@@ -89,6 +98,20 @@ class Blockstore:
         if hashlib.sha256(block).digest() != multihash_of(cid)[2:]:
             raise CorruptBlockError(f"block {base64.b32encode(multihash_of(cid)).decode()} is corrupt on disk")
         return block
+
+    def put_many(self, blocks: list[tuple[bytes, bytes]], *, hashed: bool = False) -> None:
+        for cid, block in blocks:
+            self.put(cid, block, hashed=hashed)
+
+    def get_many(self, cids: list[bytes]) -> dict[bytes, bytes]:
+        """The blocks of these that the store holds."""
+        found = {}
+        for cid in cids:
+            try:
+                found[cid] = self.get(cid)
+            except NotFoundError:
+                pass
+        return found
 
     def delete(self, cid: bytes) -> None:
         self._path(cid).unlink(missing_ok=True)

@@ -13,6 +13,7 @@ What it adds over py-libp2p (see ../shared/PY-LIBP2P-NOTES.md for why):
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -71,8 +72,13 @@ class P2PStream:
     def __init__(self, stream: Any, max_frame: int, read_timeout: float) -> None:
         self._stream = stream
         self._max_frame = max_frame
-        self._timeout = read_timeout
+        self._default_timeout = read_timeout
+        self._timeout: float | None = read_timeout
         self._buf = b""
+
+    def set_read_timeout(self, seconds: float | None = -1.0) -> None:
+        """None: reads wait as long as it takes (a stream idle between messages); no argument: the default."""
+        self._timeout = self._default_timeout if seconds == -1.0 else seconds
 
     @property
     def remote_peer(self) -> str:
@@ -84,7 +90,7 @@ class P2PStream:
             data, self._buf = self._buf[:max_bytes], self._buf[max_bytes:]
             return data
         try:
-            with trio.fail_after(self._timeout):
+            with trio.fail_after(math.inf if self._timeout is None else self._timeout):
                 return bytes(await self._stream.read(max_bytes))
         except StreamError:
             return b""
@@ -143,6 +149,7 @@ class P2PHost:
     def __init__(
         self, *, key_path: Path, listen_host: str = "0.0.0.0", listen_port: int = 1235, peers: Sequence[str] = (),
         psk: str | None = None, max_frame: int = DEFAULT_MAX_FRAME, read_timeout: float = DEFAULT_READ_TIMEOUT,
+        pubsub: bool = True,
     ) -> None:
         self._key_path = key_path
         self._listen = f"/ip4/{listen_host}/tcp/{listen_port}"
@@ -152,6 +159,7 @@ class P2PHost:
         self._read_timeout = read_timeout
         self._host: Any = None
         self._pubsub: Any = None
+        self._with_pubsub = pubsub     # the public IPFS host has no use for gossipsub
         self.peer_id = ""
         self.listen_addrs: list[str] = []
 
@@ -170,26 +178,34 @@ class P2PHost:
             **kwargs,
         )
         self.peer_id = self._host.get_id().to_base58()
-        router = GossipSub(
-            protocols=GOSSIPSUB_PROTOCOLS, degree=6, degree_low=1, degree_high=12, heartbeat_interval=1,
-            heartbeat_initial_delay=0.1, spam_protection_enabled=False, eclipse_protection_enabled=False,
-            max_messages_per_topic_per_second=10_000.0, max_pending_messages_per_peer=1000,
-        )
-        self._pubsub = Pubsub(self._host, router)
+        router = None
+        if self._with_pubsub:   # made before the host listens, so that it sees every connection
+            router = GossipSub(
+                protocols=GOSSIPSUB_PROTOCOLS, degree=6, degree_low=1, degree_high=12, heartbeat_interval=1,
+                heartbeat_initial_delay=0.1, spam_protection_enabled=False, eclipse_protection_enabled=False,
+                max_messages_per_topic_per_second=10_000.0, max_pending_messages_per_peer=1000,
+            )
+            self._pubsub = Pubsub(self._host, router)
         async with self._host.run(listen_addrs=[multiaddr.Multiaddr(self._listen)]):
             # The auto-connector aims at 100+ connections and keeps redialing every peer it ever saw (a
             # departed node, hundreds of times): a cluster dials its own peers (see _keep_connected).
             await self._host.get_network().auto_connector.stop()
-            async with background_trio_service(self._pubsub), background_trio_service(router):
-                await self._pubsub.wait_until_ready()
-                self.listen_addrs = [f"{a}" if "/p2p/" in str(a) else f"{a}/p2p/{self.peer_id}"
-                                     for a in self._host.get_addrs()]
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._reannounce_subscriptions)
-                    for peer in self._peers:
-                        nursery.start_soon(self._keep_connected, peer)
-                    task_status.started(self)
-                    await trio.sleep_forever()
+            self.listen_addrs = [f"{a}" if "/p2p/" in str(a) else f"{a}/p2p/{self.peer_id}"
+                                 for a in self._host.get_addrs()]
+            async with trio.open_nursery() as nursery:
+                if router is not None:
+                    await nursery.start(self._run_pubsub, router)
+                for peer in self._peers:
+                    nursery.start_soon(self._keep_connected, peer)
+                task_status.started(self)
+                await trio.sleep_forever()
+
+    async def _run_pubsub(self, router: Any, *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with background_trio_service(self._pubsub), background_trio_service(router):
+            await self._pubsub.wait_until_ready()
+            task_status.started()
+            await self._reannounce_subscriptions()
 
     # -- connections ----------------------------------------------------------------------------------------
 

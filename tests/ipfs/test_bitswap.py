@@ -19,8 +19,10 @@ from bacalhau.p2p.host import P2PHost
 
 def test_messages_round_trip() -> None:
     a, b = make_cid(b"a", 0x55, 1), make_cid(b"b", 0x70, 0)
-    wants, blocks, dont = decode_message(encode_message(wants=[a, b], blocks=[(a, b"a"), (b, b"b")], dont_have=[b]))
-    assert wants == [(a, False), (b, False)] and blocks == [(a, b"a"), (b, b"b")] and dont == [b]
+    msg = decode_message(encode_message(wants=[a, b], blocks=[(a, b"a"), (b, b"b")], haves=[a], dont_haves=[b]))
+    assert [(w.cid, w.cancel, w.have_only, w.send_dont_have) for w in msg.wants] == [(a, False, False, True),
+                                                                                  (b, False, False, True)]
+    assert msg.blocks == [(a, b"a"), (b, b"b")] and msg.haves == [a] and msg.dont_haves == [b]
 
 
 async def test_a_node_fetches_a_directory_and_a_big_file_from_another(tmp_path: Path) -> None:
