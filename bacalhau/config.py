@@ -12,6 +12,7 @@ DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 1234
 DEFAULT_SWARM_PORT = 1235
 DEFAULT_SWARM_HOST = "0.0.0.0"
+DEFAULT_IPFS_SWARM_PORT = 1236          # the embedded IPFS node's own libp2p host (no swarm key: Kubo can peer)
 DEFAULT_NODE_INFO_INTERVAL = 1.0        # how often compute nodes gossip their NodeInfo
 DEFAULT_NODE_INFO_TTL = 5.0             # a node not heard of for this long is dropped from the node table
 DEFAULT_BID_TIMEOUT = 10.0              # an asked node that does not bid within this is rejected
@@ -59,6 +60,9 @@ class NodeConfig:
     engines: tuple[str, ...] = ("docker", "wasm", "noop")
     swarm_key: str | None = None              # hex or a key file; None: the repo's swarm.key (made once)
     api_token: str | None = None              # required of non-loopback API clients when set
+    ipfs_swarm_port: int = DEFAULT_IPFS_SWARM_PORT
+    ipfs_swarm_addrs: tuple[str, ...] = ()    # IPFS nodes (Kubo among them) the embedded node stays connected to
+    ipfs_connect: str | None = None           # an external node's RPC API multiaddr, used instead of the embedded one
 
     @property
     def is_requester(self) -> bool:

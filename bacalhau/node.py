@@ -71,6 +71,7 @@ class Node:
         self._stores: list[Any] = []
         self.blockstore: Blockstore
         self.bitswap: Any = None
+        self.ipfs_host: Any = None
         self.known_addrs: dict[str, list[str]] = {}     # other nodes' multiaddrs, from their NodeInfo
 
     # -- identity -------------------------------------------------------------------------------------------
@@ -80,6 +81,12 @@ class Node:
 
     def addrs(self) -> list[str]:
         return list(self.host.listen_addrs) if self.host is not None else []
+
+    def ipfs_identity(self) -> dict[str, Any]:
+        """The embedded IPFS node's peer ID and multiaddrs, as Kubo's `ipfs id` shows its own."""
+        if self.ipfs_host is None:
+            return {"ID": self.node_id, "Addresses": []}
+        return {"ID": self.ipfs_host.peer_id, "Addresses": list(self.ipfs_host.listen_addrs)}
 
     def identity(self) -> dict[str, Any]:
         return {"id": self.node_id, "addrs": self.addrs(), "node_types": [t.value for t in self.node_types()],
@@ -120,7 +127,13 @@ class Node:
             self.transport = P2PTransport(self.host)
             from bacalhau.ipfs.bitswap import Bitswap
 
-            self.bitswap = await nursery.start(Bitswap(self.host, self.blockstore, self._connect_known).run)
+            # The embedded IPFS node has a libp2p host of its own, without the swarm key (Kubo cannot speak
+            # py-libp2p's PSK), for IPFS peers; bitswap serves and fetches over it and the cluster's host.
+            self.ipfs_host = P2PHost(key_path=cfg.repo_dir / "ipfs" / "identity.key", listen_host=cfg.swarm_host,
+                                     listen_port=cfg.ipfs_swarm_port, peers=cfg.ipfs_swarm_addrs, pubsub=False)
+            await nursery.start(self.ipfs_host.run)
+            self.bitswap = await nursery.start(
+                Bitswap([self.host, self.ipfs_host], self.blockstore, self._connect_known).run)
 
         if cfg.is_compute:
             executors = self.deps.executors or default_executors(self.node_id, cfg.engines)

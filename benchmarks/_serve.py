@@ -42,7 +42,8 @@ def serve(*extra: str) -> Iterator[Served]:
     env = {**os.environ, "BACALHAU_DIR": str(repo), "BACALHAU_API_HOST": "127.0.0.1",
            "BACALHAU_API_PORT": str(api_port)}
     log = open(repo / "serve.log", "wb")
-    proc = subprocess.Popen([BIN, "serve", "--port", str(api_port), "--swarm-port", str(swarm_port), *extra],
+    proc = subprocess.Popen([BIN, "serve", "--port", str(api_port), "--swarm-port", str(swarm_port),
+                             "--ipfs-swarm-port", str(free_port()), *extra],
                             env=env, stdout=subprocess.DEVNULL, stderr=log)
     client = ApiClient("127.0.0.1", api_port)
     try:

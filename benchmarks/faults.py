@@ -30,7 +30,8 @@ class Proc:
     def __init__(self, root: Path, name: str, *args: str) -> None:
         self.repo = root / name
         self.log = root / f"{name}.log"
-        self.args = ["serve", "--port", str(free_port()), "--swarm-port", str(free_port()), *args]
+        self.args = ["serve", "--port", str(free_port()), "--swarm-port", str(free_port()),
+                     "--ipfs-swarm-port", str(free_port()), *args]
         self.env = {**os.environ, "BACALHAU_DIR": str(self.repo)}
         self.proc: subprocess.Popen[bytes] | None = None
 

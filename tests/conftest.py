@@ -44,7 +44,8 @@ async def run_cli(node: Node | None, *args: str, env: dict[str, str] | None = No
 def node_config(path: Path, **kw: object) -> NodeConfig:
     """A node on loopback with ephemeral ports, quick to notice others."""
     defaults: dict[str, object] = dict(
-        repo_dir=path, swarm_key=TEST_SWARM_KEY, api_port=0, swarm_host="127.0.0.1", swarm_port=0, node_info_interval=0.3,
+        repo_dir=path, swarm_key=TEST_SWARM_KEY, api_port=0, swarm_host="127.0.0.1", swarm_port=0, ipfs_swarm_port=0,
+        node_info_interval=0.3,
         node_info_ttl=3.0, bid_timeout=5.0, shutdown_grace=2.0,
     )
     defaults.update(kw)

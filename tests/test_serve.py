@@ -39,7 +39,8 @@ class Served:
         self.swarm_port = free_port()
         self.log = repo.parent / f"{repo.name}.log"
         self.env = {**os.environ, "BACALHAU_DIR": str(repo)}
-        self.args = ["serve", "--port", str(self.api_port), "--swarm-port", str(self.swarm_port), *args]
+        self.args = ["serve", "--port", str(self.api_port), "--swarm-port", str(self.swarm_port),
+                     "--ipfs-swarm-port", str(free_port()), *args]
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_from = 0
 

@@ -78,7 +78,7 @@ def routes(node: Node) -> list[tuple[str, object, list[str]]]:
     store = node.blockstore
 
     async def ipfs_id(request: Request) -> Response:
-        return JSONResponse({"ID": node.node_id, "Addresses": node.addrs()})
+        return JSONResponse(node.ipfs_identity())
 
     async def add(request: Request) -> Response:
         version = int(request.query_params.get("cid_version", "0"))

@@ -34,13 +34,13 @@ def devstack(count: int, api_port: int, repo: str | None, verbose: bool) -> None
     click.echo(f"devstack state in {root}", err=True)
 
     first = NodeConfig(repo_dir=root / "node-0", api_port=api_port, swarm_host="127.0.0.1", swarm_port=0,
-                       labels={"devstack": "0"})
+                       ipfs_swarm_port=0, labels={"devstack": "0"})
 
     def others(node0: Node) -> list[NodeConfig]:
         peer = node0.addrs()[0]
         return [
             NodeConfig(repo_dir=root / f"node-{i}", node_types=(NodeType.COMPUTE,), serve_api=False,
-                       swarm_host="127.0.0.1", swarm_port=0, peers=(peer,), labels={"devstack": str(i)},
+                       swarm_host="127.0.0.1", swarm_port=0, ipfs_swarm_port=0, peers=(peer,), labels={"devstack": str(i)},
                        swarm_key=node0.swarm_key)
             for i in range(1, count)
         ]

@@ -8,11 +8,11 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from bacalhau.config import DEFAULT_API_HOST, DEFAULT_API_PORT, DEFAULT_SWARM_PORT
+from bacalhau.config import DEFAULT_API_HOST, DEFAULT_API_PORT, DEFAULT_IPFS_SWARM_PORT, DEFAULT_SWARM_PORT
 from bacalhau.errors import UserError
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def setup_logging(verbose: bool) -> None:
 
 
 def join_instructions(node_id: str, addrs: list[str], swarm_host: str, api_host: str, api_port: int | None,
-                      swarm_key: str, api_token: str | None = None) -> str:
+                      swarm_key: str, api_token: str | None = None, ipfs: dict[str, Any] | None = None) -> str:
     port = next((a.split("/tcp/")[1].split("/")[0] for a in addrs if "/tcp/" in a), "?")
     host = public_ip() if swarm_host in ("0.0.0.0", "") else swarm_host
     maddr = f"/ip4/{host}/tcp/{port}/p2p/{node_id}"
@@ -63,7 +63,21 @@ def join_instructions(node_id: str, addrs: list[str], swarm_host: str, api_host:
         token = f" BACALHAU_API_TOKEN={api_token}" if api_token else ""
         lines += ["To use this node from a client:",
                   f"    export BACALHAU_API_HOST={host} BACALHAU_API_PORT={api_port}{token}"]
+    if ipfs and ipfs.get("Addresses"):
+        ipfs_port = ipfs["Addresses"][0].split("/tcp/")[1].split("/")[0]
+        host = public_ip() if swarm_host in ("0.0.0.0", "") else swarm_host
+        lines += [f"The embedded IPFS node is {ipfs['ID']}; a Kubo node peers with it by:",
+                  f"    ipfs swarm connect /ip4/{host}/tcp/{ipfs_port}/p2p/{ipfs['ID']}"]
     return "\n".join(lines)
+
+
+def parse_ipfs_swarm_addrs(text: str) -> tuple[str, ...]:
+    addrs = tuple(a.strip() for a in text.split(",") if a.strip())
+    for a in addrs:
+        if not a.startswith("/") or "/p2p/" not in a:
+            raise click.BadParameter(f"{a!r} must be a multiaddr ending in /p2p/<peer id>",
+                                     param_hint="--ipfs-swarm-addrs")
+    return addrs
 
 
 @click.command()
@@ -83,10 +97,19 @@ def join_instructions(node_id: str, addrs: list[str], swarm_host: str, api_host:
               help="Attempts a job gets (on different nodes) before it fails, unless its spec says otherwise.")
 @click.option("--swarm-key", default=None, metavar="HEX|FILE", envvar="BACALHAU_SWARM_KEY",
               help="The private cluster's key, as printed by its first node (kept in the repo once given).")
+@click.option("--ipfs-swarm-port", default=DEFAULT_IPFS_SWARM_PORT, show_default=True, type=int,
+              help="TCP port of the embedded IPFS node, which IPFS peers such as Kubo connect to (0: any).")
+@click.option("--ipfs-swarm-addrs", default="", metavar="MULTIADDR[,...]",
+              help="IPFS nodes (Kubo among them) the embedded IPFS node stays connected to, to fetch what they "
+                   "hold and let them fetch what it holds.")
+@click.option("--ipfs-connect", default=None, metavar="MULTIADDR",
+              help="Use an existing IPFS node through its RPC API (e.g. /ip4/127.0.0.1/tcp/5001) instead of "
+                   "the embedded one.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, swarm_port: int, labels: str,
           limit_total_cpu: str | None, limit_total_memory: str | None, repo: str | None, max_attempts: int | None,
-          swarm_key: str | None, verbose: bool) -> None:
+          swarm_key: str | None, ipfs_swarm_port: int, ipfs_swarm_addrs: str, ipfs_connect: str | None,
+          verbose: bool) -> None:
     """Run a bacalhau node: with no flags, a private cluster of one that is requester and compute.
 
     It prints the command that joins more machines. SIGINT/SIGTERM stop taking work, give running jobs a
@@ -112,7 +135,8 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
     config = NodeConfig(
         repo_dir=Path(repo) if repo else default_repo_dir(), node_types=types, api_host=api_host,
         api_port=api_port, swarm_port=swarm_port, peers=peer_list, labels=parse_labels(labels), capacity=capacity,
-        swarm_key=swarm_key,
+        swarm_key=swarm_key, ipfs_swarm_port=ipfs_swarm_port,
+        ipfs_swarm_addrs=parse_ipfs_swarm_addrs(ipfs_swarm_addrs), ipfs_connect=ipfs_connect,
     )
     if max_attempts:
         config.max_attempts = max_attempts
@@ -153,7 +177,7 @@ async def run_until_signalled(first_config: NodeConfig, more: Callable[[Node], l
                 nodes.append(await nursery.start(Node(config).run))
             click.echo(join_instructions(first.node_id, first.addrs(), first_config.swarm_host,
                                          first_config.api_host, first.api_port, first.swarm_key,
-                                         first_config.api_token), err=True)
+                                         first_config.api_token, first.ipfs_identity()), err=True)
             async for signum in signals:
                 logging.getLogger("bacalhau").info(
                     "%s: stopping (running jobs get %gs to end)", signal.Signals(signum).name, configs[0].shutdown_grace)

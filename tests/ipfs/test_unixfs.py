@@ -99,7 +99,9 @@ async def test_add_get_and_cat_through_a_node(corpus: Path, single_node, tmp_pat
     missing = await run_cli(single_node, "ipfs", "cat", "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG")
     assert missing.returncode == 1 and "held by no node of this cluster" in missing.stderr
     ident = json.loads((await run_cli(single_node, "ipfs", "id")).stdout)
-    assert ident["ID"] == single_node.node_id and ident["Addresses"]
+    # the embedded IPFS node is a peer of its own (no swarm key, so Kubo can connect), kept across restarts
+    assert ident["ID"] == single_node.ipfs_host.peer_id != single_node.node_id
+    assert ident["Addresses"] and all(a.endswith(f"/p2p/{ident['ID']}") for a in ident["Addresses"])
     # what was added can feed a job
     job = await run_cli(single_node, "docker", "run", "-i", f"ipfs://{root}:/tree", "bacalhau/busybox:latest", "--",
                         "cat", "/tree/src/main.py")
