@@ -19,7 +19,6 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import trio
@@ -37,7 +36,6 @@ MAX_MESSAGE = 4 * 1024 * 1024 + 4096            # libp2p bitswap's limit: a 4 Mi
 REPLY_BLOCKS = 4                                # blocks a reply message carries (1 MiB of 256 KiB blocks)
 WINDOW = 128                                    # blocks a fetch keeps in flight
 WANT_BATCH = 32                                 # wants per message
-READ_AHEAD = 8                                  # messages read ahead of their handling, per stream
 STORE_AHEAD = 8                                 # received messages being stored at once
 INLINE_HAVE = 1024                              # as Kubo: a want-have of a block this small gets the block
 WANT_BLOCK, WANT_HAVE = 0, 1
@@ -198,75 +196,88 @@ class Bitswap:
     # -- serving --------------------------------------------------------------------------------------------
 
     async def _on_stream(self, peer: str, stream: Any) -> None:
-        # reading goes on while earlier messages are hashed and stored, so the sender's window never closes
-        send, receive = trio.open_memory_channel[bytes](READ_AHEAD)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._handle_messages, peer, receive)
-            async with send:
-                while True:
-                    stream.set_read_timeout(None)   # a peer's stream may idle between messages as long as it likes
-                    head = b""
-                    while not head or head[-1] & 0x80:
-                        byte = await stream.read(1)
-                        if not byte:
-                            return
-                        head += byte
-                        if len(head) > 5:
-                            raise TransportError(f"bad bitswap message length from {peer}")
-                    stream.set_read_timeout()
-                    length, _ = _varint(head, 0)
-                    if length > MAX_MESSAGE:
-                        raise TransportError(f"bitswap message of {length} bytes from {peer}")
-                    await send.send(await stream.read_exactly(length))
-
-    async def _handle_messages(self, peer: str, messages: trio.MemoryReceiveChannel[bytes]) -> None:
-        async for buf in messages:
-            # a message with blocks is hashed (its CIDs are computed from the bytes) and stored off the loop
-            msg = await trio.to_thread.run_sync(decode_message, buf) if len(buf) > 4096 else decode_message(buf)
-            if msg.blocks:
-                # stored by several threads at once (each block is fsynced): the next message is not held up
+        while True:
+            stream.set_read_timeout(None)   # a peer's stream may idle between messages as long as it likes
+            head = b""
+            while not head or head[-1] & 0x80:
+                byte = await stream.read(1)
+                if not byte:
+                    return
+                head += byte
+                if len(head) > 5:
+                    raise TransportError(f"bad bitswap message length from {peer}")
+            stream.set_read_timeout()
+            length, _ = _varint(head, 0)
+            if length > MAX_MESSAGE:
+                raise TransportError(f"bitswap message of {length} bytes from {peer}")
+            buf = await stream.read_exactly(length)
+            if length <= 4096:
+                self._dispatch(peer, decode_message(buf))
+            else:
+                # a message with blocks is hashed (its CIDs are computed from the bytes) and stored by a
+                # worker thread, several at once (each block is fsynced): reading goes on meanwhile
                 await self._storing.acquire()
                 assert self._nursery is not None
-                self._nursery.start_soon(self._receive_blocks, peer, msg.blocks)
-            for cid in msg.dont_haves:
-                for session in self._wanted.get(cid, ()):
-                    session.send.send_nowait(("refused", cid, b"", peer))
-            wants = [w for w in msg.wants if not w.cancel]
-            if wants:
-                assert self._nursery is not None
-                self._nursery.start_soon(self._answer, peer, wants)
+                self._nursery.start_soon(self._store_and_dispatch, peer, buf)
 
-    async def _receive_blocks(self, peer: str, blocks: list[tuple[bytes, bytes]]) -> None:
+    async def _store_and_dispatch(self, peer: str, buf: bytes) -> None:
         try:
-            wanted = [(cid, data) for cid, data in blocks if cid in self._wanted]
-            if not wanted:
-                return
-            await trio.to_thread.run_sync(partial(self._store.put_many, wanted, hashed=True))
+            msg = await trio.to_thread.run_sync(self._decode_and_store, buf)
         finally:
             self._storing.release()
-        for cid, data in wanted:
+        self._dispatch(peer, msg)
+
+    def _decode_and_store(self, buf: bytes) -> Message:
+        """In a worker thread. Blocks nobody asked for are dropped."""
+        msg = decode_message(buf)
+        msg.blocks = [(cid, data) for cid, data in msg.blocks if cid in self._wanted]
+        self._store.put_many(msg.blocks, hashed=True)
+        return msg
+
+    def _dispatch(self, peer: str, msg: Message) -> None:
+        for cid, data in msg.blocks:
             for session in self._wanted.pop(cid, ()):
                 session.send.send_nowait(("block", cid, data, peer))
+        for cid in msg.dont_haves:
+            for session in self._wanted.get(cid, ()):
+                session.send.send_nowait(("refused", cid, b"", peer))
+        wants = [w for w in msg.wants if not w.cancel]
+        if wants:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._answer, peer, wants)
 
     async def _answer(self, peer: str, wants: list[Want]) -> None:
+        """Reply to a peer's wants: the first block alone, so the peer can start on it at once (Kubo asks ten
+        blocks at a time and waits), then REPLY_BLOCKS a message; the next message is read from the store
+        while the last one is sent."""
+        parts = [wants[:1]] + [wants[i:i + REPLY_BLOCKS] for i in range(1, len(wants), REPLY_BLOCKS)]
+        send, receive = trio.open_memory_channel[bytes](1)
+
+        async def read_parts() -> None:
+            async with send:
+                for part in parts:
+                    found = await trio.to_thread.run_sync(self._store.get_many, [w.cid for w in part])
+                    blocks, haves, dont_haves = [], [], []
+                    for w in part:
+                        data = found.get(w.cid)
+                        if data is None:
+                            if w.send_dont_have:
+                                dont_haves.append(w.cid)
+                        elif w.have_only and len(data) > INLINE_HAVE:
+                            haves.append(w.cid)
+                        else:
+                            blocks.append((w.cid, data))
+                    if blocks or haves or dont_haves:
+                        await send.send(encode_message(blocks=blocks, haves=haves, dont_haves=dont_haves))
+
         try:
-            for i in range(0, len(wants), REPLY_BLOCKS):
-                part = wants[i:i + REPLY_BLOCKS]
-                found = await trio.to_thread.run_sync(self._store.get_many, [w.cid for w in part])
-                blocks, haves, dont_haves = [], [], []
-                for w in part:
-                    data = found.get(w.cid)
-                    if data is None:
-                        if w.send_dont_have:
-                            dont_haves.append(w.cid)
-                    elif w.have_only and len(data) > INLINE_HAVE:
-                        haves.append(w.cid)
-                    else:
-                        blocks.append((w.cid, data))
-                if blocks or haves or dont_haves:
-                    await self._send(peer, encode_message(blocks=blocks, haves=haves, dont_haves=dont_haves))
-        except BacalhauError as exc:
-            log.info("could not answer %s: %s", peer, exc)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_parts)
+                async with receive:
+                    async for message in receive:
+                        await self._send(peer, message)
+        except* BacalhauError as group:
+            log.info("could not answer %s: %s", peer, group.exceptions[0])
 
     # -- fetching -------------------------------------------------------------------------------------------
 
