@@ -36,6 +36,7 @@ MAX_MESSAGE = 4 * 1024 * 1024 + 4096            # libp2p bitswap's limit: a 4 Mi
 REPLY_BLOCKS = 4                                # blocks a reply message carries (1 MiB of 256 KiB blocks)
 WINDOW = 128                                    # blocks a fetch keeps in flight
 WANT_BATCH = 32                                 # wants per message
+SMALL_MESSAGE = 4096                            # decoded on the event loop; bigger ones in a worker thread
 STORE_AHEAD = 8                                 # received messages being stored at once
 INLINE_HAVE = 1024                              # as Kubo: a want-have of a block this small gets the block
 WANT_BLOCK, WANT_HAVE = 0, 1
@@ -211,25 +212,27 @@ class Bitswap:
             if length > MAX_MESSAGE:
                 raise TransportError(f"bitswap message of {length} bytes from {peer}")
             buf = await stream.read_exactly(length)
-            if length <= 4096:
-                self._dispatch(peer, decode_message(buf))
+            msg = decode_message(buf) if length <= SMALL_MESSAGE else None
+            if msg is not None and not msg.blocks:
+                self._dispatch(peer, msg)
             else:
                 # a message with blocks is hashed (its CIDs are computed from the bytes) and stored by a
                 # worker thread, several at once (each block is fsynced): reading goes on meanwhile
                 await self._storing.acquire()
                 assert self._nursery is not None
-                self._nursery.start_soon(self._store_and_dispatch, peer, buf)
+                self._nursery.start_soon(self._store_and_dispatch, peer, msg or buf)
 
-    async def _store_and_dispatch(self, peer: str, buf: bytes) -> None:
+    async def _store_and_dispatch(self, peer: str, msg: Message | bytes) -> None:
         try:
-            msg = await trio.to_thread.run_sync(self._decode_and_store, buf)
+            msg = await trio.to_thread.run_sync(self._decode_and_store, msg)
         finally:
             self._storing.release()
         self._dispatch(peer, msg)
 
-    def _decode_and_store(self, buf: bytes) -> Message:
+    def _decode_and_store(self, msg: Message | bytes) -> Message:
         """In a worker thread. Blocks nobody asked for are dropped."""
-        msg = decode_message(buf)
+        if isinstance(msg, bytes):
+            msg = decode_message(msg)
         msg.blocks = [(cid, data) for cid, data in msg.blocks if cid in self._wanted]
         self._store.put_many(msg.blocks, hashed=True)
         return msg
