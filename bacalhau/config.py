@@ -22,6 +22,7 @@ DEFAULT_JOB_CPU = 0.1                   # what a job that asks for nothing is co
 DEFAULT_JOB_MEMORY = 100 * 1000**2
 DEFAULT_CAPACITY_FRACTION = 0.8         # share of the machine a compute node offers when not limited
 DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_FETCH_TIMEOUT = 300.0           # fetching a DAG (an input, a result, `ipfs get`) from other nodes
 NODE_INFO_TOPIC = "bacalhau/node-info/1.0.0"
 ENV_DIR = "BACALHAU_DIR"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -14,10 +15,11 @@ from bacalhau.bprotocol.proxies import ComputeProxy
 from bacalhau.bprotocol.transport import InMemoryNetwork, Transport
 from bacalhau.compute.node import ComputeNode
 from bacalhau.compute.store import ExecutionStore
-from bacalhau.config import NODE_INFO_TOPIC, NodeConfig, machine_capacity
-from bacalhau.errors import BacalhauError
+from bacalhau.config import DEFAULT_FETCH_TIMEOUT, NODE_INFO_TOPIC, NodeConfig, machine_capacity
+from bacalhau.errors import BacalhauError, NotFoundError
 from bacalhau.executors.types import Executor
 from bacalhau.ipfs.blockstore import Blockstore
+from bacalhau.ipfs.unixfs import cid_str, cid_to_bytes
 from bacalhau.models import Engine, NodeInfo, NodeType
 from bacalhau.requester.nodes import NodeTable
 from bacalhau.requester.service import Requester
@@ -236,6 +238,28 @@ class Node:
     async def drain(self) -> None:
         if self.compute is not None:
             await self.compute.drain(self.config.shutdown_grace)
+
+    # -- content --------------------------------------------------------------------------------------------
+
+    async def fetch_cid(self, cid: bytes, *, timeout: float = DEFAULT_FETCH_TIMEOUT) -> None:
+        """Make sure the DAG under `cid` is in this node's store: fetched from the cluster and this node's
+        IPFS peers when it is not here."""
+        if await trio.to_thread.run_sync(self.blockstore.has, cid):
+            return
+        if self.bitswap is None:
+            raise NotFoundError(f"{cid_str(cid)} is not held by this node")
+        try:
+            await self.bitswap.fetch(cid, timeout=timeout)
+        except (NotFoundError, trio.TooSlowError):
+            raise NotFoundError(f"{cid_str(cid)} is held by no node of this cluster") from None
+
+    async def result_tar(self, cid_text: str) -> Path:
+        """A published result (a UnixFS directory) as a temporary tar of its entries."""
+        from bacalhau.ipfs.exporter import export_tar
+
+        cid = cid_to_bytes(cid_text)
+        await self.fetch_cid(cid)
+        return await trio.to_thread.run_sync(export_tar, cid, self.blockstore)
 
     # -- results --------------------------------------------------------------------------------------------
 

@@ -87,6 +87,34 @@ async def test_docker_job_on_a_remote_node_results_and_logs_come_through_the_req
     assert logs.returncode == 0 and logs.stdout == "remote-out\n" and "remote-err" in logs.stderr
 
 
+async def test_get_fetches_a_large_result_over_ipfs_from_the_node_that_ran_it_with_progress(
+    cluster: tuple[Node, list[Node]], tmp_path: Path
+) -> None:
+    import hashlib
+
+    req, computes = cluster
+    job_id = (await run_cli(req, "docker", "run", "--id-only", "-s", "name=c0", "bacalhau/busybox:latest", "--",
+                            "sh", "-c", "head -c 30000000 /dev/urandom > /outputs/big; "
+                            "sha256sum /outputs/big | cut -d' ' -f1 > /outputs/big.sha")).stdout.strip()
+    with trio.fail_after(60):
+        while not (job := await req.requester.store.get_job(job_id)).state.terminal:
+            await trio.sleep(0.2)
+    execution = job.executions[-1]
+    assert execution.node_id == computes[0].node_id and execution.result_ref.startswith("ipfs://")
+    cid = execution.result_ref.removeprefix("ipfs://")
+    from bacalhau.ipfs.unixfs import cid_to_bytes
+
+    assert not req.blockstore.has(cid_to_bytes(cid))
+    got = await run_cli(req, "get", job_id, "-o", str(tmp_path))
+    assert got.returncode == 0, got.stderr
+    out = Path(got.stdout.strip())
+    assert hashlib.sha256((out / "outputs" / "big").read_bytes()).hexdigest() == \
+        (out / "outputs" / "big.sha").read_text().strip()
+    assert (out / "exitCode").read_text().strip() == "0"
+    assert "%)" in got.stderr                          # progress against the known size
+    assert req.blockstore.has(cid_to_bytes(cid))       # it came over bitswap, not through c0's bprotocol
+
+
 async def test_node_list_shows_every_compute_node(cluster: tuple[Node, list[Node]]) -> None:
     req, computes = cluster
     import json

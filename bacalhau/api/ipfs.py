@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from bacalhau.compute.results import stream_file
-from bacalhau.errors import NotFoundError, UserError
+from bacalhau.errors import UserError
 from bacalhau.ipfs.exporter import cat, export
 from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from bacalhau.node import Node
 
 MAX_ADD_BYTES = 10 * 1024**3
-FETCH_TIMEOUT = 60.0
 
 
 def _cid(text: str) -> bytes:
@@ -105,13 +104,7 @@ def routes(node: Node) -> list[tuple[str, object, list[str]]]:
     async def held(text: str) -> bytes:
         """The CID, fetched from the cluster first when this node does not hold it."""
         cid = _cid(text)
-        if not store.has(cid):
-            if node.bitswap is None:
-                raise NotFoundError(f"{text} is not held by this node")
-            try:
-                await node.bitswap.fetch(cid, timeout=FETCH_TIMEOUT)
-            except (NotFoundError, trio.TooSlowError):
-                raise NotFoundError(f"{text} is held by no node of this cluster") from None
+        await node.fetch_cid(cid)
         return cid
 
     async def get(request: Request) -> Response:

@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from bacalhau.compute.results import stream_file
 from bacalhau.errors import AmbiguousIdError, BacalhauError, NotFoundError, StateError, UserError
 from bacalhau.models import ExecutionState, JobSpec
 from bacalhau.signing import verify
@@ -157,10 +158,23 @@ def build_app(node: Node) -> Starlette:
                 raise NotFoundError(f"job {job.id} has no result yet (it is {job.state.value})")
             done = ran
         execution = done[0]
+        headers = {"X-Execution-Id": execution.id, "X-Node-Id": execution.node_id}
+        if item == "tar" and execution.result_ref.startswith("ipfs://"):
+            # the published result, fetched over bitswap from whichever nodes hold it (the one that ran the
+            # job at least), so this node need not be that one; the size lets the CLI show progress
+            try:
+                tar_path = await node.result_tar(execution.result_ref.removeprefix("ipfs://"))
+            except NotFoundError as exc:
+                log.info("result %s of job %s not fetched over IPFS (%s): asking its node", execution.result_ref,
+                         job.id, exc)
+            else:
+                size = (await trio.Path(tar_path).stat()).st_size
+                headers |= {"Content-Length": str(size), "X-Result-CID": execution.result_ref}
+                return StreamingResponse(stream_file(tar_path, remove=True), media_type="application/x-tar",
+                                         headers=headers)
         stream = node.open_result(execution.node_id, execution.id, item)
         first = await _first_chunk(stream)
-        return StreamingResponse(_chain(first, stream), media_type="application/octet-stream",
-                                 headers={"X-Execution-Id": execution.id, "X-Node-Id": execution.node_id})
+        return StreamingResponse(_chain(first, stream), media_type="application/octet-stream", headers=headers)
 
     async def logs(websocket: WebSocket) -> None:
         from bacalhau.api.logs import job_logs

@@ -91,12 +91,21 @@ class ApiClient:
             return json.loads(resp.read())
 
     def stream(self, path: str) -> Iterator[bytes]:
+        return self.sized_stream(path)[1]
+
+    def sized_stream(self, path: str) -> tuple[int | None, Iterator[bytes]]:
+        """The response's length when the server gave one, and its body in chunks."""
         resp = self._open("GET", path)
-        try:
-            while chunk := resp.read(READ_CHUNK):
-                yield chunk
-        finally:
-            resp.close()
+        length = resp.getheader("Content-Length")
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                while chunk := resp.read(READ_CHUNK):
+                    yield chunk
+            finally:
+                resp.close()
+
+        return (int(length) if length and length.isdigit() else None), chunks()
 
     # -- the API, one method per route ----------------------------------------------------------------------
 
@@ -144,3 +153,6 @@ class ApiClient:
 
     def result(self, job_id: str, item: str) -> Iterator[bytes]:
         return self.stream(f"/api/v1/jobs/{quote(job_id)}/results/{item}")
+
+    def result_tar(self, job_id: str) -> tuple[int | None, Iterator[bytes]]:
+        return self.sized_stream(f"/api/v1/jobs/{quote(job_id)}/results/tar")

@@ -15,6 +15,12 @@ from bacalhau.cli.output import status
 PROGRESS_EVERY = 8 * 1024 * 1024
 
 
+def progress(received: int, size: int | None) -> str:
+    if size:
+        return f"downloaded {received / 1e6:.0f} of {size / 1e6:.0f} MB ({100 * received // size}%)"
+    return f"downloaded {received / 1e6:.0f} MB"
+
+
 @click.command()
 @click.argument("job_id")
 @click.option("--output-dir", "-o", default=".", show_default=True, type=click.Path(file_okay=False),
@@ -26,13 +32,15 @@ def get(ctx: click.Context, job_id: str, output_dir: str) -> None:
     job = client.job(job_id)
     dest = Path(output_dir) / f"job-{job['id'][:8]}"
     dest.mkdir(parents=True, exist_ok=True)
+    status(f"fetching the results of job {job['id']}")
+    size, chunks = client.result_tar(job["id"])
     received, next_report = 0, PROGRESS_EVERY
     with tempfile.TemporaryFile() as tmp:
-        for chunk in client.result(job["id"], "tar"):
+        for chunk in chunks:
             tmp.write(chunk)
             received += len(chunk)
             if received >= next_report:
-                status(f"downloaded {received / 1024**2:.0f} MB")
+                status(progress(received, size))
                 next_report += PROGRESS_EVERY
         tmp.seek(0)
         with tarfile.open(fileobj=tmp, mode="r") as tar:

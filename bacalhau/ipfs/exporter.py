@@ -68,3 +68,22 @@ def _write_file(cid: bytes, blocks: BlockGetter, dest: Path) -> None:
     with open(dest, "wb") as f:
         for chunk in cat(cid, blocks):
             f.write(chunk)
+
+
+def export_tar(cid: bytes, blocks: BlockGetter) -> Path:
+    """A directory's entries (or a lone file) as a temporary tar file, which the caller removes."""
+    import shutil
+    import tarfile
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="export-"))
+    try:
+        export(cid, blocks, tmp / "root")
+        fd, tar_path = tempfile.mkstemp(prefix="export-", suffix=".tar")
+        with open(fd, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
+            root = tmp / "root"
+            for entry in sorted(root.iterdir()) if root.is_dir() and not root.is_symlink() else [root]:
+                tar.add(entry, arcname=entry.name)
+        return Path(tar_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
