@@ -74,6 +74,7 @@ class Node:
         self.blockstore: Blockstore
         self.bitswap: Any = None
         self.ipfs_host: Any = None
+        self.remote_ipfs: Any = None             # RemoteIpfs with --ipfs-connect
         self.known_addrs: dict[str, list[str]] = {}     # other nodes' multiaddrs, from their NodeInfo
 
     # -- identity -------------------------------------------------------------------------------------------
@@ -84,8 +85,11 @@ class Node:
     def addrs(self) -> list[str]:
         return list(self.host.listen_addrs) if self.host is not None else []
 
-    def ipfs_identity(self) -> dict[str, Any]:
-        """The embedded IPFS node's peer ID and multiaddrs, as Kubo's `ipfs id` shows its own."""
+    async def ipfs_identity(self) -> dict[str, Any]:
+        """The IPFS node's peer ID and multiaddrs, as Kubo's `ipfs id` shows its own: the embedded node's,
+        or the external one's with --ipfs-connect."""
+        if self.remote_ipfs is not None:
+            return await self.remote_ipfs.identity()
         if self.ipfs_host is None:
             return {"ID": self.node_id, "Addresses": []}
         return {"ID": self.ipfs_host.peer_id, "Addresses": list(self.ipfs_host.listen_addrs)}
@@ -129,13 +133,23 @@ class Node:
             self.transport = P2PTransport(self.host)
             from bacalhau.ipfs.bitswap import Bitswap
 
-            # The embedded IPFS node has a libp2p host of its own, without the swarm key (Kubo cannot speak
-            # py-libp2p's PSK), for IPFS peers; bitswap serves and fetches over it and the cluster's host.
-            self.ipfs_host = P2PHost(key_path=cfg.repo_dir / "ipfs" / "identity.key", listen_host=cfg.swarm_host,
-                                     listen_port=cfg.ipfs_swarm_port, peers=cfg.ipfs_swarm_addrs, pubsub=False)
-            await nursery.start(self.ipfs_host.run)
-            self.bitswap = await nursery.start(
-                Bitswap([self.host, self.ipfs_host], self.blockstore, self._connect_known).run)
+            hosts = [self.host]
+            if cfg.ipfs_connect:
+                # an external IPFS node instead of the embedded one's public side; the cluster's nodes still
+                # swap blocks among themselves over their private host
+                from bacalhau.ipfs.remote import RemoteIpfs
+
+                self.remote_ipfs = RemoteIpfs(cfg.ipfs_connect, self.blockstore)
+                await self.remote_ipfs.check()
+            else:
+                # The embedded IPFS node has a libp2p host of its own, without the swarm key (Kubo cannot
+                # speak py-libp2p's PSK), for IPFS peers; bitswap serves and fetches over it and the cluster's.
+                self.ipfs_host = P2PHost(key_path=cfg.repo_dir / "ipfs" / "identity.key",
+                                         listen_host=cfg.swarm_host, listen_port=cfg.ipfs_swarm_port,
+                                         peers=cfg.ipfs_swarm_addrs, pubsub=False)
+                await nursery.start(self.ipfs_host.run)
+                hosts.append(self.ipfs_host)
+            self.bitswap = await nursery.start(Bitswap(hosts, self.blockstore, self._connect_known).run)
 
         if cfg.is_compute:
             executors = self.deps.executors or default_executors(self.node_id, cfg.engines)
@@ -145,7 +159,7 @@ class Node:
                 node_id=self.node_id, transport=self.transport, executors=executors, store=store,
                 results_dir=cfg.repo_dir / "results", capacity=cfg.capacity or machine_capacity(),
                 labels=cfg.labels, call_timeout=cfg.call_timeout, version=VERSION,
-                blockstore=self.blockstore, fetcher=self.bitswap,
+                blockstore=self.blockstore, fetcher=_Fetcher(self), on_published=self.ipfs_published,
             )
             self.compute.log_stream_addr = next(iter(self.addrs()), "")
             await nursery.start(self.compute.run)
@@ -246,12 +260,25 @@ class Node:
         IPFS peers when it is not here."""
         if await trio.to_thread.run_sync(self.blockstore.has, cid):
             return
+        if self.remote_ipfs is not None:
+            try:
+                await self.remote_ipfs.fetch(cid, timeout=timeout)
+                return
+            except (BacalhauError, trio.TooSlowError) as exc:
+                log.info("%s not from the IPFS node at %s (%s): asking the cluster", cid_str(cid),
+                         self.remote_ipfs.maddr, exc)
         if self.bitswap is None:
             raise NotFoundError(f"{cid_str(cid)} is not held by this node")
         try:
             await self.bitswap.fetch(cid, timeout=timeout)
         except (NotFoundError, trio.TooSlowError):
             raise NotFoundError(f"{cid_str(cid)} is held by no node of this cluster") from None
+
+    async def ipfs_published(self, cid: bytes) -> None:
+        """Content this node added or a job published (pinned here): with --ipfs-connect it goes to the
+        external node too, pinned there."""
+        if self.remote_ipfs is not None:
+            await self.remote_ipfs.push(cid)
 
     async def result_tar(self, cid_text: str) -> Path:
         """A published result (a UnixFS directory) as a temporary tar of its entries."""
@@ -270,3 +297,13 @@ class Node:
             async for chunk in chunks:
                 yield chunk
 
+
+
+class _Fetcher:
+    """What a compute node's ipfs:// inputs are fetched with: the node's store, cluster and IPFS node."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def fetch(self, cid: bytes) -> None:
+        await self._node.fetch_cid(cid)

@@ -11,6 +11,7 @@ command -v dockerd >/dev/null 2>&1 || apt_missing+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || apt_missing+=(busybox-static)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_missing+=(python3-venv)
 command -v python3 >/dev/null 2>&1 || apt_missing+=(python3)
+command -v npm >/dev/null 2>&1 || apt_missing+=(nodejs npm)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   log "installing ${apt_missing[*]}"
   apt-get update -qq
@@ -32,6 +33,17 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
   rm -f .venv/.installed-*
   touch "$stamp"
+fi
+
+# js-ipfs, which serves the Kubo RPC API for the --ipfs-connect tests (no Kubo binary can be had here)
+js_stamp=.tools/js-ipfs/.installed-$(cat scripts/js-ipfs/package.json scripts/js-ipfs/polyfill.cjs | sha256sum | cut -c1-16)
+if [ ! -f "$js_stamp" ]; then
+  log "installing js-ipfs into .tools/js-ipfs (npm)"
+  mkdir -p .tools/js-ipfs
+  cp scripts/js-ipfs/package.json scripts/js-ipfs/polyfill.cjs .tools/js-ipfs/
+  (cd .tools/js-ipfs && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+  rm -f .tools/js-ipfs/.installed-*
+  touch "$js_stamp"
 fi
 
 bash docker/build-images.sh

@@ -77,7 +77,7 @@ def routes(node: Node) -> list[tuple[str, object, list[str]]]:
     store = node.blockstore
 
     async def ipfs_id(request: Request) -> Response:
-        return JSONResponse(node.ipfs_identity())
+        return JSONResponse(await node.ipfs_identity())
 
     async def add(request: Request) -> Response:
         version = int(request.query_params.get("cid_version", "0"))
@@ -95,6 +95,7 @@ def routes(node: Node) -> list[tuple[str, object, list[str]]]:
                     await f.write(chunk)
             try:
                 lines = await trio.to_thread.run_sync(_add_tar, upload, version, store)
+                await node.ipfs_published(cid_to_bytes(lines[-1][0]))
             except tarfile.TarError as exc:
                 raise UserError(f"the upload is not a tar: {exc}") from None
         finally:

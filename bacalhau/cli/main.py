@@ -99,6 +99,16 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BaseExceptionGroup as group:
+        # a daemon that cannot start (an external IPFS node not answering, a port taken) fails inside its
+        # nurseries: its first error is the one line the user needs
+        first: BaseException = group
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        if isinstance(first, BacalhauError | OSError):
+            click.echo(f"Error: {first}", err=True)
+            sys.exit(1)
+        raise
 
 
 def client_from(ctx: click.Context) -> Any:

@@ -149,6 +149,13 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
             token_file.write_text(secrets.token_urlsafe(32) + "\n")
             token_file.chmod(0o600)
         config.api_token = token_file.read_text().strip()
+    if ipfs_connect:
+        from bacalhau.ipfs.remote import api_url
+
+        try:
+            api_url(ipfs_connect)
+        except UserError as exc:
+            raise click.BadParameter(str(exc), param_hint="--ipfs-connect") from None
     if swarm_key:
         from bacalhau.p2p.swarm_key import parse_swarm_key
 
@@ -177,7 +184,7 @@ async def run_until_signalled(first_config: NodeConfig, more: Callable[[Node], l
                 nodes.append(await nursery.start(Node(config).run))
             click.echo(join_instructions(first.node_id, first.addrs(), first_config.swarm_host,
                                          first_config.api_host, first.api_port, first.swarm_key,
-                                         first_config.api_token, first.ipfs_identity()), err=True)
+                                         first_config.api_token, await first.ipfs_identity()), err=True)
             async for signum in signals:
                 logging.getLogger("bacalhau").info(
                     "%s: stopping (running jobs get %gs to end)", signal.Signals(signum).name, configs[0].shutdown_grace)

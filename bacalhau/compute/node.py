@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -36,8 +36,10 @@ class ComputeNode:
         self, *, node_id: str, transport: Transport, executors: dict[Engine, Executor], store: ExecutionStore,
         results_dir: Path, capacity: Resources, labels: dict[str, str], call_timeout: float, version: str = "",
         blockstore: Blockstore, fetcher: object = None,
+        on_published: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> None:
         self._blockstore = blockstore
+        self._on_published = on_published    # e.g. a push to the external IPFS node of --ipfs-connect
         self._storage = [*DEFAULT_PROVIDERS, IpfsStorage(blockstore, fetcher)]
         self.node_id = node_id
         self._transport = transport
@@ -257,9 +259,12 @@ class ComputeNode:
         """Add the result to this node's blockstore as one UnixFS directory; the job records its CID. (The
         node also serves the files through get_result until bitswap serves them to the cluster.)"""
         from bacalhau.ipfs.publish import publish_result
+        from bacalhau.ipfs.unixfs import cid_to_bytes
 
         try:
             cid = await trio.to_thread.run_sync(publish_result, self.execution_dir(ex.id).root, self._blockstore)
+            if self._on_published is not None:
+                await self._on_published(cid_to_bytes(cid))
         except (OSError, BacalhauError) as exc:
             await self._fail(ex, f"the result could not be published: {exc}")
             return

@@ -109,14 +109,14 @@ async def test_after_a_restart_the_ipfs_peer_id_is_the_same_and_kubo_still_gets_
     config = node_config(tmp_path / "node")
     async with trio.open_nursery() as nursery:
         node: Node = await nursery.start(Node(config).run)
-        before = node.ipfs_identity()["ID"]
+        before = (await node.ipfs_identity())["ID"]
         added = await run_cli(node, "ipfs", "add", "-r", str(tree))
         dir_cid = added.stdout.splitlines()[-1].split()[1]
         nursery.cancel_scope.cancel()
     async with trio.open_nursery() as nursery:
         node = await nursery.start(Node(config).run)
-        assert node.ipfs_identity()["ID"] == before
-        await trio.to_thread.run_sync(kubo.connect, node.ipfs_identity()["Addresses"][0])
+        assert (await node.ipfs_identity())["ID"] == before
+        await trio.to_thread.run_sync(kubo.connect, (await node.ipfs_identity())["Addresses"][0])
         await trio.to_thread.run_sync(kubo.download, dir_cid, tmp_path / "kubo-dir")
         assert same_tree(tree, tmp_path / "kubo-dir")
         nursery.cancel_scope.cancel()
