@@ -80,7 +80,7 @@ async def test_an_ipfs_input_no_node_holds_fails_with_the_reason(single_node: No
     res = await run_cli(single_node, "docker", "run", "-i", "ipfs://QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG",
                         IMAGE, "--", "true")
     assert res.returncode == 1 and "ipfs://QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG" in res.stderr
-    assert "no peer" in res.stderr
+    assert "held by no node of this cluster" in res.stderr
 
 
 async def test_bad_input_arguments_get_one_clear_line(single_node: Node) -> None:
