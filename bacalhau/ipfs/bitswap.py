@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 PROTOCOL = "/ipfs/bitswap/1.2.0"
 PROTOCOLS = (PROTOCOL, "/ipfs/bitswap/1.1.0")   # 1.1.0 has the same messages, minus HAVE/DONT_HAVE
 MAX_MESSAGE = 4 * 1024 * 1024 + 4096            # libp2p bitswap's limit: a 4 MiB block and its framing
-REPLY_BLOCKS = 4                                # blocks a reply message carries (1 MiB of 256 KiB blocks)
+REPLY_BLOCKS = 8                                # blocks a reply message carries at most (2 MiB of 256 KiB)
 WINDOW = 128                                    # blocks a fetch keeps in flight
 WANT_BATCH = 32                                 # wants per message
 SMALL_MESSAGE = 4096                            # decoded on the event loop; bigger ones in a worker thread
@@ -250,10 +250,13 @@ class Bitswap:
             self._nursery.start_soon(self._answer, peer, wants)
 
     async def _answer(self, peer: str, wants: list[Want]) -> None:
-        """Reply to a peer's wants: the first block alone, so the peer can start on it at once (Kubo asks ten
-        blocks at a time and waits), then REPLY_BLOCKS a message; the next message is read from the store
-        while the last one is sent."""
-        parts = [wants[:1]] + [wants[i:i + REPLY_BLOCKS] for i in range(1, len(wants), REPLY_BLOCKS)]
+        """Reply to a peer's wants in messages of 1, 2, 4... up to REPLY_BLOCKS blocks: the first ones come
+        at once (Kubo asks ten blocks at a time and waits for them), the later ones in big messages, cheaper
+        for both sides. The next message is read from the store while the last one is sent."""
+        parts, i, size = [], 0, 1
+        while i < len(wants):
+            parts.append(wants[i:i + size])
+            i, size = i + size, min(size * 2, REPLY_BLOCKS)
         send, receive = trio.open_memory_channel[bytes](1)
 
         async def read_parts() -> None:
