@@ -174,6 +174,7 @@ def _child(lib_path: str, repo: str) -> None:
                 send(error=f"unknown op {op}")
         except Exception as exc:  # the child's boundary: report, keep serving
             send(error=repr(exc))
+    os._exit(0)   # stdin closed: the parent is gone; Go's threads must not keep the node running
 
 
 if __name__ == "__main__":
