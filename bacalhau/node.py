@@ -92,7 +92,9 @@ class Node:
             return await self.remote_ipfs.identity()
         if self.ipfs_host is None:
             return {"ID": self.node_id, "Addresses": []}
-        return {"ID": self.ipfs_host.peer_id, "Addresses": list(self.ipfs_host.listen_addrs)}
+        from bacalhau.p2p.addrs import dialable
+
+        return {"ID": self.ipfs_host.peer_id, "Addresses": dialable(list(self.ipfs_host.listen_addrs))}
 
     def identity(self) -> dict[str, Any]:
         return {"id": self.node_id, "addrs": self.addrs(), "node_types": [t.value for t in self.node_types()],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ import click
 
 from bacalhau.config import DEFAULT_API_HOST, DEFAULT_API_PORT, DEFAULT_IPFS_SWARM_PORT, DEFAULT_SWARM_PORT
 from bacalhau.errors import UserError
+from bacalhau.p2p.addrs import public_ip
 
 if TYPE_CHECKING:
     from bacalhau.config import NodeConfig
@@ -30,16 +30,6 @@ def parse_labels(text: str) -> dict[str, str]:
             raise click.BadParameter(f"{part!r} is not k=v", param_hint="--labels")
         labels[key] = value
     return labels
-
-
-def public_ip() -> str:
-    """The address other machines reach this one at (no packet is sent: UDP connect only picks a route)."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("10.254.254.254", 1))
-            return str(s.getsockname()[0])
-    except OSError:
-        return "127.0.0.1"
 
 
 def setup_logging(verbose: bool) -> None:
