@@ -38,6 +38,7 @@ REPLY_BLOCKS = 8                                # blocks a reply message carries
 WINDOW = 128                                    # blocks a fetch keeps in flight
 WANT_BATCH = 32                                 # wants per message
 SMALL_MESSAGE = 4096                            # decoded on the event loop; bigger ones in a worker thread
+ANSWERS = 16                                    # want messages answered at once (each holds <= 2 messages)
 STORE_AHEAD = 8                                 # received messages being stored at once
 INLINE_HAVE = 1024                              # as Kubo: a want-have of a block this small gets the block
 WANT_BLOCK, WANT_HAVE = 0, 1
@@ -165,6 +166,7 @@ class Bitswap:
         self._wanted: dict[bytes, list[_Session]] = {}
         self._outboxes: dict[str, _Outbox] = {}
         self._storing = trio.Semaphore(STORE_AHEAD)
+        self._answering = trio.Semaphore(ANSWERS)    # a peer's flood of wants never holds more blocks than this
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[Bitswap] = trio.TASK_STATUS_IGNORED) -> None:
@@ -279,7 +281,7 @@ class Bitswap:
                         await send.send(encode_message(blocks=blocks, haves=haves, dont_haves=dont_haves))
 
         try:
-            async with trio.open_nursery() as nursery:
+            async with self._answering, trio.open_nursery() as nursery:
                 nursery.start_soon(read_parts)
                 async with receive:
                     async for message in receive:
