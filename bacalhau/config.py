@@ -62,6 +62,7 @@ class NodeConfig:
     swarm_key: str | None = None              # hex or a key file; None: the repo's swarm.key (made once)
     api_token: str | None = None              # required of non-loopback API clients when set
     ipfs_swarm_port: int = DEFAULT_IPFS_SWARM_PORT
+    ipfs_swarm_host: str | None = None        # None: as swarm_host; 127.0.0.1 keeps the IPFS side to this machine
     ipfs_swarm_addrs: tuple[str, ...] = ()    # IPFS nodes (Kubo among them) the embedded node stays connected to
     ipfs_connect: str | None = None           # an external node's RPC API multiaddr, used instead of the embedded one
 

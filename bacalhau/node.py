@@ -147,7 +147,8 @@ class Node:
                 # The embedded IPFS node has a libp2p host of its own, without the swarm key (Kubo cannot
                 # speak py-libp2p's PSK), for IPFS peers; bitswap serves and fetches over it and the cluster's.
                 self.ipfs_host = P2PHost(key_path=cfg.repo_dir / "ipfs" / "identity.key",
-                                         listen_host=cfg.swarm_host, listen_port=cfg.ipfs_swarm_port,
+                                         listen_host=cfg.ipfs_swarm_host or cfg.swarm_host,
+                                         listen_port=cfg.ipfs_swarm_port,
                                          peers=cfg.ipfs_swarm_addrs, pubsub=False)
                 await nursery.start(self.ipfs_host.run)
                 hosts.append(self.ipfs_host)

@@ -104,6 +104,7 @@ def test_serve_prints_the_join_command_keeps_its_peer_id_and_exits_0_on_sigterm(
     assert node.client().node_id()["id"] == peer_id
     # the embedded IPFS node's own line, and `ipfs id` listing addresses a Kubo node can dial
     ipfs = json.loads(node.cli("ipfs", "id").stdout)
+    text = node.log.read_text(errors="replace")     # the whole banner by now
     assert "ipfs swarm connect /ip4/" in text and ipfs["ID"] in text and ipfs["ID"] != peer_id
     assert ipfs["Addresses"] and not any("/0.0.0.0/" in a for a in ipfs["Addresses"])
     assert any(a.startswith("/ip4/127.0.0.1/tcp/") for a in ipfs["Addresses"])

@@ -54,10 +54,9 @@ def join_instructions(node_id: str, addrs: list[str], swarm_host: str, api_host:
         lines += ["To use this node from a client:",
                   f"    export BACALHAU_API_HOST={host} BACALHAU_API_PORT={api_port}{token}"]
     if ipfs and ipfs.get("Addresses"):
-        ipfs_port = ipfs["Addresses"][0].split("/tcp/")[1].split("/")[0]
-        host = public_ip() if swarm_host in ("0.0.0.0", "") else swarm_host
+        # the last address is the one other machines dial when it listens on all interfaces
         lines += [f"The embedded IPFS node is {ipfs['ID']}; a Kubo node peers with it by:",
-                  f"    ipfs swarm connect /ip4/{host}/tcp/{ipfs_port}/p2p/{ipfs['ID']}"]
+                  f"    ipfs swarm connect {ipfs['Addresses'][-1]}"]
     return "\n".join(lines)
 
 
@@ -89,6 +88,10 @@ def parse_ipfs_swarm_addrs(text: str) -> tuple[str, ...]:
               help="The private cluster's key, as printed by its first node (kept in the repo once given).")
 @click.option("--ipfs-swarm-port", default=DEFAULT_IPFS_SWARM_PORT, show_default=True, type=int,
               help="TCP port of the embedded IPFS node, which IPFS peers such as Kubo connect to (0: any).")
+@click.option("--ipfs-swarm-host", default=None, metavar="ADDR",
+              help="Address the embedded IPFS node listens on (default: all interfaces). Any IPFS peer that "
+                   "reaches it can fetch the blocks this node holds (job results included): 127.0.0.1 keeps it "
+                   "to this machine.")
 @click.option("--ipfs-swarm-addrs", default="", metavar="MULTIADDR[,...]",
               help="IPFS nodes (Kubo among them) the embedded IPFS node stays connected to, to fetch what they "
                    "hold and let them fetch what it holds.")
@@ -98,7 +101,8 @@ def parse_ipfs_swarm_addrs(text: str) -> tuple[str, ...]:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, swarm_port: int, labels: str,
           limit_total_cpu: str | None, limit_total_memory: str | None, repo: str | None, max_attempts: int | None,
-          swarm_key: str | None, ipfs_swarm_port: int, ipfs_swarm_addrs: str, ipfs_connect: str | None,
+          swarm_key: str | None, ipfs_swarm_port: int, ipfs_swarm_host: str | None, ipfs_swarm_addrs: str,
+          ipfs_connect: str | None,
           verbose: bool) -> None:
     """Run a bacalhau node: with no flags, a private cluster of one that is requester and compute.
 
@@ -125,7 +129,7 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
     config = NodeConfig(
         repo_dir=Path(repo) if repo else default_repo_dir(), node_types=types, api_host=api_host,
         api_port=api_port, swarm_port=swarm_port, peers=peer_list, labels=parse_labels(labels), capacity=capacity,
-        swarm_key=swarm_key, ipfs_swarm_port=ipfs_swarm_port,
+        swarm_key=swarm_key, ipfs_swarm_port=ipfs_swarm_port, ipfs_swarm_host=ipfs_swarm_host,
         ipfs_swarm_addrs=parse_ipfs_swarm_addrs(ipfs_swarm_addrs), ipfs_connect=ipfs_connect,
     )
     if max_attempts:
@@ -174,7 +178,8 @@ async def run_until_signalled(first_config: NodeConfig, more: Callable[[Node], l
                 nodes.append(await nursery.start(Node(config).run))
             click.echo(join_instructions(first.node_id, first.addrs(), first_config.swarm_host,
                                          first_config.api_host, first.api_port, first.swarm_key,
-                                         first_config.api_token, await first.ipfs_identity()), err=True)
+                                         first_config.api_token,
+                                         await first.ipfs_identity() if first.ipfs_host else None), err=True)
             async for signum in signals:
                 logging.getLogger("bacalhau").info(
                     "%s: stopping (running jobs get %gs to end)", signal.Signals(signum).name, configs[0].shutdown_grace)

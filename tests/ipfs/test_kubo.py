@@ -120,3 +120,13 @@ async def test_after_a_restart_the_ipfs_peer_id_is_the_same_and_kubo_still_gets_
         await trio.to_thread.run_sync(kubo.download, dir_cid, tmp_path / "kubo-dir")
         assert same_tree(tree, tmp_path / "kubo-dir")
         nursery.cancel_scope.cancel()
+
+
+async def test_the_ipfs_side_can_be_kept_to_this_machine_while_the_cluster_listens_on_all(tmp_path: Path) -> None:
+    config = node_config(tmp_path / "node", swarm_host="0.0.0.0", ipfs_swarm_host="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        node: Node = await nursery.start(Node(config).run)
+        assert any("/ip4/0.0.0.0/" in a for a in node.addrs())
+        addrs = (await node.ipfs_identity())["Addresses"]
+        assert addrs and all(a.startswith("/ip4/127.0.0.1/tcp/") for a in addrs)
+        nursery.cancel_scope.cancel()
