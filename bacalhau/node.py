@@ -162,7 +162,7 @@ class Node:
                 node_id=self.node_id, transport=self.transport, executors=executors, store=store,
                 results_dir=cfg.repo_dir / "results", capacity=cfg.capacity or machine_capacity(),
                 labels=cfg.labels, call_timeout=cfg.call_timeout, version=VERSION,
-                blockstore=self.blockstore, fetcher=_Fetcher(self), on_published=self.ipfs_published,
+                blockstore=self.blockstore, fetch=self.fetch_cid, on_published=self.ipfs_published,
             )
             self.compute.log_stream_addr = next(iter(self.addrs()), "")
             await nursery.start(self.compute.run)
@@ -300,13 +300,3 @@ class Node:
             async for chunk in chunks:
                 yield chunk
 
-
-
-class _Fetcher:
-    """What a compute node's ipfs:// inputs are fetched with: the node's store, cluster and IPFS node."""
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
-
-    async def fetch(self, cid: bytes) -> None:
-        await self._node.fetch_cid(cid)

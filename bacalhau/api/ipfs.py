@@ -9,7 +9,6 @@ Content this node does not hold is fetched from the cluster's nodes with bitswap
 
 from __future__ import annotations
 
-import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -21,7 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from bacalhau.compute.results import stream_file
 from bacalhau.errors import UserError
-from bacalhau.ipfs.exporter import cat, export
+from bacalhau.ipfs.exporter import cat, export_tar
 from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
 
 if TYPE_CHECKING:
@@ -54,18 +53,6 @@ def _cat_to_file(cid: bytes, store: object) -> Path:
         for chunk in cat(cid, store):  # type: ignore[arg-type]
             f.write(chunk)
     return Path(name)
-
-
-def _export_tar(cid: bytes, store: object, name: str) -> Path:
-    tmp = Path(tempfile.mkdtemp())
-    try:
-        export(cid, store, tmp / name)  # type: ignore[arg-type]
-        fd, tar_path = tempfile.mkstemp(suffix=".tar")
-        with open(fd, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
-            tar.add(tmp / name, arcname=name)
-        return Path(tar_path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def _unlink(path: Path) -> None:
@@ -111,7 +98,7 @@ def routes(node: Node) -> list[tuple[str, object, list[str]]]:
     async def get(request: Request) -> Response:
         text = request.path_params["cid"]
         cid = await held(text)
-        tar_path = await trio.to_thread.run_sync(_export_tar, cid, store, text)
+        tar_path = await trio.to_thread.run_sync(export_tar, cid, store, text)
         return StreamingResponse(stream_file(tar_path, remove=True), media_type="application/x-tar")
 
     async def cat_(request: Request) -> Response:

@@ -35,12 +35,12 @@ class ComputeNode:
     def __init__(
         self, *, node_id: str, transport: Transport, executors: dict[Engine, Executor], store: ExecutionStore,
         results_dir: Path, capacity: Resources, labels: dict[str, str], call_timeout: float, version: str = "",
-        blockstore: Blockstore, fetcher: object = None,
+        blockstore: Blockstore, fetch: Callable[[bytes], Awaitable[None]] | None = None,
         on_published: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> None:
         self._blockstore = blockstore
         self._on_published = on_published    # e.g. a push to the external IPFS node of --ipfs-connect
-        self._storage = [*DEFAULT_PROVIDERS, IpfsStorage(blockstore, fetcher)]
+        self._storage = [*DEFAULT_PROVIDERS, IpfsStorage(blockstore, fetch)]
         self.node_id = node_id
         self._transport = transport
         self._executors = executors

@@ -304,7 +304,9 @@ class Bitswap:
 
         async def ask(cids: Sequence[bytes], peers: Sequence[str]) -> None:
             for cid in cids:
-                self._wanted.setdefault(cid, []).append(session)
+                sessions = self._wanted.setdefault(cid, [])
+                if session not in sessions:     # asked again elsewhere: still one entry, which finally removes
+                    sessions.append(session)
                 asked.setdefault(cid, set()).update(peers)
             for i in range(0, len(cids), WANT_BATCH):
                 message = encode_message(wants=cids[i:i + WANT_BATCH])

@@ -70,8 +70,9 @@ def _write_file(cid: bytes, blocks: BlockGetter, dest: Path) -> None:
             f.write(chunk)
 
 
-def export_tar(cid: bytes, blocks: BlockGetter) -> Path:
-    """A directory's entries (or a lone file) as a temporary tar file, which the caller removes."""
+def export_tar(cid: bytes, blocks: BlockGetter, name: str | None = None) -> Path:
+    """A temporary tar file, which the caller removes: the content as one entry called `name`, or, with no
+    name, a directory's entries (a lone file as itself)."""
     import shutil
     import tarfile
     import tempfile
@@ -82,8 +83,11 @@ def export_tar(cid: bytes, blocks: BlockGetter) -> Path:
         fd, tar_path = tempfile.mkstemp(prefix="export-", suffix=".tar")
         with open(fd, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
             root = tmp / "root"
-            for entry in sorted(root.iterdir()) if root.is_dir() and not root.is_symlink() else [root]:
-                tar.add(entry, arcname=entry.name)
+            if name is not None:
+                tar.add(root, arcname=name)
+            else:
+                for entry in sorted(root.iterdir()) if root.is_dir() and not root.is_symlink() else [root]:
+                    tar.add(entry, arcname=entry.name)
         return Path(tar_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,8 +17,8 @@ import math
 import struct
 import sys
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +113,8 @@ class P2PStream:
         if self._buf:
             data, self._buf = self._buf[:max_bytes], self._buf[max_bytes:]
             return data
-        try:
-            with trio.fail_after(math.inf if self._timeout is None else self._timeout):
-                return bytes(await self._stream.read(max_bytes))
-        except StreamError:
-            return b""
-        except trio.TooSlowError:
-            raise TransportError(f"no data from {self.remote_peer} within {self._timeout:g}s") from None
+        with self._deadline():
+            return await self._read_some(max_bytes)
 
     async def read_exactly(self, n: int) -> bytes:
         """n bytes, within the read timeout as a whole (one cancel scope, not one a chunk: a scope per read
@@ -128,20 +123,28 @@ class P2PStream:
         if self._buf:
             parts.append(self._buf[:n])
             got, self._buf = len(parts[0]), self._buf[n:]
+        with self._deadline():
+            while got < n:
+                chunk = await self._read_some(n - got)
+                if not chunk:
+                    raise ProtocolError(f"stream ended after {got} of {n} bytes")
+                parts.append(chunk)
+                got += len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _read_some(self, max_bytes: int) -> bytes:
+        try:
+            return bytes(await self._stream.read(max_bytes))
+        except StreamError:
+            return b""
+
+    @contextmanager
+    def _deadline(self) -> Iterator[None]:
         try:
             with trio.fail_after(math.inf if self._timeout is None else self._timeout):
-                while got < n:
-                    try:
-                        chunk = bytes(await self._stream.read(n - got))
-                    except StreamError:
-                        chunk = b""
-                    if not chunk:
-                        raise ProtocolError(f"stream ended after {got} of {n} bytes")
-                    parts.append(chunk)
-                    got += len(chunk)
+                yield
         except trio.TooSlowError:
             raise TransportError(f"no data from {self.remote_peer} within {self._timeout:g}s") from None
-        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def read_frame(self) -> bytes:
         (length,) = LENGTH.unpack(await self.read_exactly(LENGTH.size))

@@ -1,11 +1,11 @@
-"""ipfs:// inputs: fetched with bitswap from the cluster's nodes when this node does not hold them
+"""ipfs:// inputs: fetched (from the cluster's nodes, or the external IPFS node) when this node does not hold them
 (results of earlier jobs live in the blockstores, so one job's output CID can feed the next), then exported
 into the job's input directory. A node that holds the CID bids first (see compute/node.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -34,16 +34,16 @@ def holds(store: Blockstore, source: str) -> bool:
 class IpfsStorage:
     schemes = ("ipfs",)
 
-    def __init__(self, store: Blockstore, fetcher: Any = None) -> None:
+    def __init__(self, store: Blockstore, fetch: Callable[[bytes], Awaitable[None]] | None = None) -> None:
         self._store = store
-        self._fetcher = fetcher       # Bitswap, or None where the node has no libp2p host (tests)
+        self._fetch = fetch           # Node.fetch_cid, or None where a test gives no node
 
     async def prepare(self, spec: StorageSpec, dest: Path) -> None:
         cid = parse_ipfs_source(spec.source)
         name = spec.source.removeprefix("ipfs://").strip("/")
         try:
-            if self._fetcher is not None:
-                await self._fetcher.fetch(cid)
+            if self._fetch is not None:
+                await self._fetch(cid)
             await trio.to_thread.run_sync(_export_into, cid, self._store, dest, name)
         except BacalhauError as exc:
             raise ExecutorError(f"input {spec.source}: {exc}") from None
