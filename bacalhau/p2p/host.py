@@ -1,4 +1,4 @@
-"""The libp2p host of a node: the only module that imports py-libp2p.
+"""The libp2p host of a node: with `fastpath`, the only code that imports py-libp2p.
 
 What it adds over py-libp2p (see ../shared/PY-LIBP2P-NOTES.md for why):
 - an Ed25519 identity kept in a file, so the peer ID survives restarts;
@@ -15,8 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import struct
-import sys
-import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -43,6 +41,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service.context import background_trio_service
 
 from bacalhau.errors import ProtocolError, TransportError
+from bacalhau.p2p import fastpath
 
 log = logging.getLogger(__name__)
 
@@ -54,30 +53,11 @@ REDIAL_MIN, REDIAL_MAX = 0.5, 10.0
 DIAL_TIMEOUT = 10.0   # a dial that the other side's PSK silently refuses would hang for 20-30 s
 READ_CHUNK = 256 * 1024
 REANNOUNCE_INTERVAL = 2.0
-YAMUX_WINDOW_POLL = 0.0005
 
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
 
 
-def _poll_yamux_send_windows_sooner() -> None:
-    """py-libp2p's yamux writer, finding the peer's receive window full, sleeps 10 ms at a time until a window
-    update has come in. Against Kubo (256 KiB windows) that wait came several times per MiB and held bitswap
-    replies to ~60 MB/s. The yamux module gets a `trio` of its own whose sleep polls at 0.5 ms there, and only
-    there (its one other 10 ms sleep, after an error, is left alone)."""
-    from libp2p.stream_muxer.yamux import yamux as yamux_module
-
-    async def sleep(seconds: float) -> None:
-        if seconds == 0.01 and sys._getframe(1).f_code.co_name == "write":
-            seconds = YAMUX_WINDOW_POLL
-        await trio.sleep(seconds)
-
-    shim = types.ModuleType("trio")
-    shim.__dict__.update(trio.__dict__)
-    shim.sleep = sleep  # type: ignore[attr-defined]
-    yamux_module.trio = shim  # type: ignore[attr-defined]
-
-
-_poll_yamux_send_windows_sooner()
+fastpath.apply()
 
 
 def load_or_create_identity(key_path: Path) -> Any:
