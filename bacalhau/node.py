@@ -116,6 +116,7 @@ class Node:
     async def _start(self, nursery: trio.Nursery) -> None:
         cfg = self.config
         self.blockstore = await trio.to_thread.run_sync(Blockstore, cfg.repo_dir / "ipfs")
+        self._stores.append(self.blockstore)
         if self.deps.network is not None:
             import uuid
 

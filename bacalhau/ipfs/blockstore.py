@@ -1,24 +1,36 @@
 """A persistent blockstore with pins, under a node's repo dir. Synchronous (file I/O): async callers go
 through `trio.to_thread`.
 
-    blocks/<last 2 chars>/<base32 multihash>   one file per block, written to a temp file then renamed,
-                                               so a crash never leaves a block whose bytes miss its CID
-    pins                                       recursively pinned roots, one CID a line (replaced atomically)
-Every read is checked against the CID's sha2-256; `gc()` removes blocks no pin reaches.
+    packs/00000001.pack   blocks appended one record after another: [data length u32][multihash length u8]
+                          [multihash][data]; a pack past PACK_BYTES is sealed and the next one begun
+    pins                  recursively pinned roots, one CID a line (replaced atomically)
+
+Packs, not a file per block: creating a file cost this kind of machine 0.2-0.9 ms of kernel time (ext4 scans
+past recently deleted inodes), as much as writing the block itself, and a fetch creates thousands. The index
+(multihash -> pack, offset, length) lives in memory and is rebuilt from the record headers at open. Every
+write is followed by fdatasync; at open the records of the last pack, the only one ever appended to, are
+checked against their multihash and the pack is cut before the first that is short or does not match, so a
+crash mid-write never leaves a block whose bytes miss its CID. Reads are checked too (`verify`). `gc()` removes
+blocks no pin reaches by copying a pack's live records into the current pack and deleting it.
+A repo of the earlier layout (blocks/<2 chars>/<base32 multihash>, a file per block) is moved into packs at
+open.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
 import os
+import struct
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-from bacalhau.errors import BacalhauError, NotFoundError
+from bacalhau.errors import BacalhauError, NotFoundError, StateError
 from bacalhau.ipfs.dagpb import decode_links
+
+PACK_BYTES = 64 * 1024 * 1024
+RECORD = struct.Struct(">IB")      # data length, multihash length
+SHA2_256 = b"\x12\x20"
 
 
 class CorruptBlockError(BacalhauError):
@@ -50,79 +62,180 @@ def codec_of(cid: bytes) -> int:
 class Blockstore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._blocks = root / "blocks"
+        self._packs = root / "packs"
         self._pins = root / "pins"
-        self._blocks.mkdir(parents=True, exist_ok=True)
+        self._packs.mkdir(parents=True, exist_ok=True)
         self._pin_lock = threading.Lock()   # publishes run in worker threads, several at once
-        self._shards: set[Path] = set()
-        self._tmp_names = itertools.count()  # next() on it is atomic under the GIL: threads get distinct names
+        self._lock = threading.Lock()       # the index and the current pack
+        self._index: dict[bytes, tuple[int, int, int]] = {}   # multihash -> pack number, data offset, length
+        self._current = 0                   # the pack appended to (0: none yet)
+        self._fd = -1
+        self._size = 0
+        self._closed = False
+        self._open()
 
-    def _path(self, cid: bytes) -> Path:
-        name = base64.b32encode(multihash_of(cid)).decode().rstrip("=")
-        return self._blocks / name[-2:] / name
+    # -- packs ----------------------------------------------------------------------------------------------
+
+    def _pack(self, number: int) -> Path:
+        return self._packs / f"{number:08d}.pack"
+
+    def _open(self) -> None:
+        numbers = sorted(int(p.stem) for p in self._packs.glob("*.pack") if p.stem.isdigit())
+        for number in numbers:
+            self._scan(number, verify=number == numbers[-1])
+        if numbers:
+            self._current = numbers[-1]
+            self._fd = os.open(self._pack(self._current), os.O_WRONLY | os.O_APPEND)
+            self._size = os.fstat(self._fd).st_size
+        legacy = self.root / "blocks"
+        if legacy.is_dir():
+            self._import_legacy(legacy)
+
+    def _scan(self, number: int, *, verify: bool) -> None:
+        """Index a pack's records; cut it before the first record that is short (or, verifying, corrupt)."""
+        path = self._pack(number)
+        size = path.stat().st_size
+        pos = 0
+        with open(path, "rb") as f:
+            while pos + RECORD.size <= size:
+                length, mh_len = RECORD.unpack(f.read(RECORD.size))
+                mh = f.read(mh_len)
+                data_at = pos + RECORD.size + mh_len
+                if len(mh) < mh_len or data_at + length > size:
+                    break
+                if verify:
+                    if not _matches(mh, f.read(length)):
+                        break
+                else:
+                    f.seek(length, os.SEEK_CUR)
+                self._index[mh] = (number, data_at, length)
+                pos = data_at + length
+        if pos < size:
+            os.truncate(path, pos)
+
+    def _import_legacy(self, legacy: Path) -> None:
+        for shard in legacy.iterdir():
+            files = list(shard.iterdir())
+            blocks = []
+            for f in files:
+                try:
+                    mh = base64.b32decode(f.name + "=" * (-len(f.name) % 8))
+                except ValueError:
+                    continue            # a temp file a crash left
+                data = f.read_bytes()
+                if _matches(mh, data):
+                    blocks.append((mh, data))
+            self._append(blocks)
+            for f in files:
+                f.unlink()
+            shard.rmdir()
+        legacy.rmdir()
+
+    def _append(self, records: list[tuple[bytes, bytes]], *, moving: bool = False) -> None:
+        """Append blocks not held yet (by multihash) to the current pack, durably. moving: blocks held in a
+        pack gc rewrites, whose index entries now point here."""
+        with self._lock:
+            records = [(mh, data) for mh, data in dict(records).items() if moving or mh not in self._index]
+            if not records:
+                return
+            if self._fd < 0 or self._size >= PACK_BYTES:
+                self._begin_pack()
+            parts, at = [], self._size
+            for mh, data in records:
+                parts += [RECORD.pack(len(data), len(mh)), mh, data]
+                self._index[mh] = (self._current, at + RECORD.size + len(mh), len(data))
+                at += RECORD.size + len(mh) + len(data)
+            buf = memoryview(b"".join(parts))
+            try:
+                while buf:
+                    buf = buf[os.write(self._fd, buf):]
+            except BaseException:
+                for mh, _ in records:
+                    self._index.pop(mh, None)
+                os.truncate(self._pack(self._current), self._size)
+                raise
+            self._size = at
+            os.fdatasync(self._fd)
+
+    def _begin_pack(self) -> None:
+        if self._closed:
+            raise StateError("the blockstore is closed")
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+        self._current += 1
+        self._fd = os.open(self._pack(self._current), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
+        self._size = 0
+
+    def close(self) -> None:
+        """Waits for an append in progress; a later one raises StateError (reads go on)."""
+        with self._lock:
+            self._closed = True
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    # -- blocks ---------------------------------------------------------------------------------------------
 
     def has(self, cid: bytes) -> bool:
-        return self._path(cid).exists()
+        return multihash_of(cid) in self._index
 
     def put(self, cid: bytes, block: bytes, *, hashed: bool = False) -> None:
         """hashed: the caller computed `cid` from these very bytes (a bitswap block), so no second check."""
-        path = self._path(cid)
-        if path.exists():
-            return
-        mh = multihash_of(cid)
-        if not hashed and (mh[:2] != b"\x12\x20" or hashlib.sha256(block).digest() != mh[2:]):
-            raise CorruptBlockError("block does not match its CID")
-        if path.parent not in self._shards:
-            path.parent.mkdir(exist_ok=True)
-            self._shards.add(path.parent)
-        tmp = path.parent / f".tmp-{os.getpid()}-{next(self._tmp_names)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            try:
-                view = memoryview(block)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        self.put_many([(cid, block)], hashed=hashed)
+
+    def put_many(self, blocks: list[tuple[bytes, bytes]], *, hashed: bool = False) -> None:
+        records = []
+        for cid, block in blocks:
+            mh = multihash_of(cid)
+            if mh in self._index:
+                continue
+            if not hashed and not _matches(mh, block):
+                raise CorruptBlockError("block does not match its CID")
+            records.append((mh, block))
+        if records:
+            self._append(records)
 
     def get(self, cid: bytes, *, verify: bool = True) -> bytes:
         """verify=False where the reader checks anyway: a block served to a peer is hashed by the peer (as
         Kubo serves, HashOnRead off)."""
-        try:
-            block = self._path(cid).read_bytes()
-        except FileNotFoundError:
-            raise NotFoundError("block not in this store") from None
-        if verify and hashlib.sha256(block).digest() != multihash_of(cid)[2:]:
-            raise CorruptBlockError(f"block {base64.b32encode(multihash_of(cid)).decode()} is corrupt on disk")
-        return block
-
-    def put_many(self, blocks: list[tuple[bytes, bytes]], *, hashed: bool = False) -> None:
-        for cid, block in blocks:
-            self.put(cid, block, hashed=hashed)
+        found = self.get_many([cid], verify=verify)
+        if cid not in found:
+            raise NotFoundError("block not in this store")
+        return found[cid]
 
     def get_many(self, cids: list[bytes], *, verify: bool = True) -> dict[bytes, bytes]:
         """The blocks of these that the store holds."""
-        found = {}
-        for cid in cids:
-            try:
-                found[cid] = self.get(cid, verify=verify)
-            except NotFoundError:
-                pass
+        found: dict[bytes, bytes] = {}
+        fds: dict[int, int] = {}
+        try:
+            for cid in cids:
+                mh = multihash_of(cid)
+                for _ in range(2):      # a gc may have moved the block to another pack meanwhile
+                    where = self._index.get(mh)
+                    if where is None:
+                        break
+                    number, offset, length = where
+                    try:
+                        if number not in fds:
+                            fds[number] = os.open(self._pack(number), os.O_RDONLY)
+                    except FileNotFoundError:
+                        continue
+                    block = os.pread(fds[number], length, offset)
+                    if len(block) != length or verify and not _matches(mh, block):
+                        raise CorruptBlockError(
+                            f"block {base64.b32encode(mh).decode()} is corrupt on disk")
+                    found[cid] = block
+                    break
+        finally:
+            for fd in fds.values():
+                os.close(fd)
         return found
 
-    def delete(self, cid: bytes) -> None:
-        self._path(cid).unlink(missing_ok=True)
-
-    def all_keys(self) -> Iterator[Path]:
-        for shard in self._blocks.iterdir():
-            for f in shard.iterdir():
-                if not f.name.startswith(".tmp-"):
-                    yield f
+    def locate(self, cid: bytes) -> tuple[Path, int, int]:
+        """The pack file, offset and length of a block's bytes (for tests that damage them)."""
+        number, offset, length = self._index[multihash_of(cid)]
+        return self._pack(number), offset, length
 
     # -- pins -----------------------------------------------------------------------------------------------
 
@@ -147,24 +260,40 @@ class Blockstore:
             self._write_pins([p for p in self.pins() if p != cid])
 
     def gc(self) -> int:
-        """Remove every block no pin reaches (and temp files a crash left); return how many blocks went."""
-        keep: set[Path] = set()
+        """Remove every block no pin reaches; return how many went. A pack holding any such block is rewritten:
+        its live records are appended to the current pack, then it is deleted."""
+        keep: set[bytes] = set()
         with self._pin_lock:
             stack = list(self.pins())
         while stack:
             cid = stack.pop()
-            path = self._path(cid)
-            if path in keep or not path.exists():
+            mh = multihash_of(cid)
+            if mh in keep or mh not in self._index:
                 continue
-            keep.add(path)
+            keep.add(mh)
             if codec_of(cid) == 0x70:
                 stack.extend(link.cid for link in decode_links(self.get(cid)))
+        with self._lock:
+            packs: dict[int, list[bytes]] = {}
+            for mh, (number, _, _) in self._index.items():
+                packs.setdefault(number, []).append(mh)
+            doomed = {number: mhs for number, mhs in packs.items() if not keep.issuperset(mhs)}
+            if self._current in doomed:
+                self._begin_pack()       # nothing is appended to a pack being rewritten
+            empty = [p for p in self._packs.glob("*.pack")
+                     if p.stem.isdigit() and int(p.stem) not in packs and int(p.stem) != self._current]
         removed = 0
-        for shard in self._blocks.iterdir():
-            for f in shard.iterdir():
-                if f.name.startswith(".tmp-"):
-                    f.unlink()
-                elif f not in keep:
-                    f.unlink()
-                    removed += 1
+        for number, mhs in sorted(doomed.items()):
+            self._append(list(self.get_many([mh for mh in mhs if mh in keep]).items()), moving=True)
+            with self._lock:
+                for mh in mhs:
+                    if mh not in keep:
+                        del self._index[mh]
+                        removed += 1
+            self._pack(number).unlink()
+        for path in empty:
+            path.unlink()
         return removed
+
+def _matches(mh: bytes, data: bytes) -> bool:
+    return mh[:2] == SHA2_256 and hashlib.sha256(data).digest() == mh[2:]
