@@ -123,21 +123,31 @@ async def test_unknown_protocol_is_a_clear_error(pair: tuple[P2PHost, P2PHost]) 
     assert await b.request(a.peer_id, "/test/echo/1.0.0", b"still up") == b"still up"
 
 
-async def test_bulk_transfer_on_one_stream_arrives_intact(pair: tuple[P2PHost, P2PHost]) -> None:
+async def test_bulk_transfer_on_one_stream_arrives_intact_through_the_fast_paths(
+        pair: tuple[P2PHost, P2PHost]) -> None:
+    import random
+
+    from bacalhau.p2p import fastpath
+
+    assert fastpath.apply()       # read-ahead, coalesced noise writes and noise-sized yamux frames are on
     a, b = pair
     blob = os.urandom(20 * 1024 * 1024)
+    rng = random.Random(7)
 
     async def send(peer: str, stream: P2PStream) -> None:
         await stream.read_frame()
-        for i in range(0, len(blob), 256 * 1024):
-            await stream.write(blob[i:i + 256 * 1024])
+        i = 0
+        while i < len(blob):    # writes of every size: a byte, under, at and over a noise frame, megabytes
+            size = rng.choice([1, 2, 65519 - 12, 65519, 65536, rng.randrange(1, 3 * 1024 * 1024)])
+            await stream.write(blob[i:i + size])
+            i += size
         await stream.close()
 
     a.set_stream_handler("/test/bulk/1.0.0", send)
     stream = await b.open_stream(a.peer_id, "/test/bulk/1.0.0")
     await stream.write_frame(b"go")
     digest, total = hashlib.sha256(), 0
-    while chunk := await stream.read():
+    while chunk := await stream.read(rng.choice([1, 5, 4096, 1 << 20])):
         digest.update(chunk)
         total += len(chunk)
     assert total == len(blob) and digest.digest() == hashlib.sha256(blob).digest()
