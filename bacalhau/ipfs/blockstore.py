@@ -19,6 +19,7 @@ open.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import os
 import struct
@@ -80,6 +81,14 @@ class Blockstore:
         return self._packs / f"{number:08d}.pack"
 
     def _open(self) -> None:
+        # appends keep their own offsets: a second process appending to the same pack would break the index
+        self._lock_fd = os.open(self._packs / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise StateError(f"the blockstore in {self.root} is in use by another node (is a `bacalhau serve` "
+                             "with this repo running already?)") from None
         numbers = sorted(int(p.stem) for p in self._packs.glob("*.pack") if p.stem.isdigit())
         for number in numbers:
             self._scan(number, verify=number == numbers[-1])
@@ -168,12 +177,16 @@ class Blockstore:
         self._size = 0
 
     def close(self) -> None:
-        """Waits for an append in progress; a later one raises StateError (reads go on)."""
+        """Waits for an append in progress; a later one raises StateError (reads go on). Another node may
+        open the repo now."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+            os.close(self._lock_fd)     # and with it the lock
 
     # -- blocks ---------------------------------------------------------------------------------------------
 

@@ -47,10 +47,13 @@ def _buffer_tcp_reads() -> None:
                 self._bacalhau_buf = b""  # type: ignore[attr-defined]
             else:
                 self._bacalhau_pos = end  # type: ignore[attr-defined]
-            return buf[pos:end] if pos or end != len(buf) else buf
+            return buf[pos:end]
         if n is None or n == 0:
             return await receive(self, n)
         data = await receive(self, max(n, READ_AHEAD))
+        if getattr(self, "_bacalhau_buf", b""):   # another reader buffered older bytes while this one waited
+            data = self._bacalhau_buf[self._bacalhau_pos:] + data  # type: ignore[attr-defined]
+            self._bacalhau_buf = b""  # type: ignore[attr-defined]
         if len(data) <= n:
             return data
         self._bacalhau_buf, self._bacalhau_pos = data, n  # type: ignore[attr-defined]

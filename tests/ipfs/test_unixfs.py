@@ -131,6 +131,7 @@ def test_import_then_export_round_trips_the_corpus_with_verified_blocks(corpus: 
 
 
 def test_pins_survive_gc_and_corruption_is_caught(corpus: Path, tmp_path: Path) -> None:
+    from bacalhau.errors import StateError
     from bacalhau.ipfs.blockstore import Blockstore, CorruptBlockError
     from bacalhau.ipfs.exporter import cat
     from bacalhau.ipfs.unixfs import cid_to_bytes
@@ -154,7 +155,10 @@ def test_pins_survive_gc_and_corruption_is_caught(corpus: Path, tmp_path: Path) 
         pass
     else:
         raise AssertionError("a corrupt block was served")
-    # a persistent store: a new instance over the same dir sees the same pins
+    # a persistent store: a new instance over the same dir sees the same pins, once this one is closed
+    with pytest.raises(StateError, match="in use by another node"):
+        Blockstore(tmp_path / "store")
+    store.close()
     assert Blockstore(tmp_path / "store").pins() == [kept]
 
 
@@ -186,6 +190,7 @@ def test_a_crash_mid_write_never_leaves_a_block_that_misses_its_cid(tmp_path: Pa
     store = Blockstore(tmp_path / "store")
     assert store.get(blocks[2][0]) == blocks[2][1]
     store.put(make_cid(b"next", 0x55, 1), b"next")       # and the store goes on from there
+    store.close()
     assert Blockstore(tmp_path / "store").get(make_cid(b"next", 0x55, 1)) == b"next"
 
 
