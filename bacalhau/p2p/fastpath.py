@@ -104,19 +104,21 @@ def _poll_yamux_send_windows_sooner() -> None:
     yamux_module.trio = shim  # type: ignore[attr-defined]
 
 
+_applied: bool | None = None
+
+
 def apply() -> bool:
-    """Install the fast paths (idempotent); False where they were left out."""
-    if getattr(apply, "done", None) is not None:
-        return apply.done  # type: ignore[attr-defined, no-any-return]
-    installed = version("libp2p")
-    enabled = os.environ.get("BACALHAU_P2P_FASTPATH", "1") != "0"
-    if enabled and installed != PATCHED_VERSION:
-        log.warning("py-libp2p %s is not %s: its transfer fast paths are off", installed, PATCHED_VERSION)
-        enabled = False
-    if enabled:
-        _buffer_tcp_reads()
-        _coalesce_noise_writes()
-        _fit_yamux_frames_in_noise_frames()
-        _poll_yamux_send_windows_sooner()
-    apply.done = enabled  # type: ignore[attr-defined]
-    return enabled
+    """Install the fast paths (once); False where they were left out."""
+    global _applied
+    if _applied is None:
+        installed = version("libp2p")
+        _applied = os.environ.get("BACALHAU_P2P_FASTPATH", "1") != "0"
+        if _applied and installed != PATCHED_VERSION:
+            log.warning("py-libp2p %s is not %s: its transfer fast paths are off", installed, PATCHED_VERSION)
+            _applied = False
+        if _applied:
+            _buffer_tcp_reads()
+            _coalesce_noise_writes()
+            _fit_yamux_frames_in_noise_frames()
+            _poll_yamux_send_windows_sooner()
+    return _applied
