@@ -83,3 +83,11 @@ class ApiError(BacalhauError):
 
 class DaemonNotRunning(ApiError):
     pass
+
+
+def first_leaf(error: BaseException) -> BaseException:
+    """The first error inside nested exception groups (the error itself when it is not a group): what a
+    nursery's failure was about, for one line to a user."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

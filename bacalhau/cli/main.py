@@ -82,7 +82,7 @@ def cli(ctx: click.Context, api_host: str | None, api_port: int | None) -> None:
 
 
 def main() -> None:
-    from bacalhau.errors import BacalhauError
+    from bacalhau.errors import BacalhauError, first_leaf
 
     try:
         cli.main(standalone_mode=False)
@@ -102,9 +102,7 @@ def main() -> None:
     except BaseExceptionGroup as group:
         # a daemon that cannot start (an external IPFS node not answering, a port taken) fails inside its
         # nurseries: its first error is the one line the user needs
-        first: BaseException = group
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
+        first = first_leaf(group)
         if isinstance(first, BacalhauError | OSError):
             click.echo(f"Error: {first}", err=True)
             sys.exit(1)

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import trio
 
-from bacalhau.errors import BacalhauError, NotFoundError, TransportError, UserError
+from bacalhau.errors import BacalhauError, NotFoundError, TransportError, UserError, first_leaf
 from bacalhau.ipfs.blockstore import Blockstore, codec_of, multihash_of
 from bacalhau.ipfs.dagpb import decode_links
 from bacalhau.ipfs.unixfs import cid_str, cid_to_bytes
@@ -141,9 +141,7 @@ async def _bounded(fn: Callable[[bytes], Any], cids: list[bytes]) -> None:
             for cid in cids:
                 nursery.start_soon(one, cid)
     except BaseExceptionGroup as group:      # a failed block is the error: not a group of them
-        first = group.exceptions[0]
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
+        first = first_leaf(group)
         if isinstance(first, BacalhauError):
             raise first from None
         raise
