@@ -260,10 +260,9 @@ class Node:
     # -- content --------------------------------------------------------------------------------------------
 
     async def fetch_cid(self, cid: bytes, *, timeout: float = DEFAULT_FETCH_TIMEOUT) -> None:
-        """Make sure the DAG under `cid` is in this node's store: fetched from the cluster and this node's
-        IPFS peers when it is not here."""
-        if await trio.to_thread.run_sync(self.blockstore.has, cid):
-            return
+        """Make sure the DAG under `cid` is in this node's store: what is not here is fetched from the cluster
+        and this node's IPFS peers. The whole DAG is walked, not only its root checked: a fetch cut short
+        leaves the root held and blocks under it missing."""
         if self.remote_ipfs is not None:
             try:
                 await self.remote_ipfs.fetch(cid, timeout=timeout)
@@ -272,6 +271,8 @@ class Node:
                 log.info("%s not from the IPFS node at %s (%s): asking the cluster", cid_str(cid),
                          self.remote_ipfs.maddr, exc)
         if self.bitswap is None:
+            if await trio.to_thread.run_sync(self.blockstore.has, cid):
+                return
             raise NotFoundError(f"{cid_str(cid)} is not held by this node")
         try:
             await self.bitswap.fetch(cid, timeout=timeout)

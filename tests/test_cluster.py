@@ -115,6 +115,26 @@ async def test_get_fetches_a_large_result_over_ipfs_from_the_node_that_ran_it_wi
     assert req.blockstore.has(cid_to_bytes(cid))       # it came over bitswap, not through c0's bprotocol
 
 
+async def test_get_completes_a_result_whose_root_alone_is_held_as_a_cut_short_fetch_leaves_it(
+        cluster: tuple[Node, list[Node]], tmp_path: Path) -> None:
+    from bacalhau.ipfs.dagpb import decode_links
+    from bacalhau.ipfs.unixfs import cid_to_bytes
+
+    req, computes = cluster
+    job_id = (await run_cli(req, "docker", "run", "--id-only", "-s", "name=c1", "bacalhau/busybox:latest", "--",
+                            "sh", "-c", "echo kept > /outputs/note")).stdout.strip()
+    await wait_terminal(req, job_id)
+    execution = (await req.requester.store.get_job(job_id)).executions[-1]
+    root = cid_to_bytes(execution.result_ref.removeprefix("ipfs://"))
+    req.blockstore.put(root, computes[1].blockstore.get(root))     # the root came, then the fetch broke off
+    children = [link.cid for link in decode_links(req.blockstore.get(root))]
+    assert children and not any(req.blockstore.has(c) for c in children)
+    got = await run_cli(req, "get", job_id, "-o", str(tmp_path))
+    assert got.returncode == 0, got.stderr
+    assert (Path(got.stdout.strip()) / "outputs" / "note").read_text() == "kept\n"
+    assert all(req.blockstore.has(c) for c in children)           # completed over bitswap
+
+
 async def test_node_list_shows_every_compute_node(cluster: tuple[Node, list[Node]]) -> None:
     req, computes = cluster
     import json
