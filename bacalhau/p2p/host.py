@@ -78,7 +78,6 @@ class P2PStream:
         self._max_frame = max_frame
         self._default_timeout = read_timeout
         self._timeout: float | None = read_timeout
-        self._buf = b""
 
     def set_read_timeout(self, seconds: float | None = -1.0) -> None:
         """None: reads wait as long as it takes (a stream idle between messages); no argument: the default."""
@@ -90,9 +89,6 @@ class P2PStream:
 
     async def read(self, max_bytes: int = READ_CHUNK) -> bytes:
         """Up to max_bytes; b"" at the end of the stream."""
-        if self._buf:
-            data, self._buf = self._buf[:max_bytes], self._buf[max_bytes:]
-            return data
         with self._deadline():
             return await self._read_some(max_bytes)
 
@@ -100,9 +96,6 @@ class P2PStream:
         """n bytes, within the read timeout as a whole (one cancel scope, not one a chunk: a scope per read
         was a tenth of a bitswap receiver's CPU)."""
         parts, got = [], 0
-        if self._buf:
-            parts.append(self._buf[:n])
-            got, self._buf = len(parts[0]), self._buf[n:]
         with self._deadline():
             while got < n:
                 chunk = await self._read_some(n - got)
