@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,15 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bacalhau.cli.client import ApiClient
+from bacalhau.testing import free_port
 
 BIN = str(Path(sys.executable).parent / "bacalhau")
 IMAGE = "bacalhau/busybox:latest"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

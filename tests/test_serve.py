@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bacalhau.cli.client import ApiClient
+from bacalhau.testing import free_port
 
 BACALHAU = [sys.executable, "-m", "bacalhau.cli.main"]
 
@@ -24,12 +24,6 @@ def join_args(text: str) -> tuple[str, str]:
     m = re.search(r"--peer /ip4/[0-9.]+/tcp/(\d+)/p2p/(\w+) --swarm-key ([0-9a-f]{64})", text)
     assert m, text
     return f"/ip4/127.0.0.1/tcp/{m.group(1)}/p2p/{m.group(2)}", m.group(3)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Served:

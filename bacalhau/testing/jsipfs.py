@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,18 +18,14 @@ from typing import Any
 
 import httpx
 
+from bacalhau.testing import free_port
+
 TOOLS = Path(os.environ.get("BACALHAU_JS_IPFS_DIR") or Path(__file__).resolve().parents[2] / ".tools" / "js-ipfs")
 READY = "Daemon is ready"
 
 
 class JsIpfsUnavailable(RuntimeError):
     pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class JsIpfs:
@@ -51,11 +46,11 @@ class JsIpfs:
         subprocess.run([*node, "init", "--empty-repo"], env=env, check=True, capture_output=True, timeout=timeout)
         config_path = repo / "config"
         config = json.loads(config_path.read_text())
-        api_port = _free_port()
+        api_port = free_port()
         # loopback only, nothing dialled out: no bootstrap, delegates, mDNS, DHT or preload nodes
-        config["Addresses"].update(Swarm=[f"/ip4/127.0.0.1/tcp/{_free_port()}"], API=f"/ip4/127.0.0.1/tcp/{api_port}",
-                                   Gateway=f"/ip4/127.0.0.1/tcp/{_free_port()}",
-                                   RPC=f"/ip4/127.0.0.1/tcp/{_free_port()}", Delegates=[])
+        config["Addresses"].update(Swarm=[f"/ip4/127.0.0.1/tcp/{free_port()}"], API=f"/ip4/127.0.0.1/tcp/{api_port}",
+                                   Gateway=f"/ip4/127.0.0.1/tcp/{free_port()}",
+                                   RPC=f"/ip4/127.0.0.1/tcp/{free_port()}", Delegates=[])
         config["Bootstrap"] = []
         config["Discovery"] = {"MDNS": {"Enabled": False}, "webRTCStar": {"Enabled": False}}
         config["Routing"] = {"Type": "none"}

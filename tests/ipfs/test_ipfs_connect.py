@@ -61,7 +61,7 @@ async def test_a_node_with_ipfs_connect_adds_fetches_and_publishes_through_the_e
 
 
 async def test_ipfs_connect_to_nothing_is_one_clear_line(tmp_path: Path) -> None:
-    from tests.test_serve import free_port
+    from bacalhau.testing import free_port
 
     res = await run_cli(None, "serve", "--ipfs-connect", f"/ip4/127.0.0.1/tcp/{free_port()}", "--port",
                         str(free_port()), "--swarm-port", str(free_port()), "--ipfs-swarm-port", "0",
