@@ -30,6 +30,10 @@ MAX_ADD_BYTES = 10 * 1024**3
 
 
 def _cid(text: str) -> bytes:
+    if "/" in text.strip("/"):
+        root = text.strip("/").split("/")[0]
+        raise UserError(f"{text!r}: paths inside a CID are not supported; give the CID alone ({root}) and pick "
+                        "the file from what `bacalhau ipfs get` writes")
     try:
         return cid_to_bytes(text)
     except ValueError as exc:
@@ -110,6 +114,6 @@ def routes(node: Node) -> list[tuple[str, object, list[str]]]:
     return [
         ("/api/v1/ipfs/id", ipfs_id, ["GET"]),
         ("/api/v1/ipfs/add", add, ["POST"]),
-        ("/api/v1/ipfs/get/{cid}", get, ["GET"]),
-        ("/api/v1/ipfs/cat/{cid}", cat_, ["GET"]),
+        ("/api/v1/ipfs/get/{cid:path}", get, ["GET"]),
+        ("/api/v1/ipfs/cat/{cid:path}", cat_, ["GET"]),
     ]

@@ -98,6 +98,9 @@ async def test_add_get_and_cat_through_a_node(corpus: Path, single_node, tmp_pat
     assert (await run_cli(single_node, "ipfs", "cat", hello)).stdout == "hello world\n"
     missing = await run_cli(single_node, "ipfs", "cat", "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG")
     assert missing.returncode == 1 and "held by no node of this cluster" in missing.stderr
+    in_path = await run_cli(single_node, "ipfs", "cat", f"{root}/src/main.py")
+    assert in_path.returncode == 1 and "paths inside a CID are not supported" in in_path.stderr \
+        and f"({root})" in in_path.stderr and "Traceback" not in in_path.stderr
     ident = json.loads((await run_cli(single_node, "ipfs", "id")).stdout)
     # the embedded IPFS node is a peer of its own (no swarm key, so Kubo can connect), kept across restarts
     assert ident["ID"] == single_node.ipfs_host.peer_id != single_node.node_id
