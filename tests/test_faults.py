@@ -7,7 +7,7 @@ import subprocess
 import time
 
 from bacalhau.cli.client import ApiClient
-from tests.test_serve import Served, join_args, served  # noqa: F401  (fixture)
+from tests.conftest import Served, join_args
 
 
 def start_cluster(make, computes: int) -> tuple[Served, list[Served], ApiClient]:  # type: ignore[no-untyped-def]

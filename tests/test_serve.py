@@ -3,88 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-import pytest
-
-from bacalhau.cli.client import ApiClient
-from bacalhau.testing import free_port
-
-BACALHAU = [sys.executable, "-m", "bacalhau.cli.main"]
-
-
-def join_args(text: str) -> tuple[str, str]:
-    """The --peer (pointed at loopback) and --swarm-key of the join command a first node printed."""
-    m = re.search(r"--peer /ip4/[0-9.]+/tcp/(\d+)/p2p/(\w+) --swarm-key ([0-9a-f]{64})", text)
-    assert m, text
-    return f"/ip4/127.0.0.1/tcp/{m.group(1)}/p2p/{m.group(2)}", m.group(3)
-
-
-class Served:
-    def __init__(self, repo: Path, *args: str) -> None:
-        self.repo = repo
-        self.api_port = free_port()
-        self.swarm_port = free_port()
-        self.log = repo.parent / f"{repo.name}.log"
-        self.env = {**os.environ, "BACALHAU_DIR": str(repo)}
-        self.args = ["serve", "--port", str(self.api_port), "--swarm-port", str(self.swarm_port),
-                     "--ipfs-swarm-port", str(free_port()), *args]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_from = 0
-
-    def start(self) -> Served:
-        self.log_from = self.log.stat().st_size if self.log.exists() else 0
-        self.proc = subprocess.Popen([*BACALHAU, *self.args], env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.log, "ab"))
-        return self
-
-    def wait_ready(self, timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log.read_bytes()[self.log_from:].decode(errors="replace") if self.log.exists() else ""
-            if "To join another machine" in text:
-                return text
-            assert self.proc is not None and self.proc.poll() is None, text
-            time.sleep(0.1)
-        raise AssertionError(f"serve did not start: {self.log.read_text()}")
-
-    def name_matches(self, client: ApiClient, node_id: str) -> bool:
-        """Whether the cluster's node `node_id` is this process (matched by its labels' name=)."""
-        return any(n["node_id"] == node_id and n["labels"].get("name") == self.repo.name for n in client.nodes())
-
-    def client(self) -> ApiClient:
-        return ApiClient("127.0.0.1", self.api_port)
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**self.env, "BACALHAU_API_PORT": str(self.api_port)}
-        return subprocess.run([*BACALHAU, *args], env=env, capture_output=True, text=True, timeout=120, check=False)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=30)
-
-
-@pytest.fixture
-def served(tmp_path: Path):  # type: ignore[no-untyped-def]
-    started: list[Served] = []
-
-    def make(name: str = "node", *args: str) -> Served:
-        s = Served(tmp_path / name, *args)
-        started.append(s)
-        return s
-
-    yield make
-    for s in started:
-        if s.proc is not None and s.proc.poll() is None:
-            s.proc.kill()
-            s.proc.wait()
+from tests.conftest import BACALHAU, join_args
 
 
 def test_serve_prints_the_join_command_keeps_its_peer_id_and_exits_0_on_sigterm(served) -> None:  # type: ignore[no-untyped-def]

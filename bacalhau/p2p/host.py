@@ -1,6 +1,6 @@
 """The libp2p host of a node: with `fastpath`, the only code that imports py-libp2p.
 
-What it adds over py-libp2p (see ../shared/PY-LIBP2P-NOTES.md for why):
+What it adds over py-libp2p (each point works around a trap measured on py-libp2p 0.8.1):
 - an Ed25519 identity kept in a file, so the peer ID survives restarts;
 - Noise as the only security protocol (py-libp2p's defaults accept plaintext dialers), yamux and mplex;
 - request/response calls, one stream each, one length-prefixed frame each way, a size limit and a timeout

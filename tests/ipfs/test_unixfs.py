@@ -1,4 +1,4 @@
-"""The UnixFS importer against the CIDs real Kubo gives for the shared corpus (../shared/ipfs-vectors)."""
+"""The UnixFS importer against the CIDs real Kubo gives for a generated corpus (tests/data/ipfs-vectors)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from bacalhau.ipfs.unixfs import add_path, cid_str, dag_pb, make_cid, unixfs_data
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "ipfs-vectors"
+VECTORS = Path(__file__).resolve().parents[1] / "data" / "ipfs-vectors"
 
 
 @pytest.fixture(scope="module")
