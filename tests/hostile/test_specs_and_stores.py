@@ -1,0 +1,295 @@
+"""Hostile specs and damaged stores: a job spec with NaN, Infinity, huge, negative or malformed values is
+refused with one line (a 400 from the API), and a row that does not parse in jobs.db or compute.db is set
+aside so the node starts again and serves. Each test is the attack that bricked or crashed a node before."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from bacalhau.cli.client import ApiClient
+from bacalhau.compute.store import ExecutionStore
+from bacalhau.errors import StateError
+from bacalhau.models import JobSpec, Resources
+from bacalhau.models.resources import parse_cpu, parse_size
+from bacalhau.node import Node
+from bacalhau.requester.store import JobStore
+from bacalhau.signing import load_or_create_client_key, sign
+from tests.conftest import run_cli
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def post_spec(port: int, spec_text: str, key: Any, *, signed: bool = True) -> tuple[int, dict[str, Any]]:
+    """POST a job whose spec is raw JSON text (NaN and Infinity literals included), signed as the CLI signs."""
+    import http.client
+
+    body = '{"spec": ' + spec_text
+    if signed:
+        try:
+            spec = json.loads(spec_text)
+        except ValueError:
+            spec = None
+        for k, v in sign(key, {"submit": spec}).items():
+            body += f", {json.dumps(k)}: {json.dumps(v)}"
+    body += "}"
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/api/v1/jobs", body=body.encode("utf-8", "surrogatepass"),
+                 headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, json.loads(data)
+
+
+# -- specs --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999", "-1", "-0.5m", "1025",
+                                   float("nan"), float("inf"), 10**400, -3, True, None, [1], {"a": 1}])
+def test_cpu_that_is_not_a_finite_bounded_amount_is_refused(value: object) -> None:
+    with pytest.raises(ValueError):
+        parse_cpu(value)
+    with pytest.raises(ValueError):
+        Resources(cpu=value)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e999", "-1", "2Pi", "2 PiB", "9" * 400, float("nan"),
+                                   float("inf"), 10**400, -1, 2 * 1024**5, True, [1]])
+def test_memory_that_is_not_a_finite_bounded_size_is_refused(value: object) -> None:
+    with pytest.raises(ValueError):
+        parse_size(value)
+    with pytest.raises(ValueError):
+        Resources(memory=value)
+
+
+BAD_SPECS = {
+    "cpu NaN": '{"engine": "noop", "resources": {"cpu": NaN}}',
+    "memory Infinity": '{"engine": "noop", "resources": {"memory": Infinity}}',
+    "cpu string nan": '{"engine": "noop", "resources": {"cpu": "nan"}}',
+    "cpu 1e999": '{"engine": "noop", "resources": {"cpu": "1e999"}}',
+    "cpu list": '{"engine": "noop", "resources": {"cpu": [1]}}',
+    "memory object": '{"engine": "noop", "resources": {"memory": {"a": 1}}}',
+    "memory huge int": '{"engine": "noop", "resources": {"memory": 1' + "0" * 400 + "}}",
+    "timeout NaN": '{"engine": "noop", "timeout": NaN}',
+    "timeout -Infinity": '{"engine": "noop", "timeout": -Infinity}',
+    "timeout over a year": '{"engine": "noop", "timeout": 40000000}',
+    "backoff NaN": '{"engine": "noop", "retry": {"backoff": NaN}}',
+    "backoff over a day": '{"engine": "noop", "retry": {"backoff": 90000}}',
+    "backoff negative": '{"engine": "noop", "retry": {"backoff": -1}}',
+    "max_attempts huge": '{"engine": "noop", "retry": {"max_attempts": 1000000}}',
+    "noop sleep NaN": '{"engine": "noop", "noop": {"sleep": NaN}}',
+    "noop sleep Infinity": '{"engine": "noop", "noop": {"sleep": Infinity}}',
+    "noop sleep negative": '{"engine": "noop", "noop": {"sleep": -1}}',
+    "exit code 256": '{"engine": "noop", "noop": {"exit_code": 256}}',
+    "exit code negative": '{"engine": "noop", "noop": {"exit_code": -1}}',
+    "concurrency 101": '{"engine": "noop", "concurrency": 101}',
+    "image NUL": '{"engine": "docker", "docker": {"image": "busybox\\u0000"}}',
+    "image 2000 chars": '{"engine": "docker", "docker": {"image": "' + "a" * 2000 + '"}}',
+    "2000 parameters": '{"engine": "docker", "docker": {"image": "b", "parameters": ' + json.dumps(["x"] * 2000) + "}}",
+    "300 env": '{"engine": "docker", "docker": {"image": "b", "env": '
+               + json.dumps({f"K{i}": "v" for i in range(300)}) + "}}",
+    "label lone surrogate": '{"engine": "noop", "labels": {"\\ud800": "x"}}',
+    "300 labels": '{"engine": "noop", "labels": ' + json.dumps({f"k{i}": "v" for i in range(300)}) + "}",
+    "100 inputs": '{"engine": "noop", "inputs": '
+                  + json.dumps([{"source": "https://x/", "path": f"/i{i}"} for i in range(100)]) + "}",
+}
+
+
+async def test_nan_infinity_huge_and_negative_specs_get_a_400_and_the_node_goes_on(single_node: Node) -> None:
+    assert single_node.api_port is not None
+    key = await trio.to_thread.run_sync(load_or_create_client_key, single_node.config.repo_dir / "client.key")
+    for name, text in BAD_SPECS.items():
+        status, body = await trio.to_thread.run_sync(post_spec, single_node.api_port, text, key)
+        assert status == 400, (name, status, body)
+        assert body["code"] == "invalid_spec", (name, body)
+        assert "\n" not in body["error"] and len(body["error"]) < 400, (name, body)
+    assert await single_node.requester.store.list_jobs(None) == []     # nothing bad was stored
+    # the node still takes and runs a good job
+    status, body = await trio.to_thread.run_sync(
+        post_spec, single_node.api_port, '{"engine": "noop", "noop": {"stdout": "ok"}}', key)
+    assert status == 201, body
+    with trio.fail_after(20):
+        while (job := await single_node.requester.store.get_job(body["id"])).state.value not in TERMINAL:
+            await single_node.requester.wait_for_change(body["id"], 1)
+    assert job.state.value == "completed", job.reason
+
+
+@pytest.mark.parametrize("args", [
+    ("--cpu", "nan"), ("--cpu", "inf"), ("--cpu", "1e999"), ("--cpu", "-1"), ("--memory", "nan"),
+    ("--memory", "1e999"), ("--timeout", "nan"), ("--timeout", "inf"), ("--timeout", "-5"),
+])
+async def test_cli_refuses_nan_and_infinity_in_one_line(single_node: Node, args: tuple[str, ...]) -> None:
+    out = await run_cli(single_node, "docker", "run", *args, "bacalhau/busybox", "--", "true")
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert await single_node.requester.store.list_jobs(None) == []
+
+
+# -- stores -------------------------------------------------------------------------------------------------
+
+def _insert_job(db: Path, job_id: str, spec: str, state: str) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO jobs(id, spec, state, reason, client_id, created_at, updated_at)"
+                     " VALUES (?,?,?,?,?,?,?)", (job_id, spec, state, "", "", time.time(), time.time()))
+
+
+def _wait_state(client: ApiClient, job_id: str, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (job := client.job(job_id))["state"] not in TERMINAL and time.monotonic() < deadline:
+        client.wait(job_id, since=time.time(), timeout=2)
+    return job
+
+
+def test_broken_rows_in_jobs_db_and_compute_db_are_set_aside_and_the_node_starts_again(served) -> None:  # type: ignore[no-untyped-def]
+    node = served().start()
+    node.wait_ready()
+    client = node.client()
+    good = client.submit({"engine": "noop", "noop": {"stdout": "before"}})
+    assert _wait_state(client, good)["state"] == "completed"
+    node_id = client.node_id()["id"]
+    assert node.stop(signal.SIGTERM) == 0
+
+    jobs_db, compute_db = node.repo / "jobs.db", node.repo / "compute.db"
+    nan_job, not_json, odd_state, bad_exec_job = (str(uuid.uuid4()) for _ in range(4))
+    # what `bacalhau docker run --cpu nan` left behind before specs refused NaN
+    _insert_job(jobs_db, nan_job, '{"engine": "docker", "docker": {"image": "b"}, "resources": {"cpu": NaN}}',
+                "pending")
+    _insert_job(jobs_db, not_json, "this is not JSON", "in_progress")
+    _insert_job(jobs_db, odd_state, '{"engine": "noop"}', "haunted")
+    _insert_job(jobs_db, bad_exec_job, '{"engine": "noop"}', "in_progress")
+    bad_exec = str(uuid.uuid4())
+    with sqlite3.connect(jobs_db) as conn:
+        conn.execute("INSERT INTO executions(id, job_id, node_id, state, reason, result, created_at, updated_at)"
+                     " VALUES (?,?,?,?,?,?,?,?)", (bad_exec, bad_exec_job, node_id, "running", "", "{not json",
+                                                   time.time(), time.time()))
+    local_bad = str(uuid.uuid4())
+    with sqlite3.connect(compute_db) as conn:
+        conn.execute("INSERT INTO local_executions(id, job, requester_id, state, reason, created_at, updated_at)"
+                     " VALUES (?,?,?,?,?,?,?)", (local_bad, '{"id": "%s", "spec": {"timeout": NaN}}' % bad_exec_job,
+                                                 node_id, "running", "", time.time(), time.time()))
+
+    node.start()
+    node.wait_ready()
+    client = node.client()
+    listed = {j["id"]: j for j in client.list_jobs(0)}
+    assert listed[good]["state"] == "completed"
+    for job_id in (nan_job, not_json, odd_state, bad_exec_job):
+        assert listed[job_id]["state"] == "failed", listed[job_id]
+        assert "could not be read" in listed[job_id]["reason"], listed[job_id]
+        described = client.job(job_id)               # describe works: no 500
+        assert described["state"] == "failed"
+    assert "cpu" in listed[nan_job]["reason"]
+    assert "could not be read" in client.job(bad_exec_job)["executions"][0]["reason"]
+    out = node.cli("describe", nan_job[:8])
+    assert out.returncode == 0 and "could not be read" in out.stdout, out.stderr
+    # the raw rows are kept for the operator
+    with sqlite3.connect(jobs_db) as conn:
+        kept = conn.execute("SELECT tbl, row_id, raw FROM quarantine").fetchall()
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert {(t, r) for t, r, _ in kept} == {("jobs", nan_job), ("jobs", not_json), ("jobs", odd_state),
+                                            ("executions", bad_exec)}
+    assert any("NaN" in raw for _, _, raw in kept)
+    with sqlite3.connect(compute_db) as conn:
+        assert conn.execute("SELECT row_id FROM quarantine").fetchall() == [(local_bad,)]
+        assert conn.execute("SELECT state FROM local_executions WHERE id=?", (local_bad,)).fetchone() == ("failed",)
+    # and the node goes on: a new job runs
+    after = client.submit({"engine": "noop", "noop": {"stdout": "after"}})
+    assert _wait_state(client, after)["state"] == "completed"
+    # a second restart finds nothing more to set aside
+    assert node.stop(signal.SIGTERM) == 0
+    node.start()
+    node.wait_ready()
+    with sqlite3.connect(jobs_db) as conn:
+        assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 4
+    assert node.stop(signal.SIGTERM) == 0
+
+
+# the layouts of jobs.db and compute.db before they were versioned (user_version 0), as main wrote them
+UNVERSIONED_JOBS_DB = """
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+    client_id TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL, updated_at REAL NOT NULL
+);
+CREATE INDEX jobs_created ON jobs(created_at);
+CREATE TABLE executions (
+    id TEXT PRIMARY KEY, job_id TEXT NOT NULL, node_id TEXT NOT NULL, state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '', result TEXT, result_ref TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL, updated_at REAL NOT NULL
+);
+CREATE INDEX executions_job ON executions(job_id);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, time REAL NOT NULL, kind TEXT NOT NULL,
+    subject TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', node_id TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX events_job ON events(job_id);
+"""
+UNVERSIONED_COMPUTE_DB = """
+CREATE TABLE local_executions (
+    id TEXT PRIMARY KEY, job TEXT NOT NULL, requester_id TEXT NOT NULL, state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '', result TEXT, result_ref TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL, updated_at REAL NOT NULL
+);
+CREATE TABLE local_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, execution_id TEXT NOT NULL, time REAL NOT NULL,
+    state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT ''
+);
+"""
+
+
+async def test_a_repo_of_the_unversioned_layout_opens_migrated_in_place(tmp_path: Path) -> None:
+    job_id, ex_id = str(uuid.uuid4()), str(uuid.uuid4())
+    spec = JobSpec.model_validate({"engine": "noop", "noop": {"stdout": "old"}}).model_dump_json()
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        conn.executescript(UNVERSIONED_JOBS_DB)
+        conn.execute("INSERT INTO jobs VALUES (?,?,?,?,?,?,?)", (job_id, spec, "completed", "", "c", 1.0, 2.0))
+        conn.execute("INSERT INTO executions VALUES (?,?,?,?,?,?,?,?,?)",
+                     (ex_id, job_id, "n", "completed", "", '{"exit_code": 0}', "ipfs://x", 1.0, 2.0))
+        conn.execute("INSERT INTO events(job_id, time, kind, subject, state) VALUES (?,?,?,?,?)",
+                     (job_id, 1.0, "job", job_id, "completed"))
+    job_json = json.dumps({"id": job_id, "spec": json.loads(spec)})
+    with sqlite3.connect(tmp_path / "compute.db") as conn:
+        conn.executescript(UNVERSIONED_COMPUTE_DB)
+        conn.execute("INSERT INTO local_executions VALUES (?,?,?,?,?,?,?,?,?)",
+                     (ex_id, job_json, "r", "completed", "", '{"exit_code": 0}', "ipfs://x", 1.0, 2.0))
+
+    store = JobStore(tmp_path / "jobs.db")
+    try:
+        job = await store.get_job(job_id)
+        assert job.state.value == "completed" and job.spec.noop.stdout == "old" and job.client_id == "c"
+        assert job.executions[0].result_ref == "ipfs://x" and [e.state for e in job.events] == ["completed"]
+        assert store.set_aside == []
+    finally:
+        store.close()
+    compute = ExecutionStore(tmp_path / "compute.db")
+    try:
+        assert (await compute.get(ex_id)).job.id == job_id
+    finally:
+        compute.close()
+    for name in ("jobs.db", "compute.db"):
+        with sqlite3.connect(tmp_path / name) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+            assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] in (1, 2)   # the pragma is per connection
+
+    # a repo written by a newer layout is refused with one clear line, not misread
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        conn.execute("PRAGMA user_version=7")
+    with pytest.raises(StateError, match="newer bacalhau"):
+        JobStore(tmp_path / "jobs.db")
+
+
+async def test_the_job_store_commits_with_synchronous_full(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    try:
+        assert await store._db.run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2   # FULL
+    finally:
+        store.close()
