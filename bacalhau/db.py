@@ -8,7 +8,9 @@ repo before versioning holds, written with CREATE ... IF NOT EXISTS) and `migrat
 i + 1, in place, at open. A repo of a newer version than this code knows is refused with one clear line.
 
 Commits are durable (`synchronous=FULL`: the WAL is fsynced at every commit), so what a node acknowledged
-survives a power cut, not only a crash of the process.
+survives a power cut, not only a crash of the process. To keep that affordable, commits are grouped: calls
+that arrive while a transaction runs are run next, together, in one transaction (one fsync), each in a
+savepoint of its own, so one that raises is rolled back alone.
 
 A row that no longer parses (a NaN an older version let in, a state this version does not know, bytes that
 are not UTF-8) is set aside: `set_aside` copies it, raw, into the `quarantine` table with the reason, for the
@@ -24,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -54,7 +56,8 @@ class Database:
         self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._conn.executescript(schema)
         self._migrate(migrations)
-        self._limiter = trio.CapacityLimiter(1)
+        self._turn = trio.Lock()            # the task holding it runs the queued calls as one transaction
+        self._queue: list[_Call[Any]] = []
         # Held for every transaction and by close(): a worker thread still in a transaction when its node
         # shuts down (a task outside the node's nursery may have started it) must not find the connection
         # closed under it, which crashed the interpreter (sqlite3 does not guard against that).
@@ -91,8 +94,49 @@ class Database:
             self._conn.execute("COMMIT")
             return out
 
+    def _in_group(self, calls: list[_Call[Any]]) -> None:
+        with self._lock:
+            if self._closed:
+                error = StateError(f"the database {self.path.name} is closed (the node is stopping)")
+                for call in calls:
+                    call.error = error
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for call in calls:
+                    self._conn.execute("SAVEPOINT call")
+                    try:
+                        call.value = call.fn(self._conn)
+                    except Exception as exc:
+                        self._conn.execute("ROLLBACK TO call")
+                        call.error = exc
+                    self._conn.execute("RELEASE call")
+                self._conn.execute("COMMIT")
+            except BaseException as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                for call in calls:
+                    call.error = exc if isinstance(exc, Exception) else StateError(f"{self.path.name}: {exc!r}")
+                    call.value = None
+
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await trio.to_thread.run_sync(self._in_tx, fn, limiter=self._limiter)
+        """Run `fn(connection)` in a transaction, in a worker thread, grouped with the calls queued meanwhile."""
+        call: _Call[T] = _Call(fn)
+        self._queue.append(call)
+        try:
+            async with self._turn:
+                if not call.taken:
+                    group, self._queue = self._queue, []
+                    for queued in group:
+                        queued.taken = True
+                    await trio.to_thread.run_sync(self._in_group, group)
+        except BaseException:
+            if not call.taken:
+                self._queue.remove(call)      # cancelled before it ran: it never runs
+            raise
+        if call.error is not None:
+            raise call.error
+        return call.value  # type: ignore[return-value]
 
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """For start-up and shutdown only, when no other task uses the database."""
@@ -102,6 +146,16 @@ class Database:
         with self._lock:
             self._closed = True
             self._conn.close()
+
+
+class _Call(Generic[T]):
+    __slots__ = ("fn", "taken", "value", "error")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], T]) -> None:
+        self.fn = fn
+        self.taken = False                   # picked up by a group (it runs, even if its caller goes)
+        self.value: T | None = None
+        self.error: BaseException | None = None
 
 
 def _text(data: bytes) -> str:

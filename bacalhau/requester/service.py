@@ -161,14 +161,16 @@ class Requester:
                 return m.Ack()
             await self._set(msg.execution_id, None, S.FAILED, msg.reason)
         log.info("execution %s of job %s failed on %s: %s", msg.execution_id, msg.job_id, msg.node_id, msg.reason)
-        await self._evaluate(msg.job_id)
+        # in a task of its own: the reply is not held up by scheduling (the call has a timeout; a retry's
+        # backoff can be longer, and a cancelled handler lost the retry)
+        self._spawn(self._evaluate, msg.job_id)
         return m.Ack()
 
     # -- scheduling -----------------------------------------------------------------------------------------
 
     async def _evaluate(self, job_id: str) -> None:
-        """Look at a job and do the next thing it needs: finish it, fail it, or ask nodes for bids."""
-        delay = 0.0
+        """Look at a job and do the next thing it needs: finish it, fail it, or ask nodes for bids (after a
+        retry's backoff, in a task of its own: whoever calls this is never held up by the backoff)."""
         async with self._locks[job_id]:
             job = await self.store.get_job(job_id, full=False)
             if job.state.terminal:
@@ -190,10 +192,12 @@ class Requester:
                 if not decision.retry:
                     await self._fail_job(job, f"{decision.reason}: {attempts_summary(job)}")
                     return
-                delay = decision.delay
-            if not delay:
-                await self._ask_for_bids(job, needed, live)
-                return
+                if decision.delay:
+                    self._spawn(self._ask_for_bids_after, job_id, decision.delay)
+                    return
+            await self._ask_for_bids(job, needed, live)
+
+    async def _ask_for_bids_after(self, job_id: str, delay: float) -> None:
         await trio.sleep(delay)
         async with self._locks[job_id]:
             job = await self.store.get_job(job_id, full=False)
@@ -258,7 +262,7 @@ class Requester:
                 await self._set(execution_id, expected, new, reason)
             except StateError:
                 return  # moved on meanwhile: nothing to do
-        await self._evaluate(job_id)
+        self._spawn(self._evaluate, job_id)
 
     async def _fail_job(self, job: Job, reason: str) -> None:
         await self.store.update_job(job.id, job.state, JobState.FAILED, reason)

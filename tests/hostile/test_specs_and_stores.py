@@ -293,3 +293,46 @@ async def test_the_job_store_commits_with_synchronous_full(tmp_path: Path) -> No
         assert await store._db.run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2   # FULL
     finally:
         store.close()
+
+
+# -- retries ------------------------------------------------------------------------------------------------
+
+async def test_a_retry_whose_backoff_outlasts_the_call_timeout_is_not_lost(tmp_path: Path) -> None:
+    """The requester once slept a retry's backoff inside the handler of the compute node's failure callback:
+    the call timed out, the handler was cancelled and the retry with it; the job stayed pending for ever."""
+    from bacalhau.bprotocol.transport import InMemoryNetwork
+    from bacalhau.config import NodeConfig
+    from bacalhau.errors import ExecutorError
+    from bacalhau.executors.noop import NoopExecutor
+    from bacalhau.models import Engine, JobState, NodeType
+    from bacalhau.node import NodeDeps
+
+    attempts = []
+
+    async def first_fails(execution_id: str, job: object) -> None:
+        attempts.append(execution_id)
+        if len(attempts) == 1:
+            raise ExecutorError("the first attempt fails")
+
+    net = InMemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        req = await nursery.start(Node(NodeConfig(repo_dir=tmp_path / "r", serve_api=False, call_timeout=1.0,
+                                                  node_types=(NodeType.REQUESTER,)), NodeDeps(network=net)).run)
+        for i in range(2):
+            cfg = NodeConfig(repo_dir=tmp_path / f"c{i}", node_types=(NodeType.COMPUTE,), call_timeout=1.0,
+                             node_info_interval=0.2)
+            await nursery.start(Node(cfg, NodeDeps(network=net, executors={
+                Engine.NOOP: NoopExecutor(on_start=first_fails)})).run)
+        with trio.fail_after(5):
+            while len(req.requester.nodes.alive()) < 2:
+                await trio.sleep(0.05)
+        job = await req.requester.submit(JobSpec.model_validate(
+            {"engine": "noop", "noop": {"stdout": "second time lucky"}, "retry": {"backoff": 2.0}}))
+        with trio.fail_after(15):
+            while not (done := await req.requester.store.get_job(job.id)).state.terminal:
+                await req.requester.wait_for_change(job.id, 1)
+        assert done.state == JobState.COMPLETED, done.reason
+        assert len(attempts) == 2
+        assert [e.state.value for e in done.executions if e.state.value in ("failed", "completed")] == \
+            ["failed", "completed"]
+        nursery.cancel_scope.cancel()
