@@ -23,6 +23,7 @@ DEFAULT_JOB_MEMORY = 100 * 1000**2
 DEFAULT_CAPACITY_FRACTION = 0.8         # share of the machine a compute node offers when not limited
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_FETCH_TIMEOUT = 300.0           # fetching a DAG (an input, a result, `ipfs get`) from other nodes
+DEFAULT_RETENTION = 7 * 24 * 3600.0     # results and unpinned blocks older than this are garbage-collected
 NODE_INFO_TOPIC = "bacalhau/node-info/1.0.0"
 ENV_DIR = "BACALHAU_DIR"
 
@@ -65,6 +66,7 @@ class NodeConfig:
     ipfs_swarm_host: str | None = None        # None: as swarm_host; 127.0.0.1 keeps the IPFS side to this machine
     ipfs_swarm_addrs: tuple[str, ...] = ()    # IPFS nodes (Kubo among them) the embedded node stays connected to
     ipfs_connect: str | None = None           # an external node's RPC API multiaddr, used instead of the embedded one
+    retention: float = DEFAULT_RETENTION      # seconds; 0 keeps finished results and unpinned blocks for ever
 
     @property
     def is_requester(self) -> bool:

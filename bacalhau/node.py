@@ -75,6 +75,7 @@ class Node:
         self.bitswap: Any = None
         self.ipfs_host: Any = None
         self.remote_ipfs: Any = None             # RemoteIpfs with --ipfs-connect
+        self.retention: Any = None               # the compute side's garbage collector (compute/retention.py)
         self.known_addrs: dict[str, list[str]] = {}     # other nodes' multiaddrs, from their NodeInfo
 
     # -- identity -------------------------------------------------------------------------------------------
@@ -167,6 +168,11 @@ class Node:
             )
             self.compute.log_stream_addr = next(iter(self.addrs()), "")
             await nursery.start(self.compute.run)
+            from bacalhau.compute.retention import Retention
+
+            self.retention = await nursery.start(Retention(
+                store=store, results_dir=cfg.repo_dir / "results", blockstore=self.blockstore,
+                retention=cfg.retention).run)
 
         if cfg.is_requester:
             store = JobStore(cfg.repo_dir / "jobs.db")

@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from bacalhau.config import DEFAULT_API_HOST, DEFAULT_API_PORT, DEFAULT_IPFS_SWARM_PORT, DEFAULT_SWARM_PORT
+from bacalhau.config import (
+    DEFAULT_API_HOST,
+    DEFAULT_API_PORT,
+    DEFAULT_IPFS_SWARM_PORT,
+    DEFAULT_RETENTION,
+    DEFAULT_SWARM_PORT,
+)
 from bacalhau.errors import UserError
 from bacalhau.p2p.addrs import public_ip
 
@@ -98,11 +104,14 @@ def parse_ipfs_swarm_addrs(text: str) -> tuple[str, ...]:
 @click.option("--ipfs-connect", default=None, metavar="MULTIADDR",
               help="Use an existing IPFS node through its RPC API (e.g. /ip4/127.0.0.1/tcp/5001) instead of "
                    "the embedded one.")
+@click.option("--retention", default=DEFAULT_RETENTION, show_default=True, type=click.FloatRange(min=0, max=1e12),
+              metavar="SECONDS", help="Results of finished jobs and unpinned IPFS blocks older than this are "
+                                      "deleted (published results stay pinned); 0 keeps them for ever.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, swarm_port: int, labels: str,
           limit_total_cpu: str | None, limit_total_memory: str | None, repo: str | None, max_attempts: int | None,
           swarm_key: str | None, ipfs_swarm_port: int, ipfs_swarm_host: str | None, ipfs_swarm_addrs: str,
-          ipfs_connect: str | None,
+          ipfs_connect: str | None, retention: float,
           verbose: bool) -> None:
     """Run a bacalhau node: with no flags, a private cluster of one that is requester and compute.
 
@@ -130,7 +139,7 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
         repo_dir=Path(repo) if repo else default_repo_dir(), node_types=types, api_host=api_host,
         api_port=api_port, swarm_port=swarm_port, peers=peer_list, labels=parse_labels(labels), capacity=capacity,
         swarm_key=swarm_key, ipfs_swarm_port=ipfs_swarm_port, ipfs_swarm_host=ipfs_swarm_host,
-        ipfs_swarm_addrs=parse_ipfs_swarm_addrs(ipfs_swarm_addrs), ipfs_connect=ipfs_connect,
+        ipfs_swarm_addrs=parse_ipfs_swarm_addrs(ipfs_swarm_addrs), ipfs_connect=ipfs_connect, retention=retention,
     )
     if max_attempts:
         config.max_attempts = max_attempts

@@ -136,6 +136,26 @@ class ExecutionStore:
 
         await self._db.run(tx)
 
+    async def finished_before(self, cutoff: float) -> list[str]:
+        """Ids of executions that ended (a terminal state) and have not changed since `cutoff`."""
+        def tx(conn: sqlite3.Connection) -> list[str]:
+            terminal = [s.value for s in ExecutionState if s.terminal]
+            rows = conn.execute(
+                f"SELECT id FROM local_executions WHERE state IN ({','.join('?' * len(terminal))})"
+                " AND updated_at < ?", [*terminal, cutoff]).fetchall()
+            return [str(r["id"]) for r in rows]
+
+        return await self._db.run(tx)
+
+    async def unfinished(self) -> list[LocalExecution]:
+        def tx(conn: sqlite3.Connection) -> list[LocalExecution]:
+            terminal = [s.value for s in ExecutionState if s.terminal]
+            rows = conn.execute(f"SELECT * FROM local_executions WHERE state NOT IN ({','.join('?' * len(terminal))})",
+                                terminal).fetchall()
+            return [_row(r) for r in rows]
+
+        return await self._db.run(tx)
+
     def fail_unfinished_sync(self, reason: str) -> list[LocalExecution]:
         """At start-up: executions a previous run left unfinished cannot be resumed; mark them failed. One whose
         row does not parse is set aside first (kept in `quarantine`) and failed with that reason."""

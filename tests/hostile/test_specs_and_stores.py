@@ -336,3 +336,85 @@ async def test_a_retry_whose_backoff_outlasts_the_call_timeout_is_not_lost(tmp_p
         assert [e.state.value for e in done.executions if e.state.value in ("failed", "completed")] == \
             ["failed", "completed"]
         nursery.cancel_scope.cancel()
+
+
+# -- retention ----------------------------------------------------------------------------------------------
+
+async def test_old_results_and_unpinned_blocks_are_collected_but_pins_and_work_in_flight_stay(tmp_path: Path) -> None:
+    """A node that runs for long must not grow its disk for ever: with a tiny retention, the results of a
+    finished job and an unpinned block go; the published (pinned) result, and the directory and ipfs://
+    input of a job still running, stay."""
+    from bacalhau.bprotocol.transport import InMemoryNetwork
+    from bacalhau.config import NodeConfig
+    from bacalhau.executors.noop import NoopExecutor
+    from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
+    from bacalhau.models import Engine, JobState
+    from bacalhau.node import NodeDeps
+
+    cfg = NodeConfig(repo_dir=tmp_path / "n", serve_api=False, engines=("noop",), retention=0.5)
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg, NodeDeps(network=InMemoryNetwork(),
+                                                      executors={Engine.NOOP: NoopExecutor()})).run)
+        (tmp_path / "stray").write_bytes(b"nobody pins this")
+        (tmp_path / "input").write_bytes(b"the running job reads this")
+        stray = cid_to_bytes(add_path(tmp_path / "stray", put=node.blockstore.put)[-1][0])
+        held = add_path(tmp_path / "input", put=node.blockstore.put)[-1][0]
+
+        finished = await node.requester.submit(JobSpec.model_validate({"engine": "noop", "noop": {"stdout": "x"}}))
+        with trio.fail_after(10):
+            while not (done := await node.requester.store.get_job(finished.id)).state.terminal:
+                await node.requester.wait_for_change(finished.id, 1)
+        assert done.state == JobState.COMPLETED, done.reason
+        published = cid_to_bytes(done.executions[0].result_ref.removeprefix("ipfs://"))
+        finished_dir = node.compute.execution_dir(done.executions[0].id).root
+        assert finished_dir.is_dir()
+
+        running = await node.requester.submit(JobSpec.model_validate(
+            {"engine": "noop", "noop": {"sleep": 60}, "inputs": [{"source": f"ipfs://{held}"}]}))
+        with trio.fail_after(10):
+            while not (live := [e for e in (await node.requester.store.get_job(running.id)).executions
+                                if e.state.value == "running"]):
+                await node.requester.wait_for_change(running.id, 1)
+        running_dir = node.compute.execution_dir(live[0].id).root
+
+        with trio.fail_after(15):
+            while finished_dir.exists() or node.blockstore.has(stray):
+                await trio.sleep(0.1)
+        passes = node.retention.passes
+        with trio.fail_after(10):
+            while node.retention.passes < passes + 2:       # and a couple more passes change nothing else
+                await trio.sleep(0.1)
+        assert node.blockstore.has(published) and node.blockstore.has(cid_to_bytes(held))
+        assert running_dir.is_dir()
+        assert (await node.requester.store.get_job(running.id)).state == JobState.IN_PROGRESS
+        nursery.cancel_scope.cancel()
+
+
+def test_the_pins_file_is_fsynced_before_its_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pin acknowledged must survive a power cut: the new pins file reaches the disk before it replaces
+    the old one, and the directory after. (os.fsync is watched: a power cut cannot be made here.)"""
+    import os
+
+    from bacalhau.ipfs.blockstore import Blockstore
+    from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
+
+    store = Blockstore(tmp_path / "s")
+    (tmp_path / "f").write_bytes(b"pin me")
+    cid = cid_to_bytes(add_path(tmp_path / "f", put=store.put)[-1][0])
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync file")
+        real_fsync(fd)
+
+    def replace(a: Any, b: Any) -> None:
+        events.append("rename")
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    store.pin(cid)
+    assert events == ["fsync file", "rename", "fsync dir"]
+    assert store.pins() == [cid]
+    store.close()
