@@ -67,6 +67,8 @@ def _handle_errors(fn):  # type: ignore[no-untyped-def]
 def _spec_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first.get("loc", ())) or "spec"
+    # the location can hold the sender's own map keys: printable, one line, bounded
+    where = "".join(c if c.isprintable() else repr(c)[1:-1] for c in where)[:200]
     return f"invalid job spec at {where}: {first.get('msg')}"
 
 

@@ -97,6 +97,7 @@ BAD_SPECS = {
     "300 env": '{"engine": "docker", "docker": {"image": "b", "env": '
                + json.dumps({f"K{i}": "v" for i in range(300)}) + "}}",
     "label lone surrogate": '{"engine": "noop", "labels": {"\\ud800": "x"}}',
+    "label key with a newline": '{"engine": "noop", "labels": {"a\\nb\\u2028c": "\\u0000"}}',
     "300 labels": '{"engine": "noop", "labels": ' + json.dumps({f"k{i}": "v" for i in range(300)}) + "}",
     "100 inputs": '{"engine": "noop", "inputs": '
                   + json.dumps([{"source": "https://x/", "path": f"/i{i}"} for i in range(100)]) + "}",
