@@ -75,6 +75,13 @@ def parse_ipfs_swarm_addrs(text: str) -> tuple[str, ...]:
     return addrs
 
 
+def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """A duration flag: finite and not negative (click's FloatRange lets NaN through)."""
+    if not 0 <= value < float("inf"):
+        raise click.BadParameter(f"must be a number of seconds, 0 or more, not {value}")
+    return value
+
+
 @click.command()
 @click.option("--node-type", default="requester,compute", show_default=True,
               help="requester, compute or requester,compute.")
@@ -104,7 +111,7 @@ def parse_ipfs_swarm_addrs(text: str) -> tuple[str, ...]:
 @click.option("--ipfs-connect", default=None, metavar="MULTIADDR",
               help="Use an existing IPFS node through its RPC API (e.g. /ip4/127.0.0.1/tcp/5001) instead of "
                    "the embedded one.")
-@click.option("--retention", default=DEFAULT_RETENTION, show_default=True, type=click.FloatRange(min=0, max=1e12),
+@click.option("--retention", default=DEFAULT_RETENTION, show_default=True, type=float, callback=_seconds,
               metavar="SECONDS", help="Results of finished jobs and unpinned IPFS blocks older than this are "
                                       "deleted (published results stay pinned); 0 keeps them for ever.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
@@ -133,8 +140,10 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
         machine = machine_capacity()
         try:
             capacity = Resources(cpu=limit_total_cpu or machine.cpu, memory=limit_total_memory or machine.memory)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc).splitlines()[-1], param_hint="--limit-total-*") from None
+        except ValueError as exc:   # pydantic's ValidationError: its first error's message is the line
+            errors = getattr(exc, "errors", None)
+            message = errors()[0]["msg"].removeprefix("Value error, ") if errors else str(exc)
+            raise click.BadParameter(message, param_hint="--limit-total-*") from None
     config = NodeConfig(
         repo_dir=Path(repo) if repo else default_repo_dir(), node_types=types, api_host=api_host,
         api_port=api_port, swarm_port=swarm_port, peers=peer_list, labels=parse_labels(labels), capacity=capacity,

@@ -27,6 +27,8 @@ MAX_GC_INTERVAL = 3600.0        # a pass at least this often (more often when th
 
 class Retention:
     def __init__(self, *, store: ExecutionStore, results_dir: Path, blockstore: Blockstore, retention: float) -> None:
+        if not 0 <= retention < float("inf"):
+            raise ValueError(f"retention must be a number of seconds, 0 or more, not {retention}")
         self._store = store
         self._results_dir = results_dir
         self._blockstore = blockstore

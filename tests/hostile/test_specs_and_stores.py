@@ -419,3 +419,14 @@ def test_the_pins_file_is_fsynced_before_its_rename(tmp_path: Path, monkeypatch:
     assert events == ["fsync file", "rename", "fsync dir"]
     assert store.pins() == [cid]
     store.close()
+
+
+@pytest.mark.parametrize("args", [("--retention", "nan"), ("--retention", "inf"), ("--retention", "-1"),
+                                  ("--limit-total-cpu", "nan"), ("--limit-total-cpu", "1e999"),
+                                  ("--limit-total-memory", "inf")])
+async def test_serve_refuses_nan_and_infinity_in_its_flags_in_one_line(tmp_path: Path, args: tuple[str, ...]) -> None:
+    out = await run_cli(None, "serve", "--repo", str(tmp_path / "r"), "--port", "0", "--swarm-port", "0",
+                        "--ipfs-swarm-port", "0", *args, timeout=30)
+    assert out.returncode == 2, out.stderr
+    error = [line for line in out.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "Traceback" not in out.stderr and "pydantic" not in out.stderr, out.stderr
