@@ -8,6 +8,7 @@ failed, and reported to their requester with the others a restart left unfinishe
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from bacalhau.db import QUARANTINE, UNREADABLE_SPEC, Database, set_aside, why
 from bacalhau.errors import NotFoundError, StateError
 from bacalhau.models import ExecutionState, Job, JobSpec, RunResult
 from bacalhau.models.state import check_execution_transition
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS local_executions (
@@ -174,6 +177,8 @@ class ExecutionStore:
                 except (ValueError, TypeError) as exc:
                     error = why(exc)
                     set_aside(conn, "local_executions", r, error)
+                    log.warning("execution %s in compute.db could not be read (%s): failed, its row kept in the "
+                                "quarantine table", r["id"], error)
                     why_failed = f"stored execution could not be read: {error} (its row is kept in the" \
                                  " quarantine table of compute.db)"
                     ex = LocalExecution(id=str(r["id"]), job=_stand_in_job(r["job"]),

@@ -10,6 +10,7 @@ parse are set aside (a copy in `quarantine`) and rewritten as failed, so the nod
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -18,6 +19,8 @@ from bacalhau.db import QUARANTINE, UNREADABLE_SPEC, Database, real, set_aside, 
 from bacalhau.errors import AmbiguousIdError, NotFoundError, StateError
 from bacalhau.models import Event, Execution, ExecutionState, Job, JobSpec, JobState, RunResult
 from bacalhau.models.state import check_execution_transition, check_job_transition
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -146,6 +149,9 @@ class JobStore:
     def __init__(self, path: Path) -> None:
         self._db = Database(path, SCHEMA, MIGRATIONS)
         self.set_aside = self._db.run_sync(_set_aside_unreadable)   # ids of the jobs failed for it at open
+        if self.set_aside:
+            log.warning("%d unfinished jobs in %s could not be read: failed, their rows kept in its quarantine "
+                        "table (%s)", len(self.set_aside), path, ", ".join(self.set_aside))
 
     def close(self) -> None:
         self._db.close()
