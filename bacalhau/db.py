@@ -52,10 +52,17 @@ class Database:
         self._conn.row_factory = sqlite3.Row
         # bytes that are not UTF-8 in a TEXT column (a damaged file) would fail the whole query, not one row
         self._conn.text_factory = _text
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        self._conn.executescript(schema)
-        self._migrate(migrations)
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._conn.executescript(schema)
+            self._migrate(migrations)
+        except BaseException as exc:
+            self._conn.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StateError(f"{path} cannot be opened ({exc}): it is damaged or not a bacalhau database; "
+                                 "move it away and the node starts with an empty one") from None
+            raise
         self._turn = trio.Lock()            # the task holding it runs the queued calls as one transaction
         self._queue: list[_Call[Any]] = []
         # Held for every transaction and by close(): a worker thread still in a transaction when its node
@@ -67,7 +74,6 @@ class Database:
     def _migrate(self, migrations: Sequence[str]) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         if version > len(migrations):
-            self._conn.close()
             raise StateError(f"{self.path} was written by a newer bacalhau (layout version {version}; this one "
                              f"knows up to {len(migrations)}): upgrade bacalhau or use another --repo")
         for number in range(version, len(migrations)):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
+import logging
 import os
 import struct
 import threading
@@ -32,6 +33,7 @@ from pathlib import Path
 from bacalhau.errors import BacalhauError, NotFoundError, StateError
 from bacalhau.ipfs.dagpb import decode_links
 
+log = logging.getLogger(__name__)
 PACK_BYTES = 64 * 1024 * 1024
 RECORD = struct.Struct(">IB")      # data length, multihash length
 SHA2_256 = b"\x12\x20"
@@ -102,6 +104,30 @@ class Blockstore:
         legacy = self.root / "blocks"
         if legacy.is_dir():
             self._import_legacy(legacy)
+        self._check_pins()
+
+    def _check_pins(self) -> None:
+        """A pins file with lines that are not CIDs (a damaged disk, a hand edit) would fail every later pin,
+        publish and gc: it is copied to pins.quarantine and rewritten with the lines that are."""
+        try:
+            text = self._pins.read_text(errors="replace")
+        except FileNotFoundError:
+            return
+        good, bad = [], []
+        for line in text.split():
+            try:
+                cid = bytes.fromhex(line)
+                if not cid or (cid[0] != 0x12 and len(cid) < 4):
+                    raise ValueError(line)
+                multihash_of(cid), codec_of(cid)
+                good.append(cid)
+            except (ValueError, IndexError):
+                bad.append(line)
+        if bad:
+            (self.root / "pins.quarantine").write_text(text)
+            log.warning("%d lines of %s are not CIDs: kept in pins.quarantine, the %d good pins kept", len(bad),
+                        self._pins, len(good))
+            self._write_pins(list(dict.fromkeys(good)))
 
     def _scan(self, number: int, *, verify: bool) -> None:
         """Index a pack's records; cut it before the first record that is short (or, verifying, corrupt)."""

@@ -430,3 +430,41 @@ async def test_serve_refuses_nan_and_infinity_in_its_flags_in_one_line(tmp_path:
     assert out.returncode == 2, out.stderr
     error = [line for line in out.stderr.splitlines() if line.startswith("Error:")]
     assert len(error) == 1 and "Traceback" not in out.stderr and "pydantic" not in out.stderr, out.stderr
+
+
+def test_a_damaged_pins_file_is_set_aside_and_pins_go_on(tmp_path: Path) -> None:
+    """Lines of the pins file that are not CIDs failed every later pin (each publish) and gc: the node died
+    at its first published result."""
+    from bacalhau.ipfs.blockstore import Blockstore
+    from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
+
+    store = Blockstore(tmp_path / "s")
+    (tmp_path / "a").write_bytes(b"kept")
+    (tmp_path / "b").write_bytes(b"pinned later")
+    kept = cid_to_bytes(add_path(tmp_path / "a", put=store.put)[-1][0])
+    later = cid_to_bytes(add_path(tmp_path / "b", put=store.put)[-1][0])
+    store.pin(kept)
+    store.close()
+    pins = tmp_path / "s" / "pins"
+    damaged = pins.read_text() + "not-hex\n\x00\xff\n01ff\n" + "81" * 40 + "\n"
+    pins.write_text(damaged)
+
+    store = Blockstore(tmp_path / "s")
+    assert store.pins() == [kept]
+    assert (tmp_path / "s" / "pins.quarantine").read_text() == damaged
+    store.pin(later)
+    assert store.pins() == [kept, later]
+    assert store.gc() == 0 and store.has(kept) and store.has(later)
+    store.close()
+
+
+async def test_a_jobs_db_that_is_not_a_database_stops_serve_with_one_line(tmp_path: Path) -> None:
+    repo = tmp_path / "r"
+    repo.mkdir()
+    (repo / "jobs.db").write_bytes(b"this was a database once" * 100)
+    out = await run_cli(None, "serve", "--repo", str(repo), "--port", "0", "--swarm-port", "0",
+                        "--ipfs-swarm-port", "0", "--swarm-key", "5e" * 32, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    error = [line for line in out.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "jobs.db cannot be opened" in error[0], out.stderr
