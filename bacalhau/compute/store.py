@@ -11,6 +11,7 @@ import json
 import logging
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,14 @@ def _stand_in_job(raw: object) -> Job:
     except (ValueError, TypeError, KeyError):
         job_id = ""
     return Job.model_construct(id=str(job_id), spec=JobSpec.model_validate_json(UNREADABLE_SPEC))
+
+
+def _ids_readable(ex: LocalExecution) -> bool:
+    try:
+        uuid.UUID(ex.id), uuid.UUID(ex.job.id)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return bool(ex.requester_id)
 
 
 def _row(row: sqlite3.Row) -> LocalExecution:
@@ -194,7 +203,8 @@ class ExecutionStore:
                     (ex.id, now, ExecutionState.FAILED.value, why_failed),
                 )
                 ex.state, ex.reason = ExecutionState.FAILED, why_failed
-                failed.append(ex)
+                if why_failed == reason or _ids_readable(ex):
+                    failed.append(ex)       # its requester is told (a row too damaged to name it is not)
             return failed
 
         return self._db.run_sync(tx)
