@@ -6,6 +6,10 @@ Starts its own `bacalhau serve` (temporary state dir, free ports), then:
   2. submits 50 noop jobs at once through the API and prints jobs completed per second (target >= 50/s).
 
     .venv/bin/python benchmarks/job_latency.py [--runs 20] [--noop-jobs 50] [--noop-only]
+
+Durable commits (synchronous=FULL), measured with --noop-only --noop-jobs 100 on a shared 2-core machine,
+interleaved with the code before them, medians: one fsync per transaction 36.2 jobs/s against 53.6 before
+(4 runs each); grouped commits 68.5 against 57.0, then 44.1 against 45.1 (5 runs each, two sessions).
 """
 
 from __future__ import annotations
