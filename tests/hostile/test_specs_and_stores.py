@@ -468,3 +468,30 @@ async def test_a_jobs_db_that_is_not_a_database_stops_serve_with_one_line(tmp_pa
     assert "Traceback" not in out.stderr, out.stderr
     error = [line for line in out.stderr.splitlines() if line.startswith("Error:")]
     assert len(error) == 1 and "jobs.db cannot be opened" in error[0], out.stderr
+
+
+async def test_a_finished_job_whose_rows_do_not_parse_still_lists_and_describes(tmp_path: Path) -> None:
+    """Rows of finished jobs are not rewritten at open (the start-up does not read them); reading one that
+    does not parse shows a failed job with the reason instead of failing the whole list."""
+    store = JobStore(tmp_path / "jobs.db")
+    store.close()
+    job_id, ex_id = str(uuid.uuid4()), str(uuid.uuid4())
+    _insert_job(tmp_path / "jobs.db", job_id, '{"engine": "noop", "timeout": Infinity}', "completed")
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        conn.execute("INSERT INTO executions(id, job_id, node_id, state, reason, result, created_at, updated_at)"
+                     " VALUES (?,?,?,?,?,?,?,?)", (ex_id, job_id, "n", "completed", "", "[1, 2", 1.0, 2.0))
+        conn.execute("INSERT INTO events(job_id, time, kind, subject, state) VALUES (?,?,?,?,?)",
+                     (job_id, "yesterday", "job", job_id, "completed"))
+        conn.execute("UPDATE jobs SET reason=CAST(X'FF00FE' AS TEXT) WHERE id=?", (job_id,))   # not UTF-8
+    store = JobStore(tmp_path / "jobs.db")
+    try:
+        assert store.set_aside == []
+        [listed] = await store.list_jobs(None)
+        assert listed.id == job_id and listed.state.value == "failed" and "could not be read" in listed.reason
+        job = await store.get_job(await store.resolve_id(job_id[:8]))
+        assert "timeout" in job.reason
+        assert job.executions[0].state.value == "failed" and "could not be read" in job.executions[0].reason
+        assert "could not be read" in job.events[0].reason
+        json.dumps(job.model_dump(mode="json"))       # what describe sends
+    finally:
+        store.close()
