@@ -24,6 +24,8 @@ DEFAULT_CAPACITY_FRACTION = 0.8         # share of the machine a compute node of
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_FETCH_TIMEOUT = 300.0           # fetching a DAG (an input, a result, `ipfs get`) from other nodes
 DEFAULT_RETENTION = 7 * 24 * 3600.0     # results and unpinned blocks older than this are garbage-collected
+DEFAULT_MAX_RESULT_SIZE = 10 * 1024**3  # a job's result (apparent sizes) larger than this fails, unpublished
+DEFAULT_WASM_MEMORY_LIMIT = 512 * 1024**2   # linear memory of a WASM job that asks for none
 NODE_INFO_TOPIC = "bacalhau/node-info/1.0.0"
 ENV_DIR = "BACALHAU_DIR"
 
@@ -67,6 +69,8 @@ class NodeConfig:
     ipfs_swarm_addrs: tuple[str, ...] = ()    # IPFS nodes (Kubo among them) the embedded node stays connected to
     ipfs_connect: str | None = None           # an external node's RPC API multiaddr, used instead of the embedded one
     retention: float = DEFAULT_RETENTION      # seconds; 0 keeps finished results and unpinned blocks for ever
+    max_result_size: int = DEFAULT_MAX_RESULT_SIZE
+    wasm_memory_limit: int = DEFAULT_WASM_MEMORY_LIMIT
 
     @property
     def is_requester(self) -> bool:

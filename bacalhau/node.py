@@ -39,7 +39,7 @@ class NodeDeps:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def default_executors(node_id: str, engines: tuple[str, ...]) -> dict[Engine, Executor]:
+def default_executors(node_id: str, engines: tuple[str, ...], config: NodeConfig | None = None) -> dict[Engine, Executor]:
     executors: dict[Engine, Executor] = {}
     if "noop" in engines:
         from bacalhau.executors.noop import NoopExecutor
@@ -55,7 +55,7 @@ def default_executors(node_id: str, engines: tuple[str, ...]) -> dict[Engine, Ex
         except ImportError:
             pass
         else:
-            executors[Engine.WASM] = WasmExecutor()
+            executors[Engine.WASM] = WasmExecutor(memory_limit=(config or NodeConfig()).wasm_memory_limit)
     return executors
 
 
@@ -157,7 +157,7 @@ class Node:
             self.bitswap = await nursery.start(Bitswap(hosts, self.blockstore, self._connect_known).run)
 
         if cfg.is_compute:
-            executors = self.deps.executors or default_executors(self.node_id, cfg.engines)
+            executors = self.deps.executors or default_executors(self.node_id, cfg.engines, cfg)
             store = ExecutionStore(cfg.repo_dir / "compute.db")
             self._stores.append(store)
             self.compute = ComputeNode(
@@ -165,6 +165,7 @@ class Node:
                 results_dir=cfg.repo_dir / "results", capacity=cfg.capacity or machine_capacity(),
                 labels=cfg.labels, call_timeout=cfg.call_timeout, version=VERSION,
                 blockstore=self.blockstore, fetch=self.fetch_cid, on_published=self.ipfs_published,
+                max_result_size=cfg.max_result_size,
             )
             self.compute.log_stream_addr = next(iter(self.addrs()), "")
             await nursery.start(self.compute.run)

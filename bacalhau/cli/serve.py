@@ -114,11 +114,17 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
 @click.option("--retention", default=DEFAULT_RETENTION, show_default=True, type=float, callback=_seconds,
               metavar="SECONDS", help="Results of finished jobs and unpinned IPFS blocks older than this are "
                                       "deleted (published results stay pinned); 0 keeps them for ever.")
+@click.option("--max-result-size", default=None, metavar="SIZE",
+              help="A job whose result (its outputs' apparent sizes, stdout and stderr) is larger fails "
+                   "unpublished (default 10Gi).")
+@click.option("--wasm-memory-limit", default=None, metavar="SIZE",
+              help="Memory of a WASM job that asks for none (default 512Mi).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, swarm_port: int, labels: str,
           limit_total_cpu: str | None, limit_total_memory: str | None, repo: str | None, max_attempts: int | None,
           swarm_key: str | None, ipfs_swarm_port: int, ipfs_swarm_host: str | None, ipfs_swarm_addrs: str,
-          ipfs_connect: str | None, retention: float,
+          ipfs_connect: str | None, retention: float, max_result_size: str | None,
+          wasm_memory_limit: str | None,
           verbose: bool) -> None:
     """Run a bacalhau node: with no flags, a private cluster of one that is requester and compute.
 
@@ -152,6 +158,14 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
     )
     if max_attempts:
         config.max_attempts = max_attempts
+    for flag, value in (("max_result_size", max_result_size), ("wasm_memory_limit", wasm_memory_limit)):
+        if value is not None:
+            from bacalhau.models.resources import parse_size
+
+            try:
+                setattr(config, flag, parse_size(value))
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--" + flag.replace("_", "-")) from None
     if not api_host.startswith(("127.", "localhost", "::1")):
         import secrets
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,7 @@ class _Run:
     why_killed: str = ""
     sizes: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
     read_error: BaseException | None = None
+    started_at: float = field(default_factory=time.time)
 
 
 def _docker_error(exc: BaseException) -> str:
@@ -181,31 +183,17 @@ class DockerExecutor:
             sock.close()
 
     async def wait(self, execution_id: str) -> RunResult:
+        import docker.errors
+        import requests.exceptions
+
         run = self._runs[execution_id]
         try:
-            timeout = run.job.spec.timeout
-            with trio.move_on_after(timeout) as scope:
-                status = await trio.to_thread.run_sync(run.container.wait, abandon_on_cancel=True)
-            if scope.cancelled_caught:
-                run.why_killed = run.why_killed or f"timed out after {timeout:g}s"
-                await self._call(_kill, run.container)
-                status = await self._call(run.container.wait)
-            await trio.to_thread.run_sync(run.reader.join)
-            exit_code = int(status.get("StatusCode", -1))
-            error = run.why_killed
-            if error:
-                exit_code = KILLED_EXIT_CODE
-            elif exit_code == 137:
-                state = (await self._call(lambda: run.container.client.api.inspect_container(run.container.id)))["State"]
-                if state.get("OOMKilled"):
-                    note = f"\nbacalhau: the container was killed: out of memory (limit {run.job.spec.resources.memory} bytes)\n"
-                    await trio.to_thread.run_sync(_append, run.exec_dir.stderr, note.encode())
-            if run.read_error is not None:
-                raise ExecutorError(f"lost the container's output: {run.read_error}")
-            await trio.to_thread.run_sync(run.exec_dir.exit_code.write_text, str(exit_code))
-            tail = await trio.to_thread.run_sync(_tail, run.exec_dir.stdout)
-            return RunResult(exit_code=exit_code, error=error, stdout_bytes=run.sizes["stdout"],
-                             stderr_bytes=run.sizes["stderr"], stdout_tail=tail)
+            return await self._wait(run)
+        except requests.exceptions.ConnectionError as exc:
+            raise ExecutorError(f"the Docker engine went away while the job ran (stopped or restarted): "
+                                f"{_docker_error(exc)}") from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise ExecutorError(f"the Docker engine failed while the job ran: {_docker_error(exc)}") from None
         finally:
             # Removal takes tens of ms and nobody waits on it: off the job's critical path, in a thread of its
             # own (a node that dies first removes the leftover at restart, by label)
@@ -213,11 +201,51 @@ class DockerExecutor:
                              name=f"docker-rm-{execution_id[:8]}").start()
             self._runs.pop(execution_id, None)
 
+    async def _wait(self, run: _Run) -> RunResult:
+        timeout = run.job.spec.timeout
+        with trio.move_on_after(timeout) as scope:
+            status = await trio.to_thread.run_sync(run.container.wait, abandon_on_cancel=True)
+        if scope.cancelled_caught:
+            run.why_killed = run.why_killed or f"timed out after {timeout:g}s"
+            await self._call(_kill, run.container)
+            status = await self._call(run.container.wait)
+        await trio.to_thread.run_sync(run.reader.join)
+        exit_code = int(status.get("StatusCode", -1))
+        error = run.why_killed
+        if error:
+            exit_code = KILLED_EXIT_CODE
+        elif exit_code == 137:
+            state = (await self._call(lambda: run.container.client.api.inspect_container(run.container.id)))["State"]
+            if state.get("OOMKilled"):
+                note = f"\nbacalhau: the container was killed: out of memory (limit {run.job.spec.resources.memory} bytes)\n"
+                await trio.to_thread.run_sync(_append, run.exec_dir.stderr, note.encode())
+        if run.read_error is not None:
+            raise ExecutorError(f"lost the container's output: {run.read_error}")
+        if exit_code != 0 and not error:
+            signal = await self._call(_killed_from_outside, run)
+            if signal:
+                raise ExecutorError(f"the container was killed from outside the job (signal {signal}): the "
+                                    f"Docker engine stopped or restarted, or someone stopped it")
+        await trio.to_thread.run_sync(run.exec_dir.exit_code.write_text, str(exit_code))
+        tail = await trio.to_thread.run_sync(_tail, run.exec_dir.stdout)
+        return RunResult(exit_code=exit_code, error=error, stdout_bytes=run.sizes["stdout"],
+                         stderr_bytes=run.sizes["stderr"], stdout_tail=tail)
+
     async def cancel(self, execution_id: str) -> None:
         run = self._runs.get(execution_id)
         if run is not None:
             run.why_killed = "cancelled"
             await self._call(_kill, run.container)
+
+
+def _killed_from_outside(run: _Run) -> str:
+    """The signal of a kill this executor did not send (the engine stopping its containers, `docker stop`), if
+    the container got one; "" if not."""
+    api = run.container.client.api
+    events = api.events(since=int(run.started_at) - 1, until=f"{time.time():.6f}", decode=True,
+                        filters={"container": run.container.id, "event": "kill"})
+    signals = [e.get("Actor", {}).get("Attributes", {}).get("signal", "?") for e in events]
+    return signals[0] if signals else ""
 
 
 def _raw(sock: Any) -> Any:

@@ -222,8 +222,7 @@ class Bitswap:
                 # a message with blocks is hashed (its CIDs are computed from the bytes) and stored by a
                 # worker thread, several at once (each block is fsynced): reading goes on meanwhile
                 await self._storing.acquire()
-                assert self._nursery is not None
-                self._nursery.start_soon(self._store_and_dispatch, peer, msg or buf)
+                self._spawn(self._store_and_dispatch, peer, msg or buf)
 
     async def _store_and_dispatch(self, peer: str, msg: Message | bytes) -> None:
         try:
@@ -249,8 +248,20 @@ class Bitswap:
                 session.send.send_nowait(("refused", cid, b"", peer))
         wants = [w for w in msg.wants if not w.cancel]
         if wants:
-            assert self._nursery is not None
-            self._nursery.start_soon(self._answer, peer, wants)
+            self._spawn(self._answer, peer, wants)
+
+    def _spawn(self, fn, peer: str, *args) -> None:  # type: ignore[no-untyped-def]
+        assert self._nursery is not None
+        self._nursery.start_soon(self._guarded, fn, peer, args)
+
+    @staticmethod
+    async def _guarded(fn, peer: str, args) -> None:  # type: ignore[no-untyped-def]
+        """The boundary of a task serving one peer's message: what escapes it (groups included; never
+        trio.Cancelled) is that peer's request failing, logged once; bitswap and the node go on."""
+        try:
+            await fn(peer, *args)
+        except* Exception as group:
+            log.exception("bitswap: %s for %s failed", getattr(fn, "__name__", fn), peer, exc_info=group)
 
     async def _answer(self, peer: str, wants: list[Want]) -> None:
         """Reply to a peer's wants in messages of 1, 2, 4... up to REPLY_BLOCKS blocks: the first ones come

@@ -356,5 +356,14 @@ class Requester:
 
     def _spawn(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
         assert self._nursery is not None, "Requester.run() is not running"
-        self._nursery.start_soon(fn, *args)
+        self._nursery.start_soon(_guarded, fn, args, name=getattr(fn, "__qualname__", fn))
+
+
+async def _guarded(fn, args) -> None:  # type: ignore[no-untyped-def]
+    """The boundary of every task the requester spawns: what escapes one (exception groups included; never
+    trio.Cancelled) is logged once and the requester goes on (its timeouts and reconciliation take it up)."""
+    try:
+        await fn(*args)
+    except* Exception as group:
+        log.exception("%s%r failed", getattr(fn, "__name__", fn), args, exc_info=group)
 
