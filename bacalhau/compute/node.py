@@ -284,7 +284,7 @@ class ComputeNode:
         sizes, so a sparse terabyte is refused before any byte is hashed) and its disk must not be full. What
         publishing will skip (FIFOs, devices, sockets, names that are not UTF-8) is noted on the job's stderr."""
         if os.statvfs(exec_dir.root).f_bavail == 0:
-            raise DiskFullError("the node's disk is full after the job ran (no space left on device)")
+            raise DiskFullError("no space was left on the device after the job ran")
         scan = scan_result(exec_dir.root)
         if scan.size > self._max_result_size:
             raise ResultTooLarge(scan.size, self._max_result_size)

@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from bacalhau.errors import BacalhauError, NotFoundError, TransportError
+from bacalhau.errors import BacalhauError, NotFoundError, TransportError, first_leaf
 from bacalhau.ipfs.blockstore import Blockstore, codec_of
 from bacalhau.ipfs.dagpb import _fields, _varint, decode_links
 from bacalhau.ipfs.unixfs import _bytes_field, _uint_field, cid_str, make_cid
@@ -260,6 +260,8 @@ class Bitswap:
         trio.Cancelled) is that peer's request failing, logged once; bitswap and the node go on."""
         try:
             await fn(peer, *args)
+        except* BacalhauError as group:     # the peer's bad message, a broken stream: one line
+            log.info("bitswap: %s for %s failed: %s", getattr(fn, "__name__", fn), peer, first_leaf(group))
         except* Exception as group:
             log.exception("bitswap: %s for %s failed", getattr(fn, "__name__", fn), peer, exc_info=group)
 
