@@ -285,7 +285,10 @@ class ComputeNode:
         publishing will skip (FIFOs, devices, sockets, names that are not UTF-8) is noted on the job's stderr."""
         if os.statvfs(exec_dir.root).f_bavail == 0:
             raise DiskFullError("no space was left on the device after the job ran")
-        scan = scan_result(exec_dir.root)
+        try:
+            scan = scan_result(exec_dir.root)
+        except OSError as exc:   # e.g. a path past PATH_MAX: the job's doing, not the node's
+            raise ExecutorError(f"the job's outputs cannot be read for publishing: {exc}") from exc
         if scan.size > self._max_result_size:
             raise ResultTooLarge(scan.size, self._max_result_size)
         if scan.skipped:

@@ -33,6 +33,7 @@ from bacalhau.ipfs.unixfs import Importer, cid_str
 
 RESULT_ENTRIES = ("exitCode", "outputs", "stderr", "stdout")
 SKIPPED_LISTED = 20
+MAX_RESULT_ENTRIES = 1_000_000      # files, directories and symlinks of one result (each costs memory to publish)
 _KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
           stat.S_IFSOCK: "a socket"}
 
@@ -41,6 +42,12 @@ class ResultTooLarge(ExecutorError):
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(f"the job's result is {size} bytes (apparent size), over this node's limit of {limit} "
                          f"bytes (serve --max-result-size); it was not published")
+
+
+class TooManyEntries(ExecutorError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the job's outputs hold more than {limit} files, directories and symlinks; "
+                         f"they were not published")
 
 
 @dataclass(frozen=True)
@@ -70,9 +77,11 @@ def _utf8(name: str) -> bool:
     return True
 
 
-def walk_result(root: Path) -> Iterator[Entry | tuple[str, str]]:
+def walk_result(root: Path, max_entries: int = MAX_RESULT_ENTRIES) -> Iterator[Entry | tuple[str, str]]:
     """The result's entries in pre-order (a directory before what it holds, children sorted by name), and
-    (shown name, why) for each entry skipped. Nothing is followed and nothing but directories is opened."""
+    (shown name, why) for each entry skipped. Nothing is followed and nothing but directories is opened.
+    Raises TooManyEntries past `max_entries` (before a huge directory is listed whole)."""
+    seen = 0
     stack: list[Iterator[tuple[str, Path]]] = [iter([(name, root / name) for name in RESULT_ENTRIES])]
     while stack:
         item = next(stack[-1], None)
@@ -80,6 +89,9 @@ def walk_result(root: Path) -> Iterator[Entry | tuple[str, str]]:
             stack.pop()
             continue
         rel, path = item
+        seen += 1
+        if seen > max_entries:
+            raise TooManyEntries(max_entries)
         if not _utf8(rel):
             yield _shown(rel), "its name is not UTF-8"
             continue
@@ -90,7 +102,13 @@ def walk_result(root: Path) -> Iterator[Entry | tuple[str, str]]:
         mode = st.st_mode
         if stat.S_ISDIR(mode):
             yield Entry(rel, path, "dir")
-            names = sorted(os.listdir(path))
+            names = []
+            with os.scandir(path) as listing:
+                for child in listing:
+                    names.append(child.name)
+                    if seen + len(names) > max_entries:
+                        raise TooManyEntries(max_entries)
+            names.sort()
             stack.append(iter([(f"{rel}/{name}", path / name) for name in names]))
         elif stat.S_ISREG(mode):
             yield Entry(rel, path, "file", st.st_size)

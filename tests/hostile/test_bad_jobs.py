@@ -27,7 +27,7 @@ from bacalhau.compute.results import read_result, remove_tree
 from bacalhau.ipfs.blockstore import Blockstore
 from bacalhau.ipfs.dagpb import decode, decode_unixfs
 from bacalhau.ipfs.exporter import export_tar
-from bacalhau.ipfs.publish import publish_result
+from bacalhau.ipfs.publish import TooManyEntries, publish_result, scan_result, walk_result
 from bacalhau.ipfs.unixfs import T_DIRECTORY, cid_to_bytes
 from bacalhau.models.job import WASM_INLINE_PREFIX
 from bacalhau.node import Node
@@ -195,6 +195,7 @@ async def test_devices_fifos_and_sockets_in_outputs_are_never_opened(tmp_path: P
     os.mknod(outputs / "sock", stat.S_IFSOCK | 0o600)
     os.mkfifo(outputs / "fifo")
     os.symlink("/dev/random", outputs / "link")
+    os.symlink(b"\xff", bytes(outputs / "bad-target"))
     store = Blockstore(tmp_path / "ipfs")
     try:
         with trio.fail_after(20):
@@ -209,6 +210,18 @@ async def test_devices_fifos_and_sockets_in_outputs_are_never_opened(tmp_path: P
     assert exported == {"stdout": tarfile.REGTYPE, "outputs": tarfile.DIRTYPE, "outputs/kept": tarfile.REGTYPE,
                         "outputs/link": tarfile.SYMTYPE}
     assert sorted(names) == ["outputs", "outputs/kept", "outputs/link", "stdout"]
+    skipped = dict(scan_result(root).skipped)
+    assert skipped == {"outputs/random": "a character device", "outputs/loop": "a block device",
+                       "outputs/sock": "a socket", "outputs/fifo": "a FIFO",
+                       "outputs/bad-target": "its target is not UTF-8"}
+
+
+def test_a_result_with_too_many_entries_is_refused_while_listing(tmp_path: Path) -> None:
+    (tmp_path / "outputs").mkdir()
+    for i in range(10):
+        (tmp_path / "outputs" / str(i)).touch()
+    with pytest.raises(TooManyEntries, match="more than 5 files"):
+        list(walk_result(tmp_path, max_entries=5))
 
 
 # -- WASM -------------------------------------------------------------------------------------------------
