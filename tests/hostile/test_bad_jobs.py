@@ -27,7 +27,7 @@ from bacalhau.compute.results import read_result, remove_tree
 from bacalhau.ipfs.blockstore import Blockstore
 from bacalhau.ipfs.dagpb import decode, decode_unixfs
 from bacalhau.ipfs.exporter import export_tar
-from bacalhau.ipfs.publish import TooManyEntries, publish_result, scan_result, walk_result
+from bacalhau.ipfs.publish import ResultTooLarge, TooManyEntries, publish_result, scan_result, walk_result
 from bacalhau.ipfs.unixfs import T_DIRECTORY, cid_to_bytes
 from bacalhau.models.job import WASM_INLINE_PREFIX
 from bacalhau.node import Node
@@ -443,3 +443,24 @@ def test_serve_limits_take_effect_in_a_real_serve(served, tmp_path: Path) -> Non
     assert done.returncode == 0 and done.stdout == "fine\n", done.stderr
     bad = node.cli("serve", "--max-result-size", "lots")
     assert bad.returncode == 2 and "not a size: 'lots'" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_a_file_that_holds_more_than_its_size_says_is_bounded_while_hashing(tmp_path: Path) -> None:
+    """A /proc file bind-mounted into outputs: lstat says 0 bytes (the size check before hashing passes), reading
+    gives kilobytes; the budget counted while hashing stops it."""
+    root = tmp_path / "execution"
+    (root / "outputs").mkdir(parents=True)
+    target = root / "outputs" / "cpuinfo"
+    target.touch()
+    mounted = subprocess.run(["mount", "--bind", "/proc/cpuinfo", str(target)], capture_output=True, text=True,
+                             check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.strip()}")
+    store = Blockstore(tmp_path / "ipfs")
+    try:
+        assert scan_result(root).size == 0
+        with pytest.raises(ResultTooLarge, match="over this node's limit of 1000 bytes"):
+            publish_result(root, store, 1000)
+    finally:
+        store.close()
+        subprocess.run(["umount", str(target)], check=False)
