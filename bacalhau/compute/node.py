@@ -32,7 +32,7 @@ from bacalhau.errors import (
 )
 from bacalhau.executors.types import ExecutionDir, Executor
 from bacalhau.ipfs.blockstore import Blockstore
-from bacalhau.ipfs.publish import ResultTooLarge, publish_result, scan_result, skipped_note
+from bacalhau.ipfs.publish import ResultTooLarge, TooManyEntries, publish_result, scan_result, skipped_note
 from bacalhau.models import Engine, ExecutionState, NodeInfo, NodeType, Resources
 from bacalhau.storage.inputs import DEFAULT_PROVIDERS, prepare_inputs
 from bacalhau.storage.ipfs import IpfsStorage
@@ -323,6 +323,9 @@ class ComputeNode:
                 # the job's own outputs are what filled the disk, most likely: without freeing them, not even
                 # the failure could be recorded (the stores live on the same disk)
                 await trio.to_thread.run_sync(self._free_result, ex.id)
+            elif isinstance(first_leaf(error), (ResultTooLarge, TooManyEntries)):
+                await trio.to_thread.run_sync(self._free_result, ex.id)   # never to be published: no use here
+                reason += "; its outputs were deleted from the node"
             await self._fail(ex, reason)
         except Exception:
             log.exception("could not record the failure of execution %s (%s)", ex.id, reason)

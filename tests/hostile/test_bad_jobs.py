@@ -173,6 +173,8 @@ async def test_a_sparse_terabyte_in_outputs_is_refused_by_size_not_hashed(single
     done = await run_cli(single_node, "docker", "run", "bacalhau/busybox", "--", "truncate", "-s", str(1 << 40),
                          "/outputs/big", timeout=30)
     failed_with(done, "over this node's limit of 10737418240 bytes")
+    assert "its outputs were deleted from the node" in done.stderr
+    assert not list((single_node.config.repo_dir / "results").glob("*/outputs/big"))
     await docker_still_serves(single_node)
 
 
