@@ -149,17 +149,19 @@ class ComputeNode:
         self._nursery.start_soon(self._guarded, fn, args, execution, name=getattr(fn, "__qualname__", fn))
 
     async def _guarded(self, fn, args, execution: LocalExecution | None) -> None:  # type: ignore[no-untyped-def]
+        failure: BaseException | None = None
         try:
             await fn(*args)
         except* Exception as group:   # Exception only: trio.Cancelled and KeyboardInterrupt go on up
+            failure = group
             error = first_leaf(group)
             what = f"execution {execution.id} of job {execution.job.id}" if execution else getattr(fn, "__name__", fn)
-            if isinstance(error, BacalhauError) or disk_full(error):
-                log.warning("%s failed: %s", what, error)
+            if isinstance(error, BacalhauError) or disk_full(group):
+                log.warning("%s failed: %s", what, error)   # the job's doing or the disk's: one line
             else:
                 log.exception("%s failed on an unexpected error", what, exc_info=group)
-            if execution is not None:
-                await self._fail_safely(execution, reason_for(error), error)
+        if failure is not None and execution is not None:
+            await self._fail_safely(execution, reason_for(failure), failure)
 
     # -- handlers (requester -> compute) --------------------------------------------------------------------
 
