@@ -24,11 +24,15 @@ import wasmtime
 
 from bacalhau.cli.client import ApiClient
 from bacalhau.compute.results import read_result, remove_tree
+from bacalhau.errors import ExecutorError
+from bacalhau.executors import wasm as wasm_executor
+from bacalhau.executors.types import ExecutionDir
 from bacalhau.ipfs.blockstore import Blockstore
 from bacalhau.ipfs.dagpb import decode, decode_unixfs
 from bacalhau.ipfs.exporter import export_tar
 from bacalhau.ipfs.publish import ResultTooLarge, TooManyEntries, publish_result, scan_result, walk_result
 from bacalhau.ipfs.unixfs import T_DIRECTORY, cid_to_bytes
+from bacalhau.models import Engine, Job, JobSpec, WasmSpec
 from bacalhau.models.job import WASM_INLINE_PREFIX
 from bacalhau.node import Node
 from tests.conftest import CliResult, node_config, run_cli
@@ -244,18 +248,21 @@ async def test_a_wasm_job_that_asks_for_no_memory_is_capped_by_the_node(single_n
     await still_serves(single_node, tmp_path)
 
 
+SLEEPER = """(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store8 (i32.const 8) (i32.const 0))              ;; a clock subscription
+    (i32.store (i32.const 16) (i32.const 1))              ;; on the monotonic clock
+    (i64.store (i32.const 24) (i64.const 60000000000))    ;; in 60 s, relative
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"""
+
+
 async def test_a_wasm_job_asleep_inside_a_wasi_call_is_stopped_by_its_timeout(single_node: Node,
                                                                               tmp_path: Path) -> None:
     """poll_oneoff asked to sleep a minute: epoch interruption cannot reach into a host call, the runner
     thread is abandoned and the job fails with its timeout at once."""
-    module = wasm(tmp_path, "sleeper", """(module
-      (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
-      (memory (export "memory") 1)
-      (func (export "_start")
-        (i32.store8 (i32.const 8) (i32.const 0))              ;; a clock subscription
-        (i32.store (i32.const 16) (i32.const 1))              ;; on the monotonic clock
-        (i64.store (i32.const 24) (i64.const 60000000000))    ;; in 60 s, relative
-        (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))""")
+    module = wasm(tmp_path, "sleeper", SLEEPER)
     done = await run_cli(single_node, "wasm", "run", "--timeout", "1", module, timeout=20)
     failed_with(done, "timed out after 1s (stopped inside a blocking WASI call)")
     await still_serves(single_node, tmp_path)
@@ -466,3 +473,35 @@ def test_a_file_that_holds_more_than_its_size_says_is_bounded_while_hashing(tmp_
     finally:
         store.close()
         subprocess.run(["umount", str(target)], check=False)
+
+
+async def test_wasm_runs_stuck_in_host_calls_are_counted_and_refuse_more_until_they_return(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Executor level, with the cap lowered to 1 for the test: one abandoned runner thread (asleep 3 s in
+    poll_oneoff) makes the next WASM run fail with a clear reason until that thread has ended."""
+    monkeypatch.setattr(wasm_executor, "MAX_STUCK_RUNS", 1)
+    sleeper = wasmtime.wat2wasm(SLEEPER.replace("60000000000", "3000000000"))
+    executor = wasm_executor.WasmExecutor()
+
+    def job(module: bytes) -> Job:
+        return Job(spec=JobSpec(engine=Engine.WASM, timeout=0.3,
+                                wasm=WasmSpec(module=wasm_executor.encode_module(module))))
+
+    first = ExecutionDir(tmp_path / "first")
+    first.create()
+    await executor.start("first", job(sleeper), first)
+    with trio.fail_after(10):
+        result = await executor.wait("first")
+    assert result.exit_code == -1 and "stopped inside a blocking WASI call" in result.error
+    second = ExecutionDir(tmp_path / "second")
+    second.create()
+    with pytest.raises(ExecutorError, match="still inside blocking WASI calls"):
+        await executor.start("second", job(wasmtime.wat2wasm(HELLO)), second)
+    with trio.fail_after(15):
+        while True:
+            try:
+                await executor.start("second", job(wasmtime.wat2wasm(HELLO)), second)
+                break
+            except ExecutorError:
+                await trio.sleep(0.1)
+    assert (await executor.wait("second")).exit_code == 0
