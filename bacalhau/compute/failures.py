@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 from bacalhau.errors import BacalhauError, ExecutorError, first_leaf
+from bacalhau.ipfs.publish import ResultTooLarge, TooManyEntries
 
 TAIL_KEPT = 4096                      # bytes of stdout/stderr kept when a full disk forces a result's removal
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -38,6 +39,16 @@ def disk_full(error: BaseException) -> bool:
             stack.extend(exc.exceptions)
         stack.extend(e for e in (exc.__cause__, exc.__context__) if e is not None)
     return False
+
+
+def expected(error: BaseException) -> bool:
+    """The job's doing or the disk's (logged as one line), not a bug of this node (logged with its traceback)."""
+    return isinstance(first_leaf(error), BacalhauError) or disk_full(error)
+
+
+def never_published(error: BaseException) -> bool:
+    """A result refused for its size or its entry count: nothing will ever publish it."""
+    return isinstance(first_leaf(error), (ResultTooLarge, TooManyEntries))
 
 
 def reason_for(error: BaseException) -> str:

@@ -15,24 +15,17 @@ import trio
 from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.proxies import CallbackProxy
 from bacalhau.bprotocol.transport import Transport, typed_handler
+from bacalhau.compute import failures
 from bacalhau.compute.bidding import BidContext, bid, lacks_inputs
 from bacalhau.compute.capacity import Capacity
-from bacalhau.compute.failures import DiskFullError, disk_full, keep_tail, reason_for
 from bacalhau.compute.logs import LOG_PROTOCOL, LogEnd, LogRequest, stream_logs
 from bacalhau.compute.results import read_result, remove_tree
 from bacalhau.compute.store import ExecutionStore, LocalExecution
 from bacalhau.config import DEFAULT_MAX_RESULT_SIZE
-from bacalhau.errors import (
-    BacalhauError,
-    ExecutorError,
-    NotFoundError,
-    ProtocolError,
-    TransportError,
-    first_leaf,
-)
+from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, ProtocolError, TransportError
 from bacalhau.executors.types import ExecutionDir, Executor
 from bacalhau.ipfs.blockstore import Blockstore
-from bacalhau.ipfs.publish import ResultTooLarge, TooManyEntries, publish_result, scan_result, skipped_note
+from bacalhau.ipfs.publish import ResultTooLarge, publish_result, scan_result, skipped_note
 from bacalhau.models import Engine, ExecutionState, NodeInfo, NodeType, Resources
 from bacalhau.storage.inputs import DEFAULT_PROVIDERS, prepare_inputs
 from bacalhau.storage.ipfs import IpfsStorage
@@ -154,14 +147,13 @@ class ComputeNode:
             await fn(*args)
         except* Exception as group:   # Exception only: trio.Cancelled and KeyboardInterrupt go on up
             failure = group
-            error = first_leaf(group)
             what = f"execution {execution.id} of job {execution.job.id}" if execution else getattr(fn, "__name__", fn)
-            if isinstance(error, BacalhauError) or disk_full(group):
-                log.warning("%s failed: %s", what, error)   # the job's doing or the disk's: one line
+            if failures.expected(group):
+                log.warning("%s failed: %s", what, failures.reason_for(group))
             else:
                 log.exception("%s failed on an unexpected error", what, exc_info=group)
         if failure is not None and execution is not None:
-            await self._fail_safely(execution, reason_for(failure), failure)
+            await self._fail_safely(execution, failures.reason_for(failure), failure)
 
     # -- handlers (requester -> compute) --------------------------------------------------------------------
 
@@ -286,7 +278,7 @@ class ComputeNode:
         sizes, so a sparse terabyte is refused before any byte is hashed) and its disk must not be full. What
         publishing will skip (FIFOs, devices, sockets, names that are not UTF-8) is noted on the job's stderr."""
         if os.statvfs(exec_dir.root).f_bavail == 0:
-            raise DiskFullError("no space was left on the device after the job ran")
+            raise failures.DiskFullError("no space was left on the device after the job ran")
         try:
             scan = scan_result(exec_dir.root)
         except OSError as exc:   # e.g. a path past PATH_MAX: the job's doing, not the node's
@@ -321,11 +313,11 @@ class ComputeNode:
         """The boundary's last step: record and report the failure; if even that fails, log it (the requester
         reconciles an execution it hears nothing of)."""
         try:
-            if disk_full(error):
+            if failures.disk_full(error):
                 # the job's own outputs are what filled the disk, most likely: without freeing them, not even
                 # the failure could be recorded (the stores live on the same disk)
                 await trio.to_thread.run_sync(self._free_result, ex.id)
-            elif isinstance(first_leaf(error), (ResultTooLarge, TooManyEntries)):
+            elif failures.never_published(error):
                 await trio.to_thread.run_sync(self._free_result, ex.id)   # never to be published: no use here
                 reason += "; its outputs were deleted from the node"
             await self._fail(ex, reason)
@@ -338,7 +330,7 @@ class ComputeNode:
         remove_tree(exec_dir.outputs)
         for path in (exec_dir.stdout, exec_dir.stderr):
             with contextlib.suppress(OSError):
-                keep_tail(path)
+                failures.keep_tail(path)
 
     async def _fail(self, ex: LocalExecution, reason: str) -> None:
         self._done(ex.id)
