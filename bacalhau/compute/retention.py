@@ -10,12 +10,12 @@ flight: its directory, and the blocks of its ipfs:// inputs, which are kept as i
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 
 import trio
 
+from bacalhau.compute.results import remove_tree
 from bacalhau.compute.store import ExecutionStore
 from bacalhau.errors import BacalhauError
 from bacalhau.ipfs.blockstore import Blockstore
@@ -59,7 +59,7 @@ class Retention:
         for execution_id in await self._store.finished_before(cutoff):
             root = self._results_dir / execution_id
             if root.parent == self._results_dir and await trio.Path(root).is_dir():
-                await trio.to_thread.run_sync(shutil.rmtree, root, True)
+                await trio.to_thread.run_sync(remove_tree, root)   # not shutil's: recursive in 3.11
                 results += 1
         in_flight: list[bytes] = []
         for ex in await self._store.unfinished():

@@ -164,8 +164,13 @@ async def test_outputs_nested_1000_directories_deep_are_published(single_node: N
         paths = await published(single_node, job_id_of(done))
         assert "outputs" + "/d" * 1000 + "/leaf" in paths
         # the fallback result path (a tar over get_result) walks it without recursion too
-        names = await tar_names(next(results.iterdir()))
+        execution = next(results.iterdir())
+        names = await tar_names(execution)
         assert "outputs" + "/d" * 1000 + "/leaf" in names
+        # and the retention pass that deletes it later does so without recursion
+        single_node.retention.retention = 1e-6
+        assert (await single_node.retention.collect())[0] == 1
+        assert not execution.exists()
         await docker_still_serves(single_node)
     finally:
         # Python 3.11's shutil.rmtree (pytest's tmp_path cleanup) recurses: too deep for it
