@@ -11,7 +11,7 @@ WASI host call (poll_oneoff asked to sleep an hour, a read that waits) is not in
 returns. So the runner thread gets WASM_STOP_GRACE seconds after the bump; a run still inside a host call then
 is abandoned: wait() returns the timeout (or cancel) reason at once and the thread is left to end on its own,
 which it does at its next wasm instruction once the call returns (the epoch is already past its deadline).
-While more than MAX_STUCK_RUNS such threads are alive, the executor refuses new runs with a clear reason.
+While MAX_STUCK_RUNS such threads are alive, the executor refuses new runs with a clear reason.
 """
 
 from __future__ import annotations
