@@ -15,7 +15,7 @@ from bacalhau.bprotocol.proxies import ComputeProxy
 from bacalhau.bprotocol.transport import InMemoryNetwork, Transport
 from bacalhau.compute.node import ComputeNode
 from bacalhau.compute.store import ExecutionStore
-from bacalhau.config import DEFAULT_FETCH_TIMEOUT, NODE_INFO_TOPIC, NodeConfig, machine_capacity
+from bacalhau.config import DEFAULT_FETCH_TIMEOUT, NODE_INFO_TOPIC, JobLimits, NodeConfig, machine_capacity
 from bacalhau.errors import BacalhauError, NotFoundError
 from bacalhau.executors.types import Executor
 from bacalhau.ipfs.blockstore import Blockstore
@@ -39,7 +39,7 @@ class NodeDeps:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def default_executors(node_id: str, engines: tuple[str, ...]) -> dict[Engine, Executor]:
+def default_executors(node_id: str, engines: tuple[str, ...], limits: JobLimits | None = None) -> dict[Engine, Executor]:
     executors: dict[Engine, Executor] = {}
     if "noop" in engines:
         from bacalhau.executors.noop import NoopExecutor
@@ -48,7 +48,7 @@ def default_executors(node_id: str, engines: tuple[str, ...]) -> dict[Engine, Ex
     if "docker" in engines:
         from bacalhau.executors.docker import DockerExecutor
 
-        executors[Engine.DOCKER] = DockerExecutor(node_id)
+        executors[Engine.DOCKER] = DockerExecutor(node_id, limits=limits)
     if "wasm" in engines:
         try:
             from bacalhau.executors.wasm import WasmExecutor
@@ -157,7 +157,7 @@ class Node:
             self.bitswap = await nursery.start(Bitswap(hosts, self.blockstore, self._connect_known).run)
 
         if cfg.is_compute:
-            executors = self.deps.executors or default_executors(self.node_id, cfg.engines)
+            executors = self.deps.executors or default_executors(self.node_id, cfg.engines, cfg.job_limits)
             store = ExecutionStore(cfg.repo_dir / "compute.db")
             self._stores.append(store)
             self.compute = ComputeNode(
@@ -165,6 +165,7 @@ class Node:
                 results_dir=cfg.repo_dir / "results", capacity=cfg.capacity or machine_capacity(),
                 labels=cfg.labels, call_timeout=cfg.call_timeout, version=VERSION,
                 blockstore=self.blockstore, fetch=self.fetch_cid, on_published=self.ipfs_published,
+                limits=cfg.job_limits,
             )
             self.compute.log_stream_addr = next(iter(self.addrs()), "")
             await nursery.start(self.compute.run)
