@@ -197,3 +197,17 @@ def test_serve_flags_reach_the_node(served) -> None:  # type: ignore[no-untyped-
     assert long.returncode == 1 and "over this node's maximum of 1900s" in long.stderr
     pids = node.cli("docker", "run", IMAGE, "--", "cat", "/sys/fs/cgroup/pids/pids.max", "/sys/fs/cgroup/pids.max")
     assert "32" in pids.stdout.split()
+
+
+async def test_serve_refuses_a_default_job_size_its_capacity_could_never_hold(tmp_path: Path) -> None:
+    # every job asking nothing would be refused with "more than this node has", naming nothing the user asked
+    res = await run_cli(None, "serve", "--repo", str(tmp_path / "r"), "--limit-total-cpu", "1",
+                        "--default-job-cpu", "2", timeout=20)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "the default job size (2 CPU, 100000000 bytes) is more than this node offers (1 CPU" in res.stderr
+
+
+def test_a_result_stored_before_the_truncation_flags_still_parses() -> None:
+    old = '{"exit_code": 0, "error": "", "stdout_bytes": 3, "stderr_bytes": 0, "stdout_tail": "hi\\n"}'
+    result = RunResult.model_validate_json(old)
+    assert (result.stdout_truncated, result.stderr_truncated) == (False, False)
