@@ -54,6 +54,7 @@ class _Run:
     sizes: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})      # bytes kept
     dropped: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})    # bytes over the cap
     read_error: BaseException | None = None
+    out_of_memory: str = ""     # the error saying so, when the kernel killed the job at its memory limit
 
 
 def _docker_error(exc: BaseException) -> str:
@@ -217,24 +218,13 @@ class DockerExecutor:
             await trio.to_thread.run_sync(run.reader.join)
             exit_code = int(status.get("StatusCode", -1))
             error = run.why_killed
-            notes = [f"bacalhau: {name} was truncated at {self.limits.max_output} bytes (this node's "
-                     f"--max-job-output); {run.dropped[name]} more bytes were dropped" for name in STREAMS
-                     if run.dropped[name]]
             if error:
                 exit_code = KILLED_EXIT_CODE
             elif exit_code != 0:
-                state = (await self._call(lambda: run.container.client.api.inspect_container(run.container.id)))["State"]
-                if state.get("OOMKilled"):
-                    memory = self.limits.size(run.job.spec.resources).memory
-                    error = (f"out of memory: killed at its limit of {memory} bytes ({format_size(memory)}); "
-                             f"ask for more with --memory")
-                    notes.append(f"bacalhau: the container was killed: {error}")
+                error = run.out_of_memory = await self._out_of_memory(run)
             if run.read_error is not None:
                 raise ExecutorError(f"lost the container's output: {run.read_error}")
-            if notes:
-                text = "".join(f"\n{note}\n" for note in notes)
-                await trio.to_thread.run_sync(_append, run.exec_dir.stderr, text.encode())
-                log.info("execution %s of job %s: %s", execution_id, run.job.id, "; ".join(notes))
+            await self._note_limits(run)
             await trio.to_thread.run_sync(run.exec_dir.exit_code.write_text, str(exit_code))
             tail = await trio.to_thread.run_sync(_tail, run.exec_dir.stdout)
             return RunResult(exit_code=exit_code, error=error, stdout_bytes=run.sizes["stdout"],
@@ -247,6 +237,25 @@ class DockerExecutor:
             threading.Thread(target=_remove, args=(run.container,), daemon=True,
                              name=f"docker-rm-{execution_id[:8]}").start()
             self._runs.pop(execution_id, None)
+
+    async def _out_of_memory(self, run: _Run) -> str:
+        """The job's error if the kernel killed it at its memory limit (it failed on its own otherwise)."""
+        state = (await self._call(lambda: run.container.client.api.inspect_container(run.container.id)))["State"]
+        if not state.get("OOMKilled"):
+            return ""
+        memory = self.limits.size(run.job.spec.resources).memory
+        return f"out of memory: killed at its limit of {memory} bytes ({format_size(memory)}); ask for more with --memory"
+
+    async def _note_limits(self, run: _Run) -> None:
+        """Tell the job, at the end of its stderr, which of the node's limits it met."""
+        notes = [f"bacalhau: {name} was truncated at {self.limits.max_output} bytes (this node's --max-job-output); "
+                 f"{run.dropped[name]} more bytes were dropped" for name in STREAMS if run.dropped[name]]
+        if run.out_of_memory:
+            notes.append(f"bacalhau: the container was killed: {run.out_of_memory}")
+        if notes:
+            text = "".join(f"\n{note}\n" for note in notes)
+            await trio.to_thread.run_sync(_append, run.exec_dir.stderr, text.encode())
+            log.info("job %s: %s", run.job.id, "; ".join(notes))
 
     async def cancel(self, execution_id: str) -> None:
         run = self._runs.get(execution_id)
