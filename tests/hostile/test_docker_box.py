@@ -75,13 +75,17 @@ async def open_node(tmp_path: Path, **limits: object) -> AsyncIterator[Node]:
 # -- the container itself ------------------------------------------------------------------------------------
 
 async def test_a_job_keeps_only_the_chosen_capabilities_and_cannot_gain_privileges(tmp_path: Path) -> None:
-    result, d = await run(tmp_path, job("sh", "-c", "grep -E '^(CapPrm|CapEff|CapBnd|NoNewPrivs)' /proc/self/status"),
+    # a user namespace would give the job every capability back inside it: the engine's seccomp profile stays on
+    result, d = await run(tmp_path, job("sh", "-c", "grep -E '^(CapPrm|CapEff|CapBnd|NoNewPrivs|Seccomp):' "
+                                                    "/proc/self/status; unshare -U -r id || echo no-userns"),
                           JobLimits())
-    status = dict(line.split(":\t") for line in d.stdout.read_text().splitlines())
+    lines = d.stdout.read_text().splitlines()
+    status = dict(line.split(":\t") for line in lines if ":\t" in line)
     chosen = sum(1 << CAP_NUMBERS[name] for name in JOB_CAPABILITIES)
     assert {k: int(v, 16) for k, v in status.items() if k.startswith("Cap")} == \
         {"CapPrm": chosen, "CapEff": chosen, "CapBnd": chosen}
-    assert status["NoNewPrivs"] == "1"
+    assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+    assert lines[-1] == "no-userns"
 
 
 async def test_mknod_of_a_host_disk_in_outputs_is_refused(tmp_path: Path) -> None:
