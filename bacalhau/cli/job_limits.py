@@ -20,6 +20,7 @@ from bacalhau.models import Resources
 from bacalhau.models.resources import parse_cpu, parse_size
 
 DOCKER_MIN_MEMORY = 6 * 1024**2   # Docker refuses to create a container with a smaller memory limit
+DOCKER_MIN_CPU = 0.01             # or a smaller CPU limit
 
 _OPTIONS = [
     click.option("--default-job-cpu", default=f"{DEFAULT_JOB_CPU:g}", show_default=True, metavar="CPU",
@@ -68,7 +69,7 @@ def parse_job_limits(capacity: Resources, *, default_job_cpu: str, default_job_m
                      max_job_timeout: str, max_job_output: str, allow_host_network: bool) -> JobLimits:
     """The flags as JobLimits; a wrong one is a click.BadParameter naming it."""
     limits = JobLimits(
-        default_cpu=_parsed(parse_cpu, default_job_cpu, "--default-job-cpu", 0.001, "1m"),
+        default_cpu=_parsed(parse_cpu, default_job_cpu, "--default-job-cpu", DOCKER_MIN_CPU, "10m (Docker's least)"),
         default_memory=int(_parsed(parse_size, default_job_memory, "--default-job-memory", DOCKER_MIN_MEMORY,
                                    "6Mi (Docker's least)")),
         pids=job_pids_limit, allow_host_network=allow_host_network,

@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 
 from bacalhau.compute.capacity import Capacity
 from bacalhau.config import JobLimits
+from bacalhau.errors import ExecutorError
 from bacalhau.executors.docker import JOB_CAPABILITIES, LABEL_EXECUTION, DockerExecutor
 from bacalhau.executors.types import ExecutionDir
 from bacalhau.models import DockerSpec, Job, JobSpec, Resources, RunResult
@@ -41,6 +43,12 @@ async def run(tmp_path: Path, j: Job, limits: JobLimits, eid: str = "e1") -> tup
     ex, d = await start(tmp_path, j, eid, limits)
     with trio.fail_after(60):
         return await ex.wait(eid), d
+
+
+async def containers_of(eid: str) -> list[str]:
+    out = await trio.run_process(["docker", "ps", "-aq", "--filter", f"label={LABEL_EXECUTION}={eid}"],
+                                 capture_stdout=True)
+    return out.stdout.decode().split()
 
 
 async def container_id(eid: str) -> str:
@@ -182,6 +190,13 @@ async def test_host_network_is_refused_without_the_operators_opt_in(tmp_path: Pa
     assert res.returncode == 1 and res.stdout == ""
     assert "host networking, which this node does not allow" in res.stderr
     assert "--allow-host-network" in res.stderr
+
+
+async def test_the_executor_itself_refuses_host_network_without_the_opt_in(tmp_path: Path) -> None:
+    # the last gate, should a bid ever be accepted past the bidder
+    with pytest.raises(ExecutorError, match="host networking is not allowed on this node"):
+        await start(tmp_path, job("true", network="host"), "h1", JobLimits())
+    assert await containers_of("h1") == []
 
 
 async def test_a_timeout_over_the_node_maximum_is_refused(tmp_path: Path) -> None:
