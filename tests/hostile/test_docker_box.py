@@ -39,7 +39,7 @@ async def start(tmp_path: Path, j: Job, eid: str, limits: JobLimits) -> tuple[Do
     return ex, d
 
 
-async def run(tmp_path: Path, j: Job, limits: JobLimits, eid: str = "e1") -> tuple[RunResult, ExecutionDir]:
+async def run(tmp_path: Path, j: Job, limits: JobLimits, eid: str) -> tuple[RunResult, ExecutionDir]:
     ex, d = await start(tmp_path, j, eid, limits)
     with trio.fail_after(60):
         return await ex.wait(eid), d
@@ -86,7 +86,7 @@ async def test_a_job_keeps_only_the_chosen_capabilities_and_cannot_gain_privileg
     # a user namespace would give the job every capability back inside it: the engine's seccomp profile stays on
     result, d = await run(tmp_path, job("sh", "-c", "grep -E '^(CapPrm|CapEff|CapBnd|NoNewPrivs|Seccomp):' "
                                                     "/proc/self/status; unshare -U -r id || echo no-userns"),
-                          JobLimits())
+                          JobLimits(), "box-caps")
     lines = d.stdout.read_text().splitlines()
     status = dict(line.split(":\t") for line in lines if ":\t" in line)
     chosen = sum(1 << CAP_NUMBERS[name] for name in JOB_CAPABILITIES)
@@ -98,7 +98,7 @@ async def test_a_job_keeps_only_the_chosen_capabilities_and_cannot_gain_privileg
 
 async def test_mknod_of_a_host_disk_in_outputs_is_refused(tmp_path: Path) -> None:
     # a block device node for loop0 in /outputs would be published with the results and readable on the host
-    result, d = await run(tmp_path, job("sh", "-c", "mknod /outputs/dev b 7 0; echo rc=$?"), JobLimits())
+    result, d = await run(tmp_path, job("sh", "-c", "mknod /outputs/dev b 7 0; echo rc=$?"), JobLimits(), "box-mknod")
     assert "rc=1" in d.stdout.read_text()
     assert "Operation not permitted" in d.stderr.read_text()
     assert not (d.outputs / "dev").exists()
@@ -109,15 +109,15 @@ async def test_the_container_is_limited_to_what_capacity_counts_for_a_job_that_a
     capacity = Capacity(Resources(cpu=1, memory=1024 * MiB), limits)
     async with capacity.reserve(Resources()):
         counted = capacity.used
-    ex, d = await start(tmp_path, job("sleep", "30"), "e1", limits)
+    ex, d = await start(tmp_path, job("sleep", "30"), "box-size", limits)
     try:
         out = await trio.run_process(["docker", "inspect", "--format",
                                       "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} "
                                       "{{.HostConfig.PidsLimit}} {{.HostConfig.LogConfig.Type}} "
-                                      "{{.HostConfig.SecurityOpt}}", await container_id("e1")], capture_stdout=True)
+                                      "{{.HostConfig.SecurityOpt}}", await container_id("box-size")], capture_stdout=True)
     finally:
-        await ex.cancel("e1")
-        await ex.wait("e1")
+        await ex.cancel("box-size")
+        await ex.wait("box-size")
     assert out.stdout.decode().split() == [str(int(counted.cpu * 1e9)), str(counted.memory), str(counted.memory),
                                            "100", "none", "[no-new-privileges]"]
 
@@ -126,9 +126,9 @@ async def test_the_container_is_limited_to_what_capacity_counts_for_a_job_that_a
 
 async def test_a_fork_bomb_stays_under_the_pids_limit_and_ends_as_one_killed_job(tmp_path: Path) -> None:
     limit = 64
-    ex, d = await start(tmp_path, job("sh", "-c", "while true; do sleep 100 & done", timeout=4.0), "bomb",
+    ex, d = await start(tmp_path, job("sh", "-c", "while true; do sleep 100 & done", timeout=4.0), "box-bomb",
                         JobLimits(pids=limit))
-    cid = await container_id("bomb")
+    cid = await container_id("box-bomb")
     seen: list[int] = []
 
     async def watch() -> None:
@@ -141,7 +141,7 @@ async def test_a_fork_bomb_stays_under_the_pids_limit_and_ends_as_one_killed_job
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
-            result = await ex.wait("bomb")
+            result = await ex.wait("box-bomb")
             nursery.cancel_scope.cancel()
     # busybox sh gives up (exit 2) when it cannot fork; a shell that kept trying would meet the timeout
     assert result.exit_code == 2 or result.error == "timed out after 4s", result
@@ -162,7 +162,7 @@ async def test_a_job_that_asks_no_memory_is_killed_at_the_default_and_told_so(tm
 
 async def test_an_output_flood_is_cut_at_the_cap_and_the_job_told(tmp_path: Path) -> None:
     result, d = await run(tmp_path, job("sh", "-c", "yes | head -c 20000000; echo done >&2"),
-                          JobLimits(max_output=MiB))
+                          JobLimits(max_output=MiB), "box-flood")
     assert result.exit_code == 0 and not result.error
     assert d.stdout.stat().st_size == result.stdout_bytes == MiB and result.stdout_truncated
     assert d.stdout.read_bytes() == b"y\n" * (MiB // 2)
@@ -195,8 +195,8 @@ async def test_host_network_is_refused_without_the_operators_opt_in(tmp_path: Pa
 async def test_the_executor_itself_refuses_host_network_without_the_opt_in(tmp_path: Path) -> None:
     # the last gate, should a bid ever be accepted past the bidder
     with pytest.raises(ExecutorError, match="host networking is not allowed on this node"):
-        await start(tmp_path, job("true", network="host"), "h1", JobLimits())
-    assert await containers_of("h1") == []
+        await start(tmp_path, job("true", network="host"), "box-host", JobLimits())
+    assert await containers_of("box-host") == []
 
 
 async def test_a_timeout_over_the_node_maximum_is_refused(tmp_path: Path) -> None:
