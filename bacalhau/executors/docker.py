@@ -23,6 +23,7 @@ import trio
 
 from bacalhau.config import JobLimits
 from bacalhau.errors import ExecutorError
+from bacalhau.executors.output import CappedOutput
 from bacalhau.executors.types import ExecutionDir
 from bacalhau.models import Engine, Job, Network, RunResult
 from bacalhau.models.resources import format_size
@@ -41,7 +42,6 @@ READ_SIZE = 1024 * 1024
 # a server on a low port). Left out of Docker's default set: MKNOD (device nodes: a block device node is a way
 # to the host's disks), NET_RAW (forged packets), SYS_CHROOT, SETPCAP, SETFCAP, AUDIT_WRITE.
 JOB_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETUID", "SETGID", "KILL", "NET_BIND_SERVICE")
-STREAMS = ("stdout", "stderr")
 
 
 @dataclass
@@ -51,8 +51,7 @@ class _Run:
     container: Any
     reader: threading.Thread
     why_killed: str = ""
-    sizes: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})      # bytes kept
-    dropped: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})    # bytes over the cap
+    outputs: dict[str, CappedOutput] = field(default_factory=dict)     # stdout, stderr: what was kept, dropped
     read_error: BaseException | None = None
     out_of_memory: str = ""     # the error saying so, when the kernel killed the job at its memory limit
 
@@ -155,8 +154,9 @@ class DockerExecutor:
             # attached before it starts, so "logs" (a replay of the log driver's, which is none) is not needed
             sock = client.api.attach_socket(container.id, params={"stdout": 1, "stderr": 1, "stream": 1})
             stream = _raw(sock)
-            run = _Run(job, exec_dir, container, threading.Thread(target=lambda: None))
-            run.reader = threading.Thread(target=self._pump, args=(run, stream, self.limits.max_output), daemon=True,
+            run = _Run(job, exec_dir, container, threading.Thread(target=lambda: None),
+                       outputs={name: CappedOutput(name, self.limits.max_output) for name in ("stdout", "stderr")})
+            run.reader = threading.Thread(target=self._pump, args=(run, stream), daemon=True,
                                           name=f"docker-logs-{execution_id[:8]}")
             run.reader.start()
             container.start()
@@ -166,9 +166,9 @@ class DockerExecutor:
         self._runs[execution_id] = run
 
     @staticmethod
-    def _pump(run: _Run, sock: Any, cap: int) -> None:
+    def _pump(run: _Run, sock: Any) -> None:
         """Append the container's output to the execution's files as it arrives (a worker thread), each file
-        up to `cap` bytes. What passes the cap is still read (a job blocked on a full pipe would hang to its
+        up to the node's cap. What passes the cap is still read (a job blocked on a full pipe would hang to its
         timeout) and counted, not written.
 
         Docker multiplexes both streams on one socket in frames of an 8-byte header (stream, 0, 0, 0,
@@ -176,7 +176,7 @@ class DockerExecutor:
         try:
             with open(run.exec_dir.stdout, "ab", buffering=0) as out, \
                     open(run.exec_dir.stderr, "ab", buffering=0) as err:
-                files = {1: (out, "stdout"), 2: (err, "stderr")}
+                files = {1: (out, run.outputs["stdout"]), 2: (err, run.outputs["stderr"])}
                 buf = bytearray()
                 while True:
                     chunk = sock.recv(READ_SIZE)
@@ -194,12 +194,8 @@ class DockerExecutor:
                     del buf[:pos]
                     for kind, data in pending.items():
                         if data:
-                            f, name = files[kind]
-                            room = max(0, cap - run.sizes[name])
-                            if room:
-                                f.write(data if len(data) <= room else data[:room])
-                                run.sizes[name] += min(room, len(data))
-                            run.dropped[name] += max(0, len(data) - room)
+                            f, capped = files[kind]
+                            capped.write(f, data)
         except BaseException as exc:  # reported by wait(): the output would be incomplete
             run.read_error = exc
         finally:
@@ -227,10 +223,9 @@ class DockerExecutor:
             await self._note_limits(run)
             await trio.to_thread.run_sync(run.exec_dir.exit_code.write_text, str(exit_code))
             tail = await trio.to_thread.run_sync(_tail, run.exec_dir.stdout)
-            return RunResult(exit_code=exit_code, error=error, stdout_bytes=run.sizes["stdout"],
-                             stderr_bytes=run.sizes["stderr"], stdout_tail=tail,
-                             stdout_truncated=bool(run.dropped["stdout"]),
-                             stderr_truncated=bool(run.dropped["stderr"]))
+            out, err = run.outputs["stdout"], run.outputs["stderr"]
+            return RunResult(exit_code=exit_code, error=error, stdout_bytes=out.kept, stderr_bytes=err.kept,
+                             stdout_tail=tail, stdout_truncated=out.truncated, stderr_truncated=err.truncated)
         finally:
             # Removal takes tens of ms and nobody waits on it: off the job's critical path, in a thread of its
             # own (a node that dies first removes the leftover at restart, by label)
@@ -248,8 +243,7 @@ class DockerExecutor:
 
     async def _note_limits(self, run: _Run) -> None:
         """Tell the job, at the end of its stderr, which of the node's limits it met."""
-        notes = [f"bacalhau: {name} was truncated at {self.limits.max_output} bytes (this node's --max-job-output); "
-                 f"{run.dropped[name]} more bytes were dropped" for name in STREAMS if run.dropped[name]]
+        notes = [note for note in (out.note() for out in run.outputs.values()) if note]
         if run.out_of_memory:
             notes.append(f"bacalhau: the container was killed: {run.out_of_memory}")
         if notes:
