@@ -18,8 +18,11 @@ DEFAULT_NODE_INFO_TTL = 5.0             # a node not heard of for this long is d
 DEFAULT_BID_TIMEOUT = 10.0              # an asked node that does not bid within this is rejected
 DEFAULT_CALL_TIMEOUT = 10.0             # every bprotocol call
 DEFAULT_SHUTDOWN_GRACE = 10.0           # running executions get this long to end on SIGINT/SIGTERM
-DEFAULT_JOB_CPU = 0.1                   # what a job that asks for nothing is counted as, for capacity
-DEFAULT_JOB_MEMORY = 100 * 1000**2
+DEFAULT_JOB_CPU = 0.1                   # the default job size: what a job that asks for nothing is counted
+DEFAULT_JOB_MEMORY = 100 * 1000**2      # as for capacity and limited to in its container (Go Bacalhau's 100m, 100Mb)
+DEFAULT_JOB_PIDS = 512                  # processes (threads too) one job's container may hold at once
+DEFAULT_MAX_JOB_TIMEOUT = 24 * 3600.0   # a job asking a longer timeout is refused at bid time
+DEFAULT_MAX_JOB_OUTPUT = 512 * 1024**2  # bytes kept of each of a job's stdout and stderr; the rest is dropped
 DEFAULT_CAPACITY_FRACTION = 0.8         # share of the machine a compute node offers when not limited
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_FETCH_TIMEOUT = 300.0           # fetching a DAG (an input, a result, `ipfs get`) from other nodes
@@ -41,6 +44,23 @@ def machine_capacity(fraction: float = DEFAULT_CAPACITY_FRACTION) -> Resources:
     except (ValueError, OSError):
         memory = 1024**3
     return Resources(cpu=cores * fraction, memory=int(memory * fraction))
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """What a compute node holds every job to. One instance is shared by the bidder, the capacity accounting
+    and the executors, so what a job is counted as and what its container may use cannot disagree."""
+
+    default_cpu: float = DEFAULT_JOB_CPU
+    default_memory: int = DEFAULT_JOB_MEMORY
+    pids: int = DEFAULT_JOB_PIDS
+    max_timeout: float = DEFAULT_MAX_JOB_TIMEOUT
+    max_output: int = DEFAULT_MAX_JOB_OUTPUT
+    allow_host_network: bool = False
+
+    def size(self, asked: Resources) -> Resources:
+        """What a job counts for and is limited to: what it asked, the default job size where it asked nothing."""
+        return Resources(cpu=asked.cpu or self.default_cpu, memory=asked.memory or self.default_memory)
 
 
 @dataclass
@@ -69,6 +89,7 @@ class NodeConfig:
     ipfs_swarm_addrs: tuple[str, ...] = ()    # IPFS nodes (Kubo among them) the embedded node stays connected to
     ipfs_connect: str | None = None           # an external node's RPC API multiaddr, used instead of the embedded one
     retention: float = DEFAULT_RETENTION      # seconds; 0 keeps finished results and unpinned blocks for ever
+    job_limits: JobLimits = field(default_factory=JobLimits)
     max_result_size: int = DEFAULT_MAX_RESULT_SIZE
     wasm_memory_limit: int = DEFAULT_WASM_MEMORY_LIMIT
 

@@ -15,7 +15,14 @@ from bacalhau.bprotocol.proxies import ComputeProxy
 from bacalhau.bprotocol.transport import InMemoryNetwork, Transport
 from bacalhau.compute.node import ComputeNode
 from bacalhau.compute.store import ExecutionStore
-from bacalhau.config import DEFAULT_FETCH_TIMEOUT, NODE_INFO_TOPIC, NodeConfig, machine_capacity
+from bacalhau.config import (
+    DEFAULT_FETCH_TIMEOUT,
+    DEFAULT_WASM_MEMORY_LIMIT,
+    NODE_INFO_TOPIC,
+    JobLimits,
+    NodeConfig,
+    machine_capacity,
+)
 from bacalhau.errors import BacalhauError, NotFoundError
 from bacalhau.executors.types import Executor
 from bacalhau.ipfs.blockstore import Blockstore
@@ -39,7 +46,8 @@ class NodeDeps:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def default_executors(node_id: str, engines: tuple[str, ...], config: NodeConfig | None = None) -> dict[Engine, Executor]:
+def default_executors(node_id: str, engines: tuple[str, ...], limits: JobLimits | None = None, *,
+                      wasm_memory_limit: int = DEFAULT_WASM_MEMORY_LIMIT) -> dict[Engine, Executor]:
     executors: dict[Engine, Executor] = {}
     if "noop" in engines:
         from bacalhau.executors.noop import NoopExecutor
@@ -48,14 +56,14 @@ def default_executors(node_id: str, engines: tuple[str, ...], config: NodeConfig
     if "docker" in engines:
         from bacalhau.executors.docker import DockerExecutor
 
-        executors[Engine.DOCKER] = DockerExecutor(node_id)
+        executors[Engine.DOCKER] = DockerExecutor(node_id, limits=limits)
     if "wasm" in engines:
         try:
             from bacalhau.executors.wasm import WasmExecutor
         except ImportError:
             pass
         else:
-            executors[Engine.WASM] = WasmExecutor(memory_limit=(config or NodeConfig()).wasm_memory_limit)
+            executors[Engine.WASM] = WasmExecutor(memory_limit=wasm_memory_limit)
     return executors
 
 
@@ -157,7 +165,8 @@ class Node:
             self.bitswap = await nursery.start(Bitswap(hosts, self.blockstore, self._connect_known).run)
 
         if cfg.is_compute:
-            executors = self.deps.executors or default_executors(self.node_id, cfg.engines, cfg)
+            executors = self.deps.executors or default_executors(
+                self.node_id, cfg.engines, cfg.job_limits, wasm_memory_limit=cfg.wasm_memory_limit)
             store = ExecutionStore(cfg.repo_dir / "compute.db")
             self._stores.append(store)
             self.compute = ComputeNode(
@@ -165,7 +174,7 @@ class Node:
                 results_dir=cfg.repo_dir / "results", capacity=cfg.capacity or machine_capacity(),
                 labels=cfg.labels, call_timeout=cfg.call_timeout, version=VERSION,
                 blockstore=self.blockstore, fetch=self.fetch_cid, on_published=self.ipfs_published,
-                max_result_size=cfg.max_result_size,
+                limits=cfg.job_limits, max_result_size=cfg.max_result_size,
             )
             self.compute.log_stream_addr = next(iter(self.addrs()), "")
             await nursery.start(self.compute.run)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from bacalhau.cli.job_limits import job_limit_options, parse_job_limits
 from bacalhau.config import (
     DEFAULT_API_HOST,
     DEFAULT_API_PORT,
@@ -114,6 +115,7 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
 @click.option("--retention", default=DEFAULT_RETENTION, show_default=True, type=float, callback=_seconds,
               metavar="SECONDS", help="Results of finished jobs and unpinned IPFS blocks older than this are "
                                       "deleted (published results stay pinned); 0 keeps them for ever.")
+@job_limit_options
 @click.option("--max-result-size", default=None, metavar="SIZE",
               help="A job whose result (its outputs' apparent sizes, stdout and stderr) is larger fails "
                    "unpublished (default 10Gi).")
@@ -124,8 +126,7 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
           limit_total_cpu: str | None, limit_total_memory: str | None, repo: str | None, max_attempts: int | None,
           swarm_key: str | None, ipfs_swarm_port: int, ipfs_swarm_host: str | None, ipfs_swarm_addrs: str,
           ipfs_connect: str | None, retention: float, max_result_size: str | None,
-          wasm_memory_limit: str | None,
-          verbose: bool) -> None:
+          wasm_memory_limit: str | None, verbose: bool, **job_limits: Any) -> None:
     """Run a bacalhau node: with no flags, a private cluster of one that is requester and compute.
 
     It prints the command that joins more machines. SIGINT/SIGTERM stop taking work, give running jobs a
@@ -155,6 +156,7 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
         api_port=api_port, swarm_port=swarm_port, peers=peer_list, labels=parse_labels(labels), capacity=capacity,
         swarm_key=swarm_key, ipfs_swarm_port=ipfs_swarm_port, ipfs_swarm_host=ipfs_swarm_host,
         ipfs_swarm_addrs=parse_ipfs_swarm_addrs(ipfs_swarm_addrs), ipfs_connect=ipfs_connect, retention=retention,
+        job_limits=parse_job_limits(capacity or machine_capacity(), **job_limits),
     )
     if max_attempts:
         config.max_attempts = max_attempts

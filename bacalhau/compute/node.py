@@ -21,7 +21,7 @@ from bacalhau.compute.capacity import Capacity
 from bacalhau.compute.logs import LOG_PROTOCOL, LogEnd, LogRequest, stream_logs
 from bacalhau.compute.results import read_result, remove_tree
 from bacalhau.compute.store import ExecutionStore, LocalExecution
-from bacalhau.config import DEFAULT_MAX_RESULT_SIZE
+from bacalhau.config import DEFAULT_MAX_RESULT_SIZE, JobLimits
 from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, ProtocolError, TransportError
 from bacalhau.executors.types import ExecutionDir, Executor
 from bacalhau.ipfs.blockstore import Blockstore
@@ -40,9 +40,10 @@ class ComputeNode:
         self, *, node_id: str, transport: Transport, executors: dict[Engine, Executor], store: ExecutionStore,
         results_dir: Path, capacity: Resources, labels: dict[str, str], call_timeout: float, version: str = "",
         blockstore: Blockstore, fetch: Callable[[bytes], Awaitable[None]] | None = None,
-        on_published: Callable[[bytes], Awaitable[None]] | None = None,
+        on_published: Callable[[bytes], Awaitable[None]] | None = None, limits: JobLimits | None = None,
         max_result_size: int = DEFAULT_MAX_RESULT_SIZE,
     ) -> None:
+        self.limits = limits or JobLimits()   # shared with the executors: what a job counts as is what it gets
         self._max_result_size = max_result_size
         self._blockstore = blockstore
         self._on_published = on_published    # e.g. a push to the external IPFS node of --ipfs-connect
@@ -52,7 +53,7 @@ class ComputeNode:
         self._executors = executors
         self._store = store
         self._results_dir = results_dir
-        self.capacity = Capacity(capacity)
+        self.capacity = Capacity(capacity, self.limits)
         self.labels = labels
         self.version = version
         self._callbacks = CallbackProxy(transport, call_timeout)
@@ -158,7 +159,7 @@ class ComputeNode:
     # -- handlers (requester -> compute) --------------------------------------------------------------------
 
     async def _ask_for_bid(self, peer_id: str, req: m.AskForBidRequest) -> m.Ack:
-        ctx = BidContext(self.engines, self.capacity.total, self.labels, self._blockstore)
+        ctx = BidContext(self.engines, self.capacity.total, self.labels, self._blockstore, self.limits)
         reason = "the node is shutting down" if not self._accepting else bid(req.job, ctx)
         state = S.NEW if reason is None else S.BID_REJECTED
         await self._store.create(

@@ -173,6 +173,8 @@ class RunResult(_Strict):
     stdout_bytes: int = 0
     stderr_bytes: int = 0
     stdout_tail: str = ""          # the last bytes of stdout, for describe
+    stdout_truncated: bool = False  # the stream passed the node's --max-job-output: the rest was dropped
+    stderr_truncated: bool = False
 
 
 class Execution(_Strict):
