@@ -30,16 +30,22 @@ from starlette.websockets import WebSocket
 
 from bacalhau.compute.results import stream_file
 from bacalhau.errors import AmbiguousIdError, BacalhauError, NotFoundError, StateError, UserError
-from bacalhau.models import ExecutionState, JobSpec
+from bacalhau.models import ExecutionState, Job, JobSpec
 from bacalhau.signing import verify
 from bacalhau.version import VERSION
 
 if TYPE_CHECKING:
+    from bacalhau.api.replay import SeenSignatures
     from bacalhau.node import Node
 
 log = logging.getLogger(__name__)
-MAX_BODY = 4 * 1024 * 1024
+MAX_BODY = 4 * 1024 * 1024     # a JSON body (a job spec with inline inputs), counted while it streams in
 MAX_WAIT = 60.0
+REDACTED = "***"               # env values as the API shows them: another client's secrets stay theirs
+
+
+class BodyTooLarge(UserError):
+    pass
 
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
@@ -50,6 +56,8 @@ def _handle_errors(fn):  # type: ignore[no-untyped-def]
     async def wrapper(request: Request) -> Response:
         try:
             return await fn(request)
+        except BodyTooLarge as exc:
+            return _error(413, str(exc), "too_large")
         except NotFoundError as exc:
             return _error(404, str(exc), "not_found")
         except AmbiguousIdError as exc:
@@ -70,9 +78,49 @@ def _spec_error(exc: ValidationError) -> str:
     return f"invalid job spec at {where}: {first.get('msg')}"
 
 
-def build_app(node: Node) -> Starlette:
+async def read_body(request: Request, cap: int = MAX_BODY) -> bytes:
+    """The body, refused with BodyTooLarge as soon as it passes `cap` (a declared length over it is refused
+    before reading a byte): a 100 MB body costs this node at most `cap` of memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise BodyTooLarge(f"request body over {cap} bytes")
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise BodyTooLarge(f"request body over {cap} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def redacted(job: Job) -> dict[str, Any]:
+    """The job as the API shows it: env values of its docker or wasm spec replaced by REDACTED."""
+    data = job.model_dump(mode="json")
+    for engine in ("docker", "wasm"):
+        section = data["spec"].get(engine)
+        if isinstance(section, dict) and section.get("env"):
+            section["env"] = dict.fromkeys(section["env"], REDACTED)
+    return data
+
+
+def _redacted_env_given(spec: JobSpec) -> str | None:
+    for section in (spec.docker, spec.wasm):
+        for name, value in (section.env if section is not None else {}).items():
+            if value == REDACTED:
+                return name
+    return None
+
+
+def build_app(node: Node, seen: SeenSignatures) -> Starlette:
     requester = node.requester
     assert requester is not None
+    cluster_id = node.cluster_id
+
+    async def signed_by(body: dict[str, Any], action: Any) -> str:
+        """The client that signed `action` for this cluster, once: a replayed signature is refused."""
+        signed = verify(body, action, cluster_id)
+        await seen.accept(signed.signature, signed.signed_at)
+        return signed.client_id
 
     @_handle_errors
     async def version(request: Request) -> Response:
@@ -88,9 +136,7 @@ def build_app(node: Node) -> Starlette:
 
     @_handle_errors
     async def submit(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return _error(413, f"request body over {MAX_BODY} bytes", "too_large")
+        body = await read_body(request)
         try:
             data = json.loads(body)
         except ValueError:
@@ -101,7 +147,10 @@ def build_app(node: Node) -> Starlette:
             spec = JobSpec.model_validate(data["spec"])
         except ValidationError as exc:
             return _error(400, _spec_error(exc), "invalid_spec")
-        client_id = verify(data, {"submit": data["spec"]})
+        if (name := _redacted_env_given(spec)) is not None:
+            return _error(400, f"env {name} is {REDACTED!r}, as `describe` shows env values: give its real value",
+                          "invalid_spec")
+        client_id = await signed_by(data, {"submit": data["spec"]})
         job = await requester.submit(spec, client_id=client_id)
         return JSONResponse({"id": job.id}, status_code=201)
 
@@ -117,7 +166,7 @@ def build_app(node: Node) -> Starlette:
     @_handle_errors
     async def describe(request: Request) -> Response:
         job = await requester.store.get_job(await _job_id(request))
-        return JSONResponse(job.model_dump(mode="json"))
+        return JSONResponse(redacted(job))
 
     @_handle_errors
     async def wait(request: Request) -> Response:
@@ -130,22 +179,22 @@ def build_app(node: Node) -> Starlette:
             latest = max([job.updated_at, *(e.updated_at for e in job.executions)])
             remaining = deadline - time.monotonic()
             if job.state.terminal or latest > since or remaining <= 0:
-                return JSONResponse(job.model_dump(mode="json"))
+                return JSONResponse(redacted(job))
             await requester.wait_for_change(job_id, remaining)
 
     @_handle_errors
     async def cancel(request: Request) -> Response:
         job_id = await _job_id(request)
         try:
-            body = json.loads(await request.body() or b"{}")
+            body = json.loads(await read_body(request) or b"{}")
         except ValueError:
             return _error(400, "request body is not JSON", "bad_request")
-        client_id = verify(body if isinstance(body, dict) else {}, {"cancel": job_id})
+        client_id = await signed_by(body if isinstance(body, dict) else {}, {"cancel": job_id})
         owner = (await requester.store.get_job(job_id, full=False)).client_id
         if owner and owner != client_id:
             return _error(403, "only the client that submitted a job can cancel it", "forbidden")
         job = await requester.cancel(job_id)
-        return JSONResponse(job.model_dump(mode="json"))
+        return JSONResponse(redacted(job))
 
     @_handle_errors
     async def results(request: Request) -> Response:

@@ -1,0 +1,282 @@
+"""The API as an attacker sees it: a web page in a browser on the node's machine, a replayed or foreign
+signature, a huge body, a crowd of websockets, a follower that never reads, a peek at another's secrets."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import os
+import select
+import socket
+import stat
+import time
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from bacalhau.bprotocol.transport import InMemoryNetwork
+from bacalhau.node import Node, NodeDeps
+from bacalhau.signing import cluster_id_of, load_or_create_client_key, sign
+from tests.conftest import node_config
+
+NOOP = {"engine": "noop", "noop": {"stdout": "x"}}
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    return resp.status, json.loads(data) if data else {}
+
+
+async def call(port: int, method: str, path: str, body: bytes | None = None,
+               headers: dict[str, str] | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
+    return await trio.to_thread.run_sync(partial(request, port, method, path, body, headers))
+
+
+def signed(key: object, spec: dict, cluster_id: str) -> bytes:  # type: ignore[type-arg]
+    return json.dumps({"spec": spec, **sign(key, {"submit": spec}, cluster_id)}).encode()
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture
+async def api_node(tmp_path: Path) -> AsyncIterator[Node]:
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(node_config(tmp_path / "node", engines=("noop",)),
+                                        NodeDeps(network=InMemoryNetwork())).run)
+        yield node
+        nursery.cancel_scope.cancel()
+
+
+async def job_count(node: Node) -> int:
+    assert node.requester is not None
+    return len(await node.requester.store.list_jobs(None))
+
+
+# -- a web page on the node's machine --------------------------------------------------------------------
+
+async def test_a_cross_origin_post_from_a_web_page_is_refused_and_creates_no_job(api_node: Node, tmp_path: Path) -> None:
+    port = api_node.api_port
+    key = load_or_create_client_key(tmp_path / "k")
+    # the page's script posts a well-formed, even signed, job: the browser adds its Origin
+    status, data = await call(
+        port, "POST", "/api/v1/jobs", signed(key, NOOP, api_node.cluster_id),
+        {**JSON, "Origin": "http://evil.example"})
+    assert status == 403 and "other origins" in data["error"]
+    status, _ = await call(
+        port, "GET", "/api/v1/jobs", headers={"Origin": "null"})
+    assert status == 403
+    assert await job_count(api_node) == 0
+    # the API's own origin and no Origin at all (CLI, SDK) pass
+    status, _ = await call(
+        port, "GET", "/api/v1/jobs", headers={"Origin": f"http://127.0.0.1:{port}"})
+    assert status == 200
+
+
+async def test_a_form_post_which_needs_no_preflight_gets_415(api_node: Node, tmp_path: Path) -> None:
+    port = api_node.api_port
+    key = load_or_create_client_key(tmp_path / "k")
+    body = signed(key, NOOP, api_node.cluster_id)
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x"):
+        status, data = await call(
+            port, "POST", "/api/v1/jobs", body, {"Content-Type": content_type})
+        assert status == 415 and "application/json" in data["error"], content_type
+    status, _ = await call(port, "POST", "/api/v1/jobs", body)
+    assert status == 415   # no content type at all
+    assert await job_count(api_node) == 0
+
+
+async def test_a_dns_rebinding_host_is_refused_on_http_and_websocket(api_node: Node) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    port = api_node.api_port
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1:{port + 1}", f"localhost.evil.example:{port}"):
+        status, data = await call(
+            port, "GET", "/api/v1/jobs", headers={"Host": host})
+        assert status == 403 and "Host" in data["error"], host
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+        status, _ = await call(
+            port, "GET", "/api/v1/version", headers={"Host": host})
+        assert status == 200, host
+
+    def ws(host: str, headers: dict[str, str]) -> int:
+        # the rebound name resolves to 127.0.0.1: connect there, name the attacker's host in the handshake
+        sock = socket.create_connection(("127.0.0.1", port))
+        try:
+            with connect(f"ws://{host}/api/v1/jobs/x/logs", sock=sock, additional_headers=headers, open_timeout=10):
+                return 101
+        except InvalidStatus as exc:
+            return int(exc.response.status_code)
+
+    assert await trio.to_thread.run_sync(ws, f"evil.example:{port}", {}) == 403
+    assert await trio.to_thread.run_sync(ws, f"127.0.0.1:{port}", {"Origin": "http://evil.example"}) == 403
+    assert await trio.to_thread.run_sync(ws, f"127.0.0.1:{port}", {}) == 101
+
+
+# -- signatures ------------------------------------------------------------------------------------------
+
+async def test_a_replayed_signed_submit_is_refused_and_makes_no_second_job(api_node: Node, tmp_path: Path) -> None:
+    port = api_node.api_port
+    body = signed(load_or_create_client_key(tmp_path / "k"), NOOP, api_node.cluster_id)
+    status, _ = await call(port, "POST", "/api/v1/jobs", body, JSON)
+    assert status == 201
+    status, data = await call(port, "POST", "/api/v1/jobs", body, JSON)
+    assert status == 409 and "already used" in data["error"] and "\n" not in data["error"]
+    assert await job_count(api_node) == 1
+
+
+async def test_a_replay_is_refused_after_a_restart_too(tmp_path: Path) -> None:
+    key = load_or_create_client_key(tmp_path / "k")
+    # an in-memory node's cluster id comes from its node id, new at each start: a real swarm key here
+    cfg = node_config(tmp_path / "node", engines=("noop",))
+    body = b""
+    for attempt in range(2):
+        async with trio.open_nursery() as nursery:
+            node = await nursery.start(Node(cfg).run)
+            body = body or signed(key, NOOP, node.cluster_id)
+            status, data = await call(node.api_port, "POST", "/api/v1/jobs", body, JSON)
+            assert status == (201, 409)[attempt], data
+            nursery.cancel_scope.cancel()
+
+
+async def test_signatures_for_another_cluster_or_out_of_time_are_refused(api_node: Node, tmp_path: Path) -> None:
+    port = api_node.api_port
+    key = load_or_create_client_key(tmp_path / "k")
+    other = signed(key, NOOP, cluster_id_of("ab" * 32))
+    status, data = await call(port, "POST", "/api/v1/jobs", other, JSON)
+    assert status == 400 and "another cluster" in data["error"]
+    # claiming this cluster while the signature covers another does not verify either
+    forged = json.loads(other) | {"cluster_id": api_node.cluster_id}
+    status, data = await call(port, "POST", "/api/v1/jobs", json.dumps(forged).encode(), JSON)
+    assert status == 400 and "does not verify" in data["error"]
+    for when in (math.nan, math.inf, time.time() - 120, time.time() + 120):
+        body = {"spec": NOOP, **sign(key, {"submit": NOOP}, api_node.cluster_id)}
+        body["signed_at"] = when
+        # re-sign over the forged time so only the time is wrong
+        from bacalhau.signing import _canonical
+
+        body["signature"] = key.sign(_canonical({"submit": NOOP}, when, api_node.cluster_id,  # type: ignore[attr-defined]
+                                                body["nonce"])).hex()
+        status, data = await call(port, "POST", "/api/v1/jobs", json.dumps(body).encode(), JSON)
+        assert status == 400 and ("not a time" in data["error"] or "allowed" in data["error"]), (when, data)
+    assert await job_count(api_node) == 0
+    status, ident = await call(port, "GET", "/api/v1/id")
+    assert ident["cluster_id"] == api_node.cluster_id
+
+
+# -- sizes -----------------------------------------------------------------------------------------------
+
+def stream_post(port: int, total: int, chunked: bool) -> tuple[int, bytes]:
+    """POST `total` bytes in 64 KiB writes, looking for an answer between writes: (bytes sent, answer)."""
+    s = socket.create_connection(("127.0.0.1", port))
+    head = f"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+    head += "Transfer-Encoding: chunked\r\n\r\n" if chunked else f"Content-Length: {total}\r\n\r\n"
+    s.sendall(head.encode())
+    s.setblocking(False)
+    chunk, sent, deadline = b" " * 65536, 0, time.monotonic() + 30
+    try:
+        while sent < total and time.monotonic() < deadline:
+            readable, writable, _ = select.select([s], [s], [], 1)
+            if readable:
+                break
+            if writable:
+                try:
+                    sent += s.send(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                except OSError:
+                    break
+        s.setblocking(True)
+        s.settimeout(10)
+        return sent, s.recv(65536)
+    finally:
+        s.close()
+
+
+async def test_a_100mb_body_is_refused_with_413_before_it_is_read(api_node: Node) -> None:
+    port = api_node.api_port
+    for chunked in (False, True):
+        sent, answer = await trio.to_thread.run_sync(stream_post, port, 100 * 1024 * 1024, chunked)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
+        # the node read at most its cap (4 MiB) and the kernel buffered a few more: far from 100 MB
+        assert sent < 32 * 1024 * 1024, sent
+    status, _ = await call(port, "GET", "/api/v1/version")
+    assert status == 200
+
+
+# -- secrets on disk -------------------------------------------------------------------------------------
+
+def test_secret_files_are_never_readable_by_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bacalhau.p2p.host import load_or_create_identity
+    from bacalhau.p2p.swarm_key import load_or_create_swarm_key
+    from bacalhau.secret_file import write_secret
+
+    old = os.umask(0o022)
+    try:
+        # every write of a secret goes through a file created 0600: record each file's mode right after it
+        # is opened, before a byte is written (a write-then-chmod is visible to others in between)
+        seen: list[int] = []
+        real_fdopen = os.fdopen
+
+        def watching_fdopen(fd: int, *a: object, **kw: object):  # type: ignore[no-untyped-def]
+            seen.append(stat.S_IMODE(os.fstat(fd).st_mode))
+            return real_fdopen(fd, *a, **kw)  # type: ignore[call-overload]
+
+        monkeypatch.setattr(os, "fdopen", watching_fdopen)
+        load_or_create_client_key(tmp_path / "state" / "client.key")
+        load_or_create_swarm_key(tmp_path / "repo" / "swarm.key")
+        load_or_create_identity(tmp_path / "repo" / "identity.key")
+        write_secret(tmp_path / "repo" / "api.token", "t\n")
+        assert seen == [0o600] * 4
+        for path in ("state/client.key", "repo/swarm.key", "repo/identity.key", "repo/api.token"):
+            assert stat.S_IMODE((tmp_path / path).stat().st_mode) == 0o600, path
+        assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+        assert not [p for p in (tmp_path / "repo").iterdir() if p.name.endswith(".tmp")]
+    finally:
+        os.umask(old)
+
+
+async def test_the_repo_is_private_and_an_open_one_is_tightened(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        fresh, existing = tmp_path / "fresh", tmp_path / "existing"
+        existing.mkdir(mode=0o755)
+        existing.chmod(0o755)
+        for repo in (fresh, existing):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(Node(node_config(repo, engines=("noop",)), NodeDeps(network=InMemoryNetwork())).run)
+                nursery.cancel_scope.cancel()
+            assert stat.S_IMODE(repo.stat().st_mode) == 0o700, repo
+    finally:
+        os.umask(old)
+
+
+# -- another client's secrets ----------------------------------------------------------------------------
+
+async def test_env_values_are_never_shown_in_clear(api_node: Node, tmp_path: Path) -> None:
+    port = api_node.api_port
+    spec = {"engine": "docker", "docker": {"image": "x", "env": {"TOKEN": "hunter2"}}}
+    # submitted straight to the requester (no docker engine here): what matters is what the API shows
+    from bacalhau.models import JobSpec
+
+    assert api_node.requester is not None
+    job = await api_node.requester.submit(JobSpec.model_validate(spec), client_id="someone")
+    for path in (f"/api/v1/jobs/{job.id}", f"/api/v1/jobs/{job.id}/wait?timeout=0", "/api/v1/jobs?limit=0"):
+        status, data = await call(port, "GET", path)
+        assert status == 200 and "hunter2" not in json.dumps(data), path
+    status, data = await call(port, "GET", f"/api/v1/jobs/{job.id}")
+    assert data["spec"]["docker"]["env"] == {"TOKEN": "***"}
+    # `describe -o yaml` fed back to `create` as it is: one clear line, not a job run with "***"
+    body = signed(load_or_create_client_key(tmp_path / "k"), data["spec"], api_node.cluster_id)
+    status, data = await call(port, "POST", "/api/v1/jobs", body, JSON)
+    assert status == 400 and "env TOKEN" in data["error"]
