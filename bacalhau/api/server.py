@@ -225,10 +225,12 @@ def build_app(node: Node, seen: SeenSignatures) -> Starlette:
         first = await _first_chunk(stream)
         return StreamingResponse(_chain(first, stream), media_type="application/octet-stream", headers=headers)
 
-    async def logs(websocket: WebSocket) -> None:
-        from bacalhau.api.logs import job_logs
+    from bacalhau.api.logs import Followers, job_logs
 
-        await job_logs(node, websocket)
+    followers = Followers()
+
+    async def logs(websocket: WebSocket) -> None:
+        await job_logs(node, websocket, followers)
 
     routes = [
         Route("/api/v1/version", version),
@@ -295,15 +297,48 @@ class TokenGuard:
         await self.app(scope, receive, send)
 
 
-def _guard_hypercorn_close() -> None:
-    """hypercorn's trio TCPServer sends EOF on close without its send lock, so a client closing a websocket
-    while the app streams to it raises BusyResourceError in the listener and ends the whole server. Take the
-    lock there too (unless this task already holds it: a failed send closes from inside the lock)."""
+SEND_TIMEOUT = 30.0        # a write to a client that stays blocked this long (it stopped reading) drops it
+HYPERCORN_VERSION = "0.18.0"   # the version whose TCPServer _guard_hypercorn patches
+
+
+def _guard_hypercorn() -> None:
+    """Two fixes to hypercorn's trio TCPServer, for the version they were written against only.
+
+    It sends EOF on close without its send lock, so a client closing a websocket while the app streams to it
+    raises BusyResourceError in the listener and ends the whole server. Take the lock there too (unless this
+    task already holds it: a failed send closes from inside the lock).
+
+    It writes to the socket in a shielded scope without a deadline, so a client that stops reading (a log
+    follower, a download) holds its handler, and what feeds it, for ever. Give each write SEND_TIMEOUT, then
+    abort the connection: the app sees the client gone."""
+    from importlib.metadata import version
+
+    from hypercorn.events import Closed, RawData
     from hypercorn.trio.tcp_server import TCPServer
 
     if getattr(TCPServer, "_bacalhau_guarded", False):
         return
+    if version("hypercorn") != HYPERCORN_VERSION:
+        log.warning("hypercorn %s is not %s: its close and write-deadline fixes are not applied",
+                    version("hypercorn"), HYPERCORN_VERSION)
+        return
     original = TCPServer._close
+    original_send = TCPServer.protocol_send
+
+    async def protocol_send(self: Any, event: Any) -> None:
+        if not isinstance(event, RawData):
+            await original_send(self, event)
+            return
+        async with self.send_lock:
+            try:
+                with trio.CancelScope(shield=True), trio.fail_after(SEND_TIMEOUT):
+                    await self.stream.send_all(event.data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
+            except trio.TooSlowError:
+                log.info("dropped API client %s: a write stayed blocked for %gs", self.protocol.client, SEND_TIMEOUT)
+                await self.stream.aclose()
+                await self.protocol.handle(Closed())
 
     async def _close(self: Any) -> None:
         if self.send_lock.statistics().owner is trio.lowlevel.current_task():
@@ -313,6 +348,7 @@ def _guard_hypercorn_close() -> None:
             await original(self)
 
     TCPServer._close = _close  # type: ignore[method-assign]
+    TCPServer.protocol_send = protocol_send  # type: ignore[method-assign]
     TCPServer._bacalhau_guarded = True  # type: ignore[attr-defined]
 
 
@@ -321,7 +357,7 @@ async def serve_api(app: Any, host: str, port: int, *, task_status: trio.TaskSta
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
-    _guard_hypercorn_close()
+    _guard_hypercorn()
 
     config = Config()
     config.bind = [f"{host}:{port}"]

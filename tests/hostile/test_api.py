@@ -280,3 +280,114 @@ async def test_env_values_are_never_shown_in_clear(api_node: Node, tmp_path: Pat
     body = signed(load_or_create_client_key(tmp_path / "k"), data["spec"], api_node.cluster_id)
     status, data = await call(port, "POST", "/api/v1/jobs", body, JSON)
     assert status == 400 and "env TOKEN" in data["error"]
+
+
+# -- websockets ------------------------------------------------------------------------------------------
+
+async def _long_job(node: Node, stdout: str = "x\n", sleep: float = 30) -> str:
+    from bacalhau.models import Engine, JobSpec, NoopSpec
+
+    assert node.requester is not None
+    return (await node.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout=stdout, sleep=sleep)))).id
+
+
+async def test_one_websocket_over_the_caps_is_refused_with_a_reason(api_node: Node,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    import bacalhau.api.logs as api_logs
+
+    url = f"ws://127.0.0.1:{api_node.api_port}/api/v1/jobs/{await _long_job(api_node)}/logs?follow=1"
+
+    def open_and_read_first() -> object:
+        ws = connect(url, open_timeout=10).__enter__()
+        ws.recv(timeout=10)   # the "execution" event: this follower is being served
+        return ws
+
+    def refused() -> tuple[int, str]:
+        with connect(url, open_timeout=10) as ws:
+            try:
+                ws.recv(timeout=10)
+            except ConnectionClosed as exc:
+                assert exc.rcvd is not None
+                return exc.rcvd.code, exc.rcvd.reason
+        raise AssertionError("served")
+
+    for total, per_client, words in ((100, 3, "from 127.0.0.1"), (2, 100, "try again later")):
+        monkeypatch.setattr(api_logs, "MAX_FOLLOWERS", total)
+        monkeypatch.setattr(api_logs, "MAX_FOLLOWERS_PER_CLIENT", per_client)
+        held = [await trio.to_thread.run_sync(open_and_read_first) for _ in range(min(total, per_client))]
+        try:
+            code, reason = await trio.to_thread.run_sync(refused)
+            assert code == 1013 and words in reason, reason
+        finally:
+            for ws in held:
+                await trio.to_thread.run_sync(ws.close)  # type: ignore[attr-defined]
+        with trio.fail_after(10):   # closed ones free their places
+            while True:
+                try:
+                    ws = await trio.to_thread.run_sync(open_and_read_first)
+                except ConnectionClosed:
+                    await trio.sleep(0.05)
+                    continue
+                await trio.to_thread.run_sync(ws.close)  # type: ignore[attr-defined]
+                break
+
+
+def raw_websocket(port: int, path: str) -> socket.socket:
+    """A websocket handshake by hand on a socket with a small receive buffer, which is then never read."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    assert s.recv(12) == b"HTTP/1.1 101"
+    return s
+
+
+async def test_a_follower_that_never_reads_is_dropped_and_frees_its_stream(api_node: Node,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import bacalhau.api.server as api_server
+
+    monkeypatch.setattr(api_server, "SEND_TIMEOUT", 1.0)
+    assert api_node.compute is not None
+    job_id = await _long_job(api_node)
+    assert api_node.requester is not None
+    with trio.fail_after(10):
+        while not (running := [e for e in (await api_node.requester.store.get_job(job_id)).executions
+                               if e.state.value == "running"]):
+            await trio.sleep(0.02)
+    stdout = api_node.compute.execution_dir(running[0].id).stdout
+    with trio.fail_after(10):
+        while not (stdout.exists() and stdout.stat().st_size):
+            await trio.sleep(0.02)
+
+    def flood() -> None:   # the job floods its output (what a container does): 32 MB
+        with open(stdout, "ab") as f:
+            f.write(b"y" * (32 * 1024 * 1024))
+
+    await trio.to_thread.run_sync(flood)
+    sock = await trio.to_thread.run_sync(raw_websocket, api_node.api_port, f"/api/v1/jobs/{job_id}/logs?follow=1")
+    try:
+        with trio.fail_after(15):
+            while not api_node.compute.log_followers:
+                await trio.sleep(0.05)
+        with trio.fail_after(20):   # the client is still connected, the job still runs: the node let it go
+            while api_node.compute.log_followers:
+                await trio.sleep(0.05)
+        assert api_node.requester is not None
+        assert not (await api_node.requester.store.get_job(job_id, full=False)).state.terminal
+    finally:
+        sock.close()
+    status, _ = await call(api_node.api_port, "GET", "/api/v1/version")
+    assert status == 200
+
+
+def test_the_hypercorn_fixes_apply_to_the_installed_version() -> None:
+    from hypercorn.trio.tcp_server import TCPServer
+
+    from bacalhau.api.server import _guard_hypercorn
+
+    _guard_hypercorn()
+    assert getattr(TCPServer, "_bacalhau_guarded", False), "hypercorn changed: review _guard_hypercorn"
