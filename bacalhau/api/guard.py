@@ -41,7 +41,7 @@ def split_host(value: str) -> tuple[str, int | None]:
     return name, None
 
 
-def _is_loopback(client: str) -> bool:
+def is_loopback(client: str) -> bool:
     return client.startswith("127.") or client in ("::1", "localhost")
 
 
@@ -104,4 +104,4 @@ class RequestGuard:
         # Listening on all interfaces, remote clients name the machine however they reach it; they carry the
         # token (TokenGuard), which a rebinding page cannot have. A loopback client must name loopback.
         client = (scope.get("client") or ("",))[0] or ""
-        return self.wildcard and not _is_loopback(client)
+        return self.wildcard and not is_loopback(client)

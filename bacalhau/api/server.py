@@ -3,7 +3,8 @@
     GET  /api/v1/version | /api/v1/id | /api/v1/nodes
     POST /api/v1/jobs                      {"spec": JobSpec}            -> {"id": ...}
     GET  /api/v1/jobs?limit=N              newest first (limit=0: all)
-    GET  /api/v1/jobs/{id}                 a unique id prefix is accepted
+    GET  /api/v1/jobs/{id}                 a unique id prefix is accepted; env values shown as "***" unless
+                                           X-Bacalhau-Signed proves the job's owner asks
     GET  /api/v1/jobs/{id}/wait?timeout=S&since=T   returns when the job changes after T, ends, or S passes
     POST /api/v1/jobs/{id}/cancel
     GET  /api/v1/jobs/{id}/results/{item}  item: stdout | stderr | exitCode | tar
@@ -28,6 +29,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from bacalhau.api.guard import is_loopback
 from bacalhau.compute.results import stream_file
 from bacalhau.errors import AmbiguousIdError, BacalhauError, NotFoundError, StateError, UserError
 from bacalhau.models import ExecutionState, Job, JobSpec
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 MAX_BODY = 4 * 1024 * 1024     # a JSON body (a job spec with inline inputs), counted while it streams in
 MAX_WAIT = 60.0
 REDACTED = "***"               # env values as the API shows them: another client's secrets stay theirs
+SIGNED_HEADER = "x-bacalhau-signed"   # a describe signed by the job's owner shows env values in clear
 
 
 class BodyTooLarge(UserError):
@@ -166,6 +169,17 @@ def build_app(node: Node, seen: SeenSignatures) -> Starlette:
     @_handle_errors
     async def describe(request: Request) -> Response:
         job = await requester.store.get_job(await _job_id(request))
+        proof = request.headers.get(SIGNED_HEADER)
+        if proof is not None:
+            # the owner, proven by a signature of {"describe": the id as asked}, sees its env values
+            try:
+                body = json.loads(proof)
+            except ValueError:
+                return _error(400, f"the {SIGNED_HEADER} header is not JSON", "bad_request")
+            client_id = await signed_by(body if isinstance(body, dict) else {},
+                                        {"describe": request.path_params["job_id"]})
+            if job.client_id and client_id == job.client_id:
+                return JSONResponse(job.model_dump(mode="json"))
         return JSONResponse(redacted(job))
 
     @_handle_errors
@@ -266,9 +280,6 @@ async def _chain(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterat
         yield chunk
 
 
-LOOPBACK = ("127.", "::1", "localhost")
-
-
 class TokenGuard:
     """ASGI middleware: requests that do not come from loopback must carry the API token
     (`Authorization: Bearer TOKEN`, or `?token=` on the log websocket)."""
@@ -280,7 +291,7 @@ class TokenGuard:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket"):
             client = (scope.get("client") or ("",))[0] or ""
-            if not client.startswith(LOOPBACK):
+            if not is_loopback(client):
                 headers = dict(scope.get("headers") or [])
                 given = headers.get(b"authorization", b"").decode().removeprefix("Bearer ").strip()
                 if not given and scope["type"] == "websocket":

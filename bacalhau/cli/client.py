@@ -52,11 +52,13 @@ class ApiClient:
         self.token = token if token is not None else os.environ.get("BACALHAU_API_TOKEN", "")
         self._cluster_id: str | None = None
 
-    def _open(self, method: str, path: str, body: Any = None, raw: Any = None) -> http.client.HTTPResponse:
+    def _open(self, method: str, path: str, body: Any = None, raw: Any = None,
+              extra_headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         headers = {"Content-Type": "application/json"} if body is not None else {}
         if raw is not None:
             headers = {"Content-Type": "application/octet-stream"}
+        headers |= extra_headers or {}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         data = raw if raw is not None else json.dumps(body).encode() if body is not None else None
@@ -92,10 +94,11 @@ class ApiClient:
             raise ApiError(message, resp.status)
         return resp
 
-    def request(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                **query: Any) -> Any:
         if query:
             path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
-        with self._open(method, path, body) as resp:
+        with self._open(method, path, body, extra_headers=headers) as resp:
             return json.loads(resp.read())
 
     def stream(self, path: str) -> Iterator[bytes]:
@@ -146,8 +149,10 @@ class ApiClient:
     def list_jobs(self, limit: int) -> list[dict[str, Any]]:
         return self.request("GET", "/api/v1/jobs", limit=limit)  # type: ignore[no-any-return]
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/api/v1/jobs/{quote(job_id)}")  # type: ignore[no-any-return]
+    def job(self, job_id: str, *, as_owner: bool = False) -> dict[str, Any]:
+        """The job; env values in clear only `as_owner` (signed: the API shows them to the submitter alone)."""
+        headers = {"X-Bacalhau-Signed": json.dumps(self._sign({"describe": job_id}))} if as_owner else None
+        return self.request("GET", f"/api/v1/jobs/{quote(job_id)}", headers=headers)  # type: ignore[no-any-return]
 
     def wait(self, job_id: str, since: float, timeout: float = 30.0) -> dict[str, Any]:
         return self.request(  # type: ignore[no-any-return]

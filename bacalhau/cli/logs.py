@@ -35,7 +35,8 @@ def follow_logs(host: str, port: int, job_id: str, *, follow: bool = True, quiet
     while True:
         query = {"follow": "1" if follow else "0", "execution_id": execution_id,
                  "stdout_offset": offsets[1], "stderr_offset": offsets[2], **({"token": token} if token else {})}
-        url = f"ws://{host}:{port}/api/v1/jobs/{job_id}/logs?{urlencode(query)}"
+        where = f"[{host}]" if ":" in host else host   # an IPv6 address, as the Host header wants it
+        url = f"ws://{where}:{port}/api/v1/jobs/{job_id}/logs?{urlencode(query)}"
         try:
             with connect(url, max_size=4 * 1024 * 1024, open_timeout=10) as ws:
                 failing_since = None
