@@ -83,12 +83,12 @@ def _exit_code(job: Job) -> int | None:
 
 async def job_logs(node: Node, websocket: WebSocket, followers: Followers) -> None:
     client = websocket.client.host if websocket.client else ""
-    refusal = followers.refusal(client)
     await websocket.accept()
+    refusal = followers.refusal(client)
     if refusal is not None:
         await websocket.close(TRY_AGAIN_LATER, refusal)
         return
-    followers.add(client, 1)
+    followers.add(client, 1)   # no await since the check: concurrent handshakes cannot all slip under the cap
     try:
         await _serve_follower(node, websocket)
     finally:
