@@ -178,10 +178,10 @@ async def test_signatures_for_another_cluster_or_out_of_time_are_refused(api_nod
 
 # -- sizes -----------------------------------------------------------------------------------------------
 
-def stream_post(port: int, total: int, chunked: bool) -> tuple[int, bytes]:
+def stream_post(port: int, total: int, chunked: bool, path: str = "/api/v1/jobs") -> tuple[int, bytes]:
     """POST `total` bytes in 64 KiB writes, looking for an answer between writes: (bytes sent, answer)."""
     s = socket.create_connection(("127.0.0.1", port))
-    head = f"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
     head += "Transfer-Encoding: chunked\r\n\r\n" if chunked else f"Content-Length: {total}\r\n\r\n"
     s.sendall(head.encode())
     s.setblocking(False)
@@ -205,9 +205,10 @@ def stream_post(port: int, total: int, chunked: bool) -> tuple[int, bytes]:
 
 async def test_a_100mb_body_is_refused_with_413_before_it_is_read(api_node: Node) -> None:
     port = api_node.api_port
-    for chunked in (False, True):
-        sent, answer = await trio.to_thread.run_sync(stream_post, port, 100 * 1024 * 1024, chunked)
-        assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
+    cancel = f"/api/v1/jobs/{await _long_job(api_node)}/cancel"
+    for chunked, path in ((False, "/api/v1/jobs"), (True, "/api/v1/jobs"), (True, cancel)):
+        sent, answer = await trio.to_thread.run_sync(stream_post, port, 100 * 1024 * 1024, chunked, path)
+        assert answer.startswith(b"HTTP/1.1 413"), (path, answer[:100])
         # the node read at most its cap (4 MiB) and the kernel buffered a few more: far from 100 MB
         assert sent < 32 * 1024 * 1024, sent
     status, _ = await call(port, "GET", "/api/v1/version")
