@@ -30,7 +30,9 @@ from pydantic import BaseModel, ConfigDict
 STDOUT, STDERR, END = 1, 2, 3
 HEADER = struct.Struct(">BQI")
 MAX_CHUNK = 256 * 1024
-POLL_INTERVAL = 0.005           # how often an execution's files are looked at for new bytes (the source of truth)
+# How often an execution's files are looked at for new bytes (they are the source of truth). One look serves
+# all its followers in one thread hop, so a lone follower costs what it did at 5 ms with two hops, and waits less.
+POLL_INTERVAL = 0.0025
 LOG_PROTOCOL = "/bacalhau/compute/logs/1.0.0"
 
 
