@@ -16,11 +16,12 @@ import click
 
 from bacalhau.cli.main import client_from
 from bacalhau.cli.output import short, status
-from bacalhau.errors import ApiError, DaemonNotRunning
+from bacalhau.errors import ApiError, DaemonNotRunning, UserError
 
 HEADER = struct.Struct(">BQI")   # kind, offset, length: the same frames as compute/logs.py
 RECONNECT_DELAY = 0.5
 RECONNECT_GIVE_UP = 30.0
+FOLLOWERS_CAPPED = 1013          # api/logs.py closes a follower over its caps with this code and the reason
 
 
 def follow_logs(host: str, port: int, job_id: str, *, follow: bool = True, quiet: bool = False,
@@ -65,6 +66,11 @@ def follow_logs(host: str, port: int, job_id: str, *, follow: bool = True, quiet
         except (ConnectionClosed, OSError, InvalidHandshake) as exc:
             if isinstance(exc, InvalidStatus) and exc.response.status_code == 404:
                 raise ApiError(f"no job {job_id!r}") from None
+            if isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
+                raise UserError(f"the API refused the log stream ({exc.response.status_code}): check "
+                                "BACALHAU_API_HOST and BACALHAU_API_TOKEN") from None
+            if isinstance(exc, ConnectionClosed) and exc.rcvd is not None and exc.rcvd.code == FOLLOWERS_CAPPED:
+                raise UserError(exc.rcvd.reason) from None   # too many followers: say so, do not retry
             now = time.monotonic()
             failing_since = failing_since or now
             if now - failing_since > RECONNECT_GIVE_UP:

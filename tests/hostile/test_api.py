@@ -483,3 +483,14 @@ async def test_listening_on_all_interfaces_a_remote_client_may_name_the_machine_
     await named(scope("10.1.2.3", "other.lan:1234"), receive, send)
     await wildcard(scope("10.1.2.3", "node1.lan:9999"), receive, send)       # not this API's port
     assert reached == ["10.1.2.3", "10.1.2.3"] and statuses == [403, 403, 403]
+
+
+async def test_the_cli_says_in_one_line_that_the_follower_cap_is_reached(api_node: Node,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import bacalhau.api.logs as api_logs
+    from tests.conftest import run_cli
+
+    monkeypatch.setattr(api_logs, "MAX_FOLLOWERS_PER_CLIENT", 0)
+    res = await run_cli(api_node, "logs", "-f", await _long_job(api_node), timeout=20)
+    assert res.returncode == 1 and "log followers from 127.0.0.1" in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
