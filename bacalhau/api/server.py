@@ -10,6 +10,10 @@
     GET  /api/v1/jobs/{id}/results/{item}  item: stdout | stderr | exitCode | tar
     WS   /api/v1/jobs/{id}/logs            live logs (see api/logs.py)
 Errors are {"error": message, "code": kind} with a 4xx/5xx status.
+
+Every request passes api/guard.py first (Host, Origin, JSON bodies), then TokenGuard beyond loopback. Submit,
+cancel and an owner's describe are signed (signing.py) for this cluster, and each signature is accepted once
+(api/replay.py). Bodies are capped while they stream in.
 """
 
 from __future__ import annotations
