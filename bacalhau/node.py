@@ -105,15 +105,24 @@ class Node:
 
         return {"ID": self.ipfs_host.peer_id, "Addresses": dialable(list(self.ipfs_host.listen_addrs))}
 
+    @property
+    def cluster_id(self) -> str:
+        """What clients sign requests for (signing.py): a hash of the swarm key (of the node id in memory)."""
+        from bacalhau.signing import cluster_id_of
+
+        return cluster_id_of(self.swarm_key or self.node_id)
+
     def identity(self) -> dict[str, Any]:
         return {"id": self.node_id, "addrs": self.addrs(), "node_types": [t.value for t in self.node_types()],
-                "version": VERSION, "api_port": self.api_port}
+                "version": VERSION, "api_port": self.api_port, "cluster_id": self.cluster_id}
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
-        cfg.repo_dir.mkdir(parents=True, exist_ok=True)
+        from bacalhau.secret_file import private_dir
+
+        private_dir(cfg.repo_dir)   # keys, tokens and job data: this user's only
         try:
             async with trio.open_nursery() as nursery:
                 await self._start(nursery)
@@ -204,13 +213,19 @@ class Node:
             await nursery.start(self._publish_node_info)
 
         if cfg.is_requester and cfg.serve_api:
+            from bacalhau.api.replay import SeenSignatures
             from bacalhau.api.server import build_app, serve_api
 
-            app: Any = build_app(self)
+            seen = SeenSignatures(cfg.repo_dir / "api.db")
+            self._stores.append(seen)
+            app: Any = build_app(self, seen)
             if cfg.api_token:
                 from bacalhau.api.server import TokenGuard
 
                 app = TokenGuard(app, cfg.api_token)
+            from bacalhau.api.guard import RequestGuard
+
+            app = RequestGuard(app, cfg.api_host)   # outermost: Host, Origin and Content-Type before anything
             self.api_port = await nursery.start(serve_api, app, cfg.api_host, cfg.api_port)
         if self.deps.on_ready is not None:
             await self.deps.on_ready(self)

@@ -9,6 +9,10 @@ compute/logs.py). Text messages are JSON events:
     {"type": "retry", "execution_id", "reason"}        that execution failed; the job goes on elsewhere
     {"type": "end", "state", "exit_code", "reason"}    nothing more will come
 A client that lost its connection reconnects with the execution id and the offsets it has.
+
+Followers are capped in total and per client address (MAX_FOLLOWERS, MAX_FOLLOWERS_PER_CLIENT): one over is
+accepted and closed at once with code 1013 (try again later) and the reason. A follower that stops reading
+is dropped when a write to it stays blocked for SEND_TIMEOUT (api/server.py), not held without end.
 """
 
 from __future__ import annotations
@@ -31,6 +35,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 S = ExecutionState
 CLIENT_CLOSE_GRACE = 5.0
+MAX_FOLLOWERS = 256              # log websockets open at once on this API
+MAX_FOLLOWERS_PER_CLIENT = 32    # ... from one client address
+TRY_AGAIN_LATER = 1013
+
+
+class Followers:
+    """The log websockets open now, in total and per client address."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.by_client: dict[str, int] = {}
+
+    def refusal(self, client: str) -> str | None:
+        if self.total >= MAX_FOLLOWERS:
+            return f"this node serves {MAX_FOLLOWERS} log followers already: try again later"
+        if self.by_client.get(client, 0) >= MAX_FOLLOWERS_PER_CLIENT:
+            return f"{MAX_FOLLOWERS_PER_CLIENT} log followers from {client} already: close some first"
+        return None
+
+    def add(self, client: str, n: int) -> None:
+        self.total += n
+        self.by_client[client] = self.by_client.get(client, 0) + n
+        if not self.by_client[client]:
+            del self.by_client[client]
 ACTIVE = (S.BID_ACCEPTED, S.RUNNING, S.PUBLISHING)
 RAN = ("running", "publishing", "completed")
 
@@ -53,10 +81,23 @@ def _exit_code(job: Job) -> int | None:
     return ran[0].result.exit_code if ran and ran[0].result else None
 
 
-async def job_logs(node: Node, websocket: WebSocket) -> None:
+async def job_logs(node: Node, websocket: WebSocket, followers: Followers) -> None:
+    client = websocket.client.host if websocket.client else ""
+    await websocket.accept()
+    refusal = followers.refusal(client)
+    if refusal is not None:
+        await websocket.close(TRY_AGAIN_LATER, refusal)
+        return
+    followers.add(client, 1)   # no await since the check: concurrent handshakes cannot all slip under the cap
+    try:
+        await _serve_follower(node, websocket)
+    finally:
+        followers.add(client, -1)
+
+
+async def _serve_follower(node: Node, websocket: WebSocket) -> None:
     requester = node.requester
     assert requester is not None
-    await websocket.accept()
     params = websocket.query_params
     follow = params.get("follow", "1") not in ("0", "false")
     try:
@@ -99,9 +140,9 @@ async def _follow(node: Node, websocket: WebSocket, job_id: str, execution_id: s
                 continue
             if ex.id != execution_id:
                 if execution_id:
-                    gone = next((e for e in job.executions if e.id == execution_id), None)
+                    failed = next((e for e in job.executions if e.id == execution_id), None)
                     await websocket.send_text(json.dumps({"type": "retry", "execution_id": execution_id,
-                                                          "reason": gone.reason if gone else "execution replaced"}))
+                                                          "reason": failed.reason if failed else "execution replaced"}))
                 execution_id, offsets = ex.id, {STDOUT: 0, STDERR: 0}
             if announced != ex.id:
                 await websocket.send_text(json.dumps({"type": "execution", "execution_id": ex.id,

@@ -173,9 +173,9 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
 
         token_file = config.repo_dir / "api.token"
         if not token_file.exists():
-            token_file.parent.mkdir(parents=True, exist_ok=True)
-            token_file.write_text(secrets.token_urlsafe(32) + "\n")
-            token_file.chmod(0o600)
+            from bacalhau.secret_file import write_secret
+
+            write_secret(token_file, secrets.token_urlsafe(32) + "\n")
         config.api_token = token_file.read_text().strip()
     if ipfs_connect:
         from bacalhau.ipfs.remote import api_url

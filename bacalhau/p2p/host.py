@@ -26,7 +26,7 @@ from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.identity_utils import load_identity, save_identity
+from libp2p.identity_utils import load_identity
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
@@ -42,6 +42,7 @@ from libp2p.tools.anyio_service.context import background_trio_service
 
 from bacalhau.errors import ProtocolError, TransportError
 from bacalhau.p2p import fastpath
+from bacalhau.secret_file import write_secret
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,9 @@ def load_or_create_identity(key_path: Path) -> Any:
     """The node's Ed25519 key pair, created once and kept (mode 0600)."""
     if key_path.exists():
         return load_identity(key_path)
-    key_path.parent.mkdir(parents=True, exist_ok=True)
     key_pair = create_new_key_pair()
-    save_identity(key_pair, key_path)
+    # libp2p's save_identity writes the file, then chmods it: readable by others for a moment
+    write_secret(key_path, key_pair.private_key.serialize())
     return key_pair
 
 
