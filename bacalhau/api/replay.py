@@ -15,15 +15,13 @@ from bacalhau.db import Database
 from bacalhau.errors import StateError
 from bacalhau.signing import MAX_AGE
 
-SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen_signatures (
     signature TEXT PRIMARY KEY,
     signed_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS seen_signatures_signed_at ON seen_signatures (signed_at);
-PRAGMA user_version = 1;
-"""
+"""   # layout version 0 (db.py versions it; migrations go there)
 
 
 class ReplayError(StateError):

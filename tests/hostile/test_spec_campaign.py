@@ -122,6 +122,7 @@ def test_random_specs_are_refused_in_one_line_or_run_and_the_node_survives(serve
     node.wait_ready()
     client = node.client()
     key = load_or_create_client_key(tmp_path / "client.key")
+    cluster_id = str(client.node_id()["cluster_id"])
     accepted: list[str] = []
     counts = {"accepted": 0, "refused": 0, "unsigned": 0}
 
@@ -133,7 +134,7 @@ def test_random_specs_are_refused_in_one_line_or_run_and_the_node_survives(serve
         text = json.dumps(spec)                      # NaN and Infinity go as the bare literals json allows
         body = '{"spec": ' + text
         if signed:
-            for k, v in sign(key, {"submit": spec}).items():
+            for k, v in sign(key, {"submit": spec}, cluster_id).items():
                 body += f", {json.dumps(k)}: {json.dumps(v)}"
         body += "}"
         try:
@@ -166,7 +167,7 @@ def test_random_specs_are_refused_in_one_line_or_run_and_the_node_survives(serve
     for job_id in accepted:
         while (job := client.job(job_id))["state"] not in TERMINAL:
             if time.monotonic() > deadline or job["spec"]["engine"] != "noop" or job["spec"]["noop"]["sleep"] > 1:
-                status, reply = post(node.api_port, json.dumps(sign(key, {"cancel": job_id})),
+                status, reply = post(node.api_port, json.dumps(sign(key, {"cancel": job_id}, cluster_id)),
                                      f"/api/v1/jobs/{job_id}/cancel")
                 assert status == 200 or status == 409 and "already" in reply["error"], reply   # 409: it ended
                 continue

@@ -28,6 +28,13 @@ from tests.conftest import run_cli
 TERMINAL = ("completed", "failed", "cancelled")
 
 
+def cluster_of(port: int) -> str:
+    """The cluster id signatures must name (GET /api/v1/id)."""
+    from bacalhau.cli.client import ApiClient
+
+    return str(ApiClient("127.0.0.1", port).node_id()["cluster_id"])
+
+
 def post_spec(port: int, spec_text: str, key: Any, *, signed: bool = True) -> tuple[int, dict[str, Any]]:
     """POST a job whose spec is raw JSON text (NaN and Infinity literals included), signed as the CLI signs."""
     import http.client
@@ -38,7 +45,7 @@ def post_spec(port: int, spec_text: str, key: Any, *, signed: bool = True) -> tu
             spec = json.loads(spec_text)
         except ValueError:
             spec = None
-        for k, v in sign(key, {"submit": spec}).items():
+        for k, v in sign(key, {"submit": spec}, cluster_of(port)).items():
             body += f", {json.dumps(k)}: {json.dumps(v)}"
     body += "}"
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
