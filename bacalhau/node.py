@@ -177,7 +177,11 @@ class Node:
                                          peers=cfg.ipfs_swarm_addrs, pubsub=False)
                 await nursery.start(self.ipfs_host.run)
                 hosts.append(self.ipfs_host)
-            self.bitswap = await nursery.start(Bitswap(hosts, self.blockstore, self._connect_known).run)
+            # the keyless IPFS host serves pinned content only (added files, published results); the cluster's
+            # host serves every block held
+            public = [self.ipfs_host] if self.ipfs_host is not None else []
+            self.bitswap = await nursery.start(
+                Bitswap(hosts, self.blockstore, self._connect_known, public=public).run)
 
         if cfg.is_compute:
             executors = self.deps.executors or default_executors(self.node_id, cfg.engines, cfg.job_limits)
