@@ -365,6 +365,10 @@ class Bitswap:
         state = self._peers.get(peer)
         return state.queued if state is not None else 0
 
+    def free_answer_slots(self) -> int:
+        """Of the ANSWERS want messages answered at once, for all peers, how many more could be."""
+        return self._answering.value
+
     def streams(self, peer: str) -> int:
         """Streams `peer` has open to us and being read."""
         state = self._peers.get(peer)

@@ -293,6 +293,11 @@ class P2PHost:
     def connected_peers(self) -> list[str]:
         return [p.to_base58() for p in self._host.get_connected_peers()]
 
+    def connection_count(self, peer_id: str | None = None) -> int:
+        """Open connections to `peer_id`, or to all peers."""
+        network = self._host.get_network()
+        return len(network.get_connections(ID.from_base58(peer_id) if peer_id else None))
+
     async def connect(self, addr: str) -> str:
         try:
             info = info_from_p2p_addr(multiaddr.Multiaddr(addr))

@@ -89,12 +89,14 @@ async def test_a_peer_that_asks_for_blocks_and_never_reads_holds_up_no_other_fet
         with trio.fail_after(10):
             while not held:
                 await trio.sleep(0.02)
-        most = 0
+        most, fewest_free = 0, bs.ANSWERS
         with trio.move_on_after(0.5):
             while True:
                 most = max(most, server.answering(slow.peer_id))
+                fewest_free = min(fewest_free, server.free_answer_slots())
                 await trio.sleep(0.01)
-        assert 0 < most <= bs.PEER_QUEUE
+        assert 0 < most <= bs.PEER_QUEUE                          # the rest of its wants were dropped
+        assert fewest_free == bs.ANSWERS - bs.PEER_ANSWERS        # it holds its share of the slots, no more
 
         # another peer fetches meanwhile, in its normal time (well under a second here; bound generously)
         good_store = Blockstore(tmp_path / "good")
@@ -184,6 +186,22 @@ async def test_streams_over_the_cap_idle_streams_and_malformed_wants_are_dropped
         # and blocks are still served
         fetcher = await nursery.start(bs.Bitswap([peer], Blockstore(tmp_path / "peer")).run)
         assert await fetcher.fetch(pinned, timeout=10) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_connects_many_times_keeps_two_connections(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        server = await start_host(nursery, tmp_path / "server.key")
+        # one identity, many hosts: each dials the server on its own connection
+        clones = [await start_host(nursery, tmp_path / "same.key") for _ in range(5)]
+        peer = clones[0].peer_id
+        assert all(c.peer_id == peer for c in clones)
+        for clone in clones:
+            await clone.connect(server.listen_addrs[0])
+        with trio.fail_after(10):
+            while server.connection_count(peer) > 2:
+                await trio.sleep(0.05)
+        assert server.connection_count(peer) >= 1      # capped, not cut off
         nursery.cancel_scope.cancel()
 
 
