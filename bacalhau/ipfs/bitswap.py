@@ -32,7 +32,7 @@ from typing import Any
 
 import trio
 
-from bacalhau.errors import BacalhauError, NotFoundError, TransportError
+from bacalhau.errors import BacalhauError, NotFoundError, TransportError, first_leaf
 from bacalhau.ipfs.blockstore import Blockstore, codec_of, multihash_of
 from bacalhau.ipfs.dagpb import _fields, _varint, decode_links
 from bacalhau.ipfs.unixfs import _bytes_field, _uint_field, cid_str, make_cid
@@ -356,6 +356,8 @@ class Bitswap:
         try:
             async with state.answering:
                 await self._answer(peer, wants, public)
+        except Exception as exc:  # the per-request boundary: one want message fails alone, bitswap goes on
+            log.warning("answering a want message of %s failed: %r", peer, first_leaf(exc))
         finally:
             state.queued -= 1
             self._forget_if_idle(peer)
@@ -392,7 +394,10 @@ class Bitswap:
                         continue
                     self._pinned.add(mh)
                     if codec_of(cid) == 0x70:
-                        stack.extend(link.cid for link in decode_links(self._store.get(cid, verify=False)))
+                        try:
+                            stack.extend(link.cid for link in decode_links(self._store.get(cid, verify=False)))
+                        except (ValueError, IndexError, BacalhauError) as exc:  # gone, or not dag-pb after all
+                            log.info("pinned block %s not walked: %r", cid_str(cid), exc)
                 self._pinned_roots = roots
             return self._pinned
 
