@@ -11,7 +11,7 @@ then of nodes `discover` connects to, before the fetch gives up. Every block is 
 before it is stored, and links are read from the block as it arrives.
 
 Serving, as the keyless IPFS side is open to any peer that reaches it: a peer has at most PEER_STREAMS streams
-to us, each closed after `idle_timeout` without a message; at most PEER_QUEUE of its want messages wait (more
+to us, each reset after `idle_timeout` without a message (on a public host); at most PEER_QUEUE of its want messages wait (more
 are dropped) and PEER_ANSWERS are answered at once, of ANSWERS for all peers; a reply a peer does not read
 within `write_timeout` resets the stream and fails that peer's queued replies for as long. Peers on a public
 host (the keyless one) get only blocks of pinned DAGs (content added here, published job results); the
@@ -286,7 +286,9 @@ class Bitswap:
 
     async def _read_stream(self, public: bool, peer: str, stream: Any) -> None:
         while True:
-            stream.set_read_timeout(self._idle_timeout)    # a stream may idle between messages, not forever
+            # a stream may idle between messages; a public host's, not forever (a cluster peer's may: a reset
+            # racing its next message would lose that message)
+            stream.set_read_timeout(self._idle_timeout if public else None)
             head = b""
             while not head or head[-1] & 0x80:
                 try:
