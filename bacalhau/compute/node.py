@@ -324,8 +324,13 @@ class ComputeNode:
         self._idle.set()
 
     async def _notify_failure(self, ex: LocalExecution, reason: str) -> None:
-        await self._send("on_compute_failure", ex.requester_id,
-                         m.ComputeFailure(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, reason=reason))
+        try:
+            msg = m.ComputeFailure(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, reason=reason)
+        except ValueError:  # a row stored before ids were typed, with ids no requester made: nobody to tell
+            log.warning("execution %r failed (%s); its ids are not ones a requester made, so none is told",
+                        ex.id[:80], reason)
+            return
+        await self._send("on_compute_failure", ex.requester_id, msg)
 
     async def _send(self, name: str, requester_id: str, msg: object, delay: float = 0.0) -> None:
         if delay:

@@ -254,3 +254,29 @@ async def test_a_gossip_message_with_a_forged_origin_is_dropped(tmp_path: Path) 
             assert node.requester.nodes.get(victim) is None
         nursery.cancel_scope.cancel()
 
+
+
+async def test_a_repo_holding_executions_a_rogue_planted_before_ids_were_typed_still_opens(tmp_path: Path) -> None:
+    """compute.db rows written before ids were checked (an id that is a path, an upper-case UUID, a requester id
+    that is no peer id), left unfinished: the node starts, fails them without telling anyone, and works."""
+    from bacalhau.compute.store import ExecutionStore, LocalExecution
+
+    repo = tmp_path / "node"
+    repo.mkdir()
+    store = ExecutionStore(repo / "compute.db")
+    job = Job.model_validate(noop_job(CRON_LINE))
+    planted = [("../../planted", "12D3KooWRogueRogueRogue"), (new_id().upper(), "not-a-peer"),
+               (new_id(), "not-a-peer")]
+    for execution_id, requester in planted:
+        await store.create(LocalExecution(id=execution_id, job=job, requester_id=requester,
+                                          state=ExecutionState.NEW))
+    store.close()
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(node_config(repo, engines=("noop",))).run)
+        assert node.requester is not None and node.compute is not None
+        for execution_id, _ in planted:
+            assert (await node.compute._store.get(execution_id)).state == ExecutionState.FAILED
+        own = await node.requester.submit(JobSpec(engine="noop", noop=NoopSpec(stdout="fine")))
+        await wait_for_execution(node, own.id, {ExecutionState.COMPLETED})
+        nursery.cancel_scope.cancel()
+    assert not (tmp_path / "planted").exists()
