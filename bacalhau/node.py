@@ -273,7 +273,7 @@ class Node:
             if len(self._ignored_senders) >= MAX_IGNORED_SENDERS:
                 self._ignored_senders.clear()
             self._ignored_senders.add(sender)
-            log.warning("ignored NodeInfo gossip from %s: %s", sender, why)
+            log.warning("node %s ignored NodeInfo gossip from %s: %s", self.node_id, sender, why)
 
     async def _listen_node_info(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.host is None:

@@ -171,7 +171,8 @@ def some_peer_id() -> str:
     return ID(b"\x12\x20" + os.urandom(32)).to_base58()
 
 
-async def test_node_info_gossip_naming_another_node_is_ignored(tmp_path: Path) -> None:
+async def test_node_info_gossip_naming_another_node_is_ignored(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
     async with trio.open_nursery() as nursery:
         requester = await nursery.start(Node(node_config(tmp_path / "req", node_types=(NodeType.REQUESTER,),
                                                          serve_api=False)).run)
@@ -214,6 +215,10 @@ async def test_node_info_gossip_naming_another_node_is_ignored(tmp_path: Path) -
         assert honest is not None and honest.labels == {"who": "honest"} and rogue_addr not in honest.addrs
         assert table.get(nobody) is None and nobody not in requester.known_addrs
         assert requester.known_addrs[compute.node_id] == compute.addrs()
+        # said once for the sender, not once a message
+        said = f"node {requester.node_id} ignored NodeInfo gossip from {rogue.peer_id}"
+        warned = [r for r in caplog.records if r.getMessage().startswith(said)]
+        assert len(warned) == 1, [r.getMessage() for r in warned]
         nursery.cancel_scope.cancel()
 
 
