@@ -72,7 +72,7 @@ async def test_a_peer_that_asks_for_blocks_and_never_reads_holds_up_no_other_fet
     other = big_file(tmp_path, store, "other.bin", 3 * 1024 * 1024)
     async with trio.open_nursery() as nursery:
         server_host = await start_host(nursery, tmp_path / "server.key")
-        server = await nursery.start(bs.Bitswap([server_host], store, public=[server_host], write_timeout=3.0).run)
+        server = await nursery.start(bs.Bitswap([server_host], store, public=[server_host], write_timeout=5.0).run)
         slow = await start_host(nursery, tmp_path / "slow.key", (server_host.listen_addrs[0],))
         held: list[Any] = []
 
