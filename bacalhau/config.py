@@ -13,6 +13,7 @@ DEFAULT_API_PORT = 1234
 DEFAULT_SWARM_PORT = 1235
 DEFAULT_SWARM_HOST = "0.0.0.0"
 DEFAULT_IPFS_SWARM_PORT = 1236          # the embedded IPFS node's own libp2p host (no swarm key: Kubo can peer)
+DEFAULT_IPFS_SWARM_HOST = "127.0.0.1"   # keyless: open to other machines only when the operator says so
 DEFAULT_NODE_INFO_INTERVAL = 1.0        # how often compute nodes gossip their NodeInfo
 DEFAULT_NODE_INFO_TTL = 5.0             # a node not heard of for this long is dropped from the node table
 DEFAULT_BID_TIMEOUT = 10.0              # an asked node that does not bid within this is rejected
@@ -85,7 +86,7 @@ class NodeConfig:
     swarm_key: str | None = None              # hex or a key file; None: the repo's swarm.key (made once)
     api_token: str | None = None              # required of non-loopback API clients when set
     ipfs_swarm_port: int = DEFAULT_IPFS_SWARM_PORT
-    ipfs_swarm_host: str | None = None        # None: as swarm_host; 127.0.0.1 keeps the IPFS side to this machine
+    ipfs_swarm_host: str = DEFAULT_IPFS_SWARM_HOST   # 0.0.0.0 opens the keyless IPFS side to other machines
     ipfs_swarm_addrs: tuple[str, ...] = ()    # IPFS nodes (Kubo among them) the embedded node stays connected to
     ipfs_connect: str | None = None           # an external node's RPC API multiaddr, used instead of the embedded one
     retention: float = DEFAULT_RETENTION      # seconds; 0 keeps finished results and unpinned blocks for ever

@@ -4,6 +4,7 @@ libp2p host -> transport -> compute -> requester -> node-info gossip -> API."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from bacalhau.requester.store import JobStore
 from bacalhau.version import VERSION
 
 log = logging.getLogger(__name__)
+MAX_IGNORED_SENDERS = 1000
 
 
 @dataclass
@@ -67,6 +69,26 @@ def default_executors(node_id: str, engines: tuple[str, ...], limits: JobLimits 
     return executors
 
 
+def untrusted_node_info(info: NodeInfo, sender: str) -> str:
+    """Why a NodeInfo from `sender` cannot be taken ("" when it can): it names another node, an address of
+    another peer or one that does not parse, or a capacity no machine has."""
+    if info.node_id != sender:
+        return f"it names node {info.node_id[:60]!r}"
+    addrs = [*info.addrs, *([info.log_stream_addr] if info.log_stream_addr else [])]
+    if addrs:
+        from bacalhau.p2p.host import addr_of_peer
+
+        for addr in addrs:
+            if not addr_of_peer(addr, sender):
+                return f"address {addr[:100]!r} is not a multiaddr of {sender}"
+    for res in (info.capacity_total, info.capacity_free):
+        if not (math.isfinite(res.cpu) and res.cpu >= 0 and res.memory >= 0):
+            return f"capacity {res.cpu} CPU, {res.memory} bytes"
+    if info.running < 0 or info.queued < 0:
+        return "a negative count of executions"
+    return ""
+
+
 class Node:
     def __init__(self, config: NodeConfig, deps: NodeDeps | None = None) -> None:
         self.config = config
@@ -85,6 +107,7 @@ class Node:
         self.remote_ipfs: Any = None             # RemoteIpfs with --ipfs-connect
         self.retention: Any = None               # the compute side's garbage collector (compute/retention.py)
         self.known_addrs: dict[str, list[str]] = {}     # other nodes' multiaddrs, from their NodeInfo
+        self._ignored_senders: set[str] = set()         # gossip senders already warned about
 
     # -- identity -------------------------------------------------------------------------------------------
 
@@ -166,12 +189,16 @@ class Node:
                 # The embedded IPFS node has a libp2p host of its own, without the swarm key (Kubo cannot
                 # speak py-libp2p's PSK), for IPFS peers; bitswap serves and fetches over it and the cluster's.
                 self.ipfs_host = P2PHost(key_path=cfg.repo_dir / "ipfs" / "identity.key",
-                                         listen_host=cfg.ipfs_swarm_host or cfg.swarm_host,
+                                         listen_host=cfg.ipfs_swarm_host,
                                          listen_port=cfg.ipfs_swarm_port,
                                          peers=cfg.ipfs_swarm_addrs, pubsub=False)
                 await nursery.start(self.ipfs_host.run)
                 hosts.append(self.ipfs_host)
-            self.bitswap = await nursery.start(Bitswap(hosts, self.blockstore, self._connect_known).run)
+            # the keyless IPFS host serves pinned content only (added files, published results); the cluster's
+            # host serves every block held
+            public = [self.ipfs_host] if self.ipfs_host is not None else []
+            self.bitswap = await nursery.start(
+                Bitswap(hosts, self.blockstore, self._connect_known, public=public).run)
 
         if cfg.is_compute:
             executors = self.deps.executors or default_executors(
@@ -243,14 +270,20 @@ class Node:
             if self.host is not None:
                 await self.host.publish(NODE_INFO_TOPIC, info.model_dump_json().encode())
             elif self.deps.network is not None:
-                self.deps.network.publish(info.model_dump_json().encode())
+                self.deps.network.publish(self.node_id, info.model_dump_json().encode())
             await trio.sleep(self.config.node_info_interval)
 
-    def _receive_node_info(self, data: bytes) -> None:
+    def _receive_node_info(self, sender: str, data: bytes) -> None:
+        """A NodeInfo is taken only from the node it describes: `sender` is the gossip message's origin, whose
+        signature pubsub checked (a peer with the swarm key could otherwise speak for any node)."""
         try:
             info = NodeInfo.model_validate_json(data)
         except ValueError:
-            log.warning("ignored a malformed NodeInfo")
+            self._ignore_node_info(sender, "a malformed NodeInfo")
+            return
+        why = untrusted_node_info(info, sender)
+        if why:
+            self._ignore_node_info(sender, why)
             return
         if info.node_id != self.node_id and info.addrs:
             self.known_addrs[info.node_id] = info.addrs
@@ -258,6 +291,13 @@ class Node:
             if self.requester.nodes.update(info):
                 log.info("node %s joined", info.node_id)
                 self.requester.node_joined(info)
+
+    def _ignore_node_info(self, sender: str, why: str) -> None:
+        if sender not in self._ignored_senders:     # once a sender: it may repeat every second
+            if len(self._ignored_senders) >= MAX_IGNORED_SENDERS:
+                self._ignored_senders.clear()
+            self._ignored_senders.add(sender)
+            log.warning("node %s ignored NodeInfo gossip from %s: %s", self.node_id, sender, why)
 
     async def _listen_node_info(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.host is None:
@@ -267,8 +307,8 @@ class Node:
             return
         async with self.host.subscribe(NODE_INFO_TOPIC) as messages:
             task_status.started()
-            async for _peer, data in messages:
-                self._receive_node_info(data)
+            async for origin, data in messages:
+                self._receive_node_info(origin, data)
 
     async def _connect_known(self) -> list[str]:
         """Dial the cluster's nodes this one is not connected to; the peer ids that are now connected."""

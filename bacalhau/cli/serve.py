@@ -15,6 +15,7 @@ from bacalhau.cli.job_limits import job_limit_options, parse_job_limits
 from bacalhau.config import (
     DEFAULT_API_HOST,
     DEFAULT_API_PORT,
+    DEFAULT_IPFS_SWARM_HOST,
     DEFAULT_IPFS_SWARM_PORT,
     DEFAULT_RETENTION,
     DEFAULT_SWARM_PORT,
@@ -64,6 +65,9 @@ def join_instructions(node_id: str, addrs: list[str], swarm_host: str, api_host:
         # the last address is the one other machines dial when it listens on all interfaces
         lines += [f"The embedded IPFS node is {ipfs['ID']}; a Kubo node peers with it by:",
                   f"    ipfs swarm connect {ipfs['Addresses'][-1]}"]
+        if all(a.startswith(("/ip4/127.", "/ip6/::1/")) for a in ipfs["Addresses"]):
+            lines += ["(it listens on this machine only: --ipfs-swarm-host 0.0.0.0 opens it to IPFS peers"
+                      " elsewhere, which can then fetch this node's pinned content)"]
     return "\n".join(lines)
 
 
@@ -102,10 +106,9 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
               help="The private cluster's key, as printed by its first node (kept in the repo once given).")
 @click.option("--ipfs-swarm-port", default=DEFAULT_IPFS_SWARM_PORT, show_default=True, type=int,
               help="TCP port of the embedded IPFS node, which IPFS peers such as Kubo connect to (0: any).")
-@click.option("--ipfs-swarm-host", default=None, metavar="ADDR",
-              help="Address the embedded IPFS node listens on (default: all interfaces). Any IPFS peer that "
-                   "reaches it can fetch the blocks this node holds (job results included): 127.0.0.1 keeps it "
-                   "to this machine.")
+@click.option("--ipfs-swarm-host", default=DEFAULT_IPFS_SWARM_HOST, show_default=True, metavar="ADDR",
+              help="Address the embedded IPFS node listens on. It has no swarm key: 0.0.0.0 lets IPFS peers on "
+                   "other machines connect, and fetch the pinned content (added files, job results).")
 @click.option("--ipfs-swarm-addrs", default="", metavar="MULTIADDR[,...]",
               help="IPFS nodes (Kubo among them) the embedded IPFS node stays connected to, to fetch what they "
                    "hold and let them fetch what it holds.")
@@ -124,7 +127,7 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, swarm_port: int, labels: str,
           limit_total_cpu: str | None, limit_total_memory: str | None, repo: str | None, max_attempts: int | None,
-          swarm_key: str | None, ipfs_swarm_port: int, ipfs_swarm_host: str | None, ipfs_swarm_addrs: str,
+          swarm_key: str | None, ipfs_swarm_port: int, ipfs_swarm_host: str, ipfs_swarm_addrs: str,
           ipfs_connect: str | None, retention: float, max_result_size: str | None,
           wasm_memory_limit: str | None, verbose: bool, **job_limits: Any) -> None:
     """Run a bacalhau node: with no flags, a private cluster of one that is requester and compute.

@@ -27,6 +27,8 @@ from pathlib import Path
 import trio
 from pydantic import BaseModel, ConfigDict
 
+from bacalhau.bprotocol.ids import ExecutionId
+
 STDOUT, STDERR, END = 1, 2, 3
 HEADER = struct.Struct(">BQI")
 MAX_CHUNK = 256 * 1024
@@ -39,7 +41,7 @@ LOG_PROTOCOL = "/bacalhau/compute/logs/1.0.0"
 class LogRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    execution_id: str
+    execution_id: ExecutionId
     stdout_offset: int = 0
     stderr_offset: int = 0
     follow: bool = True

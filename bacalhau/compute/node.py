@@ -13,6 +13,7 @@ from pathlib import Path
 import trio
 
 from bacalhau.bprotocol import messages as m
+from bacalhau.bprotocol.ids import parse_execution_id
 from bacalhau.bprotocol.proxies import CallbackProxy
 from bacalhau.bprotocol.transport import Transport, typed_handler
 from bacalhau.compute import failures
@@ -22,7 +23,14 @@ from bacalhau.compute.logs import LOG_PROTOCOL, LogEnd, LogRequest, stream_logs
 from bacalhau.compute.results import read_result, remove_tree
 from bacalhau.compute.store import ExecutionStore, LocalExecution
 from bacalhau.config import DEFAULT_MAX_RESULT_SIZE, JobLimits
-from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, ProtocolError, TransportError
+from bacalhau.errors import (
+    BacalhauError,
+    ExecutorError,
+    NotFoundError,
+    ProtocolError,
+    StateError,
+    TransportError,
+)
 from bacalhau.executors.types import ExecutionDir, Executor
 from bacalhau.ipfs.blockstore import Blockstore
 from bacalhau.ipfs.publish import ResultTooLarge, publish_result, scan_result, skipped_note
@@ -85,11 +93,19 @@ class ComputeNode:
             if isinstance(req, m.AskForBidRequest):
                 if req.requester_id != peer_id:
                     raise ProtocolError(f"{peer_id} asks for a bid on behalf of {req.requester_id}")
-            elif (await self._store.get(req.execution_id)).requester_id != peer_id:
-                raise ProtocolError(f"{peer_id} is not the requester of execution {req.execution_id}")
+            else:
+                await self._owned_by(peer_id, req.execution_id)
             return await fn(peer_id, req)
 
         return checked
+
+    async def _owned_by(self, peer_id: str, execution_id: str) -> LocalExecution:
+        """The execution, if `peer_id` is the requester that created it; else ProtocolError (NotFoundError if
+        there is no such execution)."""
+        ex = await self._store.get(execution_id)
+        if ex.requester_id != peer_id:
+            raise ProtocolError(f"{peer_id} is not the requester of execution {execution_id}")
+        return ex
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
@@ -159,6 +175,12 @@ class ComputeNode:
     # -- handlers (requester -> compute) --------------------------------------------------------------------
 
     async def _ask_for_bid(self, peer_id: str, req: m.AskForBidRequest) -> m.Ack:
+        try:
+            await self._store.get(req.execution_id)
+        except NotFoundError:
+            pass
+        else:   # an id is created once, by one requester: asking again (anyone) takes nothing over
+            raise StateError(f"execution {req.execution_id} exists already on this node")
         ctx = BidContext(self.engines, self.capacity.total, self.labels, self._blockstore, self.limits)
         reason = "the node is shutting down" if not self._accepting else bid(req.job, ctx)
         state = S.NEW if reason is None else S.BID_REJECTED
@@ -220,6 +242,7 @@ class ComputeNode:
         from bacalhau.bprotocol.framing import decode
 
         req = decode(payload, m.GetResultRequest)
+        await self._owned_by(peer_id, req.execution_id)
         root = self.execution_dir(req.execution_id).root
         if not root.exists():
             raise NotFoundError(f"no result for execution {req.execution_id} on this node")
@@ -230,7 +253,7 @@ class ComputeNode:
         from bacalhau.bprotocol.framing import decode
 
         req = decode(payload, LogRequest)
-        await self._store.get(req.execution_id)  # NotFoundError before any frame for an unknown execution
+        await self._owned_by(peer_id, req.execution_id)  # before any frame: unknown, or not this peer's
 
         async def status() -> LogEnd | None:
             if req.execution_id in self._scopes:
@@ -250,7 +273,17 @@ class ComputeNode:
     # -- work -----------------------------------------------------------------------------------------------
 
     def execution_dir(self, execution_id: str) -> ExecutionDir:
-        return ExecutionDir(self._results_dir / execution_id)
+        """The execution's directory under the results directory: the id is a UUID (a peer sends it), and the
+        path is checked to stay there whatever it is."""
+        try:
+            name = parse_execution_id(execution_id)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+        base = self._results_dir.resolve()
+        root = (base / name).resolve()
+        if root.parent != base:
+            raise ProtocolError(f"execution {execution_id!r} is not a directory under {base}")
+        return ExecutionDir(root)
 
     async def _execute(self, ex: LocalExecution, scope: trio.CancelScope) -> None:
         """Run one execution. Whatever goes wrong escapes to the _spawn boundary, which fails it alone."""
@@ -346,8 +379,13 @@ class ComputeNode:
         self._idle.set()
 
     async def _notify_failure(self, ex: LocalExecution, reason: str) -> None:
-        await self._send("on_compute_failure", ex.requester_id,
-                         m.ComputeFailure(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, reason=reason))
+        try:
+            msg = m.ComputeFailure(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, reason=reason)
+        except ValueError:  # a row stored before ids were typed, with ids no requester made: nobody to tell
+            log.warning("execution %r failed (%s); its ids are not ones a requester made, so none is told",
+                        ex.id[:80], reason)
+            return
+        await self._send("on_compute_failure", ex.requester_id, msg)
 
     async def _send(self, name: str, requester_id: str, msg: object, delay: float = 0.0) -> None:
         if delay:
