@@ -425,7 +425,7 @@ async def test_many_idle_followers_of_one_execution_do_not_each_poll_through_the
         return None
 
     async def follow(i: int) -> None:
-        async for chunk in logs.stream_logs(tmp_path, logs.LogRequest(execution_id="e"), running):
+        async for chunk in logs.stream_logs(tmp_path, logs.LogRequest(execution_id="0b5c6a0e-0000-4000-8000-000000000001"), running):
             got[i] += chunk[logs.HEADER.size:]
 
     async with trio.open_nursery() as nursery:
