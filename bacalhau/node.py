@@ -8,7 +8,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -33,6 +33,9 @@ from bacalhau.requester.nodes import NodeTable
 from bacalhau.requester.service import Requester
 from bacalhau.requester.store import JobStore
 from bacalhau.version import VERSION
+
+if TYPE_CHECKING:
+    from bacalhau.ipfs.remote import RemoteIpfs
 
 log = logging.getLogger(__name__)
 MAX_IGNORED_SENDERS = 1000
@@ -104,7 +107,7 @@ class Node:
         self.blockstore: Blockstore
         self.bitswap: Any = None
         self.ipfs_host: Any = None
-        self.remote_ipfs: Any = None             # RemoteIpfs with --ipfs-connect
+        self.remote_ipfs: RemoteIpfs | None = None     # with --ipfs-connect
         self.retention: Any = None               # the compute side's garbage collector (compute/retention.py)
         self.known_addrs: dict[str, list[str]] = {}     # other nodes' multiaddrs, from their NodeInfo
         self._ignored_senders: set[str] = set()         # gossip senders already warned about
@@ -221,10 +224,10 @@ class Node:
                 retention=cfg.retention).run)
 
         if cfg.is_requester:
-            store = JobStore(cfg.repo_dir / "jobs.db")
-            self._stores.append(store)
+            job_store = JobStore(cfg.repo_dir / "jobs.db")
+            self._stores.append(job_store)
             self.requester = Requester(
-                node_id=self.node_id, transport=self.transport, store=store, nodes=NodeTable(cfg.node_info_ttl),
+                node_id=self.node_id, transport=self.transport, store=job_store, nodes=NodeTable(cfg.node_info_ttl),
                 call_timeout=cfg.call_timeout, bid_timeout=cfg.bid_timeout, max_attempts=cfg.max_attempts,
             )
             if self.compute is not None:

@@ -24,6 +24,7 @@ from bacalhau.ipfs.exporter import cat, export_tar
 from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
 
 if TYPE_CHECKING:
+    from bacalhau.api.server import Handler
     from bacalhau.node import Node
 
 MAX_ADD_BYTES = 10 * 1024**3
@@ -64,7 +65,7 @@ async def _unlink(path: Path) -> None:
         await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
 
 
-def routes(node: Node) -> list[tuple[str, object, list[str]]]:
+def routes(node: Node) -> list[tuple[str, Handler, list[str]]]:
     store = node.blockstore
 
     async def ipfs_id(request: Request) -> Response:

@@ -23,6 +23,7 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
@@ -156,8 +157,8 @@ def _compile(data: bytes) -> tuple[object, object]:
         raise ExecutorError(f"the WASM module does not compile: {str(exc).splitlines()[0]}") from None
 
 
-def _tail(path: object) -> str:
-    with open(path, "rb") as f:  # type: ignore[call-overload]
+def _tail(path: Path) -> str:
+    with open(path, "rb") as f:
         f.seek(0, 2)
         size = f.tell()
         f.seek(max(0, size - TAIL_BYTES))

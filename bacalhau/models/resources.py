@@ -37,7 +37,7 @@ def parse_cpu(value: object) -> float:
         try:
             value = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
         except ValueError:
-            raise ValueError(f"not a CPU amount: {value[:40]!r} (try 0.5, 2 or 500m)") from None
+            raise ValueError(f"not a CPU amount: {text[:40]!r} (try 0.5, 2 or 500m)") from None
     return _bounded(value, "cpu", MAX_CPU, f"{MAX_CPU:g} cores")
 
 

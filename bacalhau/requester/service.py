@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from typing import Any
 
 import trio
+from pydantic import BaseModel
 
 from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.proxies import ComputeProxy
-from bacalhau.bprotocol.transport import Transport, typed_handler
+from bacalhau.bprotocol.transport import AnyModelHandler, Transport, typed_handler
 from bacalhau.errors import BacalhauError, ProtocolError, StateError
 from bacalhau.models import Execution, ExecutionState, Job, JobSpec, JobState, NodeInfo
 from bacalhau.requester.nodes import NodeTable
@@ -34,23 +36,24 @@ class Requester:
         self.nodes = nodes
         self._compute = ComputeProxy(transport, call_timeout)
         self._bid_timeout = bid_timeout
-        self._retry_chain = retry_chain if retry_chain is not None else [MaxAttempts(max_attempts)]
+        self._retry_chain: list[RetryStrategy] = retry_chain if retry_chain is not None else [MaxAttempts(max_attempts)]
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self._changed: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self._started_at = 0.0
-        for proto, model, fn in [
+        callbacks: list[tuple[str, type[BaseModel], AnyModelHandler]] = [
             (m.ON_BID_COMPLETE, m.BidResult, self._on_bid_complete),
             (m.ON_RUN_COMPLETE, m.RunComplete, self._on_run_complete),
             (m.ON_PUBLISH_COMPLETE, m.PublishComplete, self._on_publish_complete),
             (m.ON_CANCEL_COMPLETE, m.CancelComplete, self._on_cancel_complete),
             (m.ON_COMPUTE_FAILURE, m.ComputeFailure, self._on_compute_failure),
-        ]:
-            transport.register(proto, typed_handler(model, self._from_its_node(fn)))  # type: ignore[arg-type]
+        ]
+        for proto, model, fn in callbacks:
+            transport.register(proto, typed_handler(model, self._from_its_node(fn)))
 
-    def _from_its_node(self, fn):  # type: ignore[no-untyped-def]
+    def _from_its_node(self, fn: AnyModelHandler) -> AnyModelHandler:
         """Callbacks are taken only from the node that holds the execution (any cluster member can call)."""
-        async def checked(peer_id: str, msg):  # type: ignore[no-untyped-def]
+        async def checked(peer_id: str, msg: Any) -> BaseModel:
             ex = await self.store.get_execution(msg.execution_id)
             if peer_id != msg.node_id or ex.node_id != peer_id or ex.job_id != msg.job_id:
                 raise ProtocolError(f"node {peer_id} does not hold execution {msg.execution_id}")
