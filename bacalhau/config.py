@@ -58,10 +58,13 @@ class JobLimits:
     max_timeout: float = DEFAULT_MAX_JOB_TIMEOUT
     max_output: int = DEFAULT_MAX_JOB_OUTPUT
     allow_host_network: bool = False
+    wasm_memory: int = DEFAULT_WASM_MEMORY_LIMIT   # a WASM job's linear memory when it asks for none
 
-    def size(self, asked: Resources) -> Resources:
-        """What a job counts for and is limited to: what it asked, the default job size where it asked nothing."""
-        return Resources(cpu=asked.cpu or self.default_cpu, memory=asked.memory or self.default_memory)
+    def size(self, asked: Resources, engine: str | None = None) -> Resources:
+        """What a job counts for and is limited to: what it asked, the default job size where it asked nothing
+        (for a WASM job's memory, the node's WASM memory cap, which is what its module may really take)."""
+        default_memory = self.wasm_memory if engine == "wasm" else self.default_memory
+        return Resources(cpu=asked.cpu or self.default_cpu, memory=asked.memory or default_memory)
 
 
 @dataclass

@@ -65,7 +65,8 @@ def default_executors(node_id: str, engines: tuple[str, ...], limits: JobLimits 
         except ImportError:
             pass
         else:
-            executors[Engine.WASM] = WasmExecutor(memory_limit=wasm_memory_limit)
+            executors[Engine.WASM] = WasmExecutor(memory_limit=wasm_memory_limit,
+                                                  max_output=(limits or JobLimits()).max_output)
     return executors
 
 
@@ -201,8 +202,12 @@ class Node:
                 Bitswap(hosts, self.blockstore, self._connect_known, public=public).run)
 
         if cfg.is_compute:
+            import dataclasses
+
+            # one JobLimits for bidder, capacity and executors: a WASM job is counted as what its module may take
+            limits = dataclasses.replace(cfg.job_limits, wasm_memory=cfg.wasm_memory_limit)
             executors = self.deps.executors or default_executors(
-                self.node_id, cfg.engines, cfg.job_limits, wasm_memory_limit=cfg.wasm_memory_limit)
+                self.node_id, cfg.engines, limits, wasm_memory_limit=cfg.wasm_memory_limit)
             store = ExecutionStore(cfg.repo_dir / "compute.db")
             self._stores.append(store)
             self.compute = ComputeNode(
@@ -210,7 +215,7 @@ class Node:
                 results_dir=cfg.repo_dir / "results", capacity=cfg.capacity or machine_capacity(),
                 labels=cfg.labels, call_timeout=cfg.call_timeout, version=VERSION,
                 blockstore=self.blockstore, fetch=self.fetch_cid, on_published=self.ipfs_published,
-                limits=cfg.job_limits, max_result_size=cfg.max_result_size,
+                limits=limits, max_result_size=cfg.max_result_size,
             )
             self.compute.log_stream_addr = next(iter(self.addrs()), "")
             await nursery.start(self.compute.run)

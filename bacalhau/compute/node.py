@@ -292,7 +292,7 @@ class ComputeNode:
         result = None
         try:
             with scope:
-                async with self.capacity.reserve(ex.job.spec.resources):
+                async with self.capacity.reserve(ex.job.spec.resources, ex.job.spec.engine):
                     await trio.to_thread.run_sync(exec_dir.create)
                     await self._store.update(ex.id, (S.BID_ACCEPTED,), S.RUNNING, "started")
                     mounts = await prepare_inputs(ex.job, exec_dir.inputs, self._storage)
