@@ -11,12 +11,14 @@ again only at TCP's next retransmission, 20-26 s after a 30 s partition (tests/h
 With TCP_USER_TIMEOUT the kernel aborts a connection whose sent data stays unacknowledged for UNACKED_ABORT
 seconds: the stuck writers fail, the connection closes, the peer is redialled as soon as it can be reached
 (P2PHost._keep_connected). A live peer acknowledges within a round trip, even one that reads slowly (yamux
-flow control keeps its socket drained), so only a silent one is cut.
+flow control keeps its socket drained), so only a silent one is cut. `BACALHAU_P2P_UNACKED_ABORT=0` leaves it
+out, for A/B benchmarks (benchmarks/partition_heal.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from importlib.metadata import version
 from typing import Any
@@ -35,11 +37,12 @@ def apply() -> bool:
     global _applied
     if _applied is None:
         installed = version("libp2p")
-        _applied = installed == PATCHED_VERSION and hasattr(socket, "TCP_USER_TIMEOUT")
-        if not _applied:
+        wanted = os.environ.get("BACALHAU_P2P_UNACKED_ABORT", "1") != "0"
+        _applied = wanted and installed == PATCHED_VERSION and hasattr(socket, "TCP_USER_TIMEOUT")
+        if wanted and not _applied:
             log.warning("py-libp2p %s (not %s) or this kernel: a silent peer's connection is not dropped "
                         "before TCP gives up on it", installed, PATCHED_VERSION)
-        else:
+        if _applied:
             from libp2p.io.trio import TrioTCPStream
 
             init = TrioTCPStream.__init__
