@@ -19,7 +19,8 @@ from bacalhau.config import DEFAULT_FETCH_TIMEOUT, NODE_INFO_TOPIC, NodeConfig, 
 from bacalhau.errors import BacalhauError, NotFoundError
 from bacalhau.executors.types import Executor
 from bacalhau.ipfs.blockstore import Blockstore
-from bacalhau.ipfs.unixfs import cid_str, cid_to_bytes
+from bacalhau.ipfs.result_ref import parse_result_ref
+from bacalhau.ipfs.unixfs import cid_str
 from bacalhau.models import Engine, NodeInfo, NodeType
 from bacalhau.requester.nodes import NodeTable
 from bacalhau.requester.service import Requester
@@ -286,11 +287,14 @@ class Node:
             await self.remote_ipfs.push(cid)
 
     async def result_tar(self, cid_text: str) -> Path:
-        """A published result (a UnixFS directory) as a temporary tar of its entries."""
+        """A published result (a UnixFS directory of stdout, stderr, exitCode and outputs only) as a temporary
+        tar of its entries. The reference came from a compute node: its root is checked before export."""
         from bacalhau.ipfs.exporter import export_tar
+        from bacalhau.ipfs.result_ref import check_result_root
 
-        cid = cid_to_bytes(cid_text)
+        cid = parse_result_ref(f"ipfs://{cid_text}")
         await self.fetch_cid(cid)
+        await trio.to_thread.run_sync(check_result_root, cid, self.blockstore)
         return await trio.to_thread.run_sync(export_tar, cid, self.blockstore)
 
     # -- results --------------------------------------------------------------------------------------------
