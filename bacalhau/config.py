@@ -23,6 +23,8 @@ DEFAULT_JOB_MEMORY = 100 * 1000**2
 DEFAULT_CAPACITY_FRACTION = 0.8         # share of the machine a compute node offers when not limited
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_FETCH_TIMEOUT = 300.0           # fetching a DAG (an input, a result, `ipfs get`) from other nodes
+DEFAULT_URL_TIMEOUT = 600.0             # one URL input's whole download
+DEFAULT_URL_MAX_BYTES = 10 * 1024**3    # one URL input
 NODE_INFO_TOPIC = "bacalhau/node-info/1.0.0"
 ENV_DIR = "BACALHAU_DIR"
 
@@ -65,6 +67,9 @@ class NodeConfig:
     ipfs_swarm_host: str | None = None        # None: as swarm_host; 127.0.0.1 keeps the IPFS side to this machine
     ipfs_swarm_addrs: tuple[str, ...] = ()    # IPFS nodes (Kubo among them) the embedded node stays connected to
     ipfs_connect: str | None = None           # an external node's RPC API multiaddr, used instead of the embedded one
+    allow_private_urls: bool = False          # URL inputs may reach loopback, private and link-local addresses
+    url_timeout: float = DEFAULT_URL_TIMEOUT
+    url_max_bytes: int = DEFAULT_URL_MAX_BYTES
 
     @property
     def is_requester(self) -> bool:

@@ -165,6 +165,7 @@ class Node:
                 results_dir=cfg.repo_dir / "results", capacity=cfg.capacity or machine_capacity(),
                 labels=cfg.labels, call_timeout=cfg.call_timeout, version=VERSION,
                 blockstore=self.blockstore, fetch=self.fetch_cid, on_published=self.ipfs_published,
+                providers=self._input_providers(),
             )
             self.compute.log_stream_addr = next(iter(self.addrs()), "")
             await nursery.start(self.compute.run)
@@ -199,6 +200,14 @@ class Node:
             self.api_port = await nursery.start(serve_api, app, cfg.api_host, cfg.api_port)
         if self.deps.on_ready is not None:
             await self.deps.on_ready(self)
+
+    def _input_providers(self) -> list[Any]:
+        from bacalhau.storage.inline import InlineStorage
+        from bacalhau.storage.url import UrlPolicy, UrlStorage
+
+        cfg = self.config
+        policy = UrlPolicy(allow_private=cfg.allow_private_urls, max_bytes=cfg.url_max_bytes, timeout=cfg.url_timeout)
+        return [InlineStorage(), UrlStorage(policy)]
 
     def _node_info(self) -> NodeInfo:
         assert self.compute is not None

@@ -98,11 +98,16 @@ def parse_ipfs_swarm_addrs(text: str) -> tuple[str, ...]:
 @click.option("--ipfs-connect", default=None, metavar="MULTIADDR",
               help="Use an existing IPFS node through its RPC API (e.g. /ip4/127.0.0.1/tcp/5001) instead of "
                    "the embedded one.")
+@click.option("--allow-private-urls", is_flag=True,
+              help="Let URL inputs reach loopback, private and link-local addresses (refused by default).")
+@click.option("--url-input-timeout", default=None, type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Deadline for downloading one URL input (default 600).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, swarm_port: int, labels: str,
           limit_total_cpu: str | None, limit_total_memory: str | None, repo: str | None, max_attempts: int | None,
           swarm_key: str | None, ipfs_swarm_port: int, ipfs_swarm_host: str | None, ipfs_swarm_addrs: str,
           ipfs_connect: str | None,
+          allow_private_urls: bool, url_input_timeout: float | None,
           verbose: bool) -> None:
     """Run a bacalhau node: with no flags, a private cluster of one that is requester and compute.
 
@@ -134,6 +139,9 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
     )
     if max_attempts:
         config.max_attempts = max_attempts
+    config.allow_private_urls = allow_private_urls
+    if url_input_timeout:
+        config.url_timeout = url_input_timeout
     if not api_host.startswith(("127.", "localhost", "::1")):
         import secrets
 

@@ -25,6 +25,7 @@ from bacalhau.ipfs.blockstore import Blockstore
 from bacalhau.models import Engine, ExecutionState, NodeInfo, NodeType, Resources
 from bacalhau.storage.inputs import DEFAULT_PROVIDERS, prepare_inputs
 from bacalhau.storage.ipfs import IpfsStorage
+from bacalhau.storage.types import StorageProvider
 
 log = logging.getLogger(__name__)
 S = ExecutionState
@@ -37,10 +38,11 @@ class ComputeNode:
         results_dir: Path, capacity: Resources, labels: dict[str, str], call_timeout: float, version: str = "",
         blockstore: Blockstore, fetch: Callable[[bytes], Awaitable[None]] | None = None,
         on_published: Callable[[bytes], Awaitable[None]] | None = None,
+        providers: list[StorageProvider] = DEFAULT_PROVIDERS,
     ) -> None:
         self._blockstore = blockstore
         self._on_published = on_published    # e.g. a push to the external IPFS node of --ipfs-connect
-        self._storage = [*DEFAULT_PROVIDERS, IpfsStorage(blockstore, fetch)]
+        self._storage = [*providers, IpfsStorage(blockstore, fetch)]
         self.node_id = node_id
         self._transport = transport
         self._executors = executors
