@@ -214,6 +214,7 @@ async def test_crafted_dags_from_kubo_fail_one_line_through_get_inputs_and_resul
     dag = Dag()
     attacks = crafted(dag, target)
     kept = dag.dir(("out", dag.symlink(str(target))), ("stdout", dag.file(b"hi\n")))
+    wide_dir, wide_file = diamond_dir(dag, 40), diamond_file(dag, 40, b"x" * 100)
     await trio.to_thread.run_sync(kubo_put, kubo, dag)
     async with trio.open_nursery() as nursery:
         node: Node = await nursery.start(Node(node_config(tmp_path / "node", ipfs_swarm_addrs=(kubo.addrs[0],))).run)
@@ -227,6 +228,14 @@ async def test_crafted_dags_from_kubo_fail_one_line_through_get_inputs_and_resul
         got = await run_cli(node, "ipfs", "get", cid_str(kept), "-o", str(tmp_path / "kept"))
         assert got.returncode == 0, got.stderr
         assert os.readlink(tmp_path / "kept" / "out") == str(target) and untouched(target)
+
+        # diamonds 40 deep through the API: fetched a block once each, refused by the caps in one line
+        with trio.fail_after(60):
+            got = await run_cli(node, "ipfs", "get", cid_str(wide_dir), "-o", str(tmp_path / "wide"))
+            assert got.returncode != 0 and "export limit" in got.stderr and "Traceback" not in got.stderr
+            got = await run_cli(node, "ipfs", "cat", cid_str(wide_file))
+            assert got.returncode != 0 and "export limit" in got.stderr and got.stdout == "", got.stderr
+        assert not (tmp_path / "wide").exists()
 
         # an ipfs:// input: the job fails with the reason; nothing lands outside
         cid = cid_str(attacks["link-then-dir"])
@@ -245,3 +254,31 @@ async def test_crafted_dags_from_kubo_fail_one_line_through_get_inputs_and_resul
         assert ok.returncode == 0 and ok.stdout == "alive\n", ok.stderr
         assert json.loads((await run_cli(node, "ipfs", "id")).stdout)["ID"]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_result_reference_that_is_not_ipfs_cid_fails_the_execution(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rogue compute node reporting a made-up reference: here our own compute node is made to publish one
+    (a rogue node of another build cannot be run here), and the requester refuses to record it."""
+    import bacalhau.ipfs.publish
+
+    monkeypatch.setattr(bacalhau.ipfs.publish, "publish_result", lambda root, store: "baaaaaaaa")
+    async with trio.open_nursery() as nursery:
+        node: Node = await nursery.start(Node(node_config(tmp_path / "node", max_attempts=1)).run)
+        res = await run_cli(node, "docker", "run", IMAGE, "--", "echo", "hi")
+        assert res.returncode != 0 and "result reference" in res.stderr, res.stderr
+        jobs = json.loads((await run_cli(node, "list", "-o", "json")).stdout)
+        job = json.loads((await run_cli(node, "describe", "-o", "json", jobs[0]["id"])).stdout)
+        assert job["state"] == "failed" and all(e["result_ref"] == "" for e in job["executions"])
+        nursery.cancel_scope.cancel()
+
+
+def test_result_references_parse_as_ipfs_cids_only() -> None:
+    from bacalhau.ipfs.result_ref import parse_result_ref
+
+    good = cid_str(make_cid(b"x", 0x70, 0))
+    assert parse_result_ref(f"ipfs://{good}") == make_cid(b"x", 0x70, 0)
+    for bad in ("", "ipfs://", f"ipfs://{good}/../x", f"file://{good}", "ipfs://baaaaaaaa", "ipfs://Qm0OIl",
+                f"ipfs://{good}\n", f"https://example.com/{good}", "x" * 1000):
+        with pytest.raises(ProtocolError):
+            parse_result_ref(bad)
