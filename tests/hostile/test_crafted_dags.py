@@ -282,3 +282,25 @@ def test_result_references_parse_as_ipfs_cids_only() -> None:
                 f"ipfs://{good}\n", f"https://example.com/{good}", "x" * 1000):
         with pytest.raises(ProtocolError):
             parse_result_ref(bad)
+
+
+async def test_a_diamond_from_the_external_ipfs_node_is_fetched_a_block_once(tmp_path: Path) -> None:
+    """--ipfs-connect: js-ipfs (the RPC API's stand-in for Kubo here) holds a diamond 40 deep; our node's
+    remote fetch asks each of its 41 blocks once (it asked a repeated child twice, then lost it: KeyError)."""
+    from bacalhau.testing.jsipfs import JsIpfs
+
+    dag = Dag()
+    root = diamond_dir(dag, 40)
+    with JsIpfs.start(tmp_path / "js-ipfs") as js:
+        for block in dag.blocks.values():
+            await trio.to_thread.run_sync(lambda b=block: js.rpc(
+                "block/put", files={"file": b}, format="dag-pb", mhtype="sha2-256", version=0))
+        async with trio.open_nursery() as nursery:
+            node: Node = await nursery.start(Node(node_config(tmp_path / "node", ipfs_connect=js.api_maddr)).run)
+            with trio.fail_after(60):
+                assert await node.remote_ipfs.fetch(root) == len(dag.blocks) == 41
+            got = await run_cli(node, "ipfs", "get", cid_str(root), "-o", str(tmp_path / "wide"))
+            assert got.returncode != 0 and "export limit" in got.stderr and "Traceback" not in got.stderr
+            ok = await run_cli(node, "docker", "run", IMAGE, "--", "echo", "alive")
+            assert ok.returncode == 0 and ok.stdout == "alive\n", ok.stderr
+            nursery.cancel_scope.cancel()
