@@ -2,15 +2,31 @@
 
 sqlite3 blocks, so every call runs through `trio.to_thread.run_sync` with a limiter of one; callers pass a
 function that gets the connection and runs inside one transaction.
+
+A database's layout is versioned by `PRAGMA user_version`: `schema` is the layout of version 0 (what every
+repo before versioning holds, written with CREATE ... IF NOT EXISTS) and `migrations[i]` takes version i to
+i + 1, in place, at open. A repo of a newer version than this code knows is refused with one clear line.
+
+Commits are durable (`synchronous=FULL`: the WAL is fsynced at every commit), so what a node acknowledged
+survives a power cut, not only a crash of the process. To keep that affordable, commits are grouped: calls
+that arrive while a transaction runs are run next, together, in one transaction (one fsync), each in a
+savepoint of its own, so one that raises is rolled back alone.
+
+A row that no longer parses (a NaN an older version let in, a state this version does not know, bytes that
+are not UTF-8) is set aside: `set_aside` copies it, raw, into the `quarantine` table with the reason, for the
+operator; the store then repairs the row in place (failed, with a reason a user can read) or removes it.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import sqlite3
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -18,22 +34,58 @@ from bacalhau.errors import StateError
 
 T = TypeVar("T")
 
+QUARANTINE = """
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, tbl TEXT NOT NULL, row_id TEXT NOT NULL,
+    raw TEXT NOT NULL, error TEXT NOT NULL
+);
+"""
+UNREADABLE_SPEC = '{"engine": "noop"}'     # stands in for a job spec that could not be read back
+MAX_REASON_CHARS = 300
+
 
 class Database:
-    def __init__(self, path: Path, schema: str) -> None:
+    def __init__(self, path: Path, schema: str, migrations: Sequence[str] = (), *, durable: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(schema)
-        self._limiter = trio.CapacityLimiter(1)
+        # bytes that are not UTF-8 in a TEXT column (a damaged file) would fail the whole query, not one row
+        self._conn.text_factory = _text
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._conn.executescript(schema)
+            self._migrate(migrations)
+        except BaseException as exc:
+            self._conn.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StateError(f"{path} cannot be opened ({exc}): it is damaged or not a bacalhau database; "
+                                 "move it away and the node starts with an empty one") from None
+            raise
+        self._turn = trio.Lock()            # the task holding it runs the queued calls as one transaction
+        self._queue: list[_Call[Any]] = []
         # Held for every transaction and by close(): a worker thread still in a transaction when its node
         # shuts down (a task outside the node's nursery may have started it) must not find the connection
         # closed under it, which crashed the interpreter (sqlite3 does not guard against that).
         self._lock = threading.Lock()
         self._closed = False
+
+    def _migrate(self, migrations: Sequence[str]) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(migrations):
+            raise StateError(f"{self.path} was written by a newer bacalhau (layout version {version}; this one "
+                             f"knows up to {len(migrations)}): upgrade bacalhau or use another --repo")
+        for number in range(version, len(migrations)):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, migrations[number].split(";")):
+                    self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version={number + 1}")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     def _in_tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
@@ -48,8 +100,49 @@ class Database:
             self._conn.execute("COMMIT")
             return out
 
+    def _in_group(self, calls: list[_Call[Any]]) -> None:
+        with self._lock:
+            if self._closed:
+                error = StateError(f"the database {self.path.name} is closed (the node is stopping)")
+                for call in calls:
+                    call.error = error
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for call in calls:
+                    self._conn.execute("SAVEPOINT call")
+                    try:
+                        call.value = call.fn(self._conn)
+                    except Exception as exc:
+                        self._conn.execute("ROLLBACK TO call")
+                        call.error = exc
+                    self._conn.execute("RELEASE call")
+                self._conn.execute("COMMIT")
+            except BaseException as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                for call in calls:
+                    call.error = exc if isinstance(exc, Exception) else StateError(f"{self.path.name}: {exc!r}")
+                    call.value = None
+
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await trio.to_thread.run_sync(self._in_tx, fn, limiter=self._limiter)
+        """Run `fn(connection)` in a transaction, in a worker thread, grouped with the calls queued meanwhile."""
+        call: _Call[T] = _Call(fn)
+        self._queue.append(call)
+        try:
+            async with self._turn:
+                if not call.taken:
+                    group, self._queue = self._queue, []
+                    for queued in group:
+                        queued.taken = True
+                    await trio.to_thread.run_sync(self._in_group, group)
+        except BaseException:
+            if not call.taken:
+                self._queue.remove(call)      # cancelled before it ran: it never runs
+            raise
+        if call.error is not None:
+            raise call.error
+        return call.value  # type: ignore[return-value]
 
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """For start-up and shutdown only, when no other task uses the database."""
@@ -59,3 +152,46 @@ class Database:
         with self._lock:
             self._closed = True
             self._conn.close()
+
+
+class _Call(Generic[T]):
+    __slots__ = ("fn", "taken", "value", "error")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], T]) -> None:
+        self.fn = fn
+        self.taken = False                   # picked up by a group (it runs, even if its caller goes)
+        self.value: T | None = None
+        self.error: BaseException | None = None
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def set_aside(conn: sqlite3.Connection, table: str, row: sqlite3.Row, error: str) -> None:
+    """Keep a copy of a row that does not parse in the `quarantine` table, with why."""
+    raw = json.dumps({k: row[k] for k in row.keys()}, default=repr)
+    row_id = str(row["id"]) if "id" in row.keys() else ""
+    conn.execute("INSERT INTO quarantine(at, tbl, row_id, raw, error) VALUES (?,?,?,?,?)",
+                 (time.time(), table, row_id, raw, error))
+
+
+def why(exc: BaseException) -> str:
+    """One short line for a parse error: pydantic's first error with where it was, or the message."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            first = errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            text = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+        except (IndexError, TypeError, AttributeError):
+            text = str(exc)
+    else:
+        text = str(exc)
+    text = " ".join(text.split())
+    return text[:MAX_REASON_CHARS]
+
+
+def real(value: Any, default: float) -> float:
+    """A timestamp column read back: a finite number, or `default`."""
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else default

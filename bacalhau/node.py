@@ -4,6 +4,7 @@ libp2p host -> transport -> compute -> requester -> node-info gossip -> API."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,14 @@ from bacalhau.bprotocol.proxies import ComputeProxy
 from bacalhau.bprotocol.transport import InMemoryNetwork, Transport
 from bacalhau.compute.node import ComputeNode
 from bacalhau.compute.store import ExecutionStore
-from bacalhau.config import DEFAULT_FETCH_TIMEOUT, NODE_INFO_TOPIC, NodeConfig, machine_capacity
+from bacalhau.config import (
+    DEFAULT_FETCH_TIMEOUT,
+    DEFAULT_WASM_MEMORY_LIMIT,
+    NODE_INFO_TOPIC,
+    JobLimits,
+    NodeConfig,
+    machine_capacity,
+)
 from bacalhau.errors import BacalhauError, NotFoundError
 from bacalhau.executors.types import Executor
 from bacalhau.ipfs.blockstore import Blockstore
@@ -28,6 +36,7 @@ from bacalhau.requester.store import JobStore
 from bacalhau.version import VERSION
 
 log = logging.getLogger(__name__)
+MAX_IGNORED_SENDERS = 1000
 
 
 @dataclass
@@ -40,7 +49,8 @@ class NodeDeps:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def default_executors(node_id: str, engines: tuple[str, ...]) -> dict[Engine, Executor]:
+def default_executors(node_id: str, engines: tuple[str, ...], limits: JobLimits | None = None, *,
+                      wasm_memory_limit: int = DEFAULT_WASM_MEMORY_LIMIT) -> dict[Engine, Executor]:
     executors: dict[Engine, Executor] = {}
     if "noop" in engines:
         from bacalhau.executors.noop import NoopExecutor
@@ -49,15 +59,36 @@ def default_executors(node_id: str, engines: tuple[str, ...]) -> dict[Engine, Ex
     if "docker" in engines:
         from bacalhau.executors.docker import DockerExecutor
 
-        executors[Engine.DOCKER] = DockerExecutor(node_id)
+        executors[Engine.DOCKER] = DockerExecutor(node_id, limits=limits)
     if "wasm" in engines:
         try:
             from bacalhau.executors.wasm import WasmExecutor
         except ImportError:
             pass
         else:
-            executors[Engine.WASM] = WasmExecutor()
+            executors[Engine.WASM] = WasmExecutor(memory_limit=wasm_memory_limit,
+                                                  max_output=(limits or JobLimits()).max_output)
     return executors
+
+
+def untrusted_node_info(info: NodeInfo, sender: str) -> str:
+    """Why a NodeInfo from `sender` cannot be taken ("" when it can): it names another node, an address of
+    another peer or one that does not parse, or a capacity no machine has."""
+    if info.node_id != sender:
+        return f"it names node {info.node_id[:60]!r}"
+    addrs = [*info.addrs, *([info.log_stream_addr] if info.log_stream_addr else [])]
+    if addrs:
+        from bacalhau.p2p.host import addr_of_peer
+
+        for addr in addrs:
+            if not addr_of_peer(addr, sender):
+                return f"address {addr[:100]!r} is not a multiaddr of {sender}"
+    for res in (info.capacity_total, info.capacity_free):
+        if not (math.isfinite(res.cpu) and res.cpu >= 0 and res.memory >= 0):
+            return f"capacity {res.cpu} CPU, {res.memory} bytes"
+    if info.running < 0 or info.queued < 0:
+        return "a negative count of executions"
+    return ""
 
 
 class Node:
@@ -76,7 +107,9 @@ class Node:
         self.bitswap: Any = None
         self.ipfs_host: Any = None
         self.remote_ipfs: Any = None             # RemoteIpfs with --ipfs-connect
+        self.retention: Any = None               # the compute side's garbage collector (compute/retention.py)
         self.known_addrs: dict[str, list[str]] = {}     # other nodes' multiaddrs, from their NodeInfo
+        self._ignored_senders: set[str] = set()         # gossip senders already warned about
 
     # -- identity -------------------------------------------------------------------------------------------
 
@@ -97,15 +130,24 @@ class Node:
 
         return {"ID": self.ipfs_host.peer_id, "Addresses": dialable(list(self.ipfs_host.listen_addrs))}
 
+    @property
+    def cluster_id(self) -> str:
+        """What clients sign requests for (signing.py): a hash of the swarm key (of the node id in memory)."""
+        from bacalhau.signing import cluster_id_of
+
+        return cluster_id_of(self.swarm_key or self.node_id)
+
     def identity(self) -> dict[str, Any]:
         return {"id": self.node_id, "addrs": self.addrs(), "node_types": [t.value for t in self.node_types()],
-                "version": VERSION, "api_port": self.api_port}
+                "version": VERSION, "api_port": self.api_port, "cluster_id": self.cluster_id}
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
-        cfg.repo_dir.mkdir(parents=True, exist_ok=True)
+        from bacalhau.secret_file import private_dir
+
+        private_dir(cfg.repo_dir)   # keys, tokens and job data: this user's only
         try:
             async with trio.open_nursery() as nursery:
                 await self._start(nursery)
@@ -149,15 +191,24 @@ class Node:
                 # The embedded IPFS node has a libp2p host of its own, without the swarm key (Kubo cannot
                 # speak py-libp2p's PSK), for IPFS peers; bitswap serves and fetches over it and the cluster's.
                 self.ipfs_host = P2PHost(key_path=cfg.repo_dir / "ipfs" / "identity.key",
-                                         listen_host=cfg.ipfs_swarm_host or cfg.swarm_host,
+                                         listen_host=cfg.ipfs_swarm_host,
                                          listen_port=cfg.ipfs_swarm_port,
                                          peers=cfg.ipfs_swarm_addrs, pubsub=False)
                 await nursery.start(self.ipfs_host.run)
                 hosts.append(self.ipfs_host)
-            self.bitswap = await nursery.start(Bitswap(hosts, self.blockstore, self._connect_known).run)
+            # the keyless IPFS host serves pinned content only (added files, published results); the cluster's
+            # host serves every block held
+            public = [self.ipfs_host] if self.ipfs_host is not None else []
+            self.bitswap = await nursery.start(
+                Bitswap(hosts, self.blockstore, self._connect_known, public=public).run)
 
         if cfg.is_compute:
-            executors = self.deps.executors or default_executors(self.node_id, cfg.engines)
+            import dataclasses
+
+            # one JobLimits for bidder, capacity and executors: a WASM job is counted as what its module may take
+            limits = dataclasses.replace(cfg.job_limits, wasm_memory=cfg.wasm_memory_limit)
+            executors = self.deps.executors or default_executors(
+                self.node_id, cfg.engines, limits, wasm_memory_limit=cfg.wasm_memory_limit)
             store = ExecutionStore(cfg.repo_dir / "compute.db")
             self._stores.append(store)
             self.compute = ComputeNode(
@@ -165,10 +216,16 @@ class Node:
                 results_dir=cfg.repo_dir / "results", capacity=cfg.capacity or machine_capacity(),
                 labels=cfg.labels, call_timeout=cfg.call_timeout, version=VERSION,
                 blockstore=self.blockstore, fetch=self.fetch_cid, on_published=self.ipfs_published,
+                limits=limits, max_result_size=cfg.max_result_size,
                 providers=self._input_providers(),
             )
             self.compute.log_stream_addr = next(iter(self.addrs()), "")
             await nursery.start(self.compute.run)
+            from bacalhau.compute.retention import Retention
+
+            self.retention = await nursery.start(Retention(
+                store=store, results_dir=cfg.repo_dir / "results", blockstore=self.blockstore,
+                retention=cfg.retention).run)
 
         if cfg.is_requester:
             store = JobStore(cfg.repo_dir / "jobs.db")
@@ -190,13 +247,19 @@ class Node:
             await nursery.start(self._publish_node_info)
 
         if cfg.is_requester and cfg.serve_api:
+            from bacalhau.api.replay import SeenSignatures
             from bacalhau.api.server import build_app, serve_api
 
-            app: Any = build_app(self)
+            seen = SeenSignatures(cfg.repo_dir / "api.db")
+            self._stores.append(seen)
+            app: Any = build_app(self, seen)
             if cfg.api_token:
                 from bacalhau.api.server import TokenGuard
 
                 app = TokenGuard(app, cfg.api_token)
+            from bacalhau.api.guard import RequestGuard
+
+            app = RequestGuard(app, cfg.api_host)   # outermost: Host, Origin and Content-Type before anything
             self.api_port = await nursery.start(serve_api, app, cfg.api_host, cfg.api_port)
         if self.deps.on_ready is not None:
             await self.deps.on_ready(self)
@@ -222,14 +285,20 @@ class Node:
             if self.host is not None:
                 await self.host.publish(NODE_INFO_TOPIC, info.model_dump_json().encode())
             elif self.deps.network is not None:
-                self.deps.network.publish(info.model_dump_json().encode())
+                self.deps.network.publish(self.node_id, info.model_dump_json().encode())
             await trio.sleep(self.config.node_info_interval)
 
-    def _receive_node_info(self, data: bytes) -> None:
+    def _receive_node_info(self, sender: str, data: bytes) -> None:
+        """A NodeInfo is taken only from the node it describes: `sender` is the gossip message's origin, whose
+        signature pubsub checked (a peer with the swarm key could otherwise speak for any node)."""
         try:
             info = NodeInfo.model_validate_json(data)
         except ValueError:
-            log.warning("ignored a malformed NodeInfo")
+            self._ignore_node_info(sender, "a malformed NodeInfo")
+            return
+        why = untrusted_node_info(info, sender)
+        if why:
+            self._ignore_node_info(sender, why)
             return
         if info.node_id != self.node_id and info.addrs:
             self.known_addrs[info.node_id] = info.addrs
@@ -237,6 +306,13 @@ class Node:
             if self.requester.nodes.update(info):
                 log.info("node %s joined", info.node_id)
                 self.requester.node_joined(info)
+
+    def _ignore_node_info(self, sender: str, why: str) -> None:
+        if sender not in self._ignored_senders:     # once a sender: it may repeat every second
+            if len(self._ignored_senders) >= MAX_IGNORED_SENDERS:
+                self._ignored_senders.clear()
+            self._ignored_senders.add(sender)
+            log.warning("node %s ignored NodeInfo gossip from %s: %s", self.node_id, sender, why)
 
     async def _listen_node_info(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.host is None:
@@ -246,8 +322,8 @@ class Node:
             return
         async with self.host.subscribe(NODE_INFO_TOPIC) as messages:
             task_status.started()
-            async for _peer, data in messages:
-                self._receive_node_info(data)
+            async for origin, data in messages:
+                self._receive_node_info(origin, data)
 
     async def _connect_known(self) -> list[str]:
         """Dial the cluster's nodes this one is not connected to; the peer ids that are now connected."""

@@ -15,12 +15,13 @@ from bacalhau.bprotocol.framing import MAX_MESSAGE_BYTES, decode, encode, error_
 from bacalhau.bprotocol.transport import InMemoryNetwork, typed_handler
 from bacalhau.config import NodeConfig
 from bacalhau.errors import NotFoundError, ProtocolError, RemoteError, TransportError
-from bacalhau.models import DockerSpec, Job, JobSpec, NodeType
+from bacalhau.models import DockerSpec, Job, JobSpec, NodeType, new_id
 from bacalhau.node import Node, NodeDeps
 
 
 def test_messages_round_trip_and_reject_unknown_fields() -> None:
-    req = m.AskForBidRequest(execution_id="e", requester_id="r", job=Job(spec=JobSpec(docker=DockerSpec(image="x"))))
+    req = m.AskForBidRequest(execution_id=new_id(), requester_id="mem-0123456789ab",
+                             job=Job(spec=JobSpec(docker=DockerSpec(image="x"))))
     assert decode(encode(req), m.AskForBidRequest) == req
     data = json.loads(encode(req))
     data["surprise"] = 1
@@ -39,8 +40,11 @@ def test_error_replies_carry_a_code_the_caller_turns_into_an_exception() -> None
         parse_reply(b"not json", m.Ack)
 
 
+BOOM = "00000000-0000-4000-8000-0000000b0000"   # the execution id the handler fails on
+
+
 async def _echo(peer: str, req: m.ExecutionRequest) -> m.Ack:
-    if req.execution_id == "boom":
+    if req.execution_id == BOOM:
         raise ValueError("handler bug")
     return m.Ack()
 
@@ -57,9 +61,9 @@ def test_random_frames_always_get_an_envelope(payload: bytes) -> None:
 async def test_a_handler_that_raises_answers_with_an_internal_error_and_keeps_serving() -> None:
     handler = typed_handler(m.ExecutionRequest, _echo)
     with pytest.raises(RemoteError) as info:
-        parse_reply(await handler("p", encode(m.ExecutionRequest(execution_id="boom"))), m.Ack)
+        parse_reply(await handler("p", encode(m.ExecutionRequest(execution_id=BOOM))), m.Ack)
     assert info.value.code == "internal" and "handler bug" in str(info.value)
-    assert parse_reply(await handler("p", encode(m.ExecutionRequest(execution_id="ok"))), m.Ack) == m.Ack()
+    assert parse_reply(await handler("p", encode(m.ExecutionRequest(execution_id=new_id()))), m.Ack) == m.Ack()
 
 
 async def test_compute_node_answers_bad_and_unknown_messages_with_errors(tmp_path: Path) -> None:
@@ -67,11 +71,11 @@ async def test_compute_node_answers_bad_and_unknown_messages_with_errors(tmp_pat
     cfg = NodeConfig(repo_dir=tmp_path, serve_api=False, node_types=(NodeType.COMPUTE,), engines=("noop",))
     async with trio.open_nursery() as nursery:
         node = await nursery.start(Node(cfg, NodeDeps(network=net)).run)
-        client = net.transport("client")
+        client = net.transport("mem-c11e47000000")
         reply = await client.call(node.node_id, m.BID_ACCEPTED, b'{"execution_id": 5}', timeout=5)
         with pytest.raises(RemoteError, match="bad_request"):
             parse_reply(reply, m.Ack)
-        reply = await client.call(node.node_id, m.BID_ACCEPTED, encode(m.ExecutionRequest(execution_id="nope")), timeout=5)
+        reply = await client.call(node.node_id, m.BID_ACCEPTED, encode(m.ExecutionRequest(execution_id=new_id())), timeout=5)
         with pytest.raises(RemoteError, match="not_found"):
             parse_reply(reply, m.Ack)
         with pytest.raises(TransportError, match="does not speak"):
@@ -79,7 +83,7 @@ async def test_compute_node_answers_bad_and_unknown_messages_with_errors(tmp_pat
         # and it still bids afterwards
         job = Job(spec=JobSpec(engine="noop"))
         reply = await client.call(node.node_id, m.ASK_FOR_BID,
-                                  encode(m.AskForBidRequest(execution_id="e1", requester_id="client", job=job)), timeout=5)
+                                  encode(m.AskForBidRequest(execution_id=new_id(), requester_id=client.self_id, job=job)), timeout=5)
         assert parse_reply(reply, m.Ack) == m.Ack()
         nursery.cancel_scope.cancel()
 
@@ -119,7 +123,7 @@ async def test_a_real_node_survives_random_truncated_and_oversize_frames_over_li
                 await stream.close()
             tried += 1
         # and it still does its job
-        ok = await client.request(node.node_id, m.EXECUTION_STATUS, encode(m.ExecutionRequest(execution_id="none")), timeout=5)
+        ok = await client.request(node.node_id, m.EXECUTION_STATUS, encode(m.ExecutionRequest(execution_id=new_id())), timeout=5)
         assert decode(ok, m.Envelope).error.code == m.ErrorCode.NOT_FOUND
         nursery.cancel_scope.cancel()
     assert tried == 150
@@ -136,8 +140,8 @@ async def test_callbacks_and_calls_are_taken_only_from_the_peer_that_owns_the_ex
         with trio.fail_after(5):
             while not (ex := (await node.requester.store.get_job(job.id)).executions):
                 await trio.sleep(0.02)
-        intruder = net.transport("intruder")
-        forged = m.RunComplete(execution_id=ex[0].id, job_id=job.id, node_id="intruder", result=RunResult(exit_code=0))
+        intruder = net.transport("mem-1e7d0de70000")
+        forged = m.RunComplete(execution_id=ex[0].id, job_id=job.id, node_id=intruder.self_id, result=RunResult(exit_code=0))
         with pytest.raises(RemoteError, match="does not hold execution"):
             parse_reply(await intruder.call(node.node_id, m.ON_RUN_COMPLETE, encode(forged), timeout=5), m.Ack)
         cancel = m.ExecutionReasonRequest(execution_id=ex[0].id, reason="mine now")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,50 @@ async def test_close_waits_for_a_running_transaction_and_later_calls_get_a_clear
         await db.run(lambda conn: conn.execute("SELECT 1"))
     with sqlite3.connect(tmp_path / "x.db") as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 1   # the transaction committed whole
+
+
+async def test_grouped_commits_fail_alone_and_a_call_cancelled_before_it_runs_never_runs(tmp_path: Path) -> None:
+    db = Database(tmp_path / "g.db", "CREATE TABLE IF NOT EXISTS t(x INTEGER);")
+    started, release = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(5)
+        conn.execute("INSERT INTO t VALUES (0)")
+
+    def insert(x: int) -> Callable[[sqlite3.Connection], int]:
+        def fn(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT INTO t VALUES (?)", (x,))
+            if x == 2:
+                raise ValueError("two is refused")
+            return x
+        return fn
+
+    results: dict[int, object] = {}
+
+    async def call(x: int) -> None:
+        try:
+            results[x] = await db.run(insert(x))
+        except ValueError as exc:
+            results[x] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(db.run, hold)
+        await trio.to_thread.run_sync(started.wait)
+        for x in (1, 2, 3):
+            nursery.start_soon(call, x)
+        nursery.start_soon(db.run, insert(4))
+        doomed = trio.CancelScope()
+
+        async def cancelled_call() -> None:
+            with doomed:
+                await db.run(insert(5))
+
+        nursery.start_soon(cancelled_call)
+        await trio.sleep(0.05)     # let the calls queue behind the one holding the connection
+        doomed.cancel()
+        release.set()
+    assert results[1] == 1 and results[3] == 3 and isinstance(results[2], ValueError)
+    rows = await db.run(lambda conn: sorted(r[0] for r in conn.execute("SELECT x FROM t")))
+    assert rows == [0, 1, 3, 4]     # 2 rolled back alone; 5 was cancelled while it waited, so never ran
+    db.close()

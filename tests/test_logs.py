@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -132,7 +133,7 @@ async def test_attaching_before_the_job_starts_waits_then_streams(
 
 
 async def test_a_job_retried_on_another_node_is_followed_there(
-    mem_cluster: tuple[Node, list[Node], InMemoryNetwork]
+    mem_cluster: tuple[Node, list[Node], InMemoryNetwork], caplog: pytest.LogCaptureFixture
 ) -> None:
     req, computes, net = mem_cluster
     job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="attempt\n", sleep=2)))
@@ -155,6 +156,9 @@ async def test_a_job_retried_on_another_node_is_followed_there(
     assert res.returncode == 0, res.stderr
     assert "retried on another node" in res.stderr
     assert res.stdout == "attempt\nattempt\n"   # first attempt's output, then the retry's, each whole
+    # the follower's handler ended cleanly (it once rebound its `gone` event to the failed execution)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not errors, errors
 
 
 async def test_when_every_node_dies_the_follower_gets_a_clear_end(

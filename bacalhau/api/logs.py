@@ -9,12 +9,17 @@ compute/logs.py). Text messages are JSON events:
     {"type": "retry", "execution_id", "reason"}        that execution failed; the job goes on elsewhere
     {"type": "end", "state", "exit_code", "reason"}    nothing more will come
 A client that lost its connection reconnects with the execution id and the offsets it has.
+
+Followers are capped in total and per client address (MAX_FOLLOWERS, MAX_FOLLOWERS_PER_CLIENT): one over is
+accepted and closed at once with code 1013 (try again later) and the reason. A follower that stops reading
+is dropped when a write to it stays blocked for SEND_TIMEOUT (api/server.py), not held without end.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -31,6 +36,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 S = ExecutionState
 CLIENT_CLOSE_GRACE = 5.0
+MAX_FOLLOWERS = 256              # log websockets open at once on this API
+MAX_FOLLOWERS_PER_CLIENT = 32    # ... from one client address
+TRY_AGAIN_LATER = 1013
+
+
+class Followers:
+    """The log websockets open now, in total and per client address."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.by_client: dict[str, int] = {}
+
+    def refusal(self, client: str) -> str | None:
+        if self.total >= MAX_FOLLOWERS:
+            return f"this node serves {MAX_FOLLOWERS} log followers already: try again later"
+        if self.by_client.get(client, 0) >= MAX_FOLLOWERS_PER_CLIENT:
+            return f"{MAX_FOLLOWERS_PER_CLIENT} log followers from {client} already: close some first"
+        return None
+
+    def add(self, client: str, n: int) -> None:
+        self.total += n
+        self.by_client[client] = self.by_client.get(client, 0) + n
+        if not self.by_client[client]:
+            del self.by_client[client]
 ACTIVE = (S.BID_ACCEPTED, S.RUNNING, S.PUBLISHING)
 RAN = ("running", "publishing", "completed")
 
@@ -53,10 +82,23 @@ def _exit_code(job: Job) -> int | None:
     return ran[0].result.exit_code if ran and ran[0].result else None
 
 
-async def job_logs(node: Node, websocket: WebSocket) -> None:
+async def job_logs(node: Node, websocket: WebSocket, followers: Followers) -> None:
+    client = websocket.client.host if websocket.client else ""
+    await websocket.accept()
+    refusal = followers.refusal(client)
+    if refusal is not None:
+        await websocket.close(TRY_AGAIN_LATER, refusal)
+        return
+    followers.add(client, 1)   # no await since the check: concurrent handshakes cannot all slip under the cap
+    try:
+        await _serve_follower(node, websocket)
+    finally:
+        followers.add(client, -1)
+
+
+async def _serve_follower(node: Node, websocket: WebSocket) -> None:
     requester = node.requester
     assert requester is not None
-    await websocket.accept()
     params = websocket.query_params
     follow = params.get("follow", "1") not in ("0", "false")
     try:
@@ -99,15 +141,22 @@ async def _follow(node: Node, websocket: WebSocket, job_id: str, execution_id: s
                 continue
             if ex.id != execution_id:
                 if execution_id:
-                    gone = next((e for e in job.executions if e.id == execution_id), None)
+                    failed = next((e for e in job.executions if e.id == execution_id), None)
                     await websocket.send_text(json.dumps({"type": "retry", "execution_id": execution_id,
-                                                          "reason": gone.reason if gone else "execution replaced"}))
+                                                          "reason": failed.reason if failed else "execution replaced"}))
                 execution_id, offsets = ex.id, {STDOUT: 0, STDERR: 0}
             if announced != ex.id:
                 await websocket.send_text(json.dumps({"type": "execution", "execution_id": ex.id,
                                                       "node_id": ex.node_id}))
                 announced = ex.id
             end = await _forward(node, websocket, ex, offsets, follow)
+            if end is None and ex.state == S.COMPLETED:
+                # its node alone holds the job's output: an end without it would pass for an empty log
+                reason = (f"cannot read the logs of execution {ex.id} from node {ex.node_id}, the only one that holds"
+                          " them (it may be unreachable now): try again later")
+                await websocket.send_text(json.dumps({"type": "end", "state": "error", "exit_code": None,
+                                                      "reason": reason}))
+                return await websocket.close()
             job = await requester.store.get_job(job_id, full=False)
             ran = end is not None and end.get("state") in RAN
             if ran and follow:
@@ -141,7 +190,9 @@ async def _forward(node: Node, websocket: WebSocket, ex: Execution, offsets: dic
     req = LogRequest(execution_id=ex.id, stdout_offset=offsets[1], stderr_offset=offsets[2], follow=follow)
     reader = FrameReader()
     try:
-        async with node.transport.stream(ex.node_id, LOG_PROTOCOL, encode(req)) as chunks:
+        async with AsyncExitStack() as stack:
+            with trio.fail_after(node.config.call_timeout):   # a node cut off never answers the opening
+                chunks = await stack.enter_async_context(node.transport.stream(ex.node_id, LOG_PROTOCOL, encode(req)))
             async for chunk in chunks:
                 for kind, offset, data in reader.feed(chunk):
                     if kind == END:
@@ -155,7 +206,7 @@ async def _forward(node: Node, websocket: WebSocket, ex: Execution, offsets: dic
                     offsets[kind] = offset + len(data)
     except NotFoundError:
         return None
-    except (BacalhauError, ValueError, trio.BrokenResourceError) as exc:
+    except (BacalhauError, ValueError, trio.BrokenResourceError, trio.TooSlowError) as exc:
         log.info("log stream of execution %s from %s broke: %s", ex.id, ex.node_id, exc)
         return None
     return None

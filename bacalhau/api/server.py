@@ -3,12 +3,17 @@
     GET  /api/v1/version | /api/v1/id | /api/v1/nodes
     POST /api/v1/jobs                      {"spec": JobSpec}            -> {"id": ...}
     GET  /api/v1/jobs?limit=N              newest first (limit=0: all)
-    GET  /api/v1/jobs/{id}                 a unique id prefix is accepted
+    GET  /api/v1/jobs/{id}                 a unique id prefix is accepted; env values shown as "***" unless
+                                           X-Bacalhau-Signed proves the job's owner asks
     GET  /api/v1/jobs/{id}/wait?timeout=S&since=T   returns when the job changes after T, ends, or S passes
     POST /api/v1/jobs/{id}/cancel
     GET  /api/v1/jobs/{id}/results/{item}  item: stdout | stderr | exitCode | tar
     WS   /api/v1/jobs/{id}/logs            live logs (see api/logs.py)
 Errors are {"error": message, "code": kind} with a 4xx/5xx status.
+
+Every request passes api/guard.py first (Host, Origin, JSON bodies), then TokenGuard beyond loopback. Submit,
+cancel and an owner's describe are signed (signing.py) for this cluster, and each signature is accepted once
+(api/replay.py). Bodies are capped while they stream in.
 """
 
 from __future__ import annotations
@@ -28,18 +33,26 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from bacalhau.api.guard import is_loopback
 from bacalhau.compute.results import stream_file
 from bacalhau.errors import AmbiguousIdError, BacalhauError, NotFoundError, StateError, UserError
-from bacalhau.models import ExecutionState, JobSpec
+from bacalhau.models import ExecutionState, Job, JobSpec
 from bacalhau.signing import verify
 from bacalhau.version import VERSION
 
 if TYPE_CHECKING:
+    from bacalhau.api.replay import SeenSignatures
     from bacalhau.node import Node
 
 log = logging.getLogger(__name__)
-MAX_BODY = 4 * 1024 * 1024
+MAX_BODY = 4 * 1024 * 1024     # a JSON body (a job spec with inline inputs), counted while it streams in
 MAX_WAIT = 60.0
+REDACTED = "***"               # env values as the API shows them: another client's secrets stay theirs
+SIGNED_HEADER = "x-bacalhau-signed"   # a describe signed by the job's owner shows env values in clear
+
+
+class BodyTooLarge(UserError):
+    pass
 
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
@@ -50,6 +63,8 @@ def _handle_errors(fn):  # type: ignore[no-untyped-def]
     async def wrapper(request: Request) -> Response:
         try:
             return await fn(request)
+        except BodyTooLarge as exc:
+            return _error(413, str(exc), "too_large")
         except NotFoundError as exc:
             return _error(404, str(exc), "not_found")
         except AmbiguousIdError as exc:
@@ -67,12 +82,54 @@ def _handle_errors(fn):  # type: ignore[no-untyped-def]
 def _spec_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first.get("loc", ())) or "spec"
+    # the location can hold the sender's own map keys: printable, one line, bounded
+    where = "".join(c if c.isprintable() else repr(c)[1:-1] for c in where)[:200]
     return f"invalid job spec at {where}: {first.get('msg')}"
 
 
-def build_app(node: Node) -> Starlette:
+async def read_body(request: Request, cap: int = MAX_BODY) -> bytes:
+    """The body, refused with BodyTooLarge as soon as it passes `cap` (a declared length over it is refused
+    before reading a byte): a 100 MB body costs this node at most `cap` of memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise BodyTooLarge(f"request body over {cap} bytes")
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise BodyTooLarge(f"request body over {cap} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def redacted(job: Job) -> dict[str, Any]:
+    """The job as the API shows it: env values of its docker or wasm spec replaced by REDACTED."""
+    data = job.model_dump(mode="json")
+    for engine in ("docker", "wasm"):
+        section = data["spec"].get(engine)
+        if isinstance(section, dict) and section.get("env"):
+            section["env"] = dict.fromkeys(section["env"], REDACTED)
+    return data
+
+
+def _redacted_env_given(spec: JobSpec) -> str | None:
+    for section in (spec.docker, spec.wasm):
+        for name, value in (section.env if section is not None else {}).items():
+            if value == REDACTED:
+                return name
+    return None
+
+
+def build_app(node: Node, seen: SeenSignatures) -> Starlette:
     requester = node.requester
     assert requester is not None
+    cluster_id = node.cluster_id
+
+    async def signed_by(body: dict[str, Any], action: Any) -> str:
+        """The client that signed `action` for this cluster, once: a replayed signature is refused."""
+        signed = verify(body, action, cluster_id)
+        await seen.accept(signed.signature, signed.signed_at)
+        return signed.client_id
 
     @_handle_errors
     async def version(request: Request) -> Response:
@@ -88,9 +145,7 @@ def build_app(node: Node) -> Starlette:
 
     @_handle_errors
     async def submit(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return _error(413, f"request body over {MAX_BODY} bytes", "too_large")
+        body = await read_body(request)
         try:
             data = json.loads(body)
         except ValueError:
@@ -101,7 +156,10 @@ def build_app(node: Node) -> Starlette:
             spec = JobSpec.model_validate(data["spec"])
         except ValidationError as exc:
             return _error(400, _spec_error(exc), "invalid_spec")
-        client_id = verify(data, {"submit": data["spec"]})
+        if (name := _redacted_env_given(spec)) is not None:
+            return _error(400, f"env {name} is {REDACTED!r}, as `describe` shows env values: give its real value",
+                          "invalid_spec")
+        client_id = await signed_by(data, {"submit": data["spec"]})
         job = await requester.submit(spec, client_id=client_id)
         return JSONResponse({"id": job.id}, status_code=201)
 
@@ -117,7 +175,18 @@ def build_app(node: Node) -> Starlette:
     @_handle_errors
     async def describe(request: Request) -> Response:
         job = await requester.store.get_job(await _job_id(request))
-        return JSONResponse(job.model_dump(mode="json"))
+        proof = request.headers.get(SIGNED_HEADER)
+        if proof is not None:
+            # the owner, proven by a signature of {"describe": the id as asked}, sees its env values
+            try:
+                body = json.loads(proof)
+            except ValueError:
+                return _error(400, f"the {SIGNED_HEADER} header is not JSON", "bad_request")
+            client_id = await signed_by(body if isinstance(body, dict) else {},
+                                        {"describe": request.path_params["job_id"]})
+            if job.client_id and client_id == job.client_id:
+                return JSONResponse(job.model_dump(mode="json"))
+        return JSONResponse(redacted(job))
 
     @_handle_errors
     async def wait(request: Request) -> Response:
@@ -130,22 +199,22 @@ def build_app(node: Node) -> Starlette:
             latest = max([job.updated_at, *(e.updated_at for e in job.executions)])
             remaining = deadline - time.monotonic()
             if job.state.terminal or latest > since or remaining <= 0:
-                return JSONResponse(job.model_dump(mode="json"))
+                return JSONResponse(redacted(job))
             await requester.wait_for_change(job_id, remaining)
 
     @_handle_errors
     async def cancel(request: Request) -> Response:
         job_id = await _job_id(request)
         try:
-            body = json.loads(await request.body() or b"{}")
+            body = json.loads(await read_body(request) or b"{}")
         except ValueError:
             return _error(400, "request body is not JSON", "bad_request")
-        client_id = verify(body if isinstance(body, dict) else {}, {"cancel": job_id})
+        client_id = await signed_by(body if isinstance(body, dict) else {}, {"cancel": job_id})
         owner = (await requester.store.get_job(job_id, full=False)).client_id
         if owner and owner != client_id:
             return _error(403, "only the client that submitted a job can cancel it", "forbidden")
         job = await requester.cancel(job_id)
-        return JSONResponse(job.model_dump(mode="json"))
+        return JSONResponse(redacted(job))
 
     @_handle_errors
     async def results(request: Request) -> Response:
@@ -176,10 +245,12 @@ def build_app(node: Node) -> Starlette:
         first = await _first_chunk(stream)
         return StreamingResponse(_chain(first, stream), media_type="application/octet-stream", headers=headers)
 
-    async def logs(websocket: WebSocket) -> None:
-        from bacalhau.api.logs import job_logs
+    from bacalhau.api.logs import Followers, job_logs
 
-        await job_logs(node, websocket)
+    followers = Followers()
+
+    async def logs(websocket: WebSocket) -> None:
+        await job_logs(node, websocket, followers)
 
     routes = [
         Route("/api/v1/version", version),
@@ -215,9 +286,6 @@ async def _chain(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterat
         yield chunk
 
 
-LOOPBACK = ("127.", "::1", "localhost")
-
-
 class TokenGuard:
     """ASGI middleware: requests that do not come from loopback must carry the API token
     (`Authorization: Bearer TOKEN`, or `?token=` on the log websocket)."""
@@ -229,7 +297,7 @@ class TokenGuard:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket"):
             client = (scope.get("client") or ("",))[0] or ""
-            if not client.startswith(LOOPBACK):
+            if not is_loopback(client):
                 headers = dict(scope.get("headers") or [])
                 given = headers.get(b"authorization", b"").decode().removeprefix("Bearer ").strip()
                 if not given and scope["type"] == "websocket":
@@ -246,15 +314,48 @@ class TokenGuard:
         await self.app(scope, receive, send)
 
 
-def _guard_hypercorn_close() -> None:
-    """hypercorn's trio TCPServer sends EOF on close without its send lock, so a client closing a websocket
-    while the app streams to it raises BusyResourceError in the listener and ends the whole server. Take the
-    lock there too (unless this task already holds it: a failed send closes from inside the lock)."""
+SEND_TIMEOUT = 30.0        # a write to a client that stays blocked this long (it stopped reading) drops it
+HYPERCORN_VERSION = "0.18.0"   # the version whose TCPServer _guard_hypercorn patches
+
+
+def _guard_hypercorn() -> None:
+    """Two fixes to hypercorn's trio TCPServer, for the version they were written against only.
+
+    It sends EOF on close without its send lock, so a client closing a websocket while the app streams to it
+    raises BusyResourceError in the listener and ends the whole server. Take the lock there too (unless this
+    task already holds it: a failed send closes from inside the lock).
+
+    It writes to the socket in a shielded scope without a deadline, so a client that stops reading (a log
+    follower, a download) holds its handler, and what feeds it, for ever. Give each write SEND_TIMEOUT, then
+    abort the connection: the app sees the client gone."""
+    from importlib.metadata import version
+
+    from hypercorn.events import Closed, RawData
     from hypercorn.trio.tcp_server import TCPServer
 
     if getattr(TCPServer, "_bacalhau_guarded", False):
         return
+    if version("hypercorn") != HYPERCORN_VERSION:
+        log.warning("hypercorn %s is not %s: its close and write-deadline fixes are not applied",
+                    version("hypercorn"), HYPERCORN_VERSION)
+        return
     original = TCPServer._close
+    original_send = TCPServer.protocol_send
+
+    async def protocol_send(self: Any, event: Any) -> None:
+        if not isinstance(event, RawData):
+            await original_send(self, event)
+            return
+        async with self.send_lock:
+            try:
+                with trio.CancelScope(shield=True), trio.fail_after(SEND_TIMEOUT):
+                    await self.stream.send_all(event.data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
+            except trio.TooSlowError:
+                log.info("dropped API client %s: a write stayed blocked for %gs", self.protocol.client, SEND_TIMEOUT)
+                await self.stream.aclose()
+                await self.protocol.handle(Closed())
 
     async def _close(self: Any) -> None:
         if self.send_lock.statistics().owner is trio.lowlevel.current_task():
@@ -264,6 +365,7 @@ def _guard_hypercorn_close() -> None:
             await original(self)
 
     TCPServer._close = _close  # type: ignore[method-assign]
+    TCPServer.protocol_send = protocol_send  # type: ignore[method-assign]
     TCPServer._bacalhau_guarded = True  # type: ignore[attr-defined]
 
 
@@ -272,7 +374,7 @@ async def serve_api(app: Any, host: str, port: int, *, task_status: trio.TaskSta
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
-    _guard_hypercorn_close()
+    _guard_hypercorn()
 
     config = Config()
     config.bind = [f"{host}:{port}"]

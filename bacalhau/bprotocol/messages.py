@@ -7,6 +7,7 @@ Compute -> requester:  on_bid_complete, on_run_complete, on_publish_complete, on
 Streams (compute):     get_result (a file or tar of an execution's result, as raw bytes after one frame)
 
 Every reply is an Envelope: either `result` or an `error` with a code, so the caller raises the right type.
+Every id in a message is typed (bprotocol/ids.py): a malformed one is refused as a bad request at decoding.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
+from bacalhau.bprotocol.ids import ExecutionId, JobId, NodeId, ResultItem, ResultRef, parse_execution_id
 from bacalhau.models import ExecutionState, Job, RunResult
 
 COMPUTE = "/bacalhau/compute"
@@ -42,64 +44,70 @@ class _Msg(BaseModel):
 
 
 class AskForBidRequest(_Msg):
-    execution_id: str
-    requester_id: str
+    execution_id: ExecutionId
+    requester_id: NodeId
     job: Job
+
+    @field_validator("job")
+    @classmethod
+    def _job_id(cls, job: Job) -> Job:
+        parse_execution_id(job.id)   # the same canonical UUID form (the job id labels containers)
+        return job
 
 
 class ExecutionRequest(_Msg):
     """bid_accepted, result_accepted: just which execution."""
 
-    execution_id: str
+    execution_id: ExecutionId
 
 
 class ExecutionReasonRequest(_Msg):
     """bid_rejected, result_rejected, cancel."""
 
-    execution_id: str
+    execution_id: ExecutionId
     reason: str = ""
 
 
 class BidResult(_Msg):
-    execution_id: str
-    job_id: str
-    node_id: str
+    execution_id: ExecutionId
+    job_id: JobId
+    node_id: NodeId
     accepted: bool
     reason: str = ""
     log_stream_addr: str = ""   # where this node serves the execution's logs (multiaddr; protocol in compute/logs)
 
 
 class RunComplete(_Msg):
-    execution_id: str
-    job_id: str
-    node_id: str
+    execution_id: ExecutionId
+    job_id: JobId
+    node_id: NodeId
     result: RunResult
 
 
 class PublishComplete(_Msg):
-    execution_id: str
-    job_id: str
-    node_id: str
-    result_ref: str
+    execution_id: ExecutionId
+    job_id: JobId
+    node_id: NodeId
+    result_ref: ResultRef
 
 
 class CancelComplete(_Msg):
-    execution_id: str
-    job_id: str
-    node_id: str
+    execution_id: ExecutionId
+    job_id: JobId
+    node_id: NodeId
 
 
 class ComputeFailure(_Msg):
-    execution_id: str
-    job_id: str
-    node_id: str
+    execution_id: ExecutionId
+    job_id: JobId
+    node_id: NodeId
     reason: str
 
 
 class ExecutionStatus(_Msg):
     """What a compute node knows of an execution: how a restarted requester catches up."""
 
-    execution_id: str
+    execution_id: ExecutionId
     state: ExecutionState
     reason: str = ""
     result: RunResult | None = None
@@ -107,8 +115,8 @@ class ExecutionStatus(_Msg):
 
 
 class GetResultRequest(_Msg):
-    execution_id: str
-    item: str                   # "stdout", "stderr" or "tar" (the whole result directory)
+    execution_id: ExecutionId
+    item: ResultItem
 
 
 class Ack(_Msg):

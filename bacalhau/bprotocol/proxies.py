@@ -12,8 +12,9 @@ from pydantic import BaseModel
 
 from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.framing import encode, parse_reply
+from bacalhau.bprotocol.ids import ResultItem
 from bacalhau.bprotocol.transport import Transport
-from bacalhau.errors import TransportError
+from bacalhau.errors import ProtocolError, TransportError
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -57,7 +58,10 @@ class ComputeProxy(_Proxy):
                                 m.ExecutionStatus)
 
     def get_result(self, peer_id: str, execution_id: str, item: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        return self._transport.stream(peer_id, m.GET_RESULT, encode(m.GetResultRequest(execution_id=execution_id, item=item)))
+        if item not in set(ResultItem):
+            raise ProtocolError(f"unknown result item {item!r} (one of {', '.join(ResultItem)})")
+        request = m.GetResultRequest(execution_id=execution_id, item=ResultItem(item))
+        return self._transport.stream(peer_id, m.GET_RESULT, encode(request))
 
 
 class CallbackProxy(_Proxy):

@@ -102,7 +102,7 @@ class InMemoryNetwork:
     def __init__(self) -> None:
         self.nodes: dict[str, InMemoryTransport] = {}
         self.down: set[str] = set()
-        self.subscribers: list[Callable[[bytes], None]] = []   # the gossip topic, in memory
+        self.subscribers: list[Callable[[str, bytes], None]] = []   # the gossip topic: (sender, data)
         self._went_down: dict[str, trio.Event] = {}
 
     def take_down(self, node_id: str) -> None:
@@ -113,9 +113,9 @@ class InMemoryNetwork:
     def went_down(self, node_id: str) -> trio.Event:
         return self._went_down.setdefault(node_id, trio.Event())
 
-    def publish(self, data: bytes) -> None:
+    def publish(self, sender: str, data: bytes) -> None:
         for deliver in self.subscribers:
-            deliver(data)
+            deliver(sender, data)
 
     def transport(self, node_id: str) -> InMemoryTransport:
         t = InMemoryTransport(node_id, self)

@@ -16,6 +16,7 @@ from bacalhau.errors import ApiError, DaemonNotRunning, NotFoundError, UserError
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1234
 READ_CHUNK = 256 * 1024
+MAX_JSON_BODY = 4 * 1024 * 1024     # api/server.py MAX_BODY (not imported: a client command starts fast)
 
 
 def _state_dir() -> Path:
@@ -49,17 +50,26 @@ class ApiClient:
         self.port = port
         self.timeout = timeout
         self.token = token if token is not None else os.environ.get("BACALHAU_API_TOKEN", "")
+        self._cluster_id: str | None = None
 
-    def _open(self, method: str, path: str, body: Any = None, raw: Any = None) -> http.client.HTTPResponse:
+    def _open(self, method: str, path: str, body: Any = None, raw: Any = None,
+              extra_headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         headers = {"Content-Type": "application/json"} if body is not None else {}
         if raw is not None:
             headers = {"Content-Type": "application/octet-stream"}
+        headers |= extra_headers or {}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        data = raw if raw is not None else json.dumps(body).encode() if body is not None else None
+        if isinstance(data, bytes) and len(data) > MAX_JSON_BODY:
+            raise UserError(f"the request is {len(data)} bytes, over the API's {MAX_JSON_BODY}: make inline inputs "
+                            "smaller (add big ones with `bacalhau ipfs add`)")
         try:
-            conn.request(method, path, body=raw if raw is not None else json.dumps(body) if body is not None else None,
-                         headers=headers)
+            try:
+                conn.request(method, path, body=data, headers=headers)
+            except (BrokenPipeError, ConnectionResetError):
+                pass   # the server answered before reading all the body (a 413, 415, 403): read its answer
             resp = conn.getresponse()
         except (ConnectionRefusedError, socket.gaierror, OSError) as exc:
             if isinstance(exc, TimeoutError):
@@ -79,15 +89,16 @@ class ApiClient:
                 raise NotFoundError(message)
             if resp.status == 401:
                 raise UserError(f"{message}: set BACALHAU_API_TOKEN to the token `bacalhau serve` printed")
-            if resp.status in (400, 403, 409, 413):
+            if resp.status in (400, 403, 409, 413, 415):
                 raise UserError(message)
             raise ApiError(message, resp.status)
         return resp
 
-    def request(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                **query: Any) -> Any:
         if query:
             path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
-        with self._open(method, path, body) as resp:
+        with self._open(method, path, body, extra_headers=headers) as resp:
             return json.loads(resp.read())
 
     def stream(self, path: str) -> Iterator[bytes]:
@@ -123,17 +134,25 @@ class ApiClient:
 
         return load_or_create_client_key(_state_dir() / "client.key")
 
-    def submit(self, spec: dict[str, Any]) -> str:
+    def _sign(self, action: Any) -> dict[str, Any]:
+        """`action` signed for the cluster this API serves (asked once per client)."""
         from bacalhau.signing import sign
 
-        body = {"spec": spec, **sign(self._key(), {"submit": spec})}
+        if self._cluster_id is None:
+            self._cluster_id = str(self.node_id().get("cluster_id", ""))
+        return sign(self._key(), action, self._cluster_id)
+
+    def submit(self, spec: dict[str, Any]) -> str:
+        body = {"spec": spec, **self._sign({"submit": spec})}
         return self.request("POST", "/api/v1/jobs", body)["id"]  # type: ignore[no-any-return]
 
     def list_jobs(self, limit: int) -> list[dict[str, Any]]:
         return self.request("GET", "/api/v1/jobs", limit=limit)  # type: ignore[no-any-return]
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/api/v1/jobs/{quote(job_id)}")  # type: ignore[no-any-return]
+    def job(self, job_id: str, *, as_owner: bool = False) -> dict[str, Any]:
+        """The job; env values in clear only `as_owner` (signed: the API shows them to the submitter alone)."""
+        headers = {"X-Bacalhau-Signed": json.dumps(self._sign({"describe": job_id}))} if as_owner else None
+        return self.request("GET", f"/api/v1/jobs/{quote(job_id)}", headers=headers)  # type: ignore[no-any-return]
 
     def wait(self, job_id: str, since: float, timeout: float = 30.0) -> dict[str, Any]:
         return self.request(  # type: ignore[no-any-return]
@@ -141,10 +160,8 @@ class ApiClient:
         )
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        from bacalhau.signing import sign
-
         full_id = self.job(job_id)["id"]  # the signature covers the full id, whatever prefix was typed
-        body = sign(self._key(), {"cancel": full_id})
+        body = self._sign({"cancel": full_id})
         return self.request("POST", f"/api/v1/jobs/{quote(full_id)}/cancel", body)  # type: ignore[no-any-return]
 
     def upload(self, path: str, file: Any) -> Any:

@@ -15,8 +15,10 @@ from bacalhau.cli.output import emit, output_option, short, table
 @output_option(default="yaml")
 @click.pass_context
 def describe(ctx: click.Context, job_id: str, output: str) -> None:
-    """Show a job (a unique prefix of its ID is enough). The YAML can be fed back to `create`."""
-    job = client_from(ctx).job(job_id)
+    """Show a job (a unique prefix of its ID is enough). The YAML can be fed back to `create`.
+
+    Env values show as *** unless this client submitted the job."""
+    job = client_from(ctx).job(job_id, as_owner=True)   # env values in clear for the job's submitter only
     if output != "table":
         emit(job, output)
         return

@@ -16,11 +16,12 @@ import click
 
 from bacalhau.cli.main import client_from
 from bacalhau.cli.output import short, status
-from bacalhau.errors import ApiError, DaemonNotRunning
+from bacalhau.errors import ApiError, DaemonNotRunning, UserError
 
 HEADER = struct.Struct(">BQI")   # kind, offset, length: the same frames as compute/logs.py
 RECONNECT_DELAY = 0.5
 RECONNECT_GIVE_UP = 30.0
+FOLLOWERS_CAPPED = 1013          # api/logs.py closes a follower over its caps with this code and the reason
 
 
 def follow_logs(host: str, port: int, job_id: str, *, follow: bool = True, quiet: bool = False,
@@ -35,7 +36,8 @@ def follow_logs(host: str, port: int, job_id: str, *, follow: bool = True, quiet
     while True:
         query = {"follow": "1" if follow else "0", "execution_id": execution_id,
                  "stdout_offset": offsets[1], "stderr_offset": offsets[2], **({"token": token} if token else {})}
-        url = f"ws://{host}:{port}/api/v1/jobs/{job_id}/logs?{urlencode(query)}"
+        where = f"[{host}]" if ":" in host else host   # an IPv6 address, as the Host header wants it
+        url = f"ws://{where}:{port}/api/v1/jobs/{job_id}/logs?{urlencode(query)}"
         try:
             with connect(url, max_size=4 * 1024 * 1024, open_timeout=10) as ws:
                 failing_since = None
@@ -64,6 +66,11 @@ def follow_logs(host: str, port: int, job_id: str, *, follow: bool = True, quiet
         except (ConnectionClosed, OSError, InvalidHandshake) as exc:
             if isinstance(exc, InvalidStatus) and exc.response.status_code == 404:
                 raise ApiError(f"no job {job_id!r}") from None
+            if isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
+                raise UserError(f"the API refused the log stream ({exc.response.status_code}): check "
+                                "BACALHAU_API_HOST and BACALHAU_API_TOKEN") from None
+            if isinstance(exc, ConnectionClosed) and exc.rcvd is not None and exc.rcvd.code == FOLLOWERS_CAPPED:
+                raise UserError(exc.rcvd.reason) from None   # too many followers: say so, do not retry
             now = time.monotonic()
             failing_since = failing_since or now
             if now - failing_since > RECONNECT_GIVE_UP:

@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from bacalhau.config import DEFAULT_API_HOST, DEFAULT_API_PORT, DEFAULT_IPFS_SWARM_PORT, DEFAULT_SWARM_PORT
+from bacalhau.cli.job_limits import job_limit_options, parse_job_limits
+from bacalhau.config import (
+    DEFAULT_API_HOST,
+    DEFAULT_API_PORT,
+    DEFAULT_IPFS_SWARM_HOST,
+    DEFAULT_IPFS_SWARM_PORT,
+    DEFAULT_RETENTION,
+    DEFAULT_SWARM_PORT,
+)
 from bacalhau.errors import UserError
 from bacalhau.p2p.addrs import public_ip
 
@@ -57,6 +65,9 @@ def join_instructions(node_id: str, addrs: list[str], swarm_host: str, api_host:
         # the last address is the one other machines dial when it listens on all interfaces
         lines += [f"The embedded IPFS node is {ipfs['ID']}; a Kubo node peers with it by:",
                   f"    ipfs swarm connect {ipfs['Addresses'][-1]}"]
+        if all(a.startswith(("/ip4/127.", "/ip6/::1/")) for a in ipfs["Addresses"]):
+            lines += ["(it listens on this machine only: --ipfs-swarm-host 0.0.0.0 opens it to IPFS peers"
+                      " elsewhere, which can then fetch this node's pinned content)"]
     return "\n".join(lines)
 
 
@@ -67,6 +78,13 @@ def parse_ipfs_swarm_addrs(text: str) -> tuple[str, ...]:
             raise click.BadParameter(f"{a!r} must be a multiaddr ending in /p2p/<peer id>",
                                      param_hint="--ipfs-swarm-addrs")
     return addrs
+
+
+def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """A duration flag: finite and not negative (click's FloatRange lets NaN through)."""
+    if not 0 <= value < float("inf"):
+        raise click.BadParameter(f"must be a number of seconds, 0 or more, not {value}")
+    return value
 
 
 @click.command()
@@ -88,16 +106,24 @@ def parse_ipfs_swarm_addrs(text: str) -> tuple[str, ...]:
               help="The private cluster's key, as printed by its first node (kept in the repo once given).")
 @click.option("--ipfs-swarm-port", default=DEFAULT_IPFS_SWARM_PORT, show_default=True, type=int,
               help="TCP port of the embedded IPFS node, which IPFS peers such as Kubo connect to (0: any).")
-@click.option("--ipfs-swarm-host", default=None, metavar="ADDR",
-              help="Address the embedded IPFS node listens on (default: all interfaces). Any IPFS peer that "
-                   "reaches it can fetch the blocks this node holds (job results included): 127.0.0.1 keeps it "
-                   "to this machine.")
+@click.option("--ipfs-swarm-host", default=DEFAULT_IPFS_SWARM_HOST, show_default=True, metavar="ADDR",
+              help="Address the embedded IPFS node listens on. It has no swarm key: 0.0.0.0 lets IPFS peers on "
+                   "other machines connect, and fetch the pinned content (added files, job results).")
 @click.option("--ipfs-swarm-addrs", default="", metavar="MULTIADDR[,...]",
               help="IPFS nodes (Kubo among them) the embedded IPFS node stays connected to, to fetch what they "
                    "hold and let them fetch what it holds.")
 @click.option("--ipfs-connect", default=None, metavar="MULTIADDR",
               help="Use an existing IPFS node through its RPC API (e.g. /ip4/127.0.0.1/tcp/5001) instead of "
                    "the embedded one.")
+@click.option("--retention", default=DEFAULT_RETENTION, show_default=True, type=float, callback=_seconds,
+              metavar="SECONDS", help="Results of finished jobs and unpinned IPFS blocks older than this are "
+                                      "deleted (published results stay pinned); 0 keeps them for ever.")
+@job_limit_options
+@click.option("--max-result-size", default=None, metavar="SIZE",
+              help="A job whose result (its outputs' apparent sizes, stdout and stderr) is larger fails "
+                   "unpublished (default 10Gi).")
+@click.option("--wasm-memory-limit", default=None, metavar="SIZE",
+              help="Memory of a WASM job that asks for none (default 512Mi).")
 @click.option("--allow-private-urls", is_flag=True,
               help="Let URL inputs reach loopback, private and link-local addresses (refused by default).")
 @click.option("--url-input-timeout", default=None, type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
@@ -105,10 +131,10 @@ def parse_ipfs_swarm_addrs(text: str) -> tuple[str, ...]:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, swarm_port: int, labels: str,
           limit_total_cpu: str | None, limit_total_memory: str | None, repo: str | None, max_attempts: int | None,
-          swarm_key: str | None, ipfs_swarm_port: int, ipfs_swarm_host: str | None, ipfs_swarm_addrs: str,
-          ipfs_connect: str | None,
-          allow_private_urls: bool, url_input_timeout: float | None,
-          verbose: bool) -> None:
+          swarm_key: str | None, ipfs_swarm_port: int, ipfs_swarm_host: str, ipfs_swarm_addrs: str,
+          ipfs_connect: str | None, retention: float, max_result_size: str | None,
+          wasm_memory_limit: str | None, allow_private_urls: bool, url_input_timeout: float | None,
+          verbose: bool, **job_limits: Any) -> None:
     """Run a bacalhau node: with no flags, a private cluster of one that is requester and compute.
 
     It prints the command that joins more machines. SIGINT/SIGTERM stop taking work, give running jobs a
@@ -129,27 +155,38 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
         machine = machine_capacity()
         try:
             capacity = Resources(cpu=limit_total_cpu or machine.cpu, memory=limit_total_memory or machine.memory)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc).splitlines()[-1], param_hint="--limit-total-*") from None
+        except ValueError as exc:   # pydantic's ValidationError: its first error's message is the line
+            errors = getattr(exc, "errors", None)
+            message = errors()[0]["msg"].removeprefix("Value error, ") if errors else str(exc)
+            raise click.BadParameter(message, param_hint="--limit-total-*") from None
     config = NodeConfig(
         repo_dir=Path(repo) if repo else default_repo_dir(), node_types=types, api_host=api_host,
         api_port=api_port, swarm_port=swarm_port, peers=peer_list, labels=parse_labels(labels), capacity=capacity,
         swarm_key=swarm_key, ipfs_swarm_port=ipfs_swarm_port, ipfs_swarm_host=ipfs_swarm_host,
-        ipfs_swarm_addrs=parse_ipfs_swarm_addrs(ipfs_swarm_addrs), ipfs_connect=ipfs_connect,
+        ipfs_swarm_addrs=parse_ipfs_swarm_addrs(ipfs_swarm_addrs), ipfs_connect=ipfs_connect, retention=retention,
+        job_limits=parse_job_limits(capacity or machine_capacity(), **job_limits),
     )
     if max_attempts:
         config.max_attempts = max_attempts
     config.allow_private_urls = allow_private_urls
     if url_input_timeout:
         config.url_timeout = url_input_timeout
+    for flag, value in (("max_result_size", max_result_size), ("wasm_memory_limit", wasm_memory_limit)):
+        if value is not None:
+            from bacalhau.models.resources import parse_size
+
+            try:
+                setattr(config, flag, parse_size(value))
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--" + flag.replace("_", "-")) from None
     if not api_host.startswith(("127.", "localhost", "::1")):
         import secrets
 
         token_file = config.repo_dir / "api.token"
         if not token_file.exists():
-            token_file.parent.mkdir(parents=True, exist_ok=True)
-            token_file.write_text(secrets.token_urlsafe(32) + "\n")
-            token_file.chmod(0o600)
+            from bacalhau.secret_file import write_secret
+
+            write_secret(token_file, secrets.token_urlsafe(32) + "\n")
         config.api_token = token_file.read_text().strip()
     if ipfs_connect:
         from bacalhau.ipfs.remote import api_url

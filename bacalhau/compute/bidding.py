@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bacalhau.compute.capacity import effective
+from bacalhau.config import JobLimits
 from bacalhau.ipfs.blockstore import Blockstore
-from bacalhau.models import Engine, Job, Resources
+from bacalhau.models import Engine, Job, Network, Resources
 from bacalhau.models.selector import matches, parse_selector
 from bacalhau.storage.ipfs import holds
 
@@ -18,6 +19,7 @@ class BidContext:
     capacity_total: Resources
     labels: dict[str, str]
     blockstore: Blockstore | None = None
+    limits: JobLimits = JobLimits()
 
 
 class BidStrategy(Protocol):
@@ -33,7 +35,7 @@ class EngineInstalled:
 
 class FitsCapacity:
     def reject_reason(self, job: Job, ctx: BidContext) -> str | None:
-        if not effective(job.spec.resources).fits_in(ctx.capacity_total):
+        if not effective(job.spec.resources, ctx.limits, job.spec.engine).fits_in(ctx.capacity_total):
             return "the job asks for more resources than this node has in total"
         return None
 
@@ -45,7 +47,26 @@ class MatchesSelector:
         return None
 
 
-DEFAULT_BID_STRATEGIES: list[BidStrategy] = [EngineInstalled(), FitsCapacity(), MatchesSelector()]
+class WithinMaxTimeout:
+    def reject_reason(self, job: Job, ctx: BidContext) -> str | None:
+        # written so that NaN is refused too
+        if not job.spec.timeout <= ctx.limits.max_timeout:
+            return (f"the job's timeout of {job.spec.timeout:g}s is over this node's maximum of "
+                    f"{ctx.limits.max_timeout:g}s: ask for less (--timeout)")
+        return None
+
+
+class NetworkAllowed:
+    def reject_reason(self, job: Job, ctx: BidContext) -> str | None:
+        if job.spec.network == Network.HOST and not ctx.limits.allow_host_network:
+            return ("the job asks for host networking, which this node does not allow (its operator can "
+                    "allow it with `bacalhau serve --allow-host-network`)")
+        return None
+
+
+DEFAULT_BID_STRATEGIES: list[BidStrategy] = [
+    EngineInstalled(), NetworkAllowed(), WithinMaxTimeout(), FitsCapacity(), MatchesSelector(),
+]
 
 
 def lacks_inputs(job: Job, ctx: BidContext) -> bool:

@@ -9,18 +9,22 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from bacalhau.config import DEFAULT_JOB_CPU, DEFAULT_JOB_MEMORY
+from bacalhau.config import JobLimits
 from bacalhau.models import Resources
 
+_DEFAULT_LIMITS = JobLimits()
 
-def effective(asked: Resources) -> Resources:
-    """A job that asks for nothing still takes a share: the original's defaults (100m CPU, 100 MB)."""
-    return Resources(cpu=asked.cpu or DEFAULT_JOB_CPU, memory=asked.memory or DEFAULT_JOB_MEMORY)
+
+def effective(asked: Resources, limits: JobLimits = _DEFAULT_LIMITS, engine: str | None = None) -> Resources:
+    """A job that asks for nothing still takes a share: the node's default job size (the requester, which
+    does not know a node's setting, ranks with the default one)."""
+    return limits.size(asked, engine)
 
 
 class Capacity:
-    def __init__(self, total: Resources) -> None:
+    def __init__(self, total: Resources, limits: JobLimits = _DEFAULT_LIMITS) -> None:
         self.total = total
+        self.limits = limits
         self.used = Resources()
         self._waiters: deque[tuple[Resources, trio.Event]] = deque()
 
@@ -39,8 +43,8 @@ class Capacity:
             event.set()
 
     @asynccontextmanager
-    async def reserve(self, asked: Resources) -> AsyncIterator[None]:
-        need = effective(asked)
+    async def reserve(self, asked: Resources, engine: str | None = None) -> AsyncIterator[None]:
+        need = effective(asked, self.limits, engine)
         if not self._waiters and need.fits_in(self.free):
             self.used = self.used + need
         else:

@@ -3,8 +3,9 @@ reports every outcome to the requester through callbacks."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shutil
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -12,16 +13,27 @@ from pathlib import Path
 import trio
 
 from bacalhau.bprotocol import messages as m
+from bacalhau.bprotocol.ids import parse_execution_id
 from bacalhau.bprotocol.proxies import CallbackProxy
 from bacalhau.bprotocol.transport import Transport, typed_handler
+from bacalhau.compute import failures
 from bacalhau.compute.bidding import BidContext, bid, lacks_inputs
 from bacalhau.compute.capacity import Capacity
 from bacalhau.compute.logs import LOG_PROTOCOL, LogEnd, LogRequest, stream_logs
-from bacalhau.compute.results import read_result
+from bacalhau.compute.results import read_result, remove_tree
 from bacalhau.compute.store import ExecutionStore, LocalExecution
-from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, ProtocolError, TransportError
+from bacalhau.config import DEFAULT_MAX_RESULT_SIZE, JobLimits
+from bacalhau.errors import (
+    BacalhauError,
+    ExecutorError,
+    NotFoundError,
+    ProtocolError,
+    StateError,
+    TransportError,
+)
 from bacalhau.executors.types import ExecutionDir, Executor
 from bacalhau.ipfs.blockstore import Blockstore
+from bacalhau.ipfs.publish import ResultTooLarge, publish_result, scan_result, skipped_note
 from bacalhau.models import Engine, ExecutionState, NodeInfo, NodeType, Resources
 from bacalhau.storage.inputs import DEFAULT_PROVIDERS, prepare_inputs
 from bacalhau.storage.ipfs import IpfsStorage
@@ -37,9 +49,12 @@ class ComputeNode:
         self, *, node_id: str, transport: Transport, executors: dict[Engine, Executor], store: ExecutionStore,
         results_dir: Path, capacity: Resources, labels: dict[str, str], call_timeout: float, version: str = "",
         blockstore: Blockstore, fetch: Callable[[bytes], Awaitable[None]] | None = None,
-        on_published: Callable[[bytes], Awaitable[None]] | None = None,
+        on_published: Callable[[bytes], Awaitable[None]] | None = None, limits: JobLimits | None = None,
+        max_result_size: int = DEFAULT_MAX_RESULT_SIZE,
         providers: list[StorageProvider] = DEFAULT_PROVIDERS,
     ) -> None:
+        self.limits = limits or JobLimits()   # shared with the executors: what a job counts as is what it gets
+        self._max_result_size = max_result_size
         self._blockstore = blockstore
         self._on_published = on_published    # e.g. a push to the external IPFS node of --ipfs-connect
         self._storage = [*providers, IpfsStorage(blockstore, fetch)]
@@ -48,7 +63,7 @@ class ComputeNode:
         self._executors = executors
         self._store = store
         self._results_dir = results_dir
-        self.capacity = Capacity(capacity)
+        self.capacity = Capacity(capacity, self.limits)
         self.labels = labels
         self.version = version
         self._callbacks = CallbackProxy(transport, call_timeout)
@@ -80,11 +95,19 @@ class ComputeNode:
             if isinstance(req, m.AskForBidRequest):
                 if req.requester_id != peer_id:
                     raise ProtocolError(f"{peer_id} asks for a bid on behalf of {req.requester_id}")
-            elif (await self._store.get(req.execution_id)).requester_id != peer_id:
-                raise ProtocolError(f"{peer_id} is not the requester of execution {req.execution_id}")
+            else:
+                await self._owned_by(peer_id, req.execution_id)
             return await fn(peer_id, req)
 
         return checked
+
+    async def _owned_by(self, peer_id: str, execution_id: str) -> LocalExecution:
+        """The execution, if `peer_id` is the requester that created it; else ProtocolError (NotFoundError if
+        there is no such execution)."""
+        ex = await self._store.get(execution_id)
+        if ex.requester_id != peer_id:
+            raise ProtocolError(f"{peer_id} is not the requester of execution {execution_id}")
+        return ex
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
@@ -131,14 +154,36 @@ class ComputeNode:
             published_at=time.time(), log_stream_addr=self.log_stream_addr,
         )
 
-    def _spawn(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, fn, *args, execution: LocalExecution | None = None) -> None:  # type: ignore[no-untyped-def]
+        """Run `fn(*args)` as a task of the node behind a boundary: whatever escapes it (exception groups
+        included; never trio.Cancelled) is logged once and fails `execution`, if given; the node goes on."""
         assert self._nursery is not None, "ComputeNode.run() is not running"
-        self._nursery.start_soon(fn, *args)
+        self._nursery.start_soon(self._guarded, fn, args, execution, name=getattr(fn, "__qualname__", fn))
+
+    async def _guarded(self, fn, args, execution: LocalExecution | None) -> None:  # type: ignore[no-untyped-def]
+        failure: BaseException | None = None
+        try:
+            await fn(*args)
+        except* Exception as group:   # Exception only: trio.Cancelled and KeyboardInterrupt go on up
+            failure = group
+            what = f"execution {execution.id} of job {execution.job.id}" if execution else getattr(fn, "__name__", fn)
+            if failures.expected(group):
+                log.warning("%s failed: %s", what, failures.reason_for(group))
+            else:
+                log.exception("%s failed on an unexpected error", what, exc_info=group)
+        if failure is not None and execution is not None:
+            await self._fail_safely(execution, failures.reason_for(failure), failure)
 
     # -- handlers (requester -> compute) --------------------------------------------------------------------
 
     async def _ask_for_bid(self, peer_id: str, req: m.AskForBidRequest) -> m.Ack:
-        ctx = BidContext(self.engines, self.capacity.total, self.labels, self._blockstore)
+        try:
+            await self._store.get(req.execution_id)
+        except NotFoundError:
+            pass
+        else:   # an id is created once, by one requester: asking again (anyone) takes nothing over
+            raise StateError(f"execution {req.execution_id} exists already on this node")
+        ctx = BidContext(self.engines, self.capacity.total, self.labels, self._blockstore, self.limits)
         reason = "the node is shutting down" if not self._accepting else bid(req.job, ctx)
         state = S.NEW if reason is None else S.BID_REJECTED
         await self._store.create(
@@ -157,7 +202,7 @@ class ComputeNode:
         scope = trio.CancelScope()
         self._scopes[ex.id] = scope
         self._busy.add(ex.id)
-        self._spawn(self._execute, ex, scope)
+        self._spawn(self._execute, ex, scope, execution=ex)
         return m.Ack()
 
     async def _bid_rejected(self, peer_id: str, req: m.ExecutionReasonRequest) -> m.Ack:
@@ -166,7 +211,7 @@ class ComputeNode:
 
     async def _result_accepted(self, peer_id: str, req: m.ExecutionRequest) -> m.Ack:
         ex = await self._store.update(req.execution_id, (S.RUNNING,), S.PUBLISHING, "result accepted")
-        self._spawn(self._publish, ex)
+        self._spawn(self._publish, ex, execution=ex)
         return m.Ack()
 
     async def _result_rejected(self, peer_id: str, req: m.ExecutionReasonRequest) -> m.Ack:
@@ -199,6 +244,7 @@ class ComputeNode:
         from bacalhau.bprotocol.framing import decode
 
         req = decode(payload, m.GetResultRequest)
+        await self._owned_by(peer_id, req.execution_id)
         root = self.execution_dir(req.execution_id).root
         if not root.exists():
             raise NotFoundError(f"no result for execution {req.execution_id} on this node")
@@ -209,7 +255,7 @@ class ComputeNode:
         from bacalhau.bprotocol.framing import decode
 
         req = decode(payload, LogRequest)
-        await self._store.get(req.execution_id)  # NotFoundError before any frame for an unknown execution
+        await self._owned_by(peer_id, req.execution_id)  # before any frame: unknown, or not this peer's
 
         async def status() -> LogEnd | None:
             if req.execution_id in self._scopes:
@@ -229,54 +275,98 @@ class ComputeNode:
     # -- work -----------------------------------------------------------------------------------------------
 
     def execution_dir(self, execution_id: str) -> ExecutionDir:
-        return ExecutionDir(self._results_dir / execution_id)
+        """The execution's directory under the results directory: the id is a UUID (a peer sends it), and the
+        path is checked to stay there whatever it is."""
+        try:
+            name = parse_execution_id(execution_id)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+        base = self._results_dir.resolve()
+        root = (base / name).resolve()
+        if root.parent != base:
+            raise ProtocolError(f"execution {execution_id!r} is not a directory under {base}")
+        return ExecutionDir(root)
 
     async def _execute(self, ex: LocalExecution, scope: trio.CancelScope) -> None:
+        """Run one execution. Whatever goes wrong escapes to the _spawn boundary, which fails it alone."""
         executor = self._executors[ex.job.spec.engine]
         exec_dir = self.execution_dir(ex.id)
+        result = None
         try:
             with scope:
-                async with self.capacity.reserve(ex.job.spec.resources):
+                async with self.capacity.reserve(ex.job.spec.resources, ex.job.spec.engine):
                     await trio.to_thread.run_sync(exec_dir.create)
                     await self._store.update(ex.id, (S.BID_ACCEPTED,), S.RUNNING, "started")
-                    try:
-                        mounts = await prepare_inputs(ex.job, exec_dir.inputs, self._storage)
-                        await executor.start(ex.id, ex.job, exec_dir, mounts)
-                        result = await executor.wait(ex.id)
-                    except ExecutorError as exc:
-                        await self._fail(ex, str(exc))
-                        return
-            if scope.cancelled_caught:
-                return  # _cancel recorded and reported it
-            await self._store.record_result(ex.id, result)
-            await self._send("on_run_complete", ex.requester_id,
-                             m.RunComplete(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, result=result))
-        except BacalhauError as exc:
-            log.warning("execution %s of job %s failed: %s", ex.id, ex.job.id, exc)
-            await self._fail(ex, str(exc))
+                    mounts = await prepare_inputs(ex.job, exec_dir.inputs, self._storage)
+                    await executor.start(ex.id, ex.job, exec_dir, mounts)
+                    result = await executor.wait(ex.id)
+                    await trio.to_thread.run_sync(self._check_result, exec_dir)
         finally:
             self._scopes.pop(ex.id, None)
+        if scope.cancelled_caught or result is None:
+            return  # _cancel recorded and reported it
+        await self._store.record_result(ex.id, result)
+        await self._send("on_run_complete", ex.requester_id,
+                         m.RunComplete(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, result=result))
+
+    def _check_result(self, exec_dir: ExecutionDir) -> None:
+        """Before the requester is told the job ran: the result must fit this node's --max-result-size (apparent
+        sizes, so a sparse terabyte is refused before any byte is hashed) and its disk must not be full. What
+        publishing will skip (FIFOs, devices, sockets, names that are not UTF-8) is noted on the job's stderr."""
+        if os.statvfs(exec_dir.root).f_bavail == 0:
+            raise failures.DiskFullError("no space was left on the device after the job ran")
+        try:
+            scan = scan_result(exec_dir.root)
+        except OSError as exc:   # e.g. a path past PATH_MAX: the job's doing, not the node's
+            raise ExecutorError(f"the job's outputs cannot be read for publishing: {exc}") from exc
+        if scan.size > self._max_result_size:
+            raise ResultTooLarge(scan.size, self._max_result_size)
+        if scan.skipped:
+            with open(exec_dir.stderr, "ab") as f:
+                f.write(skipped_note(scan.skipped).encode())
 
     async def _publish(self, ex: LocalExecution) -> None:
         """Add the result to this node's blockstore as one UnixFS directory; the job records its CID. (The
         node also serves the files through get_result until bitswap serves them to the cluster.)"""
-        from bacalhau.ipfs.publish import publish_result
         from bacalhau.ipfs.unixfs import cid_to_bytes
 
         try:
-            cid = await trio.to_thread.run_sync(publish_result, self.execution_dir(ex.id).root, self._blockstore)
-            if self._on_published is not None:
-                await self._on_published(cid_to_bytes(cid))
-        except (OSError, BacalhauError) as exc:
-            await self._fail(ex, f"the result could not be published: {exc}")
-            return
-        ref = f"ipfs://{cid}"
-        try:
+            try:
+                cid = await trio.to_thread.run_sync(publish_result, self.execution_dir(ex.id).root, self._blockstore,
+                                                    self._max_result_size)
+                if self._on_published is not None:
+                    await self._on_published(cid_to_bytes(cid))
+            except (OSError, BacalhauError) as exc:
+                raise ExecutorError(f"the result could not be published: {exc}") from exc
+            ref = f"ipfs://{cid}"
             await self._store.update(ex.id, (S.PUBLISHING,), S.COMPLETED, "published", result_ref=ref)
             await self._send("on_publish_complete", ex.requester_id, m.PublishComplete(
                 execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, result_ref=ref))
         finally:
             self._done(ex.id)
+
+    async def _fail_safely(self, ex: LocalExecution, reason: str, error: BaseException) -> None:
+        """The boundary's last step: record and report the failure; if even that fails, log it (the requester
+        reconciles an execution it hears nothing of)."""
+        try:
+            if failures.disk_full(error):
+                # the job's own outputs are what filled the disk, most likely: without freeing them, not even
+                # the failure could be recorded (the stores live on the same disk)
+                await trio.to_thread.run_sync(self._free_result, ex.id)
+            elif failures.never_published(error):
+                await trio.to_thread.run_sync(self._free_result, ex.id)   # never to be published: no use here
+                reason += "; its outputs were deleted from the node"
+            await self._fail(ex, reason)
+        except Exception:
+            log.exception("could not record the failure of execution %s (%s)", ex.id, reason)
+            self._done(ex.id)
+
+    def _free_result(self, execution_id: str) -> None:
+        exec_dir = self.execution_dir(execution_id)
+        remove_tree(exec_dir.outputs)
+        for path in (exec_dir.stdout, exec_dir.stderr):
+            with contextlib.suppress(OSError):
+                failures.keep_tail(path)
 
     async def _fail(self, ex: LocalExecution, reason: str) -> None:
         self._done(ex.id)
@@ -291,8 +381,13 @@ class ComputeNode:
         self._idle.set()
 
     async def _notify_failure(self, ex: LocalExecution, reason: str) -> None:
-        await self._send("on_compute_failure", ex.requester_id,
-                         m.ComputeFailure(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, reason=reason))
+        try:
+            msg = m.ComputeFailure(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, reason=reason)
+        except ValueError:  # a row stored before ids were typed, with ids no requester made: nobody to tell
+            log.warning("execution %r failed (%s); its ids are not ones a requester made, so none is told",
+                        ex.id[:80], reason)
+            return
+        await self._send("on_compute_failure", ex.requester_id, msg)
 
     async def _send(self, name: str, requester_id: str, msg: object, delay: float = 0.0) -> None:
         if delay:
@@ -304,6 +399,6 @@ class ComputeNode:
             log.warning("%s to requester %s failed: %s", name, requester_id, exc)
 
     async def remove_result(self, execution_id: str) -> None:
-        await trio.to_thread.run_sync(shutil.rmtree, self.execution_dir(execution_id).root, True)
+        await trio.to_thread.run_sync(remove_tree, self.execution_dir(execution_id).root)
 
 

@@ -1,16 +1,26 @@
-"""The compute node's execution store (SQLite): what it agreed to run, for whom, and how it went."""
+"""The compute node's execution store (SQLite): what it agreed to run, for whom, and how it went.
+
+A row that does not parse never fails a read: it reads as a failed execution of a stand-in job. At start-up,
+unfinished executions whose row does not parse are set aside (a copy in `quarantine`) and rewritten as
+failed, and reported to their requester with the others a restart left unfinished.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from bacalhau.db import Database
+from bacalhau.db import QUARANTINE, UNREADABLE_SPEC, Database, set_aside, why
 from bacalhau.errors import NotFoundError, StateError
-from bacalhau.models import ExecutionState, Job, RunResult
+from bacalhau.models import ExecutionState, Job, JobSpec, RunResult
 from bacalhau.models.state import check_execution_transition
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS local_executions (
@@ -23,6 +33,7 @@ CREATE TABLE IF NOT EXISTS local_events (
     state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT ''
 );
 """
+MIGRATIONS = [QUARANTINE]      # 0 -> 1: the quarantine table
 
 
 @dataclass
@@ -36,7 +47,9 @@ class LocalExecution:
     result_ref: str = ""
 
 
-def _row(row: sqlite3.Row) -> LocalExecution:
+def _parse(row: sqlite3.Row) -> LocalExecution:
+    if not isinstance(row["id"], str) or not isinstance(row["requester_id"], str):
+        raise ValueError("id and requester_id must be text")
     return LocalExecution(
         id=row["id"], job=Job.model_validate_json(row["job"]), requester_id=row["requester_id"],
         state=ExecutionState(row["state"]), reason=row["reason"],
@@ -45,9 +58,34 @@ def _row(row: sqlite3.Row) -> LocalExecution:
     )
 
 
+def _stand_in_job(raw: object) -> Job:
+    """A job for an execution whose stored one does not parse: its id if that much can be read."""
+    try:
+        job_id = json.loads(raw)["id"]  # type: ignore[arg-type]
+    except (ValueError, TypeError, KeyError):
+        job_id = ""
+    return Job.model_construct(id=str(job_id), spec=JobSpec.model_validate_json(UNREADABLE_SPEC))
+
+
+def _ids_readable(ex: LocalExecution) -> bool:
+    try:
+        uuid.UUID(ex.id), uuid.UUID(ex.job.id)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return bool(ex.requester_id)
+
+
+def _row(row: sqlite3.Row) -> LocalExecution:
+    try:
+        return _parse(row)
+    except (ValueError, TypeError) as exc:     # pydantic's ValidationError is a ValueError
+        return LocalExecution(id=str(row["id"]), job=_stand_in_job(row["job"]), requester_id=str(row["requester_id"]),
+                              state=ExecutionState.FAILED, reason=f"stored execution could not be read: {why(exc)}")
+
+
 class ExecutionStore:
     def __init__(self, path: Path) -> None:
-        self._db = Database(path, SCHEMA)
+        self._db = Database(path, SCHEMA, MIGRATIONS)
 
     def close(self) -> None:
         self._db.close()
@@ -110,24 +148,63 @@ class ExecutionStore:
 
         await self._db.run(tx)
 
+    async def finished_before(self, cutoff: float) -> list[str]:
+        """Ids of executions that ended (a terminal state) and have not changed since `cutoff`."""
+        def tx(conn: sqlite3.Connection) -> list[str]:
+            terminal = [s.value for s in ExecutionState if s.terminal]
+            rows = conn.execute(
+                f"SELECT id FROM local_executions WHERE state IN ({','.join('?' * len(terminal))})"
+                " AND updated_at < ?", [*terminal, cutoff]).fetchall()
+            return [str(r["id"]) for r in rows]
+
+        return await self._db.run(tx)
+
+    async def unfinished(self) -> list[LocalExecution]:
+        def tx(conn: sqlite3.Connection) -> list[LocalExecution]:
+            terminal = [s.value for s in ExecutionState if s.terminal]
+            rows = conn.execute(f"SELECT * FROM local_executions WHERE state NOT IN ({','.join('?' * len(terminal))})",
+                                terminal).fetchall()
+            return [_row(r) for r in rows]
+
+        return await self._db.run(tx)
+
     def fail_unfinished_sync(self, reason: str) -> list[LocalExecution]:
-        """At start-up: executions a previous run left unfinished cannot be resumed; mark them failed."""
+        """At start-up: executions a previous run left unfinished cannot be resumed; mark them failed. One whose
+        row does not parse is set aside first (kept in `quarantine`) and failed with that reason."""
         def tx(conn: sqlite3.Connection) -> list[LocalExecution]:
             terminal = [s.value for s in ExecutionState if s.terminal]
             marks = ",".join("?" * len(terminal))
             rows = conn.execute(
-                f"SELECT * FROM local_executions WHERE state NOT IN ({marks})", terminal
+                f"SELECT rowid AS rid, * FROM local_executions WHERE state NOT IN ({marks})", terminal
             ).fetchall()
             now = time.time()
+            failed = []
             for r in rows:
+                try:
+                    ex = _parse(r)
+                    why_failed = reason
+                except (ValueError, TypeError) as exc:
+                    error = why(exc)
+                    set_aside(conn, "local_executions", r, error)
+                    log.warning("execution %s in compute.db could not be read (%s): failed, its row kept in the "
+                                "quarantine table", r["id"], error)
+                    why_failed = f"stored execution could not be read: {error} (its row is kept in the" \
+                                 " quarantine table of compute.db)"
+                    ex = LocalExecution(id=str(r["id"]), job=_stand_in_job(r["job"]),
+                                        requester_id=str(r["requester_id"]), state=ExecutionState.FAILED)
+                    conn.execute("UPDATE local_executions SET id=?, job=?, requester_id=?, result=NULL WHERE rowid=?",
+                                 (ex.id, ex.job.model_dump_json(), ex.requester_id, r["rid"]))
                 conn.execute(
-                    "UPDATE local_executions SET state=?, reason=?, updated_at=? WHERE id=?",
-                    (ExecutionState.FAILED.value, reason, now, r["id"]),
+                    "UPDATE local_executions SET state=?, reason=?, updated_at=? WHERE rowid=?",
+                    (ExecutionState.FAILED.value, why_failed, now, r["rid"]),
                 )
                 conn.execute(
                     "INSERT INTO local_events(execution_id, time, state, reason) VALUES (?,?,?,?)",
-                    (r["id"], now, ExecutionState.FAILED.value, reason),
+                    (ex.id, now, ExecutionState.FAILED.value, why_failed),
                 )
-            return [_row(r) for r in rows]
+                ex.state, ex.reason = ExecutionState.FAILED, why_failed
+                if why_failed == reason or _ids_readable(ex):
+                    failed.append(ex)       # its requester is told (a row too damaged to name it is not)
+            return failed
 
         return self._db.run_sync(tx)

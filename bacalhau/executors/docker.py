@@ -2,22 +2,32 @@
 
 A job's container is created with its limits, labels and the execution's `outputs/` mounted at /outputs,
 attached before it starts (so no byte is missed), and its stdout and stderr are appended to the execution's
-files as they arrive. The container is always removed; `cleanup_orphans` removes what a crashed run left.
+files as they arrive, each up to the node's --max-job-output (the rest is read and dropped). The container is
+always removed; `cleanup_orphans` removes what a crashed run left.
+
+The box: every capability is dropped but JOB_CAPABILITIES, setuid binaries cannot gain privileges
+(no-new-privileges), the processes are capped (--job-pids-limit), and CPU and memory are limited to what the
+node counts the job as (its ask, or the node's default job size). Docker keeps no log of its own (log driver
+"none"): a flood would otherwise fill /var/lib/docker however the files here are capped.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
+from bacalhau.config import JobLimits
 from bacalhau.errors import ExecutorError
+from bacalhau.executors.output import CappedOutput
 from bacalhau.executors.types import ExecutionDir
 from bacalhau.models import Engine, Job, Network, RunResult
+from bacalhau.models.resources import format_size
 from bacalhau.storage.types import Mount
 
 log = logging.getLogger(__name__)
@@ -29,6 +39,10 @@ TAIL_BYTES = 1024
 KILLED_EXIT_CODE = -1       # what a timed-out or cancelled run reports (its RunResult.error says which)
 DEFAULT_CONCURRENT_CALLS = 16
 READ_SIZE = 1024 * 1024
+# What ordinary images need (chown/chmod of their files, dropping to a user, signalling their own children,
+# a server on a low port). Left out of Docker's default set: MKNOD (device nodes: a block device node is a way
+# to the host's disks), NET_RAW (forged packets), SYS_CHROOT, SETPCAP, SETFCAP, AUDIT_WRITE.
+JOB_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETUID", "SETGID", "KILL", "NET_BIND_SERVICE")
 
 
 @dataclass
@@ -38,8 +52,10 @@ class _Run:
     container: Any
     reader: threading.Thread
     why_killed: str = ""
-    sizes: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
+    outputs: dict[str, CappedOutput] = field(default_factory=dict)     # stdout, stderr: what was kept, dropped
     read_error: BaseException | None = None
+    started_at: float = field(default_factory=time.time)
+    out_of_memory: str = ""     # the error saying so, when the kernel killed the job at its memory limit
 
 
 def _docker_error(exc: BaseException) -> str:
@@ -50,8 +66,9 @@ def _docker_error(exc: BaseException) -> str:
 class DockerExecutor:
     engine = Engine.DOCKER
 
-    def __init__(self, node_id: str, *, client_factory: Any = None) -> None:
+    def __init__(self, node_id: str, *, client_factory: Any = None, limits: JobLimits | None = None) -> None:
         self.node_id = node_id
+        self.limits = limits or JobLimits()
         self._client_factory = client_factory
         self._client: Any = None
         self._limiter = trio.CapacityLimiter(DEFAULT_CONCURRENT_CALLS)
@@ -91,10 +108,11 @@ class DockerExecutor:
 
     def _create(self, client: Any, job: Job, execution_id: str, exec_dir: ExecutionDir, mounts: Sequence[Mount]) -> Any:
         import docker.errors
+        from docker.types import LogConfig
 
         spec = job.spec.docker
         assert spec is not None
-        res = job.spec.resources
+        size = self.limits.size(job.spec.resources)
         kwargs: dict[str, Any] = dict(
             image=spec.image, command=spec.parameters or None, entrypoint=spec.entrypoint,
             environment=spec.env, working_dir=spec.working_dir or None,
@@ -103,12 +121,11 @@ class DockerExecutor:
             volumes={str(exec_dir.outputs.resolve()): {"bind": "/outputs", "mode": "rw"},
                      **{str(m.host_dir.resolve()): {"bind": m.path, "mode": "ro"} for m in mounts}},
             detach=True, stdin_open=False, tty=False,
+            cap_drop=["ALL"], cap_add=list(JOB_CAPABILITIES), security_opt=["no-new-privileges"],
+            pids_limit=self.limits.pids, log_config=LogConfig(type=LogConfig.types.NONE),
+            nano_cpus=int(size.cpu * 1e9),
+            mem_limit=size.memory, memswap_limit=size.memory,  # no swap beyond the limit: the limit is enforced
         )
-        if res.cpu:
-            kwargs["nano_cpus"] = int(res.cpu * 1e9)
-        if res.memory:
-            kwargs["mem_limit"] = res.memory
-            kwargs["memswap_limit"] = res.memory  # no swap beyond the limit: the limit is enforced
         try:
             return client.containers.create(**kwargs)
         except docker.errors.ImageNotFound:
@@ -125,6 +142,9 @@ class DockerExecutor:
         import docker.errors
         import requests.exceptions
 
+        if job.spec.network == Network.HOST and not self.limits.allow_host_network:
+            # the bidder refuses such jobs first; this is the last gate
+            raise ExecutorError("host networking is not allowed on this node (bacalhau serve --allow-host-network)")
         try:
             client = self._get_client()
             container = self._create(client, job, execution_id, exec_dir, mounts)
@@ -133,9 +153,11 @@ class DockerExecutor:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise ExecutorError(f"docker could not create the container: {_docker_error(exc)}") from None
         try:
-            sock = client.api.attach_socket(container.id, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 1})
+            # attached before it starts, so "logs" (a replay of the log driver's, which is none) is not needed
+            sock = client.api.attach_socket(container.id, params={"stdout": 1, "stderr": 1, "stream": 1})
             stream = _raw(sock)
-            run = _Run(job, exec_dir, container, threading.Thread(target=lambda: None))
+            run = _Run(job, exec_dir, container, threading.Thread(target=lambda: None),
+                       outputs={name: CappedOutput(name, self.limits.max_output) for name in ("stdout", "stderr")})
             run.reader = threading.Thread(target=self._pump, args=(run, stream), daemon=True,
                                           name=f"docker-logs-{execution_id[:8]}")
             run.reader.start()
@@ -147,14 +169,16 @@ class DockerExecutor:
 
     @staticmethod
     def _pump(run: _Run, sock: Any) -> None:
-        """Append the container's output to the execution's files as it arrives (a worker thread).
+        """Append the container's output to the execution's files as it arrives (a worker thread), each file
+        up to the node's cap. What passes the cap is still read (a job blocked on a full pipe would hang to its
+        timeout) and counted, not written.
 
         Docker multiplexes both streams on one socket in frames of an 8-byte header (stream, 0, 0, 0,
         big-endian u32 length) and the payload; large reads and our own demuxing keep this fast."""
         try:
             with open(run.exec_dir.stdout, "ab", buffering=0) as out, \
                     open(run.exec_dir.stderr, "ab", buffering=0) as err:
-                files = {1: (out, "stdout"), 2: (err, "stderr")}
+                files = {1: (out, run.outputs["stdout"]), 2: (err, run.outputs["stderr"])}
                 buf = bytearray()
                 while True:
                     chunk = sock.recv(READ_SIZE)
@@ -172,40 +196,25 @@ class DockerExecutor:
                     del buf[:pos]
                     for kind, data in pending.items():
                         if data:
-                            f, name = files[kind]
-                            f.write(data)
-                            run.sizes[name] += len(data)
+                            f, capped = files[kind]
+                            capped.write(f, data)
         except BaseException as exc:  # reported by wait(): the output would be incomplete
             run.read_error = exc
         finally:
             sock.close()
 
     async def wait(self, execution_id: str) -> RunResult:
+        import docker.errors
+        import requests.exceptions
+
         run = self._runs[execution_id]
         try:
-            timeout = run.job.spec.timeout
-            with trio.move_on_after(timeout) as scope:
-                status = await trio.to_thread.run_sync(run.container.wait, abandon_on_cancel=True)
-            if scope.cancelled_caught:
-                run.why_killed = run.why_killed or f"timed out after {timeout:g}s"
-                await self._call(_kill, run.container)
-                status = await self._call(run.container.wait)
-            await trio.to_thread.run_sync(run.reader.join)
-            exit_code = int(status.get("StatusCode", -1))
-            error = run.why_killed
-            if error:
-                exit_code = KILLED_EXIT_CODE
-            elif exit_code == 137:
-                state = (await self._call(lambda: run.container.client.api.inspect_container(run.container.id)))["State"]
-                if state.get("OOMKilled"):
-                    note = f"\nbacalhau: the container was killed: out of memory (limit {run.job.spec.resources.memory} bytes)\n"
-                    await trio.to_thread.run_sync(_append, run.exec_dir.stderr, note.encode())
-            if run.read_error is not None:
-                raise ExecutorError(f"lost the container's output: {run.read_error}")
-            await trio.to_thread.run_sync(run.exec_dir.exit_code.write_text, str(exit_code))
-            tail = await trio.to_thread.run_sync(_tail, run.exec_dir.stdout)
-            return RunResult(exit_code=exit_code, error=error, stdout_bytes=run.sizes["stdout"],
-                             stderr_bytes=run.sizes["stderr"], stdout_tail=tail)
+            return await self._wait(run)
+        except requests.exceptions.ConnectionError as exc:
+            raise ExecutorError(f"the Docker engine went away while the job ran (stopped or restarted): "
+                                f"{_docker_error(exc)}") from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise ExecutorError(f"the Docker engine failed while the job ran: {_docker_error(exc)}") from None
         finally:
             # Removal takes tens of ms and nobody waits on it: off the job's critical path, in a thread of its
             # own (a node that dies first removes the leftover at restart, by label)
@@ -213,11 +222,68 @@ class DockerExecutor:
                              name=f"docker-rm-{execution_id[:8]}").start()
             self._runs.pop(execution_id, None)
 
+    async def _wait(self, run: _Run) -> RunResult:
+        timeout = min(self.limits.max_timeout, run.job.spec.timeout)  # the bidder refuses more; NaN too
+        with trio.move_on_after(timeout) as scope:
+            status = await trio.to_thread.run_sync(run.container.wait, abandon_on_cancel=True)
+        if scope.cancelled_caught:
+            run.why_killed = run.why_killed or f"timed out after {timeout:g}s"
+            await self._call(_kill, run.container)
+            status = await self._call(run.container.wait)
+        await trio.to_thread.run_sync(run.reader.join)
+        exit_code = int(status.get("StatusCode", -1))
+        error = run.why_killed
+        if error:
+            exit_code = KILLED_EXIT_CODE
+        elif exit_code != 0:
+            error = run.out_of_memory = await self._out_of_memory(run)
+        if run.read_error is not None:
+            raise ExecutorError(f"lost the container's output: {run.read_error}")
+        if exit_code != 0 and not error:
+            signal = await self._call(_killed_from_outside, run)
+            if signal:
+                raise ExecutorError(f"the container was killed from outside the job (signal {signal}): the "
+                                    f"Docker engine stopped or restarted, or someone stopped it")
+        await self._note_limits(run)
+        await trio.to_thread.run_sync(run.exec_dir.exit_code.write_text, str(exit_code))
+        tail = await trio.to_thread.run_sync(_tail, run.exec_dir.stdout)
+        out, err = run.outputs["stdout"], run.outputs["stderr"]
+        return RunResult(exit_code=exit_code, error=error, stdout_bytes=out.kept, stderr_bytes=err.kept,
+                         stdout_tail=tail, stdout_truncated=out.truncated, stderr_truncated=err.truncated)
+
+    async def _out_of_memory(self, run: _Run) -> str:
+        """The job's error if the kernel killed it at its memory limit (it failed on its own otherwise)."""
+        state = (await self._call(lambda: run.container.client.api.inspect_container(run.container.id)))["State"]
+        if not state.get("OOMKilled"):
+            return ""
+        memory = self.limits.size(run.job.spec.resources).memory
+        return f"out of memory: killed at its limit of {memory} bytes ({format_size(memory)}); ask for more with --memory"
+
+    async def _note_limits(self, run: _Run) -> None:
+        """Tell the job, at the end of its stderr, which of the node's limits it met."""
+        notes = [note for note in (out.note() for out in run.outputs.values()) if note]
+        if run.out_of_memory:
+            notes.append(f"bacalhau: the container was killed: {run.out_of_memory}")
+        if notes:
+            text = "".join(f"\n{note}\n" for note in notes)
+            await trio.to_thread.run_sync(_append, run.exec_dir.stderr, text.encode())
+            log.info("job %s: %s", run.job.id, "; ".join(notes))
+
     async def cancel(self, execution_id: str) -> None:
         run = self._runs.get(execution_id)
         if run is not None:
             run.why_killed = "cancelled"
             await self._call(_kill, run.container)
+
+
+def _killed_from_outside(run: _Run) -> str:
+    """The signal of a kill this executor did not send (the engine stopping its containers, `docker stop`), if
+    the container got one; "" if not."""
+    api = run.container.client.api
+    events = api.events(since=int(run.started_at) - 1, until=f"{time.time():.6f}", decode=True,
+                        filters={"container": run.container.id, "event": "kill"})
+    signals = [e.get("Actor", {}).get("Attributes", {}).get("signal", "?") for e in events]
+    return signals[0] if signals else ""
 
 
 def _raw(sock: Any) -> Any:

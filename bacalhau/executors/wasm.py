@@ -1,28 +1,49 @@
 """The WASM executor: wasmtime with WASI, off the event loop.
 
 stdout and stderr go straight to the execution's files as the module writes them (so they stream live like
-Docker's); inputs are preopened read-only, `/outputs` read-write. The timeout and cancel interrupt the
-module inside the engine by epoch interruption: each run has its own Engine, whose epoch is bumped once.
+Docker's); inputs are preopened read-only (wasmtime 50's `fs_mutable=False`: no file under them opens for
+writing, nothing can be created, renamed or removed there), `/outputs` read-write. A module's linear memory is
+capped by the job's memory, or the node's --wasm-memory-limit when it asks for none.
+
+The timeout and cancel interrupt the module inside the engine by epoch interruption: each run has its own
+Engine, whose epoch is bumped once. Wasmtime checks the epoch only in wasm code: a module blocked inside a
+WASI host call (poll_oneoff asked to sleep an hour, a read that waits) is not interrupted until the call
+returns. So the runner thread gets WASM_STOP_GRACE seconds after the bump; a run still inside a host call then
+is abandoned: wait() returns the timeout (or cancel) reason at once and the thread is left to end on its own,
+which it does at its next wasm instruction once the call returns (the epoch is already past its deadline).
+While MAX_STUCK_RUNS such threads are alive, the executor refuses new runs with a clear reason.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 import trio
 
+from bacalhau.config import DEFAULT_MAX_JOB_OUTPUT, DEFAULT_WASM_MEMORY_LIMIT
 from bacalhau.errors import ExecutorError
+from bacalhau.executors.output import CappedOutput
 from bacalhau.executors.types import ExecutionDir
 from bacalhau.models import Engine, Job, RunResult
 from bacalhau.models.job import WASM_INLINE_PREFIX as INLINE_PREFIX
 from bacalhau.storage.types import Mount
 
+log = logging.getLogger(__name__)
 TAIL_BYTES = 1024
-_limiter = trio.CapacityLimiter(4)
+WASM_STOP_GRACE = 1.0     # seconds a run gets after its epoch bump before it is abandoned (in a host call)
+MAX_STUCK_RUNS = 8        # abandoned runner threads still alive before new runs are refused
+MAX_TABLE_ELEMENTS = 1_000_000
+_limiter = trio.CapacityLimiter(4)      # compiling
+# runs: a thread abandoned in a host call holds its token until it ends, so not trio's shared default limiter;
+# the node's capacity bounds how many run at once
+_run_limiter = trio.CapacityLimiter(math.inf)
 
 
 def encode_module(data: bytes) -> str:
@@ -36,15 +57,22 @@ class _Run:
     engine: object
     module: object
     mounts: list[Mount] = field(default_factory=list)
+    memory_limit: int = 0
+    outputs: dict[str, CappedOutput] = field(default_factory=dict)   # stdout, stderr: kept up to the node's cap
     why_interrupted: str = ""
-    done: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)   # set when the runner thread ends
+    result: RunResult | None = None
+    error: Exception | None = None
 
 
 class WasmExecutor:
     engine = Engine.WASM
 
-    def __init__(self) -> None:
+    def __init__(self, memory_limit: int = DEFAULT_WASM_MEMORY_LIMIT, max_output: int = DEFAULT_MAX_JOB_OUTPUT) -> None:
         self._runs: dict[str, _Run] = {}
+        self._memory_limit = memory_limit
+        self._max_output = max_output
+        self._stuck: list[_Run] = []    # abandoned inside a host call, thread still alive
 
     async def is_installed(self) -> bool:
         try:
@@ -62,25 +90,53 @@ class WasmExecutor:
             data = base64.b64decode(spec.module[len(INLINE_PREFIX):], validate=True)
         except (binascii.Error, ValueError):
             raise ExecutorError("the uploaded WASM module is not valid base64") from None
+        self._stuck = [r for r in self._stuck if not r.done.is_set()]
+        if len(self._stuck) >= MAX_STUCK_RUNS:
+            raise ExecutorError(f"{len(self._stuck)} WASM runs that were stopped are still inside blocking WASI "
+                                f"calls on this node; it takes no more WASM jobs until they return")
         engine, module = await trio.to_thread.run_sync(_compile, data, limiter=_limiter)
-        self._runs[execution_id] = _Run(job, exec_dir, engine, module, list(mounts))
+        memory = job.spec.resources.memory or self._memory_limit
+        outputs = {name: CappedOutput(name, self._max_output) for name in ("stdout", "stderr")}
+        self._runs[execution_id] = _Run(job, exec_dir, engine, module, list(mounts), memory_limit=memory,
+                                        outputs=outputs)
 
     async def wait(self, execution_id: str) -> RunResult:
         run = self._runs[execution_id]
         timeout = run.job.spec.timeout
+        finished = trio.Event()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watchdog, run, timeout)
-                result = await trio.to_thread.run_sync(_run_blocking, run, limiter=_limiter)
-                nursery.cancel_scope.cancel()
+                nursery.start_soon(self._runner, run, finished)
+                with trio.move_on_after(timeout):
+                    await finished.wait()
+                if not finished.is_set():
+                    self._interrupt(run, f"timed out after {timeout:g}s")
+                with trio.move_on_after(WASM_STOP_GRACE if run.why_interrupted else math.inf):
+                    await finished.wait()
+                nursery.cancel_scope.cancel()   # a runner still inside a host call is abandoned
         finally:
-            del self._runs[execution_id]
+            self._runs.pop(execution_id, None)
+        if run.error is not None:
+            raise run.error
+        result = run.result
+        if result is None:
+            self._stuck.append(run)
+            log.warning("WASM execution %s %s inside a blocking WASI call: its thread is left to end on its own",
+                        execution_id, run.why_interrupted)
+            result = await trio.to_thread.run_sync(
+                _result, run, -1, f"{run.why_interrupted} (stopped inside a blocking WASI call)")
         await trio.to_thread.run_sync(run.exec_dir.exit_code.write_text, str(result.exit_code))
         return result
 
-    async def _watchdog(self, run: _Run, timeout: float) -> None:
-        await trio.sleep(timeout)
-        self._interrupt(run, f"timed out after {timeout:g}s")
+    @staticmethod
+    async def _runner(run: _Run, finished: trio.Event) -> None:
+        try:
+            run.result = await trio.to_thread.run_sync(_run_in_thread, run, abandon_on_cancel=True,
+                                                       limiter=_run_limiter)
+        except Exception as exc:   # the module's fault or the engine's: wait() raises it, outside any group
+            run.error = exc
+        finally:
+            finished.set()
 
     async def cancel(self, execution_id: str) -> None:
         run = self._runs.get(execution_id)
@@ -114,6 +170,20 @@ def _tail(path: object) -> str:
         return f.read().decode(errors="replace")
 
 
+def _result(run: _Run, exit_code: int, error: str) -> RunResult:
+    out, err = run.outputs.get("stdout"), run.outputs.get("stderr")
+    return RunResult(exit_code=exit_code, error=error, stdout_bytes=run.exec_dir.stdout.stat().st_size,
+                     stderr_bytes=run.exec_dir.stderr.stat().st_size, stdout_tail=_tail(run.exec_dir.stdout),
+                     stdout_truncated=bool(out and out.truncated), stderr_truncated=bool(err and err.truncated))
+
+
+def _run_in_thread(run: _Run) -> RunResult:
+    try:
+        return _run_blocking(run)
+    finally:
+        run.done.set()
+
+
 def _run_blocking(run: _Run) -> RunResult:
     import wasmtime
 
@@ -121,13 +191,35 @@ def _run_blocking(run: _Run) -> RunResult:
     assert spec is not None
     store = wasmtime.Store(run.engine)  # type: ignore[arg-type]
     store.set_epoch_deadline(1)
-    if run.job.spec.resources.memory:
-        store.set_limits(memory_size=run.job.spec.resources.memory)
+    store.set_limits(memory_size=run.memory_limit, table_elements=MAX_TABLE_ELEMENTS)
     wasi = wasmtime.WasiConfig()
     wasi.argv = ["main.wasm", *spec.parameters]
     wasi.env = sorted(spec.env.items())
-    wasi.stdout_file = str(run.exec_dir.stdout)
-    wasi.stderr_file = str(run.exec_dir.stderr)
+    # the module's output goes through the node's cap (--max-job-output): past it, bytes are counted and dropped
+    files = {name: open(run.exec_dir.root / name, "ab", buffering=0) for name in ("stdout", "stderr")}  # noqa: SIM115
+    try:
+        return _run_with_output(run, store, wasi, files)
+    finally:
+        for f in files.values():
+            f.close()
+        notes = "".join(f"\n{note}\n" for note in (out.note() for out in run.outputs.values()) if note)
+        if notes:
+            with open(run.exec_dir.stderr, "ab") as f:
+                f.write(notes.encode())
+
+
+def _run_with_output(run: _Run, store: Any, wasi: Any, files: dict[str, BinaryIO]) -> RunResult:
+    import wasmtime
+
+    spec = run.job.spec.wasm
+    assert spec is not None
+    if run.outputs:
+        stdout, stderr = run.outputs["stdout"], run.outputs["stderr"]
+        wasi.stdout_custom = lambda data: stdout.write(files["stdout"], data)
+        wasi.stderr_custom = lambda data: stderr.write(files["stderr"], data)
+    else:
+        wasi.stdout_file = str(run.exec_dir.stdout)
+        wasi.stderr_file = str(run.exec_dir.stderr)
     wasi.preopen_dir(str(run.exec_dir.outputs), "/outputs")
     for mount in run.mounts:
         wasi.preopen_dir(str(mount.host_dir), mount.path, fs_mutable=False)
@@ -152,6 +244,4 @@ def _run_blocking(run: _Run) -> RunResult:
                 f.write(f"\nwasm trap: {str(exc).splitlines()[0]}\n".encode())
     except wasmtime.WasmtimeError as exc:
         raise ExecutorError(f"the WASM module could not be instantiated: {str(exc).splitlines()[0]}") from None
-    stdout_size = run.exec_dir.stdout.stat().st_size
-    return RunResult(exit_code=exit_code, error=error, stdout_bytes=stdout_size,
-                     stderr_bytes=run.exec_dir.stderr.stat().st_size, stdout_tail=_tail(run.exec_dir.stdout))
+    return _result(run, exit_code, error)

@@ -9,6 +9,13 @@ A fetch walks the DAG with a window of wants in flight: the root is asked of eve
 the peers that delivered (split among them), and a block every asked peer says it lacks is asked of the others,
 then of nodes `discover` connects to, before the fetch gives up. Every block is checked against its CID
 before it is stored, and links are read from the block as it arrives.
+
+Serving, as the keyless IPFS side is open to any peer that reaches it: a peer has at most PEER_STREAMS streams
+to us, each reset after `idle_timeout` without a message (on a public host); at most PEER_QUEUE of its want messages wait (more
+are dropped) and PEER_ANSWERS are answered at once, of ANSWERS for all peers; a reply a peer does not read
+within `write_timeout` resets the stream and fails that peer's queued replies for as long. Peers on a public
+host (the keyless one) get only blocks of pinned DAGs (content added here, published job results); the
+cluster's peers get every block held.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +32,8 @@ from typing import Any
 
 import trio
 
-from bacalhau.errors import BacalhauError, NotFoundError, TransportError
-from bacalhau.ipfs.blockstore import Blockstore, codec_of
+from bacalhau.errors import BacalhauError, NotFoundError, TransportError, first_leaf
+from bacalhau.ipfs.blockstore import Blockstore, codec_of, multihash_of
 from bacalhau.ipfs.dagpb import _fields, _varint, decode_links
 from bacalhau.ipfs.unixfs import _bytes_field, _uint_field, cid_str, make_cid
 from bacalhau.ipfs.unixfs import _varint as _enc_varint
@@ -41,6 +49,11 @@ SMALL_MESSAGE = 4096                            # decoded on the event loop; big
 ANSWERS = 16                                    # want messages answered at once (each holds <= 2 messages)
 STORE_AHEAD = 8                                 # received messages being stored at once
 INLINE_HAVE = 1024                              # as Kubo: a want-have of a block this small gets the block
+PEER_ANSWERS = 4                                # want messages of one peer answered at once
+PEER_QUEUE = 64                                 # want messages of one peer waiting or answered; more: dropped
+PEER_STREAMS = 4                                # streams one peer has open to us at once; more: reset
+DEFAULT_WRITE_TIMEOUT = 20.0                    # a reply message the peer has not read by then: its stream reset
+DEFAULT_IDLE_TIMEOUT = 120.0                    # a peer's stream without a message for this long: reset
 WANT_BLOCK, WANT_HAVE = 0, 1
 HAVE, DONT_HAVE = 0, 1
 
@@ -123,31 +136,70 @@ def decode_message(buf: bytes) -> Message:
     return msg
 
 
+def _well_formed(cid: bytes) -> bool:
+    """A CIDv0 or CIDv1 with a sha2-256 multihash (all this store holds): a peer's want names one, or is
+    dropped before any lookup."""
+    if len(cid) == 34:
+        return cid[:2] == b"\x12\x20"
+    if not 36 <= len(cid) <= 39 or cid[0] != 0x01:
+        return False
+    i = 1
+    while i < len(cid) - 34 and cid[i] & 0x80:      # the codec varint
+        i += 1
+    return i == len(cid) - 35 and cid[i + 1:i + 3] == b"\x12\x20"
+
+
 def _frame(message: bytes) -> bytes:
     return _enc_varint(len(message)) + message
 
 
 class _Outbox:
-    """Our long-lived stream to one peer, opened on first use and again after it breaks."""
+    """Our long-lived stream to one peer, opened on first use and again after it breaks. A message the peer
+    does not take within `write_timeout` resets the stream, and sends fail at once for as long again (what
+    waited behind it goes, instead of each waiting out its own timeout)."""
 
-    def __init__(self, host: Any, peer: str) -> None:
+    def __init__(self, host: Any, peer: str, write_timeout: float) -> None:
         self._host, self._peer = host, peer
         self._stream: Any = None
         self._lock = trio.Lock()
+        self._write_timeout = write_timeout
+        self._stalled_until = -math.inf
+
+    @property
+    def stalled(self) -> bool:
+        return trio.current_time() < self._stalled_until
 
     async def send(self, message: bytes) -> None:
         async with self._lock:
+            if trio.current_time() < self._stalled_until:
+                raise TransportError(f"peer {self._peer} does not read what it is sent")
             for attempt in (1, 2):
                 if self._stream is None:
                     self._stream = await self._host.open_stream(self._peer, PROTOCOL)
                 try:
-                    await self._stream.write(_frame(message))
-                    return
+                    with trio.move_on_after(self._write_timeout) as timer:
+                        await self._stream.write(_frame(message))
+                        return
                 except TransportError:
                     await self._stream.reset()
                     self._stream = None
                     if attempt == 2:
                         raise
+                    continue
+                assert timer.cancelled_caught
+                await self._stream.reset()
+                self._stream = None
+                self._stalled_until = trio.current_time() + self._write_timeout
+                raise TransportError(f"peer {self._peer} did not read a message in {self._write_timeout:g}s")
+
+
+class _Peer:
+    """What one peer holds of the serving side."""
+
+    def __init__(self) -> None:
+        self.answering = trio.Semaphore(PEER_ANSWERS)
+        self.queued = 0          # want messages waiting or being answered
+        self.streams = 0         # its streams open to us
 
 
 class _Session:
@@ -159,8 +211,16 @@ class _Session:
 
 class Bitswap:
     def __init__(self, hosts: Any, store: Blockstore,
-                 discover: Callable[[], Awaitable[list[str]]] | None = None) -> None:
+                 discover: Callable[[], Awaitable[list[str]]] | None = None, *, public: Sequence[Any] = (),
+                 write_timeout: float = DEFAULT_WRITE_TIMEOUT, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
         self._hosts: list[Any] = list(hosts) if isinstance(hosts, list | tuple) else [hosts]
+        self._public = list(public)     # hosts any peer reaches (no swarm key): pinned content only
+        self._write_timeout = write_timeout
+        self._idle_timeout = idle_timeout
+        self._peers: dict[str, _Peer] = {}
+        self._pinned_roots: tuple[bytes, ...] = ()
+        self._pinned: set[bytes] = set()       # multihashes of every block under a pin, as of _pinned_roots
+        self._pinned_lock = threading.Lock()
         self._store = store
         self._discover = discover     # connects to more of the cluster when the connected peers lack a block
         self._wanted: dict[bytes, list[_Session]] = {}
@@ -174,7 +234,7 @@ class Bitswap:
             self._nursery = nursery
             for host in self._hosts:
                 for protocol in PROTOCOLS:
-                    host.set_stream_handler(protocol, self._on_stream)
+                    host.set_stream_handler(protocol, partial(self._on_stream, host in self._public))
             task_status.started(self)
             await trio.sleep_forever()
 
@@ -190,21 +250,55 @@ class Bitswap:
             host = self.connected().get(peer)
             if host is None:
                 raise TransportError(f"peer {peer} is not connected")
-            outbox = self._outboxes[peer] = _Outbox(host, peer)
+            outbox = self._outboxes[peer] = _Outbox(host, peer, self._write_timeout)
         try:
             await outbox.send(message)
         except BacalhauError:
-            self._outboxes.pop(peer, None)
+            if not outbox.stalled:      # a stalled one is kept: it fails what is sent to it for a while
+                self._outboxes.pop(peer, None)
             raise
 
     # -- serving --------------------------------------------------------------------------------------------
 
-    async def _on_stream(self, peer: str, stream: Any) -> None:
+    def _peer(self, peer: str) -> _Peer:
+        state = self._peers.get(peer)
+        if state is None:
+            state = self._peers[peer] = _Peer()
+        return state
+
+    def _forget_if_idle(self, peer: str) -> None:
+        state = self._peers.get(peer)
+        if state is not None and not state.queued and not state.streams:
+            del self._peers[peer]
+
+    async def _on_stream(self, public: bool, peer: str, stream: Any) -> None:
+        state = self._peer(peer)
+        if state.streams >= PEER_STREAMS:
+            log.info("%s opened more than %d bitswap streams: reset", peer, PEER_STREAMS)
+            await stream.reset()
+            return
+        state.streams += 1
+        try:
+            await self._read_stream(public, peer, stream)
+        finally:
+            state.streams -= 1
+            self._forget_if_idle(peer)
+
+    async def _read_stream(self, public: bool, peer: str, stream: Any) -> None:
         while True:
-            stream.set_read_timeout(None)   # a peer's stream may idle between messages as long as it likes
+            # a stream may idle between messages; a public host's, not forever (a cluster peer's may: a reset
+            # racing its next message would lose that message)
+            stream.set_read_timeout(self._idle_timeout if public else None)
             head = b""
             while not head or head[-1] & 0x80:
-                byte = await stream.read(1)
+                try:
+                    byte = await stream.read(1)
+                except TransportError:
+                    if head:
+                        raise
+                    log.debug("bitswap stream of %s idle for %gs: reset", peer, self._idle_timeout)
+                    await stream.reset()    # a reset, not a close: the peer's next write fails, and it reopens
+                    return
                 if not byte:
                     return
                 head += byte
@@ -217,20 +311,22 @@ class Bitswap:
             buf = await stream.read_exactly(length)
             msg = decode_message(buf) if length <= SMALL_MESSAGE else None
             if msg is not None and not msg.blocks:
-                self._dispatch(peer, msg)
+                self._dispatch(peer, msg, public)
             else:
                 # a message with blocks is hashed (its CIDs are computed from the bytes) and stored by a
                 # worker thread, several at once (each block is fsynced): reading goes on meanwhile
                 await self._storing.acquire()
-                assert self._nursery is not None
-                self._nursery.start_soon(self._store_and_dispatch, peer, msg or buf)
+                self._spawn(self._store_and_dispatch, peer, msg or buf, public)
 
-    async def _store_and_dispatch(self, peer: str, msg: Message | bytes) -> None:
+    async def _store_and_dispatch(self, peer: str, msg: Message | bytes, public: bool) -> None:
         try:
             msg = await trio.to_thread.run_sync(self._decode_and_store, msg)
+        except (ValueError, IndexError) as exc:   # a malformed message fails alone, off the stream's task
+            log.info("dropped a malformed bitswap message of %s: %r", peer, exc)
+            return
         finally:
             self._storing.release()
-        self._dispatch(peer, msg)
+        self._dispatch(peer, msg, public)
 
     def _decode_and_store(self, msg: Message | bytes) -> Message:
         """In a worker thread. Blocks nobody asked for are dropped."""
@@ -240,19 +336,94 @@ class Bitswap:
         self._store.put_many(msg.blocks, hashed=True)
         return msg
 
-    def _dispatch(self, peer: str, msg: Message) -> None:
+    def _dispatch(self, peer: str, msg: Message, public: bool = False) -> None:
         for cid, data in msg.blocks:
             for session in self._wanted.pop(cid, ()):
                 session.send.send_nowait(("block", cid, data, peer))
         for cid in msg.dont_haves:
             for session in self._wanted.get(cid, ()):
                 session.send.send_nowait(("refused", cid, b"", peer))
-        wants = [w for w in msg.wants if not w.cancel]
+        wants = [w for w in msg.wants if not w.cancel and _well_formed(w.cid)]
         if wants:
-            assert self._nursery is not None
-            self._nursery.start_soon(self._answer, peer, wants)
+            state = self._peer(peer)
+            if state.queued >= PEER_QUEUE:
+                log.debug("dropped a want message of %s: %d of its messages wait already", peer, state.queued)
+                return
+            state.queued += 1
+            self._spawn(self._answer_queued, peer, state, wants, public)
 
-    async def _answer(self, peer: str, wants: list[Want]) -> None:
+    def _spawn(self, fn, peer: str, *args) -> None:  # type: ignore[no-untyped-def]
+        assert self._nursery is not None
+        self._nursery.start_soon(self._guarded, fn, peer, args)
+
+    @staticmethod
+    async def _guarded(fn, peer: str, args) -> None:  # type: ignore[no-untyped-def]
+        """The boundary of a task serving one peer's message: what escapes it (groups included; never
+        trio.Cancelled) is that peer's request failing, logged once; bitswap and the node go on."""
+        try:
+            await fn(peer, *args)
+        except* BacalhauError as group:     # the peer's bad message, a broken stream: one line
+            log.info("bitswap: %s for %s failed: %s", getattr(fn, "__name__", fn), peer, first_leaf(group))
+        except* Exception as group:
+            log.exception("bitswap: %s for %s failed", getattr(fn, "__name__", fn), peer, exc_info=group)
+
+    async def _answer_queued(self, peer: str, state: _Peer, wants: list[Want], public: bool) -> None:
+        try:
+            async with state.answering:
+                await self._answer(peer, wants, public)
+        except Exception as exc:  # the per-request boundary: one want message fails alone, bitswap goes on
+            log.warning("answering a want message of %s failed: %r", peer, first_leaf(exc))
+        finally:
+            state.queued -= 1
+            self._forget_if_idle(peer)
+
+    def answering(self, peer: str) -> int:
+        """Want messages of `peer` waiting or being answered (tests watch the per-peer caps)."""
+        state = self._peers.get(peer)
+        return state.queued if state is not None else 0
+
+    def free_answer_slots(self) -> int:
+        """Of the ANSWERS want messages answered at once, for all peers, how many more could be."""
+        return self._answering.value
+
+    def streams(self, peer: str) -> int:
+        """Streams `peer` has open to us and being read."""
+        state = self._peers.get(peer)
+        return state.streams if state is not None else 0
+
+    def _pinned_blocks(self) -> set[bytes]:
+        """In a worker thread: multihashes of every block under a pin. Walked again when pins are added (the
+        new ones only) or removed (all)."""
+        with self._pinned_lock:
+            roots = tuple(self._store.pins())
+            if roots != self._pinned_roots:
+                if not set(self._pinned_roots) <= set(roots):
+                    self._pinned = set()
+                    stack = list(roots)
+                else:
+                    stack = [r for r in roots if r not in self._pinned_roots]
+                while stack:
+                    cid = stack.pop()
+                    mh = multihash_of(cid)
+                    if mh in self._pinned or not self._store.has(cid):
+                        continue
+                    self._pinned.add(mh)
+                    if codec_of(cid) == 0x70:
+                        try:
+                            stack.extend(link.cid for link in decode_links(self._store.get(cid, verify=False)))
+                        except (ValueError, IndexError, BacalhauError) as exc:  # gone, or not dag-pb after all
+                            log.info("pinned block %s not walked: %r", cid_str(cid), exc)
+                self._pinned_roots = roots
+            return self._pinned
+
+    def _get_for(self, cids: list[bytes], public: bool) -> dict[bytes, bytes]:
+        """In a worker thread: the blocks held of `cids`; for a public host's peer, only pinned ones."""
+        if public:
+            pinned = self._pinned_blocks()
+            cids = [c for c in cids if multihash_of(c) in pinned]
+        return self._store.get_many(cids, verify=False)
+
+    async def _answer(self, peer: str, wants: list[Want], public: bool = False) -> None:
         """Reply to a peer's wants in messages of 1, 2, 4... up to REPLY_BLOCKS blocks: the first ones come
         at once (Kubo asks ten blocks at a time and waits for them), the later ones in big messages, cheaper
         for both sides. The next message is read from the store while the last one is sent."""
@@ -265,8 +436,7 @@ class Bitswap:
         async def read_parts() -> None:
             async with send:
                 for part in parts:
-                    found = await trio.to_thread.run_sync(
-                        partial(self._store.get_many, [w.cid for w in part], verify=False))
+                    found = await trio.to_thread.run_sync(self._get_for, [w.cid for w in part], public)
                     blocks, haves, dont_haves = [], [], []
                     for w in part:
                         data = found.get(w.cid)
@@ -285,7 +455,11 @@ class Bitswap:
                 nursery.start_soon(read_parts)
                 async with receive:
                     async for message in receive:
-                        await self._send(peer, message)
+                        try:
+                            await self._send(peer, message)
+                        except BacalhauError:
+                            nursery.cancel_scope.cancel()   # read_parts too: its next send would find no reader
+                            raise
         except* BacalhauError as group:
             log.info("could not answer %s: %s", peer, group.exceptions[0])
 

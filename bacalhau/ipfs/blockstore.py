@@ -3,7 +3,8 @@ through `trio.to_thread`.
 
     packs/00000001.pack   blocks appended one record after another: [data length u32][multihash length u8]
                           [multihash][data]; a pack past PACK_BYTES is sealed and the next one begun
-    pins                  recursively pinned roots, one CID a line (replaced atomically)
+    pins                  recursively pinned roots, one CID a line (replaced atomically: written and fsynced
+                          as pins.tmp, renamed, the directory fsynced)
 
 Packs, not a file per block: creating a file cost this kind of machine 0.2-0.9 ms of kernel time (ext4 scans
 past recently deleted inodes), as much as writing the block itself, and a fetch creates thousands. The index
@@ -11,7 +12,9 @@ past recently deleted inodes), as much as writing the block itself, and a fetch 
 write is followed by fdatasync; at open the records of the last pack, the only one ever appended to, are
 checked against their multihash and the pack is cut before the first that is short or does not match, so a
 crash mid-write never leaves a block whose bytes miss its CID. Reads are checked too (`verify`). `gc()` removes
-blocks no pin reaches by copying a pack's live records into the current pack and deleting it.
+blocks no pin reaches by copying a pack's live records into the current pack and deleting it; with
+`older_than` only packs last written before then are looked at (the retention period: recent unpinned blocks,
+such as a job's inputs being fetched, stay), and `roots` are kept as pins are.
 A repo of the earlier layout (blocks/<2 chars>/<base32 multihash>, a file per block) is moved into packs at
 open.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
+import logging
 import os
 import struct
 import threading
@@ -29,6 +33,7 @@ from pathlib import Path
 from bacalhau.errors import BacalhauError, NotFoundError, StateError
 from bacalhau.ipfs.dagpb import decode_links
 
+log = logging.getLogger(__name__)
 PACK_BYTES = 64 * 1024 * 1024
 RECORD = struct.Struct(">IB")      # data length, multihash length
 SHA2_256 = b"\x12\x20"
@@ -99,6 +104,30 @@ class Blockstore:
         legacy = self.root / "blocks"
         if legacy.is_dir():
             self._import_legacy(legacy)
+        self._check_pins()
+
+    def _check_pins(self) -> None:
+        """A pins file with lines that are not CIDs (a damaged disk, a hand edit) would fail every later pin,
+        publish and gc: it is copied to pins.quarantine and rewritten with the lines that are."""
+        try:
+            text = self._pins.read_text(errors="replace")
+        except FileNotFoundError:
+            return
+        good, bad = [], []
+        for line in text.split():
+            try:
+                cid = bytes.fromhex(line)
+                if not cid or (cid[0] != 0x12 and len(cid) < 4):
+                    raise ValueError(line)
+                multihash_of(cid), codec_of(cid)
+                good.append(cid)
+            except (ValueError, IndexError):
+                bad.append(line)
+        if bad:
+            (self.root / "pins.quarantine").write_text(text)
+            log.warning("%d lines of %s are not CIDs: kept in pins.quarantine, the %d good pins kept", len(bad),
+                        self._pins, len(good))
+            self._write_pins(list(dict.fromkeys(good)))
 
     def _scan(self, number: int, *, verify: bool) -> None:
         """Index a pack's records; cut it before the first record that is short (or, verifying, corrupt)."""
@@ -258,9 +287,19 @@ class Blockstore:
         return [bytes.fromhex(line) for line in self._pins.read_text().split()]
 
     def _write_pins(self, pins: list[bytes]) -> None:
+        """Durably: a pin acknowledged (a published result) survives a power cut, and the file is never seen
+        half written."""
         tmp = self._pins.with_suffix(".tmp")
-        tmp.write_text("".join(p.hex() + "\n" for p in pins))
+        with open(tmp, "w") as f:
+            f.write("".join(p.hex() + "\n" for p in pins))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self._pins)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def pin(self, cid: bytes) -> None:
         with self._pin_lock:
@@ -272,12 +311,13 @@ class Blockstore:
         with self._pin_lock:
             self._write_pins([p for p in self.pins() if p != cid])
 
-    def gc(self) -> int:
-        """Remove every block no pin reaches; return how many went. A pack holding any such block is rewritten:
+    def gc(self, *, older_than: float | None = None, roots: list[bytes] | tuple[bytes, ...] = ()) -> int:
+        """Remove every block no pin (and none of `roots`) reaches, in packs last written before `older_than`
+        (a unix time; None: in every pack); return how many went. A pack holding any such block is rewritten:
         its live records are appended to the current pack, then it is deleted."""
         keep: set[bytes] = set()
         with self._pin_lock:
-            stack = list(self.pins())
+            stack = [*self.pins(), *roots]
         while stack:
             cid = stack.pop()
             mh = multihash_of(cid)
@@ -290,11 +330,14 @@ class Blockstore:
             packs: dict[int, list[bytes]] = {}
             for mh, (number, _, _) in self._index.items():
                 packs.setdefault(number, []).append(mh)
-            doomed = {number: mhs for number, mhs in packs.items() if not keep.issuperset(mhs)}
+            doomed = {number: mhs for number, mhs in packs.items() if not keep.issuperset(mhs)
+                      and (older_than is None or self._last_written(number) < older_than)}
             if self._current in doomed:
                 self._begin_pack()       # nothing is appended to a pack being rewritten
             empty = [p for p in self._packs.glob("*.pack")
                      if p.stem.isdigit() and int(p.stem) not in packs and int(p.stem) != self._current]
+        if older_than is not None:
+            empty = [p for p in empty if p.stat().st_mtime < older_than]
         removed = 0
         for number, mhs in sorted(doomed.items()):
             self._append(list(self.get_many([mh for mh in mhs if mh in keep]).items()), moving=True)
@@ -305,8 +348,14 @@ class Blockstore:
                         removed += 1
             self._pack(number).unlink()
         for path in empty:
-            path.unlink()
+            path.unlink(missing_ok=True)
         return removed
+
+    def _last_written(self, number: int) -> float:
+        try:
+            return self._pack(number).stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
 
 def _matches(mh: bytes, data: bytes) -> bool:
     return mh[:2] == SHA2_256 and hashlib.sha256(data).digest() == mh[2:]

@@ -1,27 +1,202 @@
 """Publishing an execution's result into the node's blockstore as one UnixFS directory:
-stdout, stderr, exitCode and outputs/ (the same tree `bacalhau get` downloads), pinned."""
+stdout, stderr, exitCode and outputs/ (the same tree `bacalhau get` downloads), pinned.
+
+What a job leaves in /outputs is hostile until proven otherwise. The walk is iterative (a tree 100,000
+directories deep costs a list, not the stack), entries are classified by lstat and only three kinds are taken:
+    regular files   opened with O_NOFOLLOW|O_NONBLOCK and taken only if fstat still says regular
+    directories     walked, never followed through a symlink
+    symlinks        published as symlinks (their target is data, never followed)
+Everything else is skipped, never opened: FIFOs (opening one would block), character and block devices
+(/dev/random never ends; a disk device is the host's disk), sockets. Names (and symlink targets) that are
+not UTF-8 are skipped too: UnixFS link names are strings, and an escaped name would come back under another
+name than the job wrote. Skipped entries are listed, one line each (the first SKIPPED_LISTED), in a note the
+compute node appends to the execution's stderr before it reports the run, so the user sees them in the
+job's stderr and in the published result.
+
+A result's size is the sum of the apparent sizes of its regular files (stdout and stderr included). It is
+checked against the node's limit (serve --max-result-size) before a byte is hashed, so a sparse terabyte is
+refused at once, and again while hashing, in case a file grew.
+"""
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
+from bacalhau.errors import ExecutorError
 from bacalhau.ipfs.blockstore import Blockstore
 from bacalhau.ipfs.unixfs import Importer, cid_str
 
 RESULT_ENTRIES = ("exitCode", "outputs", "stderr", "stdout")
+SKIPPED_LISTED = 20
+MAX_RESULT_ENTRIES = 1_000_000      # files, directories and symlinks of one result (each costs memory to publish)
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket"}
 
 
-def publish_result(root: Path, store: Blockstore) -> str:
+class ResultTooLarge(ExecutorError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the job's result is {size} bytes (apparent size), over this node's limit of {limit} "
+                         f"bytes (serve --max-result-size); it was not published")
+
+
+class TooManyEntries(ExecutorError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the job's outputs hold more than {limit} files, directories and symlinks; "
+                         f"they were not published")
+
+
+@dataclass(frozen=True)
+class Entry:
+    rel: str            # path under the result's root, '/'-separated
+    path: Path
+    kind: str           # "dir", "file" or "symlink"
+    size: int = 0       # apparent size of a file
+
+
+@dataclass
+class Scan:
+    entries: list[Entry] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)    # (shown name, why)
+    size: int = 0
+
+
+def _shown(rel: str) -> str:
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def walk_result(root: Path, max_entries: int = MAX_RESULT_ENTRIES) -> Iterator[Entry | tuple[str, str]]:
+    """The result's entries in pre-order (a directory before what it holds, children sorted by name), and
+    (shown name, why) for each entry skipped. Nothing is followed and nothing but directories is opened.
+    Raises TooManyEntries past `max_entries` (before a huge directory is listed whole)."""
+    seen = 0
+    stack: list[Iterator[tuple[str, Path]]] = [iter([(name, root / name) for name in RESULT_ENTRIES])]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            continue
+        rel, path = item
+        seen += 1
+        if seen > max_entries:
+            raise TooManyEntries(max_entries)
+        if not _utf8(rel):
+            yield _shown(rel), "its name is not UTF-8"
+            continue
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            yield Entry(rel, path, "dir")
+            names = []
+            with os.scandir(path) as listing:
+                for child in listing:
+                    names.append(child.name)
+                    if seen + len(names) > max_entries:
+                        raise TooManyEntries(max_entries)
+            names.sort()
+            stack.append(iter([(f"{rel}/{name}", path / name) for name in names]))
+        elif stat.S_ISREG(mode):
+            yield Entry(rel, path, "file", st.st_size)
+        elif stat.S_ISLNK(mode):
+            if not _utf8(os.readlink(path)):
+                yield _shown(rel), "its target is not UTF-8"
+            else:
+                yield Entry(rel, path, "symlink")
+        else:
+            yield _shown(rel), _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def scan_result(root: Path) -> Scan:
+    scan = Scan()
+    for item in walk_result(root):
+        if isinstance(item, Entry):
+            scan.entries.append(item)
+            scan.size += item.size
+        else:
+            scan.skipped.append(item)
+    return scan
+
+
+def skipped_note(skipped: list[tuple[str, str]]) -> str:
+    lines = [f"bacalhau: not published: {name} ({why})" for name, why in skipped[:SKIPPED_LISTED]]
+    if len(skipped) > SKIPPED_LISTED:
+        lines.append(f"bacalhau: not published: {len(skipped) - SKIPPED_LISTED} more entries")
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def open_regular(path: Path) -> BinaryIO | None:
+    """`path` opened for reading if it is a regular file right now (never following a symlink, never
+    blocking on a FIFO put in its place); None if it is not."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None   # a symlink (ELOOP) or gone: not a regular file any more
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return open(fd, "rb")
+
+
+class _Bounded:
+    """A file's reader that fails once the whole result has read more than the limit."""
+
+    def __init__(self, f: BinaryIO, budget: list[int], limit: int) -> None:
+        self._f, self._budget, self._limit = f, budget, limit
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._budget[0] += len(data)
+        if self._budget[0] > self._limit:
+            raise ResultTooLarge(self._budget[0], self._limit)
+        return data
+
+
+def publish_result(root: Path, store: Blockstore, max_size: int | None = None) -> str:
+    scan = scan_result(root)
+    limit = max_size if max_size is not None else 1 << 62
+    if scan.size > limit:
+        raise ResultTooLarge(scan.size, limit)
     importer = Importer(store.put)
+    read = [0]
+    # pre-order in, post-order out: a directory is added once everything under it is
+    open_dirs: list[tuple[str, list[tuple[str, object]]]] = [("", [])]
 
-    def node_of(path: Path):  # type: ignore[no-untyped-def]
-        if path.is_symlink():
-            return importer.add_symlink(path)
-        if path.is_dir():
-            return importer.add_dir([(child.name, node_of(child)) for child in sorted(path.iterdir())])
-        return importer.add_file(path)
+    def close_dir() -> None:
+        rel, children = open_dirs.pop()
+        open_dirs[-1][1].append((rel.rsplit("/", 1)[-1], importer.add_dir(children)))  # type: ignore[arg-type]
 
-    entries = [(name, node_of(root / name)) for name in RESULT_ENTRIES if (root / name).exists()]
-    directory = importer.add_dir(entries)
+    for entry in scan.entries:
+        parent = entry.rel.rsplit("/", 1)[0] if "/" in entry.rel else ""
+        while open_dirs[-1][0] != parent:
+            close_dir()
+        name = entry.rel.rsplit("/", 1)[-1]
+        if entry.kind == "dir":
+            open_dirs.append((entry.rel, []))
+        elif entry.kind == "symlink":
+            open_dirs[-1][1].append((name, importer.add_symlink(entry.path)))
+        else:
+            f = open_regular(entry.path)
+            if f is None:
+                continue
+            with f:
+                open_dirs[-1][1].append((name, importer.add_reader(_Bounded(f, read, limit))))  # type: ignore[arg-type]
+    while len(open_dirs) > 1:
+        close_dir()
+    directory = importer.add_dir(open_dirs[0][1])  # type: ignore[arg-type]
     store.pin(directory.cid)
     return cid_str(directory.cid)

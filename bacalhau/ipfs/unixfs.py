@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 CHUNK_SIZE = 262144
 MAX_LINKS = 174
@@ -144,20 +145,24 @@ class Importer:
 
     def add_file(self, path: Path) -> _Node:
         with open(path, "rb") as f:
-            chunks = _chunks(f)
-            first = next(chunks, None)
-            if first is None:
-                if self.raw_leaves:
-                    return _Node(self._store(b"", RAW), 0, 0)
-                block = dag_pb(unixfs_data(T_FILE, None, 0), [])
-                return _Node(self._store(block, DAG_PB), len(block), 0)
-            pending = _Peekable(chunks)
-            root = self._leaf(first)
-            depth = 1
-            while not pending.done():
-                root = self._fill([root], depth, pending)
-                depth += 1
-            return root
+            return self.add_reader(f)
+
+    def add_reader(self, f: BinaryIO) -> _Node:
+        """A file from an open reader (read to its end; the caller opened it, e.g. without following links)."""
+        chunks = _chunks(f)
+        first = next(chunks, None)
+        if first is None:
+            if self.raw_leaves:
+                return _Node(self._store(b"", RAW), 0, 0)
+            block = dag_pb(unixfs_data(T_FILE, None, 0), [])
+            return _Node(self._store(block, DAG_PB), len(block), 0)
+        pending = _Peekable(chunks)
+        root = self._leaf(first)
+        depth = 1
+        while not pending.done():
+            root = self._fill([root], depth, pending)
+            depth += 1
+        return root
 
     def _fill(self, children: list[_Node], depth: int, pending: _Peekable) -> _Node:
         while len(children) < MAX_LINKS and not pending.done():

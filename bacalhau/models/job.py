@@ -9,6 +9,23 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bacalhau.models.limits import (
+    MAX_ATTEMPTS,
+    MAX_BACKOFF,
+    MAX_CONCURRENCY,
+    MAX_EXIT_CODE,
+    MAX_INPUTS,
+    MAX_JOB_TIMEOUT,
+    MAX_MAP_ITEMS,
+    Args,
+    Env,
+    Module,
+    Name,
+    Selector,
+    Source,
+    Stdout,
+    Value,
+)
 from bacalhau.models.resources import Resources
 from bacalhau.models.state import ExecutionState, JobState
 
@@ -27,15 +44,16 @@ class Network(StrEnum):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # no NaN or Infinity anywhere (Python's json takes both literals; see models/limits.py)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DockerSpec(_Strict):
-    image: str
-    entrypoint: list[str] | None = None
-    parameters: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-    working_dir: str | None = None
+    image: Name
+    entrypoint: Args | None = None
+    parameters: Args = Field(default_factory=list)
+    env: Env = Field(default_factory=dict)
+    working_dir: Name | None = None
 
     @field_validator("image")
     @classmethod
@@ -49,23 +67,23 @@ WASM_INLINE_PREFIX = "base64:"
 
 
 class WasmSpec(_Strict):
-    module: str                    # "base64:<module bytes>" (uploaded with the job); ipfs:// once IPFS lands
-    entry_point: str = "_start"
-    parameters: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    module: Module                 # "base64:<module bytes>" (uploaded with the job)
+    entry_point: Name = "_start"
+    parameters: Args = Field(default_factory=list)
+    env: Env = Field(default_factory=dict)
 
 
 class NoopSpec(_Strict):
     """Control-plane tests and benchmarks: prints `stdout`, waits `sleep` seconds, exits with `exit_code`."""
 
-    stdout: str = ""
-    exit_code: int = 0
-    sleep: float = 0.0
+    stdout: Stdout = ""
+    exit_code: int = Field(default=0, ge=0, le=MAX_EXIT_CODE)
+    sleep: float = Field(default=0.0, ge=0, le=MAX_JOB_TIMEOUT)   # the job's timeout cuts it short
 
 
 class StorageSpec(_Strict):
-    source: str                    # ipfs://CID, https://..., inline:NAME;base64,DATA
-    path: str = "/inputs"          # the directory the job sees it in (read-only)
+    source: Source                 # ipfs://CID, https://..., inline:NAME;base64,DATA
+    path: Name = "/inputs"         # the directory the job sees it in (read-only)
 
     @field_validator("path")
     @classmethod
@@ -85,8 +103,8 @@ class StorageSpec(_Strict):
 class RetrySpec(_Strict):
     """How this job is retried on other nodes when an attempt fails (not when it exits non-zero)."""
 
-    max_attempts: int | None = None     # None: the requester's default
-    backoff: float = 0.0                # seconds before the second attempt, doubling after each failure
+    max_attempts: int | None = Field(default=None, le=MAX_ATTEMPTS)   # None: the requester's default
+    backoff: float = Field(default=0.0, ge=0, le=MAX_BACKOFF)  # seconds before the 2nd attempt, doubling after
     on_nonzero_exit: bool = False       # also retry (elsewhere) when the command ran and exited non-zero
 
     @field_validator("max_attempts")
@@ -103,12 +121,13 @@ class JobSpec(_Strict):
     wasm: WasmSpec | None = None
     noop: NoopSpec | None = None
     resources: Resources = Field(default_factory=Resources)
-    timeout: float = DEFAULT_JOB_TIMEOUT
+    timeout: float = Field(default=DEFAULT_JOB_TIMEOUT, le=MAX_JOB_TIMEOUT)
     network: Network = Network.NONE
-    labels: dict[str, str] = Field(default_factory=dict)
-    node_selector: str = ""        # Kubernetes label-selector syntax: 'zone=eu,gpu in (a100,h100)'
-    concurrency: int = 1
-    inputs: list[StorageSpec] = Field(default_factory=list)
+    labels: dict[Name, Value] = Field(default_factory=dict, max_length=MAX_MAP_ITEMS)
+    # Kubernetes label-selector syntax: 'zone=eu,gpu in (a100,h100)'
+    node_selector: Selector = ""
+    concurrency: int = Field(default=1, le=MAX_CONCURRENCY)
+    inputs: list[StorageSpec] = Field(default_factory=list, max_length=MAX_INPUTS)
     retry: RetrySpec = Field(default_factory=RetrySpec)
 
     @model_validator(mode="after")
@@ -154,6 +173,8 @@ class RunResult(_Strict):
     stdout_bytes: int = 0
     stderr_bytes: int = 0
     stdout_tail: str = ""          # the last bytes of stdout, for describe
+    stdout_truncated: bool = False  # the stream passed the node's --max-job-output: the rest was dropped
+    stderr_truncated: bool = False
 
 
 class Execution(_Strict):

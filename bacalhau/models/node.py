@@ -17,7 +17,7 @@ class NodeType(StrEnum):
 
 
 class NodeInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     node_id: str                   # libp2p peer id
     node_types: list[NodeType] = Field(default_factory=list)

@@ -7,7 +7,9 @@ What it adds over py-libp2p (each point works around a trap measured on py-libp2
   on every read, and handlers behind a boundary that catches everything (an exception escaping a raw
   py-libp2p handler can take the host down);
 - connections to the configured peers kept up with backoff (dialing costs >= 250 ms: never per call);
-- gossipsub with a 1 s heartbeat and spam limits sized for a cluster's NodeInfo traffic.
+- gossipsub with a 1 s heartbeat and spam limits sized for a cluster's NodeInfo traffic; every message
+  signed and checked against its origin (strict signing), so a subscriber learns who wrote it;
+- caps on connections in total and per peer (py-libp2p enforces the per-peer one only on its own dials).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p import new_host
+from libp2p.abc import INotifee
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.identity_utils import load_identity, save_identity
+from libp2p.identity_utils import load_identity
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
@@ -40,8 +43,10 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service.context import background_trio_service
 
+import bacalhau.p2p.tcp
 from bacalhau.errors import ProtocolError, TransportError
 from bacalhau.p2p import fastpath
+from bacalhau.secret_file import write_secret
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +58,62 @@ REDIAL_MIN, REDIAL_MAX = 0.5, 10.0
 DIAL_TIMEOUT = 10.0   # a dial that the other side's PSK silently refuses would hang for 20-30 s
 READ_CHUNK = 256 * 1024
 REANNOUNCE_INTERVAL = 2.0
+DEFAULT_MAX_CONNECTIONS = 256          # inbound and outbound, all peers
+DEFAULT_MAX_CONNECTIONS_PER_PEER = 2   # a peer that opens more has its newest ones closed
 
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
 
 
 fastpath.apply()
+bacalhau.p2p.tcp.apply()      # a silent peer's connection is dropped, not waited on
 
 
 def load_or_create_identity(key_path: Path) -> Any:
     """The node's Ed25519 key pair, created once and kept (mode 0600)."""
     if key_path.exists():
         return load_identity(key_path)
-    key_path.parent.mkdir(parents=True, exist_ok=True)
     key_pair = create_new_key_pair()
-    save_identity(key_pair, key_path)
+    # libp2p's save_identity writes the file, then chmods it: readable by others for a moment
+    write_secret(key_path, key_pair.private_key.serialize())
     return key_pair
+
+
+def addr_of_peer(addr: str, peer_id: str) -> bool:
+    """Whether `addr` is a multiaddr whose /p2p/ part, if it has one, is `peer_id`."""
+    try:
+        maddr = multiaddr.Multiaddr(addr)
+        named = maddr.value_for_protocol("p2p") if "/p2p/" in addr else None
+    except Exception:
+        return False
+    return named is None or str(named) == peer_id
+
+
+class _ConnectionCap(INotifee):
+    """Hands every new connection to the host, which closes those over the per-peer cap."""
+
+    def __init__(self, send: trio.MemorySendChannel[Any]) -> None:
+        self._send = send
+
+    async def connected(self, network: Any, conn: Any) -> None:
+        try:
+            self._send.send_nowait(conn)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass    # a flood of connections: the next one's check closes the excess as well
+
+    async def disconnected(self, network: Any, conn: Any) -> None:
+        pass
+
+    async def opened_stream(self, network: Any, stream: Any) -> None:
+        pass
+
+    async def closed_stream(self, network: Any, stream: Any) -> None:
+        pass
+
+    async def listen(self, network: Any, multiaddr: Any) -> None:
+        pass
+
+    async def listen_close(self, network: Any, multiaddr: Any) -> None:
+        pass
 
 
 class P2PStream:
@@ -161,7 +207,8 @@ class P2PHost:
     def __init__(
         self, *, key_path: Path, listen_host: str = "0.0.0.0", listen_port: int = 1235, peers: Sequence[str] = (),
         psk: str | None = None, max_frame: int = DEFAULT_MAX_FRAME, read_timeout: float = DEFAULT_READ_TIMEOUT,
-        pubsub: bool = True,
+        pubsub: bool = True, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER,
     ) -> None:
         self._key_path = key_path
         self._listen = f"/ip4/{listen_host}/tcp/{listen_port}"
@@ -172,6 +219,8 @@ class P2PHost:
         self._host: Any = None
         self._pubsub: Any = None
         self._with_pubsub = pubsub     # the public IPFS host has no use for gossipsub
+        self._max_connections = max_connections
+        self._max_per_peer = max_connections_per_peer
         self.peer_id = ""
         self.listen_addrs: list[str] = []
 
@@ -186,7 +235,10 @@ class P2PHost:
             sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
             muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux, TProtocol(MPLEX_PROTOCOL_ID): Mplex},
             listen_addrs=[multiaddr.Multiaddr(self._listen)],
-            connection_config=ConnectionConfig(min_connections=0, low_watermark=0),
+            connection_config=ConnectionConfig(min_connections=0, low_watermark=0,
+                                               high_watermark=self._max_connections,
+                                               max_connections=self._max_connections,
+                                               max_connections_per_peer=self._max_per_peer),
             **kwargs,
         )
         self.peer_id = self._host.get_id().to_base58()
@@ -197,7 +249,9 @@ class P2PHost:
                 heartbeat_initial_delay=0.1, spam_protection_enabled=False, eclipse_protection_enabled=False,
                 max_messages_per_topic_per_second=10_000.0, max_pending_messages_per_peer=1000,
             )
-            self._pubsub = Pubsub(self._host, router)
+            # strict signing (py-libp2p's default, stated here so that it stays): a message whose signature
+            # does not match its `from` is dropped, so the origin subscribe() yields is the writer
+            self._pubsub = Pubsub(self._host, router, strict_signing=True)
         async with self._host.run(listen_addrs=[multiaddr.Multiaddr(self._listen)]):
             # The auto-connector aims at 100+ connections and keeps redialing every peer it ever saw (a
             # departed node, hundreds of times): a cluster dials its own peers (see _keep_connected).
@@ -205,6 +259,9 @@ class P2PHost:
             self.listen_addrs = [f"{a}" if "/p2p/" in str(a) else f"{a}/p2p/{self.peer_id}"
                                  for a in self._host.get_addrs()]
             async with trio.open_nursery() as nursery:
+                new_conns, conns = trio.open_memory_channel[Any](1024)
+                self._host.get_network().register_notifee(_ConnectionCap(new_conns))
+                nursery.start_soon(self._cap_connections, conns)
                 if router is not None:
                     await nursery.start(self._run_pubsub, router)
                 for peer in self._peers:
@@ -221,8 +278,28 @@ class P2PHost:
 
     # -- connections ----------------------------------------------------------------------------------------
 
+    async def _cap_connections(self, conns: trio.MemoryReceiveChannel[Any]) -> None:
+        network = self._host.get_network()
+        async for conn in conns:
+            peer = conn.muxed_conn.peer_id
+            excess = network.get_connections(peer)[self._max_per_peer:]
+            if excess:
+                log.info("closing %d connections of %s over the cap of %d a peer", len(excess), peer,
+                         self._max_per_peer)
+            for extra in excess:
+                with trio.move_on_after(1):
+                    try:
+                        await extra.close()
+                    except Exception as exc:  # already closing
+                        log.debug("closing a connection of %s: %r", peer, exc)
+
     def connected_peers(self) -> list[str]:
         return [p.to_base58() for p in self._host.get_connected_peers()]
+
+    def connection_count(self, peer_id: str | None = None) -> int:
+        """Open connections to `peer_id`, or to all peers."""
+        network = self._host.get_network()
+        return len(network.get_connections(ID.from_base58(peer_id) if peer_id else None))
 
     async def connect(self, addr: str) -> str:
         try:
@@ -233,6 +310,9 @@ class P2PHost:
                 " joins, --swarm-key)") if self._psk else ""
         # py-libp2p refuses to redial a peer for 60 s after a failed dial: our own backoff decides instead
         self._host.get_network().unblock_peer(info.peer_id)
+        # and it dials one TCP address per peer, the first it holds: after a first connection that is the one the
+        # peer announced (/ip4/0.0.0.0/... when it listens on all interfaces), which no other machine reaches
+        self._host.get_peerstore().clear_addrs(info.peer_id)
         try:
             with trio.fail_after(DIAL_TIMEOUT):
                 await self._host.connect(info)
@@ -331,6 +411,7 @@ class P2PHost:
         sub = await self._pubsub.subscribe(topic)
 
         async def messages() -> AsyncIterator[tuple[str, bytes]]:
+            """(origin, data): the peer that wrote and signed the message, not the one that forwarded it."""
             while True:
                 msg = await sub.get()
                 yield ID(msg.from_id).to_base58(), bytes(msg.data)

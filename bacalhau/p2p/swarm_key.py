@@ -10,6 +10,7 @@ import secrets
 from pathlib import Path
 
 from bacalhau.errors import UserError
+from bacalhau.secret_file import write_secret
 
 HEADER = "/key/swarm/psk/1.0.0/\n/base16/\n"
 _HEX = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -34,9 +35,5 @@ def load_or_create_swarm_key(path: Path, given: str | None = None) -> str:
         return parse_swarm_key(path.read_text())
     else:
         key = secrets.token_hex(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(HEADER + key + "\n")
-    tmp.chmod(0o600)
-    os.replace(tmp, path)
+    write_secret(path, HEADER + key + "\n")
     return key

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 S = ExecutionState
 NOT_NEEDED = "not needed: the job had enough accepted bids"
 BID_OVERASK = 2        # ask up to this many nodes per execution still needed
+LOST_EXECUTION_CANCEL_WINDOW = 3600.0   # a lost node back within this is told to drop what was written off
 
 
 class Requester:
@@ -171,14 +172,16 @@ class Requester:
                 return m.Ack()
             await self._set(msg.execution_id, None, S.FAILED, msg.reason)
         log.info("execution %s of job %s failed on %s: %s", msg.execution_id, msg.job_id, msg.node_id, msg.reason)
-        await self._evaluate(msg.job_id)
+        # in a task of its own: the reply is not held up by scheduling (the call has a timeout; a retry's
+        # backoff can be longer, and a cancelled handler lost the retry)
+        self._spawn(self._evaluate, msg.job_id)
         return m.Ack()
 
     # -- scheduling -----------------------------------------------------------------------------------------
 
     async def _evaluate(self, job_id: str) -> None:
-        """Look at a job and do the next thing it needs: finish it, fail it, or ask nodes for bids."""
-        delay = 0.0
+        """Look at a job and do the next thing it needs: finish it, fail it, or ask nodes for bids (after a
+        retry's backoff, in a task of its own: whoever calls this is never held up by the backoff)."""
         async with self._locks[job_id]:
             job = await self.store.get_job(job_id, full=False)
             if job.state.terminal:
@@ -200,10 +203,12 @@ class Requester:
                 if not decision.retry:
                     await self._fail_job(job, f"{decision.reason}: {attempts_summary(job)}")
                     return
-                delay = decision.delay
-            if not delay:
-                await self._ask_for_bids(job, needed, live)
-                return
+                if decision.delay:
+                    self._spawn(self._ask_for_bids_after, job_id, decision.delay)
+                    return
+            await self._ask_for_bids(job, needed, live)
+
+    async def _ask_for_bids_after(self, job_id: str, delay: float) -> None:
         await trio.sleep(delay)
         async with self._locks[job_id]:
             job = await self.store.get_job(job_id, full=False)
@@ -268,7 +273,7 @@ class Requester:
                 await self._set(execution_id, expected, new, reason)
             except StateError:
                 return  # moved on meanwhile: nothing to do
-        await self._evaluate(job_id)
+        self._spawn(self._evaluate, job_id)
 
     async def _fail_job(self, job: Job, reason: str) -> None:
         await self.store.update_job(job.id, job.state, JobState.FAILED, reason)
@@ -348,6 +353,16 @@ class Requester:
                 for ex in job.executions:
                     if ex.node_id in gone and not ex.state.terminal:
                         await self._execution_failed(job.id, ex.id, (ex.state,), S.FAILED, "the node was lost")
+                        self._spawn(self._cancel_when_back, ex.node_id, ex.id)
+
+    async def _cancel_when_back(self, node_id: str, execution_id: str) -> None:
+        """A node cut off (not dead) comes back still holding what was written off and run elsewhere: its
+        result would be refused, so tell it to stop instead of keeping the job's room taken (or running)."""
+        with trio.move_on_after(LOST_EXECUTION_CANCEL_WINDOW):
+            await self.nodes.wait_for(node_id)
+            # only if written off: one that moved on first (say to publishing) is still the job's
+            if (await self.store.get_execution(execution_id)).state == S.FAILED:
+                await self._tell_compute("cancel", node_id, execution_id, "the requester lost this node meanwhile")
 
     # -- helpers --------------------------------------------------------------------------------------------
 
@@ -362,5 +377,14 @@ class Requester:
 
     def _spawn(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
         assert self._nursery is not None, "Requester.run() is not running"
-        self._nursery.start_soon(fn, *args)
+        self._nursery.start_soon(_guarded, fn, args, name=getattr(fn, "__qualname__", fn))
+
+
+async def _guarded(fn, args) -> None:  # type: ignore[no-untyped-def]
+    """The boundary of every task the requester spawns: what escapes one (exception groups included; never
+    trio.Cancelled) is logged once and the requester goes on (its timeouts and reconciliation take it up)."""
+    try:
+        await fn(*args)
+    except* Exception as group:
+        log.exception("%s%r failed", getattr(fn, "__name__", fn), args, exc_info=group)
 

@@ -2,18 +2,25 @@
 
 Updates are compare-and-set on the expected state: a transition the table forbids raises
 IllegalTransitionError, and one whose expected state is stale raises StateError.
+
+A row that does not parse never fails a read: it reads as a failed job (or execution) whose reason says so.
+At open, unfinished jobs (the ones a starting requester acts on) whose row or whose executions' rows do not
+parse are set aside (a copy in `quarantine`) and rewritten as failed, so the node starts and serves.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from pathlib import Path
 
-from bacalhau.db import Database
+from bacalhau.db import QUARANTINE, UNREADABLE_SPEC, Database, real, set_aside, why
 from bacalhau.errors import AmbiguousIdError, NotFoundError, StateError
 from bacalhau.models import Event, Execution, ExecutionState, Job, JobSpec, JobState, RunResult
 from bacalhau.models.state import check_execution_transition, check_job_transition
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -33,6 +40,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_job ON events(job_id);
 """
+MIGRATIONS = [QUARANTINE]      # 0 -> 1: the quarantine table
 
 
 def _event(conn: sqlite3.Connection, job_id: str, kind: str, subject: str, state: str, reason: str,
@@ -43,7 +51,7 @@ def _event(conn: sqlite3.Connection, job_id: str, kind: str, subject: str, state
     )
 
 
-def _row_to_execution(row: sqlite3.Row) -> Execution:
+def _parse_execution(row: sqlite3.Row) -> Execution:
     return Execution(
         id=row["id"], job_id=row["job_id"], node_id=row["node_id"], state=ExecutionState(row["state"]),
         reason=row["reason"], created_at=row["created_at"], updated_at=row["updated_at"],
@@ -52,7 +60,7 @@ def _row_to_execution(row: sqlite3.Row) -> Execution:
     )
 
 
-def _row_to_job(row: sqlite3.Row) -> Job:
+def _parse_job(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"], spec=JobSpec.model_validate_json(row["spec"]), state=JobState(row["state"]),
         reason=row["reason"], client_id=row["client_id"], created_at=row["created_at"],
@@ -60,9 +68,90 @@ def _row_to_job(row: sqlite3.Row) -> Job:
     )
 
 
+def _row_to_execution(row: sqlite3.Row) -> Execution:
+    try:
+        return _parse_execution(row)
+    except (ValueError, TypeError) as exc:     # pydantic's ValidationError is a ValueError
+        return Execution.model_construct(
+            id=str(row["id"]), job_id=str(row["job_id"]), node_id=str(row["node_id"]), state=ExecutionState.FAILED,
+            reason=f"stored execution could not be read: {why(exc)}", created_at=real(row["created_at"], 0.0),
+            updated_at=real(row["updated_at"], 0.0), result=None, result_ref="")
+
+
+def _row_to_job(row: sqlite3.Row) -> Job:
+    try:
+        return _parse_job(row)
+    except (ValueError, TypeError) as exc:
+        return Job.model_construct(
+            id=str(row["id"]), spec=JobSpec.model_validate_json(UNREADABLE_SPEC), state=JobState.FAILED,
+            reason=f"stored job could not be read: {why(exc)}", client_id=str(row["client_id"]),
+            created_at=real(row["created_at"], 0.0), updated_at=real(row["updated_at"], 0.0), executions=[],
+            events=[])
+
+
+def _row_to_event(row: sqlite3.Row) -> Event:
+    try:
+        return Event(time=row["time"], kind=row["kind"], subject=row["subject"], state=row["state"],
+                     reason=row["reason"], node_id=row["node_id"])
+    except (ValueError, TypeError) as exc:
+        return Event.model_construct(time=real(row["time"], 0.0), kind=str(row["kind"]), subject=str(row["subject"]),
+                                     state=str(row["state"]), reason=f"stored event could not be read: {why(exc)}",
+                                     node_id="")
+
+
+def _set_aside_unreadable(conn: sqlite3.Connection) -> list[str]:
+    """Unfinished jobs whose row, or one of whose executions' rows, does not parse: each row kept in
+    `quarantine` and rewritten as failed with the reason (a row even that does not fix is removed). Returns
+    the ids of the jobs failed."""
+    terminal = [s.value for s in JobState if s.terminal]
+    rows = conn.execute(
+        f"SELECT rowid AS rid, * FROM jobs WHERE state NOT IN ({','.join('?' * len(terminal))})", terminal
+    ).fetchall()
+    failed = []
+    now = time.time()
+    for row in rows:
+        reason = ""
+        for ex in conn.execute("SELECT rowid AS rid, * FROM executions WHERE job_id=?", (row["id"],)).fetchall():
+            try:
+                _parse_execution(ex)
+            except (ValueError, TypeError) as exc:
+                error = why(exc)
+                set_aside(conn, "executions", ex, error)
+                text = f"stored execution could not be read: {error}"
+                conn.execute("UPDATE executions SET state=?, reason=?, result=NULL, result_ref='', created_at=?,"
+                             " updated_at=? WHERE rowid=?", (ExecutionState.FAILED.value, text,
+                                                             real(ex["created_at"], now), now, ex["rid"]))
+                reason = reason or f"execution {str(ex['id'])[:36]} {text}"
+        try:
+            _parse_job(row)
+        except (ValueError, TypeError) as exc:
+            error = why(exc)
+            set_aside(conn, "jobs", row, error)
+            conn.execute("UPDATE jobs SET spec=?, client_id=?, created_at=? WHERE rowid=?",
+                         (UNREADABLE_SPEC, str(row["client_id"] or ""), real(row["created_at"], now), row["rid"]))
+            reason = f"stored job could not be read: {error} (its row is kept in the quarantine table of jobs.db)"
+        if not reason:
+            continue
+        conn.execute("UPDATE jobs SET state=?, reason=?, updated_at=? WHERE rowid=?",
+                     (JobState.FAILED.value, reason, now, row["rid"]))
+        fixed = conn.execute("SELECT * FROM jobs WHERE rowid=?", (row["rid"],)).fetchone()
+        try:
+            _parse_job(fixed)
+        except (ValueError, TypeError):
+            conn.execute("DELETE FROM jobs WHERE rowid=?", (row["rid"],))   # e.g. an id no Job takes
+            continue
+        _event(conn, fixed["id"], "job", fixed["id"], JobState.FAILED.value, reason)
+        failed.append(fixed["id"])
+    return failed
+
+
 class JobStore:
     def __init__(self, path: Path) -> None:
-        self._db = Database(path, SCHEMA)
+        self._db = Database(path, SCHEMA, MIGRATIONS)
+        self.set_aside = self._db.run_sync(_set_aside_unreadable)   # ids of the jobs failed for it at open
+        if self.set_aside:
+            log.warning("%d unfinished jobs in %s could not be read: failed, their rows kept in its quarantine "
+                        "table (%s)", len(self.set_aside), path, ", ".join(self.set_aside))
 
     def close(self) -> None:
         self._db.close()
@@ -110,11 +199,7 @@ class JobStore:
             job.executions = [_row_to_execution(r) for r in rows]
             if full:
                 events = conn.execute("SELECT * FROM events WHERE job_id=? ORDER BY seq", (job_id,)).fetchall()
-                job.events = [
-                    Event(time=e["time"], kind=e["kind"], subject=e["subject"], state=e["state"],
-                          reason=e["reason"], node_id=e["node_id"])
-                    for e in events
-                ]
+                job.events = [_row_to_event(e) for e in events]
             return job
 
         return await self._db.run(tx)

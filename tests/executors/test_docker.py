@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from bacalhau.config import JobLimits
 from bacalhau.errors import ExecutorError
 from bacalhau.executors.docker import LABEL_EXECUTION, LABEL_NODE, DockerExecutor
 from bacalhau.executors.types import ExecutionDir
@@ -29,8 +30,9 @@ def containers(label: str) -> list[str]:
     return out.stdout.split()
 
 
-async def run(tmp_path: Path, j: Job, execution_id: str = "e1") -> tuple[RunResult, ExecutionDir]:
-    ex = DockerExecutor(NODE)
+async def run(tmp_path: Path, j: Job, execution_id: str = "e1",
+              limits: JobLimits | None = None) -> tuple[RunResult, ExecutionDir]:
+    ex = DockerExecutor(NODE, limits=limits)
     d = ExecutionDir(tmp_path / execution_id)
     d.create()
     await ex.start(execution_id, j, d)
@@ -79,7 +81,8 @@ async def test_outputs_written_by_the_job_appear_on_the_host(tmp_path: Path) -> 
 async def test_network_is_none_unless_asked(tmp_path: Path) -> None:
     _, d = await run(tmp_path, job("sh", "-c", "ls /sys/class/net"))
     assert d.stdout.read_text().split() == ["lo"]
-    _, d = await run(tmp_path, job("sh", "-c", "ls /sys/class/net", network="host"), "e2")
+    _, d = await run(tmp_path, job("sh", "-c", "ls /sys/class/net", network="host"), "e2",
+                     JobLimits(allow_host_network=True))
     assert len(d.stdout.read_text().split()) > 1
 
 

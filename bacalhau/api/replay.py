@@ -1,0 +1,49 @@
+"""Signatures the API has accepted, so that each is accepted once.
+
+A signature is good for MAX_AGE seconds either side of the requester's clock (signing.py); one seen within
+that window is a replay. They are kept in SQLite (`api.db` in the repo), so a restart does not reopen the
+window; rows older than the window are dropped as new ones come in.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from bacalhau.db import Database
+from bacalhau.errors import StateError
+from bacalhau.signing import MAX_AGE
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS seen_signatures (
+    signature TEXT PRIMARY KEY,
+    signed_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS seen_signatures_signed_at ON seen_signatures (signed_at);
+"""   # layout version 0 (db.py versions it; migrations go there)
+
+
+class ReplayError(StateError):
+    pass
+
+
+class SeenSignatures:
+    def __init__(self, path: Path) -> None:
+        self._db = Database(path, SCHEMA)
+
+    async def accept(self, signature: str, signed_at: float) -> None:
+        """Record `signature`; ReplayError if it was recorded before."""
+        now = time.time()
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM seen_signatures WHERE signed_at < ?", (now - 2 * MAX_AGE,))
+            cur = conn.execute("INSERT OR IGNORE INTO seen_signatures (signature, signed_at) VALUES (?, ?)",
+                               (signature, signed_at))
+            return cur.rowcount == 1
+
+        if not await self._db.run(tx):
+            raise ReplayError("this signed request was already used once (a replay?): sign a new one")
+
+    def close(self) -> None:
+        self._db.close()
