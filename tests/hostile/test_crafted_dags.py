@@ -260,16 +260,23 @@ async def test_a_result_reference_that_is_not_ipfs_cid_fails_the_execution(tmp_p
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A rogue compute node reporting a made-up reference: here our own compute node is made to publish one
     (a rogue node of another build cannot be run here), and the requester refuses to record it."""
-    import bacalhau.ipfs.publish
+    import bacalhau.compute.node
+    from bacalhau.executors.noop import NoopExecutor
+    from bacalhau.models import Engine, JobSpec, JobState, NoopSpec
+    from bacalhau.node import NodeDeps
 
-    monkeypatch.setattr(bacalhau.ipfs.publish, "publish_result", lambda root, store: "baaaaaaaa")
+    monkeypatch.setattr(bacalhau.compute.node, "publish_result", lambda *args, **kw: "baaaaaaaa")
+    cfg = node_config(tmp_path / "node", max_attempts=1, serve_api=False, engines=("noop",))
     async with trio.open_nursery() as nursery:
-        node: Node = await nursery.start(Node(node_config(tmp_path / "node", max_attempts=1)).run)
-        res = await run_cli(node, "docker", "run", IMAGE, "--", "echo", "hi")
-        assert res.returncode != 0 and "result reference" in res.stderr, res.stderr
-        jobs = json.loads((await run_cli(node, "list", "-o", "json")).stdout)
-        job = json.loads((await run_cli(node, "describe", "-o", "json", jobs[0]["id"])).stdout)
-        assert job["state"] == "failed" and all(e["result_ref"] == "" for e in job["executions"])
+        node: Node = await nursery.start(Node(cfg, NodeDeps(executors={Engine.NOOP: NoopExecutor()})).run)
+        assert node.requester is not None
+        job = await node.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="hi\n")))
+        with trio.fail_after(20):
+            while not (done := await node.requester.store.get_job(job.id)).state.terminal:
+                await node.requester.wait_for_change(job.id, 1.0)
+        assert done.state == JobState.FAILED
+        assert any("result reference" in e.reason for e in done.executions), [e.reason for e in done.executions]
+        assert all(e.result_ref == "" for e in done.executions)
         nursery.cancel_scope.cancel()
 
 
