@@ -117,7 +117,7 @@ async def download(url: str, target: Path, policy: UrlPolicy) -> int:
                 raise ExecutorError(f"redirected to {current[:100]!r}: only http and https URLs are followed")
             async with pool.stream("GET", current, headers=[(b"User-Agent", b"bacalhau-py")]) as resp:
                 if resp.status in (301, 302, 303, 307, 308):
-                    location = dict(resp.headers).get(b"Location") or dict(resp.headers).get(b"location")
+                    location = next((v for k, v in resp.headers if k.lower() == b"location"), None)
                     if not location:
                         raise ExecutorError(f"HTTP {resp.status} without a Location")
                     current = urljoin(current, location.decode("latin-1"))
