@@ -231,6 +231,7 @@ async def test_crafted_dags_from_kubo_fail_one_line_through_get_inputs_and_resul
 
         # diamonds 40 deep through the API: fetched a block once each, refused by the caps in one line
         with trio.fail_after(60):
+            assert await node.bitswap.fetch(wide_dir, timeout=30) == 41      # each distinct block once
             got = await run_cli(node, "ipfs", "get", cid_str(wide_dir), "-o", str(tmp_path / "wide"))
             assert got.returncode != 0 and "export limit" in got.stderr and "Traceback" not in got.stderr
             got = await run_cli(node, "ipfs", "cat", cid_str(wide_file))
