@@ -146,6 +146,16 @@ class Requester:
         return m.Ack()
 
     async def _on_publish_complete(self, peer_id: str, msg: m.PublishComplete) -> m.Ack:
+        from bacalhau.ipfs.result_ref import parse_result_ref
+
+        try:
+            parse_result_ref(msg.result_ref)     # what downloads will trust: ipfs://<CID> and nothing else
+        except ProtocolError as exc:
+            async with self._locks[msg.job_id]:
+                await self._set(msg.execution_id, (S.PUBLISHING,), S.FAILED, f"node {peer_id} published a bad "
+                                f"result reference: {exc}")
+            await self._evaluate(msg.job_id)
+            raise
         async with self._locks[msg.job_id]:
             await self._set(msg.execution_id, (S.PUBLISHING,), S.COMPLETED, "result published",
                             result_ref=msg.result_ref)
