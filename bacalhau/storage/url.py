@@ -87,7 +87,8 @@ class _CheckedBackend(httpcore.AsyncNetworkBackend):
         permitted = [ip for ip in candidates if self._policy.permits(ip)]
         if not permitted:
             shown = ", ".join(map(str, candidates)) or "nothing"
-            raise RefusedAddress(f"{host} is {shown}, an address URL inputs may not reach (a node's operator "
+            named = f"{host} is" if shown == host else f"{host} is {shown},"
+            raise RefusedAddress(f"{named} an address URL inputs may not reach (a node's operator "
                                  "allows private addresses with --allow-private-urls)")
         return await self._inner.connect_tcp(str(permitted[0]), port, timeout=timeout, local_address=local_address,
                                              socket_options=socket_options)
