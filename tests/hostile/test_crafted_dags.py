@@ -209,6 +209,8 @@ def kubo_put(kubo: Kubo, dag: Dag) -> None:
         tmp.rename(shard / f"{key}.data")
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 async def test_crafted_dags_from_kubo_fail_one_line_through_get_inputs_and_results(
         tmp_path: Path, kubo: Kubo, target: Path) -> None:
     dag = Dag()
@@ -292,6 +294,8 @@ def test_result_references_parse_as_ipfs_cids_only() -> None:
             parse_result_ref(bad)
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 async def test_a_diamond_from_the_external_ipfs_node_is_fetched_a_block_once(tmp_path: Path) -> None:
     """--ipfs-connect: js-ipfs (the RPC API's stand-in for Kubo here) holds a diamond 40 deep; our node's
     remote fetch asks each of its 41 blocks once (it asked a repeated child twice, then lost it: KeyError)."""

@@ -33,6 +33,8 @@ def jsipfs(tmp_path: Path) -> Iterator[JsIpfs]:
 
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_two_identical_input_files_under_ipfs_connect_do_not_end_the_node(served, jsipfs: JsIpfs,  # type: ignore[no-untyped-def]
                                                                          tmp_path: Path) -> None:
     node: Served = served("node", "--ipfs-connect", jsipfs.api_maddr).start()
@@ -186,6 +188,7 @@ def test_internet_addresses_are_public(address: str) -> None:
     assert is_public(ipaddress.ip_address(address))
 
 
+@pytest.mark.docker
 async def test_a_url_input_to_this_machine_is_refused_without_the_flag(single_node, site: Site) -> None:  # type: ignore[no-untyped-def]
     site.file("/secret", b"the node's own service\n")
     port = site.url.rsplit(":", 1)[1]
@@ -261,6 +264,7 @@ async def test_a_server_that_trickles_forever_meets_one_deadline(tmp_path: Path,
     assert not list((tmp_path / "a").iterdir())
 
 
+@pytest.mark.docker
 async def test_cancelling_the_job_stops_its_download(tmp_path: Path, site: Site) -> None:
     site.endless("/forever", every=0.05, chunk=b"z")
     async with trio.open_nursery() as nursery:
@@ -279,6 +283,8 @@ async def test_cancelling_the_job_stops_its_download(tmp_path: Path, site: Site)
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_the_operator_allows_private_urls_with_a_serve_flag(served, site: Site) -> None:  # type: ignore[no-untyped-def]
     site.file("/data.csv", b"x,y\n")
     node: Served = served("node", "--allow-private-urls", "--url-input-timeout", "30").start()
