@@ -26,6 +26,7 @@ from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
 
 if TYPE_CHECKING:
     from bacalhau.api.server import Handler
+    from bacalhau.ipfs.blockstore import Blockstore
     from bacalhau.node import Node
 
 MAX_ADD_BYTES = 10 * 1024**3
@@ -45,21 +46,21 @@ def _cid(text: str) -> bytes:
     return cid
 
 
-def _add_tar(tar_path: Path, version: int, store: object) -> list[tuple[str, str]]:
+def _add_tar(tar_path: Path, version: int, store: Blockstore) -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp, tarfile.open(tar_path) as tar:
         tar.extractall(tmp, filter="data")
         entries = list(Path(tmp).iterdir())
         if len(entries) != 1:
             raise UserError("the upload must hold exactly one file or directory")
-        lines = add_path(entries[0], put=store.put, cid_version=version)  # type: ignore[attr-defined]
-        store.pin(cid_to_bytes(lines[-1][0]))  # type: ignore[attr-defined]
+        lines = add_path(entries[0], put=store.put, cid_version=version)
+        store.pin(cid_to_bytes(lines[-1][0]))
         return lines
 
 
-def _cat_to_file(cid: bytes, store: object) -> Path:
+def _cat_to_file(cid: bytes, store: Blockstore) -> Path:
     fd, name = tempfile.mkstemp()
     with open(fd, "wb") as f:
-        for chunk in cat(cid, store):  # type: ignore[arg-type]
+        for chunk in cat(cid, store):
             f.write(chunk)
     return Path(name)
 

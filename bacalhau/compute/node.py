@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVarTuple
 
 import trio
 from pydantic import BaseModel
@@ -43,6 +43,7 @@ from bacalhau.storage.types import StorageProvider
 
 log = logging.getLogger(__name__)
 S = ExecutionState
+Ts = TypeVarTuple("Ts")
 REMOTE_INPUT_BID_DELAY = 0.3   # seconds a node that must fetch a job's ipfs:// inputs waits before bidding
 
 
@@ -157,13 +158,13 @@ class ComputeNode:
             published_at=time.time(), log_stream_addr=self.log_stream_addr,
         )
 
-    def _spawn(self, fn, *args, execution: LocalExecution | None = None) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, fn: Callable[[*Ts], Awaitable[object]], *args: *Ts, execution: LocalExecution | None = None) -> None:
         """Run `fn(*args)` as a task of the node behind a boundary: whatever escapes it (exception groups
         included; never trio.Cancelled) is logged once and fails `execution`, if given; the node goes on."""
         assert self._nursery is not None, "ComputeNode.run() is not running"
         self._nursery.start_soon(self._guarded, fn, args, execution, name=getattr(fn, "__qualname__", fn))
 
-    async def _guarded(self, fn, args, execution: LocalExecution | None) -> None:  # type: ignore[no-untyped-def]
+    async def _guarded(self, fn: Callable[[*Ts], Awaitable[object]], args: tuple[*Ts], execution: LocalExecution | None) -> None:
         failure: BaseException | None = None
         try:
             await fn(*args)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVarTuple
 
 import trio
 from pydantic import BaseModel
@@ -22,6 +23,7 @@ from bacalhau.requester.store import JobStore
 
 log = logging.getLogger(__name__)
 S = ExecutionState
+Ts = TypeVarTuple("Ts")
 NOT_NEEDED = "not needed: the job had enough accepted bids"
 BID_OVERASK = 2        # ask up to this many nodes per execution still needed
 LOST_EXECUTION_CANCEL_WINDOW = 3600.0   # a lost node back within this is told to drop what was written off
@@ -378,12 +380,12 @@ class Requester:
         if event is not None:
             event.set()
 
-    def _spawn(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, fn: Callable[[*Ts], Awaitable[object]], *args: *Ts) -> None:
         assert self._nursery is not None, "Requester.run() is not running"
         self._nursery.start_soon(_guarded, fn, args, name=getattr(fn, "__qualname__", fn))
 
 
-async def _guarded(fn, args) -> None:  # type: ignore[no-untyped-def]
+async def _guarded(fn: Callable[[*Ts], Awaitable[object]], args: tuple[*Ts]) -> None:
     """The boundary of every task the requester spawns: what escapes one (exception groups included; never
     trio.Cancelled) is logged once and the requester goes on (its timeouts and reconciliation take it up)."""
     try:
