@@ -3,6 +3,7 @@ version is the one pyproject.toml pins, and the internals it replaces are still 
 leaves a patch behind fails here, instead of turning the patch off with a warning nobody reads.
 
     libp2p     bacalhau/p2p/fastpath.py     transfer fast paths (TCP read-ahead, noise, yamux)
+    libp2p     bacalhau/p2p/tcp.py          TCP_USER_TIMEOUT on its TCP streams' sockets
     hypercorn  bacalhau/api/server.py       close under the send lock, a deadline on every write
 """
 
@@ -28,10 +29,11 @@ def _pins() -> dict[str, str]:
 
 def test_each_patched_package_is_pinned_to_the_version_its_patch_is_for() -> None:
     from bacalhau.api.server import HYPERCORN_VERSION
+    from bacalhau.p2p import tcp
     from bacalhau.p2p.fastpath import PATCHED_VERSION
 
     pins = _pins()
-    assert pins.get("libp2p") == PATCHED_VERSION == version("libp2p")
+    assert pins.get("libp2p") == PATCHED_VERSION == tcp.PATCHED_VERSION == version("libp2p")
     assert pins.get("hypercorn") == HYPERCORN_VERSION == version("hypercorn")
 
 
@@ -55,6 +57,16 @@ def test_the_libp2p_fast_paths_apply_to_the_installed_version(monkeypatch: pytes
     assert "write" in sleepers, sleepers
 
 
+def test_the_libp2p_tcp_timeout_applies_to_the_installed_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    from libp2p.io.trio import TrioTCPStream
+
+    from bacalhau.p2p import tcp
+
+    monkeypatch.delenv("BACALHAU_P2P_UNACKED_ABORT", raising=False)
+    assert tcp.apply()
+    assert TrioTCPStream.__init__.__module__ == tcp.__name__
+
+
 def test_the_hypercorn_patch_targets_are_still_there() -> None:
     from hypercorn.trio.tcp_server import TCPServer
 
@@ -72,11 +84,13 @@ logging.basicConfig(level=logging.WARNING, format="%(message)s")
 from hypercorn.trio.tcp_server import TCPServer
 from libp2p.io.trio import TrioTCPStream
 from bacalhau.api.server import _guard_hypercorn
-from bacalhau.p2p import fastpath
-before = (TCPServer._close, TCPServer.protocol_send, TrioTCPStream.read)
+from bacalhau.p2p import fastpath, tcp
+def patchable():
+    return (TCPServer._close, TCPServer.protocol_send, TrioTCPStream.read, TrioTCPStream.__init__)
+before = patchable()
 _guard_hypercorn()
-print("applied" if fastpath.apply() else "not applied")
-print("untouched" if before == (TCPServer._close, TCPServer.protocol_send, TrioTCPStream.read) else "patched")
+print("applied" if fastpath.apply() or tcp.apply() else "not applied")
+print("untouched" if before == patchable() else "patched")
 """
 
 
@@ -87,3 +101,4 @@ def test_no_patch_is_applied_to_another_version_and_a_warning_says_so() -> None:
     assert out.stdout.split() == ["not", "applied", "untouched"], out.stdout + out.stderr
     assert "hypercorn 0.0.1 is not 0.18.0" in out.stderr
     assert "py-libp2p 0.0.1 is not 0.8.1" in out.stderr
+    assert "py-libp2p 0.0.1 (not 0.8.1)" in out.stderr
