@@ -12,6 +12,7 @@ dpkg -s busybox-static >/dev/null 2>&1 || apt_missing+=(busybox-static)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_missing+=(python3-venv)
 command -v python3 >/dev/null 2>&1 || apt_missing+=(python3)
 command -v npm >/dev/null 2>&1 || apt_missing+=(nodejs npm)
+command -v ip >/dev/null 2>&1 || apt_missing+=(iproute2)      # network namespaces for the partition test
 if [ ${#apt_missing[@]} -gt 0 ]; then
   log "installing ${apt_missing[*]}"
   apt-get update -qq
