@@ -15,6 +15,7 @@ from bacalhau.cli.job_limits import job_limit_options, parse_job_limits
 from bacalhau.config import (
     DEFAULT_API_HOST,
     DEFAULT_API_PORT,
+    DEFAULT_BPROTOCOL_MUX,
     DEFAULT_IPFS_SWARM_HOST,
     DEFAULT_IPFS_SWARM_PORT,
     DEFAULT_RETENTION,
@@ -124,12 +125,15 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
                    "unpublished (default 10Gi).")
 @click.option("--wasm-memory-limit", default=None, metavar="SIZE",
               help="Memory of a WASM job that asks for none (default 512Mi).")
+@click.option("--bprotocol-mux/--no-bprotocol-mux", default=DEFAULT_BPROTOCOL_MUX, show_default=True,
+              envvar="BACALHAU_BPROTOCOL_MUX",
+              help="Calls to a peer share one stream (off: a stream per call, as nodes before the mux).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, swarm_port: int, labels: str,
           limit_total_cpu: str | None, limit_total_memory: str | None, repo: str | None, max_attempts: int | None,
           swarm_key: str | None, ipfs_swarm_port: int, ipfs_swarm_host: str, ipfs_swarm_addrs: str,
           ipfs_connect: str | None, retention: float, max_result_size: str | None,
-          wasm_memory_limit: str | None, verbose: bool, **job_limits: Any) -> None:
+          wasm_memory_limit: str | None, bprotocol_mux: bool, verbose: bool, **job_limits: Any) -> None:
     """Run a bacalhau node: with no flags, a private cluster of one that is requester and compute.
 
     It prints the command that joins more machines. SIGINT/SIGTERM stop taking work, give running jobs a
@@ -163,6 +167,7 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
     )
     if max_attempts:
         config.max_attempts = max_attempts
+    config.bprotocol_mux = bprotocol_mux
     for flag, value in (("max_result_size", max_result_size), ("wasm_memory_limit", wasm_memory_limit)):
         if value is not None:
             from bacalhau.models.resources import parse_size
