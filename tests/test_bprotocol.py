@@ -303,6 +303,43 @@ async def test_an_honest_caller_over_the_in_flight_cap_waits_and_is_never_answer
         assert most == MAX_IN_FLIGHT
 
 
+async def test_a_broken_mux_stream_fails_its_calls_and_the_next_call_opens_another(tmp_path: Path) -> None:
+    from libp2p.peer.id import ID
+
+    async with transports(tmp_path) as (server, client):
+        hold = trio.Event()
+
+        async def handler(peer: str, data: bytes) -> bytes:
+            if data == b"hold":
+                await hold.wait()
+            return data
+
+        server.register("/test/h/1.0.0", handler)
+        assert await client.call(server.self_id, "/test/h/1.0.0", b"one", timeout=10) == b"one"
+        first = client.mux_caller(server.self_id)
+        assert first is not None
+        failed: list[Exception] = []
+
+        async def held_call() -> None:
+            try:
+                await client.call(server.self_id, "/test/h/1.0.0", b"hold", timeout=30)
+            except TransportError as exc:
+                failed.append(exc)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(held_call)
+                while first.in_flight < 1:
+                    await trio.sleep(0.01)
+                await server._host._host.disconnect(ID.from_base58(client.self_id))
+        assert len(failed) == 1 and "broke" in str(failed[0])
+        assert first.broken
+        with trio.fail_after(10):   # the client's host redials; the call opens a new mux stream
+            assert await client.call(server.self_id, "/test/h/1.0.0", b"two", timeout=10) == b"two"
+        second = client.mux_caller(server.self_id)
+        assert second is not None and second is not first and not second.broken
+
+
 async def test_handlers_see_the_peer_of_the_connection(tmp_path: Path) -> None:
     async with transports(tmp_path) as (server, client):
         seen: list[str] = []

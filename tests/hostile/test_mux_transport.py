@@ -154,3 +154,47 @@ async def test_owner_checks_hold_over_the_mux_the_peer_is_the_connections(tmp_pa
         assert rogue.mux_caller(node.node_id) is not None       # these went over the mux
         assert not (await node.requester.store.get_job(job.id, full=False)).state.terminal
         nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def quick_server(tmp_path: Path) -> AsyncIterator[tuple[P2PTransport, P2PHost]]:
+    """A bare host + transport with a 0.5 s read timeout (the node's is 10 s), and a rogue connected to it."""
+    async with trio.open_nursery() as nursery:
+        host = await nursery.start(P2PHost(key_path=tmp_path / "s.key", listen_host="127.0.0.1", listen_port=0,
+                                           psk=TEST_SWARM_KEY, pubsub=False, read_timeout=0.5).run)
+        server = await nursery.start(P2PTransport(host).run)
+
+        async def big(peer: str, data: bytes) -> bytes:
+            return b"x" * int(data or b"0")
+
+        server.register("/test/big/1.0.0", big)
+        yield server, await rogue_host(nursery, tmp_path, host.listen_addrs[0])
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_frame_trickled_is_cut_off_while_an_idle_mux_stream_stays(tmp_path: Path) -> None:
+    async with quick_server(tmp_path) as (server, rogue):
+        idle = await rogue.open_stream(server.self_id, MUX_PROTOCOL)
+        trickle = await rogue.open_stream(server.self_id, MUX_PROTOCOL)
+        await trickle.write(struct.pack(">I", 100) + b"\x01\x00")     # a frame begun, never finished
+        start = trio.current_time()
+        with trio.fail_after(5):
+            assert await trickle.read() == b""
+        assert trio.current_time() - start >= 0.4
+        # the idle one has waited as long, and more: it still answers
+        await idle.write(request_frame(3, "/test/big/1.0.0", b"2"))
+        assert await answers(idle, 1) == [(3, OK, b"xx")]
+
+
+async def test_a_peer_that_never_reads_its_answers_loses_its_stream_and_its_slots(tmp_path: Path) -> None:
+    async with quick_server(tmp_path) as (server, rogue):
+        stream = await rogue.open_stream(server.self_id, MUX_PROTOCOL)
+        # 64 answers of 1 MiB each, far over what yamux buffers unread
+        await stream.write(b"".join(request_frame(i, "/test/big/1.0.0", b"1048576") for i in range(64)))
+        assert server.mux_server is not None
+        with trio.fail_after(15):   # the writer gives up (0.5 s here; yamux's own window wait is 5 s)
+            while server.mux_server.streams_of(rogue.peer_id) or server._slots.in_use(rogue.peer_id):
+                await trio.sleep(0.05)
+        fresh = await rogue.open_stream(server.self_id, MUX_PROTOCOL)
+        await fresh.write(request_frame(1, "/test/big/1.0.0", b"3"))
+        assert await answers(fresh, 1) == [(1, OK, b"xxx")]
