@@ -213,7 +213,9 @@ class MuxServer:
             return
         self._streams[peer_id] = self._streams.get(peer_id, 0) + 1
         try:
-            writer = FrameWriter(stream, self._slots.per_peer + 1, self._write_timeout)
+            # unbuffered: an answer waits in its task, which holds its slot, until written (the writer still
+            # takes every answer waiting at once)
+            writer = FrameWriter(stream, 0, self._write_timeout)
             reader = FrameReader(stream, self._max_frame + MAX_HEAD)
             async with trio.open_nursery() as outer:
                 outer.start_soon(writer.run)
@@ -233,28 +235,28 @@ class MuxServer:
 
     async def _answer(self, peer_id: str, call_id: int, protocol: str, payload: bytes,
                       send: trio.MemorySendChannel[bytes]) -> None:
+        """Holds the peer's slot until the answer is queued: a peer that reads no answers gets no more tasks."""
         try:
-            handler = self._handlers.get(protocol)
-            if handler is None:
-                frame = response_frame(call_id, UNKNOWN, b"")
-            else:
-                try:
-                    reply = await handler(peer_id, payload)
-                except Exception as exc:  # the per-request boundary: a raw handler's error fails its call alone
-                    log.debug("mux handler for %s failed: %r", protocol, exc)
-                    frame = response_frame(call_id, FAILED, f"{type(exc).__name__}: {exc}"[:1000].encode())
-                else:
-                    if len(reply) > self._max_frame:
-                        frame = response_frame(call_id, FAILED, f"reply of {len(reply)} bytes is over the "
-                                                                f"{self._max_frame} limit".encode())
-                    else:
-                        frame = response_frame(call_id, OK, reply)
+            try:
+                await send.send(await self._answer_frame(peer_id, call_id, protocol, payload))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass   # the stream broke meanwhile: no one to answer
         finally:
             self._slots.give_back(peer_id)
+
+    async def _answer_frame(self, peer_id: str, call_id: int, protocol: str, payload: bytes) -> bytes:
+        handler = self._handlers.get(protocol)
+        if handler is None:
+            return response_frame(call_id, UNKNOWN, b"")
         try:
-            await send.send(frame)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass   # the stream broke meanwhile: no one to answer
+            reply = await handler(peer_id, payload)
+        except Exception as exc:  # the per-request boundary: a raw handler's error fails its call alone
+            log.debug("mux handler for %s failed: %r", protocol, exc)
+            return response_frame(call_id, FAILED, f"{type(exc).__name__}: {exc}"[:1000].encode())
+        if len(reply) > self._max_frame:
+            return response_frame(call_id, FAILED, f"reply of {len(reply)} bytes is over the {self._max_frame} "
+                                                   "limit".encode())
+        return response_frame(call_id, OK, reply)
 
 
 class _Waiter:

@@ -165,7 +165,10 @@ async def quick_server(tmp_path: Path) -> AsyncIterator[tuple[P2PTransport, P2PH
         server = await nursery.start(P2PTransport(host).run)
 
         async def big(peer: str, data: bytes) -> bytes:
+            server.calls += 1   # type: ignore[attr-defined]
             return b"x" * int(data or b"0")
+
+        server.calls = 0   # type: ignore[attr-defined]
 
         server.register("/test/big/1.0.0", big)
         yield server, await rogue_host(nursery, tmp_path, host.listen_addrs[0])
@@ -189,12 +192,15 @@ async def test_a_frame_trickled_is_cut_off_while_an_idle_mux_stream_stays(tmp_pa
 async def test_a_peer_that_never_reads_its_answers_loses_its_stream_and_its_slots(tmp_path: Path) -> None:
     async with quick_server(tmp_path) as (server, rogue):
         stream = await rogue.open_stream(server.self_id, MUX_PROTOCOL)
-        # 64 answers of 1 MiB each, far over what yamux buffers unread
-        await stream.write(b"".join(request_frame(i, "/test/big/1.0.0", b"1048576") for i in range(64)))
+        # answers of 1 MiB each, far over what yamux buffers unread, and three times the calls it may have
+        flood = 3 * MAX_IN_FLIGHT
+        await stream.write(b"".join(request_frame(i, "/test/big/1.0.0", b"1048576") for i in range(flood)))
         assert server.mux_server is not None
         with trio.fail_after(15):   # the writer gives up (0.5 s here; yamux's own window wait is 5 s)
             while server.mux_server.streams_of(rogue.peer_id) or server._slots.in_use(rogue.peer_id):
                 await trio.sleep(0.05)
+        # an answer holds its slot until written: the first, taken by the writer, and the slots' worth
+        assert server.calls <= MAX_IN_FLIGHT + 1   # type: ignore[attr-defined]
         fresh = await rogue.open_stream(server.self_id, MUX_PROTOCOL)
         await fresh.write(request_frame(1, "/test/big/1.0.0", b"3"))
         assert await answers(fresh, 1) == [(1, OK, b"xxx")]
