@@ -128,8 +128,9 @@ class P2PTransport(LocalTransport):
                 return None
             caller = MuxCaller(stream, max_frame=self._host.max_frame, write_timeout=self._host.read_timeout,
                                on_broken=self._forget)
-            assert self._nursery is not None
             try:
+                if self._nursery is None:
+                    raise TransportError(f"the transport of {self.self_id} is stopping")
                 await self._nursery.start(caller.run)
             except BaseException:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
