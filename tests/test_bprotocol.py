@@ -436,3 +436,37 @@ async def test_a_peer_killed_mid_call_fails_all_its_calls_at_once(tmp_path: Path
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_a_cluster_of_a_mux_node_and_one_without_the_mux_runs_jobs(tmp_path: Path) -> None:
+    """A requester with the mux, a compute node with it and one without (as an older node): calls to and from
+    the old one go a stream per call, those of the new one on the mux."""
+    from bacalhau.bprotocol.p2p_transport import P2PTransport
+    from bacalhau.models import JobState, NoopSpec
+    from tests.conftest import node_config
+
+    async with trio.open_nursery() as nursery:
+        req = await nursery.start(Node(node_config(tmp_path / "req", node_types=(NodeType.REQUESTER,),
+                                                   serve_api=False)).run)
+        old = await nursery.start(Node(node_config(tmp_path / "old", node_types=(NodeType.COMPUTE,),
+                                                   serve_api=False, engines=("noop",), peers=(req.addrs()[0],),
+                                                   labels={"name": "old"}, bprotocol_mux=False)).run)
+        new = await nursery.start(Node(node_config(tmp_path / "new", node_types=(NodeType.COMPUTE,),
+                                                   serve_api=False, engines=("noop",), peers=(req.addrs()[0],),
+                                                   labels={"name": "new"})).run)
+        assert req.requester is not None
+        with trio.fail_after(20):
+            await req.requester.nodes.wait_for(old.node_id)
+            await req.requester.nodes.wait_for(new.node_id)
+        for name in ("old", "new", "old", "new"):
+            job = await req.requester.submit(JobSpec(engine="noop", noop=NoopSpec(stdout="hi"),
+                                                     node_selector=f"name={name}"))
+            with trio.fail_after(20):
+                while not (done := await req.requester.store.get_job(job.id, full=False)).state.terminal:
+                    await req.requester.wait_for_change(job.id, 1)
+            assert done.state == JobState.COMPLETED
+        assert isinstance(req.transport, P2PTransport) and req.transport.mux_caller(old.node_id) is None
+        assert isinstance(old.transport, P2PTransport) and old.transport.mux_server is None
+        assert req.transport.mux_caller(new.node_id) is not None
+        assert isinstance(new.transport, P2PTransport) and new.transport.mux_caller(req.node_id) is not None
+        nursery.cancel_scope.cancel()
