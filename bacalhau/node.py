@@ -27,7 +27,8 @@ from bacalhau.config import (
 from bacalhau.errors import BacalhauError, NotFoundError
 from bacalhau.executors.types import Executor
 from bacalhau.ipfs.blockstore import Blockstore
-from bacalhau.ipfs.unixfs import cid_str, cid_to_bytes
+from bacalhau.ipfs.result_ref import parse_result_ref
+from bacalhau.ipfs.unixfs import cid_str
 from bacalhau.models import Engine, NodeInfo, NodeType
 from bacalhau.requester.nodes import NodeTable
 from bacalhau.requester.service import Requester
@@ -65,7 +66,8 @@ def default_executors(node_id: str, engines: tuple[str, ...], limits: JobLimits 
         except ImportError:
             pass
         else:
-            executors[Engine.WASM] = WasmExecutor(memory_limit=wasm_memory_limit)
+            executors[Engine.WASM] = WasmExecutor(memory_limit=wasm_memory_limit,
+                                                  max_output=(limits or JobLimits()).max_output)
     return executors
 
 
@@ -201,8 +203,12 @@ class Node:
                 Bitswap(hosts, self.blockstore, self._connect_known, public=public).run)
 
         if cfg.is_compute:
+            import dataclasses
+
+            # one JobLimits for bidder, capacity and executors: a WASM job is counted as what its module may take
+            limits = dataclasses.replace(cfg.job_limits, wasm_memory=cfg.wasm_memory_limit)
             executors = self.deps.executors or default_executors(
-                self.node_id, cfg.engines, cfg.job_limits, wasm_memory_limit=cfg.wasm_memory_limit)
+                self.node_id, cfg.engines, limits, wasm_memory_limit=cfg.wasm_memory_limit)
             store = ExecutionStore(cfg.repo_dir / "compute.db")
             self._stores.append(store)
             self.compute = ComputeNode(
@@ -210,7 +216,8 @@ class Node:
                 results_dir=cfg.repo_dir / "results", capacity=cfg.capacity or machine_capacity(),
                 labels=cfg.labels, call_timeout=cfg.call_timeout, version=VERSION,
                 blockstore=self.blockstore, fetch=self.fetch_cid, on_published=self.ipfs_published,
-                limits=cfg.job_limits, max_result_size=cfg.max_result_size,
+                limits=limits, max_result_size=cfg.max_result_size,
+                providers=self._input_providers(),
             )
             self.compute.log_stream_addr = next(iter(self.addrs()), "")
             await nursery.start(self.compute.run)
@@ -256,6 +263,14 @@ class Node:
             self.api_port = await nursery.start(serve_api, app, cfg.api_host, cfg.api_port)
         if self.deps.on_ready is not None:
             await self.deps.on_ready(self)
+
+    def _input_providers(self) -> list[Any]:
+        from bacalhau.storage.inline import InlineStorage
+        from bacalhau.storage.url import UrlPolicy, UrlStorage
+
+        cfg = self.config
+        policy = UrlPolicy(allow_private=cfg.allow_private_urls, max_bytes=cfg.url_max_bytes, timeout=cfg.url_timeout)
+        return [InlineStorage(), UrlStorage(policy)]
 
     def _node_info(self) -> NodeInfo:
         assert self.compute is not None
@@ -357,11 +372,14 @@ class Node:
             await self.remote_ipfs.push(cid)
 
     async def result_tar(self, cid_text: str) -> Path:
-        """A published result (a UnixFS directory) as a temporary tar of its entries."""
+        """A published result (a UnixFS directory of stdout, stderr, exitCode and outputs only) as a temporary
+        tar of its entries. The reference came from a compute node: its root is checked before export."""
         from bacalhau.ipfs.exporter import export_tar
+        from bacalhau.ipfs.result_ref import check_result_root
 
-        cid = cid_to_bytes(cid_text)
+        cid = parse_result_ref(f"ipfs://{cid_text}")
         await self.fetch_cid(cid)
+        await trio.to_thread.run_sync(check_result_root, cid, self.blockstore)
         return await trio.to_thread.run_sync(export_tar, cid, self.blockstore)
 
     # -- results --------------------------------------------------------------------------------------------

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from bacalhau.node import Node
-from tests.conftest import run_cli
+from tests.conftest import node_config, run_cli
 
 IMAGE = "bacalhau/busybox:latest"
 
@@ -37,13 +38,17 @@ async def test_a_local_file_is_uploaded_and_mounted_read_only(single_node: Node,
     assert res.stdout == "local content\nread-only\n"
 
 
-async def test_a_url_is_fetched_by_the_compute_node(single_node: Node, http_server: str) -> None:
-    res = await run_cli(single_node, "docker", "run", "-i", f"{http_server}/data.csv", IMAGE, "--",
-                        "cat", "/inputs/data.csv")
-    assert res.returncode == 0, res.stderr
-    assert res.stdout == "a,b\n1,2\n"
-    missing = await run_cli(single_node, "docker", "run", "-i", f"{http_server}/nope.csv", IMAGE, "--", "true")
-    assert missing.returncode == 1 and "HTTP 404" in missing.stderr
+async def test_a_url_is_fetched_by_the_compute_node(tmp_path: Path, http_server: str) -> None:
+    async with trio.open_nursery() as nursery:
+        # the server is on loopback: a node reaches it only with --allow-private-urls
+        node = await nursery.start(Node(node_config(tmp_path / "node", allow_private_urls=True)).run)
+        res = await run_cli(node, "docker", "run", "-i", f"{http_server}/data.csv", IMAGE, "--",
+                            "cat", "/inputs/data.csv")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == "a,b\n1,2\n"
+        missing = await run_cli(node, "docker", "run", "-i", f"{http_server}/nope.csv", IMAGE, "--", "true")
+        assert missing.returncode == 1 and "HTTP 404" in missing.stderr
+        nursery.cancel_scope.cancel()
 
 
 async def test_wasm_sees_its_inputs_as_preopened_directories(single_node: Node, tmp_path: Path) -> None:

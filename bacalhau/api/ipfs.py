@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from bacalhau.compute.results import stream_file
 from bacalhau.errors import UserError
+from bacalhau.ipfs.dagpb import valid_cid
 from bacalhau.ipfs.exporter import cat, export_tar
 from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
 
@@ -35,9 +36,12 @@ def _cid(text: str) -> bytes:
         raise UserError(f"{text!r}: paths inside a CID are not supported; give the CID alone ({root}) and pick "
                         "the file from what `bacalhau ipfs get` writes")
     try:
-        return cid_to_bytes(text)
+        cid = cid_to_bytes(text)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if not valid_cid(cid):
+        raise UserError(f"{text!r} is not a sha2-256 CID")
+    return cid
 
 
 def _add_tar(tar_path: Path, version: int, store: object) -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -149,6 +150,13 @@ async def _follow(node: Node, websocket: WebSocket, job_id: str, execution_id: s
                                                       "node_id": ex.node_id}))
                 announced = ex.id
             end = await _forward(node, websocket, ex, offsets, follow)
+            if end is None and ex.state == S.COMPLETED:
+                # its node alone holds the job's output: an end without it would pass for an empty log
+                reason = (f"cannot read the logs of execution {ex.id} from node {ex.node_id}, the only one that holds"
+                          " them (it may be unreachable now): try again later")
+                await websocket.send_text(json.dumps({"type": "end", "state": "error", "exit_code": None,
+                                                      "reason": reason}))
+                return await websocket.close()
             job = await requester.store.get_job(job_id, full=False)
             ran = end is not None and end.get("state") in RAN
             if ran and follow:
@@ -182,7 +190,9 @@ async def _forward(node: Node, websocket: WebSocket, ex: Execution, offsets: dic
     req = LogRequest(execution_id=ex.id, stdout_offset=offsets[1], stderr_offset=offsets[2], follow=follow)
     reader = FrameReader()
     try:
-        async with node.transport.stream(ex.node_id, LOG_PROTOCOL, encode(req)) as chunks:
+        async with AsyncExitStack() as stack:
+            with trio.fail_after(node.config.call_timeout):   # a node cut off never answers the opening
+                chunks = await stack.enter_async_context(node.transport.stream(ex.node_id, LOG_PROTOCOL, encode(req)))
             async for chunk in chunks:
                 for kind, offset, data in reader.feed(chunk):
                     if kind == END:
@@ -196,7 +206,7 @@ async def _forward(node: Node, websocket: WebSocket, ex: Execution, offsets: dic
                     offsets[kind] = offset + len(data)
     except NotFoundError:
         return None
-    except (BacalhauError, ValueError, trio.BrokenResourceError) as exc:
+    except (BacalhauError, ValueError, trio.BrokenResourceError, trio.TooSlowError) as exc:
         log.info("log stream of execution %s from %s broke: %s", ex.id, ex.node_id, exc)
         return None
     return None

@@ -84,7 +84,8 @@ def _spec_error(exc: ValidationError) -> str:
     where = ".".join(str(p) for p in first.get("loc", ())) or "spec"
     # the location can hold the sender's own map keys: printable, one line, bounded
     where = "".join(c if c.isprintable() else repr(c)[1:-1] for c in where)[:200]
-    return f"invalid job spec at {where}: {first.get('msg')}"
+    message = str(first.get("msg", "")).removeprefix("Value error, ")   # pydantic's prefix tells a user nothing
+    return f"invalid job spec at {where}: {message}"
 
 
 async def read_body(request: Request, cap: int = MAX_BODY) -> bytes:

@@ -35,7 +35,7 @@ class EngineInstalled:
 
 class FitsCapacity:
     def reject_reason(self, job: Job, ctx: BidContext) -> str | None:
-        if not effective(job.spec.resources, ctx.limits).fits_in(ctx.capacity_total):
+        if not effective(job.spec.resources, ctx.limits, job.spec.engine).fits_in(ctx.capacity_total):
             return "the job asks for more resources than this node has in total"
         return None
 

@@ -15,10 +15,10 @@ from bacalhau.models import Resources
 _DEFAULT_LIMITS = JobLimits()
 
 
-def effective(asked: Resources, limits: JobLimits = _DEFAULT_LIMITS) -> Resources:
+def effective(asked: Resources, limits: JobLimits = _DEFAULT_LIMITS, engine: str | None = None) -> Resources:
     """A job that asks for nothing still takes a share: the node's default job size (the requester, which
     does not know a node's setting, ranks with the default one)."""
-    return limits.size(asked)
+    return limits.size(asked, engine)
 
 
 class Capacity:
@@ -43,8 +43,8 @@ class Capacity:
             event.set()
 
     @asynccontextmanager
-    async def reserve(self, asked: Resources) -> AsyncIterator[None]:
-        need = effective(asked, self.limits)
+    async def reserve(self, asked: Resources, engine: str | None = None) -> AsyncIterator[None]:
+        need = effective(asked, self.limits, engine)
         if not self._waiters and need.fits_in(self.free):
             self.used = self.used + need
         else:

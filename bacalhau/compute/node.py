@@ -37,6 +37,7 @@ from bacalhau.ipfs.publish import ResultTooLarge, publish_result, scan_result, s
 from bacalhau.models import Engine, ExecutionState, NodeInfo, NodeType, Resources
 from bacalhau.storage.inputs import DEFAULT_PROVIDERS, prepare_inputs
 from bacalhau.storage.ipfs import IpfsStorage
+from bacalhau.storage.types import StorageProvider
 
 log = logging.getLogger(__name__)
 S = ExecutionState
@@ -50,12 +51,13 @@ class ComputeNode:
         blockstore: Blockstore, fetch: Callable[[bytes], Awaitable[None]] | None = None,
         on_published: Callable[[bytes], Awaitable[None]] | None = None, limits: JobLimits | None = None,
         max_result_size: int = DEFAULT_MAX_RESULT_SIZE,
+        providers: list[StorageProvider] = DEFAULT_PROVIDERS,
     ) -> None:
         self.limits = limits or JobLimits()   # shared with the executors: what a job counts as is what it gets
         self._max_result_size = max_result_size
         self._blockstore = blockstore
         self._on_published = on_published    # e.g. a push to the external IPFS node of --ipfs-connect
-        self._storage = [*DEFAULT_PROVIDERS, IpfsStorage(blockstore, fetch)]
+        self._storage = [*providers, IpfsStorage(blockstore, fetch)]
         self.node_id = node_id
         self._transport = transport
         self._executors = executors
@@ -292,7 +294,7 @@ class ComputeNode:
         result = None
         try:
             with scope:
-                async with self.capacity.reserve(ex.job.spec.resources):
+                async with self.capacity.reserve(ex.job.spec.resources, ex.job.spec.engine):
                     await trio.to_thread.run_sync(exec_dir.create)
                     await self._store.update(ex.id, (S.BID_ACCEPTED,), S.RUNNING, "started")
                     mounts = await prepare_inputs(ex.job, exec_dir.inputs, self._storage)

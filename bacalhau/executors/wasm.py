@@ -23,11 +23,13 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 import trio
 
-from bacalhau.config import DEFAULT_WASM_MEMORY_LIMIT
+from bacalhau.config import DEFAULT_MAX_JOB_OUTPUT, DEFAULT_WASM_MEMORY_LIMIT
 from bacalhau.errors import ExecutorError
+from bacalhau.executors.output import CappedOutput
 from bacalhau.executors.types import ExecutionDir
 from bacalhau.models import Engine, Job, RunResult
 from bacalhau.models.job import WASM_INLINE_PREFIX as INLINE_PREFIX
@@ -56,6 +58,7 @@ class _Run:
     module: object
     mounts: list[Mount] = field(default_factory=list)
     memory_limit: int = 0
+    outputs: dict[str, CappedOutput] = field(default_factory=dict)   # stdout, stderr: kept up to the node's cap
     why_interrupted: str = ""
     done: threading.Event = field(default_factory=threading.Event)   # set when the runner thread ends
     result: RunResult | None = None
@@ -65,9 +68,10 @@ class _Run:
 class WasmExecutor:
     engine = Engine.WASM
 
-    def __init__(self, memory_limit: int = DEFAULT_WASM_MEMORY_LIMIT) -> None:
+    def __init__(self, memory_limit: int = DEFAULT_WASM_MEMORY_LIMIT, max_output: int = DEFAULT_MAX_JOB_OUTPUT) -> None:
         self._runs: dict[str, _Run] = {}
         self._memory_limit = memory_limit
+        self._max_output = max_output
         self._stuck: list[_Run] = []    # abandoned inside a host call, thread still alive
 
     async def is_installed(self) -> bool:
@@ -92,7 +96,9 @@ class WasmExecutor:
                                 f"calls on this node; it takes no more WASM jobs until they return")
         engine, module = await trio.to_thread.run_sync(_compile, data, limiter=_limiter)
         memory = job.spec.resources.memory or self._memory_limit
-        self._runs[execution_id] = _Run(job, exec_dir, engine, module, list(mounts), memory_limit=memory)
+        outputs = {name: CappedOutput(name, self._max_output) for name in ("stdout", "stderr")}
+        self._runs[execution_id] = _Run(job, exec_dir, engine, module, list(mounts), memory_limit=memory,
+                                        outputs=outputs)
 
     async def wait(self, execution_id: str) -> RunResult:
         run = self._runs[execution_id]
@@ -165,8 +171,10 @@ def _tail(path: object) -> str:
 
 
 def _result(run: _Run, exit_code: int, error: str) -> RunResult:
+    out, err = run.outputs.get("stdout"), run.outputs.get("stderr")
     return RunResult(exit_code=exit_code, error=error, stdout_bytes=run.exec_dir.stdout.stat().st_size,
-                     stderr_bytes=run.exec_dir.stderr.stat().st_size, stdout_tail=_tail(run.exec_dir.stdout))
+                     stderr_bytes=run.exec_dir.stderr.stat().st_size, stdout_tail=_tail(run.exec_dir.stdout),
+                     stdout_truncated=bool(out and out.truncated), stderr_truncated=bool(err and err.truncated))
 
 
 def _run_in_thread(run: _Run) -> RunResult:
@@ -187,8 +195,31 @@ def _run_blocking(run: _Run) -> RunResult:
     wasi = wasmtime.WasiConfig()
     wasi.argv = ["main.wasm", *spec.parameters]
     wasi.env = sorted(spec.env.items())
-    wasi.stdout_file = str(run.exec_dir.stdout)
-    wasi.stderr_file = str(run.exec_dir.stderr)
+    # the module's output goes through the node's cap (--max-job-output): past it, bytes are counted and dropped
+    files = {name: open(run.exec_dir.root / name, "ab", buffering=0) for name in ("stdout", "stderr")}  # noqa: SIM115
+    try:
+        return _run_with_output(run, store, wasi, files)
+    finally:
+        for f in files.values():
+            f.close()
+        notes = "".join(f"\n{note}\n" for note in (out.note() for out in run.outputs.values()) if note)
+        if notes:
+            with open(run.exec_dir.stderr, "ab") as f:
+                f.write(notes.encode())
+
+
+def _run_with_output(run: _Run, store: Any, wasi: Any, files: dict[str, BinaryIO]) -> RunResult:
+    import wasmtime
+
+    spec = run.job.spec.wasm
+    assert spec is not None
+    if run.outputs:
+        stdout, stderr = run.outputs["stdout"], run.outputs["stderr"]
+        wasi.stdout_custom = lambda data: stdout.write(files["stdout"], data)
+        wasi.stderr_custom = lambda data: stderr.write(files["stderr"], data)
+    else:
+        wasi.stdout_file = str(run.exec_dir.stdout)
+        wasi.stderr_file = str(run.exec_dir.stderr)
     wasi.preopen_dir(str(run.exec_dir.outputs), "/outputs")
     for mount in run.mounts:
         wasi.preopen_dir(str(mount.host_dir), mount.path, fs_mutable=False)

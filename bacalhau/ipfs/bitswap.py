@@ -470,6 +470,7 @@ class Bitswap:
         """Fetch the DAG under `root` into the store from connected peers; return how many blocks came."""
         session = _Session()
         pending: deque[bytes] = deque([root])
+        seen = {root}           # each block once: a DAG may link one child many times (a diamond 40 deep)
         asked: dict[bytes, set[str]] = {}          # in flight: the peers asked for it
         refused: dict[bytes, set[str]] = {}
         providers: list[str] = []
@@ -504,7 +505,11 @@ class Bitswap:
             await ask([cid], others)
 
         def links_of(cid: bytes, data: bytes) -> list[bytes]:
-            return [link.cid for link in decode_links(data)] if codec_of(cid) == 0x70 else []
+            if codec_of(cid) != 0x70:
+                return []
+            new = [c for c in dict.fromkeys(link.cid for link in decode_links(data)) if c not in seen]
+            seen.update(new)
+            return new
 
         try:
             with trio.fail_after(timeout):

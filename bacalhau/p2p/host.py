@@ -43,6 +43,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service.context import background_trio_service
 
+import bacalhau.p2p.tcp
 from bacalhau.errors import ProtocolError, TransportError, UnsupportedProtocolError
 from bacalhau.p2p import fastpath
 from bacalhau.secret_file import write_secret
@@ -64,6 +65,7 @@ RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
 
 
 fastpath.apply()
+bacalhau.p2p.tcp.apply()      # a silent peer's connection is dropped, not waited on
 
 
 def load_or_create_identity(key_path: Path) -> Any:
@@ -308,6 +310,9 @@ class P2PHost:
                 " joins, --swarm-key)") if self._psk else ""
         # py-libp2p refuses to redial a peer for 60 s after a failed dial: our own backoff decides instead
         self._host.get_network().unblock_peer(info.peer_id)
+        # and it dials one TCP address per peer, the first it holds: after a first connection that is the one the
+        # peer announced (/ip4/0.0.0.0/... when it listens on all interfaces), which no other machine reaches
+        self._host.get_peerstore().clear_addrs(info.peer_id)
         try:
             with trio.fail_after(DIAL_TIMEOUT):
                 await self._host.connect(info)

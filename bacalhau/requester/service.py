@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 S = ExecutionState
 NOT_NEEDED = "not needed: the job had enough accepted bids"
 BID_OVERASK = 2        # ask up to this many nodes per execution still needed
+LOST_EXECUTION_CANCEL_WINDOW = 3600.0   # a lost node back within this is told to drop what was written off
 
 
 class Requester:
@@ -145,6 +146,16 @@ class Requester:
         return m.Ack()
 
     async def _on_publish_complete(self, peer_id: str, msg: m.PublishComplete) -> m.Ack:
+        from bacalhau.ipfs.result_ref import parse_result_ref
+
+        try:
+            parse_result_ref(msg.result_ref)     # what downloads will trust: ipfs://<CID> and nothing else
+        except ProtocolError as exc:
+            async with self._locks[msg.job_id]:
+                await self._set(msg.execution_id, (S.PUBLISHING,), S.FAILED, f"node {peer_id} published a bad "
+                                f"result reference: {exc}")
+            await self._evaluate(msg.job_id)
+            raise
         async with self._locks[msg.job_id]:
             await self._set(msg.execution_id, (S.PUBLISHING,), S.COMPLETED, "result published",
                             result_ref=msg.result_ref)
@@ -342,6 +353,16 @@ class Requester:
                 for ex in job.executions:
                     if ex.node_id in gone and not ex.state.terminal:
                         await self._execution_failed(job.id, ex.id, (ex.state,), S.FAILED, "the node was lost")
+                        self._spawn(self._cancel_when_back, ex.node_id, ex.id)
+
+    async def _cancel_when_back(self, node_id: str, execution_id: str) -> None:
+        """A node cut off (not dead) comes back still holding what was written off and run elsewhere: its
+        result would be refused, so tell it to stop instead of keeping the job's room taken (or running)."""
+        with trio.move_on_after(LOST_EXECUTION_CANCEL_WINDOW):
+            await self.nodes.wait_for(node_id)
+            # only if written off: one that moved on first (say to publishing) is still the job's
+            if (await self.store.get_execution(execution_id)).state == S.FAILED:
+                await self._tell_compute("cancel", node_id, execution_id, "the requester lost this node meanwhile")
 
     # -- helpers --------------------------------------------------------------------------------------------
 

@@ -75,3 +75,51 @@ async def test_cancel_interrupts_inside_the_engine(tmp_path: Path) -> None:
 async def test_a_module_that_does_not_compile_is_an_executor_error(tmp_path: Path) -> None:
     with pytest.raises(ExecutorError, match="does not compile"):
         await run(b"\x00asm-not-really", tmp_path)
+
+
+def flood(writes: int, size: int = 1000) -> bytes:
+    """A module that writes `size` bytes of 'y' to stdout `writes` times."""
+    wat = """(module %s
+      (memory (export "memory") 1)
+      (func (export "_start") (local $i i32)
+        (memory.fill (i32.const 16) (i32.const 121) (i32.const %d))
+        (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const %d))
+        (loop $l
+          (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const %d))))))""" % (WASI, size, size, writes)
+    return wasmtime.wat2wasm(wat)
+
+
+async def test_a_module_flooding_stdout_is_cut_at_the_nodes_output_cap_and_told(tmp_path: Path) -> None:
+    ex = WasmExecutor(max_output=4096)
+    d = ExecutionDir(tmp_path / "exec")
+    d.create()
+    await ex.start("e1", job(flood(writes=100)), d)
+    with trio.fail_after(20):
+        result = await ex.wait("e1")
+    assert result.exit_code == 0 and result.stdout_truncated and not result.stderr_truncated
+    assert d.stdout.read_bytes() == b"y" * 4096
+    assert "stdout was truncated at 4096 bytes" in d.stderr.read_text()
+    assert "95904 more bytes were dropped" in d.stderr.read_text()
+
+
+async def test_a_module_under_the_cap_keeps_all_its_output(tmp_path: Path) -> None:
+    ex = WasmExecutor(max_output=1_000_000)
+    d = ExecutionDir(tmp_path / "exec")
+    d.create()
+    await ex.start("e1", job(flood(writes=100)), d)
+    result = await ex.wait("e1")
+    assert result.stdout_bytes == 100_000 and not result.stdout_truncated
+    assert d.stdout.read_bytes() == b"y" * 100_000 and d.stderr.read_bytes() == b""
+
+
+def test_a_wasm_job_that_asks_no_memory_is_counted_as_what_its_module_may_take() -> None:
+    from bacalhau.compute.capacity import effective
+    from bacalhau.config import JobLimits
+    from bacalhau.models import Resources
+
+    limits = JobLimits(default_memory=100 * 1000**2, wasm_memory=64 * 1024**2)
+    assert effective(Resources(), limits, Engine.WASM).memory == 64 * 1024**2     # the executor's cap
+    assert effective(Resources(), limits, Engine.DOCKER).memory == 100 * 1000**2  # the container's limit
+    assert effective(Resources(memory=10**6), limits, Engine.WASM).memory == 10**6
