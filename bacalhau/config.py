@@ -32,6 +32,7 @@ DEFAULT_URL_MAX_BYTES = 10 * 1024**3    # one URL input
 DEFAULT_RETENTION = 7 * 24 * 3600.0     # results and unpinned blocks older than this are garbage-collected
 DEFAULT_MAX_RESULT_SIZE = 10 * 1024**3  # a job's result (apparent sizes) larger than this fails, unpublished
 DEFAULT_WASM_MEMORY_LIMIT = 512 * 1024**2   # linear memory of a WASM job that asks for none
+DEFAULT_BPROTOCOL_MUX = True            # bprotocol calls share one stream per peer (off: a stream per call)
 NODE_INFO_TOPIC = "bacalhau/node-info/1.0.0"
 ENV_DIR = "BACALHAU_DIR"
 
@@ -101,6 +102,7 @@ class NodeConfig:
     job_limits: JobLimits = field(default_factory=JobLimits)
     max_result_size: int = DEFAULT_MAX_RESULT_SIZE
     wasm_memory_limit: int = DEFAULT_WASM_MEMORY_LIMIT
+    bprotocol_mux: bool = DEFAULT_BPROTOCOL_MUX
 
     @property
     def is_requester(self) -> bool:

@@ -12,6 +12,7 @@
     ├── ProtocolError             bprotocol: malformed / oversize / unknown frame, typed remote error
     │   └── RemoteError           the peer replied with an error code
     ├── TransportError            a peer could not be reached or a stream broke
+    │   └── UnsupportedProtocolError  the peer does not speak that protocol (an older version)
     └── ApiError                  the client's view of an API failure
         └── DaemonNotRunning      nothing listens at the API address
 
@@ -72,6 +73,10 @@ class RemoteError(ProtocolError):
 
 
 class TransportError(BacalhauError):
+    pass
+
+
+class UnsupportedProtocolError(TransportError):
     pass
 
 

@@ -179,7 +179,7 @@ class Node:
                                 listen_port=cfg.swarm_port, peers=cfg.peers, psk=self.swarm_key)
             await nursery.start(self.host.run)
             self.node_id = self.host.peer_id
-            self.transport = P2PTransport(self.host)
+            self.transport = await nursery.start(P2PTransport(self.host, mux=cfg.bprotocol_mux).run)
             from bacalhau.ipfs.bitswap import Bitswap
 
             hosts = [self.host]

@@ -1,5 +1,7 @@
-"""The bprotocol over libp2p: each RPC is a request/response on its own stream; results are raw streams
-that start with one request frame."""
+"""The bprotocol over libp2p. While the transport runs, small calls to a peer share one mux stream
+(bprotocol/mux.py); a peer that does not speak the mux (an older node) gets them one stream each, as does
+every call of a transport that is not running (a bare client) or runs with the mux off. Result and log
+streams are raw streams of their own that start with one request frame."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from bacalhau.bprotocol.framing import error_reply
+from bacalhau.bprotocol.mux import MUX_PROTOCOL, MuxCaller, MuxServer, PeerSlots
 from bacalhau.bprotocol.transport import LocalTransport, RawHandler, RawStreamHandler
-from bacalhau.errors import ProtocolError, RemoteError, TransportError
+from bacalhau.errors import ProtocolError, RemoteError, TransportError, UnsupportedProtocolError
 
 if TYPE_CHECKING:
     from bacalhau.p2p.host import P2PHost, P2PStream
@@ -21,16 +24,53 @@ log = logging.getLogger(__name__)
 STREAM_CHUNK = 256 * 1024
 STREAM_OK = b"\x00"       # first byte of a result stream: data follows
 STREAM_ERR = b"\x01"      # an Envelope with the error follows
+PER_CALL_RECHECK = 60.0   # a peer without the mux is asked again after this long (it may have been upgraded)
 
 
 class P2PTransport(LocalTransport):
-    def __init__(self, host: P2PHost) -> None:
+    def __init__(self, host: P2PHost, *, mux: bool = True) -> None:
         super().__init__(host.peer_id)
         self._host = host
+        self._mux = mux
+        self._slots = PeerSlots()
+        self.mux_server: MuxServer | None = None
+        self._nursery: trio.Nursery | None = None
+        self._callers: dict[str, MuxCaller] = {}
+        self._opening: dict[str, trio.Lock] = {}
+        self._per_call_until: dict[str, float] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[P2PTransport] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serves and opens mux streams (with the mux on) until cancelled; the streams opened are its tasks."""
+        if not self._mux:
+            task_status.started(self)
+            return
+        self.mux_server = MuxServer(self.handlers, self._slots, max_frame=self._host.max_frame,
+                                    write_timeout=self._host.read_timeout)
+        self._host.set_stream_handler(MUX_PROTOCOL, self.mux_server.serve)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started(self)
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
 
     def register(self, protocol_id: str, handler: RawHandler) -> None:
         super().register(protocol_id, handler)
-        self._host.set_request_handler(protocol_id, handler)
+        self._host.set_request_handler(protocol_id, self._bounded(handler))
+
+    def _bounded(self, handler: RawHandler) -> RawHandler:
+        """A call on a stream of its own counts against its peer's calls in flight too: it waits its turn,
+        up to the read timeout (then its stream is reset)."""
+        async def bounded(peer_id: str, payload: bytes) -> bytes:
+            with trio.fail_after(self._host.read_timeout):
+                await self._slots.take(peer_id)
+            try:
+                return await handler(peer_id, payload)
+            finally:
+                self._slots.give_back(peer_id)
+
+        return bounded
 
     def register_stream(self, protocol_id: str, handler: RawStreamHandler) -> None:
         super().register_stream(protocol_id, handler)
@@ -57,7 +97,56 @@ class P2PTransport(LocalTransport):
         if peer_id == self.self_id:
             with trio.fail_after(timeout):
                 return await self.call_local(peer_id, protocol_id, payload)
-        return await self._host.request(peer_id, protocol_id, payload, timeout=timeout)
+        if self._nursery is None or self._per_call_until.get(peer_id, 0.0) > trio.current_time():
+            return await self._host.request(peer_id, protocol_id, payload, timeout=timeout)
+        try:
+            with trio.fail_after(timeout):
+                caller = await self._caller(peer_id)
+                if caller is None:
+                    return await self._host.request(peer_id, protocol_id, payload, timeout=timeout)
+                return await caller.call(protocol_id, payload)
+        except trio.TooSlowError:
+            raise TransportError(f"{protocol_id} to {peer_id} timed out after {timeout:g}s") from None
+
+    async def _caller(self, peer_id: str) -> MuxCaller | None:
+        """The mux stream to `peer_id`, opened if there is none; None where the peer does not speak it."""
+        caller = self._callers.get(peer_id)
+        if caller is not None and not caller.broken:
+            return caller
+        lock = self._opening.setdefault(peer_id, trio.Lock())
+        async with lock:
+            caller = self._callers.get(peer_id)
+            if caller is not None and not caller.broken:
+                return caller
+            if self._per_call_until.get(peer_id, 0.0) > trio.current_time():
+                return None
+            try:
+                stream = await self._host.open_stream(peer_id, MUX_PROTOCOL)
+            except UnsupportedProtocolError:
+                log.info("%s does not speak %s: calls to it go one stream each", peer_id, MUX_PROTOCOL)
+                self._per_call_until[peer_id] = trio.current_time() + PER_CALL_RECHECK
+                return None
+            caller = MuxCaller(stream, max_frame=self._host.max_frame, write_timeout=self._host.read_timeout,
+                               on_broken=self._forget)
+            try:
+                if self._nursery is None:
+                    raise TransportError(f"the transport of {self.self_id} is stopping")
+                await self._nursery.start(caller.run)
+            except BaseException:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await stream.reset()
+                raise
+            self._callers[peer_id] = caller
+        return caller
+
+    def mux_caller(self, peer_id: str) -> MuxCaller | None:
+        """The live mux stream of our calls to `peer_id`, if there is one."""
+        return self._callers.get(peer_id)
+
+    def _forget(self, caller: MuxCaller) -> None:
+        if self._callers.get(caller.peer_id) is caller:
+            del self._callers[caller.peer_id]
+        log.debug("mux stream to %s closed: %s", caller.peer_id, caller.broken)
 
     def stream(self, peer_id: str, protocol_id: str, payload: bytes) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         if peer_id == self.self_id:

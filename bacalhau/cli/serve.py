@@ -15,6 +15,7 @@ from bacalhau.cli.job_limits import job_limit_options, parse_job_limits
 from bacalhau.config import (
     DEFAULT_API_HOST,
     DEFAULT_API_PORT,
+    DEFAULT_BPROTOCOL_MUX,
     DEFAULT_IPFS_SWARM_HOST,
     DEFAULT_IPFS_SWARM_PORT,
     DEFAULT_RETENTION,
@@ -128,13 +129,16 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
               help="Let URL inputs reach loopback, private and link-local addresses (refused by default).")
 @click.option("--url-input-timeout", default=None, type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Deadline for downloading one URL input (default 600).")
+@click.option("--bprotocol-mux/--no-bprotocol-mux", default=DEFAULT_BPROTOCOL_MUX, show_default=True,
+              envvar="BACALHAU_BPROTOCOL_MUX",
+              help="Calls to a peer share one stream (off: a stream per call, as nodes before the mux).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, swarm_port: int, labels: str,
           limit_total_cpu: str | None, limit_total_memory: str | None, repo: str | None, max_attempts: int | None,
           swarm_key: str | None, ipfs_swarm_port: int, ipfs_swarm_host: str, ipfs_swarm_addrs: str,
           ipfs_connect: str | None, retention: float, max_result_size: str | None,
           wasm_memory_limit: str | None, allow_private_urls: bool, url_input_timeout: float | None,
-          verbose: bool, **job_limits: Any) -> None:
+          bprotocol_mux: bool, verbose: bool, **job_limits: Any) -> None:
     """Run a bacalhau node: with no flags, a private cluster of one that is requester and compute.
 
     It prints the command that joins more machines. SIGINT/SIGTERM stop taking work, give running jobs a
@@ -171,6 +175,7 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
     config.allow_private_urls = allow_private_urls
     if url_input_timeout:
         config.url_timeout = url_input_timeout
+    config.bprotocol_mux = bprotocol_mux
     for flag, value in (("max_result_size", max_result_size), ("wasm_memory_limit", wasm_memory_limit)):
         if value is not None:
             from bacalhau.models.resources import parse_size

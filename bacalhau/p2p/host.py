@@ -44,7 +44,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service.context import background_trio_service
 
 import bacalhau.p2p.tcp
-from bacalhau.errors import ProtocolError, TransportError
+from bacalhau.errors import ProtocolError, TransportError, UnsupportedProtocolError
 from bacalhau.p2p import fastpath
 from bacalhau.secret_file import write_secret
 
@@ -371,10 +371,21 @@ class P2PHost:
 
         self.set_stream_handler(protocol_id, serve)
 
+    @property
+    def max_frame(self) -> int:
+        return self._max_frame
+
+    @property
+    def read_timeout(self) -> float:
+        return self._read_timeout
+
     async def open_stream(self, peer_id: str, protocol_id: str) -> P2PStream:
         try:
             stream = await self._host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol_id)])
         except Exception as exc:
+            # multistream-select's "na" to every protocol offered (0.8.1's words), not a timeout or a dial failure
+            if "protocols not supported" in str(exc.__cause__ or ""):
+                raise UnsupportedProtocolError(f"{peer_id} does not speak {protocol_id}") from None
             raise TransportError(f"cannot open {protocol_id} to {peer_id}: {exc}") from None
         return P2PStream(stream, self._max_frame, self._read_timeout)
 
