@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
 from bacalhau.compute.capacity import effective
-from bacalhau.models import Job, NodeInfo, NodeType
+from bacalhau.models import Job, NodeInfo, NodeType, Resources
 from bacalhau.models.selector import matches, parse_selector
+from bacalhau.requester.nodes import Load
 
 
 class Why(NamedTuple):
@@ -53,27 +55,60 @@ NO_COMPUTE_NODE = "no compute node is known to this requester"
 ALREADY_TRIED = Why("is left that was not already tried for this job", "already tried for this job")
 
 
-def _score(job: Job, node: NodeInfo) -> tuple[float, ...]:
-    """Higher is better: room free now, then the larger share of CPU free (in steps of 10%, so that nodes
-    about as busy count as equal), then fewer queued."""
-    fits_now = 1.0 if effective(job.spec.resources).fits_in(node.capacity_free) else 0.0
-    share_free = round(node.capacity_free.cpu / (node.capacity_total.cpu or 1.0), 1)
-    return (fits_now, share_free, -float(node.queued))
+SAMPLE = 16      # nodes ranked a job when more can take it: the best of a random few, as many nodes as there are
+
+
+def projected_free(job: Job, load: Load) -> Resources:
+    """What the node had free at its report, less what was placed on it since (each the job's size: the
+    requester does not know their sizes, and most jobs of a burst are alike)."""
+    size = effective(job.spec.resources)
+    return load.info.capacity_free - Resources.model_construct(cpu=size.cpu * load.extra,
+                                                               memory=size.memory * load.extra)
+
+
+def fits_now(job: Job, load: Load) -> bool:
+    return effective(job.spec.resources).fits_in(projected_free(job, load))
+
+
+def _score(job: Job, load: Load) -> tuple[float, ...]:
+    """Higher is better: room free now, then the larger share of CPU free, then fewer executions per core
+    (running, queued and placed since the report), then fewer queued."""
+    node = load.info
+    cores = node.capacity_total.cpu or 1.0
+    share_free = projected_free(job, load).cpu / cores
+    return (1.0 if fits_now(job, load) else 0.0, share_free, -(node.running + load.extra) / cores,
+            -float(node.queued))
 
 
 def rank_nodes(
     job: Job, nodes: list[NodeInfo], exclude: set[str], filters: list[NodeFilter] = DEFAULT_FILTERS
 ) -> tuple[list[NodeInfo], str]:
-    """Nodes able to take the job, best first, and (when none is) a sentence saying why."""
-    compute = [n for n in nodes if NodeType.COMPUTE in n.node_types]
-    ok: list[NodeInfo] = []
+    """Nodes able to take the job, best first (on their reports alone), and (when none is) a sentence saying why."""
+    ranked, why = rank_loads(job, (Load(n) for n in nodes), exclude, filters)
+    return [load.info for load in ranked], why
+
+
+def rank_loads(
+    job: Job, nodes: Iterable[Load], exclude: set[str], filters: list[NodeFilter] = DEFAULT_FILTERS,
+    *, sample: int | None = None,
+) -> tuple[list[Load], str]:
+    """Nodes able to take the job, best first, and (when none is) a sentence saying why. With `sample`, the
+    walk stops once that many can take the job (pass nodes in a random order, as NodeTable.sample does)."""
+    ok: list[Load] = []
+    compute = 0
     reasons: Counter[Why] = Counter()
-    for node in compute:
+    for load in nodes:
+        node = load.info
+        if NodeType.COMPUTE not in node.node_types:
+            continue
+        compute += 1
         why = ALREADY_TRIED if node.node_id in exclude else next(
             (w for f in filters if (w := f.reject_reason(job, node)) is not None), None
         )
         if why is None:
-            ok.append(node)
+            ok.append(load)
+            if sample is not None and len(ok) >= sample:
+                break
         else:
             reasons[why] += 1
     random.shuffle(ok)  # equals stay equal: spread a burst of jobs instead of always asking the same nodes
@@ -85,4 +120,4 @@ def rank_nodes(
     if len(reasons) == 1:
         return [], f"no node {next(iter(reasons)).none_has}"
     parts = ", ".join(f"{count} {why.without}" for why, count in reasons.most_common())
-    return [], f"no node can take the job ({len(compute)} compute nodes: {parts})"
+    return [], f"no node can take the job ({compute} compute nodes: {parts})"
