@@ -201,3 +201,36 @@ async def test_a_jobs_db_of_layout_version_1_opens_migrated_with_its_indexes(tmp
         assert "executions_node_state" in plan, plan
     finally:
         conn.close()
+
+
+async def test_a_thousand_nodes_joining_at_once_make_one_pass_over_the_waiting_jobs(tmp_path: Path) -> None:
+    """Before: every join read every pending job from the store, in a task of its own."""
+    async with trio.open_nursery() as nursery:
+        req, computes = await _cluster(nursery, tmp_path, 1)
+        passes = 0
+        real = req.requester.store.job_ids_in_states
+
+        async def counted(states: list[JobState]) -> list[str]:   # a spy on this store: the real query runs
+            nonlocal passes
+            passes += 1
+            return await real(states)
+
+        req.requester.store.job_ids_in_states = counted    # type: ignore[method-assign]
+        info = req.requester.nodes.get(computes[0].node_id)
+
+        async def passed() -> None:
+            with trio.fail_after(10):
+                while req.requester._waiting_pass is not None:     # a pass is due or under way
+                    await trio.sleep(0.01)
+
+        for _ in range(1000):
+            req.requester.node_joined(info)
+        await passed()
+        assert passes == 1
+        req.requester.node_joined(info)                     # after the pass: a pass of its own
+        await passed()
+        assert passes == 2
+        job = await req.requester.submit(JobSpec(engine=Engine.NOOP))    # and scheduling goes on
+        [done] = await _all_terminal(req, [job.id], 10)
+        assert done.state == JobState.COMPLETED
+        nursery.cancel_scope.cancel()
