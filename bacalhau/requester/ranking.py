@@ -1,5 +1,10 @@
 """Node ranking: filters that say why a node cannot take a job, then an order among the rest.
 
+The order reads each node as the requester reckons it now (`Load`: its last report plus what this requester
+placed on it since), least loaded first, so equal nodes share a burst evenly instead of by luck. The walk
+may stop at a sample of the nodes (`rank_loads(..., sample=)`): a job costs the same to place on three
+nodes or a thousand.
+
 When no node is left, the reasons are summed up into the job's failure message: "no node has the docker
 engine" when one reason holds for all, else "no node can take the job (3 compute nodes: 2 without the
 docker engine, 1 not matching selector 'zone=eu')".
@@ -7,6 +12,7 @@ docker engine, 1 not matching selector 'zone=eu')".
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import Counter
 from collections.abc import Iterable
@@ -14,7 +20,7 @@ from typing import NamedTuple, Protocol
 
 from bacalhau.compute.capacity import effective
 from bacalhau.models import Job, NodeInfo, NodeType, Resources
-from bacalhau.models.selector import matches, parse_selector
+from bacalhau.models.selector import Requirement, matches, parse_selector
 from bacalhau.requester.nodes import Load
 
 
@@ -35,17 +41,28 @@ class HasEngine:
         return Why(f"has the {engine} engine", f"without the {engine} engine")
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed(selector: str) -> list[Requirement]:
+    return parse_selector(selector)     # once per selector, not once per node ranked
+
+
 class MatchesLabels:
     def reject_reason(self, job: Job, node: NodeInfo) -> Why | None:
         selector = job.spec.node_selector
-        if not selector or matches(parse_selector(selector), node.labels):
+        if not selector or matches(_parsed(selector), node.labels):
             return None
         return Why(f"matches selector {selector!r}", f"not matching selector {selector!r}")
 
 
 class HasCapacity:
+    def __init__(self) -> None:
+        self._last: tuple[Resources, Resources] | None = None    # (asked, its effective size): one per job
+
     def reject_reason(self, job: Job, node: NodeInfo) -> Why | None:
-        if effective(job.spec.resources).fits_in(node.capacity_total):
+        asked = job.spec.resources
+        if self._last is None or self._last[0] is not asked:      # the same job's, node after node
+            self._last = (asked, effective(asked))
+        if self._last[1].fits_in(node.capacity_total):
             return None
         return Why("has the resources the job asks for", "too small for the job's resources")
 
@@ -58,26 +75,27 @@ ALREADY_TRIED = Why("is left that was not already tried for this job", "already 
 SAMPLE = 16      # nodes ranked a job when more can take it: the best of a random few, as many nodes as there are
 
 
-def projected_free(job: Job, load: Load) -> Resources:
-    """What the node had free at its report, less what was placed on it since (each the job's size: the
-    requester does not know their sizes, and most jobs of a burst are alike)."""
-    size = effective(job.spec.resources)
-    return load.info.capacity_free - Resources.model_construct(cpu=size.cpu * load.extra,
-                                                               memory=size.memory * load.extra)
+def projected_free(size: Resources, load: Load) -> tuple[float, int]:
+    """CPU and memory the node had free at its report, less what was placed on it since (each of `size`, the
+    job's: the requester does not know their sizes, and the jobs of a burst are mostly alike)."""
+    free = load.info.capacity_free
+    return free.cpu - size.cpu * load.extra, free.memory - size.memory * load.extra
 
 
-def fits_now(job: Job, load: Load) -> bool:
-    return effective(job.spec.resources).fits_in(projected_free(job, load))
+def fits_now(job: Job, load: Load, size: Resources | None = None) -> bool:
+    size = size or effective(job.spec.resources)
+    cpu, memory = projected_free(size, load)
+    return size.cpu <= cpu + 1e-9 and size.memory <= memory
 
 
-def _score(job: Job, load: Load) -> tuple[float, ...]:
+def _score(size: Resources, load: Load) -> tuple[float, ...]:
     """Higher is better: room free now, then the larger share of CPU free, then fewer executions per core
     (running, queued and placed since the report), then fewer queued."""
     node = load.info
     cores = node.capacity_total.cpu or 1.0
-    share_free = projected_free(job, load).cpu / cores
-    return (1.0 if fits_now(job, load) else 0.0, share_free, -(node.running + load.extra) / cores,
-            -float(node.queued))
+    cpu, memory = projected_free(size, load)
+    fits = size.cpu <= cpu + 1e-9 and size.memory <= memory
+    return (1.0 if fits else 0.0, max(0.0, cpu) / cores, -(node.running + load.extra) / cores, -float(node.queued))
 
 
 def rank_nodes(
@@ -112,7 +130,8 @@ def rank_loads(
         else:
             reasons[why] += 1
     random.shuffle(ok)  # equals stay equal: spread a burst of jobs instead of always asking the same nodes
-    ok.sort(key=lambda n: _score(job, n), reverse=True)
+    size = effective(job.spec.resources)
+    ok.sort(key=lambda n: _score(size, n), reverse=True)
     if ok:
         return ok, ""
     if not compute:
