@@ -27,6 +27,8 @@ DEFAULT_MAX_JOB_OUTPUT = 512 * 1024**2  # bytes kept of each of a job's stdout a
 DEFAULT_CAPACITY_FRACTION = 0.8         # share of the machine a compute node offers when not limited
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_FETCH_TIMEOUT = 300.0           # fetching a DAG (an input, a result, `ipfs get`) from other nodes
+DEFAULT_URL_TIMEOUT = 600.0             # one URL input's whole download
+DEFAULT_URL_MAX_BYTES = 10 * 1024**3    # one URL input
 DEFAULT_RETENTION = 7 * 24 * 3600.0     # results and unpinned blocks older than this are garbage-collected
 DEFAULT_MAX_RESULT_SIZE = 10 * 1024**3  # a job's result (apparent sizes) larger than this fails, unpublished
 DEFAULT_WASM_MEMORY_LIMIT = 512 * 1024**2   # linear memory of a WASM job that asks for none
@@ -92,6 +94,9 @@ class NodeConfig:
     ipfs_swarm_host: str = DEFAULT_IPFS_SWARM_HOST   # 0.0.0.0 opens the keyless IPFS side to other machines
     ipfs_swarm_addrs: tuple[str, ...] = ()    # IPFS nodes (Kubo among them) the embedded node stays connected to
     ipfs_connect: str | None = None           # an external node's RPC API multiaddr, used instead of the embedded one
+    allow_private_urls: bool = False          # URL inputs may reach loopback, private and link-local addresses
+    url_timeout: float = DEFAULT_URL_TIMEOUT
+    url_max_bytes: int = DEFAULT_URL_MAX_BYTES
     retention: float = DEFAULT_RETENTION      # seconds; 0 keeps finished results and unpinned blocks for ever
     job_limits: JobLimits = field(default_factory=JobLimits)
     max_result_size: int = DEFAULT_MAX_RESULT_SIZE

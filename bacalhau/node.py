@@ -8,7 +8,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -27,12 +27,16 @@ from bacalhau.config import (
 from bacalhau.errors import BacalhauError, NotFoundError
 from bacalhau.executors.types import Executor
 from bacalhau.ipfs.blockstore import Blockstore
-from bacalhau.ipfs.unixfs import cid_str, cid_to_bytes
+from bacalhau.ipfs.result_ref import parse_result_ref
+from bacalhau.ipfs.unixfs import cid_str
 from bacalhau.models import Engine, NodeInfo, NodeType
 from bacalhau.requester.nodes import NodeTable
 from bacalhau.requester.service import Requester
 from bacalhau.requester.store import JobStore
 from bacalhau.version import VERSION
+
+if TYPE_CHECKING:
+    from bacalhau.ipfs.remote import RemoteIpfs
 
 log = logging.getLogger(__name__)
 MAX_IGNORED_SENDERS = 1000
@@ -105,7 +109,7 @@ class Node:
         self.blockstore: Blockstore
         self.bitswap: Any = None
         self.ipfs_host: Any = None
-        self.remote_ipfs: Any = None             # RemoteIpfs with --ipfs-connect
+        self.remote_ipfs: RemoteIpfs | None = None     # with --ipfs-connect
         self.retention: Any = None               # the compute side's garbage collector (compute/retention.py)
         self.known_addrs: dict[str, list[str]] = {}     # other nodes' multiaddrs, from their NodeInfo
         self._ignored_senders: set[str] = set()         # gossip senders already warned about
@@ -216,6 +220,7 @@ class Node:
                 labels=cfg.labels, call_timeout=cfg.call_timeout, version=VERSION,
                 blockstore=self.blockstore, fetch=self.fetch_cid, on_published=self.ipfs_published,
                 limits=limits, max_result_size=cfg.max_result_size,
+                providers=self._input_providers(),
             )
             self.compute.log_stream_addr = next(iter(self.addrs()), "")
             await nursery.start(self.compute.run)
@@ -226,10 +231,10 @@ class Node:
                 retention=cfg.retention).run)
 
         if cfg.is_requester:
-            store = JobStore(cfg.repo_dir / "jobs.db")
-            self._stores.append(store)
+            job_store = JobStore(cfg.repo_dir / "jobs.db")
+            self._stores.append(job_store)
             self.requester = Requester(
-                node_id=self.node_id, transport=self.transport, store=store, nodes=NodeTable(cfg.node_info_ttl),
+                node_id=self.node_id, transport=self.transport, store=job_store, nodes=NodeTable(cfg.node_info_ttl),
                 call_timeout=cfg.call_timeout, bid_timeout=cfg.bid_timeout, max_attempts=cfg.max_attempts,
             )
             if self.compute is not None:
@@ -261,6 +266,14 @@ class Node:
             self.api_port = await nursery.start(serve_api, app, cfg.api_host, cfg.api_port)
         if self.deps.on_ready is not None:
             await self.deps.on_ready(self)
+
+    def _input_providers(self) -> list[Any]:
+        from bacalhau.storage.inline import InlineStorage
+        from bacalhau.storage.url import UrlPolicy, UrlStorage
+
+        cfg = self.config
+        policy = UrlPolicy(allow_private=cfg.allow_private_urls, max_bytes=cfg.url_max_bytes, timeout=cfg.url_timeout)
+        return [InlineStorage(), UrlStorage(policy)]
 
     def _node_info(self) -> NodeInfo:
         assert self.compute is not None
@@ -362,11 +375,14 @@ class Node:
             await self.remote_ipfs.push(cid)
 
     async def result_tar(self, cid_text: str) -> Path:
-        """A published result (a UnixFS directory) as a temporary tar of its entries."""
+        """A published result (a UnixFS directory of stdout, stderr, exitCode and outputs only) as a temporary
+        tar of its entries. The reference came from a compute node: its root is checked before export."""
         from bacalhau.ipfs.exporter import export_tar
+        from bacalhau.ipfs.result_ref import check_result_root
 
-        cid = cid_to_bytes(cid_text)
+        cid = parse_result_ref(f"ipfs://{cid_text}")
         await self.fetch_cid(cid)
+        await trio.to_thread.run_sync(check_result_root, cid, self.blockstore)
         return await trio.to_thread.run_sync(export_tar, cid, self.blockstore)
 
     # -- results --------------------------------------------------------------------------------------------

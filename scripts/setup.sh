@@ -34,6 +34,10 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# trio-typing, which libp2p imports at run time, also installs stubs written for trio 0.22 (trio-stubs,
+# outcome-stubs) that mypy would take over trio's and outcome's own types (no trio.TaskStatus, no
+# abandon_on_cancel=): the type check (tests/test_lint.py) reads the packages' own
+rm -rf .venv/lib/python3*/site-packages/trio-stubs .venv/lib/python3*/site-packages/outcome-stubs
 
 # js-ipfs, which serves the Kubo RPC API for the --ipfs-connect tests (no Kubo binary can be had here)
 js_stamp=.tools/js-ipfs/.installed-$(cat scripts/js-ipfs/package.json scripts/js-ipfs/polyfill.cjs | sha256sum | cut -c1-16)

@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import trio
 import yaml
 
@@ -16,6 +17,7 @@ from tests.conftest import run_cli
 IMAGE = "bacalhau/busybox:latest"
 
 
+@pytest.mark.docker
 async def test_docker_run_prints_the_jobs_stdout_and_exits_with_its_code(single_node: Node) -> None:
     ok = await run_cli(single_node, "docker", "run", IMAGE, "--", "sh", "-c", "echo out; echo err >&2")
     assert ok.returncode == 0, ok.stderr
@@ -25,6 +27,7 @@ async def test_docker_run_prints_the_jobs_stdout_and_exits_with_its_code(single_
     assert bad.returncode == 3
 
 
+@pytest.mark.docker
 async def test_docker_run_flags_reach_the_container(single_node: Node) -> None:
     res = await run_cli(single_node, "docker", "run", "-e", "A=1", "-e", "B=two", "-w", "/tmp",
                         IMAGE, "--", "sh", "-c", 'echo "$A $B $(pwd)"')
@@ -32,6 +35,7 @@ async def test_docker_run_flags_reach_the_container(single_node: Node) -> None:
     assert res.stdout == "1 two /tmp\n"
 
 
+@pytest.mark.docker
 async def test_id_only_then_describe_list_get_and_cancel(single_node: Node, tmp_path: Path) -> None:
     res = await run_cli(single_node, "docker", "run", "--id-only", IMAGE, "--", "sh", "-c",
                         "echo result > /outputs/r.txt; echo done")
@@ -69,6 +73,7 @@ async def test_id_only_then_describe_list_get_and_cancel(single_node: Node, tmp_
     assert again.returncode == 1 and "already cancelled" in again.stderr
 
 
+@pytest.mark.docker
 async def test_create_and_validate_take_yaml_and_json_and_describe_output_round_trips(
     single_node: Node, tmp_path: Path
 ) -> None:
@@ -94,6 +99,7 @@ async def test_create_and_validate_take_yaml_and_json_and_describe_output_round_
     assert res.returncode == 1 and "cannot read" in res.stderr
 
 
+@pytest.mark.docker
 async def test_job_that_no_node_can_run_fails_with_the_reason(single_node: Node) -> None:
     res = await run_cli(single_node, "docker", "run", "-s", "zone=mars", IMAGE, "--", "true")
     assert res.returncode == 1
@@ -102,6 +108,7 @@ async def test_job_that_no_node_can_run_fails_with_the_reason(single_node: Node)
     assert res.returncode == 1 and "selector" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.docker
 async def test_node_list_version_and_id(single_node: Node) -> None:
     nodes = await run_cli(single_node, "node", "list", "--output", "json")
     assert [n["node_id"] for n in json.loads(nodes.stdout)] == [single_node.node_id]
@@ -156,6 +163,7 @@ async def test_wasm_run_uploads_the_module_and_streams_its_output(single_node: N
     assert res.returncode == 1 and "not a WebAssembly module" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 async def test_a_slow_wasm_printer_streams_live(single_node: Node, tmp_path: Path) -> None:
     import os
     import sys
@@ -192,6 +200,7 @@ async def test_a_slow_wasm_printer_streams_live(single_node: Node, tmp_path: Pat
     assert arrivals[-1] - arrivals[0] > 0.2   # the first tick arrived well before the last: live, not at the end
 
 
+@pytest.mark.docker
 async def test_the_result_is_published_as_a_cid_kubo_would_give_the_downloaded_tree(
     single_node: Node, tmp_path: Path
 ) -> None:

@@ -66,6 +66,7 @@ async def test_a_requester_only_node_has_no_compute_and_says_so(cluster: tuple[N
     assert done.state == JobState.FAILED and "zone=mars" in done.reason
 
 
+@pytest.mark.docker
 async def test_docker_job_on_a_remote_node_results_and_logs_come_through_the_requester(
     cluster: tuple[Node, list[Node]], tmp_path: Path
 ) -> None:
@@ -87,6 +88,8 @@ async def test_docker_job_on_a_remote_node_results_and_logs_come_through_the_req
     assert logs.returncode == 0 and logs.stdout == "remote-out\n" and "remote-err" in logs.stderr
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 async def test_get_fetches_a_large_result_over_ipfs_from_the_node_that_ran_it_with_progress(
     cluster: tuple[Node, list[Node]], tmp_path: Path
 ) -> None:
@@ -115,6 +118,7 @@ async def test_get_fetches_a_large_result_over_ipfs_from_the_node_that_ran_it_wi
     assert req.blockstore.has(cid_to_bytes(cid))       # it came over bitswap, not through c0's bprotocol
 
 
+@pytest.mark.docker
 async def test_get_completes_a_result_whose_root_alone_is_held_as_a_cut_short_fetch_leaves_it(
         cluster: tuple[Node, list[Node]], tmp_path: Path) -> None:
     from bacalhau.ipfs.dagpb import decode_links
@@ -145,6 +149,8 @@ async def test_node_list_shows_every_compute_node(cluster: tuple[Node, list[Node
     assert {n["labels"]["name"] for n in nodes} == {"c0", "c1", "c2"}
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 async def test_devstack_runs_a_cluster_in_one_command(tmp_path: Path) -> None:
     import os
     import signal
@@ -182,6 +188,8 @@ async def test_compute_nodes_advertise_their_log_stream_address(cluster: tuple[N
         assert infos[c.node_id].log_stream_addr.endswith(f"/p2p/{c.node_id}")
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 async def test_one_nodes_result_feeds_a_job_on_another_node_through_bitswap(
     cluster: tuple[Node, list[Node]], tmp_path: Path
 ) -> None:

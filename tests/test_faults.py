@@ -6,6 +6,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from bacalhau.cli.client import ApiClient
 from tests.conftest import Served, join_args
 
@@ -26,6 +28,8 @@ def start_cluster(make, computes: int) -> tuple[Served, list[Served], ApiClient]
     return req, nodes, client
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_killing_a_compute_node_mid_batch_loses_no_job(served) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     req, computes, client = start_cluster(served, 3)
 
@@ -68,6 +72,8 @@ def test_killing_a_compute_node_mid_batch_loses_no_job(served) -> None:  # type:
         subprocess.run(["docker", "rm", "-f", *leftover], capture_output=True, check=False)
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_killing_the_requester_mid_batch_loses_no_job_and_runs_none_twice(served) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     req, computes, client = start_cluster(served, 2)
     ids = [client.submit({"engine": "docker", "docker": {"image": "bacalhau/busybox:latest", "parameters":
@@ -95,6 +101,8 @@ def test_killing_the_requester_mid_batch_loses_no_job_and_runs_none_twice(served
         assert req.cli("logs", job_id).stdout == f"job-{i}\n"
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_a_compute_node_restarted_mid_job_reports_it_failed_and_it_runs_elsewhere(served) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     req, computes, client = start_cluster(served, 2)
     job_id = client.submit({"engine": "docker", "docker": {"image": "bacalhau/busybox:latest",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
 from bacalhau.bprotocol.transport import InMemoryNetwork
@@ -145,6 +146,7 @@ async def test_concurrency_runs_on_that_many_nodes_and_rejects_extra_bids(tmp_pa
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.slow
 async def test_a_lost_node_mid_execution_is_retried_elsewhere(tmp_path: Path) -> None:
     net = InMemoryNetwork()
     started = trio.Event()

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from bacalhau.node import Node
-from tests.conftest import run_cli
+from tests.conftest import node_config, run_cli
 
 IMAGE = "bacalhau/busybox:latest"
 
@@ -28,6 +29,7 @@ def http_server(tmp_path: Path) -> Iterator[str]:
     server.shutdown()
 
 
+@pytest.mark.docker
 async def test_a_local_file_is_uploaded_and_mounted_read_only(single_node: Node, tmp_path: Path) -> None:
     f = tmp_path / "notes.txt"
     f.write_text("local content\n")
@@ -37,13 +39,18 @@ async def test_a_local_file_is_uploaded_and_mounted_read_only(single_node: Node,
     assert res.stdout == "local content\nread-only\n"
 
 
-async def test_a_url_is_fetched_by_the_compute_node(single_node: Node, http_server: str) -> None:
-    res = await run_cli(single_node, "docker", "run", "-i", f"{http_server}/data.csv", IMAGE, "--",
-                        "cat", "/inputs/data.csv")
-    assert res.returncode == 0, res.stderr
-    assert res.stdout == "a,b\n1,2\n"
-    missing = await run_cli(single_node, "docker", "run", "-i", f"{http_server}/nope.csv", IMAGE, "--", "true")
-    assert missing.returncode == 1 and "HTTP 404" in missing.stderr
+@pytest.mark.docker
+async def test_a_url_is_fetched_by_the_compute_node(tmp_path: Path, http_server: str) -> None:
+    async with trio.open_nursery() as nursery:
+        # the server is on loopback: a node reaches it only with --allow-private-urls
+        node = await nursery.start(Node(node_config(tmp_path / "node", allow_private_urls=True)).run)
+        res = await run_cli(node, "docker", "run", "-i", f"{http_server}/data.csv", IMAGE, "--",
+                            "cat", "/inputs/data.csv")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == "a,b\n1,2\n"
+        missing = await run_cli(node, "docker", "run", "-i", f"{http_server}/nope.csv", IMAGE, "--", "true")
+        assert missing.returncode == 1 and "HTTP 404" in missing.stderr
+        nursery.cancel_scope.cancel()
 
 
 async def test_wasm_sees_its_inputs_as_preopened_directories(single_node: Node, tmp_path: Path) -> None:
@@ -59,6 +66,7 @@ async def test_wasm_sees_its_inputs_as_preopened_directories(single_node: Node, 
     assert res.returncode == 0 and res.stdout == "ok\n", res.stderr
 
 
+@pytest.mark.docker
 async def test_one_jobs_output_cid_feeds_the_next(single_node: Node) -> None:
     import json
 
@@ -76,6 +84,7 @@ async def test_one_jobs_output_cid_feeds_the_next(single_node: Node) -> None:
     assert second.stdout.split() == ["42", "0"]
 
 
+@pytest.mark.docker
 async def test_an_ipfs_input_no_node_holds_fails_with_the_reason(single_node: Node) -> None:
     res = await run_cli(single_node, "docker", "run", "-i", "ipfs://QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG",
                         IMAGE, "--", "true")

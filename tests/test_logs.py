@@ -23,6 +23,7 @@ from tests.test_flow_inmemory import wait_terminal
 IMAGE = "bacalhau/busybox:latest"
 
 
+@pytest.mark.docker
 async def test_binary_output_long_lines_and_no_final_newline_pass_whole(single_node: Node) -> None:
     # 1 MB line of random bytes (non-UTF-8), then stderr, then a last write with no newline right before exit
     script = "head -c 1000000 /dev/urandom > /outputs/blob; cat /outputs/blob; echo; echo err >&2; printf tail"
@@ -35,6 +36,8 @@ async def test_binary_output_long_lines_and_no_final_newline_pass_whole(single_n
     assert "err" in res.stderr
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 async def test_logs_follow_exits_with_the_jobs_exit_code_and_replays_after_the_end(single_node: Node) -> None:
     res = await run_cli(single_node, "docker", "run", "--id-only", IMAGE, "--", "sh", "-c",
                         "for i in 1 2 3; do echo line $i; usleep 100000; done; exit 5")
@@ -45,6 +48,8 @@ async def test_logs_follow_exits_with_the_jobs_exit_code_and_replays_after_the_e
     assert again.returncode == 0 and again.stdout == followed.stdout
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 async def test_twenty_followers_of_one_job_all_get_everything(single_node: Node) -> None:
     res = await run_cli(single_node, "docker", "run", "--id-only", IMAGE, "--", "sh", "-c",
                         "usleep 300000; seq 1 20000")
@@ -61,6 +66,7 @@ async def test_twenty_followers_of_one_job_all_get_everything(single_node: Node)
     assert len(outputs) == 20 and all(o == expected for o in outputs)
 
 
+@pytest.mark.docker
 async def test_a_dropped_connection_resumes_from_its_offsets_without_loss_or_duplicates(single_node: Node) -> None:
     from websockets.asyncio.client import connect  # noqa: F401  (the CLI uses the sync client; see below)
     from websockets.sync.client import connect as sync_connect
@@ -132,6 +138,7 @@ async def test_attaching_before_the_job_starts_waits_then_streams(
         await wait_terminal(req, b.id)
 
 
+@pytest.mark.slow
 async def test_a_job_retried_on_another_node_is_followed_there(
     mem_cluster: tuple[Node, list[Node], InMemoryNetwork], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -161,6 +168,7 @@ async def test_a_job_retried_on_another_node_is_followed_there(
     assert not errors, errors
 
 
+@pytest.mark.slow
 async def test_when_every_node_dies_the_follower_gets_a_clear_end(
     mem_cluster: tuple[Node, list[Node], InMemoryNetwork]
 ) -> None:
@@ -182,6 +190,8 @@ async def test_when_every_node_dies_the_follower_gets_a_clear_end(
     assert "job failed" in res.stderr and "lost" in res.stderr
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 async def test_a_stalled_follower_slows_nobody_and_a_gone_one_frees_its_stream(single_node: Node) -> None:
     from websockets.sync.client import connect
 

@@ -8,9 +8,12 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from tests.conftest import BACALHAU, join_args
 
 
+@pytest.mark.slow
 def test_serve_prints_the_join_command_keeps_its_peer_id_and_exits_0_on_sigterm(served) -> None:  # type: ignore[no-untyped-def]
     node = served().start()
     text = node.wait_ready()
@@ -34,6 +37,8 @@ def test_serve_prints_the_join_command_keeps_its_peer_id_and_exits_0_on_sigterm(
     assert node.stop(signal.SIGINT) == 0
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_requester_killed_and_restarted_keeps_its_jobs_and_peer_id(served) -> None:  # type: ignore[no-untyped-def]
     node = served().start()
     node.wait_ready()
@@ -67,6 +72,8 @@ def test_requester_killed_and_restarted_keeps_its_jobs_and_peer_id(served) -> No
     assert containers == []
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_a_second_node_joins_with_the_printed_command_and_runs_jobs(served) -> None:  # type: ignore[no-untyped-def]
     first = served("first", "--labels", "role=first").start()
     text = first.wait_ready()
@@ -102,6 +109,8 @@ def test_a_second_node_joins_with_the_printed_command_and_runs_jobs(served) -> N
         time.sleep(0.2)
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_sigterm_lets_a_running_job_finish_and_the_limits_show_in_node_list(served) -> None:  # type: ignore[no-untyped-def]
     node = served("limited", "--limit-total-cpu", "1.5", "--limit-total-memory", "2Gi", "--labels", "a=1,b=2").start()
     node.wait_ready()
@@ -125,6 +134,7 @@ def test_sigterm_lets_a_running_job_finish_and_the_limits_show_in_node_list(serv
     assert node.cli("logs", job_id).stdout == "finished\n"
 
 
+@pytest.mark.slow
 def test_bad_serve_flags_get_one_clear_error(served) -> None:  # type: ignore[no-untyped-def]
     node = served("bad", "--node-type", "banana")
     out = subprocess.run([*BACALHAU, *node.args], env=node.env, capture_output=True, text=True, timeout=60, check=False)

@@ -20,10 +20,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from bacalhau.compute.results import stream_file
 from bacalhau.errors import UserError
+from bacalhau.ipfs.dagpb import valid_cid
 from bacalhau.ipfs.exporter import cat, export_tar
 from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
 
 if TYPE_CHECKING:
+    from bacalhau.api.server import Handler
+    from bacalhau.ipfs.blockstore import Blockstore
     from bacalhau.node import Node
 
 MAX_ADD_BYTES = 10 * 1024**3
@@ -35,26 +38,29 @@ def _cid(text: str) -> bytes:
         raise UserError(f"{text!r}: paths inside a CID are not supported; give the CID alone ({root}) and pick "
                         "the file from what `bacalhau ipfs get` writes")
     try:
-        return cid_to_bytes(text)
+        cid = cid_to_bytes(text)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if not valid_cid(cid):
+        raise UserError(f"{text!r} is not a sha2-256 CID")
+    return cid
 
 
-def _add_tar(tar_path: Path, version: int, store: object) -> list[tuple[str, str]]:
+def _add_tar(tar_path: Path, version: int, store: Blockstore) -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp, tarfile.open(tar_path) as tar:
         tar.extractall(tmp, filter="data")
         entries = list(Path(tmp).iterdir())
         if len(entries) != 1:
             raise UserError("the upload must hold exactly one file or directory")
-        lines = add_path(entries[0], put=store.put, cid_version=version)  # type: ignore[attr-defined]
-        store.pin(cid_to_bytes(lines[-1][0]))  # type: ignore[attr-defined]
+        lines = add_path(entries[0], put=store.put, cid_version=version)
+        store.pin(cid_to_bytes(lines[-1][0]))
         return lines
 
 
-def _cat_to_file(cid: bytes, store: object) -> Path:
+def _cat_to_file(cid: bytes, store: Blockstore) -> Path:
     fd, name = tempfile.mkstemp()
     with open(fd, "wb") as f:
-        for chunk in cat(cid, store):  # type: ignore[arg-type]
+        for chunk in cat(cid, store):
             f.write(chunk)
     return Path(name)
 
@@ -64,7 +70,7 @@ async def _unlink(path: Path) -> None:
         await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
 
 
-def routes(node: Node) -> list[tuple[str, object, list[str]]]:
+def routes(node: Node) -> list[tuple[str, Handler, list[str]]]:
     store = node.blockstore
 
     async def ipfs_id(request: Request) -> Response:

@@ -22,7 +22,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -59,7 +59,10 @@ def _error(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse({"error": message, "code": code}, status_code=status)
 
 
-def _handle_errors(fn):  # type: ignore[no-untyped-def]
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _handle_errors(fn: Handler) -> Handler:
     async def wrapper(request: Request) -> Response:
         try:
             return await fn(request)
@@ -84,7 +87,8 @@ def _spec_error(exc: ValidationError) -> str:
     where = ".".join(str(p) for p in first.get("loc", ())) or "spec"
     # the location can hold the sender's own map keys: printable, one line, bounded
     where = "".join(c if c.isprintable() else repr(c)[1:-1] for c in where)[:200]
-    return f"invalid job spec at {where}: {first.get('msg')}"
+    message = str(first.get("msg", "")).removeprefix("Value error, ")   # pydantic's prefix tells a user nothing
+    return f"invalid job spec at {where}: {message}"
 
 
 async def read_body(request: Request, cap: int = MAX_BODY) -> bytes:
@@ -382,5 +386,5 @@ async def serve_api(app: Any, host: str, port: int, *, task_status: trio.TaskSta
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 2.0
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(serve, app, config)  # type: ignore[arg-type]
+        binds = await nursery.start(serve, app, config)
         task_status.started(int(binds[0].rsplit(":", 1)[1]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 from pydantic import BaseModel
@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 RawHandler = Callable[[str, bytes], Awaitable[bytes]]
 RawStreamHandler = Callable[[str, bytes], AsyncIterator[bytes]]
 Req = TypeVar("Req", bound=BaseModel)
+# a typed handler in a list of (protocol, model, handler): its model is known only at run time
+AnyModelHandler = Callable[[str, Any], Awaitable[BaseModel]]
 
 
 class Transport(Protocol):

@@ -11,6 +11,7 @@ import click
 
 from bacalhau.cli.main import client_from
 from bacalhau.cli.output import status
+from bacalhau.cli.untar import extract
 
 PROGRESS_EVERY = 8 * 1024 * 1024
 
@@ -44,6 +45,6 @@ def get(ctx: click.Context, job_id: str, output_dir: str) -> None:
                 next_report += PROGRESS_EVERY
         tmp.seek(0)
         with tarfile.open(fileobj=tmp, mode="r") as tar:
-            tar.extractall(dest, filter="data")
+            extract(tar, dest)
     status(f"results of job {job['id']} in {dest}")
     click.echo(str(dest), file=sys.stdout)

@@ -11,6 +11,7 @@ import click
 
 from bacalhau.cli.main import client_from
 from bacalhau.cli.output import emit, output_option, status
+from bacalhau.cli.untar import extract
 from bacalhau.errors import UserError
 
 
@@ -69,7 +70,7 @@ def get(ctx: click.Context, cid: str, output: str | None) -> None:
                 f.write(chunk)
                 received += len(chunk)
         with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+            extract(tar, Path(tmp))
         (Path(tmp) / cid).rename(dest)
     status(f"saved {cid} to {dest} ({received} bytes transferred)")
 

@@ -10,6 +10,7 @@ import json
 import struct
 import sys
 import time
+from typing import Any
 from urllib.parse import urlencode
 
 import click
@@ -79,7 +80,7 @@ def follow_logs(host: str, port: int, job_id: str, *, follow: bool = True, quiet
             time.sleep(RECONNECT_DELAY)
 
 
-def _verdict(event: dict, follow: bool) -> int:  # type: ignore[type-arg]
+def _verdict(event: dict[str, Any], follow: bool) -> int:
     state, code, reason = event["state"], event.get("exit_code"), event.get("reason") or ""
     if state == "error":
         raise ApiError(reason)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 FORMATS = ("table", "json", "yaml")
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def output_option(default: str = "table") -> Any:
+def output_option(default: str = "table") -> Callable[[_F], _F]:
     return click.option("--output", "-o", "output", type=click.Choice(FORMATS), default=default, show_default=True,
                         help="How to print the result.")
 

@@ -124,12 +124,17 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
                    "unpublished (default 10Gi).")
 @click.option("--wasm-memory-limit", default=None, metavar="SIZE",
               help="Memory of a WASM job that asks for none (default 512Mi).")
+@click.option("--allow-private-urls", is_flag=True,
+              help="Let URL inputs reach loopback, private and link-local addresses (refused by default).")
+@click.option("--url-input-timeout", default=None, type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Deadline for downloading one URL input (default 600).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, swarm_port: int, labels: str,
           limit_total_cpu: str | None, limit_total_memory: str | None, repo: str | None, max_attempts: int | None,
           swarm_key: str | None, ipfs_swarm_port: int, ipfs_swarm_host: str, ipfs_swarm_addrs: str,
           ipfs_connect: str | None, retention: float, max_result_size: str | None,
-          wasm_memory_limit: str | None, verbose: bool, **job_limits: Any) -> None:
+          wasm_memory_limit: str | None, allow_private_urls: bool, url_input_timeout: float | None,
+          verbose: bool, **job_limits: Any) -> None:
     """Run a bacalhau node: with no flags, a private cluster of one that is requester and compute.
 
     It prints the command that joins more machines. SIGINT/SIGTERM stop taking work, give running jobs a
@@ -163,6 +168,9 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
     )
     if max_attempts:
         config.max_attempts = max_attempts
+    config.allow_private_urls = allow_private_urls
+    if url_input_timeout:
+        config.url_timeout = url_input_timeout
     for flag, value in (("max_result_size", max_result_size), ("wasm_memory_limit", wasm_memory_limit)):
         if value is not None:
             from bacalhau.models.resources import parse_size

@@ -9,13 +9,15 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVarTuple
 
 import trio
+from pydantic import BaseModel
 
 from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.ids import parse_execution_id
 from bacalhau.bprotocol.proxies import CallbackProxy
-from bacalhau.bprotocol.transport import Transport, typed_handler
+from bacalhau.bprotocol.transport import AnyModelHandler, Transport, typed_handler
 from bacalhau.compute import failures
 from bacalhau.compute.bidding import BidContext, bid, lacks_inputs
 from bacalhau.compute.capacity import Capacity
@@ -37,9 +39,11 @@ from bacalhau.ipfs.publish import ResultTooLarge, publish_result, scan_result, s
 from bacalhau.models import Engine, ExecutionState, NodeInfo, NodeType, Resources
 from bacalhau.storage.inputs import DEFAULT_PROVIDERS, prepare_inputs
 from bacalhau.storage.ipfs import IpfsStorage
+from bacalhau.storage.types import StorageProvider
 
 log = logging.getLogger(__name__)
 S = ExecutionState
+Ts = TypeVarTuple("Ts")
 REMOTE_INPUT_BID_DELAY = 0.3   # seconds a node that must fetch a job's ipfs:// inputs waits before bidding
 
 
@@ -50,12 +54,13 @@ class ComputeNode:
         blockstore: Blockstore, fetch: Callable[[bytes], Awaitable[None]] | None = None,
         on_published: Callable[[bytes], Awaitable[None]] | None = None, limits: JobLimits | None = None,
         max_result_size: int = DEFAULT_MAX_RESULT_SIZE,
+        providers: list[StorageProvider] = DEFAULT_PROVIDERS,
     ) -> None:
         self.limits = limits or JobLimits()   # shared with the executors: what a job counts as is what it gets
         self._max_result_size = max_result_size
         self._blockstore = blockstore
         self._on_published = on_published    # e.g. a push to the external IPFS node of --ipfs-connect
-        self._storage = [*DEFAULT_PROVIDERS, IpfsStorage(blockstore, fetch)]
+        self._storage: list[StorageProvider] = [*providers, IpfsStorage(blockstore, fetch)]
         self.node_id = node_id
         self._transport = transport
         self._executors = executors
@@ -74,7 +79,7 @@ class ComputeNode:
         self._accepting = True
         self._idle = trio.Event()      # set whenever an execution leaves _busy, for drain()
         self._busy: set[str] = set()   # accepted and not yet published, failed or cancelled
-        for proto, model, fn in [
+        requests: list[tuple[str, type[BaseModel], AnyModelHandler]] = [
             (m.ASK_FOR_BID, m.AskForBidRequest, self._ask_for_bid),
             (m.BID_ACCEPTED, m.ExecutionRequest, self._bid_accepted),
             (m.BID_REJECTED, m.ExecutionReasonRequest, self._bid_rejected),
@@ -82,14 +87,15 @@ class ComputeNode:
             (m.RESULT_REJECTED, m.ExecutionReasonRequest, self._result_rejected),
             (m.CANCEL, m.ExecutionReasonRequest, self._cancel),
             (m.EXECUTION_STATUS, m.ExecutionRequest, self._execution_status),
-        ]:
-            transport.register(proto, typed_handler(model, self._from_its_requester(fn)))  # type: ignore[arg-type]
+        ]
+        for proto, model, fn in requests:
+            transport.register(proto, typed_handler(model, self._from_its_requester(fn)))
         transport.register_stream(m.GET_RESULT, self._get_result)
         transport.register_stream(LOG_PROTOCOL, self._logs)
 
-    def _from_its_requester(self, fn):  # type: ignore[no-untyped-def]
+    def _from_its_requester(self, fn: AnyModelHandler) -> AnyModelHandler:
         """Only the requester that asked for an execution may steer it (any cluster member can call)."""
-        async def checked(peer_id: str, req):  # type: ignore[no-untyped-def]
+        async def checked(peer_id: str, req: Any) -> BaseModel:
             if isinstance(req, m.AskForBidRequest):
                 if req.requester_id != peer_id:
                     raise ProtocolError(f"{peer_id} asks for a bid on behalf of {req.requester_id}")
@@ -152,13 +158,13 @@ class ComputeNode:
             published_at=time.time(), log_stream_addr=self.log_stream_addr,
         )
 
-    def _spawn(self, fn, *args, execution: LocalExecution | None = None) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, fn: Callable[[*Ts], Awaitable[object]], *args: *Ts, execution: LocalExecution | None = None) -> None:
         """Run `fn(*args)` as a task of the node behind a boundary: whatever escapes it (exception groups
         included; never trio.Cancelled) is logged once and fails `execution`, if given; the node goes on."""
         assert self._nursery is not None, "ComputeNode.run() is not running"
         self._nursery.start_soon(self._guarded, fn, args, execution, name=getattr(fn, "__qualname__", fn))
 
-    async def _guarded(self, fn, args, execution: LocalExecution | None) -> None:  # type: ignore[no-untyped-def]
+    async def _guarded(self, fn: Callable[[*Ts], Awaitable[object]], args: tuple[*Ts], execution: LocalExecution | None) -> None:
         failure: BaseException | None = None
         try:
             await fn(*args)

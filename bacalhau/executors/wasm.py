@@ -23,7 +23,8 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import trio
 
@@ -34,6 +35,9 @@ from bacalhau.executors.types import ExecutionDir
 from bacalhau.models import Engine, Job, RunResult
 from bacalhau.models.job import WASM_INLINE_PREFIX as INLINE_PREFIX
 from bacalhau.storage.types import Mount
+
+if TYPE_CHECKING:
+    import wasmtime  # imported where it runs: a client command need not load it
 
 log = logging.getLogger(__name__)
 TAIL_BYTES = 1024
@@ -54,8 +58,8 @@ def encode_module(data: bytes) -> str:
 class _Run:
     job: Job
     exec_dir: ExecutionDir
-    engine: object
-    module: object
+    engine: wasmtime.Engine
+    module: wasmtime.Module
     mounts: list[Mount] = field(default_factory=list)
     memory_limit: int = 0
     outputs: dict[str, CappedOutput] = field(default_factory=dict)   # stdout, stderr: kept up to the node's cap
@@ -147,10 +151,10 @@ class WasmExecutor:
     def _interrupt(run: _Run, why: str) -> None:
         if not run.why_interrupted:
             run.why_interrupted = why
-        run.engine.increment_epoch()  # type: ignore[attr-defined]
+        run.engine.increment_epoch()
 
 
-def _compile(data: bytes) -> tuple[object, object]:
+def _compile(data: bytes) -> tuple[wasmtime.Engine, wasmtime.Module]:
     import wasmtime
 
     config = wasmtime.Config()
@@ -162,8 +166,8 @@ def _compile(data: bytes) -> tuple[object, object]:
         raise ExecutorError(f"the WASM module does not compile: {str(exc).splitlines()[0]}") from None
 
 
-def _tail(path: object) -> str:
-    with open(path, "rb") as f:  # type: ignore[call-overload]
+def _tail(path: Path) -> str:
+    with open(path, "rb") as f:
         f.seek(0, 2)
         size = f.tell()
         f.seek(max(0, size - TAIL_BYTES))
@@ -189,14 +193,15 @@ def _run_blocking(run: _Run) -> RunResult:
 
     spec = run.job.spec.wasm
     assert spec is not None
-    store = wasmtime.Store(run.engine)  # type: ignore[arg-type]
+    store = wasmtime.Store(run.engine)
     store.set_epoch_deadline(1)
     store.set_limits(memory_size=run.memory_limit, table_elements=MAX_TABLE_ELEMENTS)
     wasi = wasmtime.WasiConfig()
     wasi.argv = ["main.wasm", *spec.parameters]
     wasi.env = sorted(spec.env.items())
     # the module's output goes through the node's cap (--max-job-output): past it, bytes are counted and dropped
-    files = {name: open(run.exec_dir.root / name, "ab", buffering=0) for name in ("stdout", "stderr")}  # noqa: SIM115
+    files: dict[str, BinaryIO] = {name: open(run.exec_dir.root / name, "ab", buffering=0)  # noqa: SIM115
+                                  for name in ("stdout", "stderr")}
     try:
         return _run_with_output(run, store, wasi, files)
     finally:
@@ -224,11 +229,11 @@ def _run_with_output(run: _Run, store: Any, wasi: Any, files: dict[str, BinaryIO
     for mount in run.mounts:
         wasi.preopen_dir(str(mount.host_dir), mount.path, fs_mutable=False)
     store.set_wasi(wasi)
-    linker = wasmtime.Linker(run.engine)  # type: ignore[arg-type]
+    linker = wasmtime.Linker(run.engine)
     linker.define_wasi()
     exit_code, error = 0, ""
     try:
-        instance = linker.instantiate(store, run.module)  # type: ignore[arg-type]
+        instance = linker.instantiate(store, run.module)
         entry = instance.exports(store).get(spec.entry_point)
         if not isinstance(entry, wasmtime.Func):
             raise ExecutorError(f"the WASM module exports no function {spec.entry_point!r}")

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVarTuple
 
 import trio
 
@@ -39,6 +39,7 @@ from bacalhau.ipfs.unixfs import _bytes_field, _uint_field, cid_str, make_cid
 from bacalhau.ipfs.unixfs import _varint as _enc_varint
 
 log = logging.getLogger(__name__)
+Ts = TypeVarTuple("Ts")
 PROTOCOL = "/ipfs/bitswap/1.2.0"
 PROTOCOLS = (PROTOCOL, "/ipfs/bitswap/1.1.0")   # 1.1.0 has the same messages, minus HAVE/DONT_HAVE
 MAX_MESSAGE = 4 * 1024 * 1024 + 4096            # libp2p bitswap's limit: a 4 MiB block and its framing
@@ -352,12 +353,12 @@ class Bitswap:
             state.queued += 1
             self._spawn(self._answer_queued, peer, state, wants, public)
 
-    def _spawn(self, fn, peer: str, *args) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, fn: Callable[[str, *Ts], Awaitable[object]], peer: str, *args: *Ts) -> None:
         assert self._nursery is not None
         self._nursery.start_soon(self._guarded, fn, peer, args)
 
     @staticmethod
-    async def _guarded(fn, peer: str, args) -> None:  # type: ignore[no-untyped-def]
+    async def _guarded(fn: Callable[[str, *Ts], Awaitable[object]], peer: str, args: tuple[*Ts]) -> None:
         """The boundary of a task serving one peer's message: what escapes it (groups included; never
         trio.Cancelled) is that peer's request failing, logged once; bitswap and the node go on."""
         try:
@@ -470,6 +471,7 @@ class Bitswap:
         """Fetch the DAG under `root` into the store from connected peers; return how many blocks came."""
         session = _Session()
         pending: deque[bytes] = deque([root])
+        seen = {root}           # each block once: a DAG may link one child many times (a diamond 40 deep)
         asked: dict[bytes, set[str]] = {}          # in flight: the peers asked for it
         refused: dict[bytes, set[str]] = {}
         providers: list[str] = []
@@ -504,7 +506,11 @@ class Bitswap:
             await ask([cid], others)
 
         def links_of(cid: bytes, data: bytes) -> list[bytes]:
-            return [link.cid for link in decode_links(data)] if codec_of(cid) == 0x70 else []
+            if codec_of(cid) != 0x70:
+                return []
+            new = [c for c in dict.fromkeys(link.cid for link in decode_links(data)) if c not in seen]
+            seen.update(new)
+            return new
 
         try:
             with trio.fail_after(timeout):

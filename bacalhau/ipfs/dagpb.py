@@ -70,11 +70,23 @@ def decode(block: bytes) -> tuple[bytes, list[PBLink]]:
                 if n == 1 and isinstance(v, bytes):
                     cid = v
                 elif n == 2 and isinstance(v, bytes):
-                    name = v.decode()
+                    name = v.decode("utf-8", "surrogateescape")   # the exporter refuses such a name by name
                 elif n == 3 and isinstance(v, int):
                     tsize = v
+            if not valid_cid(cid):
+                raise ProtocolError(f"a dag-pb link to no valid CID ({cid[:40].hex() or 'empty'})")
             links.append(PBLink(cid, name, tsize))
     return data, links
+
+
+def valid_cid(cid: bytes) -> bool:
+    """A sha2-256 CIDv0 or CIDv1 (what every block store here keys by)."""
+    if len(cid) == 34:
+        return cid[:2] == b"\x12\x20"
+    if len(cid) < 36 or cid[0] != 1:
+        return False
+    _, i = _varint(cid, 1)
+    return cid[i:i + 2] == b"\x12\x20" and len(cid) == i + 34
 
 
 def decode_unixfs(data: bytes) -> UnixFS:

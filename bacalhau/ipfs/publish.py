@@ -194,7 +194,7 @@ def publish_result(root: Path, store: Blockstore, max_size: int | None = None) -
             if f is None:
                 continue
             with f:
-                open_dirs[-1][1].append((name, importer.add_reader(_Bounded(f, read, limit))))  # type: ignore[arg-type]
+                open_dirs[-1][1].append((name, importer.add_reader(_Bounded(f, read, limit))))
     while len(open_dirs) > 1:
         close_dir()
     directory = importer.add_dir(open_dirs[0][1])  # type: ignore[arg-type]

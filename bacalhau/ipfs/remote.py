@@ -38,12 +38,16 @@ def api_url(maddr: str) -> str:
 
 
 def _walk(root: bytes, store: Blockstore) -> list[bytes]:
-    order, todo = [], [root]
+    """Every distinct block of the DAG, once: a DAG may link one child many times."""
+    order, todo, seen = [], [root], {root}
     while todo:
         cid = todo.pop()
         order.append(cid)
         if codec_of(cid) == 0x70:
-            todo.extend(link.cid for link in decode_links(store.get(cid)))
+            for link in decode_links(store.get(cid)):
+                if link.cid not in seen:
+                    seen.add(link.cid)
+                    todo.append(link.cid)
     return order
 
 
@@ -115,7 +119,9 @@ class RemoteIpfs:
                 blocks[cid] = resp.content
 
             with trio.fail_after(timeout):
-                todo = deque([root])
+                # each block once: two identical input files are one CID linked twice, and a batch holding it
+                # twice fetched it twice and then found it gone the second time (a KeyError that ended the node)
+                todo, seen = deque([root]), {root}
                 while todo:
                     batch = [todo.popleft() for _ in range(min(IN_FLIGHT, len(todo)))]
                     await _bounded(get, batch)
@@ -123,7 +129,10 @@ class RemoteIpfs:
                         fetched += 1
                         data = blocks.pop(cid)
                         if codec_of(cid) == 0x70:
-                            todo.extend(link.cid for link in decode_links(data))
+                            for link in decode_links(data):
+                                if link.cid not in seen:
+                                    seen.add(link.cid)
+                                    todo.append(link.cid)
                     if on_progress:
                         on_progress(fetched)
         return fetched

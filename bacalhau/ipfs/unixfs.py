@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 CHUNK_SIZE = 262144
 MAX_LINKS = 174
@@ -111,6 +111,12 @@ def cid_str(cid: bytes) -> str:
 
 # -- the importer ---------------------------------------------------------------------------------------------
 
+class Reader(Protocol):
+    """What a file's content is read from: an open binary file, or a wrapper that counts (ipfs/publish.py)."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 @dataclass
 class _Node:
     cid: bytes
@@ -147,7 +153,7 @@ class Importer:
         with open(path, "rb") as f:
             return self.add_reader(f)
 
-    def add_reader(self, f: BinaryIO) -> _Node:
+    def add_reader(self, f: Reader) -> _Node:
         """A file from an open reader (read to its end; the caller opened it, e.g. without following links)."""
         chunks = _chunks(f)
         first = next(chunks, None)
@@ -225,10 +231,10 @@ class _Peekable:
         return value
 
 
-def _chunks(f: object) -> Iterator[bytes]:
-    while chunk := f.read(CHUNK_SIZE):  # type: ignore[attr-defined]
+def _chunks(f: Reader) -> Iterator[bytes]:
+    while chunk := f.read(CHUNK_SIZE):
         if len(chunk) < CHUNK_SIZE:   # a short read is not the end: fill the chunk as Kubo's splitter does
-            while len(chunk) < CHUNK_SIZE and (more := f.read(CHUNK_SIZE - len(chunk))):  # type: ignore[attr-defined]
+            while len(chunk) < CHUNK_SIZE and (more := f.read(CHUNK_SIZE - len(chunk))):
                 chunk += more
         yield chunk
 

@@ -37,7 +37,7 @@ def parse_cpu(value: object) -> float:
         try:
             value = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
         except ValueError:
-            raise ValueError(f"not a CPU amount: {value[:40]!r} (try 0.5, 2 or 500m)") from None
+            raise ValueError(f"not a CPU amount: {text[:40]!r} (try 0.5, 2 or 500m)") from None
     return _bounded(value, "cpu", MAX_CPU, f"{MAX_CPU:g} cores")
 
 
@@ -77,8 +77,9 @@ class Resources(BaseModel):
 
 
 def format_size(n: int) -> str:
+    size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return str(size)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVarTuple
 
 import trio
+from pydantic import BaseModel
 
 from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.proxies import ComputeProxy
-from bacalhau.bprotocol.transport import Transport, typed_handler
+from bacalhau.bprotocol.transport import AnyModelHandler, Transport, typed_handler
 from bacalhau.errors import BacalhauError, ProtocolError, StateError
 from bacalhau.models import Execution, ExecutionState, Job, JobSpec, JobState, NodeInfo
 from bacalhau.requester.nodes import NodeTable
@@ -20,6 +23,7 @@ from bacalhau.requester.store import JobStore
 
 log = logging.getLogger(__name__)
 S = ExecutionState
+Ts = TypeVarTuple("Ts")
 NOT_NEEDED = "not needed: the job had enough accepted bids"
 BID_OVERASK = 2        # nodes asked per execution still needed, when the best one's report does not say it will take it
 LOST_EXECUTION_CANCEL_WINDOW = 3600.0   # a lost node back within this is told to drop what was written off
@@ -35,7 +39,7 @@ class Requester:
         self.nodes = nodes
         self._compute = ComputeProxy(transport, call_timeout)
         self._bid_timeout = bid_timeout
-        self._retry_chain = retry_chain if retry_chain is not None else [MaxAttempts(max_attempts)]
+        self._retry_chain: list[RetryStrategy] = retry_chain if retry_chain is not None else [MaxAttempts(max_attempts)]
         # a job's lock lives while a task holds or waits for it: finished jobs leave nothing behind
         self._job_locks: weakref.WeakValueDictionary[str, trio.Lock] = weakref.WeakValueDictionary()
         self._awaiting_bid: dict[str, trio.CancelScope] = {}   # execution id -> its bid deadline's scope
@@ -43,14 +47,15 @@ class Requester:
         self._changed: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self._started_at = 0.0
-        for proto, model, fn in [
+        callbacks: list[tuple[str, type[BaseModel], AnyModelHandler]] = [
             (m.ON_BID_COMPLETE, m.BidResult, self._on_bid_complete),
             (m.ON_RUN_COMPLETE, m.RunComplete, self._on_run_complete),
             (m.ON_PUBLISH_COMPLETE, m.PublishComplete, self._on_publish_complete),
             (m.ON_CANCEL_COMPLETE, m.CancelComplete, self._on_cancel_complete),
             (m.ON_COMPUTE_FAILURE, m.ComputeFailure, self._on_compute_failure),
-        ]:
-            transport.register(proto, typed_handler(model, self._from_its_node(fn)))  # type: ignore[arg-type]
+        ]
+        for proto, model, fn in callbacks:
+            transport.register(proto, typed_handler(model, self._from_its_node(fn)))
 
     def _lock(self, job_id: str) -> trio.Lock:
         lock = self._job_locks.get(job_id)
@@ -63,9 +68,9 @@ class Requester:
         """Asks for a bid whose deadline is still running (each holds one task until its bid comes)."""
         return len(self._awaiting_bid)
 
-    def _from_its_node(self, fn):  # type: ignore[no-untyped-def]
+    def _from_its_node(self, fn: AnyModelHandler) -> AnyModelHandler:
         """Callbacks are taken only from the node that holds the execution (any cluster member can call)."""
-        async def checked(peer_id: str, msg):  # type: ignore[no-untyped-def]
+        async def checked(peer_id: str, msg: Any) -> BaseModel:
             ex = await self.store.get_execution(msg.execution_id)
             if peer_id != msg.node_id or ex.node_id != peer_id or ex.job_id != msg.job_id:
                 raise ProtocolError(f"node {peer_id} does not hold execution {msg.execution_id}")
@@ -166,6 +171,16 @@ class Requester:
         return m.Ack()
 
     async def _on_publish_complete(self, peer_id: str, msg: m.PublishComplete) -> m.Ack:
+        from bacalhau.ipfs.result_ref import parse_result_ref
+
+        try:
+            parse_result_ref(msg.result_ref)     # what downloads will trust: ipfs://<CID> and nothing else
+        except ProtocolError as exc:
+            async with self._lock(msg.job_id):
+                await self._set(msg.execution_id, (S.PUBLISHING,), S.FAILED, f"node {peer_id} published a bad "
+                                f"result reference: {exc}")
+            await self._evaluate(msg.job_id)
+            raise
         async with self._lock(msg.job_id):
             await self._set(msg.execution_id, (S.PUBLISHING,), S.COMPLETED, "result published",
                             result_ref=msg.result_ref)
@@ -413,12 +428,12 @@ class Requester:
         if event is not None:
             event.set()
 
-    def _spawn(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, fn: Callable[[*Ts], Awaitable[object]], *args: *Ts) -> None:
         assert self._nursery is not None, "Requester.run() is not running"
         self._nursery.start_soon(_guarded, fn, args, name=getattr(fn, "__qualname__", fn))
 
 
-async def _guarded(fn, args) -> None:  # type: ignore[no-untyped-def]
+async def _guarded(fn: Callable[[*Ts], Awaitable[object]], args: tuple[*Ts]) -> None:
     """The boundary of every task the requester spawns: what escapes one (exception groups included; never
     trio.Cancelled) is logged once and the requester goes on (its timeouts and reconciliation take it up)."""
     try:

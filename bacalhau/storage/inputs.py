@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import trio
@@ -30,7 +31,7 @@ async def prepare_inputs(job: Job, inputs_root: Path, providers: list[StoragePro
         if provider is None:
             raise ExecutorError(f"input {spec.source[:60]!r}: no storage provider for {scheme or 'this'} source")
         dest = inputs_root / str(i)
-        await trio.to_thread.run_sync(lambda d=dest: d.mkdir(parents=True, exist_ok=True))
+        await trio.to_thread.run_sync(functools.partial(dest.mkdir, parents=True, exist_ok=True))
         await provider.prepare(spec, dest)
         mounts.append(Mount(dest, spec.path))
     return mounts

@@ -11,7 +11,8 @@ import trio
 
 from bacalhau.errors import BacalhauError, ExecutorError
 from bacalhau.ipfs.blockstore import Blockstore
-from bacalhau.ipfs.exporter import export
+from bacalhau.ipfs.dagpb import valid_cid
+from bacalhau.ipfs.exporter import export_into
 from bacalhau.ipfs.unixfs import cid_to_bytes
 from bacalhau.models import StorageSpec
 
@@ -19,9 +20,12 @@ from bacalhau.models import StorageSpec
 def parse_ipfs_source(source: str) -> bytes:
     text = source.removeprefix("ipfs://").strip("/")
     try:
-        return cid_to_bytes(text)
+        cid = cid_to_bytes(text)
     except ValueError as exc:
         raise ExecutorError(f"input {source!r}: {exc}") from None
+    if not valid_cid(cid):
+        raise ExecutorError(f"input {source!r}: not a sha2-256 CID")
+    return cid
 
 
 def holds(store: Blockstore, source: str) -> bool:
@@ -39,21 +43,12 @@ class IpfsStorage:
         self._fetch = fetch           # Node.fetch_cid, or None where a test gives no node
 
     async def prepare(self, spec: StorageSpec, dest: Path) -> None:
+        """A directory's entries land right at the mount path; a single file lands as PATH/<CID>."""
         cid = parse_ipfs_source(spec.source)
         name = spec.source.removeprefix("ipfs://").strip("/")
         try:
             if self._fetch is not None:
                 await self._fetch(cid)
-            await trio.to_thread.run_sync(_export_into, cid, self._store, dest, name)
+            await trio.to_thread.run_sync(export_into, cid, self._store, dest, name)
         except BacalhauError as exc:
             raise ExecutorError(f"input {spec.source}: {exc}") from None
-
-
-def _export_into(cid: bytes, store: Blockstore, dest: Path, name: str) -> None:
-    """A directory's entries land right at the mount path; a single file lands as PATH/<CID>."""
-    target = dest / name
-    export(cid, store, target)
-    if target.is_dir() and not target.is_symlink():
-        for child in target.iterdir():
-            child.rename(dest / child.name)
-        target.rmdir()

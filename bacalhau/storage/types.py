@@ -22,7 +22,10 @@ class Mount:
 
 
 class StorageProvider(Protocol):
-    schemes: tuple[str, ...]
+    @property
+    def schemes(self) -> tuple[str, ...]:
+        """The source schemes it prepares (a class attribute in a provider)."""
+        ...
 
     async def prepare(self, spec: StorageSpec, dest: Path) -> None:
         """Put the input's content into the (existing, empty) directory `dest`; raise ExecutorError if not."""

@@ -48,10 +48,12 @@ async def removed(execution_id: str) -> None:
             await trio.sleep(0.05)
 
 
+@pytest.mark.docker
 async def test_engine_is_installed_here() -> None:
     assert await DockerExecutor(NODE).is_installed()
 
 
+@pytest.mark.docker
 async def test_env_workdir_and_entrypoint(tmp_path: Path) -> None:
     result, d = await run(tmp_path, job("-c", 'echo "$GREETING from $(pwd)"', env={"GREETING": "hello"},
                                         working_dir="/tmp", entrypoint=["/bin/sh"]))
@@ -60,12 +62,15 @@ async def test_env_workdir_and_entrypoint(tmp_path: Path) -> None:
     assert d.exit_code.read_text() == "0"
 
 
+@pytest.mark.docker
 async def test_stdout_and_stderr_are_kept_apart_and_exit_code_is_reported(tmp_path: Path) -> None:
     result, d = await run(tmp_path, job("sh", "-c", "echo out; echo err >&2; exit 3"))
     assert result.exit_code == 3
     assert d.stdout.read_bytes() == b"out\n" and d.stderr.read_bytes() == b"err\n"
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 async def test_large_binary_stdout_is_kept_in_full(tmp_path: Path) -> None:
     result, d = await run(tmp_path, job("sh", "-c", "head -c 30000000 /dev/urandom | tee /outputs/copy"))
     data = d.stdout.read_bytes()
@@ -73,11 +78,13 @@ async def test_large_binary_stdout_is_kept_in_full(tmp_path: Path) -> None:
     assert hashlib.sha256(data).digest() == hashlib.sha256((d.outputs / "copy").read_bytes()).digest()
 
 
+@pytest.mark.docker
 async def test_outputs_written_by_the_job_appear_on_the_host(tmp_path: Path) -> None:
     _, d = await run(tmp_path, job("sh", "-c", "mkdir -p /outputs/sub && echo r > /outputs/sub/r.txt"))
     assert (d.outputs / "sub" / "r.txt").read_text() == "r\n"
 
 
+@pytest.mark.docker
 async def test_network_is_none_unless_asked(tmp_path: Path) -> None:
     _, d = await run(tmp_path, job("sh", "-c", "ls /sys/class/net"))
     assert d.stdout.read_text().split() == ["lo"]
@@ -86,6 +93,8 @@ async def test_network_is_none_unless_asked(tmp_path: Path) -> None:
     assert len(d.stdout.read_text().split()) > 1
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 async def test_memory_limit_is_enforced(tmp_path: Path) -> None:
     # sort must hold its whole input (one 200 MB line): it cannot fit in a 32 MiB container
     result, d = await run(tmp_path, job("sh", "-c", "head -c 200000000 /dev/zero | tr '\\0' a | sort >/dev/null",
@@ -94,18 +103,21 @@ async def test_memory_limit_is_enforced(tmp_path: Path) -> None:
     assert "out of memory" in d.stderr.read_text()
 
 
+@pytest.mark.docker
 async def test_cpu_limit_reaches_the_cgroup(tmp_path: Path) -> None:
     _, d = await run(tmp_path, job("sh", "-c", "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu.max "
                                    "2>/dev/null; true", resources={"cpu": 0.5}))
     assert "50000" in d.stdout.read_text()
 
 
+@pytest.mark.docker
 async def test_timeout_kills_the_container(tmp_path: Path) -> None:
     with trio.fail_after(20):
         result, _ = await run(tmp_path, job("sleep", "60", timeout=1.0))
     assert result.exit_code == -1 and result.error == "timed out after 1s"
 
 
+@pytest.mark.docker
 async def test_cancel_kills_the_container_and_wait_returns(tmp_path: Path) -> None:
     ex = DockerExecutor(NODE)
     d = ExecutionDir(tmp_path / "c1")
@@ -125,6 +137,7 @@ async def test_cancel_kills_the_container_and_wait_returns(tmp_path: Path) -> No
     await removed("c1")
 
 
+@pytest.mark.docker
 async def test_missing_image_is_a_clear_executor_error(tmp_path: Path) -> None:
     ex = DockerExecutor(NODE)
     d = ExecutionDir(tmp_path / "m1")
@@ -133,6 +146,7 @@ async def test_missing_image_is_a_clear_executor_error(tmp_path: Path) -> None:
         await ex.start("m1", job("true", image="nope/missing:1"), d)
 
 
+@pytest.mark.docker
 async def test_cleanup_orphans_removes_what_an_earlier_run_left() -> None:
     node = "orphan-test-node"
     await trio.run_process(["docker", "create", "--label", f"{LABEL_NODE}={node}", IMAGE, "true"],

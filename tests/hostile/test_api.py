@@ -264,6 +264,7 @@ async def test_the_repo_is_private_and_an_open_one_is_tightened(tmp_path: Path) 
 
 # -- another client's secrets ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 async def test_env_values_are_shown_in_clear_to_their_owner_only(api_node: Node, tmp_path: Path) -> None:
     from tests.conftest import run_cli
 

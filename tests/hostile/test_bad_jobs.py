@@ -79,12 +79,14 @@ def failed_with(done: CliResult, text: str) -> None:
 
 # -- one bad job fails one job ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 async def test_a_wasm_job_whose_entry_point_is_missing_fails_alone(single_node: Node, tmp_path: Path) -> None:
     done = await run_cli(single_node, "wasm", "run", "--entry-point", "nope", hello(tmp_path))
     failed_with(done, "exports no function 'nope'")
     await still_serves(single_node, tmp_path)
 
 
+@pytest.mark.slow
 async def test_a_wasm_module_that_imports_what_wasi_lacks_fails_alone(single_node: Node, tmp_path: Path) -> None:
     module = wasm(tmp_path, "bad-import", """(module
       (import "wasi_snapshot_preview1" "no_such_call" (func (param i32)))
@@ -143,6 +145,7 @@ async def test_a_fifo_in_outputs_is_skipped_and_publishing_does_not_block(single
     await docker_still_serves(single_node)
 
 
+@pytest.mark.slow
 @pytest.mark.docker
 async def test_a_name_that_is_not_utf8_is_skipped_and_listed(single_node: Node) -> None:
     done = await run_cli(single_node, "docker", "run", "bacalhau/busybox", "--",
@@ -154,6 +157,7 @@ async def test_a_name_that_is_not_utf8_is_skipped_and_listed(single_node: Node) 
     await docker_still_serves(single_node)
 
 
+@pytest.mark.slow
 @pytest.mark.docker
 async def test_outputs_nested_1000_directories_deep_are_published(single_node: Node) -> None:
     script = "p=/outputs; i=0; while [ $i -lt 1000 ]; do p=$p/d; i=$((i+1)); done; mkdir -p $p && echo x > $p/leaf"
@@ -269,6 +273,7 @@ SLEEPER = """(module
     (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"""
 
 
+@pytest.mark.slow
 async def test_a_wasm_job_asleep_inside_a_wasi_call_is_stopped_by_its_timeout(single_node: Node,
                                                                               tmp_path: Path) -> None:
     """poll_oneoff asked to sleep a minute: epoch interruption cannot reach into a host call, the runner
@@ -451,6 +456,8 @@ async def test_a_bitswap_message_that_does_not_decode_fails_that_peer_alone(sing
     await still_serves(single_node, tmp_path)
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_serve_limits_take_effect_in_a_real_serve(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     node = served("limited", "--max-result-size", "2000", "--wasm-memory-limit", "1Mi").start()
     node.wait_ready()
@@ -486,6 +493,7 @@ def test_a_file_that_holds_more_than_its_size_says_is_bounded_while_hashing(tmp_
         subprocess.run(["umount", str(target)], check=False)
 
 
+@pytest.mark.slow
 async def test_wasm_runs_stuck_in_host_calls_are_counted_and_refuse_more_until_they_return(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Executor level, with the cap lowered to 1 for the test: one abandoned runner thread (asleep 3 s in

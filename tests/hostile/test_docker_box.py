@@ -82,6 +82,7 @@ async def open_node(tmp_path: Path, **limits: object) -> AsyncIterator[Node]:
 
 # -- the container itself ------------------------------------------------------------------------------------
 
+@pytest.mark.docker
 async def test_a_job_keeps_only_the_chosen_capabilities_and_cannot_gain_privileges(tmp_path: Path) -> None:
     # a user namespace would give the job every capability back inside it: the engine's seccomp profile stays on
     result, d = await run(tmp_path, job("sh", "-c", "grep -E '^(CapPrm|CapEff|CapBnd|NoNewPrivs|Seccomp):' "
@@ -96,6 +97,7 @@ async def test_a_job_keeps_only_the_chosen_capabilities_and_cannot_gain_privileg
     assert lines[-1] == "no-userns"
 
 
+@pytest.mark.docker
 async def test_mknod_of_a_host_disk_in_outputs_is_refused(tmp_path: Path) -> None:
     # a block device node for loop0 in /outputs would be published with the results and readable on the host
     result, d = await run(tmp_path, job("sh", "-c", "mknod /outputs/dev b 7 0; echo rc=$?"), JobLimits(), "box-mknod")
@@ -104,6 +106,7 @@ async def test_mknod_of_a_host_disk_in_outputs_is_refused(tmp_path: Path) -> Non
     assert not (d.outputs / "dev").exists()
 
 
+@pytest.mark.docker
 async def test_the_container_is_limited_to_what_capacity_counts_for_a_job_that_asks_nothing(tmp_path: Path) -> None:
     limits = JobLimits(default_cpu=0.25, default_memory=48 * MiB, pids=100)
     capacity = Capacity(Resources(cpu=1, memory=1024 * MiB), limits)
@@ -124,6 +127,7 @@ async def test_the_container_is_limited_to_what_capacity_counts_for_a_job_that_a
 
 # -- resource attacks ----------------------------------------------------------------------------------------
 
+@pytest.mark.docker
 async def test_a_fork_bomb_stays_under_the_pids_limit_and_ends_as_one_killed_job(tmp_path: Path) -> None:
     limit = 64
     ex, d = await start(tmp_path, job("sh", "-c", "while true; do sleep 100 & done", timeout=4.0), "box-bomb",
@@ -150,6 +154,7 @@ async def test_a_fork_bomb_stays_under_the_pids_limit_and_ends_as_one_killed_job
     assert (await trio.run_process(["true"], check=False)).returncode == 0   # and the host can still fork
 
 
+@pytest.mark.docker
 async def test_a_job_that_asks_no_memory_is_killed_at_the_default_and_told_so(tmp_path: Path) -> None:
     # sort holds all it reads; 100 MB of it cannot fit in the node's 32 MiB default job size
     async with open_node(tmp_path, default_memory=32 * MiB) as node:
@@ -160,6 +165,7 @@ async def test_a_job_that_asks_no_memory_is_killed_at_the_default_and_told_so(tm
     assert "failed: out of memory" in res.stderr
 
 
+@pytest.mark.docker
 async def test_an_output_flood_is_cut_at_the_cap_and_the_job_told(tmp_path: Path) -> None:
     result, d = await run(tmp_path, job("sh", "-c", "yes | head -c 20000000; echo done >&2"),
                           JobLimits(max_output=MiB), "box-flood")
@@ -171,6 +177,8 @@ async def test_an_output_flood_is_cut_at_the_cap_and_the_job_told(tmp_path: Path
                                     f"--max-job-output); {20000000 - MiB} more bytes were dropped\n")
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 async def test_an_endless_flood_fails_alone_and_the_node_serves_on(tmp_path: Path) -> None:
     async with open_node(tmp_path, max_output=MiB) as node:
         flood = await run_cli(node, "docker", "run", "--timeout", "3", IMAGE, "--", "yes")
@@ -184,6 +192,7 @@ async def test_an_endless_flood_fails_alone_and_the_node_serves_on(tmp_path: Pat
 
 # -- what a job may ask ----------------------------------------------------------------------------------------
 
+@pytest.mark.docker
 async def test_host_network_is_refused_without_the_operators_opt_in(tmp_path: Path) -> None:
     async with open_node(tmp_path) as node:
         res = await run_cli(node, "docker", "run", "--network", "host", IMAGE, "--", "ls", "/sys/class/net")
@@ -192,6 +201,7 @@ async def test_host_network_is_refused_without_the_operators_opt_in(tmp_path: Pa
     assert "--allow-host-network" in res.stderr
 
 
+@pytest.mark.docker
 async def test_the_executor_itself_refuses_host_network_without_the_opt_in(tmp_path: Path) -> None:
     # the last gate, should a bid ever be accepted past the bidder
     with pytest.raises(ExecutorError, match="host networking is not allowed on this node"):
@@ -199,6 +209,7 @@ async def test_the_executor_itself_refuses_host_network_without_the_opt_in(tmp_p
     assert await containers_of("box-host") == []
 
 
+@pytest.mark.docker
 async def test_a_timeout_over_the_node_maximum_is_refused(tmp_path: Path) -> None:
     async with open_node(tmp_path, max_timeout=60.0) as node:
         res = await run_cli(node, "docker", "run", "--timeout", "120", IMAGE, "--", "echo", "hi")
@@ -206,6 +217,8 @@ async def test_a_timeout_over_the_node_maximum_is_refused(tmp_path: Path) -> Non
     assert "the job's timeout of 120s is over this node's maximum of 60s" in res.stderr
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_serve_flags_reach_the_node(served) -> None:  # type: ignore[no-untyped-def]
     node = served("node", "--allow-host-network", "--max-job-timeout", "1900", "--job-pids-limit", "32").start()
     node.wait_ready()

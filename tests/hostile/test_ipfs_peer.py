@@ -65,6 +65,7 @@ async def test_the_keyless_ipfs_host_listens_on_loopback_unless_opened(tmp_path:
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.slow
 async def test_a_peer_that_asks_for_blocks_and_never_reads_holds_up_no_other_fetch(tmp_path: Path) -> None:
     store = Blockstore(tmp_path / "server")
     big = big_file(tmp_path, store, "big.bin", 8 * 1024 * 1024)          # 32 blocks of 256 KiB

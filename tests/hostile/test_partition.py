@@ -80,6 +80,7 @@ def local_states(db: Path, execution_ids: list[str]) -> list[str]:
     return [rows.get(e, "") for e in execution_ids]
 
 
+@pytest.mark.slow
 def test_a_compute_node_cut_off_for_30s_loses_no_job_runs_none_twice_and_logs_stay_exact(
         lan: Lan, tmp_path: Path) -> None:
     started: list[NsServed] = []

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -117,6 +118,7 @@ def post(port: int, body: str, path: str = "/api/v1/jobs") -> tuple[int, dict[st
         conn.close()
 
 
+@pytest.mark.slow
 def test_random_specs_are_refused_in_one_line_or_run_and_the_node_survives(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     node = served("campaign", "--retention", "0").start()
     node.wait_ready()

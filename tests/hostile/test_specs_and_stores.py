@@ -158,6 +158,7 @@ def _wait_state(client: ApiClient, job_id: str, timeout: float = 30) -> dict[str
     return job
 
 
+@pytest.mark.slow
 def test_broken_rows_in_jobs_db_and_compute_db_are_set_aside_and_the_node_starts_again(served) -> None:  # type: ignore[no-untyped-def]
     node = served().start()
     node.wait_ready()

@@ -22,6 +22,8 @@ def jsipfs(tmp_path: Path) -> Iterator[JsIpfs]:
         yield node
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 async def test_a_node_with_ipfs_connect_adds_fetches_and_publishes_through_the_external_node(
         tmp_path: Path, jsipfs: JsIpfs) -> None:
     rpc = trio.to_thread.run_sync
@@ -60,6 +62,7 @@ async def test_a_node_with_ipfs_connect_adds_fetches_and_publishes_through_the_e
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.slow
 async def test_ipfs_connect_to_nothing_is_one_clear_line(tmp_path: Path) -> None:
     from bacalhau.testing import free_port
 

@@ -70,6 +70,7 @@ async def test_our_node_fetches_a_file_and_a_directory_that_kubo_added(tmp_path:
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.docker
 async def test_kubo_fetches_what_our_node_added_and_a_jobs_published_result(tmp_path: Path, kubo: Kubo) -> None:
     tree = make_tree(tmp_path / "tree")
     async with trio.open_nursery() as nursery:

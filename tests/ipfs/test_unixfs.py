@@ -25,6 +25,7 @@ def expected(version: int) -> list[tuple[str, str]]:
     return [(line.split()[0], line.split(None, 1)[1]) for line in lines if line.strip()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", [0, 1])
 def test_every_vector_line_is_reproduced(corpus: Path, version: int) -> None:
     want = expected(version)
@@ -80,6 +81,7 @@ async def test_the_cli_prints_ipfs_add_lines(corpus: Path) -> None:
     assert res.returncode == 1 and "use -r" in res.stderr
 
 
+@pytest.mark.docker
 async def test_add_get_and_cat_through_a_node(corpus: Path, single_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import filecmp
     import json
@@ -111,6 +113,7 @@ async def test_add_get_and_cat_through_a_node(corpus: Path, single_node, tmp_pat
     assert job.returncode == 0 and job.stdout == "print('hi')\n", job.stderr
 
 
+@pytest.mark.slow
 def test_import_then_export_round_trips_the_corpus_with_verified_blocks(corpus: Path, tmp_path: Path) -> None:
     import filecmp
 

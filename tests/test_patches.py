@@ -1,0 +1,104 @@
+"""Each patch of a dependency's internals is applied only on the exact version it was written against, that
+version is the one pyproject.toml pins, and the internals it replaces are still there. A dependency bump that
+leaves a patch behind fails here, instead of turning the patch off with a warning nobody reads.
+
+    libp2p     bacalhau/p2p/fastpath.py     transfer fast paths (TCP read-ahead, noise, yamux)
+    libp2p     bacalhau/p2p/tcp.py          TCP_USER_TIMEOUT on its TCP streams' sockets
+    hypercorn  bacalhau/api/server.py       close under the send lock, a deadline on every write
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import subprocess
+import sys
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pins() -> dict[str, str]:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {name.strip().lower(): pin.strip() for name, _, pin in (d.partition("==") for d in deps) if pin}
+
+
+def test_each_patched_package_is_pinned_to_the_version_its_patch_is_for() -> None:
+    from bacalhau.api.server import HYPERCORN_VERSION
+    from bacalhau.p2p import tcp
+    from bacalhau.p2p.fastpath import PATCHED_VERSION
+
+    pins = _pins()
+    assert pins.get("libp2p") == PATCHED_VERSION == tcp.PATCHED_VERSION == version("libp2p")
+    assert pins.get("hypercorn") == HYPERCORN_VERSION == version("hypercorn")
+
+
+def test_the_libp2p_fast_paths_apply_to_the_installed_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    from libp2p.io.trio import TrioTCPStream
+    from libp2p.security.noise import io as noise_io
+    from libp2p.stream_muxer.yamux import yamux as yamux_module
+
+    from bacalhau.p2p import fastpath
+
+    monkeypatch.delenv("BACALHAU_P2P_FASTPATH", raising=False)
+    assert fastpath.apply()
+    for patched in (TrioTCPStream.read, noise_io.BaseNoiseMsgReadWriter.write_msg, yamux_module.trio.sleep):
+        assert patched.__module__ == fastpath.__name__, patched
+    assert yamux_module.MAX_MESSAGE_SIZE == noise_io.MAX_PLAINTEXT_LENGTH
+    # the yamux shim shortens only the 10 ms sleep of a function named `write`: it must still be there
+    tree = ast.parse(inspect.getsource(yamux_module))
+    sleepers = {fn.name for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+                for call in ast.walk(fn) if isinstance(call, ast.Call)
+                and ast.unparse(call) == "trio.sleep(0.01)"}
+    assert "write" in sleepers, sleepers
+
+
+def test_the_libp2p_tcp_timeout_applies_to_the_installed_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    from libp2p.io.trio import TrioTCPStream
+
+    from bacalhau.p2p import tcp
+
+    monkeypatch.delenv("BACALHAU_P2P_UNACKED_ABORT", raising=False)
+    assert tcp.apply()
+    assert TrioTCPStream.__init__.__module__ == tcp.__name__
+
+
+def test_the_hypercorn_patch_targets_are_still_there() -> None:
+    from hypercorn.trio.tcp_server import TCPServer
+
+    assert inspect.iscoroutinefunction(TCPServer.protocol_send)
+    assert inspect.iscoroutinefunction(getattr(TCPServer, "_close", None))
+    assert "self.send_lock = trio.Lock()" in inspect.getsource(TCPServer.__init__)
+
+
+# In a child process: patches of classes stay for the life of a process, and this one's are applied.
+OTHER_VERSION = """
+import importlib.metadata, logging, sys
+real = importlib.metadata.version
+importlib.metadata.version = lambda name: "0.0.1" if name in ("libp2p", "hypercorn") else real(name)
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from hypercorn.trio.tcp_server import TCPServer
+from libp2p.io.trio import TrioTCPStream
+from bacalhau.api.server import _guard_hypercorn
+from bacalhau.p2p import fastpath, tcp
+def patchable():
+    return (TCPServer._close, TCPServer.protocol_send, TrioTCPStream.read, TrioTCPStream.__init__)
+before = patchable()
+_guard_hypercorn()
+print("applied" if fastpath.apply() or tcp.apply() else "not applied")
+print("untouched" if before == patchable() else "patched")
+"""
+
+
+def test_no_patch_is_applied_to_another_version_and_a_warning_says_so() -> None:
+    out = subprocess.run([sys.executable, "-c", OTHER_VERSION], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["not", "applied", "untouched"], out.stdout + out.stderr
+    assert "hypercorn 0.0.1 is not 0.18.0" in out.stderr
+    assert "py-libp2p 0.0.1 is not 0.8.1" in out.stderr
+    assert "py-libp2p 0.0.1 (not 0.8.1)" in out.stderr
