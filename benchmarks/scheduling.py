@@ -7,7 +7,18 @@ through the API (a worker submits one, waits for it to end, submits the next) un
     .venv/bin/python benchmarks/scheduling.py [--jobs 5000] [--in-flight 32] [--nodes 1 3] [--runs 1]
 
 Prints, per cluster size: jobs/s over the whole run, over the first and the last --window completions, and
-completions per node. With --burst, all jobs are submitted at once, then waited for. The same-run baseline is another tree's code: PYTHONPATH=/path/to/tree.
+completions per node. With --burst, all jobs are submitted at once, then waited for. The same-run baseline
+is another tree's code: PYTHONPATH=/path/to/tree.
+
+Measured on a shared 2-core machine (four other engineers' tests and benchmarks running: runs vary by a third),
+interleaved with main's code (1a583c2), medians of 3 runs:
+  1 node, 5000 jobs, 32 in flight: main 48.4 jobs/s, this 59.9; last 1000 / first 1000: main 1.06, this 1.11.
+  devstack -n 3, 1000 jobs (5000 took too long here), 32 in flight: main 26.1 jobs/s, this 24.0; completions
+  per node at most 1.9% (main) and 3.5% (this) off the mean.
+  devstack -n 3, a burst of 600: main 21.8 and 24.5 jobs/s (its third run never ended: two jobs left running
+  after a callback was lost under the load), this 23.8; both put ~92-98% of a burst on the requester's own
+  node: it answers in microseconds where the others take six libp2p calls a job, so it is the least loaded
+  whenever the requester looks (the in-memory test of equal nodes spreads 300 jobs 97-102 a node).
 """
 
 from __future__ import annotations
@@ -111,20 +122,28 @@ def burst(client: ApiClient, jobs: int) -> tuple[list[float], Counter[str], floa
     reports is placed on what the requester last heard (and, now, on what it placed since)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    start = time.perf_counter()
+    start, start_wall = time.perf_counter(), time.time()
     with ThreadPoolExecutor(max_workers=16) as pool:
         ids = list(pool.map(lambda _: ApiClient(client.host, client.port).submit(SPEC), range(jobs)))
     ends: list[float] = []
     per_node: Counter[str] = Counter()
+    deadline = time.monotonic() + 120
+    stuck = []
     for job_id in ids:
-        while (job := client.wait(job_id, since=time.time() + 3600, timeout=30))["state"] not in (
-                "completed", "failed", "cancelled"):
+        while (job := client.wait(job_id, since=time.time() + 3600, timeout=10))["state"] not in (
+                "completed", "failed", "cancelled") and time.monotonic() < deadline:
             pass
+        if job["state"] in ("pending", "in_progress"):
+            stuck.append(job_id)     # a callback lost under load is never asked after (not this script's to fix)
+            continue
         if job["state"] != "completed":
             raise SystemExit(f"job {job_id} ended {job['state']}: {job['reason']}")
         per_node[next(e["node_id"] for e in job["executions"] if e["state"] == "completed")] += 1
         ends.append(job["updated_at"])
     elapsed = time.perf_counter() - start
+    if stuck:
+        print(f"{len(stuck)} jobs not ended 120 s after the burst, left out (e.g. {stuck[0]})", flush=True)
+        elapsed = max(ends) - start_wall
     first = min(ends)
     return sorted(e - first + 1e-3 for e in ends), per_node, elapsed
 

@@ -7,6 +7,13 @@
      walk over every node it used before.
 
     .venv/bin/python benchmarks/scheduling_costs.py [--stored 100000]
+
+Measured on a shared 2-core machine (noisy: single runs, the spread of two sessions):
+  ranking a job over 1000 nodes: main (every node) 8.1-22.6 ms, this (a sample of 16) 68-176 us; over 3 nodes
+  23-25 us -> 11-14 us.
+  100,000 stored jobs: the pending jobs (every node join) 18.5-22.8 ms -> 0.6-5.1 ms (an index on jobs(state)); a
+  lost node's unfinished executions 14.0-15.5 ms -> 0.45-0.7 ms, where main read every unfinished job and then
+  each one's executions.
 """
 
 from __future__ import annotations
