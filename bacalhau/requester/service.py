@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.proxies import ComputeProxy
 from bacalhau.bprotocol.transport import AnyModelHandler, Transport, typed_handler
-from bacalhau.errors import BacalhauError, ProtocolError, StateError
+from bacalhau.errors import BacalhauError, ProtocolError, RemoteError, StateError
 from bacalhau.models import Execution, ExecutionState, Job, JobSpec, JobState, NodeInfo
 from bacalhau.requester.nodes import NodeTable
 from bacalhau.requester.ranking import NO_COMPUTE_NODE, SAMPLE, fits_now, rank_loads
@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 S = ExecutionState
 Ts = TypeVarTuple("Ts")
 NOT_NEEDED = "not needed: the job had enough accepted bids"
+# the requester stopped between writing an ask down and sending it: no attempt was made, the node is asked again
+NEVER_SENT = "the ask never reached the node: the requester stopped first"
+NOT_TRIED = (NOT_NEEDED, NEVER_SENT)    # bids rejected for these do not rule the node out for the job
 BID_OVERASK = 2        # nodes asked per execution still needed, when the best one's report does not say it will take it
 LOST_EXECUTION_CANCEL_WINDOW = 3600.0   # a lost node back within this is told to drop what was written off
 
@@ -245,7 +248,7 @@ class Requester:
 
     async def _ask_for_bids(self, job: Job, needed: int, live: list[Execution]) -> None:
         exclude = {e.node_id for e in job.executions if e.state == S.FAILED
-                   or (e.state == S.BID_REJECTED and e.reason != NOT_NEEDED)} | {e.node_id for e in live}
+                   or (e.state == S.BID_REJECTED and e.reason not in NOT_TRIED)} | {e.node_id for e in live}
         candidates, why = rank_loads(job, self.nodes.sample(), exclude, sample=SAMPLE)
         if not candidates:
             if live:
@@ -257,7 +260,7 @@ class Requester:
                 return
             failures = attempts_summary(job)
             refused = "; ".join(f"node {e.node_id[-8:]} refused: {e.reason}" for e in job.executions
-                                if e.state == S.BID_REJECTED and e.reason != NOT_NEEDED)
+                                if e.state == S.BID_REJECTED and e.reason not in NOT_TRIED)
             details = "; ".join(x for x in (f"earlier attempts: {failures}" if failures else "", refused) if x)
             await self._fail_job(job, f"{why}; {details}" if details else why)
             return
@@ -360,8 +363,13 @@ class Requester:
         try:
             status = await self._compute.execution_status(ex.node_id, ex.id)
         except BacalhauError as exc:
-            await self._execution_failed(job_id, ex.id, None, S.FAILED,
-                                         f"lost while the requester was down: {exc}")
+            if isinstance(exc, RemoteError) and exc.code == m.ErrorCode.NOT_FOUND and ex.state == S.ASKED_FOR_BID:
+                # written down, never sent: no attempt was made on that node (with one node asked, counting it
+                # one failed the job when no other node had gossiped again yet)
+                await self._execution_failed(job_id, ex.id, None, S.BID_REJECTED, NEVER_SENT)
+            else:
+                await self._execution_failed(job_id, ex.id, None, S.FAILED,
+                                             f"lost while the requester was down: {exc}")
             return
         log.info("reconciling execution %s: requester had %s, node %s says %s", ex.id, ex.state.value,
                  ex.node_id, status.state.value)

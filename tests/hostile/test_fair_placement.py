@@ -234,3 +234,29 @@ async def test_a_thousand_nodes_joining_at_once_make_one_pass_over_the_waiting_j
         [done] = await _all_terminal(req, [job.id], 10)
         assert done.state == JobState.COMPLETED
         nursery.cancel_scope.cancel()
+
+
+async def test_an_ask_written_down_but_never_sent_before_a_restart_is_no_attempt_on_that_node(tmp_path: Path) -> None:
+    """The requester stopped between storing an ask and sending it. Before: the node's "no such execution"
+    counted as a failed attempt there; with one node asked a job, and no other node gossiping yet after the
+    restart, the job failed ("no node is left that was not already tried"). test_faults' requester kill found it."""
+    from bacalhau.models import Execution
+
+    net = InMemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        cfg = NodeConfig(repo_dir=tmp_path / "c", node_types=(NodeType.COMPUTE,), node_info_interval=0.2)
+        compute = await nursery.start(Node(cfg, NodeDeps(network=net, executors={Engine.NOOP: NoopExecutor()})).run)
+        store = JobStore(tmp_path / "r" / "jobs.db")
+        job = Job(spec=JobSpec(engine=Engine.NOOP))
+        await store.create_job(job)
+        ask = Execution(job_id=job.id, node_id=compute.node_id, state=S.ASKED_FOR_BID)
+        await store.create_execution(ask, "asked for a bid")
+        store.close()
+        req = await nursery.start(Node(NodeConfig(repo_dir=tmp_path / "r", serve_api=False, node_info_ttl=2.0,
+                                                  node_types=(NodeType.REQUESTER,)), NodeDeps(network=net)).run)
+        [done] = await _all_terminal(req, [job.id], 15)
+        assert done.state == JobState.COMPLETED, done.reason
+        first = next(e for e in done.executions if e.id == ask.id)
+        assert first.state == S.BID_REJECTED and "never reached" in first.reason
+        assert [e.node_id for e in done.executions if e.state == S.COMPLETED] == [compute.node_id]
+        nursery.cancel_scope.cancel()
