@@ -1,28 +1,71 @@
-"""The requester's table of compute nodes, fed by their gossiped NodeInfo; entries expire."""
+"""The requester's table of compute nodes, fed by their gossiped NodeInfo; entries expire.
+
+Besides each node's last report, the table keeps what this requester placed on the node since that report
+(a burst between two reports would otherwise all go to the node that looked idlest), and the asks still
+waiting for a bid (a node that takes asks and never bids looks busier with each one, not idle for ever).
+Ranking reads a node as `Load`: the report plus those.
+
+The hot path does not walk the table: `sample` visits nodes from a random place in it and stops when the
+caller has enough, so scheduling a job costs the same with 3 nodes or a thousand.
+"""
 
 from __future__ import annotations
 
+import random
 import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import trio
 
 from bacalhau.models import NodeInfo
 
 
+@dataclass
+class _Entry:
+    info: NodeInfo
+    expires: float                                            # time.monotonic()
+    since: float                                              # wall time the report stands for
+    placed: deque[float] = field(default_factory=deque)       # wall times of placements since `since`
+    awaiting: dict[str, float] = field(default_factory=dict)  # execution id -> wall time asked, no bid yet
+
+
+@dataclass(frozen=True)
+class Load:
+    """A node as the requester reckons it now: its report, and executions not in it."""
+
+    info: NodeInfo
+    extra: int = 0      # placed since the report, and asks older than it still without a bid
+
+
 class NodeTable:
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
-        self._nodes: dict[str, tuple[NodeInfo, float]] = {}
+        self._nodes: dict[str, _Entry] = {}
+        self._order: list[str] = []            # the same ids, for sampling from a random place
+        self._index: dict[str, int] = {}
         self.pinned: set[str] = set()          # this node's own compute part: never expires
         self._seen: dict[str, trio.Event] = {}
 
     def update(self, info: NodeInfo) -> bool:
         """Record a NodeInfo; True when the node is new (or had expired)."""
-        known = info.node_id in self._nodes
-        self._nodes[info.node_id] = (info, time.monotonic() + self.ttl)
-        if not known:
+        now = time.time()
+        # a report stands for the moment it was made; a clock ahead of ours is taken as now
+        since = min(info.published_at, now)
+        entry = self._nodes.get(info.node_id)
+        if entry is None:
+            self._nodes[info.node_id] = _Entry(info, time.monotonic() + self.ttl, since)
+            self._index[info.node_id] = len(self._order)
+            self._order.append(info.node_id)
             self._seen.pop(info.node_id, trio.Event()).set()
-        return not known
+            return True
+        entry.info, entry.expires = info, time.monotonic() + self.ttl
+        if since > entry.since:        # gossip may come out of order: an older report changes nothing here
+            entry.since = since
+            while entry.placed and entry.placed[0] < since:
+                entry.placed.popleft()
+        return False
 
     async def wait_for(self, node_id: str) -> None:
         """Return once the node is in the table (at once if it is)."""
@@ -30,19 +73,77 @@ class NodeTable:
             await self._seen.setdefault(node_id, trio.Event()).wait()
 
     def remove(self, node_id: str) -> None:
-        self._nodes.pop(node_id, None)
+        if self._nodes.pop(node_id, None) is None:
+            return
+        i = self._index.pop(node_id)
+        last = self._order.pop()
+        if last != node_id:
+            self._order[i] = last
+            self._index[last] = i
 
     def expire(self) -> list[str]:
         now = time.monotonic()
-        gone = [nid for nid, (_, exp) in self._nodes.items() if exp < now and nid not in self.pinned]
+        gone = [nid for nid, entry in self._nodes.items() if entry.expires < now and nid not in self.pinned]
         for nid in gone:
-            del self._nodes[nid]
+            self.remove(nid)
         return gone
+
+    def _alive(self, nid: str, entry: _Entry, now: float) -> bool:
+        return entry.expires >= now or nid in self.pinned
 
     def alive(self) -> list[NodeInfo]:
         now = time.monotonic()
-        return [info for nid, (info, exp) in self._nodes.items() if exp >= now or nid in self.pinned]
+        return [entry.info for nid, entry in self._nodes.items() if self._alive(nid, entry, now)]
 
     def get(self, node_id: str) -> NodeInfo | None:
         entry = self._nodes.get(node_id)
-        return entry[0] if entry else None
+        return entry.info if entry else None
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    # -- what this requester placed -------------------------------------------------------------------------
+
+    def placed(self, node_id: str, execution_id: str) -> None:
+        """An execution was asked of the node (it counts as load until a report shows it)."""
+        entry = self._nodes.get(node_id)
+        if entry is not None:
+            now = time.time()
+            entry.placed.append(now)
+            entry.awaiting[execution_id] = now
+
+    def answered(self, node_id: str, execution_id: str) -> None:
+        """The node bid (or refused, or the ask failed or timed out): no longer an unanswered ask."""
+        entry = self._nodes.get(node_id)
+        if entry is not None:
+            entry.awaiting.pop(execution_id, None)
+
+    def awaiting(self) -> int:
+        """Asks of this requester still waiting for their bid, over all nodes."""
+        return sum(len(entry.awaiting) for entry in self._nodes.values())
+
+    def load(self, node_id: str) -> Load | None:
+        entry = self._nodes.get(node_id)
+        if entry is None:
+            return None
+        return self._load(entry)
+
+    @staticmethod
+    def _load(entry: _Entry) -> Load:
+        stale = sum(1 for t in entry.awaiting.values() if t < entry.since)
+        return Load(entry.info, len(entry.placed) + stale)
+
+    def sample(self) -> Iterator[Load]:
+        """Every live node once, starting from a random one: a caller that stops early has a random sample."""
+        order = self._order
+        if not order:
+            return
+        now = time.monotonic()
+        start = random.randrange(len(order))
+        for k in range(len(order)):
+            if k >= len(order):     # the table changed under a suspended caller
+                return
+            nid = order[(start + k) % len(order)]
+            entry = self._nodes.get(nid)
+            if entry is not None and self._alive(nid, entry, now):
+                yield self._load(entry)

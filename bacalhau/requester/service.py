@@ -4,7 +4,7 @@ and retries failed attempts on other nodes."""
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVarTuple
 
@@ -14,10 +14,10 @@ from pydantic import BaseModel
 from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.proxies import ComputeProxy
 from bacalhau.bprotocol.transport import AnyModelHandler, Transport, typed_handler
-from bacalhau.errors import BacalhauError, ProtocolError, StateError
+from bacalhau.errors import BacalhauError, ProtocolError, RemoteError, StateError
 from bacalhau.models import Execution, ExecutionState, Job, JobSpec, JobState, NodeInfo
 from bacalhau.requester.nodes import NodeTable
-from bacalhau.requester.ranking import NO_COMPUTE_NODE, rank_nodes
+from bacalhau.requester.ranking import NO_COMPUTE_NODE, SAMPLE, fits_now, rank_loads
 from bacalhau.requester.retry import MaxAttempts, RetryStrategy, attempts_summary, chain_for, decide
 from bacalhau.requester.store import JobStore
 
@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 S = ExecutionState
 Ts = TypeVarTuple("Ts")
 NOT_NEEDED = "not needed: the job had enough accepted bids"
-BID_OVERASK = 2        # ask up to this many nodes per execution still needed
+# the requester stopped between writing an ask down and sending it: no attempt was made, the node is asked again
+NEVER_SENT = "the ask never reached the node: the requester stopped first"
+NOT_TRIED = (NOT_NEEDED, NEVER_SENT)    # bids rejected for these do not rule the node out for the job
+BID_OVERASK = 2        # nodes asked per execution still needed, when the best one's report does not say it will take it
 LOST_EXECUTION_CANCEL_WINDOW = 3600.0   # a lost node back within this is told to drop what was written off
 
 
@@ -40,7 +43,10 @@ class Requester:
         self._compute = ComputeProxy(transport, call_timeout)
         self._bid_timeout = bid_timeout
         self._retry_chain: list[RetryStrategy] = retry_chain if retry_chain is not None else [MaxAttempts(max_attempts)]
-        self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        # a job's lock lives while a task holds or waits for it: finished jobs leave nothing behind
+        self._job_locks: weakref.WeakValueDictionary[str, trio.Lock] = weakref.WeakValueDictionary()
+        self._awaiting_bid: dict[str, trio.CancelScope] = {}   # execution id -> its bid deadline's scope
+        self._waiting_pass: trio.Event | None = None           # set when a pass over waiting jobs is due
         self._changed: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self._started_at = 0.0
@@ -53,6 +59,17 @@ class Requester:
         ]
         for proto, model, fn in callbacks:
             transport.register(proto, typed_handler(model, self._from_its_node(fn)))
+
+    def _lock(self, job_id: str) -> trio.Lock:
+        lock = self._job_locks.get(job_id)
+        if lock is None:
+            lock = self._job_locks[job_id] = trio.Lock()
+        return lock
+
+    @property
+    def awaiting_bids(self) -> int:
+        """Asks for a bid whose deadline is still running (each holds one task until its bid comes)."""
+        return len(self._awaiting_bid)
 
     def _from_its_node(self, fn: AnyModelHandler) -> AnyModelHandler:
         """Callbacks are taken only from the node that holds the execution (any cluster member can call)."""
@@ -85,7 +102,7 @@ class Requester:
         return job
 
     async def cancel(self, job_id: str, reason: str = "cancelled by the user") -> Job:
-        async with self._locks[job_id]:
+        async with self._lock(job_id):
             job = await self.store.get_job(job_id, full=False)
             if job.state.terminal:
                 raise StateError(f"job {job_id} is already {job.state.value}")
@@ -103,13 +120,19 @@ class Requester:
             await event.wait()
 
     def node_joined(self, info: NodeInfo) -> None:
-        """A node appeared: jobs waiting for one get another look."""
+        """A node appeared: jobs waiting for one get another look (one pass at a time, however many nodes
+        join meanwhile: a thousand joining are not a thousand passes over the waiting jobs)."""
+        if self._waiting_pass is not None:
+            self._waiting_pass.set()
+            return
+        self._waiting_pass = trio.Event()
+        self._waiting_pass.set()
         self._spawn(self._evaluate_waiting)
 
     # -- callbacks (compute -> requester) -------------------------------------------------------------------
 
     async def _on_bid_complete(self, peer_id: str, msg: m.BidResult) -> m.Ack:
-        async with self._locks[msg.job_id]:
+        async with self._lock(msg.job_id):
             if not msg.accepted:
                 await self._set(msg.execution_id, (S.ASKED_FOR_BID,), S.BID_REJECTED, msg.reason)
             else:
@@ -130,7 +153,7 @@ class Requester:
         return m.Ack()
 
     async def _on_run_complete(self, peer_id: str, msg: m.RunComplete) -> m.Ack:
-        async with self._locks[msg.job_id]:
+        async with self._lock(msg.job_id):
             if msg.result.error:
                 # The job ran and hit its own limit (e.g. its timeout): not the node's fault, no retry.
                 await self._set(msg.execution_id, (S.BID_ACCEPTED, S.RUNNING), S.FAILED, msg.result.error,
@@ -156,12 +179,12 @@ class Requester:
         try:
             parse_result_ref(msg.result_ref)     # what downloads will trust: ipfs://<CID> and nothing else
         except ProtocolError as exc:
-            async with self._locks[msg.job_id]:
+            async with self._lock(msg.job_id):
                 await self._set(msg.execution_id, (S.PUBLISHING,), S.FAILED, f"node {peer_id} published a bad "
                                 f"result reference: {exc}")
             await self._evaluate(msg.job_id)
             raise
-        async with self._locks[msg.job_id]:
+        async with self._lock(msg.job_id):
             await self._set(msg.execution_id, (S.PUBLISHING,), S.COMPLETED, "result published",
                             result_ref=msg.result_ref)
         await self._evaluate(msg.job_id)
@@ -171,7 +194,7 @@ class Requester:
         return m.Ack()
 
     async def _on_compute_failure(self, peer_id: str, msg: m.ComputeFailure) -> m.Ack:
-        async with self._locks[msg.job_id]:
+        async with self._lock(msg.job_id):
             ex = await self.store.get_execution(msg.execution_id)
             if ex.state.terminal:
                 return m.Ack()
@@ -187,7 +210,7 @@ class Requester:
     async def _evaluate(self, job_id: str) -> None:
         """Look at a job and do the next thing it needs: finish it, fail it, or ask nodes for bids (after a
         retry's backoff, in a task of its own: whoever calls this is never held up by the backoff)."""
-        async with self._locks[job_id]:
+        async with self._lock(job_id):
             job = await self.store.get_job(job_id, full=False)
             if job.state.terminal:
                 return
@@ -215,7 +238,7 @@ class Requester:
 
     async def _ask_for_bids_after(self, job_id: str, delay: float) -> None:
         await trio.sleep(delay)
-        async with self._locks[job_id]:
+        async with self._lock(job_id):
             job = await self.store.get_job(job_id, full=False)
             live = [e for e in job.executions if not e.state.terminal]
             done = [e for e in job.executions if e.state == S.COMPLETED]
@@ -225,8 +248,8 @@ class Requester:
 
     async def _ask_for_bids(self, job: Job, needed: int, live: list[Execution]) -> None:
         exclude = {e.node_id for e in job.executions if e.state == S.FAILED
-                   or (e.state == S.BID_REJECTED and e.reason != NOT_NEEDED)} | {e.node_id for e in live}
-        candidates, why = rank_nodes(job, self.nodes.alive(), exclude)
+                   or (e.state == S.BID_REJECTED and e.reason not in NOT_TRIED)} | {e.node_id for e in live}
+        candidates, why = rank_loads(job, self.nodes.sample(), exclude, sample=SAMPLE)
         if not candidates:
             if live:
                 return  # bids or runs in flight may still do it
@@ -237,26 +260,46 @@ class Requester:
                 return
             failures = attempts_summary(job)
             refused = "; ".join(f"node {e.node_id[-8:]} refused: {e.reason}" for e in job.executions
-                                if e.state == S.BID_REJECTED and e.reason != NOT_NEEDED)
+                                if e.state == S.BID_REJECTED and e.reason not in NOT_TRIED)
             details = "; ".join(x for x in (f"earlier attempts: {failures}" if failures else "", refused) if x)
             await self._fail_job(job, f"{why}; {details}" if details else why)
             return
-        for node in candidates[: needed * BID_OVERASK]:
-            ex = Execution(job_id=job.id, node_id=node.node_id, state=S.ASKED_FOR_BID)
+        # Ask as many nodes as executions are needed when the best node's report (with what was placed on it
+        # since) says it has room now: it will bid, and asking a second only to reject its bid costs two
+        # calls. Ask more where a race is worth it: a job that fans out, one whose inputs some node already
+        # holds (that node bids first), or a cluster whose nodes are all full (the first to bid gets it).
+        fetches = any(i.source.startswith("ipfs://") for i in job.spec.inputs)
+        sure = job.spec.concurrency == 1 and not fetches and fits_now(job, candidates[0])
+        asked = [Execution(job_id=job.id, node_id=load.info.node_id, state=S.ASKED_FOR_BID)
+                 for load in candidates[: needed if sure else needed * BID_OVERASK]]
+        for ex in asked:     # counted at once: the next job ranked, even before any await here, sees them
+            self.nodes.placed(ex.node_id, ex.id)
+        for ex in asked:
             await self.store.create_execution(ex, "asked for a bid")
             self._spawn(self._ask_one, job, ex)
         self._notify(job.id)
 
     async def _ask_one(self, job: Job, ex: Execution) -> None:
+        """Ask one node for a bid and wait for it until the bid timeout; the bid's arrival (or the execution
+        leaving ASKED_FOR_BID any other way) cancels the wait, so the task ends with it."""
         req = m.AskForBidRequest(execution_id=ex.id, requester_id=self.node_id, job=job)
+        deadline = trio.CancelScope()
+        self._awaiting_bid[ex.id] = deadline
         try:
-            await self._compute.ask_for_bid(ex.node_id, req)
-        except BacalhauError as exc:
-            await self._execution_failed(job.id, ex.id, (S.ASKED_FOR_BID,), S.BID_REJECTED, f"ask for bid failed: {exc}")
+            try:
+                # outside the deadline's scope: a bid that overtakes the ask's reply must not cut the call
+                await self._compute.ask_for_bid(ex.node_id, req)
+            except BacalhauError as exc:
+                reason = f"ask for bid failed: {exc}"
+            else:
+                with deadline:
+                    await trio.sleep(self._bid_timeout)
+                reason = f"no bid within {self._bid_timeout:g}s"
+        finally:
+            self._awaiting_bid.pop(ex.id, None)
+        if deadline.cancel_called:
             return
-        await trio.sleep(self._bid_timeout)
-        await self._execution_failed(job.id, ex.id, (S.ASKED_FOR_BID,), S.BID_REJECTED,
-                                     f"no bid within {self._bid_timeout:g}s")
+        await self._execution_failed(job.id, ex.id, (S.ASKED_FOR_BID,), S.BID_REJECTED, reason)
 
     async def _accept_bid(self, node_id: str, execution_id: str, job_id: str) -> None:
         try:
@@ -265,7 +308,7 @@ class Requester:
             await self._execution_failed(job_id, execution_id, (S.BID_ACCEPTED,), S.FAILED, f"bid_accepted failed: {exc}")
             return
         try:
-            async with self._locks[job_id]:
+            async with self._lock(job_id):
                 await self._set(execution_id, (S.BID_ACCEPTED,), S.RUNNING, "running")
         except StateError:
             return  # it already finished (a fast job's callbacks can overtake this)
@@ -273,7 +316,7 @@ class Requester:
 
     async def _execution_failed(self, job_id: str, execution_id: str, expected: tuple[ExecutionState, ...] | None,
                                 new: ExecutionState, reason: str) -> None:
-        async with self._locks[job_id]:
+        async with self._lock(job_id):
             try:
                 await self._set(execution_id, expected, new, reason)
             except StateError:
@@ -296,8 +339,13 @@ class Requester:
         await self._evaluate(job_id)
 
     async def _evaluate_waiting(self) -> None:
-        for job in await self.store.jobs_in_states([JobState.PENDING]):
-            await self._evaluate(job.id)
+        try:
+            while self._waiting_pass is not None and self._waiting_pass.is_set():
+                self._waiting_pass = trio.Event()      # a node joining from here on asks for another pass
+                for job_id in await self.store.job_ids_in_states([JobState.PENDING]):
+                    await self._evaluate(job_id)
+        finally:
+            self._waiting_pass = None
 
     async def _reconcile_after_restart(self, job_id: str) -> None:
         """Executions in flight when the requester stopped went on without it: ask their nodes how each
@@ -315,8 +363,13 @@ class Requester:
         try:
             status = await self._compute.execution_status(ex.node_id, ex.id)
         except BacalhauError as exc:
-            await self._execution_failed(job_id, ex.id, None, S.FAILED,
-                                         f"lost while the requester was down: {exc}")
+            if isinstance(exc, RemoteError) and exc.code == m.ErrorCode.NOT_FOUND and ex.state == S.ASKED_FOR_BID:
+                # written down, never sent: no attempt was made on that node (with one node asked, counting it
+                # one failed the job when no other node had gossiped again yet)
+                await self._execution_failed(job_id, ex.id, None, S.BID_REJECTED, NEVER_SENT)
+            else:
+                await self._execution_failed(job_id, ex.id, None, S.FAILED,
+                                             f"lost while the requester was down: {exc}")
             return
         log.info("reconciling execution %s: requester had %s, node %s says %s", ex.id, ex.state.value,
                  ex.node_id, status.state.value)
@@ -329,11 +382,11 @@ class Requester:
                 await self._tell_compute("bid_rejected", ex.node_id, ex.id, "the requester restarted")
             elif status.state in (S.BID_ACCEPTED, S.RUNNING) and status.result is None:
                 if ex.state == S.BID_ACCEPTED:
-                    async with self._locks[job_id]:
+                    async with self._lock(job_id):
                         await self._set(ex.id, (S.BID_ACCEPTED,), S.RUNNING, "running (seen after a restart)")
             elif status.state in (S.RUNNING, S.PUBLISHING, S.COMPLETED) and status.result is not None:
                 if ex.state in (S.ASKED_FOR_BID, S.NEW):
-                    async with self._locks[job_id]:
+                    async with self._lock(job_id):
                         await self._set(ex.id, None, S.BID_ACCEPTED, "bid accepted (seen after a restart)")
                 if ex.state != S.PUBLISHING:
                     await self._on_run_complete(ex.node_id, m.RunComplete(**info, result=status.result))
@@ -353,12 +406,9 @@ class Requester:
             if not gone:
                 continue
             log.warning("nodes lost: %s", ", ".join(sorted(gone)))
-            for pending in await self.store.jobs_in_states([JobState.PENDING, JobState.IN_PROGRESS]):
-                job = await self.store.get_job(pending.id, full=False)
-                for ex in job.executions:
-                    if ex.node_id in gone and not ex.state.terminal:
-                        await self._execution_failed(job.id, ex.id, (ex.state,), S.FAILED, "the node was lost")
-                        self._spawn(self._cancel_when_back, ex.node_id, ex.id)
+            for ex in await self.store.live_executions_on(gone):
+                await self._execution_failed(ex.job_id, ex.id, (ex.state,), S.FAILED, "the node was lost")
+                self._spawn(self._cancel_when_back, ex.node_id, ex.id)
 
     async def _cancel_when_back(self, node_id: str, execution_id: str) -> None:
         """A node cut off (not dead) comes back still holding what was written off and run elsewhere: its
@@ -373,7 +423,13 @@ class Requester:
 
     async def _set(self, execution_id: str, expected: tuple[ExecutionState, ...] | None, new: ExecutionState,
                    reason: str, **kw: object) -> Execution:
-        return await self.store.update_execution(execution_id, expected, new, reason, **kw)  # type: ignore[arg-type]
+        ex = await self.store.update_execution(execution_id, expected, new, reason, **kw)  # type: ignore[arg-type]
+        if new != S.ASKED_FOR_BID:       # answered, or gone another way: its bid is no longer waited for
+            deadline = self._awaiting_bid.pop(execution_id, None)
+            if deadline is not None:
+                deadline.cancel()
+            self.nodes.answered(ex.node_id, execution_id)
+        return ex
 
     def _notify(self, job_id: str) -> None:
         event = self._changed.pop(job_id, None)

@@ -21,6 +21,7 @@ from bacalhau.errors import StateError
 from bacalhau.models import JobSpec, Resources
 from bacalhau.models.resources import parse_cpu, parse_size
 from bacalhau.node import Node
+from bacalhau.requester.store import MIGRATIONS as JOBS_DB_MIGRATIONS
 from bacalhau.requester.store import JobStore
 from bacalhau.signing import load_or_create_client_key, sign
 from tests.conftest import run_cli
@@ -203,7 +204,7 @@ def test_broken_rows_in_jobs_db_and_compute_db_are_set_aside_and_the_node_starts
     # the raw rows are kept for the operator
     with sqlite3.connect(jobs_db) as conn:
         kept = conn.execute("SELECT tbl, row_id, raw FROM quarantine").fetchall()
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(JOBS_DB_MIGRATIONS)
     assert {(t, r) for t, r, _ in kept} == {("jobs", nan_job), ("jobs", not_json), ("jobs", odd_state),
                                             ("executions", bad_exec)}
     assert any("NaN" in raw for _, _, raw in kept)
@@ -285,7 +286,7 @@ async def test_a_repo_of_the_unversioned_layout_opens_migrated_in_place(tmp_path
         compute.close()
     for name in ("jobs.db", "compute.db"):
         with sqlite3.connect(tmp_path / name) as conn:
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == {"jobs.db": 2, "compute.db": 1}[name]
             assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
             assert conn.execute("PRAGMA synchronous").fetchone()[0] in (1, 2)   # the pragma is per connection
 
