@@ -18,6 +18,7 @@ DEFAULT_NODE_INFO_INTERVAL = 1.0        # how often compute nodes gossip their N
 DEFAULT_NODE_INFO_TTL = 5.0             # a node not heard of for this long is dropped from the node table
 DEFAULT_BID_TIMEOUT = 10.0              # an asked node that does not bid within this is rejected
 DEFAULT_CALL_TIMEOUT = 10.0             # every bprotocol call
+DEFAULT_RECONCILE_INTERVAL = 30.0       # an execution unchanged this long has its node asked how it goes
 DEFAULT_SHUTDOWN_GRACE = 10.0           # running executions get this long to end on SIGINT/SIGTERM
 DEFAULT_JOB_CPU = 0.1                   # the default job size: what a job that asks for nothing is counted
 DEFAULT_JOB_MEMORY = 100 * 1000**2      # as for capacity and limited to in its container (Go Bacalhau's 100m, 100Mb)
@@ -86,6 +87,7 @@ class NodeConfig:
     node_info_ttl: float = DEFAULT_NODE_INFO_TTL
     bid_timeout: float = DEFAULT_BID_TIMEOUT
     call_timeout: float = DEFAULT_CALL_TIMEOUT
+    reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     engines: tuple[str, ...] = ("docker", "wasm", "noop")

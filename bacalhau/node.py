@@ -236,6 +236,7 @@ class Node:
             self.requester = Requester(
                 node_id=self.node_id, transport=self.transport, store=job_store, nodes=NodeTable(cfg.node_info_ttl),
                 call_timeout=cfg.call_timeout, bid_timeout=cfg.bid_timeout, max_attempts=cfg.max_attempts,
+                reconcile_interval=cfg.reconcile_interval,
             )
             if self.compute is not None:
                 self.requester.nodes.pinned.add(self.node_id)

@@ -4,6 +4,7 @@ and retries failed attempts on other nodes."""
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVarTuple
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.proxies import ComputeProxy
 from bacalhau.bprotocol.transport import AnyModelHandler, Transport, typed_handler
+from bacalhau.config import DEFAULT_RECONCILE_INTERVAL
 from bacalhau.errors import BacalhauError, ProtocolError, RemoteError, StateError
 from bacalhau.models import Execution, ExecutionState, Job, JobSpec, JobState, NodeInfo
 from bacalhau.requester.nodes import NodeTable
@@ -30,13 +32,17 @@ NEVER_SENT = "the ask never reached the node: the requester stopped first"
 NOT_TRIED = (NOT_NEEDED, NEVER_SENT)    # bids rejected for these do not rule the node out for the job
 BID_OVERASK = 2        # nodes asked per execution still needed, when the best one's report does not say it will take it
 LOST_EXECUTION_CANCEL_WINDOW = 3600.0   # a lost node back within this is told to drop what was written off
+STALLED = (S.BID_ACCEPTED, S.RUNNING, S.PUBLISHING)   # states a lost callback can leave an execution in
 
 
 class Requester:
     def __init__(
         self, *, node_id: str, transport: Transport, store: JobStore, nodes: NodeTable, call_timeout: float,
         bid_timeout: float, retry_chain: list[RetryStrategy] | None = None, max_attempts: int = 3,
+        reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL,
     ) -> None:
+        self._reconcile_interval = reconcile_interval
+        self._checking: set[str] = set()      # executions whose node is being asked how they go
         self.node_id = node_id
         self.store = store
         self.nodes = nodes
@@ -89,6 +95,7 @@ class Requester:
             for job in unfinished:
                 await self._reconcile_after_restart(job.id)
             nursery.start_soon(self._expire_nodes_loop)
+            nursery.start_soon(self._reconcile_loop)
             task_status.started(self)
             await trio.sleep_forever()
 
@@ -409,6 +416,48 @@ class Requester:
             for ex in await self.store.live_executions_on(gone):
                 await self._execution_failed(ex.job_id, ex.id, (ex.state,), S.FAILED, "the node was lost")
                 self._spawn(self._cancel_when_back, ex.node_id, ex.id)
+
+    async def _reconcile_loop(self) -> None:
+        """A callback lost on the way (a call that timed out under load, a stream reset) would leave its job
+        running for good: executions unchanged for a while have their node asked how they go, and the requester
+        catches up with what it missed. A node that does not answer is left to the node table's expiry."""
+        while True:
+            await trio.sleep(self._reconcile_interval)
+            now = time.time()
+            for job in await self.store.jobs_in_states([JobState.IN_PROGRESS]):
+                for ex in (await self.store.get_job(job.id, full=False)).executions:
+                    stale = ex.state in STALLED and now - ex.updated_at > self._reconcile_interval
+                    if stale and ex.id not in self._checking and self.nodes.get(ex.node_id) is not None:
+                        self._checking.add(ex.id)
+                        self._spawn(self._check_execution, job.id, ex)
+
+    async def _check_execution(self, job_id: str, ex: Execution) -> None:
+        """Catch up with an execution its node has taken further than the requester heard."""
+        try:
+            try:
+                status = await self._compute.execution_status(ex.node_id, ex.id)
+            except BacalhauError as exc:
+                log.info("execution %s: its node %s did not say how it goes: %s", ex.id, ex.node_id, exc)
+                return
+            info = dict(execution_id=ex.id, job_id=job_id, node_id=ex.node_id)
+            if status.result is not None and ex.state in (S.BID_ACCEPTED, S.RUNNING) and status.state in (
+                    S.RUNNING, S.PUBLISHING, S.COMPLETED):
+                log.warning("execution %s ran on %s but its run-complete never arrived: catching up", ex.id,
+                            ex.node_id)
+                await self._on_run_complete(ex.node_id, m.RunComplete(**info, result=status.result))
+                ex = await self.store.get_execution(ex.id)
+            if status.state == S.COMPLETED and ex.state == S.PUBLISHING:
+                log.warning("execution %s was published on %s but its publish-complete never arrived: catching up",
+                            ex.id, ex.node_id)
+                await self._on_publish_complete(ex.node_id, m.PublishComplete(**info, result_ref=status.result_ref))
+            elif status.state in (S.FAILED, S.CANCELLED) and not ex.state.terminal:
+                await self._execution_failed(job_id, ex.id, (ex.state,), status.state,
+                                             status.reason or status.state.value)
+        except StateError:
+            pass    # the callback came meanwhile
+        finally:
+            self._checking.discard(ex.id)
+        self._notify(job_id)
 
     async def _cancel_when_back(self, node_id: str, execution_id: str) -> None:
         """A node cut off (not dead) comes back still holding what was written off and run elsewhere: its
