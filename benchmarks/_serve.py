@@ -10,9 +10,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bacalhau.cli.client import ApiClient
 from bacalhau.testing import free_port
@@ -83,3 +85,20 @@ def running_execution(client: ApiClient, job_id: str, timeout: float = 30) -> st
             return str(live[-1]["id"])
         time.sleep(0.01)
     raise SystemExit(f"job {job_id} did not start")
+
+
+def run_noop_jobs(client: ApiClient, spec: dict[str, Any], jobs: int) -> tuple[list[str], float]:
+    """Submit `jobs` jobs of `spec` from 16 threads and wait for all: their ids and the seconds it took. A job
+    that does not complete ends the benchmark with its reason."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        ids = list(pool.map(lambda _: client.submit(spec), range(jobs)))
+    pending = set(ids)
+    while pending:
+        for job_id in list(pending):
+            job = client.wait(job_id, since=time.time() + 3600, timeout=10)
+            if job["state"] in ("completed", "failed", "cancelled"):
+                if job["state"] != "completed":
+                    raise SystemExit(f"noop job {job_id} ended {job['state']}: {job['reason']}")
+                pending.discard(job_id)
+    return ids, time.perf_counter() - start

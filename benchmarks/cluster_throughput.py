@@ -37,9 +37,10 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+
+from _serve import run_noop_jobs
 
 from bacalhau.cli.client import ApiClient
 from bacalhau.testing import free_port
@@ -108,18 +109,7 @@ def cluster(mux: bool) -> Iterator[ApiClient]:
 
 def run_jobs(client: ApiClient, jobs: int) -> tuple[float, Counter[str]]:
     """Seconds for `jobs` noop jobs submitted by 16 threads to complete, and completions per compute node."""
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        ids = list(pool.map(lambda _: client.submit(SPEC), range(jobs)))
-    pending = set(ids)
-    while pending:
-        for job_id in list(pending):
-            job = client.wait(job_id, since=time.time() + 3600, timeout=10)
-            if job["state"] in ("completed", "failed", "cancelled"):
-                if job["state"] != "completed":
-                    raise SystemExit(f"noop job {job_id} ended {job['state']}: {job['reason']}")
-                pending.discard(job_id)
-    elapsed = time.perf_counter() - start
+    ids, elapsed = run_noop_jobs(client, SPEC, jobs)
     names = {n["node_id"]: n["labels"].get("name", n["node_id"][-6:]) for n in client.nodes()}
     spread: Counter[str] = Counter()
     for job_id in ids:

@@ -18,9 +18,8 @@ import argparse
 import statistics
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 
-from _serve import BIN, IMAGE, serve
+from _serve import BIN, IMAGE, run_noop_jobs, serve
 
 from bacalhau.cli.client import ApiClient
 
@@ -64,18 +63,7 @@ def docker_latency(env: dict[str, str], runs: int) -> None:
 
 def noop_throughput(client: ApiClient, jobs: int) -> None:
     spec = {"engine": "noop", "noop": {"stdout": "hi\n"}}
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        ids = list(pool.map(lambda _: client.submit(spec), range(jobs)))
-    pending = set(ids)
-    while pending:
-        for job_id in list(pending):
-            job = client.wait(job_id, since=time.time() + 3600, timeout=10)
-            if job["state"] in ("completed", "failed", "cancelled"):
-                if job["state"] != "completed":
-                    raise SystemExit(f"noop job {job_id} ended {job['state']}: {job['reason']}")
-                pending.discard(job_id)
-    elapsed = time.perf_counter() - start
+    _, elapsed = run_noop_jobs(client, spec, jobs)
     print(f"noop jobs: {jobs} submitted at once, all completed in {elapsed:.2f}s "
           f"= {jobs / elapsed:.1f} jobs/s   (target >= 50/s)")
 
