@@ -103,7 +103,6 @@ class NodeConfig:
     retention: float = DEFAULT_RETENTION      # seconds; 0 keeps finished results and unpinned blocks for ever
     job_limits: JobLimits = field(default_factory=JobLimits)
     max_result_size: int = DEFAULT_MAX_RESULT_SIZE
-    wasm_memory_limit: int = DEFAULT_WASM_MEMORY_LIMIT
     bprotocol_mux: bool = DEFAULT_BPROTOCOL_MUX
 
     @property

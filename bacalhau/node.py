@@ -18,7 +18,6 @@ from bacalhau.compute.node import ComputeNode
 from bacalhau.compute.store import ExecutionStore
 from bacalhau.config import (
     DEFAULT_FETCH_TIMEOUT,
-    DEFAULT_WASM_MEMORY_LIMIT,
     NODE_INFO_TOPIC,
     JobLimits,
     NodeConfig,
@@ -52,8 +51,8 @@ class NodeDeps:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def default_executors(node_id: str, engines: tuple[str, ...], limits: JobLimits | None = None, *,
-                      wasm_memory_limit: int = DEFAULT_WASM_MEMORY_LIMIT) -> dict[Engine, Executor]:
+def default_executors(node_id: str, engines: tuple[str, ...], limits: JobLimits | None = None) -> dict[Engine, Executor]:
+    limits = limits or JobLimits()
     executors: dict[Engine, Executor] = {}
     if "noop" in engines:
         from bacalhau.executors.noop import NoopExecutor
@@ -69,8 +68,7 @@ def default_executors(node_id: str, engines: tuple[str, ...], limits: JobLimits 
         except ImportError:
             pass
         else:
-            executors[Engine.WASM] = WasmExecutor(memory_limit=wasm_memory_limit,
-                                                  max_output=(limits or JobLimits()).max_output)
+            executors[Engine.WASM] = WasmExecutor(memory_limit=limits.wasm_memory, max_output=limits.max_output)
     return executors
 
 
@@ -206,12 +204,9 @@ class Node:
                 Bitswap(hosts, self.blockstore, self._connect_known, public=public).run)
 
         if cfg.is_compute:
-            import dataclasses
-
             # one JobLimits for bidder, capacity and executors: a WASM job is counted as what its module may take
-            limits = dataclasses.replace(cfg.job_limits, wasm_memory=cfg.wasm_memory_limit)
-            executors = self.deps.executors or default_executors(
-                self.node_id, cfg.engines, limits, wasm_memory_limit=cfg.wasm_memory_limit)
+            limits = cfg.job_limits
+            executors = self.deps.executors or default_executors(self.node_id, cfg.engines, limits)
             store = ExecutionStore(cfg.repo_dir / "compute.db")
             self._stores.append(store)
             self.compute = ComputeNode(

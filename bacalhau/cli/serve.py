@@ -178,12 +178,18 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
     config.bprotocol_mux = bprotocol_mux
     for flag, value in (("max_result_size", max_result_size), ("wasm_memory_limit", wasm_memory_limit)):
         if value is not None:
+            import dataclasses
+
             from bacalhau.models.resources import parse_size
 
             try:
-                setattr(config, flag, parse_size(value))
+                size = parse_size(value)
             except ValueError as exc:
                 raise click.BadParameter(str(exc), param_hint="--" + flag.replace("_", "-")) from None
+            if flag == "max_result_size":
+                config.max_result_size = size
+            else:   # what a WASM job that asks no memory gets and is counted as: one of the job limits
+                config.job_limits = dataclasses.replace(config.job_limits, wasm_memory=size)
     if not api_host.startswith(("127.", "localhost", "::1")):
         import secrets
 

@@ -424,12 +424,12 @@ class Requester:
         while True:
             await trio.sleep(self._reconcile_interval)
             now = time.time()
-            for job in await self.store.jobs_in_states([JobState.IN_PROGRESS]):
-                for ex in (await self.store.get_job(job.id, full=False)).executions:
+            for job_id in await self.store.job_ids_in_states([JobState.IN_PROGRESS]):
+                for ex in (await self.store.get_job(job_id, full=False)).executions:
                     stale = ex.state in STALLED and now - ex.updated_at > self._reconcile_interval
                     if stale and ex.id not in self._checking and self.nodes.get(ex.node_id) is not None:
                         self._checking.add(ex.id)
-                        self._spawn(self._check_execution, job.id, ex)
+                        self._spawn(self._check_execution, job_id, ex)
 
     async def _check_execution(self, job_id: str, ex: Execution) -> None:
         """Catch up with an execution its node has taken further than the requester heard."""
