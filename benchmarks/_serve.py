@@ -55,13 +55,20 @@ def serve(*extra: str) -> Iterator[Served]:
             time.sleep(0.2)
         yield Served(repo, api_port, env, client)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop([proc], timeout=20)
         log.close()
         shutil.rmtree(repo, ignore_errors=True)
+
+
+def stop(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """SIGTERM to every process, then wait for each; one still up after `timeout` is killed."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def container_of(execution_id: str, timeout: float = 30) -> str:

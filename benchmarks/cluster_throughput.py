@@ -29,7 +29,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from _serve import run_noop_jobs
+from _serve import run_noop_jobs, stop
 
 from bacalhau.cli.client import ApiClient
 from bacalhau.testing import free_port
@@ -97,13 +96,7 @@ def cluster(mux: bool) -> Iterator[ApiClient]:
             time.sleep(0.2)
         yield client
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs, timeout=20)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from _serve import serve
+from _serve import serve, stop
 
 from bacalhau.cli.client import ApiClient
 from bacalhau.testing import free_port
@@ -69,11 +68,7 @@ def devstack(count: int) -> Iterator[ApiClient]:
             time.sleep(0.2)
         yield client
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop([proc], timeout=30)
         log.close()
         shutil.rmtree(repo, ignore_errors=True)
 

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from bacalhau.cli.client import ApiClient
 from bacalhau.config import NodeConfig
 from bacalhau.node import Node
 from bacalhau.testing import free_port
+from bacalhau.testing.jsipfs import JsIpfs
 
 BACALHAU = [sys.executable, "-m", "bacalhau.cli.main"]
 TEST_SWARM_KEY = "5e" * 32   # in-process test clusters share one private-network key
@@ -136,3 +137,10 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
         if s.proc is not None and s.proc.poll() is None:
             s.proc.kill()
             s.proc.wait()
+
+
+@pytest.fixture
+def jsipfs(tmp_path: Path) -> Iterator[JsIpfs]:
+    """js-ipfs serving the Kubo RPC API (the stand-in for an external IPFS node of --ipfs-connect)."""
+    with JsIpfs.start(tmp_path / "js-ipfs") as node:
+        yield node

@@ -25,11 +25,6 @@ from tests.conftest import Served, node_config, run_cli
 IMAGE = "bacalhau/busybox:latest"
 
 
-@pytest.fixture
-def jsipfs(tmp_path: Path) -> Iterator[JsIpfs]:
-    with JsIpfs.start(tmp_path / "js-ipfs") as node:
-        yield node
-
 
 
 

@@ -5,7 +5,6 @@ serves no RPC API): a real node over real HTTP, not a mock."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,6 @@ import trio
 from bacalhau.node import Node
 from bacalhau.testing.jsipfs import JsIpfs
 from tests.conftest import node_config, run_cli
-
-
-@pytest.fixture
-def jsipfs(tmp_path: Path) -> Iterator[JsIpfs]:
-    with JsIpfs.start(tmp_path / "js-ipfs") as node:
-        yield node
 
 
 @pytest.mark.docker
