@@ -126,6 +126,9 @@ class Requester:
         with trio.move_on_after(timeout):
             await event.wait()
 
+    def alive_nodes(self) -> list[NodeInfo]:
+        return self.nodes.alive()
+
     def node_joined(self, info: NodeInfo) -> None:
         """A node appeared: jobs waiting for one get another look (one pass at a time, however many nodes
         join meanwhile: a thousand joining are not a thousand passes over the waiting jobs)."""
