@@ -35,19 +35,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _result_entry(cid: bytes, item: str, blocks: Blockstore) -> Path:
-    """Entry `item` of the result directory `cid` (held here, its root checked) copied to a temporary file."""
+def _result_entry(cid: bytes, item: str, blocks: Blockstore) -> bytes:
+    """The CID of entry `item` of the result directory `cid` (its root held and checked)."""
     from bacalhau.ipfs.dagpb import decode
-    from bacalhau.ipfs.exporter import cat
 
     _, links = decode(blocks.get(cid))
     entry = next((link.cid for link in links if link.name == item), None)
     if entry is None:
         raise NotFoundError(f"result {cid_str(cid)} has no {item}")
+    return entry
+
+
+def _cat_to_file(cid: bytes, blocks: Blockstore) -> Path:
+    from bacalhau.ipfs.exporter import cat
+
     fd, name = tempfile.mkstemp(prefix="result-")
     try:
         with open(fd, "wb") as f:
-            for chunk in cat(entry, blocks):
+            for chunk in cat(cid, blocks):
                 f.write(chunk)
     except BaseException:
         Path(name).unlink(missing_ok=True)
@@ -106,27 +111,41 @@ class NodeContent:
         if self.remote_ipfs is not None:
             await self.remote_ipfs.push(cid)
 
-    async def _held_result(self, cid_text: str) -> bytes:
-        """The result's DAG fetched and its root checked. The reference came from a compute node."""
+    async def _fetch_root(self, cid: bytes) -> None:
+        """The block `cid` alone into this node's store, where bitswap can get one block (the external IPFS
+        node fetches whole DAGs)."""
+        if await trio.to_thread.run_sync(self.blockstore.has, cid):
+            return
+        if self.bitswap is None or self.remote_ipfs is not None:
+            await self.fetch_cid(cid)
+            return
+        try:
+            await self.bitswap.fetch(cid, timeout=DEFAULT_FETCH_TIMEOUT, links=False)
+        except (NotFoundError, trio.TooSlowError):
+            raise NotFoundError(f"{cid_str(cid)} is held by no node of this cluster") from None
+
+    async def result_tar(self, cid_text: str) -> Path:
+        """A published result (a UnixFS directory of stdout, stderr, exitCode and outputs only) as a temporary
+        tar of its entries. The reference came from a compute node: its root is checked before export."""
+        from bacalhau.ipfs.exporter import export_tar
         from bacalhau.ipfs.result_ref import check_result_root, parse_result_ref
 
         cid = parse_result_ref(f"ipfs://{cid_text}")
         await self.fetch_cid(cid)
         await trio.to_thread.run_sync(check_result_root, cid, self.blockstore)
-        return cid
-
-    async def result_tar(self, cid_text: str) -> Path:
-        """A published result (a UnixFS directory of stdout, stderr, exitCode and outputs only) as a temporary
-        tar of its entries."""
-        from bacalhau.ipfs.exporter import export_tar
-
-        cid = await self._held_result(cid_text)
         return await trio.to_thread.run_sync(export_tar, cid, self.blockstore)
 
     async def result_file(self, cid_text: str, item: str) -> Path:
-        """One entry of a published result as a temporary file; NotFoundError when the result has none."""
-        cid = await self._held_result(cid_text)
-        return await trio.to_thread.run_sync(_result_entry, cid, item, self.blockstore)
+        """One entry of a published result as a temporary file; NotFoundError when the result has none. Only
+        the root and that entry's blocks are fetched (stdout is not worth a job's whole outputs)."""
+        from bacalhau.ipfs.result_ref import check_result_root, parse_result_ref
+
+        cid = parse_result_ref(f"ipfs://{cid_text}")
+        await self._fetch_root(cid)
+        await trio.to_thread.run_sync(check_result_root, cid, self.blockstore)
+        entry = await trio.to_thread.run_sync(_result_entry, cid, item, self.blockstore)
+        await self.fetch_cid(entry)
+        return await trio.to_thread.run_sync(_cat_to_file, entry, self.blockstore)
 
     async def open_result(self, node_id: str, execution_id: str, item: str) -> AsyncIterator[bytes]:
         from bacalhau.bprotocol.proxies import ComputeProxy

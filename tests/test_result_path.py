@@ -150,3 +150,31 @@ def test_the_result_source_is_chosen_in_one_place() -> None:
                     if isinstance(n, ast.ImportFrom) and n.module}
         assert not {m for m in imported if m.startswith(("bacalhau.api", "bacalhau.content", "bacalhau.node"))}, \
             module
+
+
+@pytest.mark.docker
+async def test_stdout_of_a_result_held_elsewhere_brings_its_root_and_stdout_not_its_outputs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bacalhau.ipfs.dagpb import decode_links
+    from bacalhau.models import NodeType
+    from tests.conftest import node_config
+
+    async with trio.open_nursery() as nursery:
+        req = await nursery.start(Node(node_config(tmp_path / "req", node_types=(NodeType.REQUESTER,))).run)
+        cfg = node_config(tmp_path / "c", node_types=(NodeType.COMPUTE,), serve_api=False, peers=(req.addrs()[0],))
+        compute = await nursery.start(Node(cfg).run)
+        assert req.requester is not None
+        with trio.fail_after(20):
+            while not req.requester.nodes.alive():
+                await trio.sleep(0.05)
+        job_id, root = await _completed_job(req)
+        counted = Counted(req, monkeypatch)
+        links = {link.name: link.cid for link in decode_links(compute.blockstore.get(root))}
+        assert not req.blockstore.has(root)
+
+        status, headers, body = await _api_get(req, f"/api/v1/jobs/{job_id}/results/stdout")
+        assert (status, body, headers["x-result-source"]) == (200, b"hello\n", "ipfs")
+        assert req.blockstore.has(root) and req.blockstore.has(links["stdout"])
+        assert not req.blockstore.has(links["outputs"])        # the outputs stayed where they are
+        assert counted.node == []
+        nursery.cancel_scope.cancel()
