@@ -36,9 +36,11 @@ log = logging.getLogger(__name__)
 
 
 def _result_entry(cid: bytes, item: str, blocks: Blockstore) -> bytes:
-    """The CID of entry `item` of the result directory `cid` (its root held and checked)."""
+    """The CID of entry `item` of the result directory `cid` (its root held), once the root is checked."""
     from bacalhau.ipfs.dagpb import decode
+    from bacalhau.ipfs.result_ref import check_result_root
 
+    check_result_root(cid, blocks)
     _, links = decode(blocks.get(cid))
     entry = next((link.cid for link in links if link.name == item), None)
     if entry is None:
@@ -138,11 +140,10 @@ class NodeContent:
     async def result_file(self, cid_text: str, item: str) -> Path:
         """One entry of a published result as a temporary file; NotFoundError when the result has none. Only
         the root and that entry's blocks are fetched (stdout is not worth a job's whole outputs)."""
-        from bacalhau.ipfs.result_ref import check_result_root, parse_result_ref
+        from bacalhau.ipfs.result_ref import parse_result_ref
 
         cid = parse_result_ref(f"ipfs://{cid_text}")
         await self._fetch_root(cid)
-        await trio.to_thread.run_sync(check_result_root, cid, self.blockstore)
         entry = await trio.to_thread.run_sync(_result_entry, cid, item, self.blockstore)
         await self.fetch_cid(entry)
         return await trio.to_thread.run_sync(_cat_to_file, entry, self.blockstore)

@@ -91,6 +91,21 @@ def untrusted_node_info(info: NodeInfo, sender: str) -> str:
     return ""
 
 
+@dataclass
+class NodeIdentityView:
+    """Who a node is, as the API shows it (api/ports.py NodeIdentity), without the node."""
+
+    node_id: str
+    cluster_id: str
+    node_types: list[NodeType]
+    addrs: Callable[[], list[str]]            # the host's, as they are now
+    api_port: Callable[[], int | None]        # known once the API listens
+
+    def identity(self) -> dict[str, Any]:
+        return {"id": self.node_id, "addrs": self.addrs(), "node_types": [t.value for t in self.node_types],
+                "version": VERSION, "api_port": self.api_port(), "cluster_id": self.cluster_id}
+
+
 class Node:
     def __init__(self, config: NodeConfig, deps: NodeDeps | None = None) -> None:
         self.config = config
@@ -128,8 +143,13 @@ class Node:
         return cluster_id_of(self.swarm_key or self.node_id)
 
     def identity(self) -> dict[str, Any]:
-        return {"id": self.node_id, "addrs": self.addrs(), "node_types": [t.value for t in self.node_types()],
-                "version": VERSION, "api_port": self.api_port, "cluster_id": self.cluster_id}
+        return self._identity().identity()
+
+    def _identity(self) -> NodeIdentityView:
+        host = self.host
+        return NodeIdentityView(node_id=self.node_id, cluster_id=self.cluster_id, node_types=self.node_types(),
+                                addrs=lambda: list(host.listen_addrs) if host is not None else [],
+                                api_port=lambda: self.api_port)
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
@@ -257,8 +277,8 @@ class Node:
         from bacalhau.api.ports import ApiDeps
 
         assert self.requester is not None, "the API runs on requester nodes"
-        return ApiDeps(requester=self.requester, jobs=self.requester.store, content=self.content, identity=self,
-                       repo_dir=self.config.repo_dir)
+        return ApiDeps(requester=self.requester, jobs=self.requester.store, content=self.content,
+                       identity=self._identity(), repo_dir=self.config.repo_dir)
 
     def _log_follower(self) -> Callable[[WebSocket], Awaitable[None]]:
         """The log websocket's handler. api/logs.py still reads the node's transport (until logs go through the

@@ -178,3 +178,14 @@ async def test_stdout_of_a_result_held_elsewhere_brings_its_root_and_stdout_not_
         assert not req.blockstore.has(links["outputs"])        # the outputs stayed where they are
         assert counted.node == []
         nursery.cancel_scope.cancel()
+
+
+async def test_the_api_is_given_no_node(single_node: Node) -> None:
+    """What build_app gets: narrow parts, none of them the Node (it was content and identity before)."""
+    import dataclasses
+
+    deps = single_node.api_deps()
+    parts = {f.name: getattr(deps, f.name) for f in dataclasses.fields(deps)}
+    assert not [name for name, part in parts.items() if isinstance(part, Node)], parts
+    assert deps.identity.identity() == single_node.identity()
+    assert deps.identity.identity()["api_port"] == single_node.api_port is not None
