@@ -75,6 +75,7 @@ async def _api_get(node: Node, path: str) -> tuple[int, dict[str, str], bytes]:
 
 
 @pytest.mark.docker
+@pytest.mark.slow
 async def test_a_result_whose_ipfs_blocks_are_gone_comes_from_its_compute_node_for_get_and_describe(
         single_node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     node = single_node
@@ -100,6 +101,7 @@ async def test_a_result_whose_ipfs_blocks_are_gone_comes_from_its_compute_node_f
 
 
 @pytest.mark.docker
+@pytest.mark.slow
 async def test_a_held_result_comes_over_ipfs_and_its_node_is_not_asked(
         single_node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     node = single_node

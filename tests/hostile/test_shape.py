@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 
+import pytest
 import trio
 
 from bacalhau.ipfs.unixfs import T_DIRECTORY, T_FILE, T_SYMLINK, cid_str, unixfs_data
@@ -39,6 +40,7 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
         conn.close()
 
 
+@pytest.mark.slow
 async def test_a_rogue_result_read_an_entry_at_a_time_fails_alone_with_one_line(single_node: Node) -> None:
     node = single_node
     dag = Dag()
