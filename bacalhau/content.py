@@ -48,6 +48,11 @@ def _result_entry(cid: bytes, item: str, blocks: Blockstore) -> bytes:
     return entry
 
 
+def _held_entry_to_file(cid: bytes, item: str, blocks: Blockstore) -> Path:
+    """Entry `item` of result `cid` as a file when every block of it is held; NotFoundError otherwise."""
+    return _cat_to_file(_result_entry(cid, item, blocks), blocks)
+
+
 def _cat_to_file(cid: bytes, blocks: Blockstore) -> Path:
     from bacalhau.ipfs.exporter import cat
 
@@ -143,6 +148,11 @@ class NodeContent:
         from bacalhau.ipfs.result_ref import parse_result_ref
 
         cid = parse_result_ref(f"ipfs://{cid_text}")
+        try:
+            # all of it held here (the node that ran the job): one trip to a worker thread
+            return await trio.to_thread.run_sync(_held_entry_to_file, cid, item, self.blockstore)
+        except NotFoundError:
+            pass
         await self._fetch_root(cid)
         entry = await trio.to_thread.run_sync(_result_entry, cid, item, self.blockstore)
         await self.fetch_cid(entry)
