@@ -1,7 +1,7 @@
 """What the API needs from the node, as narrow protocols (as Go Bacalhau's API server takes a
 `requester.Endpoint` and a `jobstore.Store`, not the node): route modules take an `ApiDeps` and call only these.
 
-    RequesterEndpoint  submit, cancel, wait for a change, the live compute nodes
+    RequesterEndpoint  submit, cancel, wait for a change, the live compute nodes, a job's logs
     JobStoreReader     read jobs (one, a page, by id prefix)
     ContentStore       this node's IPFS side: held blocks, fetch a CID from the cluster, a result as a tar, a
                        result item from the compute node that ran it
@@ -12,13 +12,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from bacalhau.ipfs.blockstore import Blockstore
+    from bacalhau.log_frames import LogEvent
     from bacalhau.models import Job, JobSpec, NodeInfo
 
 
@@ -38,6 +39,9 @@ class RequesterEndpoint(Protocol):
     async def wait_for_change(self, job_id: str, timeout: float) -> None: ...
 
     def alive_nodes(self) -> list[NodeInfo]: ...
+
+    def read_logs(self, job_id: str, *, execution_id: str = "", stdout_offset: int = 0, stderr_offset: int = 0,
+                  follow: bool = True) -> AsyncGenerator[LogEvent, None]: ...
 
 
 class ContentStore(Protocol):

@@ -30,8 +30,7 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.routing import BaseRoute, Route
 
 from bacalhau.api.guard import is_loopback
 from bacalhau.compute.results import stream_file
@@ -249,14 +248,7 @@ def build_app(node: Node, seen: SeenSignatures) -> Starlette:
         first = await _first_chunk(stream)
         return StreamingResponse(_chain(first, stream), media_type="application/octet-stream", headers=headers)
 
-    from bacalhau.api.logs import Followers, job_logs
-
-    followers = Followers()
-
-    async def logs(websocket: WebSocket) -> None:
-        await job_logs(node, websocket, followers)
-
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/api/v1/version", version),
         Route("/api/v1/id", node_id),
         Route("/api/v1/nodes", nodes),
@@ -266,10 +258,12 @@ def build_app(node: Node, seen: SeenSignatures) -> Starlette:
         Route("/api/v1/jobs/{job_id}/wait", wait),
         Route("/api/v1/jobs/{job_id}/cancel", cancel, methods=["POST"]),
         Route("/api/v1/jobs/{job_id}/results/{item}", results),
-        WebSocketRoute("/api/v1/jobs/{job_id}/logs", logs),
     ]
+    from bacalhau.api import logs
     from bacalhau.api.ipfs import routes as ipfs_routes
+    from bacalhau.api.ports import ApiDeps
 
+    routes += logs.routes(ApiDeps.from_node(node))
     routes += [Route(path, _handle_errors(fn), methods=methods) for path, fn, methods in ipfs_routes(node)]
     return Starlette(routes=routes)
 
