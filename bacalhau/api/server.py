@@ -260,10 +260,12 @@ def build_app(node: Node, seen: SeenSignatures) -> Starlette:
         Route("/api/v1/jobs/{job_id}/results/{item}", results),
     ]
     from bacalhau.api import logs
+    from bacalhau.api.bacalhau_v1 import logs as bacalhau_logs
     from bacalhau.api.ipfs import routes as ipfs_routes
     from bacalhau.api.ports import ApiDeps
 
     routes += logs.routes(ApiDeps.from_node(node))
+    routes += bacalhau_logs.routes(ApiDeps.from_node(node))
     routes += [Route(path, _handle_errors(fn), methods=methods) for path, fn, methods in ipfs_routes(node)]
     return Starlette(routes=routes)
 
