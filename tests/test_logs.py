@@ -12,9 +12,9 @@ import pytest
 import trio
 
 from bacalhau.bprotocol.transport import InMemoryNetwork
-from bacalhau.compute.logs import HEADER
 from bacalhau.config import NodeConfig
 from bacalhau.executors.noop import NoopExecutor
+from bacalhau.log_frames import HEADER
 from bacalhau.models import Engine, JobSpec, NodeType, NoopSpec, Resources
 from bacalhau.node import Node, NodeDeps
 from tests.conftest import node_config, run_cli

@@ -6,13 +6,14 @@ the node's log stream) to the client's websocket.
 Binary messages are log data frames, text messages JSON events (execution, retry, end): log_frames.py.
 A client that lost its connection reconnects with the execution id and the offsets it has.
 
-Followers are capped in total and per client address (MAX_FOLLOWERS, MAX_FOLLOWERS_PER_CLIENT): one over is
+Followers (of every log websocket of the API, Bacalhau's too) are capped in total and per client address (MAX_FOLLOWERS, MAX_FOLLOWERS_PER_CLIENT): one over is
 accepted and closed at once with code 1013 (try again later) and the reason. A follower that stops reading
 is dropped when a write to it stays blocked for SEND_TIMEOUT (api/server.py), not held without end.
 """
 
 from __future__ import annotations
 
+import weakref
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
@@ -53,8 +54,17 @@ class Followers:
             del self.by_client[client]
 
 
+_followers: weakref.WeakKeyDictionary[ApiDeps, Followers] = weakref.WeakKeyDictionary()
+
+
+def followers_of(deps: ApiDeps) -> Followers:
+    """The log followers of the API `deps` serves: one count for every log websocket it has (ours and
+    Bacalhau's), so using the other kind does not double the caps."""
+    return _followers.setdefault(deps, Followers())
+
+
 def routes(deps: ApiDeps) -> list[BaseRoute]:
-    followers = Followers()
+    followers = followers_of(deps)
 
     async def logs(websocket: WebSocket) -> None:
         await job_logs(deps.requester, websocket, followers)

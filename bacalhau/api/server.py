@@ -264,8 +264,9 @@ def build_app(node: Node, seen: SeenSignatures) -> Starlette:
     from bacalhau.api.ipfs import routes as ipfs_routes
     from bacalhau.api.ports import ApiDeps
 
-    routes += logs.routes(ApiDeps.from_node(node))
-    routes += bacalhau_logs.routes(ApiDeps.from_node(node))
+    deps = ApiDeps.from_node(node)
+    routes += logs.routes(deps)
+    routes += bacalhau_logs.routes(deps)
     routes += [Route(path, _handle_errors(fn), methods=methods) for path, fn, methods in ipfs_routes(node)]
     return Starlette(routes=routes)
 

@@ -98,3 +98,37 @@ async def test_an_unknown_job_or_execution_is_refused_not_a_crash(
     unknown_execution = logs_payload(rsa_key, job_id, "../../etc", follow=True)
     assert "unable to find execution" in await refused(noop_node, envelope(rsa_key, unknown_execution))
     await still_serves_the_owner(noop_node, rsa_key, job_id, execution_id)
+
+
+async def test_the_follower_caps_count_both_log_websockets(
+    noop_node: Node, rsa_key: Any, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    # one cap for the API: a client over it on our websocket must not get another follower from Bacalhau's
+    from websockets.sync.client import connect
+
+    import bacalhau.api.logs as api_logs
+
+    assert noop_node.requester is not None
+    job_id, execution_id = await owners_job(noop_node, rsa_key)
+    running = await noop_node.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="x\n", sleep=30)))
+    monkeypatch.setattr(api_logs, "MAX_FOLLOWERS_PER_CLIENT", 1)
+
+    def hold() -> Any:
+        ws = connect(f"ws://127.0.0.1:{noop_node.api_port}/api/v1/jobs/{running.id}/logs?follow=1").__enter__()
+        ws.recv(timeout=10)   # the "execution" event: this follower is being served
+        return ws
+
+    held = await trio.to_thread.run_sync(hold)
+    try:
+        first = envelope(rsa_key, logs_payload(rsa_key, job_id, execution_id, follow=False))
+        frames, code, reason = await trio.to_thread.run_sync(read_frames, noop_node.api_port, first)
+        assert code == 1013 and frames == [] and "from 127.0.0.1" in reason, (code, reason)
+    finally:
+        await trio.to_thread.run_sync(held.close)
+    with trio.fail_after(10):   # its place freed, the owner is served
+        while True:
+            frames, code, _ = await trio.to_thread.run_sync(read_frames, noop_node.api_port, first)
+            if code == 1000:
+                break
+            await trio.sleep(0.05)
+    assert joined(frames, 1) == SECRET

@@ -32,7 +32,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from bacalhau.api.bacalhau_v1.envelope import BadRequest, field, parse_signed
-from bacalhau.api.logs import TRY_AGAIN_LATER, Followers
+from bacalhau.api.logs import TRY_AGAIN_LATER, Followers, followers_of
 from bacalhau.errors import BacalhauError, NotFoundError
 from bacalhau.log_frames import STDERR, STDOUT, Data, Ended, Retried, Switched
 from bacalhau.models import Execution, ExecutionState
@@ -63,7 +63,7 @@ def close_reason(message: str) -> str:
 
 
 def routes(deps: ApiDeps) -> list[BaseRoute]:
-    followers = Followers()
+    followers = followers_of(deps)   # the caps of api/logs.py, counted with its followers
 
     async def logs(websocket: WebSocket) -> None:
         await serve_logs(deps, websocket, followers)
