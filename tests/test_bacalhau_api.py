@@ -278,3 +278,37 @@ def test_the_sdk_pins_are_what_the_venv_holds() -> None:
                           check=True)
     assert proc.stdout.split() == ["1.0.3", "1.0.0"]
     assert sys.version_info >= (3, 11)
+
+
+IPFS_WASM_JOB = SDK_PRELUDE + """
+from bacalhau_apiclient.rest import ApiException
+def spec(cid):
+    return Spec(engine="Wasm", verifier="Noop", publisher_spec=PublisherSpec(type="IPFS"),
+                wasm=JobSpecWasm(entry_module=StorageSpec(storage_source="IPFS", cid=cid), entry_point="_start"),
+                timeout=120, deal=Deal(concurrency=1))
+out = run(spec(%r))
+try:
+    submit(dict(APIVersion="V1beta1", ClientID=get_client_id(), Spec=spec(%r)))
+    out["too_big"] = 200
+except ApiException as e:
+    out["too_big"] = e.status
+    out["too_big_body"] = e.body.decode() if isinstance(e.body, bytes) else e.body
+print(json.dumps(out))
+"""
+
+
+def test_sdk_runs_a_wasm_module_given_by_ipfs_cid_and_an_oversized_one_is_refused(node: Served, tmp_path: Path) -> None:
+    from bacalhau.api.bacalhau_v1.mappers import MAX_MODULE_BYTES
+
+    module = tmp_path / "hello.wasm"
+    module.write_bytes(_hello_module("hello from an IPFS module\n"))
+    big = tmp_path / "big.wasm"
+    big.write_bytes(b"\0asm" + b"\0" * MAX_MODULE_BYTES)
+    cids = []
+    for path in (module, big):
+        added = node.cli("ipfs", "add", "-q", str(path))
+        assert added.returncode == 0, added.stderr
+        cids.append(added.stdout.strip())
+    out = run_client("sdk", node, IPFS_WASM_JOB % tuple(cids), tmp_path / "client")
+    assert out["state"] == "Completed" and out["stdout"] == "hello from an IPFS module\n", out
+    assert out["too_big"] == 400 and "Spec.Wasm.EntryModule" in out["too_big_body"], out
