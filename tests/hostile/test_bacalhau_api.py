@@ -447,3 +447,32 @@ async def test_another_clients_env_values_are_not_shown_by_list_or_submit(api_no
     status, body = await post(api_node.api_port, "/requester/list",
                               json.dumps({"client_id": "someone", "max_jobs": 10}).encode())
     assert json.loads(body)["jobs"] == []     # not return_all: only the asker's own
+
+
+def _events_socket(port: int, query: str) -> tuple[list[dict[str, Any]], int | None]:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    frames = []
+    with connect(f"ws://127.0.0.1:{port}/api/v1/requester/websocket/events{query}", open_timeout=10) as ws:
+        try:
+            while True:
+                frames.append(json.loads(ws.recv(timeout=20)))
+        except ConnectionClosed:
+            pass
+        return frames, ws.close_code
+
+
+async def test_the_events_websocket_replays_a_jobs_history_and_closes_when_it_ends(api_node: Any) -> None:
+    import trio
+
+    status, body = await post(api_node.api_port, "/requester/submit",
+                              envelope(json.dumps(submit_payload(NOOP_SPEC))))
+    job_id = json.loads(body)["job"]["Metadata"]["ID"]
+    frames, code = await trio.to_thread.run_sync(_events_socket, api_node.api_port, f"?job_id={job_id}")
+    assert code == 1000
+    assert ("JobLevel", "Completed") in [(f["Type"], (f.get("JobState") or {}).get("New")) for f in frames]
+    assert all(f["JobID"] == job_id for f in frames)
+    # every job's events to whoever asks: refused
+    frames, code = await trio.to_thread.run_sync(_events_socket, api_node.api_port, "")
+    assert (frames, code) == ([], 1008)

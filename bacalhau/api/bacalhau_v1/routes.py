@@ -10,6 +10,7 @@ given with a trailing slash) is served as if collapsed.
     POST requester/cancel   signed {"ClientID","JobID","Reason"}     -> {"state": JobState}; 404, 401 non-owner
     POST version            {"client_id"}                            -> {"build_version_info": ...}
     GET  healthz livez readyz logz varz id node_info peers
+    WS   requester/websocket/events?job_id=ID                    JobHistory frames (events.py)
 
 Go's handlers take any method; so do these. Env values of a job's spec are always shown as "***": list,
 states and events take an unsigned client_id, so nothing proves who asks. Replays: Bacalhau's envelope has
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from bacalhau.api.bacalhau_v1 import mappers
 from bacalhau.api.bacalhau_v1.envelope import (
@@ -352,8 +353,12 @@ def routes(deps: ApiDeps, seen: SeenSignatures | None = None) -> list[BaseRoute]
                 return await handlers[name](request)
         return _text("404 page not found", 404)
 
+    from bacalhau.api.bacalhau_v1.events import EventSockets
+
+    event_sockets = EventSockets(deps)
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH"]
     out: list[BaseRoute] = [Route(f"{prefix}/{name}", handler, methods=methods)
                             for prefix in PREFIXES for name, handler in handlers.items()]
+    out += [WebSocketRoute(f"{prefix}/requester/websocket/events", event_sockets.serve) for prefix in PREFIXES]
     out += [Route(f"{prefix}//{{rest:path}}", collapsed, methods=methods) for prefix in PREFIXES]
     return out
