@@ -476,3 +476,33 @@ async def test_the_events_websocket_replays_a_jobs_history_and_closes_when_it_en
     # every job's events to whoever asks: refused
     frames, code = await trio.to_thread.run_sync(_events_socket, api_node.api_port, "")
     assert (frames, code) == ([], 1008)
+
+
+def test_job_state_right_after_submit_has_executions_null_and_history_drops_previous_new() -> None:
+    # the SDK's docs loop over `executions or []`; Go sends null before any, and omits a Previous of New
+    from bacalhau.api.bacalhau_v1.mappers import history_out, job_state_out
+    from bacalhau.models import Event, Execution, ExecutionState, Job, JobState, RunResult
+
+    job = Job(spec=to_spec(docker_spec()))
+    job.events = [Event(time=1.0, kind="job", subject=job.id, state="pending")]
+    state = job_state_out(job)
+    assert state["Executions"] is None and state["State"] == "New" and state["TimeoutAt"] == "0001-01-01T00:00:00Z"
+    assert history_out(job)[0]["JobState"] == {"New": "New"}
+
+    ex = Execution(job_id=job.id, node_id="QmNode", state=ExecutionState.COMPLETED,
+                   result=RunResult(exit_code=0, stdout_bytes=3, stdout_tail="hi\n"),
+                   result_ref="ipfs://QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG")
+    job.executions, job.state = [ex], JobState.COMPLETED
+    job.events += [Event(time=2.0, kind="execution", subject=ex.id, state="bid_accepted", node_id="QmNode"),
+                   Event(time=3.0, kind="execution", subject=ex.id, state="completed", node_id="QmNode"),
+                   Event(time=4.0, kind="job", subject=job.id, state="completed")]
+    out = job_state_out(job)["Executions"][0]
+    assert out["NodeId"] == "QmNode" and out["ComputeReference"] == f"e-{ex.id}" and out["State"] == "Completed"
+    assert out["VerificationResult"] == {"Complete": True, "Result": True}
+    assert out["PublishedResults"]["CID"] == "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"
+    assert out["RunOutput"] == {"stdout": "hi\n", "stdouttruncated": False, "stderr": "",
+                                "stderrtruncated": False, "exitCode": 0, "runnerError": ""}
+    history = history_out(job, since=2.5)
+    assert [h["Type"] for h in history] == ["ExecutionLevel", "JobLevel"]
+    assert history[0]["ExecutionState"] == {"New": "Completed", "Previous": "BidAccepted"}
+    assert history[1]["JobState"] == {"New": "Completed"}      # Previous New: omitted, as Go's omitempty
