@@ -506,3 +506,14 @@ def test_job_state_right_after_submit_has_executions_null_and_history_drops_prev
     assert [h["Type"] for h in history] == ["ExecutionLevel", "JobLevel"]
     assert history[0]["ExecutionState"] == {"New": "Completed", "Previous": "BidAccepted"}
     assert history[1]["JobState"] == {"New": "Completed"}      # Previous New: omitted, as Go's omitempty
+
+
+def test_a_legacy_client_with_only_publisher_and_job_create_payload_is_served() -> None:
+    # bacalhau-sdk 0.3.25 and earlier: no PublisherSpec, the envelope's key job_create_payload
+    spec = docker_spec()
+    del spec["PublisherSpec"]
+    spec["Publisher"] = "Ipfs"
+    signed = parse_signed(envelope(json.dumps(submit_payload(spec)), payload_key="job_create_payload"))
+    from bacalhau.api.bacalhau_v1.mappers import spec_from_payload
+
+    assert spec_from_payload(signed.payload).docker.image == "bacalhau/busybox:latest"

@@ -86,9 +86,17 @@ def _text(message: str, status: int, end: str = "\n") -> Response:
 
 
 async def _read(request: Request) -> bytes:
-    from bacalhau.api.server import read_body
-
-    return await read_body(request, MAX_BODY)
+    """The body, refused as soon as it passes MAX_BODY (a declared length over it before a byte is read)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise BadRequest(f"http: request body too large (over {MAX_BODY} bytes)")
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise BadRequest(f"http: request body too large (over {MAX_BODY} bytes)")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 async def _body(request: Request) -> dict[str, Any]:
