@@ -517,3 +517,36 @@ def test_a_legacy_client_with_only_publisher_and_job_create_payload_is_served() 
     from bacalhau.api.bacalhau_v1.mappers import spec_from_payload
 
     assert spec_from_payload(signed.payload).docker.image == "bacalhau/busybox:latest"
+
+
+@pytest.mark.slow
+async def test_an_ipfs_module_held_elsewhere_is_fetched_only_up_to_a_block_cap(tmp_path: Path) -> None:
+    # the requester fetches an IPFS entry module at submit: a CID naming 40 MiB must not be fetched whole
+    # before its size is refused (a naive fetch_cid, then a size check, takes all 160 leaves)
+    import trio
+
+    from bacalhau.ipfs.dagpb import decode_links
+    from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
+    from bacalhau.models import NodeType
+    from bacalhau.node import Node
+    from tests.conftest import node_config
+
+    big = tmp_path / "big.wasm"
+    big.write_bytes(b"\0asm" + os.urandom(40 * 1024**2))
+    async with trio.open_nursery() as nursery:
+        req = await nursery.start(Node(node_config(tmp_path / "req", engines=("noop",))).run)
+        other = await nursery.start(Node(node_config(tmp_path / "other", node_types=(NodeType.COMPUTE,),
+                                                     serve_api=False, engines=("noop",),
+                                                     peers=(req.addrs()[0],))).run)
+        root = add_path(big, put=other.blockstore.put)[-1][0]
+        with trio.fail_after(20):
+            while len(req.requester.nodes.alive()) < 2:
+                await trio.sleep(0.05)
+        spec = dict(NOOP_SPEC, Engine="Wasm", Wasm={"EntryModule": {"StorageSource": "IPFS", "CID": root}})
+        status, body = await post(req.api_port, "/requester/submit", envelope(json.dumps(submit_payload(spec))))
+        leaves = [link.cid for link in decode_links(other.blockstore.get(cid_to_bytes(root)))]
+        assert len(leaves) > 150
+        held = sum(req.blockstore.has(c) for c in leaves)
+        assert held <= 64, held
+        assert status == 400 and b"is over 32 blocks" in body, body
+        nursery.cancel_scope.cancel()

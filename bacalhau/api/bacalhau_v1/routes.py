@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 PREFIXES = ("", "/api/v1")
 MAX_BODY = 10 * 1024 * 1024    # Go's publicapi body limit
 HANDLER_TIMEOUT = 30.0         # Go's handler timeout: then 503 "Server Timeout!"
+# a module's DAG fetched at submit stops past this many blocks (3 MiB in 256 KiB chunks is 13; a block may be
+# 4 MiB, so a hostile DAG costs this node at most 128 MiB of unpinned blocks, not the whole of it)
+MAX_MODULE_BLOCKS = 32
 MAX_LIST = 1000                # jobs one list answers at most
 DEFAULT_LIST = 10
 REDACTED = "***"
@@ -159,7 +162,7 @@ def routes(deps: ApiDeps, seen: SeenSignatures | None = None) -> list[BaseRoute]
         if not valid_cid(cid):
             raise BadRequest(f"error validating job: Spec.Wasm.EntryModule.CID {cid_text[:80]!r} is not a CID")
         try:
-            await deps.content.fetch_cid(cid)
+            await deps.content.fetch_cid(cid, max_blocks=MAX_MODULE_BLOCKS)
         except BacalhauError as exc:
             raise BadRequest(f"Spec.Wasm.EntryModule: {cid_text} could not be fetched: {exc}") from None
         limits = Limits(max_bytes=mappers.MAX_MODULE_BYTES)
