@@ -312,3 +312,56 @@ def test_sdk_runs_a_wasm_module_given_by_ipfs_cid_and_an_oversized_one_is_refuse
     out = run_client("sdk", node, IPFS_WASM_JOB % tuple(cids), tmp_path / "client")
     assert out["state"] == "Completed" and out["stdout"] == "hello from an IPFS module\n", out
     assert out["too_big"] == 400 and "Spec.Wasm.EntryModule" in out["too_big_body"], out
+
+
+TOKEN_JOB = SDK_PRELUDE + """
+import bacalhau_sdk.api as api
+from bacalhau_apiclient.rest import ApiException
+spec = Spec(engine="Docker", verifier="Noop", publisher_spec=PublisherSpec(type="IPFS"),
+            docker=JobSpecDocker(image=%r, entrypoint=["echo", "with a token"]), deal=Deal(concurrency=1))
+out = {}
+try:
+    submit(dict(APIVersion="V1beta1", ClientID=get_client_id(), Spec=spec))
+    out["without"] = 200
+except ApiException as e:
+    out["without"] = e.status
+api.client.set_default_header("Authorization", "Bearer %s")
+out.update(run(spec))
+print(json.dumps(out))
+"""
+
+
+def _own_address() -> str | None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 9))     # no packet is sent: this only picks the outgoing address
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else str(address)
+
+
+def test_beyond_loopback_the_sdk_needs_the_api_token_as_a_default_header(
+        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    address = _own_address()
+    if address is None:
+        pytest.skip("this machine has no address but loopback")
+    served = Served(tmp_path_factory.mktemp("bapi-remote") / "node", "--host", "0.0.0.0").start()
+    try:
+        served.wait_ready()
+        token = (served.repo / "api.token").read_text().strip()
+        client_dir = tmp_path / "client"
+        client_dir.mkdir()
+        env = {"PATH": os.environ.get("PATH", ""), "BACALHAU_API_HOST": address,
+               "BACALHAU_API_PORT": str(served.api_port), "BACALHAU_DIR": str(client_dir), "HOME": str(client_dir)}
+        proc = subprocess.run([str(_python("sdk")), "-c", TOKEN_JOB % (IMAGE, token)], env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert out["without"] == 401
+        assert out["state"] == "Completed" and out["stdout"] == "with a token\n"
+    finally:
+        if served.proc is not None and served.proc.poll() is None:
+            served.stop()
