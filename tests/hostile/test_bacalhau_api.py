@@ -550,3 +550,17 @@ async def test_an_ipfs_module_held_elsewhere_is_fetched_only_up_to_a_block_cap(t
         assert held <= 64, held
         assert status == 400 and b"is over 32 blocks" in body, body
         nursery.cancel_scope.cancel()
+
+
+def test_two_keys_for_one_field_in_different_case_are_refused() -> None:
+    # Go takes the later of "Engine" and "engine", a reader preferring the exact key the former: refused
+    cid = client_id_of(key().public_key())
+    text = '{"APIVersion": "V1beta1", "ClientID": "%s", "Spec": {"Engine": "Docker", "engine": "Wasm"}}' % cid
+    signed = parse_signed(envelope(text))
+    from bacalhau.api.bacalhau_v1.mappers import spec_from_payload
+
+    with pytest.raises(BadRequest, match="both 'Engine' and 'engine'"):
+        spec_from_payload(signed.payload)
+    with pytest.raises(BadRequest, match="both"):
+        parse_signed(envelope('{"ClientID": "%s", "clientid": "%s"}' % (cid, "0" * 64)))
+

@@ -33,14 +33,22 @@ def error_body(message: str, code: str = UNKNOWN_SERVER_ERROR) -> dict[str, Any]
     return {"Code": code, "Message": message, "Details": {}, "Err": message}
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+class JsonObject(dict[str, Any]):
+    """A decoded JSON object that also holds its keys case-folded, for field() to look up in one step."""
+
+    folded: dict[str, list[str]]
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> JsonObject:
     # Go takes the last of two equal keys and Python's json too, but a reader that takes the first would see
     # another request than the one verified: a duplicate is refused rather than guessed at
-    out: dict[str, Any] = {}
+    out = JsonObject()
+    out.folded = {}
     for key, value in pairs:
         if key in out:
             raise BadRequest(f"error decoding request: duplicate key {key[:100]!r}")
         out[key] = value
+        out.folded.setdefault(key.lower(), []).append(key)
     return out
 
 
@@ -89,12 +97,11 @@ def _skip(text: str, i: int) -> int:
 
 def field(obj: dict[str, Any], name: str) -> Any:
     """`obj`'s value for struct field `name`, its key matched case-insensitively as Go's decoder does; None
-    if absent. Two keys that both match are refused (Go would take the later one)."""
-    if name in obj:
-        found = [name]
-    else:
-        lower = name.lower()
-        found = [k for k in obj if k.lower() == lower]
+    if absent. Two keys that both match are refused (Go would take the later one, a reader that prefers the
+    exact one the other: what runs must be what was read)."""
+    lower = name.lower()
+    folded = getattr(obj, "folded", None)
+    found = folded.get(lower, []) if folded is not None else [k for k in obj if k.lower() == lower]
     if len(found) > 1:
         raise BadRequest(f"error decoding request: both {found[0]!r} and {found[1]!r} given")
     return obj[found[0]] if found else None
