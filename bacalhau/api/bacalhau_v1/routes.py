@@ -106,7 +106,9 @@ async def _body(request: Request) -> dict[str, Any]:
     body = await _read(request)
     if not body.strip():
         raise BadRequest("EOF")
-    value = loads(decode_body(body))
+    text = decode_body(body)
+    # a request of the SDK is a hundred bytes; a big one is parsed off the event loop
+    value = loads(text) if len(text) < 64 * 1024 else await trio.to_thread.run_sync(loads, text)
     if not isinstance(value, dict):
         raise BadRequest("json: cannot unmarshal into a request object")
     return value
@@ -178,17 +180,18 @@ def routes(deps: ApiDeps, seen: SeenSignatures | None = None) -> list[BaseRoute]
     async def submit(request: Request) -> Response:
         if "x-bacalhau-job-id" in request.headers:
             raise BadRequest("the X-Bacalhau-Job-ID header is not allowed on a submit")
-        signed = parse_signed(await _read(request))
+        # parsing 10 MB, verifying and inflating a module are CPU work: off the event loop
+        signed = await trio.to_thread.run_sync(parse_signed, await _read(request))
         cid = mappers.entry_module_cid(signed.payload)
         module = await fetch_module(cid) if cid is not None else None
-        spec = mappers.spec_from_payload(signed.payload, module)
+        spec = await trio.to_thread.run_sync(mappers.spec_from_payload, signed.payload, module)
         job = await requester.submit(spec, client_id=signed.client_id)
         log.info("job %s submitted through the Bacalhau API by client %s", job.id, signed.client_id[:16])
         return _json({"job": job_json(job)}, headers={"X-Bacalhau-Client-ID": signed.client_id,
                                                       "X-Bacalhau-Job-ID": job.id})
 
     async def cancel(request: Request) -> Response:
-        signed = parse_signed(await _read(request))
+        signed = await trio.to_thread.run_sync(parse_signed, await _read(request))
         job_id = field(signed.payload, "JobID")
         reason = field(signed.payload, "Reason")
         if not isinstance(job_id, str) or not job_id:
