@@ -62,6 +62,7 @@ HANDLER_TIMEOUT = 30.0         # Go's handler timeout: then 503 "Server Timeout!
 MAX_MODULE_BLOCKS = 32
 MAX_LIST = 1000                # jobs one list answers at most
 DEFAULT_LIST = 10
+MAX_SCAN = 10_000              # jobs a list filtered by tags (or sorted by id) looks through, in created order
 REDACTED = "***"
 API_VERSION = {"major": "1", "minor": "0", "gitversion": "v1.0.3", "gitcommit": "", "builddate": "",
                "goos": "linux", "goarch": "amd64"}
@@ -251,7 +252,7 @@ def routes(deps: ApiDeps, seen: SeenSignatures | None = None) -> list[BaseRoute]
         else:
             owner = None if body.get("return_all") is True else client_id
             tagged = bool(include or exclude) or sort_by == "id"
-            listed = await jobs.list_jobs(None if tagged else limit, client_id=owner, oldest_first=not reverse)
+            listed = await jobs.list_jobs(MAX_SCAN if tagged else limit, client_id=owner, oldest_first=not reverse)
             wanted, unwanted = {str(t) for t in include}, {str(t) for t in exclude}
             picked = []
             for job in listed:
