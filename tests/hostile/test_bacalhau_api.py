@@ -564,3 +564,26 @@ def test_two_keys_for_one_field_in_different_case_are_refused() -> None:
     with pytest.raises(BadRequest, match="both"):
         parse_signed(envelope('{"ClientID": "%s", "clientid": "%s"}' % (cid, "0" * 64)))
 
+
+
+async def test_list_filters_by_annotations_short_id_and_sorts_before_it_limits(api_node: Any) -> None:
+    ids = []
+    for tags in (["a"], ["b"], ["a", "team=x"]):
+        status, body = await post(api_node.api_port, "/requester/submit",
+                                  envelope(json.dumps(submit_payload(dict(NOOP_SPEC, Annotations=tags)))))
+        assert status == 200, body
+        ids.append(json.loads(body)["job"]["Metadata"]["ID"])
+    cid = client_id_of(key().public_key())
+
+    async def listed(**query: Any) -> list[str]:
+        status, body = await post(api_node.api_port, "/requester/list", json.dumps({"client_id": cid, **query}).encode())
+        assert status == 200, body
+        return [j["Job"]["Metadata"]["ID"] for j in json.loads(body)["jobs"]]
+
+    assert await listed(include_tags=["a"], max_jobs=10) == [ids[0], ids[2]]
+    assert await listed(exclude_tags=["team=x"], max_jobs=10) == [ids[0], ids[1]]
+    assert await listed(max_jobs=1, sort_by="created_at", sort_reverse=True) == [ids[2]]
+    assert await listed(max_jobs=1, sort_by="created_at", sort_reverse=False) == [ids[0]]
+    assert await listed(id=ids[1][:8]) == [ids[1]]
+    status, body = await post(api_node.api_port, "/requester/list", b'{"id": "ffffffff"}')
+    assert status == 400 and json.loads(body)["Code"] == "error-unknown-server-error"
