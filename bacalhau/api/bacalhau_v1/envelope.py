@@ -107,12 +107,12 @@ def field(obj: dict[str, Any], name: str) -> Any:
     return obj[found[0]] if found else None
 
 
-def raw_fields(text: str) -> dict[str, tuple[int, int]]:
-    """The envelope's known keys -> (start, end) of each value in `text`, as written."""
+def raw_fields(text: str) -> dict[str, tuple[int, int, Any]]:
+    """The envelope's known keys -> (start, end, decoded value) of each value in `text`, as written."""
     i = _skip(text, 0)
     if i >= len(text) or text[i] != "{":
         raise BadRequest("error decoding request: the body is not a JSON object")
-    spans: dict[str, tuple[int, int]] = {}
+    spans: dict[str, tuple[int, int, Any]] = {}
     i = _skip(text, i + 1)
     if i < len(text) and text[i] == "}":
         return spans
@@ -125,7 +125,7 @@ def raw_fields(text: str) -> dict[str, tuple[int, int]]:
             if i >= len(text) or text[i] != ":":
                 raise ValueError("expected ':' after object key")
             start = _skip(text, i + 1)
-            _, end = _DECODER.raw_decode(text, start)
+            value, end = _DECODER.raw_decode(text, start)
         except RecursionError:
             raise BadRequest("error decoding request: JSON nested too deeply") from None
         except ValueError as exc:
@@ -134,7 +134,8 @@ def raw_fields(text: str) -> dict[str, tuple[int, int]]:
         if known is not None:
             if known in spans:
                 raise BadRequest(f"error decoding request: the envelope gives {known!r} twice")
-            spans[known] = (start, end)
+            _finite(value)
+            spans[known] = (start, end, value)
         i = _skip(text, end)
         if i < len(text) and text[i] == ",":
             i = _skip(text, i + 1)
@@ -160,15 +161,13 @@ def parse_signed(body: bytes) -> Signed:
 
     text = decode_body(body)
     spans = raw_fields(text)
-    values: dict[str, Any] = {}
-    for name, (start, end) in spans.items():
-        values[name] = loads(text[start:end])
+    values = {name: value for name, (_, _, value) in spans.items()}
     if values.get("payload") is None:
         raise BadRequest("no payload contained in signed message")
     signature, public_key = values.get("signature"), values.get("client_public_key")
     if not isinstance(signature, str) or not isinstance(public_key, str) or not signature or not public_key:
         raise BadRequest("error validating request: the request must carry a signature and a client_public_key")
-    start, end = spans["payload"]
+    start, end, _ = spans["payload"]
     raw = text[start:end].encode("utf-8")
     try:
         client_id = verify_payload(raw, signature, public_key)
