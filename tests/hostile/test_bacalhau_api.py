@@ -587,3 +587,15 @@ async def test_list_filters_by_annotations_short_id_and_sorts_before_it_limits(a
     assert await listed(id=ids[1][:8]) == [ids[1]]
     status, body = await post(api_node.api_port, "/requester/list", b'{"id": "ffffffff"}')
     assert status == 400 and json.loads(body)["Code"] == "error-unknown-server-error"
+
+
+def test_an_oversized_inline_input_is_refused_before_decoding_and_a_small_one_is_a_file() -> None:
+    from bacalhau.api.bacalhau_v1.mappers import MAX_INLINE_BYTES
+
+    huge = "data:text/plain;base64," + "QUFB" * (MAX_INLINE_BYTES // 3 + 10)
+    with pytest.raises(BadRequest, match="more than"):
+        to_spec(docker_spec(inputs=[{"StorageSource": "Inline", "URL": huge, "path": "/inputs/big"}]))
+    spec = to_spec(docker_spec(inputs=[{"StorageSource": "Inline", "URL": "data:,hello%20there",
+                                        "path": "/inputs/note.txt"}]))
+    assert spec.inputs[0].path == "/inputs"
+    assert spec.inputs[0].source == "inline:note.txt;base64," + base64.b64encode(b"hello there").decode()
