@@ -98,8 +98,10 @@ def run(spec):
 
 DOCKER_JOB = SDK_PRELUDE + """
 spec = Spec(engine="Docker", verifier="Noop", publisher_spec=PublisherSpec(type="IPFS"),
-            docker=JobSpecDocker(image=%r, entrypoint=["sh", "-c", "echo Hello from the SDK; echo $GREETING"],
+            docker=JobSpecDocker(image=%r, entrypoint=["sh", "-c", "echo Hello from the SDK; echo $GREETING; "
+                                                                   "cat /inputs/note.txt"],
                                  environment_variables=["GREETING=hola"]),
+            inputs=[StorageSpec(storage_source="Inline", url="data:,an%%20inline%%20input", path="/inputs/note.txt")],
             timeout=300, deal=Deal(concurrency=1, confidence=0, min_bids=0),
             outputs=[StorageSpec(storage_source="IPFS", name="outputs", path="/outputs")])
 print(json.dumps(run(spec)))
@@ -109,7 +111,7 @@ print(json.dumps(run(spec)))
 def test_sdk_runs_a_docker_job_to_completed_and_its_result_cid_holds_stdout(node: Served, tmp_path: Path) -> None:
     out = run_client("sdk", node, DOCKER_JOB % IMAGE, tmp_path / "client")
     assert out["state"] == "Completed", out
-    assert out["stdout"] == "Hello from the SDK\nhola\n" and out["exit_code"] == 0
+    assert out["stdout"] == "Hello from the SDK\nhola\nan inline input" and out["exit_code"] == 0
     assert out["verified"] == [True, True]
     assert out["cids"] == [out["published"]] and out["published"].startswith(("Qm", "bafy"))
     assert out["job_id"] in out["listed"]
@@ -122,7 +124,7 @@ def test_sdk_runs_a_docker_job_to_completed_and_its_result_cid_holds_stdout(node
     # our own CLI sees the same job: one job model, no second store
     got = node.cli("ipfs", "get", out["cids"][0], "-o", str(tmp_path / "result"))
     assert got.returncode == 0, got.stderr
-    assert (tmp_path / "result" / "stdout").read_text() == "Hello from the SDK\nhola\n"
+    assert (tmp_path / "result" / "stdout").read_text() == "Hello from the SDK\nhola\nan inline input"
     listed = node.cli("list", "--wide")
     assert out["job_id"] in listed.stdout, listed.stdout + listed.stderr
     described = node.cli("describe", out["job_id"], "--output", "json")
