@@ -599,3 +599,26 @@ def test_an_oversized_inline_input_is_refused_before_decoding_and_a_small_one_is
                                         "path": "/inputs/note.txt"}]))
     assert spec.inputs[0].path == "/inputs"
     assert spec.inputs[0].source == "inline:note.txt;base64," + base64.b64encode(b"hello there").decode()
+
+
+async def test_a_megabyte_job_id_never_reaches_the_store_as_a_like_pattern(api_node: Any, monkeypatch: Any) -> None:
+    # resolve_id matches a prefix with LIKE: a 1 MB "id" is a 1 MB pattern tried on every job row
+    store = api_node.requester.store
+    asked: list[int] = []
+    real = store.resolve_id
+
+    async def spy(prefix: str) -> str:      # records what reaches the real store, which still answers
+        asked.append(len(prefix))
+        return await real(prefix)
+
+    monkeypatch.setattr(store, "resolve_id", spy)
+    huge = "a" * 1_000_000
+    for path, body in (("/requester/states", {"job_id": huge}), ("/requester/results", {"job_id": huge}),
+                       ("/requester/events", {"job_id": huge}), ("/requester/list", {"id": huge}),
+                       ("/requester/states", {"job_id": "ab%_"})):
+        status, _ = await post(api_node.api_port, path, json.dumps(body).encode())
+        assert status in (400, 500)
+    status, _ = await post(api_node.api_port, "/requester/cancel",
+                           envelope(json.dumps({"ClientID": client_id_of(key().public_key()), "JobID": huge})))
+    assert status == 404
+    assert asked == []

@@ -46,7 +46,7 @@ class EventSockets:
             await websocket.close(POLICY, "job_id is required")
             return
         try:
-            job_id = await jobs.resolve_id(asked[:100])
+            job_id = await jobs.resolve_id(mappers.job_ref(asked))
         except (NotFoundError, AmbiguousIdError) as exc:
             await websocket.close(POLICY, str(exc)[:120])
             return

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import posixpath
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +33,7 @@ from pydantic import ValidationError
 
 from bacalhau.api.bacalhau_v1 import dataurl
 from bacalhau.api.bacalhau_v1.envelope import BadRequest, field
+from bacalhau.errors import NotFoundError
 from bacalhau.models import Engine, Execution, ExecutionState, Job, JobSpec, JobState, Network
 from bacalhau.models.job import DEFAULT_JOB_TIMEOUT, WASM_INLINE_PREFIX
 from bacalhau.models.limits import MAX_MODULE_CHARS, MAX_SOURCE_CHARS
@@ -60,6 +62,17 @@ _E = ExecutionState
 EXECUTION_STATES = {_E.NEW: "New", _E.ASKED_FOR_BID: "AskForBid", _E.BID_ACCEPTED: "BidAccepted",
                     _E.BID_REJECTED: "BidRejected", _E.RUNNING: "BidAccepted", _E.PUBLISHING: "ResultAccepted",
                     _E.COMPLETED: "Completed", _E.FAILED: "Failed", _E.CANCELLED: "Cancelled"}
+
+
+_JOB_REF = re.compile(r"[0-9a-fA-F-]{1,36}")
+
+
+def job_ref(value: object) -> str:
+    """A job id or a prefix of one as a client gives it (our ids are UUIDs); NotFoundError for anything else,
+    so no store is searched for a 10 MB pattern."""
+    if not isinstance(value, str) or not _JOB_REF.fullmatch(value):
+        raise NotFoundError(f"no job with id {str(value)[:40]!r}")
+    return value.lower()
 
 
 # -- typed reads of a decoded payload (Go's decoder refuses a value of the wrong JSON type) ------------------

@@ -149,7 +149,7 @@ def routes(deps: ApiDeps, seen: SeenSignatures | None = None) -> list[BaseRoute]
         if not isinstance(job_id, str) or not job_id:
             raise ServerError("Job not found. ID: ")
         try:
-            return await jobs.get_job(await jobs.resolve_id(job_id), full=full)
+            return await jobs.get_job(await jobs.resolve_id(mappers.job_ref(job_id)), full=full)
         except (NotFoundError, AmbiguousIdError):
             raise ServerError(f"Job not found. ID: {job_id[:100]}") from None
 
@@ -198,7 +198,7 @@ def routes(deps: ApiDeps, seen: SeenSignatures | None = None) -> list[BaseRoute]
         if not isinstance(job_id, str) or not job_id:
             raise BadRequest("error validating request: the payload has no JobID")
         try:
-            job = await jobs.get_job(await jobs.resolve_id(job_id), full=False)
+            job = await jobs.get_job(await jobs.resolve_id(mappers.job_ref(job_id)), full=False)
         except (NotFoundError, AmbiguousIdError) as exc:
             raise NotFoundError(f"job not found: {job_id[:100]}") from exc
         if job.client_id != signed.client_id:
@@ -246,7 +246,7 @@ def routes(deps: ApiDeps, seen: SeenSignatures | None = None) -> list[BaseRoute]
         reverse = body.get("sort_reverse") is True
         if body.get("id"):
             try:
-                found = [await jobs.get_job(await jobs.resolve_id(str(body["id"])[:100]), full=True)]
+                found = [await jobs.get_job(await jobs.resolve_id(mappers.job_ref(body["id"])), full=True)]
             except (NotFoundError, AmbiguousIdError) as exc:
                 raise BadRequest(f"job not found: {exc}") from None
         else:
