@@ -268,6 +268,9 @@ def build_app(node: Node, seen: SeenSignatures) -> Starlette:
     routes += logs.routes(deps)
     routes += bacalhau_logs.routes(deps)
     routes += [Route(path, _handle_errors(fn), methods=methods) for path, fn, methods in ipfs_routes(node)]
+    from bacalhau.api.bacalhau_v1.routes import routes_of_node
+
+    routes += routes_of_node(node, seen)     # Go Bacalhau 1.0's API, which the official Python SDK calls
     return Starlette(routes=routes)
 
 

@@ -33,14 +33,22 @@ def error_body(message: str, code: str = UNKNOWN_SERVER_ERROR) -> dict[str, Any]
     return {"Code": code, "Message": message, "Details": {}, "Err": message}
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+class JsonObject(dict[str, Any]):
+    """A decoded JSON object that also holds its keys case-folded, for field() to look up in one step."""
+
+    folded: dict[str, list[str]]
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> JsonObject:
     # Go takes the last of two equal keys and Python's json too, but a reader that takes the first would see
     # another request than the one verified: a duplicate is refused rather than guessed at
-    out: dict[str, Any] = {}
+    out = JsonObject()
+    out.folded = {}
     for key, value in pairs:
         if key in out:
             raise BadRequest(f"error decoding request: duplicate key {key[:100]!r}")
         out[key] = value
+        out.folded.setdefault(key.lower(), []).append(key)
     return out
 
 
@@ -89,23 +97,22 @@ def _skip(text: str, i: int) -> int:
 
 def field(obj: dict[str, Any], name: str) -> Any:
     """`obj`'s value for struct field `name`, its key matched case-insensitively as Go's decoder does; None
-    if absent. Two keys that both match are refused (Go would take the later one)."""
-    if name in obj:
-        found = [name]
-    else:
-        lower = name.lower()
-        found = [k for k in obj if k.lower() == lower]
+    if absent. Two keys that both match are refused (Go would take the later one, a reader that prefers the
+    exact one the other: what runs must be what was read)."""
+    lower = name.lower()
+    folded = getattr(obj, "folded", None)
+    found = folded.get(lower, []) if folded is not None else [k for k in obj if k.lower() == lower]
     if len(found) > 1:
         raise BadRequest(f"error decoding request: both {found[0]!r} and {found[1]!r} given")
     return obj[found[0]] if found else None
 
 
-def raw_fields(text: str) -> dict[str, tuple[int, int]]:
-    """The envelope's known keys -> (start, end) of each value in `text`, as written."""
+def raw_fields(text: str) -> dict[str, tuple[int, int, Any]]:
+    """The envelope's known keys -> (start, end, decoded value) of each value in `text`, as written."""
     i = _skip(text, 0)
     if i >= len(text) or text[i] != "{":
         raise BadRequest("error decoding request: the body is not a JSON object")
-    spans: dict[str, tuple[int, int]] = {}
+    spans: dict[str, tuple[int, int, Any]] = {}
     i = _skip(text, i + 1)
     if i < len(text) and text[i] == "}":
         return spans
@@ -118,7 +125,7 @@ def raw_fields(text: str) -> dict[str, tuple[int, int]]:
             if i >= len(text) or text[i] != ":":
                 raise ValueError("expected ':' after object key")
             start = _skip(text, i + 1)
-            _, end = _DECODER.raw_decode(text, start)
+            value, end = _DECODER.raw_decode(text, start)
         except RecursionError:
             raise BadRequest("error decoding request: JSON nested too deeply") from None
         except ValueError as exc:
@@ -127,7 +134,8 @@ def raw_fields(text: str) -> dict[str, tuple[int, int]]:
         if known is not None:
             if known in spans:
                 raise BadRequest(f"error decoding request: the envelope gives {known!r} twice")
-            spans[known] = (start, end)
+            _finite(value)
+            spans[known] = (start, end, value)
         i = _skip(text, end)
         if i < len(text) and text[i] == ",":
             i = _skip(text, i + 1)
@@ -153,15 +161,13 @@ def parse_signed(body: bytes) -> Signed:
 
     text = decode_body(body)
     spans = raw_fields(text)
-    values: dict[str, Any] = {}
-    for name, (start, end) in spans.items():
-        values[name] = loads(text[start:end])
+    values = {name: value for name, (_, _, value) in spans.items()}
     if values.get("payload") is None:
         raise BadRequest("no payload contained in signed message")
     signature, public_key = values.get("signature"), values.get("client_public_key")
     if not isinstance(signature, str) or not isinstance(public_key, str) or not signature or not public_key:
         raise BadRequest("error validating request: the request must carry a signature and a client_public_key")
-    start, end = spans["payload"]
+    start, end, _ = spans["payload"]
     raw = text[start:end].encode("utf-8")
     try:
         client_id = verify_payload(raw, signature, public_key)
