@@ -42,9 +42,9 @@ def read_frames(port: int | None, first: str | None, path: str = "/requester/log
 
     frames: list[dict[str, Any]] = []
     with connect(f"ws://127.0.0.1:{port}{path}", open_timeout=10) as ws:
-        if first is not None:
-            ws.send(first)
         try:
+            if first is not None:
+                ws.send(first)   # a server that refuses at once may have closed already
             while True:
                 message = ws.recv(timeout=30)
                 assert isinstance(message, str), "Go's frames are text"
