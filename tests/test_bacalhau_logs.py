@@ -18,6 +18,7 @@ from bacalhau.node import Node, NodeDeps
 from bacalhau.rsa_identity import client_id_of, load_or_create, public_key_b64, sign_payload
 from tests.conftest import node_config
 from tests.test_flow_inmemory import wait_terminal
+from tests.test_logs import mem_cluster  # noqa: F401  (a fixture)
 
 IMAGE = "bacalhau/busybox:latest"
 
@@ -119,3 +120,19 @@ async def test_a_running_docker_job_is_followed_live_stdout_and_stderr_then_clos
     ran = next(e for e in finished.executions if e.id == execution_id)
     assert ran.state == ExecutionState.COMPLETED
     assert seen_at[0] < ran.updated_at   # the first frame came while it ran, not replayed after
+
+
+async def test_a_finished_execution_whose_node_is_away_is_replayed_from_its_run_output(
+    mem_cluster: tuple[Node, list[Node], InMemoryNetwork], rsa_key: Any  # noqa: F811
+) -> None:
+    req, computes, net = mem_cluster
+    assert req.requester is not None
+    job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="kept by the requester\n")),
+                                     client_id=client_id_of(rsa_key.public_key()))
+    await wait_terminal(req, job.id)
+    ran = (await req.requester.store.get_job(job.id, full=False)).executions[0]
+    net.take_down(ran.node_id)   # the only node that holds the whole log
+    first = envelope(rsa_key, logs_payload(rsa_key, job.id, ran.id, follow=True))
+    frames, code, reason = await trio.to_thread.run_sync(read_frames, req.api_port, first)
+    assert code == 1000, reason
+    assert joined(frames, 1) == "kept by the requester\n"
