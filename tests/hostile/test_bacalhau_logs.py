@@ -132,3 +132,23 @@ async def test_the_follower_caps_count_both_log_websockets(
                 break
             await trio.sleep(0.05)
     assert joined(frames, 1) == SECRET
+
+
+async def test_a_huge_job_id_never_reaches_the_store(
+    noop_node: Node, rsa_key: Any, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    # 60 KB of "%" would be a LIKE pattern tried on every job row
+    assert noop_node.requester is not None
+    store = noop_node.requester.store
+    asked: list[str] = []
+    real = store.resolve_id
+
+    async def spy(prefix: str) -> str:
+        asked.append(prefix)
+        return await real(prefix)
+
+    monkeypatch.setattr(store, "resolve_id", spy)
+    for job_id in ("%" * 60_000, "a" * 37, "../x"):
+        payload = logs_payload(rsa_key, job_id, "e-x", follow=True)
+        assert "not found" in await refused(noop_node, envelope(rsa_key, payload))
+    assert asked == []

@@ -24,6 +24,7 @@ from __future__ import annotations
 import codecs
 import json
 import logging
+import re
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
@@ -47,10 +48,11 @@ MAX_FIRST_MESSAGE = 64 * 1024     # a LogsPayload envelope is ~1 KiB
 NORMAL, POLICY, INTERNAL = 1000, 1008, 1011
 MAX_REASON = 123                  # bytes a close frame's reason holds (RFC 6455: 125 with the code)
 COMPUTE_REFERENCE_PREFIX = "e-"
+JOB_ID = re.compile(r"[0-9a-fA-F-]{1,36}")   # a job id or its prefix, before any store look-up (no LIKE of 64 KiB)
 
 
 class _Refused(Exception):
-    """The request is refused: close with `code` and Go's ErrorResponse for `message`."""
+    """The request is refused: close with `code` and `message` (Go's text) as the reason."""
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -131,8 +133,10 @@ async def _serve(deps: ApiDeps, websocket: WebSocket) -> None:
     except BadRequest as exc:
         raise _Refused(POLICY, str(exc)) from None
     job_id, reference = field(signed.payload, "JobID"), field(signed.payload, "ExecutionID")
-    if not isinstance(job_id, str) or not job_id or not isinstance(reference, str):
+    if not isinstance(job_id, str) or not isinstance(reference, str):
         raise _Refused(POLICY, "failed to decode request: JobID and ExecutionID must be strings")
+    if not JOB_ID.fullmatch(job_id):
+        raise _Refused(POLICY, f"Job not found. ID: {job_id[:64]}")
     follow, _ = _bool(signed.payload, "Follow"), _bool(signed.payload, "WithHistory")
     try:
         job = await deps.jobs.get_job(await deps.jobs.resolve_id(job_id), full=False)
