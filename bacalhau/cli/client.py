@@ -51,6 +51,7 @@ class ApiClient:
         self.timeout = timeout
         self.token = token if token is not None else os.environ.get("BACALHAU_API_TOKEN", "")
         self._cluster_id: str | None = None
+        self._rsa_key: Any = None
 
     def _open(self, method: str, path: str, body: Any = None, raw: Any = None,
               extra_headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
@@ -131,17 +132,32 @@ class ApiClient:
         return self.request("GET", "/api/v1/nodes")  # type: ignore[no-any-return]
 
     def _key(self) -> Any:
-        from bacalhau.signing import load_or_create_client_key
+        """The client's RSA key, `user_id.pem` in its state dir (signing.py), made on first use."""
+        if self._rsa_key is None:
+            from bacalhau.signing import load_client_key
 
-        return load_or_create_client_key(_state_dir() / "client.key")
+            self._rsa_key = load_client_key(_state_dir())
+        return self._rsa_key
 
-    def _sign(self, action: Any) -> dict[str, Any]:
-        """`action` signed for the cluster this API serves (asked once per client)."""
+    def _owner_key(self, owner: str) -> Any | None:
+        """The key of ours whose client id is `owner`: user_id.pem, or the legacy client.key for a job it
+        submitted (a state dir of the old layout keeps the jobs it owns); None if neither is."""
+        from bacalhau.signing import client_id_of, load_legacy_key
+
+        if owner and client_id_of(self._key()) == owner:
+            return self._key()
+        legacy = load_legacy_key(_state_dir())
+        if legacy is not None and client_id_of(legacy) == owner:
+            return legacy
+        return None
+
+    def _sign(self, action: Any, key: Any = None) -> dict[str, Any]:
+        """`action` signed for the cluster this API serves (asked once per client), by `key` or user_id.pem."""
         from bacalhau.signing import sign
 
         if self._cluster_id is None:
             self._cluster_id = str(self.node_id().get("cluster_id", ""))
-        return sign(self._key(), action, self._cluster_id)
+        return sign(key if key is not None else self._key(), action, self._cluster_id)
 
     def submit(self, spec: dict[str, Any]) -> str:
         body = {"spec": spec, **self._sign({"submit": spec})}
@@ -151,9 +167,17 @@ class ApiClient:
         return self.request("GET", "/api/v1/jobs", limit=limit)  # type: ignore[no-any-return]
 
     def job(self, job_id: str, *, as_owner: bool = False) -> dict[str, Any]:
-        """The job; env values in clear only `as_owner` (signed: the API shows them to the submitter alone)."""
-        headers = {"X-Bacalhau-Signed": json.dumps(self._sign({"describe": job_id}))} if as_owner else None
-        return self.request("GET", f"/api/v1/jobs/{quote(job_id)}", headers=headers)  # type: ignore[no-any-return]
+        """The job; its env values in clear `as_owner` when we own it (the API shows them to the submitter
+        alone, on a signed request). A job without env values needs no signature: none is made."""
+        job: dict[str, Any] = self.request("GET", f"/api/v1/jobs/{quote(job_id)}")
+        if not as_owner or not _has_env(job):
+            return job
+        key = self._owner_key(str(job.get("client_id") or ""))
+        if key is None:
+            return job   # not ours: what anyone sees
+        proof = json.dumps(self._sign({"describe": job["id"]}, key))
+        return self.request("GET", f"/api/v1/jobs/{quote(job['id'])}",  # type: ignore[no-any-return]
+                            headers={"X-Bacalhau-Signed": proof})
 
     def wait(self, job_id: str, since: float, timeout: float = 30.0) -> dict[str, Any]:
         return self.request(  # type: ignore[no-any-return]
@@ -161,8 +185,9 @@ class ApiClient:
         )
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        full_id = self.job(job_id)["id"]  # the signature covers the full id, whatever prefix was typed
-        body = self._sign({"cancel": full_id})
+        job = self.job(job_id)   # the signature covers the full id, whatever prefix was typed
+        full_id = job["id"]
+        body = self._sign({"cancel": full_id}, self._owner_key(str(job.get("client_id") or "")))
         return self.request("POST", f"/api/v1/jobs/{quote(full_id)}/cancel", body)  # type: ignore[no-any-return]
 
     def upload(self, path: str, file: Any) -> Any:
@@ -174,3 +199,8 @@ class ApiClient:
 
     def result_tar(self, job_id: str) -> tuple[int | None, Iterator[bytes]]:
         return self.sized_stream(f"/api/v1/jobs/{quote(job_id)}/results/tar")
+
+
+def _has_env(job: dict[str, Any]) -> bool:
+    spec = job.get("spec") or {}
+    return any((spec.get(engine) or {}).get("env") for engine in ("docker", "wasm"))

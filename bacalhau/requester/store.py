@@ -213,12 +213,16 @@ class JobStore:
 
         return await self._db.run(tx)
 
-    async def list_jobs(self, limit: int | None = 10) -> list[Job]:
+    async def list_jobs(self, limit: int | None = 10, *, client_id: str | None = None,
+                        oldest_first: bool = False) -> list[Job]:
+        """Newest first (or oldest first); only `client_id`'s jobs if given."""
         def tx(conn: sqlite3.Connection) -> list[Job]:
-            sql = "SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC"
+            where, args = ("WHERE client_id=? ", [client_id]) if client_id is not None else ("", [])
+            order = "ASC" if oldest_first else "DESC"
+            sql = f"SELECT * FROM jobs {where}ORDER BY created_at {order}, rowid {order}"
             if limit is not None:
                 sql += f" LIMIT {int(limit)}"
-            return [_row_to_job(r) for r in conn.execute(sql).fetchall()]
+            return [_row_to_job(r) for r in conn.execute(sql, args).fetchall()]
 
         return await self._db.run(tx)
 
