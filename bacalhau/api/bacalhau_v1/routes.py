@@ -131,13 +131,6 @@ def _peer(peer_id: str, addrs: list[str]) -> dict[str, Any]:
     return {"ID": peer_id, "Addrs": addrs, "id": peer_id, "addrs": addrs}
 
 
-def routes_of_node(node: Any, seen: SeenSignatures | None = None) -> list[BaseRoute]:
-    """routes() for a running Node (api/server.py's build_app holds one)."""
-    from bacalhau.api.ports import ApiDeps
-
-    return routes(ApiDeps.from_node(node), seen)
-
-
 def routes(deps: ApiDeps, seen: SeenSignatures | None = None) -> list[BaseRoute]:
     """The routes; `seen` (our API's replay guard) is not consulted: see the module docstring."""
     requester, jobs = deps.requester, deps.jobs
