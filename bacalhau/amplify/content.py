@@ -128,6 +128,8 @@ async def _list(content: ContentStore, cid: bytes) -> tuple[Tree, list[FileEntry
 async def _sniff(tree: Tree, entry: FileEntry) -> tuple[str, bytes | None]:
     """(mime, the first bytes read) or (why not, None)."""
     name = entry.path.rsplit("/", 1)[-1]
+    if entry.error:
+        return entry.error, None
     try:
         data = await trio.to_thread.run_sync(tree.head, entry.cid, min(entry.size, detect.HEAD_BYTES),
                                              limiter=_limiter)

@@ -31,6 +31,12 @@ MAX_IMAGE_PIXELS = 1 << 28             # 268 Mpx: beyond it an image is reported
 MAX_JSON_DEPTH = 200
 
 _TEXTUAL = ("text/plain", "application/octet-stream")
+# ffprobe opens only the file it is given, with a demuxer of a media container: no playlist (hls, concat,
+# dash) that would have it open other files or URLs named inside the file
+FFPROBE_FORMATS = ("mov,mp4,m4a,3gp,matroska,webm,wav,w64,mp3,ogg,flac,aac,avi,mpegts,mpeg,flv,asf,aiff,amr,caf,"
+                   "au,wv,ape,dv,ivf,m4v,h264,hevc,mjpeg,rm")
+FFPROBE = ["ffprobe", "-v", "error", "-protocol_whitelist", "file", "-format_whitelist", FFPROBE_FORMATS,
+           "-print_format", "json", "-show_format", "-show_streams"]
 
 
 def looks_like_json(head: bytes) -> bool:
@@ -181,7 +187,7 @@ async def media_facts(data: bytes, size: int) -> dict[str, Any]:
     fd, path = await trio.to_thread.run_sync(tempfile.mkstemp, "", "amplify-probe-")
     try:
         await trio.to_thread.run_sync(_write_close, fd, data)
-        cmd = ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", path]
+        cmd = [*FFPROBE, path]
         try:
             with trio.fail_after(FFPROBE_TIMEOUT):
                 done = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
