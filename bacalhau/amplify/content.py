@@ -16,8 +16,9 @@ that cannot be listed at all raises ProtocolError.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -29,7 +30,9 @@ from bacalhau.ipfs.unixfs import Importer, _Node, cid_str
 if TYPE_CHECKING:
     from bacalhau.api.ports import ContentStore
 
-_limiter = trio.CapacityLimiter(2)
+CONCURRENCY = 4                         # files described at once
+_limiter = trio.CapacityLimiter(2)      # threads reading blocks and parsing, for all descriptions together
+T = TypeVar("T")
 _TOKEN = r"[a-z0-9][a-z0-9!#$&^_.+-]*"
 _PATTERN = re.compile(rf"^(\*/\*|{_TOKEN}/(\*|{_TOKEN}))$")
 
@@ -61,37 +64,15 @@ def mime_matches(pattern: str, mime: str) -> bool:
 
 async def describe_files(content: ContentStore, cid: bytes) -> list[FileFacts]:
     tree, files = await _list(content, cid)
-    out = []
-    for entry in files:
-        mime, data = await _sniff(tree, entry)
-        facts: dict[str, Any] = {}
-        if data is None:
-            facts = {"error": mime}
-            mime = "application/octet-stream"
-        else:
-            try:
-                need = detect.wanted(mime, entry.size)
-                if len(data) < need:
-                    data = await trio.to_thread.run_sync(tree.head, entry.cid, need, limiter=_limiter)
-                if mime.startswith(("video/", "audio/")):
-                    facts = await detect.media_facts(data, entry.size)
-                else:
-                    facts = await trio.to_thread.run_sync(detect.facts_sync, mime, entry.size, data,
-                                                          limiter=_limiter)
-            except BacalhauError as exc:         # a block of this file missing or malformed: this file only
-                facts = {"error": str(exc)}
-        out.append(FileFacts(entry.path, cid_str(entry.cid), mime, entry.size, facts))
-    return out
+    return await _each(files, lambda entry: _describe(tree, entry))
 
 
 async def select_files(content: ContentStore, cid: bytes, mime_pattern: str) -> bytes | None:
     pattern = check_mime_pattern(mime_pattern)
     tree, files = await _list(content, cid)
-    matched = []
-    for entry in files:
-        mime, data = await _sniff(tree, entry)
-        if data is not None and mime_matches(pattern, mime):
-            matched.append(entry)
+    sniffed = await _each(files, lambda entry: _sniff(tree, entry))
+    matched = [entry for entry, (mime, data) in zip(files, sniffed, strict=True)
+               if data is not None and mime_matches(pattern, mime)]
     if not matched:
         return None
     if matched[0].path == "":
@@ -101,6 +82,41 @@ async def select_files(content: ContentStore, cid: bytes, mime_pattern: str) -> 
     root = _build(importer, matched)
     await trio.to_thread.run_sync(content.blockstore.put_many, blocks, limiter=_limiter)
     return root.cid
+
+
+async def _each(files: list[FileEntry], fn: Callable[[FileEntry], Awaitable[T]]) -> list[T]:
+    """fn over the files, CONCURRENCY at a time (ffprobe and the thread hops overlap), results in order."""
+    results: list[T | None] = [None] * len(files)
+    todo = iter(enumerate(files))
+
+    async def worker() -> None:
+        for i, entry in todo:
+            results[i] = await fn(entry)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(min(CONCURRENCY, len(files))):
+            nursery.start_soon(worker)
+    return results  # type: ignore[return-value]   # every slot was filled
+
+
+async def _describe(tree: Tree, entry: FileEntry) -> FileFacts:
+    mime, data = await _sniff(tree, entry)
+    facts: dict[str, Any] = {}
+    if data is None:
+        facts = {"error": mime}
+        mime = "application/octet-stream"
+    else:
+        try:
+            need = detect.wanted(mime, entry.size)
+            if len(data) < need:
+                data = await trio.to_thread.run_sync(tree.head, entry.cid, need, limiter=_limiter)
+            if mime.startswith(("video/", "audio/")):
+                facts = await detect.media_facts(data, entry.size)
+            else:
+                facts = await trio.to_thread.run_sync(detect.facts_sync, mime, entry.size, data, limiter=_limiter)
+        except BacalhauError as exc:         # a block of this file missing or malformed: this file only
+            facts = {"error": str(exc)}
+    return FileFacts(entry.path, cid_str(entry.cid), mime, entry.size, facts)
 
 
 def _build(importer: Importer, files: list[FileEntry]) -> _Node:
