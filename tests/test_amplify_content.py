@@ -13,7 +13,8 @@ import trio
 from bacalhau.amplify.content import FileFacts, check_mime_pattern, describe_files, select_files
 from bacalhau.errors import NotFoundError, SpecError
 from bacalhau.ipfs.blockstore import Blockstore
-from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
+from bacalhau.ipfs.dagpb import decode, decode_unixfs
+from bacalhau.ipfs.unixfs import T_DIRECTORY, T_HAMT, add_path, cid_to_bytes
 from bacalhau.node import Node
 from tests.amplify_files import fixtures, make_png
 
@@ -29,7 +30,13 @@ class Store:
             raise NotFoundError("not held")
 
     def add(self, path: Path, cid_version: int = 0) -> bytes:
-        return cid_to_bytes(add_path(path, self.blockstore.put, cid_version)[-1][0])
+        blocks: list[tuple[bytes, bytes]] = []
+        root = add_path(path, lambda cid, block: blocks.append((cid, block)), cid_version)[-1][0]
+        self.blockstore.put_many(blocks)
+        return cid_to_bytes(root)
+
+    def kind(self, cid: bytes) -> int:
+        return decode_unixfs(decode(self.blockstore.get(cid))[0]).type
 
 
 @pytest.fixture
@@ -113,22 +120,24 @@ async def test_a_big_directory_selects_into_a_hamt_as_kubo_does(store: Store, tm
     """Past the importer's threshold a directory is a HAMT shard, in the parent and in the selection."""
     src = tmp_path / "many"
     src.mkdir()
-    name = "n" * 200
-    for i in range(1300):
+    name = "n" * 245           # 950 entries of 250-byte names and 34-byte CIDs pass the 262144 threshold
+    for i in range(950):
         (src / f"{name}{i:05d}.txt").write_text(f"{i}\n")
     make_png(src / "pic.png")
     cid = store.add(src)
     texts = await select_files(store, cid, "text/plain")
     only = tmp_path / "only"
     only.mkdir()
-    for i in range(1300):
+    for i in range(950):
         shutil.copy(src / f"{name}{i:05d}.txt", only)
     assert texts == cid_to_bytes(add_path(only)[-1][0])
+    assert store.kind(cid) == store.kind(texts) == T_HAMT
     pic = await select_files(store, cid, "image/png")
     solo = tmp_path / "solo"
     solo.mkdir()
     shutil.copy(src / "pic.png", solo)
     assert pic == cid_to_bytes(add_path(solo)[-1][0])
+    assert pic is not None and store.kind(pic) == T_DIRECTORY
 
 
 def test_a_bad_mime_pattern_is_one_line() -> None:

@@ -143,16 +143,17 @@ async def _list(content: ContentStore, cid: bytes) -> tuple[Tree, list[FileEntry
 
 async def _sniff(tree: Tree, entry: FileEntry) -> tuple[str, bytes | None]:
     """(mime, the first bytes read) or (why not, None)."""
-    name = entry.path.rsplit("/", 1)[-1]
     if entry.error:
         return entry.error, None
+    return await trio.to_thread.run_sync(_sniff_sync, tree, entry, limiter=_limiter)
+
+
+def _sniff_sync(tree: Tree, entry: FileEntry) -> tuple[str, bytes | None]:
+    name = entry.path.rsplit("/", 1)[-1]
     try:
-        data = await trio.to_thread.run_sync(tree.head, entry.cid, min(entry.size, detect.HEAD_BYTES),
-                                             limiter=_limiter)
+        data = tree.head(entry.cid, min(entry.size, detect.HEAD_BYTES))
         if detect.looks_like_json(data) and entry.size > len(data):
-            data = await trio.to_thread.run_sync(tree.head, entry.cid, min(entry.size, detect.SCAN_BYTES),
-                                                 limiter=_limiter)
-        mime = await trio.to_thread.run_sync(detect.sniff_mime, data, name, entry.size, limiter=_limiter)
+            data = tree.head(entry.cid, min(entry.size, detect.SCAN_BYTES))
+        return detect.sniff_mime(data, name, entry.size), data
     except BacalhauError as exc:
         return str(exc), None
-    return mime, data
