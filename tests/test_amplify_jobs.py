@@ -196,3 +196,28 @@ async def test_a_step_runs_as_a_cluster_job_over_the_selected_files(single_node:
     assert [p for p in made if p.startswith("outputs/")] == [
         "outputs/red.png.resized.jpg", "outputs/red.png.thumb.png",
         "outputs/sub/blue.png.resized.jpg", "outputs/sub/blue.png.thumb.png"]
+
+
+def test_the_default_workflow_names_only_scripts_the_image_holds(image: str) -> None:
+    """Each step's entrypoint is a script of docker/amplify (and in the image), each `when` a pattern
+    select_files takes, and merge mounts every step that produces something."""
+    from bacalhau.amplify.content import check_mime_pattern
+
+    workflow = yaml.safe_load(DEFAULT.read_text())
+    scripts = Path(__file__).resolve().parent.parent / "docker" / "amplify"
+    listed = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "ls", image,
+                             "/usr/local/lib/amplify"], capture_output=True, text=True, check=True).stdout.split()
+    for job in workflow["jobs"]:
+        if job.get("type") == "internal":
+            continue
+        python, script = job["entrypoint"]
+        name = script.rsplit("/", 1)[-1]
+        assert python == "python3" and (scripts / name).is_file() and name in listed, job["id"]
+    steps = set()
+    for node in workflow["graph"]:
+        if "when" in node:
+            check_mime_pattern(node["when"]["mime"])
+        if node["id"] not in ("root-node", "merge-node"):
+            steps.add(node["id"])
+    [merge] = [n for n in workflow["graph"] if n["id"] == "merge-node"]
+    assert {i["node_id"] for i in merge["inputs"]} == steps

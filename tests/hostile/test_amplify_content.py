@@ -205,3 +205,21 @@ async def test_a_missing_block_fails_its_file_alone(tmp_path: Path) -> None:
     got = by_path(await describe_files(store, top))
     assert got["here.txt"].mime == "text/plain"
     assert "not in this store" in got["gone.txt"].facts["error"]
+
+
+@pytest.mark.docker
+def test_a_symlink_in_the_inputs_is_not_followed_by_any_step(tmp_path: Path) -> None:
+    """The node exports a DAG's symlinks as links: one pointing at a file of the image (or anywhere) is no
+    input of any step, and merge copies no link's target."""
+    src = tmp_path / "in"
+    (src / "step").mkdir(parents=True)
+    (src / "passwd.txt").symlink_to("/etc/passwd")
+    (src / "step" / "shadow").symlink_to("/etc/shadow")
+    (src / "real.txt").write_text("real words here\n")
+    meta = run_job("bacalhau/amplify:latest", "metadata-job", src, tmp_path / "out-meta")
+    assert meta.code == 0, meta.stderr
+    assert sorted(meta.by_path()) == ["real.txt"]
+    text = run_job("bacalhau/amplify:latest", "text-job", src, tmp_path / "out-text")
+    assert sorted(text.by_path()) == ["real.txt"]
+    merged = run_job("bacalhau/amplify:latest", "merge-job", src, tmp_path / "out-merge")
+    assert merged.code == 0 and merged.files() == ["index.json"]
