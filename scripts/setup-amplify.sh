@@ -53,8 +53,12 @@ have=$(docker image inspect "$IMAGE" --format '{{index .Config.Labels "bacalhau.
 if [ "$force" = --force ] || [ "$have" != "$scripts_hash" ]; then
   log "building $IMAGE ($scripts_hash)"
   old=$(docker image inspect "$IMAGE" --format '{{.Id}}' 2>/dev/null || true)
-  DOCKER_BUILDKIT=0 docker build -q -f docker/amplify/Dockerfile --build-arg "BASE=$BASE:$base_hash" \
-    --label "bacalhau.content=$scripts_hash" -t "$IMAGE" docker/amplify >/dev/null
+  # the legacy builder (no buildx here) warns of its deprecation on stderr: shown only when the build fails
+  if ! built=$(DOCKER_BUILDKIT=0 docker build -q -f docker/amplify/Dockerfile --build-arg "BASE=$BASE:$base_hash" \
+      --label "bacalhau.content=$scripts_hash" -t "$IMAGE" docker/amplify 2>&1 >/dev/null); then
+    echo "$built" >&2
+    exit 1
+  fi
   # the image works before it is called built: its Python libraries load and ffmpeg encodes H.264 and AAC
   docker run --rm --network none "$IMAGE" sh -c 'python3 -c "import PIL.Image, magic" &&
     ffmpeg -v error -f lavfi -i testsrc=size=32x32:rate=5 -f lavfi -i sine=d=0.4 -t 0.4 -pix_fmt yuv420p \
