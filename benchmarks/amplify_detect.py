@@ -12,6 +12,7 @@ Measured on the shared 2-core machine (load 2-5), see the figures in the closing
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import tempfile
 import time
@@ -54,8 +55,8 @@ async def main() -> None:
         if args.jobs:
             for step in STEPS:
                 started = time.perf_counter()
-                ran = await trio.to_thread.run_sync(run_job, "bacalhau/amplify:latest", step, root,
-                                                    tmp / f"out-{step}", 600)
+                ran = await trio.to_thread.run_sync(
+                    functools.partial(run_job, "bacalhau/amplify:latest", step, root, tmp / f"out-{step}", timeout=600))
                 print(f"{step}: exit {ran.code}, {len(ran.lines)} lines, {time.perf_counter() - started:.1f} s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
