@@ -160,3 +160,20 @@ async def test_a_node_describes_content_added_to_it(single_node: Node, tmp_path:
     absent = cid_to_bytes(add_path(tmp_path / "elsewhere.txt")[-1][0])
     with trio.fail_after(30), pytest.raises(NotFoundError):
         await describe_files(single_node, absent)
+
+
+async def test_the_selection_has_the_cid_real_kubo_gives_the_filtered_files(store: Store, tmp_path: Path) -> None:
+    """The same comparison against Kubo 0.22 itself (`ipfs add -r -n` of the filtered directory)."""
+    from bacalhau.testing.kubo import Kubo
+
+    src = fixtures(tmp_path / "in")
+    make_png(src / "sub" / "deeper.png", (300, 200))
+    cid = store.add(src)
+    chosen = await select_files(store, cid, "image/png")
+    expect = tmp_path / "expect"
+    (expect / "sub").mkdir(parents=True)
+    for rel in ("red.png", "sub/blue.png", "sub/deeper.png"):
+        shutil.copy(src / rel, expect / rel)
+    with Kubo.start(tmp_path / "kubo") as kubo:
+        kubo_cid = await trio.to_thread.run_sync(lambda: kubo.add(expect, only_hash=True))
+    assert chosen == cid_to_bytes(kubo_cid)
