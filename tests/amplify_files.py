@@ -28,9 +28,11 @@ def make_wav(path: Path, seconds: float = 0.5, rate: int = 8000) -> None:
         w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(i / 8))) for i in range(frames)))
 
 
-def make_mp4(path: Path) -> None:
-    """One second of ffmpeg's test pattern in H.264: by the host's ffmpeg, or the amplify image's own."""
-    args = ["-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-t", "1", "-pix_fmt", "yuv420p"]
+def make_mp4(path: Path, seconds: float = 1, size: str = "64x48") -> None:
+    """ffmpeg's test pattern in H.264 (its index after the media, as a camera writes it): by the host's ffmpeg,
+    or the amplify image's own."""
+    args = ["-v", "error", "-f", "lavfi", "-i", f"testsrc=size={size}:rate=10", "-t", str(seconds),
+            "-pix_fmt", "yuv420p"]
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg:
         subprocess.run([ffmpeg, *args, str(path)], check=True, timeout=60)

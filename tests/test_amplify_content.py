@@ -4,6 +4,7 @@ Kubo-identical importer makes from the filtered files on disk."""
 
 from __future__ import annotations
 
+import random
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from bacalhau.ipfs.blockstore import Blockstore
 from bacalhau.ipfs.dagpb import decode, decode_unixfs
 from bacalhau.ipfs.unixfs import T_DIRECTORY, T_HAMT, add_path, cid_to_bytes
 from bacalhau.node import Node
-from tests.amplify_files import fixtures, make_png
+from tests.amplify_files import fixtures, make_mp4, make_png
 
 
 class Store:
@@ -177,3 +178,40 @@ async def test_the_selection_has_the_cid_real_kubo_gives_the_filtered_files(stor
     with Kubo.start(tmp_path / "kubo") as kubo:
         kubo_cid = await trio.to_thread.run_sync(lambda: kubo.add(expect, only_hash=True))
     assert chosen == cid_to_bytes(kubo_cid)
+
+
+@pytest.mark.parametrize("cid_version", [0, 1])
+def test_a_range_of_a_file_is_read_from_the_blocks_it_lies_in(store: Store, tmp_path: Path,
+                                                              cid_version: int) -> None:
+    from bacalhau.amplify.tree import Tree
+
+    data = random.Random(7).randbytes(3 * 262144 + 1000)
+    (tmp_path / "f.bin").write_bytes(data)
+    cid = store.add(tmp_path / "f.bin", cid_version)
+    tree = Tree(store.blockstore)
+    for offset, length in [(0, 10), (262140, 10), (262144, 262144), (3 * 262144, 1000), (len(data) - 5, 50),
+                           (100, 3 * 262144)]:
+        assert tree.read(cid, offset, length) == data[offset:offset + length], (offset, length)
+    assert tree.head(cid, 70000) == data[:70000]
+
+
+async def test_an_mp4_with_its_index_at_the_end_is_probed_past_the_first_bytes(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A camera's MP4 keeps its moov (durations, codecs) after the media: ffprobe given only the first bytes
+    finds none. The copy it reads has the last bytes too, at their place (here the first 4 KiB and the
+    last 8 KiB)."""
+    from bacalhau.amplify import detect
+
+    src = tmp_path / "in"
+    src.mkdir()
+    make_mp4(src / "camera.mp4", seconds=4, size="320x240")
+    raw = (src / "camera.mp4").read_bytes()
+    moov = raw.rfind(b"moov")
+    assert moov > raw.find(b"mdat") > 0 and len(raw) > 12 * 1024 and len(raw) - moov < 8 * 1024
+    monkeypatch.setattr(detect, "MEDIA_BYTES", 4 * 1024)
+    monkeypatch.setattr(detect, "MEDIA_TAIL_BYTES", 8 * 1024)
+    cid = store.add(src)
+    [clip] = await describe_files(store, cid)
+    assert clip.facts["duration"] == pytest.approx(4, abs=0.2), clip.facts
+    assert (clip.facts["width"], clip.facts["height"]) == (320, 240)
+    assert clip.facts["counted_bytes"] == 12 * 1024

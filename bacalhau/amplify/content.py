@@ -110,8 +110,14 @@ async def _describe(tree: Tree, entry: FileEntry) -> FileFacts:
             need = detect.wanted(mime, entry.size)
             if len(data) < need:
                 data = await trio.to_thread.run_sync(tree.head, entry.cid, need, limiter=_limiter)
+            data = data[:need]
             if mime.startswith(("video/", "audio/")):
-                facts = await detect.media_facts(data, entry.size)
+                tail = b""
+                if entry.size > len(data):
+                    length = min(detect.MEDIA_TAIL_BYTES, entry.size - len(data))
+                    tail = await trio.to_thread.run_sync(tree.read, entry.cid, entry.size - length, length,
+                                                         limiter=_limiter)
+                facts = await detect.media_facts(data, entry.size, tail)
             else:
                 facts = await trio.to_thread.run_sync(detect.facts_sync, mime, entry.size, data, limiter=_limiter)
         except BacalhauError as exc:         # a block of this file missing or malformed: this file only

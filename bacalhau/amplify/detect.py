@@ -23,7 +23,9 @@ import trio
 HEAD_BYTES = 64 * 1024                 # what libmagic looks at
 IMAGE_BYTES = 1024 * 1024              # an image header (a JPEG's EXIF comes before its frame header)
 SCAN_BYTES = 4 * 1024 * 1024           # tables and text are counted over at most this
-MEDIA_BYTES = 16 * 1024 * 1024         # the copy ffprobe reads
+MEDIA_BYTES = 16 * 1024 * 1024         # the copy ffprobe reads: the file's first bytes,
+MEDIA_TAIL_BYTES = 16 * 1024 * 1024    # and its last (an MP4 not made for streaming has its index at the end)
+MAX_SPARSE = 1 << 40                   # a file claiming more is probed from its first bytes only
 FFPROBE_TIMEOUT = 10.0
 FFPROBE_MAX_OUTPUT = 256 * 1024
 MAX_COLUMNS = 10_000
@@ -182,11 +184,17 @@ def _text(data: bytes, size: int) -> dict[str, Any]:
     return facts
 
 
-async def media_facts(data: bytes, size: int) -> dict[str, Any]:
-    """ffprobe over a temporary copy of the file's first bytes, killed after FFPROBE_TIMEOUT."""
+async def media_facts(data: bytes, size: int, tail: bytes = b"") -> dict[str, Any]:
+    """ffprobe over a temporary copy of the file's first bytes (and its last, `tail`, at their own offset in a
+    sparse file as long as the original: the bytes between are a hole, no disk), killed after FFPROBE_TIMEOUT."""
     fd, path = await trio.to_thread.run_sync(tempfile.mkstemp, "", "amplify-probe-")
     try:
-        await trio.to_thread.run_sync(_write_close, fd, data)
+        if size > MAX_SPARSE:
+            tail = b""
+        try:
+            await trio.to_thread.run_sync(_write_close, fd, data, size if tail else 0, tail)
+        except OSError as exc:
+            return {"error": f"no room for the copy ffprobe reads: {exc.strerror or exc}"}
         cmd = [*FFPROBE, path]
         try:
             with trio.fail_after(FFPROBE_TIMEOUT):
@@ -198,14 +206,19 @@ async def media_facts(data: bytes, size: int) -> dict[str, Any]:
         if done.returncode != 0:
             reason = done.stderr.decode("utf-8", "replace").strip().splitlines()
             return {"error": f"ffprobe: {reason[-1] if reason else 'exit ' + str(done.returncode)}"[:300]}
-        return _probe_facts(done.stdout[:FFPROBE_MAX_OUTPUT], len(data) < size)
+        return _probe_facts(done.stdout[:FFPROBE_MAX_OUTPUT], len(data) + len(tail) < size,
+                            len(data) + len(tail))
     finally:
         await trio.to_thread.run_sync(_unlink, path)
 
 
-def _write_close(fd: int, data: bytes) -> None:
+def _write_close(fd: int, data: bytes, size: int = 0, tail: bytes = b"") -> None:
     with open(fd, "wb") as f:
         f.write(data)
+        if tail and size >= len(data) + len(tail):
+            f.truncate(size)
+            f.seek(size - len(tail))
+            f.write(tail)
 
 
 def _unlink(path: str) -> None:
@@ -215,7 +228,7 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _probe_facts(out: bytes, partial: bool) -> dict[str, Any]:
+def _probe_facts(out: bytes, partial: bool, counted: int) -> dict[str, Any]:
     try:
         probe = json.loads(out)
     except ValueError:
@@ -234,5 +247,5 @@ def _probe_facts(out: bytes, partial: bool) -> dict[str, Any]:
         if s.get("codec_type") == "audio" and "sample_rate" not in facts:
             facts["sample_rate"], facts["channels"] = s.get("sample_rate"), s.get("channels")
     if partial:
-        facts["counted_bytes"] = MEDIA_BYTES
+        facts["counted_bytes"] = counted
     return facts

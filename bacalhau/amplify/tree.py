@@ -174,3 +174,36 @@ class Tree:
             if len(out) >= limit:
                 return
             self._head(link.cid, limit, out, level + 1)
+
+    def read(self, cid: bytes, offset: int, length: int) -> bytes:
+        """`length` bytes of a file from `offset`, reading only the blocks they are in (a file node's
+        blocksizes say which children hold what); at most `length` bytes even where the sizes lie."""
+        out = bytearray()
+        self._read(cid, 0, offset, offset + length, out, 0)
+        return bytes(out[:length])
+
+    def _read(self, cid: bytes, at: int, start: int, end: int, out: bytearray, level: int) -> None:
+        if level > MAX_FILE_DEPTH:
+            raise ProtocolError(f"a file DAG deeper than {MAX_FILE_DEPTH} levels (at {cid_str(cid)})")
+        self._visit()
+        block = self._blocks.get(cid)
+        if codec_of(cid) == RAW_CODEC:
+            out += block[max(0, start - at):max(0, end - at)]
+            return
+        try:
+            data, links = decode(block)
+            fs = decode_unixfs(data)
+        except (ProtocolError, ValueError) as exc:
+            raise ProtocolError(f"block {cid_str(cid)} is not UnixFS: {exc}") from None
+        if fs.type not in (T_FILE, T_RAW):
+            raise ProtocolError(f"{cid_str(cid)} inside a file is not file data")
+        if len(fs.blocksizes) != len(links):
+            raise ProtocolError(f"file node {cid_str(cid)} has {len(links)} links and {len(fs.blocksizes)} sizes")
+        out += fs.data[max(0, start - at):max(0, end - at)]
+        pos = at + len(fs.data)
+        for link, size in zip(links, fs.blocksizes, strict=True):
+            if pos >= end or len(out) >= end - start:
+                return
+            if pos + size > start:
+                self._read(link.cid, pos, start, end, out, level + 1)
+            pos += size
