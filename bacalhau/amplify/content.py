@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 CONCURRENCY = 4                         # files described at once
 _limiter = trio.CapacityLimiter(2)      # threads reading blocks and parsing, for all descriptions together
 T = TypeVar("T")
+# The mime type of each file of the last CIDs selected from: a workflow selects from one CID once per `when`
+# (the default workflow six times), and a CID's files are what they are (content-addressed).
+MAX_TYPED_CIDS = 64
+MAX_TYPED_FILES = 10_000
+_typed: dict[bytes, list[tuple[FileEntry, str]]] = {}
 _TOKEN = r"[a-z0-9][a-z0-9!#$&^_.+-]*"
 _PATTERN = re.compile(rf"^(\*/\*|{_TOKEN}/(\*|{_TOKEN}))$")
 
@@ -69,10 +74,16 @@ async def describe_files(content: ContentStore, cid: bytes) -> list[FileFacts]:
 
 async def select_files(content: ContentStore, cid: bytes, mime_pattern: str) -> bytes | None:
     pattern = check_mime_pattern(mime_pattern)
-    tree, files = await _list(content, cid)
-    sniffed = await _each(files, lambda entry: _sniff(tree, entry))
-    matched = [entry for entry, (mime, data) in zip(files, sniffed, strict=True)
-               if data is not None and mime_matches(pattern, mime)]
+    typed = _typed.get(cid)
+    if typed is None:
+        tree, files = await _list(content, cid)
+        sniffed = await _each(files, lambda entry: _sniff(tree, entry))
+        typed = [(entry, mime) for entry, (mime, data) in zip(files, sniffed, strict=True) if data is not None]
+        if len(typed) == len(files) <= MAX_TYPED_FILES:     # a file unread (a block missing) may read later
+            _typed[cid] = typed
+            while len(_typed) > MAX_TYPED_CIDS:
+                _typed.pop(next(iter(_typed)))
+    matched = [entry for entry, mime in typed if mime_matches(pattern, mime)]
     if not matched:
         return None
     if matched[0].path == "":

@@ -223,3 +223,15 @@ def test_a_symlink_in_the_inputs_is_not_followed_by_any_step(tmp_path: Path) -> 
     assert sorted(text.by_path()) == ["real.txt"]
     merged = run_job("bacalhau/amplify:latest", "merge-job", src, tmp_path / "out-merge")
     assert merged.code == 0 and merged.files() == ["index.json"]
+
+
+async def test_a_cid_is_typed_once_for_all_its_selections(tmp_path: Path) -> None:
+    """The default workflow selects from one CID six times: the files are read and typed the first time."""
+    store = CraftedStore(tmp_path / "blocks")
+    top = store.dir(("a.txt", store.file(b"words\n")), ("b.json", store.file(b'{"k": 1}')),
+                    ("c.csv", store.file(b"x,y\n1,2\n")))
+    assert await select_files(store, top, "text/plain") is not None
+    first = store.blockstore.gets
+    for pattern in ("application/json", "text/csv", "image/*", "video/*", "audio/*"):
+        await select_files(store, top, pattern)
+    assert store.blockstore.gets == first
