@@ -38,6 +38,7 @@ T = TypeVar("T")
 MAX_TYPED_CIDS = 64
 MAX_TYPED_FILES = 10_000
 _typed: dict[bytes, list[tuple[FileEntry, str]]] = {}
+_typing: dict[bytes, trio.Event] = {}
 _TOKEN = r"[a-z0-9][a-z0-9!#$&^_.+-]*"
 _PATTERN = re.compile(rf"^(\*/\*|{_TOKEN}/(\*|{_TOKEN}))$")
 
@@ -75,14 +76,16 @@ async def describe_files(content: ContentStore, cid: bytes) -> list[FileFacts]:
 async def select_files(content: ContentStore, cid: bytes, mime_pattern: str) -> bytes | None:
     pattern = check_mime_pattern(mime_pattern)
     typed = _typed.get(cid)
+    while typed is None and cid in _typing:     # the workflow's other `when`s, at once: one types the files
+        await _typing[cid].wait()
+        typed = _typed.get(cid)
     if typed is None:
-        tree, files = await _list(content, cid)
-        sniffed = await _each(files, lambda entry: _sniff(tree, entry))
-        typed = [(entry, mime) for entry, (mime, data) in zip(files, sniffed, strict=True) if data is not None]
-        if len(typed) == len(files) <= MAX_TYPED_FILES:     # a file unread (a block missing) may read later
-            _typed[cid] = typed
-            while len(_typed) > MAX_TYPED_CIDS:
-                _typed.pop(next(iter(_typed)))
+        _typing[cid] = done = trio.Event()
+        try:
+            typed = await _type_files(content, cid)
+        finally:
+            del _typing[cid]
+            done.set()
     matched = [entry for entry, mime in typed if mime_matches(pattern, mime)]
     if not matched:
         return None
@@ -93,6 +96,17 @@ async def select_files(content: ContentStore, cid: bytes, mime_pattern: str) -> 
     root = _build(importer, matched)
     await trio.to_thread.run_sync(content.blockstore.put_many, blocks, limiter=_limiter)
     return root.cid
+
+
+async def _type_files(content: ContentStore, cid: bytes) -> list[tuple[FileEntry, str]]:
+    tree, files = await _list(content, cid)
+    sniffed = await _each(files, lambda entry: _sniff(tree, entry))
+    typed = [(entry, mime) for entry, (mime, data) in zip(files, sniffed, strict=True) if data is not None]
+    if len(typed) == len(files) <= MAX_TYPED_FILES:     # a file unread (a block missing) may read later
+        _typed[cid] = typed
+        while len(_typed) > MAX_TYPED_CIDS:
+            _typed.pop(next(iter(_typed)))
+    return typed
 
 
 async def _each(files: list[FileEntry], fn: Callable[[FileEntry], Awaitable[T]]) -> list[T]:

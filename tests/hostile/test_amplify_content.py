@@ -16,6 +16,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import trio
 
 from bacalhau.amplify import detect
 from bacalhau.amplify.content import describe_files, select_files
@@ -230,8 +231,17 @@ async def test_a_cid_is_typed_once_for_all_its_selections(tmp_path: Path) -> Non
     store = CraftedStore(tmp_path / "blocks")
     top = store.dir(("a.txt", store.file(b"words\n")), ("b.json", store.file(b'{"k": 1}')),
                     ("c.csv", store.file(b"x,y\n1,2\n")))
-    assert await select_files(store, top, "text/plain") is not None
+    got: dict[str, bytes | None] = {}
+
+    async def select(pattern: str) -> None:
+        got[pattern] = await select_files(store, top, pattern)
+
+    async with trio.open_nursery() as nursery:       # at once, as the engine starts a parent's children
+        for pattern in ("text/plain", "application/json", "text/csv", "image/*"):
+            nursery.start_soon(select, pattern)
     first = store.blockstore.gets
+    # one typing: the directory, each file's block listed, then read for its head (four would be 28)
+    assert first == 7 and got["image/*"] is None and all(got[p] for p in ("text/plain", "text/csv"))
     for pattern in ("application/json", "text/csv", "image/*", "video/*", "audio/*"):
         await select_files(store, top, pattern)
     assert store.blockstore.gets == first
