@@ -6,10 +6,12 @@
 `select_files` builds its directory from the parent's own links (CID and cumulative size), writing only the new
 directory blocks: no file is read or copied beyond what detection needs, and the CID is the one Kubo's
 `ipfs add -r` gives the same files in the same layout (the importer's directory code, HAMT past its threshold,
-CIDv1 when the parent is). A CID that is a single file selects itself, or nothing.
+CIDv1 when the parent is). A CID that is a single file selects itself, or nothing. The mime types of a CID's
+files are kept for the next selection from it (a workflow makes one per `when`; selections at once wait for
+the first).
 
-Detection reads each file's first bytes only (detect.py says how many per type); the DAG is walked under the
-caps of tree.py. One file that cannot be read or described gets an `error` fact and the others go on; a DAG
+Detection reads each file's first bytes only, and an audio or video file's last (detect.py says how many per
+type); the DAG is walked under the caps of tree.py. One file that cannot be read or described gets an `error` fact and the others go on; a DAG
 that cannot be listed at all raises ProtocolError.
 """
 

@@ -52,7 +52,10 @@ def sniff_mime(data: bytes, name: str, size: int) -> str:
 
     if size == 0:
         return "application/x-empty"
-    mime = str(magic.from_buffer(data[:HEAD_BYTES], mime=True))
+    try:
+        mime = str(magic.from_buffer(data[:HEAD_BYTES], mime=True))
+    except magic.MagicException:        # libmagic gave up on these bytes: a type no one routes on
+        return "application/octet-stream"
     lower = name.lower()
     if (mime in _TEXTUAL or mime == "text/csv" or lower.endswith(".json")) and looks_like_json(data):
         if _parses_as_json(data) if size <= len(data) else lower.endswith(".json"):
