@@ -1,10 +1,12 @@
 """What one file is, from its first bytes: the mime type by libmagic (python-magic over Debian's libmagic1),
 corrected where libmagic cannot know (JSON cut short by the head read, a CSV it calls text), and the facts a
 workflow routes on: image dimensions (Pillow reads the header only), audio and video duration and codecs
-(ffprobe over a bounded copy, under a timeout), rows and columns of tables, lines and words of text.
+(ffprobe over a bounded copy of the file's first and last bytes, under a timeout, opening media containers
+only), rows and columns of tables, lines and words of text.
 
-Every read is bounded: the caller hands over at most `wanted(mime, size)` bytes; a file that is more than that
-is described from its beginning and the facts say so (`counted_bytes`). A fact that cannot be had (a
+Every read is bounded: the caller hands over at most `wanted(mime, size)` bytes (and MEDIA_TAIL_BYTES of a
+media file's end); a file that is more than that is described from what was read and the facts say so
+(`counted_bytes`). A fact that cannot be had (a
 decompression bomb, a table too wide, a clip ffprobe refuses) is an `error` in that file's facts; nothing here
 raises for one bad file.
 """
