@@ -245,3 +245,22 @@ async def test_a_cid_is_typed_once_for_all_its_selections(tmp_path: Path) -> Non
     for pattern in ("application/json", "text/csv", "image/*", "video/*", "audio/*"):
         await select_files(store, top, pattern)
     assert store.blockstore.gets == first
+
+
+@pytest.mark.docker
+def test_a_name_too_long_for_a_step_output_fails_that_file_alone(tmp_path: Path) -> None:
+    """A 250-byte name is a fine input, but with a step's suffix (.thumb.png, .metadata.json) it is over the
+    filesystem's 255: that file's output fails, the step and the other files do not."""
+    src = tmp_path / "in"
+    src.mkdir()
+    long = "p" * 246 + ".png"
+    make_png(src / long)
+    make_png(src / "short.png")
+    meta = run_job("bacalhau/amplify:latest", "metadata-job", src, tmp_path / "out-meta")
+    assert meta.code == 0, meta.stderr
+    assert "not written" in meta.by_path()[long]["output_error"] and meta.by_path()[long]["width"] == 64
+    assert "short.png.metadata.json" in meta.files() and "metadata.json" in meta.files()
+    images = run_job("bacalhau/amplify:latest", "image-job", src, tmp_path / "out-image")
+    assert images.code == 0, images.stderr
+    assert "File name too long" in images.by_path()[long]["error"]
+    assert images.files() == ["short.png.resized.jpg", "short.png.thumb.png"]
