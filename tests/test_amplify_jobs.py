@@ -221,3 +221,17 @@ def test_the_default_workflow_names_only_scripts_the_image_holds(image: str) -> 
             steps.add(node["id"])
     [merge] = [n for n in workflow["graph"] if n["id"] == "merge-node"]
     assert {i["node_id"] for i in merge["inputs"]} == steps
+
+
+def test_the_image_is_built_once_for_the_same_content(image: str) -> None:
+    """setup-amplify.sh is cached by the Docker engine: the image with the same content hash is not built again
+    (the first call here may rebuild the scripts' layer if they changed since)."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "setup-amplify.sh"
+    first = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600, check=False)
+    assert first.returncode == 0, first.stderr
+    before = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", image], capture_output=True,
+                            text=True, check=True).stdout
+    again = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60, check=False)
+    assert again.returncode == 0 and "building" not in again.stderr, again.stderr
+    assert subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", image], capture_output=True,
+                          text=True, check=True).stdout == before
