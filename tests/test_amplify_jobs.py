@@ -121,10 +121,12 @@ def test_table_job_validates_and_profiles_csv_and_json(image: str, tmp_path: Pat
     (src / "ragged.csv").write_text("a,b\n1,2\n3\n")
     (src / "scores.json").write_text(json.dumps([{"id": 1, "score": 2.5}, {"id": 2, "score": None},
                                                  {"id": 3, "score": 9.0}]))
+    (src / "events.ndjson").write_text('{"at": 1, "kind": "a"}\n{"at": 2, "kind": "b"}\n{"at": 3}\n')
     ran = run_job(image, "table-job", src, tmp_path / "out")
     assert ran.code == 0, ran.stderr
     got = ran.by_path()
     assert got["people.csv"]["valid"] is True and got["people.csv"]["rows"] == 3
+    assert (got["events.ndjson"]["rows"], got["events.ndjson"]["columns"]) == (3, 2)
     assert got["ragged.csv"]["valid"] is False and "row 2: 1 fields" in got["ragged.csv"]["errors"][0]
     people = json.loads((ran.out / "people.csv.profile.json").read_text())["fields"]
     assert people[1] == {"name": "age", "type": "integer", "values": 3, "empty": 0, "distinct": 3,
