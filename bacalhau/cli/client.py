@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,21 @@ class ApiClient:
         self.timeout = timeout
         self.token = token if token is not None else os.environ.get("BACALHAU_API_TOKEN", "")
         self._cluster_id: str | None = None
+        self._kept = threading.local()      # one kept-alive connection a thread (a benchmark submits from many)
+        self._key_cache: Any = None
+
+    def _connection(self, keep: bool) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection and whether it was used before: `keep` takes this thread's kept-alive one (a request
+        whose answer is read whole leaves it reusable), else a new one for a stream the caller closes."""
+        if not keep:
+            return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout), False
+        conn: http.client.HTTPConnection | None = getattr(self._kept, "conn", None)
+        if conn is None:
+            conn = self._kept.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        return conn, conn.sock is not None
 
     def _open(self, method: str, path: str, body: Any = None, raw: Any = None,
-              extra_headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+              extra_headers: dict[str, str] | None = None, *, keep: bool = False) -> http.client.HTTPResponse:
         headers = {"Content-Type": "application/json"} if body is not None else {}
         if raw is not None:
             headers = {"Content-Type": "application/octet-stream"}
@@ -65,20 +77,32 @@ class ApiClient:
         if isinstance(data, bytes) and len(data) > MAX_JSON_BODY:
             raise UserError(f"the request is {len(data)} bytes, over the API's {MAX_JSON_BODY}: make inline inputs "
                             "smaller (add big ones with `bacalhau ipfs add`)")
-        try:
+        retried = False
+        while True:
+            conn, reused = self._connection(keep)
             try:
-                conn.request(method, path, body=data, headers=headers)
-            except (BrokenPipeError, ConnectionResetError):
-                pass   # the server answered before reading all the body (a 413, 415, 403): read its answer
-            resp = conn.getresponse()
-        except (ConnectionRefusedError, socket.gaierror, OSError) as exc:
-            if isinstance(exc, TimeoutError):
-                raise ApiError(f"the bacalhau API at {self.host}:{self.port} did not answer in time") from None
-            raise DaemonNotRunning(
-                f"cannot reach the bacalhau API at {self.host}:{self.port} ({exc.__class__.__name__}):"
-                " is `bacalhau serve` running? Point at it with --api-host/--api-port or"
-                " BACALHAU_API_HOST/BACALHAU_API_PORT."
-            ) from None
+                try:
+                    conn.request(method, path, body=data, headers=headers)
+                except (BrokenPipeError, ConnectionResetError):
+                    if reused and not retried:
+                        raise
+                    pass   # the server answered before reading all the body (a 413, 415, 403): read its answer
+                resp = conn.getresponse()
+            except (ConnectionRefusedError, socket.gaierror, OSError) as exc:
+                conn.close()
+                if reused and not retried and isinstance(exc, BrokenPipeError | ConnectionResetError):
+                    # a kept-alive connection the server closed while it was idle (no answer came on it): once
+                    # more on a new one
+                    retried = True
+                    continue
+                if isinstance(exc, TimeoutError):
+                    raise ApiError(f"the bacalhau API at {self.host}:{self.port} did not answer in time") from None
+                raise DaemonNotRunning(
+                    f"cannot reach the bacalhau API at {self.host}:{self.port} ({exc.__class__.__name__}):"
+                    " is `bacalhau serve` running? Point at it with --api-host/--api-port or"
+                    " BACALHAU_API_HOST/BACALHAU_API_PORT."
+                ) from None
+            break
         if resp.status >= 400:
             raw = resp.read()
             try:
@@ -98,7 +122,7 @@ class ApiClient:
                 **query: Any) -> Any:
         if query:
             path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
-        with self._open(method, path, body, extra_headers=headers) as resp:
+        with self._open(method, path, body, extra_headers=headers, keep=True) as resp:
             return json.loads(resp.read())
 
     def stream(self, path: str) -> Iterator[bytes]:
@@ -133,7 +157,9 @@ class ApiClient:
     def _key(self) -> Any:
         from bacalhau.signing import load_or_create_client_key
 
-        return load_or_create_client_key(_state_dir() / "client.key")
+        if self._key_cache is None:
+            self._key_cache = load_or_create_client_key(_state_dir() / "client.key")
+        return self._key_cache
 
     def _sign(self, action: Any) -> dict[str, Any]:
         """`action` signed for the cluster this API serves (asked once per client)."""

@@ -1,0 +1,149 @@
+"""CPU time per noop job: in the `bacalhau serve` process (requester and compute in one) and in the benchmark's
+own client (16 threads submitting through bacalhau.cli.client), read from /proc and getrusage, so the figure
+holds on a machine shared with other work where wall-clock rates do not.
+
+    .venv/bin/python benchmarks/job_cpu.py [--jobs 1000] [--runs 3] [--profile 30]
+
+Each run starts its own serve (temporary state), warms it with 100 jobs, then submits --jobs from 16 threads
+and waits for all: prints serve CPU ms/job, client CPU ms/job, jobs/s and submit p50/p99 (wall: noisy, compare
+within a run only). --profile N samples the serve process with py-spy over the timed batch and prints the N
+functions with the most own CPU time (and their share), the view the optimisations were chosen from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from _serve import serve
+
+from bacalhau.cli.client import ApiClient
+
+SPEC = {"engine": "noop", "noop": {"stdout": "hi\n"}}
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def serve_pid(api_port: int) -> int:
+    out = subprocess.run(["pgrep", "-f", f"serve --port {api_port} "], capture_output=True, text=True).stdout
+    return int(out.split()[0])
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK   # utime, stime
+
+
+def main_thread_cpu(pid: int) -> float:
+    """The event loop's thread alone (the rest of the process: SQLite and other worker threads)."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def proc_sys(pid: int) -> float:
+    """The kernel's share (stime): syscalls, fsync among them."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / CLK
+
+
+def self_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def batch(client: ApiClient, jobs: int) -> list[float]:
+    """Submit `jobs` from 16 threads, wait for all to complete; the submit latencies."""
+    def one(_: int) -> tuple[str, float]:
+        t = time.perf_counter()
+        job_id = client.submit(SPEC)
+        return job_id, time.perf_counter() - t
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        done = list(pool.map(one, range(jobs)))
+    for job_id, _ in done:
+        while True:
+            job = client.wait(job_id, since=time.time() + 3600, timeout=30)
+            if job["state"] in ("completed", "failed", "cancelled"):
+                if job["state"] != "completed":
+                    raise SystemExit(f"noop job {job_id} ended {job['state']}: {job['reason']}")
+                break
+    return [t for _, t in done]
+
+
+def profile_top(path: Path, top: int) -> None:
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        threads[frames[0].split(" ")[0] + (" main" if any("serve (" in f for f in frames) else " worker")] += n
+        for frame in {f.split(" (")[0] + " " + f.split("/")[-1] for f in frames if "bacalhau/" in f}:
+            inclusive[frame] += n
+    kinds: Counter[str] = Counter()
+    for name, n in threads.items():
+        kinds[name.split(" ")[-1]] += n
+    print(f"  py-spy: {total} samples, {kinds['main']} in the event loop's thread, {kinds['worker']} in others")
+    print("  own time by function:")
+    for frame, n in own.most_common(top):
+        print(f"   {100 * n / total:5.1f}%  {frame[:150]}")
+    print("  time under our functions (inclusive):")
+    for frame, n in inclusive.most_common(top):
+        print(f"   {100 * n / total:5.1f}%  {frame[:150]}")
+
+
+def one_run(jobs: int, profile: int) -> dict[str, float]:
+    with serve() as served:
+        client = served.client
+        pid = serve_pid(served.api_port)
+        batch(client, 100)
+        spy = None
+        if profile:
+            raw = Path(tempfile.mkdtemp()) / "profile.txt"
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-r", "200",
+                                    "--format", "raw", "-o", str(raw), "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)
+        s0, m0, k0, c0, w0 = proc_cpu(pid), main_thread_cpu(pid), proc_sys(pid), self_cpu(), time.perf_counter()
+        lat = batch(client, jobs)
+        s1, m1, k1, c1, w1 = proc_cpu(pid), main_thread_cpu(pid), proc_sys(pid), self_cpu(), time.perf_counter()
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(30)
+            profile_top(raw, profile)
+    lat.sort()
+    return {"serve_ms": (s1 - s0) * 1000 / jobs, "loop_ms": (m1 - m0) * 1000 / jobs, "sys_ms": (k1 - k0) * 1000 / jobs, "client_ms": (c1 - c0) * 1000 / jobs, "rate": jobs / (w1 - w0),
+            "p50": lat[len(lat) // 2] * 1000, "p99": lat[int(len(lat) * 0.99)] * 1000}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--profile", type=int, default=0, metavar="N")
+    args = parser.parse_args()
+    results = []
+    for i in range(args.runs):
+        r = one_run(args.jobs, args.profile)
+        results.append(r)
+        print(f"run {i + 1}: serve {r['serve_ms']:.2f} ms CPU/job ({r['loop_ms']:.2f} in its event loop, {r['sys_ms']:.2f} in the kernel), client {r['client_ms']:.2f} ms CPU/job, "
+              f"{r['rate']:.1f} jobs/s, submit p50 {r['p50']:.0f} ms p99 {r['p99']:.0f} ms", flush=True)
+    med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    print(f"median of {args.runs}: serve {med['serve_ms']:.2f} ms CPU/job ({med['loop_ms']:.2f} in its event loop, {med['sys_ms']:.2f} in the kernel), client {med['client_ms']:.2f} ms CPU/job, "
+          f"{med['rate']:.1f} jobs/s, submit p50 {med['p50']:.0f} ms p99 {med['p99']:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
