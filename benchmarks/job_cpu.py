@@ -30,6 +30,8 @@ from bacalhau.cli.client import ApiClient
 
 SPEC = {"engine": "noop", "noop": {"stdout": "hi\n"}}
 CLK = os.sysconf("SC_CLK_TCK")
+AREAS = ["bacalhau/", "trio/", "hypercorn/", "h11/", "starlette/", "pydantic", "libp2p/", "json/", "logging/",
+         "threading", "socket", "pathlib", "posixpath", "contextlib", "asyncio", "outcome", "cryptography"]
 
 
 def serve_pid(api_port: int) -> int:
@@ -81,21 +83,24 @@ def batch(client: ApiClient, jobs: int) -> list[float]:
 def profile_top(path: Path, top: int) -> None:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
-    threads: Counter[str] = Counter()
+    areas: Counter[str] = Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         n = int(count)
-        total += n
         frames = stack.split(";")
+        if not any("serve (" in f for f in frames):
+            continue    # the event loop's thread only: the workers' samples include their idle waits
+        total += n
         own[frames[-1]] += n
-        threads[frames[0].split(" ")[0] + (" main" if any("serve (" in f for f in frames) else " worker")] += n
+        leaf = frames[-1].split("(")[-1]
+        area = next((name for name in AREAS if name in leaf), "other " + leaf.split("/")[0])
+        areas[area] += n
         for frame in {f.split(" (")[0] + " " + f.split("/")[-1] for f in frames if "bacalhau/" in f}:
             inclusive[frame] += n
-    kinds: Counter[str] = Counter()
-    for name, n in threads.items():
-        kinds[name.split(" ")[-1]] += n
-    print(f"  py-spy: {total} samples, {kinds['main']} in the event loop's thread, {kinds['worker']} in others")
+    print(f"  py-spy: {total} samples in the event loop's thread; own time by package:")
+    for area, n in areas.most_common(top):
+        print(f"   {100 * n / total:5.1f}%  {area}")
     print("  own time by function:")
     for frame, n in own.most_common(top):
         print(f"   {100 * n / total:5.1f}%  {frame[:150]}")
@@ -113,7 +118,7 @@ def one_run(jobs: int, profile: int) -> dict[str, float]:
         if profile:
             raw = Path(tempfile.mkdtemp()) / "profile.txt"
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-r", "200",
-                                    "--format", "raw", "-o", str(raw), "--nonblocking"],
+                                    "--format", "raw", "-o", str(raw), "--nonblocking", "--threads"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
         s0, m0, k0, c0, w0 = proc_cpu(pid), main_thread_cpu(pid), proc_sys(pid), self_cpu(), time.perf_counter()
