@@ -32,8 +32,9 @@ class Served:
 
 
 @contextmanager
-def serve(*extra: str) -> Iterator[Served]:
-    repo = Path(tempfile.mkdtemp(prefix="bacalhau-bench-"))
+def serve(*extra: str, repo: Path | None = None) -> Iterator[Served]:
+    """`repo`: a state directory filled beforehand (removed at the end all the same)."""
+    repo = repo or Path(tempfile.mkdtemp(prefix="bacalhau-bench-"))
     api_port, swarm_port = free_port(), free_port()
     env = {**os.environ, "BACALHAU_DIR": str(repo), "BACALHAU_API_HOST": "127.0.0.1",
            "BACALHAU_API_PORT": str(api_port)}
