@@ -110,7 +110,7 @@ def profile_top(path: Path, top: int) -> None:
 
 
 def one_run(jobs: int, profile: int) -> dict[str, float]:
-    with serve() as served:
+    with serve(engine="noop") as served:
         client = served.client
         pid = serve_pid(served.api_port)
         batch(client, 100)
