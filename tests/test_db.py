@@ -126,3 +126,24 @@ async def test_a_call_alone_that_raises_leaves_nothing_and_a_read_that_raises_in
     assert len(errors) == 1
     assert await db.run(lambda conn: sorted(r[0] for r in conn.execute("SELECT x FROM t")), reads=True) == [1, 2]
     db.close()
+
+
+async def test_a_job_id_prefix_resolves_through_the_index_whatever_its_case_and_characters(tmp_path: Path) -> None:
+    from bacalhau.errors import AmbiguousIdError, NotFoundError
+    from bacalhau.models import Job, JobSpec
+    from bacalhau.requester.store import JobStore
+
+    store = JobStore(tmp_path / "jobs.db")
+    spec = JobSpec.model_validate({"engine": "noop"})
+    for job_id in ("ab12cd00-0000-4000-8000-000000000001", "ab12ef00-0000-4000-8000-000000000002",
+                   "ff000000-0000-4000-8000-000000000003"):
+        await store.create_job(Job(id=job_id, spec=spec))
+    assert await store.resolve_id("ab12c") == "ab12cd00-0000-4000-8000-000000000001"
+    assert await store.resolve_id("AB12E") == "ab12ef00-0000-4000-8000-000000000002"
+    assert await store.resolve_id("ff000000-0000-4000-8000-000000000003") == "ff000000-0000-4000-8000-000000000003"
+    with pytest.raises(AmbiguousIdError):
+        await store.resolve_id("ab12")
+    for pattern in ("%", "ab_2", "a%", "\U0010ffff", "ff000000-0000-4000-8000-0000000000034"):
+        with pytest.raises(NotFoundError):     # LIKE's wildcards are characters like any other here
+            await store.resolve_id(pattern)
+    store.close()

@@ -179,9 +179,11 @@ class JobStore:
     async def resolve_id(self, prefix: str) -> str:
         """A full job id, or a unique prefix of one."""
         def tx(conn: sqlite3.Connection) -> list[str]:
-            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            # a range of the primary key's index: LIKE (case-blind) read every job, on every API lookup of
+            # one, so a job's lookup slowed as the store grew. Ids are lower-case UUIDs, so the prefix is too.
+            low = prefix.lower()
             rows = conn.execute(
-                "SELECT id FROM jobs WHERE id LIKE ? ESCAPE '\\' LIMIT 3", (escaped + "%",)
+                "SELECT id FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT 3", (low, low + "\U0010ffff")
             ).fetchall()
             return [r["id"] for r in rows]
 
