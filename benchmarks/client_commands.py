@@ -7,6 +7,12 @@ The store is filled through the requester's JobStore before `bacalhau serve` ope
 with one completed execution and its events), so filling takes seconds, not the minutes that submitting
 through the API would. Prints medians and each command's import time (`python -X importtime`, the top
 modules), where a client command's start goes.
+
+Measured on the shared 2-core machine (load 8-10), 10,000 jobs, medians of 9, wall (CPU):
+  main:  python -c pass 45 ms (13); list 429 ms (96); describe 476 ms (119); the API's list 1.5 ms, describe 1.6 ms
+  perf:  python -c pass 51 ms (14); list 244 ms (69); describe 513 ms (110); the API's list 1.9 ms, describe 7.4 ms
+The server answers in milliseconds with 10,000 jobs (an index for each lookup); a command's time is its
+interpreter's start and imports (click, and for describe PyYAML and the signing key), far from 50 ms here.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import pytest
 
 from bacalhau.cli.client import ApiClient
-from bacalhau.errors import DaemonNotRunning, NotFoundError
+from bacalhau.errors import DaemonNotRunning, NotFoundError, UserError
 
 
 @contextmanager
@@ -95,3 +95,27 @@ def test_an_answer_that_is_not_http_is_one_clear_error() -> None:
     with http_server(lambda n: b"SSH-2.0-OpenSSH\r\n\r\n", per_connection=1) as (port, _):
         with pytest.raises(DaemonNotRunning, match=f"127.0.0.1:{port}"):
             ApiClient("127.0.0.1", port).request("GET", "/x")
+
+
+def test_an_answer_given_before_a_big_body_was_read_is_the_error_shown() -> None:
+    """A server that refuses a request from its headers (a bad token) answers and closes without reading the
+    body: the client shows that answer, not a connection error."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rb") as f:
+            while f.readline() not in (b"\r\n", b""):
+                pass
+            conn.sendall(json_answer({"error": "a valid API token is required"}, "401 Unauthorized"))
+            conn.shutdown(socket.SHUT_WR)
+        # closed with most of the body unread: the client's send fails with a reset or a broken pipe
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(UserError, match="a valid API token is required: set BACALHAU_API_TOKEN"):
+            ApiClient("127.0.0.1", listener.getsockname()[1]).request("POST", "/x", {"big": "x" * 3_000_000})
+    finally:
+        thread.join(5)
+        listener.close()

@@ -248,10 +248,20 @@ class _Connection:
                  *(f"{k}: {v}" for k, v in headers.items())]
         if body is not None:
             lines.append(f"Content-Length: {len(body)}")
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
-        status_line = self._line()
+        try:
+            self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            sent: OSError | None = exc      # the server may have answered before reading it all (a 401, 413)
+        else:
+            sent = None
+        try:
+            status_line = self._line()
+        except OSError:
+            if sent is not None:
+                raise sent from None
+            raise
         if not status_line:
-            raise ConnectionResetError("the server closed the connection without an answer")
+            raise sent or ConnectionResetError("the server closed the connection without an answer")
         parts = status_line.decode("latin-1").split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
             raise ConnectionResetError(f"not an HTTP answer: {status_line[:80]!r}")
