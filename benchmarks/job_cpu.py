@@ -12,6 +12,8 @@ functions with the most own CPU time (and their share), the view the optimisatio
 Measured on the shared 2-core machine (load 6-10 from other work), 1000 jobs, this branch and main alternated:
   main:  serve 13.2-15.4 ms CPU/job (8.3-9.0 in its event loop), client 1.42-1.68 ms, 21-44 jobs/s
   perf:  serve  8.6-11.7 ms CPU/job (5.1-6.6 in its event loop), client 0.74-1.14 ms, 32-78 jobs/s
+and later at load 5-6: main 9.5-10.2 ms (5.8-5.9 in the loop), client 1.1-1.2 ms, 76-101 jobs/s; this
+7.1-8.4 ms (3.5-4.0 in the loop), client 0.4-0.45 ms, 90-115 jobs/s.
 What the event loop's samples (py-spy) showed, and what was done: SQLite savepoints around every call (two
 statements of five), a second read and parse after each update, a parsed row to check a callback's sender;
 resolving the results directory on every use (~10%); the noop executor creating files on the loop while
