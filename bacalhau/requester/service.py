@@ -83,8 +83,8 @@ class Requester:
     def _from_its_node(self, fn: AnyModelHandler) -> AnyModelHandler:
         """Callbacks are taken only from the node that holds the execution (any cluster member can call)."""
         async def checked(peer_id: str, msg: Any) -> BaseModel:
-            ex = await self.store.get_execution(msg.execution_id)
-            if peer_id != msg.node_id or ex.node_id != peer_id or ex.job_id != msg.job_id:
+            node_id, job_id = await self.store.execution_holder(msg.execution_id)
+            if peer_id != msg.node_id or node_id != peer_id or job_id != msg.job_id:
                 raise ProtocolError(f"node {peer_id} does not hold execution {msg.execution_id}")
             return await fn(peer_id, msg)
 
