@@ -11,8 +11,11 @@ modules), where a client command's start goes.
 Measured on the shared 2-core machine (load 8-10), 10,000 jobs, medians of 9, wall (CPU):
   main:  python -c pass 45 ms (13); list 429 ms (96); describe 476 ms (119); the API's list 1.5 ms, describe 1.6 ms
   perf:  python -c pass 51 ms (14); list 244 ms (69); describe 513 ms (110); the API's list 1.9 ms, describe 7.4 ms
+  perf2 (same machine, load 4-6; main in the same hour: pass 12.0, list 61.3 (56.5), describe 76.2 (68.9)):
+         python -c pass 14.4 ms (12.5); list 42.4 ms (33.9); describe 42.5 ms (31.2)
 The server answers in milliseconds with 10,000 jobs (an index for each lookup); a command's time is its
-interpreter's start and imports (click, and for describe PyYAML and the signing key), far from 50 ms here.
+interpreter's start and imports. The plain forms of list and describe now import neither click (~17 ms)
+nor PyYAML (~15 ms: describe's YAML is written by cli/output.py), nor typing, pathlib or urllib.parse.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 
 def import_top(cmd: list[str], env: dict[str, str], top: int = 8) -> str:
-    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "bacalhau.cli.main", *cmd[1:]],
+    out = subprocess.run([sys.executable, "-X", "importtime", *cmd],   # the installed script, as a user runs it
                          capture_output=True, text=True, env=env, check=False)
     rows = []
     for line in out.stderr.splitlines():

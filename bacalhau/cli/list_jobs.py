@@ -1,11 +1,12 @@
-"""`bacalhau list`: jobs, newest first."""
+"""`bacalhau list`: jobs, newest first (printed by views.py; its plain forms run without click: fast.py)."""
 
 from __future__ import annotations
 
 import click
 
+from bacalhau.cli import views
 from bacalhau.cli.main import client_from
-from bacalhau.cli.output import ago, emit, output_option, table
+from bacalhau.cli.output import output_option
 
 
 @click.command("list")
@@ -16,10 +17,4 @@ from bacalhau.cli.output import ago, emit, output_option, table
 @click.pass_context
 def list_jobs(ctx: click.Context, number: int, all_: bool, wide: bool, output: str) -> None:
     """List jobs, newest first."""
-    jobs = client_from(ctx).list_jobs(0 if all_ else number)
-    if output != "table":
-        emit(jobs, output)
-        return
-    rows = [[j["id"] if wide else j["id"][:8], ago(j["created_at"]), j["engine"], j["state"],
-             (j["reason"] or "")[:60]] for j in jobs]
-    table(["ID", "CREATED", "ENGINE", "STATE", "REASON"], rows)
+    views.list_jobs(client_from(ctx), number, all_, wide, output)

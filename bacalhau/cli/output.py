@@ -1,39 +1,146 @@
-"""Output formatting for the CLI: tables for people, JSON and YAML for machines."""
+"""Output formatting for the CLI: tables for people, JSON and YAML for machines. No click here: `list` and
+`describe` print through this module without importing it (fast.py)."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
 
-import click
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    _F = TypeVar("_F", bound=Callable[..., Any])
 
 FORMATS = ("table", "json", "yaml")
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def output_option(default: str = "table") -> Callable[[_F], _F]:
+    import click
+
     return click.option("--output", "-o", "output", type=click.Choice(FORMATS), default=default, show_default=True,
                         help="How to print the result.")
 
 
 def emit(data: Any, fmt: str) -> None:
     if fmt == "json":
-        click.echo(json.dumps(data, indent=2))
+        _out(json.dumps(data, indent=2) + "\n")
     elif fmt == "yaml":
-        import yaml
-
-        click.echo(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), nl=False)
+        _out(to_yaml(data))
     else:
         raise ValueError(fmt)
 
 
 def table(headers: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    for row in [headers, *rows]:
-        click.echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
+    _out("".join("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() + "\n"
+                 for row in [headers, *rows]))
+
+
+def echo(text: str) -> None:
+    _out(text + "\n")
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+# -- YAML, written here for JSON-shaped data (PyYAML's import was a fifth of `describe`'s start) -------------
+# The block style of yaml.safe_dump(sort_keys=False, allow_unicode=True): a string that could read back as
+# something else (a number, a bool, null, a date) or has any character outside a plain set is double-quoted
+# with escapes YAML reads as JSON writes them. Anything else (a key not a string, a very long key, a type JSON
+# has not) goes to PyYAML. tests/test_cli_output.py reads what is written back with PyYAML.
+
+_PLAIN = re.compile(r"[A-Za-z0-9_/][A-Za-z0-9_./@+=:-]*(?: [A-Za-z0-9_./@+=:-]+)*")
+_IMPLICIT = re.compile(  # PyYAML's YAML 1.1 resolvers: bool, null, int, float, timestamp, merge, value
+    r"""(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF|y|Y|n|N
+    |~|null|Null|NULL|<<|=
+    |[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?
+    |[-+]?0b[0-1_]+|[-+]?0x[0-9a-fA-F_]+|[-+]?0o?[0-7_]+|[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?
+    |[-+]?\.[0-9_]+(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)
+    |[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?.*)""", re.X)
+# what a YAML double-quoted scalar may not hold raw: C1 controls (NEL is a line break), the Unicode line and
+# paragraph separators, lone surrogates, a BOM, the non-characters
+_ESCAPE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff\ufeff\ufffe\uffff]")
+_LONGEST_PLAIN = 70     # PyYAML folds a longer plain string with spaces over lines: quoted, it is one line
+_LONGEST_KEY = 128
+
+
+class _NotJsonShaped(Exception):
+    pass
+
+
+def to_yaml(data: Any) -> str:
+    try:
+        if isinstance(data, dict | list) and data:
+            return "".join(_block(data, 0))
+        return _scalar(data) + "\n" if not isinstance(data, dict | list) else ("{}\n" if isinstance(data, dict)
+                                                                               else "[]\n")
+    except _NotJsonShaped:
+        import yaml
+
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ".nan"
+        if math.isinf(value):
+            return ".inf" if value > 0 else "-.inf"
+        text = repr(value).lower()
+        return text.replace("e", ".0e", 1) if "." not in text and "e" in text else text
+    if isinstance(value, str):
+        if not value:
+            return "''"
+        if _PLAIN.fullmatch(value) and not _IMPLICIT.fullmatch(value) and ": " not in value and value[-1] != ":" and (
+                len(value) <= _LONGEST_PLAIN or " " not in value):
+            return value
+        return _ESCAPE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False))
+    raise _NotJsonShaped(type(value).__name__)
+
+
+def _block(data: dict[Any, Any] | list[Any], indent: int) -> list[str]:
+    pad = " " * indent
+    lines: list[str] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if not isinstance(key, str) or len(key) > _LONGEST_KEY:
+                raise _NotJsonShaped("key")
+            head = f"{pad}{_scalar(key)}:"
+            if isinstance(value, dict) and value:
+                lines += [head + "\n", *_block(value, indent + 2)]
+            elif isinstance(value, list) and value:
+                lines += [head + "\n", *_block(value, indent)]     # PyYAML's sequences in a mapping: not indented
+            else:
+                lines.append(f"{head} {_inline(value)}\n")
+        return lines
+    for item in data:
+        if isinstance(item, dict | list) and item:
+            inner = _block(item, indent + 2)
+            lines += [f"{pad}- {inner[0][indent + 2:]}", *inner[1:]]
+        else:
+            lines.append(f"{pad}- {_inline(item)}\n")
+    return lines
+
+
+def _inline(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{}"
+    if isinstance(value, list):
+        return "[]"
+    return _scalar(value)
 
 
 def ago(ts: float) -> str:
