@@ -5,7 +5,14 @@ Starts its own `bacalhau serve` (temporary state dir, free ports), then:
      N times each, interleaved, and prints both medians and their ratio (target: ratio <= 1.5);
   2. submits 50 noop jobs at once through the API and prints jobs completed per second (target >= 50/s).
 
-    .venv/bin/python benchmarks/job_latency.py [--runs 20] [--noop-jobs 50] [--noop-only]
+    .venv/bin/python benchmarks/job_latency.py [--runs 20] [--noop-jobs 50] [--noop-only] [--breakdown]
+
+--breakdown: where a `bacalhau docker run` goes, medians over --runs, against `docker run --rm` and against the
+same container made through the Docker API from this process (create, attach, start, wait, remove): the CLI's
+start (`docker run --help`: imports, no request), then from the job's events (server clock, same machine):
+process start to `submitted`, the bid round, bid accepted to running, running to ran (the executor: create,
+start, wait through the Docker API), publishing, and the job's completion to the process's exit (the CLI
+learning it and printing the output).
 
 Durable commits (synchronous=FULL), measured with --noop-only --noop-jobs 100 on a shared 2-core machine,
 interleaved with the code before them, medians: one fsync per transaction 36.2 jobs/s against 53.6 before
@@ -38,10 +45,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--noop-jobs", type=int, default=50)
     parser.add_argument("--noop-only", action="store_true", help="Only the noop throughput (part 2).")
+    parser.add_argument("--breakdown", action="store_true", help="Only where a docker run's time goes.")
     args = parser.parse_args()
 
     with serve() as served:
         env, client = served.env, served.client
+        if args.breakdown:
+            docker_breakdown(env, client, args.runs)
+            return
         if not args.noop_only:
             docker_latency(env, args.runs)
         noop_throughput(client, args.noop_jobs)
@@ -59,6 +70,67 @@ def docker_latency(env: dict[str, str], runs: int) -> None:
     print(f"docker run --rm          median {d * 1000:7.1f} ms  (n={runs})")
     print(f"bacalhau docker run      median {o * 1000:7.1f} ms  (n={runs})")
     print(f"ratio bacalhau/docker    {o / d:.2f}   (target <= 1.5)")
+
+
+def docker_api_steps() -> dict[str, float]:
+    """One busybox `echo hi` through the Docker API as the executor makes it: seconds of each step."""
+    import docker
+
+    client = docker.from_env()
+    steps: dict[str, float] = {}
+    t = time.perf_counter()
+    container = client.containers.create(IMAGE, ["echo", "hi"], network_mode="none", detach=True,
+                                         cap_drop=["ALL"], security_opt=["no-new-privileges"],
+                                         log_config=docker.types.LogConfig(type="none"), nano_cpus=10**8,
+                                         mem_limit=100 * 10**6, memswap_limit=100 * 10**6)
+    steps["create (+ inspect)"], t = time.perf_counter() - t, time.perf_counter()
+    sock = client.api.attach_socket(container.id, params={"stdout": 1, "stderr": 1, "stream": 1})
+    steps["attach"], t = time.perf_counter() - t, time.perf_counter()
+    container.start()
+    steps["start"], t = time.perf_counter() - t, time.perf_counter()
+    container.wait()
+    steps["wait"], t = time.perf_counter() - t, time.perf_counter()
+    sock.close()
+    container.remove(force=True)
+    steps["remove (off the job's path)"] = time.perf_counter() - t
+    client.close()
+    return steps
+
+
+def docker_breakdown(env: dict[str, str], client: ApiClient, runs: int) -> None:
+    docker_cmd = ["docker", "run", "--rm", "--network", "none", IMAGE, "echo", "hi"]
+    ours_cmd = [BIN, "docker", "run", IMAGE, "--", "echo", "hi"]
+    help_cmd = [BIN, "docker", "run", "--help"]
+    timed(docker_cmd, env), timed(ours_cmd, env), docker_api_steps()   # warm every path once
+    phases: dict[str, list[float]] = {}
+
+    def add(name: str, seconds: float) -> None:
+        phases.setdefault(name, []).append(seconds)
+
+    for _ in range(runs):
+        add("docker run --rm", timed(docker_cmd, env))
+        for step, seconds in docker_api_steps().items():
+            add(f"  Docker API: {step}", seconds)
+        start = time.perf_counter()
+        subprocess.run(help_cmd, capture_output=True, env=env, check=True)
+        add("  CLI start (docker run --help)", time.perf_counter() - start)
+        wall_start = time.time()
+        add("bacalhau docker run", timed(ours_cmd, env))
+        wall_end = wall_start + phases["bacalhau docker run"][-1]
+        job = client.job(client.list_jobs(1)[0]["id"])
+        at = {f"{ev['kind']} {ev['state']}": ev["time"] for ev in job["events"]}
+        marks = [("  start to submitted (CLI start, signing, submit)", wall_start, at["job pending"]),
+                 ("  bid round (submitted to bid accepted)", at["job pending"], at["execution bid_accepted"]),
+                 ("  bid accepted to running", at["execution bid_accepted"], at["execution running"]),
+                 ("  running to ran (executor: Docker API)", at["execution running"], at["execution publishing"]),
+                 ("  publishing", at["execution publishing"], at["job completed"]),
+                 ("  completed to exit (CLI sees it, prints)", at["job completed"], wall_end)]
+        for name, a, b in marks:
+            add(name, b - a)
+    for name, values in phases.items():
+        print(f"{name:52s} median {statistics.median(values) * 1000:7.1f} ms  (n={len(values)})")
+    ratio = statistics.median(phases["bacalhau docker run"]) / statistics.median(phases["docker run --rm"])
+    print(f"ratio bacalhau/docker    {ratio:.2f}   (target <= 1.2)")
 
 
 def noop_throughput(client: ApiClient, jobs: int) -> None:

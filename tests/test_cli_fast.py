@@ -115,3 +115,20 @@ def test_yaml_of_a_job_is_what_pyyaml_writes() -> None:
            "executions": [{"id": "e1", "node_id": "12D3KooWabc", "state": "completed", "result": {"exit_code": 0}}],
            "events": [{"time": 1e-05, "kind": "job", "reason": "submitted", "subject": None}]}
     assert to_yaml(job) == yaml.safe_dump(job, sort_keys=False, allow_unicode=True)
+
+
+@pytest.mark.docker
+async def test_docker_run_prints_its_output_byte_for_byte_with_or_without_the_results_tail(single_node: Node) -> None:
+    from tests.test_cli import IMAGE
+
+    # valid UTF-8 under a KiB: printed from the result's tail; bytes that are not UTF-8 (three that decode to
+    # as many bytes), a real U+FFFD and 3 KiB are fetched; stderr every time
+    for script, stdout in (("printf 'h\\303\\251\\n'", "hé\n".encode()),
+                           ("printf 'a\\377b'", b"a\xffb"),
+                           ("printf '\\357\\277\\275'", "\ufffd".encode()),
+                           ("printf '\\360\\237\\230'", b"\xf0\x9f\x98"),    # decoded: one U+FFFD, 3 bytes too
+                           ("head -c 3000 /dev/zero", b"\0" * 3000)):
+        res = await run_cli(single_node, "docker", "run", IMAGE, "--", "sh", "-c", script + "; echo oops >&2")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout_bytes == stdout, script
+        assert res.stderr.endswith("oops\n"), res.stderr

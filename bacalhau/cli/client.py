@@ -141,6 +141,10 @@ class ApiClient:
         """A JSON request on this thread's kept-alive connection; its JSON answer."""
         if query:
             path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
+        return json.loads(self._exchange(method, path, body, headers))
+
+    def _exchange(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> bytes:
+        """A request on this thread's kept-alive connection; its answer's body, read whole."""
         head, data = self._headers(body, None, headers)
         conn: _Connection | None = getattr(self._kept, "conn", None)
         if conn is None:
@@ -161,7 +165,7 @@ class ApiClient:
             break
         if status >= 400:
             _raise_for(status, reason, answer)
-        return json.loads(answer)
+        return answer
 
     def stream(self, path: str) -> Iterator[bytes]:
         return self.sized_stream(path)[1]
@@ -257,6 +261,10 @@ class ApiClient:
 
     def result(self, job_id: str, item: str) -> Iterator[bytes]:
         return self.stream(f"/api/v1/jobs/{quote(job_id)}/results/{item}")
+
+    def small_result(self, job_id: str, item: str) -> bytes:
+        """A result item known to be small, read whole on the kept-alive connection (no http.client)."""
+        return self._exchange("GET", f"/api/v1/jobs/{quote(job_id)}/results/{item}")
 
     def result_tar(self, job_id: str) -> tuple[int | None, Iterator[bytes]]:
         return self.sized_stream(f"/api/v1/jobs/{quote(job_id)}/results/tar")
