@@ -32,15 +32,17 @@ class Served:
 
 
 @contextmanager
-def serve(*extra: str, repo: Path | None = None, engine: str = "docker") -> Iterator[Served]:
+def serve(*extra: str, repo: Path | None = None, engine: str = "docker", command: list[str] | None = None
+          ) -> Iterator[Served]:
     """`repo`: a state directory filled beforehand (removed at the end all the same); up once the node
-    advertises `engine` (noop benchmarks need no Docker)."""
+    advertises `engine` (noop benchmarks need no Docker). `command`: what runs as `bacalhau` (the installed
+    script by default)."""
     repo = repo or Path(tempfile.mkdtemp(prefix="bacalhau-bench-"))
     api_port, swarm_port = free_port(), free_port()
     env = {**os.environ, "BACALHAU_DIR": str(repo), "BACALHAU_API_HOST": "127.0.0.1",
            "BACALHAU_API_PORT": str(api_port)}
     log = open(repo / "serve.log", "wb")
-    proc = subprocess.Popen([BIN, "serve", "--port", str(api_port), "--swarm-port", str(swarm_port),
+    proc = subprocess.Popen([*(command or [BIN]), "serve", "--port", str(api_port), "--swarm-port", str(swarm_port),
                              "--ipfs-swarm-port", str(free_port()), *extra],
                             env=env, stdout=subprocess.DEVNULL, stderr=log)
     client = ApiClient("127.0.0.1", api_port)
