@@ -13,6 +13,8 @@ Measured on the shared 2-core machine (load 8-10), 10,000 jobs, medians of 9, wa
   perf:  python -c pass 51 ms (14); list 244 ms (69); describe 513 ms (110); the API's list 1.9 ms, describe 7.4 ms
   perf2 (same machine, load 4-6; main in the same hour: pass 12.0, list 61.3 (56.5), describe 76.2 (68.9)):
          python -c pass 14.4 ms (12.5); list 42.4 ms (33.9); describe 42.5 ms (31.2)
+         again at load 2-4, main then perf2 back to back, medians of 15: pass 9.4 / 9.7 ms; list 44.9 / 24.3;
+         describe 56.1 / 23.8; list with no bytecode cached 50.5 / 31.7
 The server answers in milliseconds with 10,000 jobs (an index for each lookup); a command's time is its
 interpreter's start and imports. The plain forms of list and describe now import neither click (~17 ms)
 nor PyYAML (~15 ms: describe's YAML is written by cli/output.py), nor typing, pathlib or urllib.parse.
