@@ -12,6 +12,41 @@ if TYPE_CHECKING:
 
     import click
 
+COMMANDS = {
+    "serve": "bacalhau.cli.serve:serve",
+    "devstack": "bacalhau.cli.devstack:devstack",
+    "docker": "bacalhau.cli.docker_run:docker",
+    "wasm": "bacalhau.cli.wasm_run:wasm",
+    "create": "bacalhau.cli.create:create",
+    "validate": "bacalhau.cli.create:validate",
+    "list": "bacalhau.cli.list_jobs:list_jobs",
+    "describe": "bacalhau.cli.describe:describe",
+    "cancel": "bacalhau.cli.cancel:cancel",
+    "get": "bacalhau.cli.get:get",
+    "logs": "bacalhau.cli.logs:logs",
+    "node": "bacalhau.cli.node:node",
+    "version": "bacalhau.cli.version:version",
+    "id": "bacalhau.cli.id:id_",
+    "ipfs": "bacalhau.cli.ipfs:ipfs",
+}
+HELP = {
+    "serve": "Run a node (requester and compute by default).",
+    "devstack": "Run a cluster of N nodes on this machine, for trying things out.",
+    "docker": "Run Docker jobs.",
+    "wasm": "Run WebAssembly (WASI) jobs.",
+    "create": "Submit a job spec from a YAML or JSON file.",
+    "validate": "Check a job spec file without submitting it.",
+    "list": "List jobs, newest first.",
+    "describe": "Show a job's spec, state, executions and events.",
+    "cancel": "Cancel a job.",
+    "get": "Download a job's results.",
+    "logs": "Print a job's logs; -f follows them live.",
+    "node": "Look at the cluster's nodes.",
+    "version": "Print the client's and the node's versions.",
+    "id": "Print the node's peer ID and addresses.",
+    "ipfs": "Content addressing: `ipfs add` with Kubo's CIDs.",
+}
+
 
 def main() -> None:
     from bacalhau.errors import BacalhauError
