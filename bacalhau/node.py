@@ -109,6 +109,7 @@ class Node:
         self.ipfs_host: Any = None
         self.remote_ipfs: RemoteIpfs | None = None     # with --ipfs-connect
         self.retention: Any = None               # the compute side's garbage collector (compute/retention.py)
+        self.amplify: Any = None                 # the Amplify workflow engine of a requester (amplify/engine.py)
         self.known_addrs: dict[str, list[str]] = {}     # other nodes' multiaddrs, from their NodeInfo
         self._ignored_senders: set[str] = set()         # gossip senders already warned about
 
@@ -237,6 +238,10 @@ class Node:
                 self.requester.nodes.pinned.add(self.node_id)
                 self.requester.nodes.update(self._node_info())
             await nursery.start(self.requester.run)
+            if cfg.amplify:
+                from bacalhau.amplify import open_amplify
+
+                self.amplify = await nursery.start(open_amplify(cfg, self.requester, self, self._stores).run)
         # every node listens: requesters keep their node table, and all keep the cluster's addresses, so
         # bitswap can reach a node that holds a block even where the cluster is a star around a requester
         await nursery.start(self._listen_node_info)

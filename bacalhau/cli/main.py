@@ -13,6 +13,7 @@ from bacalhau.version import VERSION
 
 COMMANDS = {
     "serve": "bacalhau.cli.serve:serve",
+    "amplify": "bacalhau.cli.amplify:amplify",
     "devstack": "bacalhau.cli.devstack:devstack",
     "docker": "bacalhau.cli.docker_run:docker",
     "wasm": "bacalhau.cli.wasm_run:wasm",
@@ -30,6 +31,7 @@ COMMANDS = {
 }
 HELP = {
     "serve": "Run a node (requester and compute by default).",
+    "amplify": "Workflows of jobs over a CID: run, list, describe, cancel, lineage, validate.",
     "devstack": "Run a cluster of N nodes on this machine, for trying things out.",
     "docker": "Run Docker jobs.",
     "wasm": "Run WebAssembly (WASI) jobs.",
