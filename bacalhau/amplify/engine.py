@@ -34,8 +34,8 @@ from bacalhau.amplify.workflow import (
     NodeDef,
     OnParentFailure,
     Workflow,
-    compile_predicate,
     parse_workflow,
+    predicate_matches,
 )
 from bacalhau.errors import BacalhauError, StateError, UserError
 from bacalhau.models import DockerSpec, Engine, JobSpec, JobState, StorageSpec, WasmSpec
@@ -295,7 +295,7 @@ class Amplify:
                     if policy == OnParentFailure.FAIL:
                         raise _Outcome(NodeState.FAILED, why)
                     continue
-                if inp.predicate is not None and compile_predicate(inp.predicate).search(parent.stdout) is None:
+                if inp.predicate is not None and not predicate_matches(inp.predicate, parent.stdout):
                     raise _Outcome(NodeState.SKIPPED, f"predicate {inp.predicate[:80]!r} does not match the "
                                                       f"stdout of {inp.node_id}")
                 source = parent.output_cid

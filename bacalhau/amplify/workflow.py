@@ -87,6 +87,11 @@ def compile_predicate(pattern: str) -> Any:
         raise ValueError(f"predicate {pattern[:80]!r} is not a regular expression RE2 accepts: {exc}") from None
 
 
+def predicate_matches(pattern: str, stdout: str) -> bool:
+    """Whether the predicate matches somewhere in `stdout` (unanchored, as the original's MatchString)."""
+    return compile_predicate(pattern).search(stdout) is not None
+
+
 class JobDef(_Strict):
     id: str
     type: Literal["bacalhau", "internal"] = "bacalhau"    # internal: the root job, whose output is the run's CID
