@@ -321,12 +321,13 @@ class Amplify:
 
         select = self._select
         if select is None:
-            try:
-                from bacalhau.amplify.content import select_files
+            import importlib
+
+            try:   # content detection: bacalhau/amplify/content.py
+                select = importlib.import_module("bacalhau.amplify.content").select_files
             except ImportError:
                 raise UserError("per-file routing (`when:`) needs content detection, which this node "
                                 "lacks") from None
-            select = select_files
         raw = cid_to_bytes(cid)
         await self._content.fetch_cid(raw)
         chosen = await select(self._content, raw, mime)

@@ -56,15 +56,15 @@ class _Strict(BaseModel):
 
 
 def check_id(value: str) -> str:
-    if not isinstance(value, str) or not _ID.fullmatch(value):
-        raise ValueError(f"id {str(value)[:80]!r} must be 1-64 letters, digits, '_', '.' or '-'")
+    if not _ID.fullmatch(value):
+        raise ValueError(f"id {value[:80]!r} must be 1-64 letters, digits, '_', '.' or '-'")
     return value
 
 
 def check_mount_path(value: str) -> str:
     """A plain absolute path in the job's container: no '..', no '.', no '//', not '/' itself."""
-    if not isinstance(value, str) or not value.startswith("/") or "\x00" in value or len(value) > 255:
-        raise ValueError(f"path {str(value)[:80]!r} must be an absolute path in the job's container")
+    if not value.startswith("/") or "\x00" in value or len(value) > 255:
+        raise ValueError(f"path {value[:80]!r} must be an absolute path in the job's container")
     parts = value.rstrip("/").split("/")[1:]
     if not parts or any(p in ("", ".", "..") for p in parts) or posixpath.normpath(value) != value.rstrip("/"):
         raise ValueError(f"path {value[:80]!r} must be a plain absolute path (no '..', '.' or '//', not '/')")
@@ -72,14 +72,14 @@ def check_mount_path(value: str) -> str:
 
 
 def check_mime(value: str) -> str:
-    if not isinstance(value, str) or not _MIME.fullmatch(value):
-        raise ValueError(f"mime {str(value)[:80]!r} is not a pattern like image/* or text/csv")
+    if not _MIME.fullmatch(value):
+        raise ValueError(f"mime {value[:80]!r} is not a pattern like image/* or text/csv")
     return value
 
 
 def compile_predicate(pattern: str) -> Any:
     """A predicate is an RE2 expression (linear time: no pattern can make matching a stdout blow up)."""
-    import re2
+    import re2  # type: ignore[import-untyped]
 
     try:
         return re2.compile(pattern)
@@ -272,13 +272,12 @@ def topological_order(graph: list[NodeDef]) -> list[str]:
         stuck = [n.id for n in graph if waiting[n.id] > 0]
         # follow parents among the stuck nodes until one repeats: that loop is the cycle
         path, seen = [stuck[0]], {stuck[0]}
-        while True:
-            nxt = next(p for p in sorted(parents[path[-1]]) if waiting.get(p, 0) > 0)
-            if nxt in seen:
-                cycle = path[path.index(nxt):] + [nxt]
-                break
+        nxt = next(p for p in sorted(parents[path[-1]]) if waiting.get(p, 0) > 0)
+        while nxt not in seen:
             path.append(nxt)
             seen.add(nxt)
+            nxt = next(p for p in sorted(parents[path[-1]]) if waiting.get(p, 0) > 0)
+        cycle = path[path.index(nxt):] + [nxt]
         raise ValueError(f"node {cycle[0]}: it is in a cycle ({' <- '.join(cycle)})")
     return order
 
@@ -288,7 +287,7 @@ class _NoAliasLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]
             raise WorkflowError(f"line {event.start_mark.line + 1}: YAML aliases (*name) are not allowed in a "
                                 "workflow")
         return super().compose_node(parent, index)
