@@ -52,4 +52,5 @@ if [ ! -f "$js_stamp" ]; then
 fi
 
 bash docker/build-images.sh
+bash scripts/setup-amplify.sh       # libmagic, ffmpeg and the image of Amplify's default workflow
 log "ready: $(.venv/bin/bacalhau --version)"

@@ -1,0 +1,232 @@
+"""What one file is, from its first bytes: the mime type by libmagic (python-magic over Debian's libmagic1),
+corrected where libmagic cannot know (JSON cut short by the head read, a CSV it calls text), and the facts a
+workflow routes on: image dimensions (Pillow reads the header only), audio and video duration and codecs
+(ffprobe over a bounded copy, under a timeout), rows and columns of tables, lines and words of text.
+
+Every read is bounded: the caller hands over at most `wanted(mime, size)` bytes; a file that is more than that
+is described from its beginning and the facts say so (`counted_bytes`). A fact that cannot be had (a
+decompression bomb, a table too wide, a clip ffprobe refuses) is an `error` in that file's facts; nothing here
+raises for one bad file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from typing import Any
+
+import trio
+
+HEAD_BYTES = 64 * 1024                 # what libmagic looks at
+IMAGE_BYTES = 1024 * 1024              # an image header (a JPEG's EXIF comes before its frame header)
+SCAN_BYTES = 4 * 1024 * 1024           # tables and text are counted over at most this
+MEDIA_BYTES = 16 * 1024 * 1024         # the copy ffprobe reads
+FFPROBE_TIMEOUT = 10.0
+FFPROBE_MAX_OUTPUT = 256 * 1024
+MAX_COLUMNS = 10_000
+MAX_IMAGE_PIXELS = 1 << 28             # 268 Mpx: beyond it an image is reported, never decoded
+MAX_JSON_DEPTH = 200
+
+_TEXTUAL = ("text/plain", "application/octet-stream")
+
+
+def looks_like_json(head: bytes) -> bool:
+    return head.lstrip()[:1] in (b"{", b"[")
+
+
+def sniff_mime(data: bytes, name: str, size: int) -> str:
+    """`data` is the file's first bytes: HEAD_BYTES, or up to SCAN_BYTES where `looks_like_json` (so that a
+    JSON file of up to SCAN_BYTES is parsed whole: libmagic, given only its head, calls it text/plain)."""
+    import magic
+
+    if size == 0:
+        return "application/x-empty"
+    mime = str(magic.from_buffer(data[:HEAD_BYTES], mime=True))
+    lower = name.lower()
+    if (mime in _TEXTUAL or mime == "text/csv" or lower.endswith(".json")) and looks_like_json(data):
+        if _parses_as_json(data) if size <= len(data) else lower.endswith(".json"):
+            return "application/json"
+    if mime == "text/plain" and lower.endswith((".csv", ".tsv")):
+        return "text/tab-separated-values" if lower.endswith(".tsv") else "text/csv"
+    return mime
+
+
+def _parses_as_json(data: bytes) -> bool:
+    try:
+        _load_json(data)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _load_json(data: bytes) -> Any:
+    depth = 0
+    for ch in data:     # a nesting deeper than this would exhaust the parser's stack: refused first
+        if ch in b"[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_JSON_DEPTH}")
+        elif ch in b"]}":
+            depth -= 1
+    return json.loads(data)
+
+
+def wanted(mime: str, size: int) -> int:
+    """How many of the file's first bytes the facts of this type need."""
+    if mime.startswith("image/"):
+        n = IMAGE_BYTES
+    elif mime.startswith(("video/", "audio/")):
+        n = MEDIA_BYTES
+    elif mime.startswith("text/") or mime == "application/json":
+        n = SCAN_BYTES
+    else:
+        n = 0
+    return min(n, size)
+
+
+def facts_sync(mime: str, size: int, data: bytes) -> dict[str, Any]:
+    """The facts of the types that need no subprocess (blocking: run in a thread)."""
+    try:
+        if mime.startswith("image/"):
+            return _image(data)
+        if mime in ("text/csv", "text/tab-separated-values"):
+            return _table(data, size, "\t" if mime.endswith("values") else ",")
+        if mime == "application/json":
+            return _json(data, size)
+        if mime.startswith("text/"):
+            return _text(data, size)
+    except Exception as exc:   # a parser's own surprise on a crafted file: that file's facts say so
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {}
+
+
+def _image(data: bytes) -> dict[str, Any]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        # only the header is read; the pixel count is checked before anything would be decoded
+        with Image.open(io.BytesIO(data)) as im:
+            pass
+    except Image.DecompressionBombError as exc:
+        return {"error": f"a decompression bomb: {exc}"[:300]}
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return {"error": f"not a readable image: {exc}"[:300]}
+    width, height = im.size
+    facts: dict[str, Any] = {"width": width, "height": height, "format": im.format, "mode": im.mode}
+    if width * height > MAX_IMAGE_PIXELS:
+        facts["error"] = f"{width}x{height} pixels is over the limit of {MAX_IMAGE_PIXELS}"
+    return facts
+
+
+def _table(data: bytes, size: int, delimiter: str) -> dict[str, Any]:
+    complete = len(data) >= size
+    first_line = data.split(b"\n", 1)[0]
+    if b"\n" not in data[:HEAD_BYTES] and len(data) > HEAD_BYTES:
+        return {"error": f"a header row longer than {HEAD_BYTES} bytes"}
+    if first_line.count(delimiter.encode()) + 1 > MAX_COLUMNS:
+        return {"error": f"{first_line.count(delimiter.encode()) + 1} columns, over the limit of {MAX_COLUMNS}"}
+    text = data.decode("utf-8", "replace")
+    if not complete:
+        text = text[:text.rfind("\n") + 1]       # the last line may be cut
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    header = next(reader, [])
+    rows, widths = 0, set()
+    for row in reader:
+        if row:
+            rows += 1
+            widths.add(len(row))
+    facts: dict[str, Any] = {"columns": len(header), "header": [h[:100] for h in header[:100]], "rows": rows}
+    if widths - {len(header)}:
+        facts["ragged"] = True
+    if not complete:
+        facts["counted_bytes"] = len(data)
+    return facts
+
+
+def _json(data: bytes, size: int) -> dict[str, Any]:
+    if len(data) < size:
+        return {"counted_bytes": 0, "parsed": False}
+    value = _load_json(data)
+    facts: dict[str, Any] = {"top": type(value).__name__}
+    if isinstance(value, list):
+        facts["rows"] = len(value)
+        keys: dict[str, None] = {}
+        for item in value[:1000]:
+            if isinstance(item, dict):
+                keys.update(dict.fromkeys(list(item)[:MAX_COLUMNS]))
+                if len(keys) > MAX_COLUMNS:
+                    break
+        if keys:
+            facts["columns"] = len(keys)
+            facts["header"] = [str(k)[:100] for k in list(keys)[:100]]
+    elif isinstance(value, dict):
+        facts["keys"] = len(value)
+    return facts
+
+
+def _text(data: bytes, size: int) -> dict[str, Any]:
+    text = data.decode("utf-8", "replace")
+    facts: dict[str, Any] = {"lines": text.count("\n") + (1 if text and not text.endswith("\n") else 0),
+                             "words": len(text.split())}
+    if len(data) < size:
+        facts["counted_bytes"] = len(data)
+    return facts
+
+
+async def media_facts(data: bytes, size: int) -> dict[str, Any]:
+    """ffprobe over a temporary copy of the file's first bytes, killed after FFPROBE_TIMEOUT."""
+    fd, path = await trio.to_thread.run_sync(tempfile.mkstemp, "", "amplify-probe-")
+    try:
+        await trio.to_thread.run_sync(_write_close, fd, data)
+        cmd = ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", path]
+        try:
+            with trio.fail_after(FFPROBE_TIMEOUT):
+                done = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
+        except trio.TooSlowError:
+            return {"error": f"ffprobe took over {FFPROBE_TIMEOUT:g} s"}
+        except OSError as exc:
+            return {"error": f"ffprobe could not run: {exc.strerror or exc}"}
+        if done.returncode != 0:
+            reason = done.stderr.decode("utf-8", "replace").strip().splitlines()
+            return {"error": f"ffprobe: {reason[-1] if reason else 'exit ' + str(done.returncode)}"[:300]}
+        return _probe_facts(done.stdout[:FFPROBE_MAX_OUTPUT], len(data) < size)
+    finally:
+        await trio.to_thread.run_sync(_unlink, path)
+
+
+def _write_close(fd: int, data: bytes) -> None:
+    with open(fd, "wb") as f:
+        f.write(data)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _probe_facts(out: bytes, partial: bool) -> dict[str, Any]:
+    try:
+        probe = json.loads(out)
+    except ValueError:
+        return {"error": "ffprobe gave no readable answer"}
+    fmt = probe.get("format") or {}
+    facts: dict[str, Any] = {"container": fmt.get("format_name")}
+    try:
+        facts["duration"] = round(float(fmt["duration"]), 3)
+    except (KeyError, TypeError, ValueError):
+        pass
+    streams = [s for s in probe.get("streams") or [] if isinstance(s, dict)][:16]
+    facts["codecs"] = [str(s.get("codec_name")) for s in streams]
+    for s in streams:
+        if s.get("codec_type") == "video" and "width" not in facts:
+            facts["width"], facts["height"] = s.get("width"), s.get("height")
+        if s.get("codec_type") == "audio" and "sample_rate" not in facts:
+            facts["sample_rate"], facts["channels"] = s.get("sample_rate"), s.get("channels")
+    if partial:
+        facts["counted_bytes"] = MEDIA_BYTES
+    return facts

@@ -1,0 +1,172 @@
+"""The default workflow's job scripts, each run in the real image (bacalhau/amplify:latest, built by
+scripts/setup-amplify.sh) over a real input directory, as a job runs them: /inputs read-only, /outputs
+written, no network. Each produces the outputs it promises and a JSON line per file on stdout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.amplify_files import fixtures, make_png
+
+IMAGE = "bacalhau/amplify:latest"
+DEFAULT = Path(__file__).resolve().parent.parent / "bacalhau" / "amplify" / "default.yaml"
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    got = subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, check=False)
+    assert got.returncode == 0, f"{IMAGE} is missing: run scripts/setup-amplify.sh"
+    return IMAGE
+
+
+def entrypoint(job: str) -> list[str]:
+    jobs = {j["id"]: j for j in yaml.safe_load(DEFAULT.read_text())["jobs"]}
+    return list(jobs[job]["entrypoint"])
+
+
+class Ran:
+    def __init__(self, done: subprocess.CompletedProcess[str], out: Path) -> None:
+        self.code = done.returncode
+        self.stderr = done.stderr
+        self.lines: list[dict[str, Any]] = [json.loads(line) for line in done.stdout.splitlines() if line]
+        self.out = out
+
+    def by_path(self) -> dict[str, dict[str, Any]]:
+        return {line["path"]: line for line in self.lines}
+
+    def files(self) -> list[str]:
+        return sorted(str(p.relative_to(self.out)) for p in self.out.rglob("*") if p.is_file())
+
+
+def run_job(image: str, job: str, inputs: Path, out: Path, *, timeout: float = 120) -> Ran:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = ["docker", "run", "--rm", "--network", "none", "-v", f"{inputs}:/inputs:ro", "-v", f"{out}:/outputs",
+           "--entrypoint", entrypoint(job)[0], image, *entrypoint(job)[1:]]
+    return Ran(subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False), out)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fixtures(tmp_path_factory.mktemp("amplify") / "in", video=True)
+
+
+def test_metadata_describes_every_file(image: str, inputs: Path, tmp_path: Path) -> None:
+    ran = run_job(image, "metadata-job", inputs, tmp_path / "out")
+    assert ran.code == 0, ran.stderr
+    got = ran.by_path()
+    assert sorted(got) == ["clip.mp4", "empty", "noext", "notes.txt", "people.csv", "records.json", "red.png",
+                           "sub/blue.png", "tone.wav"]
+    assert got["records.json"]["Content-Type"] == "application/json"
+    assert got["noext"]["Content-Type"] == "application/json"
+    assert got["people.csv"]["Content-Type"] == "text/csv"
+    assert (got["red.png"]["width"], got["red.png"]["height"]) == (64, 48)
+    assert got["clip.mp4"]["codecs"][0] == "h264" and got["clip.mp4"]["duration"] == pytest.approx(1, abs=0.15)
+    assert got["tone.wav"]["duration"] == pytest.approx(0.5, abs=0.01)
+    assert got["notes.txt"]["lines"] == 3 and got["notes.txt"]["words"] == 9
+    assert got["empty"]["size"] == 0 and "error" not in got["empty"]
+    assert "sub/blue.png.metadata.json" in ran.files() and "metadata.json" in ran.files()
+    assert len(json.loads((ran.out / "metadata.json").read_text())) == 9
+
+
+def test_image_job_makes_a_thumbnail_and_a_resized_copy(image: str, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    (src / "deep").mkdir(parents=True)
+    make_png(src / "wide.png", (800, 400))
+    make_png(src / "deep" / "small.png", (30, 10))
+    ran = run_job(image, "image-job", src, tmp_path / "out")
+    assert ran.code == 0, ran.stderr
+    assert ran.files() == ["deep/small.png.resized.jpg", "deep/small.png.thumb.png", "wide.png.resized.jpg",
+                           "wide.png.thumb.png"]
+    from PIL import Image
+
+    with Image.open(ran.out / "wide.png.thumb.png") as im:
+        assert im.size == (128, 64)
+    with Image.open(ran.out / "wide.png.resized.jpg") as im:
+        assert im.size == (400, 200) and im.format == "JPEG"
+    assert ran.by_path()["deep/small.png"]["resized_size"] == [15, 5]
+
+
+def test_media_job_probes_and_transcodes_a_preview(image: str, inputs: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(inputs / "clip.mp4", src)
+    shutil.copy(inputs / "tone.wav", src)
+    ran = run_job(image, "media-job", src, tmp_path / "out")
+    assert ran.code == 0, ran.stderr
+    assert ran.files() == ["clip.mp4.preview.mp4", "clip.mp4.probe.json", "tone.wav.preview.m4a",
+                           "tone.wav.probe.json"]
+    probe = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams",
+                            str(ran.out / "clip.mp4.preview.mp4")], capture_output=True, check=True)
+    [video] = [s for s in json.loads(probe.stdout)["streams"] if s["codec_type"] == "video"]
+    assert (video["codec_name"], video["height"]) == ("h264", 144)
+    assert ran.by_path()["tone.wav"]["preview"] == "tone.wav.preview.m4a"
+
+
+def test_table_job_validates_and_profiles_csv_and_json(image: str, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "people.csv").write_text("name,age,joined\nann,31,2020-01-05\nbob,42,2021-03-01\ncid,27,2019-12-31\n")
+    (src / "ragged.csv").write_text("a,b\n1,2\n3\n")
+    (src / "scores.json").write_text(json.dumps([{"id": 1, "score": 2.5}, {"id": 2, "score": None},
+                                                 {"id": 3, "score": 9.0}]))
+    ran = run_job(image, "table-job", src, tmp_path / "out")
+    assert ran.code == 0, ran.stderr
+    got = ran.by_path()
+    assert got["people.csv"]["valid"] is True and got["people.csv"]["rows"] == 3
+    assert got["ragged.csv"]["valid"] is False and "row 2: 1 fields" in got["ragged.csv"]["errors"][0]
+    people = json.loads((ran.out / "people.csv.profile.json").read_text())["fields"]
+    assert people[1] == {"name": "age", "type": "integer", "values": 3, "empty": 0, "distinct": 3,
+                         "min": 27, "max": 42}
+    assert (people[2]["type"], people[2]["min"], people[2]["max"]) == ("date", "2019-12-31", "2021-03-01")
+    scores = json.loads((ran.out / "scores.json.profile.json").read_text())
+    assert scores["valid"] and scores["rows"] == 3
+    assert scores["fields"][1] == {"name": "score", "type": "number", "values": 2, "empty": 1, "distinct": 2,
+                                   "min": 2.5, "max": 9.0}
+
+
+def test_text_job_counts_and_summarises(image: str, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    story = ("Bacalhau is dried and salted cod. Cod is fished in the cold north. The weather was fine. "
+             "Salted cod keeps for years, and dried cod travelled with sailors. Nobody asked. "
+             "Cod dishes number a thousand in Portugal.\nThe end.\n")
+    (src / "cod.txt").write_text(story)
+    ran = run_job(image, "text-job", src, tmp_path / "out")
+    assert ran.code == 0, ran.stderr
+    got = ran.by_path()["cod.txt"]
+    assert (got["lines"], got["words"]) == (2, len(story.split()))
+    assert len(got["summary"]) == 3 and all(s in story for s in got["summary"])
+    assert "Nobody asked." not in got["summary"] and any("cod" in s for s in got["summary"])
+    assert (ran.out / "cod.txt.summary.txt").read_text().splitlines() == got["summary"]
+
+
+def test_merge_gathers_each_parent_under_its_name(image: str, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    (src / "image" / "sub").mkdir(parents=True)
+    (src / "image" / "sub" / "a.thumb.png").write_bytes(b"png")
+    (src / "text").mkdir()
+    (src / "text" / "t.summary.txt").write_text("s\n")
+    ran = run_job(image, "merge-job", src, tmp_path / "out")
+    assert ran.code == 0, ran.stderr
+    assert ran.files() == ["image/sub/a.thumb.png", "index.json", "text/t.summary.txt"]
+    assert json.loads((ran.out / "index.json").read_text()) == {"image": ["sub/a.thumb.png"],
+                                                               "text": ["t.summary.txt"]}
+
+
+def test_a_single_file_cid_is_handled_by_its_content_not_its_name(image: str, tmp_path: Path) -> None:
+    """A CID may be one file: the node mounts it as /inputs/<CID>, a name without an extension."""
+    src = tmp_path / "in"
+    src.mkdir()
+    name = "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"
+    make_png(src / name)
+    ran = run_job(image, "image-job", src, tmp_path / "out")
+    assert ran.code == 0, ran.stderr
+    assert ran.files() == [f"{name}.resized.jpg", f"{name}.thumb.png"]
