@@ -11,6 +11,7 @@ import httpx
 import pytest
 import trio
 
+from bacalhau.amplify.actions import cancel_action, run_action
 from bacalhau.amplify.store import NodeState
 from bacalhau.amplify.workflow import WorkflowError, parse_workflow
 from bacalhau.ipfs.unixfs import add_path, cid_str, cid_to_bytes
@@ -106,10 +107,25 @@ async def api(node: Node, method: str, path: str, body: Any = None, **params: An
         return await client.request(method, path, json=body, params=params or None)
 
 
-async def submit(node: Node, cid: str, workflow: str, run_id: str | None = None) -> httpx.Response:
+def signed(node: Node, action: Any, key_name: str = "client.key") -> dict[str, Any]:
+    """`action` signed for `node`'s cluster by a client whose key is `key_name` in the node's repo."""
+    from bacalhau.signing import load_or_create_client_key, sign
+
+    return sign(load_or_create_client_key(node.config.repo_dir / key_name), action, node.cluster_id)
+
+
+async def submit(node: Node, cid: str, workflow: str | None, run_id: str | None = None,
+                 key_name: str = "client.key") -> httpx.Response:
     run_id = run_id or str(uuid.uuid4())
+    attrs: dict[str, Any] = {"inputs": [{"cid": cid}]}
+    if workflow is not None:
+        attrs["workflow"] = workflow
     return await api(node, "PUT", f"/api/v0/queue/{run_id}",
-                     {"data": {"attributes": {"inputs": [{"cid": cid}], "workflow": workflow}}})
+                     {"data": {"attributes": attrs}, **signed(node, run_action(run_id, cid, workflow), key_name)})
+
+
+async def cancel(node: Node, run_id: str, key_name: str = "client.key") -> httpx.Response:
+    return await api(node, "POST", f"/api/v0/queue/{run_id}/cancel", signed(node, cancel_action(run_id), key_name))
 
 
 async def wait_run(node: Node, run_id: str, timeout: float = 90) -> dict[str, Any]:
@@ -189,6 +205,7 @@ async def test_a_workflow_of_docker_jobs_passes_cids_down_skips_a_branch_and_ret
     # the jobs are ordinary cluster jobs, labelled with the run
     job = await node.requester.store.get_job(nodes["count-node"]["job_id"])
     assert job.spec.labels == {"amplify": run_id, "amplify-node": "count-node"}
+    assert job.client_id == signed(node, "x")["client_id"]      # the run's jobs are its submitter's
     assert job.spec.inputs[0].source == f"ipfs://{nodes['list-node']['output_cid']}"
 
     # lineage both ways, by CID
@@ -286,7 +303,7 @@ async def test_a_full_queue_answers_429_and_cancelling_a_run_cancels_its_job(tmp
         assert out.returncode == 1 and "queue is full" in out.stderr and "Traceback" not in out.stderr
 
         job_id = nodes_of((await api(node, "GET", f"/api/v0/queue/{first}")).json()["data"])["sleeper"]["job_id"]
-        out = await run_cli(node, "amplify", "cancel", first)
+        out = await run_cli(node, "amplify", "cancel", first, env={"BACALHAU_DIR": str(node.config.repo_dir)})
         assert out.returncode == 0, out.stderr
         assert (await node.requester.store.get_job(job_id)).state.value == "cancelled"
         data = (await api(node, "GET", f"/api/v0/queue/{first}")).json()["data"]
@@ -295,8 +312,8 @@ async def test_a_full_queue_answers_429_and_cancelling_a_run_cancels_its_job(tmp
         with trio.fail_after(30):
             while (await api(node, "GET", f"/api/v0/queue/{second}")).json()["data"]["meta"]["status"] != "running":
                 await trio.sleep(0.1)
-        assert (await api(node, "POST", f"/api/v0/queue/{second}/cancel", {})).status_code == 200
-        again = await api(node, "POST", f"/api/v0/queue/{second}/cancel", {})
+        assert (await cancel(node, second)).status_code == 200
+        again = await cancel(node, second)
         assert again.status_code == 409
         nursery.cancel_scope.cancel()
 

@@ -14,7 +14,7 @@ import pytest
 from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
 from bacalhau.node import Node
 from tests.amplify_files import fixtures
-from tests.test_amplify import api, cat_file, nodes_of, wait_run
+from tests.test_amplify import api, cat_file, nodes_of, submit, wait_run
 
 
 @pytest.mark.docker
@@ -27,7 +27,7 @@ async def test_the_default_workflow_runs_the_steps_each_file_needs_and_merges_th
     cid = lines[-1][0]
     node.blockstore.pin(cid_to_bytes(cid))
     run_id = str(uuid.uuid4())
-    answer = await api(node, "PUT", f"/api/v0/queue/{run_id}", {"data": {"attributes": {"inputs": [{"cid": cid}]}}})
+    answer = await submit(node, cid, None, run_id)     # the node's default workflow
     assert answer.status_code == 202, answer.text
     data = await wait_run(node, run_id, timeout=300)
     nodes = nodes_of(data)

@@ -122,14 +122,16 @@ class Amplify:
 
     # -- the API's calls ------------------------------------------------------------------------------------
 
-    async def submit(self, run_id: str, cid: str, workflow: str | None = None) -> tuple[RunRecord, bool]:
-        """Queue a run of `workflow` (the node's default when None) over `cid`; the same id again is the same
-        run (idempotent). QueueFull when max_waiting runs wait."""
+    async def submit(self, run_id: str, cid: str, workflow: str | None = None,
+                     client_id: str = "") -> tuple[RunRecord, bool]:
+        """Queue a run of `workflow` (the node's default when None) over `cid` for `client_id` (its jobs are
+        submitted as theirs); the same id again is the same run (idempotent). QueueFull when max_waiting runs
+        wait."""
         text = workflow if workflow is not None else self.default_workflow
         if not text:
             raise UserError("this node has no default workflow (serve --amplify-workflow FILE): give one")
         wf = parse_workflow(text)
-        run, new = await self.store.create_run(run_id, cid, text, wf.order(), self.limits.max_waiting)
+        run, new = await self.store.create_run(run_id, cid, text, wf.order(), self.limits.max_waiting, client_id)
         if new:
             log.info("amplify run %s queued for %s", run_id, cid)
             self._queue.append(run_id)
@@ -210,6 +212,7 @@ class Amplify:
         except _Outcome as outcome:
             await self._end(run, node_id, outcome.state, outcome.reason)
         except Exception as exc:   # this node fails alone
+            await trio.lowlevel.checkpoint()   # unless the node is stopping (then this raises Cancelled)
             log.warning("amplify run %s node %s: %r", run.record.id, node_id, exc)
             reason = str(exc) if isinstance(exc, BacalhauError) else f"internal error: {exc!r}"
             await self._end(run, node_id, NodeState.FAILED, reason[:300])
@@ -340,7 +343,7 @@ class Amplify:
         if not await self.store.set_node(run_id, node.id, NodeState.RUNNING, attempt=attempt, job_id=""):
             raise _Outcome(NodeState.CANCELLED, "its run was cancelled")
         with trio.CancelScope(shield=True):
-            job = await self._requester.submit(spec, client_id=CLIENT_ID)
+            job = await self._requester.submit(spec, client_id=run.record.client_id or CLIENT_ID)
             kept = await self.store.set_node(run_id, node.id, NodeState.RUNNING, attempt=attempt, job_id=job.id)
             if not kept:
                 await self._cancel_job(job.id, "its run was cancelled")

@@ -25,7 +25,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, cid TEXT NOT NULL, workflow TEXT NOT NULL,
     state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', outputs TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL, started_at REAL, ended_at REAL
+    created_at REAL NOT NULL, started_at REAL, ended_at REAL, client_id TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS runs_state ON runs(state, seq);
 CREATE TABLE IF NOT EXISTS nodes (
@@ -105,6 +105,7 @@ class RunRecord:
     started_at: float | None = None
     ended_at: float | None = None
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    client_id: str = ""              # who submitted it (signing.py): its jobs are theirs, only they cancel it
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,8 @@ def _run(row: sqlite3.Row) -> RunRecord:
     return RunRecord(id=row["id"], cid=row["cid"], workflow=row["workflow"],
                      state=RunState(state) if state in RunState.__members__.values() else RunState.FAILED,
                      reason=row["reason"], outputs=[o for o in row["outputs"].split(",") if o],
-                     created_at=row["created_at"], started_at=row["started_at"], ended_at=row["ended_at"])
+                     created_at=row["created_at"], started_at=row["started_at"], ended_at=row["ended_at"],
+                     client_id=row["client_id"])
 
 
 def _node(row: sqlite3.Row) -> NodeRecord:
@@ -144,7 +146,7 @@ class AmplifyStore:
         self._db.close()
 
     async def create_run(self, run_id: str, cid: str, workflow: str, node_ids: list[str],
-                         max_waiting: int) -> tuple[RunRecord, bool]:
+                         max_waiting: int, client_id: str = "") -> tuple[RunRecord, bool]:
         """The run (created queued with its nodes, or the one that has this id already) and whether it is new.
         QueueFull when `max_waiting` runs wait already."""
         def tx(conn: sqlite3.Connection) -> tuple[RunRecord, bool]:
@@ -153,14 +155,16 @@ class AmplifyStore:
                 run = _run(row)
                 if run.cid != cid:
                     raise StateError(f"run {run_id} exists already, for another CID ({run.cid})")
+                if run.client_id != client_id:
+                    raise StateError(f"run {run_id} exists already, submitted by another client")
                 return run, False
             waiting = conn.execute("SELECT COUNT(*) FROM runs WHERE state=?", (RunState.QUEUED.value,)).fetchone()[0]
             if waiting >= max_waiting:
                 raise QueueFull(f"the amplify queue is full ({waiting} runs wait; serve --amplify-max-waiting "
                                 f"is {max_waiting}): try again when some have started")
             now = time.time()
-            conn.execute("INSERT INTO runs(id, cid, workflow, state, created_at) VALUES (?,?,?,?,?)",
-                         (run_id, cid, workflow, RunState.QUEUED.value, now))
+            conn.execute("INSERT INTO runs(id, cid, workflow, state, created_at, client_id) VALUES (?,?,?,?,?,?)",
+                         (run_id, cid, workflow, RunState.QUEUED.value, now, client_id))
             conn.executemany("INSERT INTO nodes(run_id, node_id, state) VALUES (?,?,?)",
                              [(run_id, n, NodeState.QUEUED.value) for n in node_ids])
             return _run(conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()), True

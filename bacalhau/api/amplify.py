@@ -3,7 +3,7 @@ appears once, with its parents and children by id).
 
     GET  /api/v0                               links
     PUT  /api/v0/queue/{uuid}                  {"data": {"attributes": {"inputs": [{"cid": CID}],
-                                               "workflow": YAML (optional: the node's default)}}}
+                                               "workflow": YAML (optional: the node's default)}}, + signature}
                                                -> 202 new, 200 the same run again (the client picks the id);
                                                429 with a reason when the queue is full
     GET  /api/v0/queue?page[size]=N&page[number]=K   newest first
@@ -12,6 +12,9 @@ appears once, with its parents and children by id).
     GET  /api/v0/graph                         the default workflow's nodes
     GET  /api/v0/lineage/{cid}?direction=up|down|both&depth=N   what made a CID and what was made from it
 Errors are {"error": message, "title", "detail", "status"}.
+
+A run request and a cancel are signed by the client (signing.py; the signature fields beside "data"), each
+signature accepted once, as for jobs: the run's jobs are submitted as that client's, and only it cancels the run.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from bacalhau.amplify.actions import cancel_action, run_action
 from bacalhau.errors import BacalhauError, NotFoundError, StateError, UserError
 
 if TYPE_CHECKING:
     from bacalhau.amplify.engine import Amplify
     from bacalhau.amplify.store import RunRecord
     from bacalhau.api.ports import ApiDeps
+    from bacalhau.api.replay import SeenSignatures
 
 MAX_BODY = 512 * 1024           # a run request with its workflow (a workflow is at most 256 KiB)
 MAX_PAGE = 100
@@ -144,7 +149,7 @@ def detail(run: RunRecord) -> dict[str, Any]:
     return out
 
 
-def routes(deps: ApiDeps, amplify: Amplify | None) -> list[BaseRoute]:
+def routes(deps: ApiDeps, amplify: Amplify | None, seen: SeenSignatures) -> list[BaseRoute]:
     """Amplify's routes; with no engine (serve --no-amplify) each answers 503 with why."""
     if amplify is None:
         async def off(request: Request) -> Response:
@@ -152,6 +157,13 @@ def routes(deps: ApiDeps, amplify: Amplify | None) -> list[BaseRoute]:
 
         return [Route("/api/v0/{rest:path}", off, methods=["GET", "PUT", "POST"])]
     engine = amplify
+
+    async def signed_by(body: Any, action: Any) -> str:
+        from bacalhau.signing import verify
+
+        signed = verify(body if isinstance(body, dict) else {}, action, deps.identity.cluster_id)
+        await seen.accept(signed.signature, signed.signed_at)
+        return signed.client_id
 
     @_guard
     async def home(request: Request) -> Response:
@@ -173,7 +185,8 @@ def routes(deps: ApiDeps, amplify: Amplify | None) -> list[BaseRoute]:
         workflow = attrs.get("workflow")
         if workflow is not None and not isinstance(workflow, str):
             raise UserError("workflow must be the workflow's YAML text")
-        run, new = await engine.submit(run_id, cid, workflow)
+        client_id = await signed_by(body, run_action(run_id, cid, workflow))
+        run, new = await engine.submit(run_id, cid, workflow, client_id)
         return JSONResponse({"data": item(run)}, status_code=202 if new else 200)
 
     @_guard
@@ -198,7 +211,12 @@ def routes(deps: ApiDeps, amplify: Amplify | None) -> list[BaseRoute]:
 
     @_guard
     async def cancel_run(request: Request) -> Response:
-        run = await engine.cancel(parse_run_id(request.path_params["run_id"]))
+        run_id = parse_run_id(request.path_params["run_id"])
+        client_id = await signed_by(await _body(request), cancel_action(run_id))
+        owner = (await engine.store.get_run(run_id)).client_id
+        if owner and owner != client_id:
+            return _error(403, "only the client that requested a run can cancel it", "Forbidden")
+        run = await engine.cancel(run_id)
         return JSONResponse({"data": item(run)})
 
     @_guard

@@ -273,7 +273,7 @@ def build_app(node: Node, seen: SeenSignatures) -> Starlette:
     routes += [Route(path, _handle_errors(fn), methods=methods) for path, fn, methods in ipfs_routes(node)]
     from bacalhau.api.amplify import routes as amplify_routes
     from bacalhau.api.ports import ApiDeps
-    routes += amplify_routes(ApiDeps.from_node(node), node.amplify)
+    routes += amplify_routes(ApiDeps.from_node(node), node.amplify, seen)
     return Starlette(routes=routes)
 
 

@@ -62,8 +62,11 @@ def run(ctx: click.Context, cid: str, workflow: str | None, run_id: str | None, 
     text = _workflow_text(workflow)
     if text is not None:
         attributes["workflow"] = text
+    from bacalhau.amplify.actions import run_action
+
     client = client_from(ctx)
-    answer = client.request("PUT", f"/api/v0/queue/{run_id}", {"data": {"attributes": attributes}})
+    signature = client._sign(run_action(run_id, cid, text))    # noqa: SLF001 - the client's own signing key
+    answer = client.request("PUT", f"/api/v0/queue/{run_id}", {"data": {"attributes": attributes}, **signature})
     click.echo(run_id)
     if id_only and not wait:
         return
@@ -134,7 +137,14 @@ def describe(ctx: click.Context, run_id: str, output: str) -> None:
 @click.pass_context
 def cancel(ctx: click.Context, run_id: str) -> None:
     """Cancel a run; the jobs its nodes have in flight are cancelled."""
-    client_from(ctx).request("POST", f"/api/v0/queue/{run_id}/cancel", {})
+    from bacalhau.amplify.actions import cancel_action
+
+    try:
+        run_id = str(uuid.UUID(run_id))
+    except ValueError:
+        raise click.BadParameter(f"{run_id!r} is not a run id (a UUID)", param_hint="RUN_ID") from None
+    client = client_from(ctx)
+    client.request("POST", f"/api/v0/queue/{run_id}/cancel", client._sign(cancel_action(run_id)))  # noqa: SLF001
     status(f"run {run_id} cancelled")
 
 

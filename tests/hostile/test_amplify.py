@@ -11,8 +11,10 @@ import httpx
 import pytest
 import trio
 
+from bacalhau.amplify.actions import cancel_action, run_action
 from bacalhau.amplify.workflow import WorkflowError, parse_workflow, predicate_matches
 from bacalhau.node import Node
+from tests.test_amplify import signed
 
 IMAGE = "bacalhau/busybox:latest"
 CID = "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"   # the empty directory
@@ -43,6 +45,11 @@ def put_body(workflow: str | None = None, cid: str = CID) -> dict[str, Any]:
     return {"data": {"attributes": attrs}}
 
 
+def signed_put(node: Node, run_id: str, workflow: str | None = None, cid: str = CID,
+               key_name: str = "client.key") -> dict[str, Any]:
+    return {**put_body(workflow, cid), **signed(node, run_action(run_id, cid, workflow), key_name)}
+
+
 async def parse_in_thread(text: str) -> WorkflowError:
     """parse_workflow off the event loop, given 5 s: a parser that hangs fails the test instead of it."""
     def parse() -> WorkflowError:
@@ -58,7 +65,8 @@ async def parse_in_thread(text: str) -> WorkflowError:
 
 async def test_a_cycle_is_refused_at_submit_naming_a_node_and_the_engine_goes_on(single_node: Node) -> None:
     with trio.fail_after(10):     # the original's graph builder looped for ever on a cycle
-        answer = await api(single_node, "PUT", f"/api/v0/queue/{uuid.uuid4()}", put_body(CYCLE))
+        run_id = str(uuid.uuid4())
+        answer = await api(single_node, "PUT", f"/api/v0/queue/{run_id}", signed_put(single_node, run_id, CYCLE))
     assert answer.status_code == 400
     assert "in a cycle (a <- c <- b <- a)" in answer.json()["error"]
     listed = await api(single_node, "GET", "/api/v0/queue")
@@ -81,7 +89,8 @@ async def test_a_huge_workflow_is_refused_by_its_size_and_a_huge_graph_by_its_co
     huge = wf("".join(f"- id: n{i}\n  job_id: sh\n  inputs: [{{node_id: root-node, path: /i}}]\n"
                       for i in range(6000)))
     assert len(huge) > 256 * 1024
-    answer = await api(single_node, "PUT", f"/api/v0/queue/{uuid.uuid4()}", put_body(huge))
+    run_id = str(uuid.uuid4())
+    answer = await api(single_node, "PUT", f"/api/v0/queue/{run_id}", signed_put(single_node, run_id, huge))
     assert answer.status_code == 400 and "over the 262144 a workflow may be" in answer.json()["error"]
     many = wf("".join(f"- id: n{i}\n  job_id: sh\n  inputs: [{{node_id: root-node, path: /i}}]\n"
                       for i in range(300)))
@@ -129,18 +138,20 @@ async def test_a_node_id_that_is_not_a_plain_name_is_refused(bad_id: str) -> Non
 
 async def test_run_requests_out_of_bounds_get_one_line_and_a_4xx(single_node: Node) -> None:
     node = single_node
+    ids = [str(uuid.uuid4()) for _ in range(3)]
     cases = [
         ("PUT", "/api/v0/queue/1%27%3B%20DROP%20TABLE%20runs", put_body(), 400, "is not a UUID"),
         ("PUT", f"/api/v0/queue/{uuid.uuid4()}", put_body(cid="../../etc/passwd"), 400, "is not a sha2-256 CID"),
         ("PUT", f"/api/v0/queue/{uuid.uuid4()}", {"data": {"attributes": {"inputs": [{"cid": CID}] * 2}}}, 400,
          "exactly one"),
         ("PUT", f"/api/v0/queue/{uuid.uuid4()}", [1, 2], 400, "the body must be"),
-        ("PUT", f"/api/v0/queue/{uuid.uuid4()}", put_body(workflow="jobs: [1"), 400, "is not YAML"),
+        ("PUT", f"/api/v0/queue/{ids[0]}", signed_put(node, ids[0], "jobs: [1"), 400, "is not YAML"),
+        ("PUT", f"/api/v0/queue/{ids[1]}", put_body(), 400, "the request is not signed"),
         ("GET", "/api/v0/queue?page[size]=1000000", None, 400, "page[size] must be between 1 and 100"),
         ("GET", "/api/v0/queue?page[number]=x", None, 400, "whole number"),
         ("GET", f"/api/v0/lineage/{CID}?depth=1000", None, 400, "depth must be between 1 and 20"),
         ("GET", "/api/v0/lineage/QmNotACid", None, 400, "is not a sha2-256 CID"),
-        ("POST", f"/api/v0/queue/{uuid.uuid4()}/cancel", {}, 404, "no amplify run"),
+        ("POST", f"/api/v0/queue/{ids[2]}/cancel", signed(node, cancel_action(ids[2])), 404, "no amplify run"),
     ]
     for method, path, body, status, text in cases:
         answer = await api(node, method, path, body)
@@ -161,14 +172,35 @@ async def test_one_run_id_raced_by_two_requests_is_one_run_and_another_cid_under
     text = wf("- id: a\n  job_id: sh\n  inputs: [{node_id: root-node, path: /i}]\n")
 
     async def put() -> None:
-        statuses.append((await api(node, "PUT", f"/api/v0/queue/{run_id}", put_body(text))).status_code)
+        statuses.append((await api(node, "PUT", f"/api/v0/queue/{run_id}", signed_put(node, run_id, text))).status_code)
 
     async with trio.open_nursery() as nursery:
         for _ in range(4):
             nursery.start_soon(put)
     assert sorted(statuses) == [200, 200, 200, 202]
     other = "bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354"
-    conflict = await api(node, "PUT", f"/api/v0/queue/{run_id}", put_body(text, cid=other))
+    conflict = await api(node, "PUT", f"/api/v0/queue/{run_id}", signed_put(node, run_id, text, other))
     assert conflict.status_code == 409 and "another CID" in conflict.json()["error"]
     assert (await api(node, "GET", "/api/v0/queue")).json()["meta"]["count"] == 1
-    await api(node, "POST", f"/api/v0/queue/{run_id}/cancel", {})
+    await api(node, "POST", f"/api/v0/queue/{run_id}/cancel", signed(node, cancel_action(run_id)))
+
+
+async def test_only_the_client_that_requested_a_run_cancels_it_and_a_signature_is_used_once(
+        single_node: Node) -> None:
+    node = single_node
+    run_id = str(uuid.uuid4())
+    text = wf("- id: a\n  job_id: sh\n  inputs: [{node_id: root-node, path: /i}]\n")
+    body = signed_put(node, run_id, text)
+    assert (await api(node, "PUT", f"/api/v0/queue/{run_id}", body)).status_code == 202
+    replayed = await api(node, "PUT", f"/api/v0/queue/{run_id}", body)
+    assert replayed.status_code in (400, 409) and "already used once" in replayed.json()["error"]
+    taken = await api(node, "PUT", f"/api/v0/queue/{run_id}", signed_put(node, run_id, text, key_name="other.key"))
+    assert taken.status_code == 409 and "another client" in taken.json()["error"]
+    other = await api(node, "POST", f"/api/v0/queue/{run_id}/cancel",
+                      signed(node, cancel_action(run_id), "other.key"))
+    assert other.status_code == 403 and "only the client" in other.json()["error"]
+    # a signature for another run's request does not pass for this one
+    stolen = signed(node, cancel_action(str(uuid.uuid4())))
+    assert (await api(node, "POST", f"/api/v0/queue/{run_id}/cancel", stolen)).status_code == 400
+    mine = await api(node, "POST", f"/api/v0/queue/{run_id}/cancel", signed(node, cancel_action(run_id)))
+    assert mine.status_code == 200 and mine.json()["data"]["meta"]["status"] == "cancelled"
