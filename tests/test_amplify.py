@@ -338,3 +338,39 @@ async def test_no_amplify_turns_the_engine_off(tmp_path: Path) -> None:
 def test_node_states_are_the_six_the_issue_names() -> None:
     assert {s.value for s in NodeState} == {"queued", "running", "succeeded", "failed", "skipped", "cancelled"}
     assert cid_str(cid_to_bytes("QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn")).startswith("Qm")
+
+
+@pytest.mark.docker
+async def test_a_wasm_step_gates_a_docker_step_by_its_stdout(single_node: Node, tmp_path: Path) -> None:
+    from bacalhau.executors.wasm import encode_module
+    from tests.executors.test_wasm import hello
+
+    node = single_node
+    cid = add_dir(node, tmp_path / "data", {"a.txt": "a"})
+    module = encode_module(hello("wasm says go\n"))
+    text = wf(f"""
+- id: say
+  engine: wasm
+  wasm_module: {module}
+- id: ls
+  image: {IMAGE}
+  entrypoint: [sh, -c, 'ls /inputs']
+""", """
+- id: wasm-node
+  job_id: say
+  inputs: [{node_id: root-node, path: /inputs}]
+- id: go-node
+  job_id: ls
+  inputs: [{node_id: wasm-node, predicate: '(?m)says go$'}, {node_id: root-node, path: /inputs}]
+- id: stop-node
+  job_id: ls
+  inputs: [{node_id: wasm-node, predicate: 'says stop'}, {node_id: root-node, path: /inputs}]
+""")
+    run_id = str(uuid.uuid4())
+    assert (await submit(node, cid, text, run_id)).status_code == 202
+    nodes = nodes_of(await wait_run(node, run_id))
+    assert nodes["wasm-node"]["state"] == "succeeded", nodes["wasm-node"]
+    job = await node.requester.store.get_job(nodes["wasm-node"]["job_id"])
+    assert job.spec.engine.value == "wasm"
+    assert nodes["go-node"]["state"] == "succeeded", nodes["go-node"]
+    assert nodes["stop-node"]["state"] == "skipped" and nodes["stop-node"]["jobs"] == []

@@ -129,11 +129,18 @@ def item(run: RunRecord) -> dict[str, Any]:
 
 
 def detail(run: RunRecord) -> dict[str, Any]:
-    from bacalhau.amplify.workflow import parse_workflow
+    from bacalhau.amplify.workflow import WorkflowError, parse_workflow
 
     out = item(run)
     out["type"] = "QueueItemDetail"
-    wf = parse_workflow(run.workflow)
+    out["links"]["list"] = "/api/v0/queue"
+    try:
+        wf = parse_workflow(run.workflow)
+    except WorkflowError as exc:    # stored by a version that took what this one refuses: the states still show
+        out["attributes"]["graph"] = [{"type": "Node", "id": n, "attributes": rec.to_json()}
+                                      for n, rec in run.nodes.items()]
+        out["meta"]["workflow_error"] = str(exc)
+        return out
     children = wf.children()
     graph = []
     for node_id in wf.order():
@@ -145,7 +152,6 @@ def detail(run: RunRecord) -> dict[str, Any]:
                                      "when": node.when.model_dump() if node.when else None,
                                      **(rec.to_json() if rec else {})}})
     out["attributes"]["graph"] = graph
-    out["links"]["list"] = "/api/v0/queue"
     return out
 
 
