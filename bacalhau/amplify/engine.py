@@ -34,7 +34,7 @@ from bacalhau.amplify.workflow import (
     NodeDef,
     OnParentFailure,
     Workflow,
-    parse_workflow,
+    parsed_workflow,
     predicate_matches,
 )
 from bacalhau.errors import BacalhauError, StateError, UserError
@@ -49,6 +49,7 @@ SelectFiles = Callable[["ContentStore", bytes, str], Awaitable["bytes | None"]]
 DEFAULT_MAX_RUNNING = 10       # the original's defaults: concurrent workflows,
 DEFAULT_MAX_WAITING = 100      # waiting workflows,
 DEFAULT_MAX_NODES = 10         # graph nodes with a job in flight at once (all runs together)
+MAX_SELECTIONS_KEPT = 4096     # per-file selections remembered (each a CID: a few hundred KiB in all)
 WAIT_POLL = 1.0                # a job's state is read at least this often while a node waits for it
 CLIENT_ID = "amplify"
 LABEL_RUN = "amplify"
@@ -95,6 +96,7 @@ class Amplify:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._node_slots = trio.CapacityLimiter(self.limits.max_nodes)
         self._nursery: trio.Nursery | None = None
+        self._selected: dict[tuple[str, str], str | None] = {}    # (CID, mime pattern) -> the selection
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
@@ -130,7 +132,7 @@ class Amplify:
         text = workflow if workflow is not None else self.default_workflow
         if not text:
             raise UserError("this node has no default workflow (serve --amplify-workflow FILE): give one")
-        wf = parse_workflow(text)
+        wf = await trio.to_thread.run_sync(parsed_workflow, text)    # up to 256 KiB of YAML: off the event loop
         run, new = await self.store.create_run(run_id, cid, text, wf.order(), self.limits.max_waiting, client_id)
         if new:
             log.info("amplify run %s queued for %s", run_id, cid)
@@ -179,7 +181,7 @@ class Amplify:
             return
         if not await self.store.set_run(run_id, (RunState.QUEUED, RunState.RUNNING), RunState.RUNNING):
             return    # cancelled meanwhile
-        run = _Run(record, parse_workflow(record.workflow))
+        run = _Run(record, await trio.to_thread.run_sync(parsed_workflow, record.workflow))
         run.done = {node_id: trio.Event() for node_id in run.workflow.order()}
         with trio.CancelScope() as scope:
             self._scopes[run_id] = scope
@@ -331,10 +333,14 @@ class Amplify:
             except ImportError:
                 raise UserError("per-file routing (`when:`) needs content detection, which this node "
                                 "lacks") from None
-        raw = cid_to_bytes(cid)
-        await self._content.fetch_cid(raw)
-        chosen = await select(self._content, raw, mime)
-        return cid_str(chosen) if chosen is not None else None
+        key = (cid, mime)
+        if key in self._selected:         # content-addressed: the same CID and pattern select the same files
+            return self._selected[key]
+        chosen = await select(self._content, cid_to_bytes(cid), mime)
+        self._selected[key] = cid_str(chosen) if chosen is not None else None
+        while len(self._selected) > MAX_SELECTIONS_KEPT:
+            self._selected.pop(next(iter(self._selected)))
+        return self._selected[key]
 
     async def _submit(self, run: _Run, node: NodeDef, spec: JobSpec, attempt: int) -> str:
         """Submit the node's job and write its id down; shielded, so a cancel cannot land between the two and

@@ -13,6 +13,7 @@ is not a plain absolute path.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 from enum import StrEnum
@@ -309,6 +310,12 @@ def parse_workflow(text: str | bytes, where: str = "workflow") -> Workflow:
         return Workflow.model_validate(data)
     except ValidationError as exc:
         raise WorkflowError(f"{where}: {describe_error(exc, data)}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def parsed_workflow(text: str) -> Workflow:
+    """parse_workflow, remembered: a run's stored workflow is read at each look at the run (treat it as frozen)."""
+    return parse_workflow(text)
 
 
 def load_workflow(path: Path) -> Workflow:

@@ -129,13 +129,13 @@ def item(run: RunRecord) -> dict[str, Any]:
 
 
 def detail(run: RunRecord) -> dict[str, Any]:
-    from bacalhau.amplify.workflow import WorkflowError, parse_workflow
+    from bacalhau.amplify.workflow import WorkflowError, parsed_workflow
 
     out = item(run)
     out["type"] = "QueueItemDetail"
     out["links"]["list"] = "/api/v0/queue"
     try:
-        wf = parse_workflow(run.workflow)
+        wf = parsed_workflow(run.workflow)
     except WorkflowError as exc:    # stored by a version that took what this one refuses: the states still show
         out["attributes"]["graph"] = [{"type": "Node", "id": n, "attributes": rec.to_json()}
                                       for n, rec in run.nodes.items()]
@@ -227,11 +227,11 @@ def routes(deps: ApiDeps, amplify: Amplify | None, seen: SeenSignatures) -> list
 
     @_guard
     async def graph(request: Request) -> Response:
-        from bacalhau.amplify.workflow import parse_workflow
+        from bacalhau.amplify.workflow import parsed_workflow
 
         if not engine.default_workflow:
             return JSONResponse({"data": []})
-        wf = parse_workflow(engine.default_workflow)
+        wf = parsed_workflow(engine.default_workflow)
         return JSONResponse({"data": [{"type": "Node", "id": n.id, "attributes": n.model_dump(mode="json")}
                                       for n in wf.graph]})
 
