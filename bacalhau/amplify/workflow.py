@@ -138,7 +138,12 @@ class InputDef(_Strict):
     @field_validator("path")
     @classmethod
     def _path(cls, v: str | None) -> str | None:
-        return None if v is None else check_mount_path(v)
+        if v is None:
+            return None
+        path = check_mount_path(v)
+        if path == OUTPUTS_PATH or path.startswith(OUTPUTS_PATH + "/"):
+            raise ValueError(f"path {path[:80]!r}: an input cannot be mounted over the job's {OUTPUTS_PATH}")
+        return path
 
     @field_validator("predicate")
     @classmethod

@@ -115,7 +115,7 @@ async def test_a_backreference_predicate_is_refused_at_load_naming_the_node() ->
 
 
 @pytest.mark.parametrize("path", ["/inputs/../../etc", "../../etc", "/", "//etc", "/inputs/./x", "inputs",
-                                  "/in\x00puts", "/a//b"])
+                                  "/in\x00puts", "/a//b", "/outputs", "/outputs/x", "/outputs/"])
 async def test_a_mount_path_that_climbs_or_is_not_plain_is_refused_naming_the_node(path: str) -> None:
     text = wf(f"- id: climber\n  job_id: sh\n  inputs: [{{node_id: root-node, path: {path!r}}}]\n"
               .replace("'", '"'))
