@@ -6,6 +6,10 @@
      prints runs per minute and the jobs they ran (needs bacalhau/amplify:latest, scripts/setup-amplify.sh).
 
     .venv/bin/python benchmarks/amplify.py [--steps 10] [--rounds 3] [--cids 100] [--overhead-only]
+
+Measured on the shared 2-core machine (load 9-18): 10 chained steps, medians of 3, by hand 8.58 s against 10.11
+s as a workflow (ratio 1.18; 9.32 against 11.01 s in another run), about 0.15 s a step; 100 CIDs through the
+default workflow in 318.9 s, 18.8 runs/min, 500 jobs (1.57 jobs/s), all succeeded.
 """
 
 from __future__ import annotations

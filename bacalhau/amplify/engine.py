@@ -360,7 +360,7 @@ class Amplify:
 
     async def _wait_job(self, job_id: str) -> Job:
         while True:
-            job = await self._jobs.get_job(job_id)
+            job = await self._jobs.get_job(job_id, full=False)   # executions, not events
             if job.state.terminal:
                 return job
             await self._requester.wait_for_change(job_id, WAIT_POLL)
