@@ -188,7 +188,7 @@ async def test_a_workflow_of_docker_jobs_passes_cids_down_skips_a_branch_and_ret
     data = await wait_run(node, run_id)
     nodes = nodes_of(data)
     assert nodes["root-node"]["state"] == "succeeded" and nodes["root-node"]["output_cid"] == cid
-    assert nodes["list-node"]["state"] == "succeeded", nodes["list-node"]
+    assert nodes["list-node"]["state"] == "succeeded", nodes["list-node"]["reason"]
     assert cat_file(node, nodes["list-node"]["output_cid"], "list.txt") == "a.txt\nb.csv\nc.json\n"
     # two levels down: count read what list wrote, through list's output CID
     assert nodes["count-node"]["state"] == "succeeded", nodes["count-node"]
@@ -264,7 +264,7 @@ async def test_per_file_routing_mounts_only_matching_files_and_skips_a_node_with
     assert (await submit(node, cid, text, run_id)).status_code == 202
     data = await wait_run(node, run_id)
     nodes = nodes_of(data)
-    assert nodes["texts"]["state"] == "succeeded", nodes["texts"]
+    assert nodes["texts"]["state"] == "succeeded", nodes["texts"]["reason"]
     assert cat_file(node, nodes["texts"]["output_cid"], "seen") == "a.txt\nc.txt\n"
     assert nodes["images"]["state"] == "skipped" and nodes["images"]["reason"] == "no file matches image/*"
     assert nodes["images"]["jobs"] == []

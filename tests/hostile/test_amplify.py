@@ -189,7 +189,8 @@ async def test_only_the_client_that_requested_a_run_cancels_it_and_a_signature_i
         single_node: Node) -> None:
     node = single_node
     run_id = str(uuid.uuid4())
-    text = wf("- id: a\n  job_id: sh\n  inputs: [{node_id: root-node, path: /i}]\n")
+    text = wf("- id: a\n  job_id: nap\n  inputs: [{node_id: root-node, path: /i}]\n",
+              f"- id: nap\n  image: {IMAGE}\n  entrypoint: [sh, -c, 'sleep 60']\n")   # still running at the cancel
     body = signed_put(node, run_id, text)
     assert (await api(node, "PUT", f"/api/v0/queue/{run_id}", body)).status_code == 202
     replayed = await api(node, "PUT", f"/api/v0/queue/{run_id}", body)
