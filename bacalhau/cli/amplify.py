@@ -169,3 +169,6 @@ def lineage(ctx: click.Context, cid: str, direction: str | None, depth: int, out
         for e in data.get(way, []):
             other = e["input"] if way == "up" else e["output"]
             click.echo(f"{'  ' * e['depth']}{arrow} {other}  (run {e['run_id'][:8]} node {e['node_id']})")
+
+
+amplify.add_command(describe, "status")     # the name for it
