@@ -33,7 +33,6 @@ from bacalhau.amplify.actions import cancel_action, run_action
 from bacalhau.errors import BacalhauError, NotFoundError, StateError, UserError
 
 if TYPE_CHECKING:
-    from bacalhau.amplify.engine import Amplify
     from bacalhau.amplify.store import RunRecord
     from bacalhau.api.ports import ApiDeps
     from bacalhau.api.replay import SeenSignatures
@@ -155,8 +154,9 @@ def detail(run: RunRecord) -> dict[str, Any]:
     return out
 
 
-def routes(deps: ApiDeps, amplify: Amplify | None, seen: SeenSignatures) -> list[BaseRoute]:
+def routes(deps: ApiDeps, seen: SeenSignatures) -> list[BaseRoute]:
     """Amplify's routes; with no engine (serve --no-amplify) each answers 503 with why."""
+    amplify = deps.amplify
     if amplify is None:
         async def off(request: Request) -> Response:
             return _error(503, "amplify is off on this node (serve --no-amplify)", "Unavailable")

@@ -3,11 +3,12 @@
 
     RequesterEndpoint  submit, cancel, wait for a change, the live compute nodes
     JobStoreReader     read jobs (one, a page, by id prefix)
-    ContentStore       this node's IPFS side: held blocks, fetch a CID from the cluster, a result as a tar, a
-                       result item from the compute node that ran it
+    ContentStore       this node's IPFS side: held blocks, fetch a CID from the cluster, a result as a tar or
+                       one entry of it, a result item from the compute node that ran it (bacalhau/content.py)
     NodeIdentity       who this node is (its id, addrs, cluster id)
 
-`ApiDeps.from_node` builds them from a running Node; nothing in api/ imports node.py at run time.
+Node.api_deps() builds them (node.py); nothing in api/ imports node.py, not even for types
+(tests/test_lint.py checks).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from bacalhau.amplify.engine import Amplify
     from bacalhau.ipfs.blockstore import Blockstore
     from bacalhau.models import Job, JobSpec, NodeInfo
 
@@ -51,6 +53,8 @@ class ContentStore(Protocol):
 
     async def result_tar(self, cid_text: str) -> Path: ...
 
+    async def result_file(self, cid_text: str, item: str) -> Path: ...
+
     def open_result(self, node_id: str, execution_id: str, item: str) -> AsyncIterator[bytes]: ...
 
 
@@ -70,11 +74,10 @@ class ApiDeps:
     content: ContentStore
     identity: NodeIdentity
     repo_dir: Path
+    amplify: Amplify | None = None    # the Amplify engine (amplify/engine.py) where the node runs it
 
     @classmethod
     def from_node(cls, node: Any) -> ApiDeps:
-        """From a running Node with a requester (typed Any: api/ does not import node.py)."""
-        requester = node.requester
-        assert requester is not None, "the API runs on requester nodes"
-        return cls(requester=requester, jobs=requester.store, content=node, identity=node,
-                   repo_dir=node.config.repo_dir)
+        """Node.api_deps(), kept for callers written before it (typed Any: api/ does not import node.py)."""
+        deps: ApiDeps = node.api_deps()
+        return deps
