@@ -28,11 +28,18 @@ def make_wav(path: Path, seconds: float = 0.5, rate: int = 8000) -> None:
         w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(i / 8))) for i in range(frames)))
 
 
-def make_mp4(path: Path) -> None:
+def make_mp4(path: Path, seconds: float = 1, size: str = "64x48") -> None:
+    """ffmpeg's test pattern in H.264 (its index after the media, as a camera writes it): by the host's ffmpeg,
+    or the amplify image's own."""
+    args = ["-v", "error", "-f", "lavfi", "-i", f"testsrc=size={size}:rate=10", "-t", str(seconds),
+            "-pix_fmt", "yuv420p"]
     ffmpeg = shutil.which("ffmpeg")
-    assert ffmpeg, "ffmpeg is installed by scripts/setup-amplify.sh"
-    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-t", "1",
-                    "-pix_fmt", "yuv420p", str(path)], check=True, timeout=60)
+    if ffmpeg:
+        subprocess.run([ffmpeg, *args, str(path)], check=True, timeout=60)
+        return
+    subprocess.run(["docker", "run", "--rm", "--network", "none", "-v", f"{path.parent.resolve()}:/out",
+                    "--entrypoint", "ffmpeg", "bacalhau/amplify:latest", *args, f"/out/{path.name}"],
+                   check=True, timeout=60)
 
 
 def fixtures(root: Path, *, video: bool = False) -> Path:

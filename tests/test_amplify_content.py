@@ -4,6 +4,7 @@ Kubo-identical importer makes from the filtered files on disk."""
 
 from __future__ import annotations
 
+import random
 import shutil
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import trio
 from bacalhau.amplify.content import FileFacts, check_mime_pattern, describe_files, select_files
 from bacalhau.errors import NotFoundError, SpecError
 from bacalhau.ipfs.blockstore import Blockstore
-from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
+from bacalhau.ipfs.dagpb import decode, decode_unixfs
+from bacalhau.ipfs.unixfs import T_DIRECTORY, T_HAMT, add_path, cid_to_bytes
 from bacalhau.node import Node
-from tests.amplify_files import fixtures, make_png
+from tests.amplify_files import fixtures, make_mp4, make_png
 
 
 class Store:
@@ -29,7 +31,13 @@ class Store:
             raise NotFoundError("not held")
 
     def add(self, path: Path, cid_version: int = 0) -> bytes:
-        return cid_to_bytes(add_path(path, self.blockstore.put, cid_version)[-1][0])
+        blocks: list[tuple[bytes, bytes]] = []
+        root = add_path(path, lambda cid, block: blocks.append((cid, block)), cid_version)[-1][0]
+        self.blockstore.put_many(blocks)
+        return cid_to_bytes(root)
+
+    def kind(self, cid: bytes) -> int:
+        return decode_unixfs(decode(self.blockstore.get(cid))[0]).type
 
 
 @pytest.fixture
@@ -113,22 +121,24 @@ async def test_a_big_directory_selects_into_a_hamt_as_kubo_does(store: Store, tm
     """Past the importer's threshold a directory is a HAMT shard, in the parent and in the selection."""
     src = tmp_path / "many"
     src.mkdir()
-    name = "n" * 200
-    for i in range(1300):
+    name = "n" * 245           # 950 entries of 250-byte names and 34-byte CIDs pass the 262144 threshold
+    for i in range(950):
         (src / f"{name}{i:05d}.txt").write_text(f"{i}\n")
     make_png(src / "pic.png")
     cid = store.add(src)
     texts = await select_files(store, cid, "text/plain")
     only = tmp_path / "only"
     only.mkdir()
-    for i in range(1300):
+    for i in range(950):
         shutil.copy(src / f"{name}{i:05d}.txt", only)
     assert texts == cid_to_bytes(add_path(only)[-1][0])
+    assert store.kind(cid) == store.kind(texts) == T_HAMT
     pic = await select_files(store, cid, "image/png")
     solo = tmp_path / "solo"
     solo.mkdir()
     shutil.copy(src / "pic.png", solo)
     assert pic == cid_to_bytes(add_path(solo)[-1][0])
+    assert pic is not None and store.kind(pic) == T_DIRECTORY
 
 
 def test_a_bad_mime_pattern_is_one_line() -> None:
@@ -151,3 +161,57 @@ async def test_a_node_describes_content_added_to_it(single_node: Node, tmp_path:
     absent = cid_to_bytes(add_path(tmp_path / "elsewhere.txt")[-1][0])
     with trio.fail_after(30), pytest.raises(NotFoundError):
         await describe_files(single_node, absent)
+
+
+async def test_the_selection_has_the_cid_real_kubo_gives_the_filtered_files(store: Store, tmp_path: Path) -> None:
+    """The same comparison against Kubo 0.22 itself (`ipfs add -r -n` of the filtered directory)."""
+    from bacalhau.testing.kubo import Kubo
+
+    src = fixtures(tmp_path / "in")
+    make_png(src / "sub" / "deeper.png", (300, 200))
+    cid = store.add(src)
+    chosen = await select_files(store, cid, "image/png")
+    expect = tmp_path / "expect"
+    (expect / "sub").mkdir(parents=True)
+    for rel in ("red.png", "sub/blue.png", "sub/deeper.png"):
+        shutil.copy(src / rel, expect / rel)
+    with Kubo.start(tmp_path / "kubo") as kubo:
+        kubo_cid = await trio.to_thread.run_sync(lambda: kubo.add(expect, only_hash=True))
+    assert chosen == cid_to_bytes(kubo_cid)
+
+
+@pytest.mark.parametrize("cid_version", [0, 1])
+def test_a_range_of_a_file_is_read_from_the_blocks_it_lies_in(store: Store, tmp_path: Path,
+                                                              cid_version: int) -> None:
+    from bacalhau.amplify.tree import Tree
+
+    data = random.Random(7).randbytes(3 * 262144 + 1000)
+    (tmp_path / "f.bin").write_bytes(data)
+    cid = store.add(tmp_path / "f.bin", cid_version)
+    tree = Tree(store.blockstore)
+    for offset, length in [(0, 10), (262140, 10), (262144, 262144), (3 * 262144, 1000), (len(data) - 5, 50),
+                           (100, 3 * 262144)]:
+        assert tree.read(cid, offset, length) == data[offset:offset + length], (offset, length)
+    assert tree.head(cid, 70000) == data[:70000]
+
+
+async def test_an_mp4_with_its_index_at_the_end_is_probed_past_the_first_bytes(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A camera's MP4 keeps its moov (durations, codecs) after the media: ffprobe given only the first bytes
+    finds none. The copy it reads has the last bytes too, at their place (here the first 4 KiB and the
+    last 8 KiB)."""
+    from bacalhau.amplify import detect
+
+    src = tmp_path / "in"
+    src.mkdir()
+    make_mp4(src / "camera.mp4", seconds=4, size="320x240")
+    raw = (src / "camera.mp4").read_bytes()
+    moov = raw.rfind(b"moov")
+    assert moov > raw.find(b"mdat") > 0 and len(raw) > 12 * 1024 and len(raw) - moov < 8 * 1024
+    monkeypatch.setattr(detect, "MEDIA_BYTES", 4 * 1024)
+    monkeypatch.setattr(detect, "MEDIA_TAIL_BYTES", 8 * 1024)
+    cid = store.add(src)
+    [clip] = await describe_files(store, cid)
+    assert clip.facts["duration"] == pytest.approx(4, abs=0.2), clip.facts
+    assert (clip.facts["width"], clip.facts["height"]) == (320, 240)
+    assert clip.facts["counted_bytes"] == 12 * 1024

@@ -13,7 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
+from bacalhau.amplify.content import describe_files, select_files
+from bacalhau.ipfs.unixfs import add_path, cid_str, cid_to_bytes
+from bacalhau.node import Node
 from tests.amplify_files import fixtures, make_png
+from tests.conftest import run_cli
 
 IMAGE = "bacalhau/amplify:latest"
 DEFAULT = Path(__file__).resolve().parent.parent / "bacalhau" / "amplify" / "default.yaml"
@@ -170,3 +174,50 @@ def test_a_single_file_cid_is_handled_by_its_content_not_its_name(image: str, tm
     ran = run_job(image, "image-job", src, tmp_path / "out")
     assert ran.code == 0, ran.stderr
     assert ran.files() == [f"{name}.resized.jpg", f"{name}.thumb.png"]
+
+
+async def test_a_step_runs_as_a_cluster_job_over_the_selected_files(single_node: Node, image: str,
+                                                                    tmp_path: Path) -> None:
+    """What the engine does per node: select the parent's image files into a CID, run the image step on it as
+    an ordinary job through the node's API, and its published result holds a thumbnail per image."""
+    src = fixtures(tmp_path / "in")
+    cid = cid_to_bytes(add_path(src, single_node.blockstore.put)[-1][0])
+    chosen = await select_files(single_node, cid, "image/*")
+    assert chosen is not None
+    res = await run_cli(single_node, "docker", "run", "-i", f"ipfs://{cid_str(chosen)}:/inputs",
+                        "--entrypoint", " ".join(entrypoint("image-job")), "--memory", "1Gi", image)
+    assert res.returncode == 0, res.stderr
+    lines = {r["path"]: r for r in map(json.loads, res.stdout.splitlines())}
+    assert sorted(lines) == ["red.png", "sub/blue.png"]
+    [listed] = json.loads((await run_cli(single_node, "list", "-o", "json")).stdout)
+    job = json.loads((await run_cli(single_node, "describe", "-o", "json", listed["id"])).stdout)
+    result = job["executions"][-1]["result_ref"].removeprefix("ipfs://")
+    made = sorted(f.path for f in await describe_files(single_node, cid_to_bytes(result)))
+    assert [p for p in made if p.startswith("outputs/")] == [
+        "outputs/red.png.resized.jpg", "outputs/red.png.thumb.png",
+        "outputs/sub/blue.png.resized.jpg", "outputs/sub/blue.png.thumb.png"]
+
+
+def test_the_default_workflow_names_only_scripts_the_image_holds(image: str) -> None:
+    """Each step's entrypoint is a script of docker/amplify (and in the image), each `when` a pattern
+    select_files takes, and merge mounts every step that produces something."""
+    from bacalhau.amplify.content import check_mime_pattern
+
+    workflow = yaml.safe_load(DEFAULT.read_text())
+    scripts = Path(__file__).resolve().parent.parent / "docker" / "amplify"
+    listed = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "ls", image,
+                             "/usr/local/lib/amplify"], capture_output=True, text=True, check=True).stdout.split()
+    for job in workflow["jobs"]:
+        if job.get("type") == "internal":
+            continue
+        python, script = job["entrypoint"]
+        name = script.rsplit("/", 1)[-1]
+        assert python == "python3" and (scripts / name).is_file() and name in listed, job["id"]
+    steps = set()
+    for node in workflow["graph"]:
+        if "when" in node:
+            check_mime_pattern(node["when"]["mime"])
+        if node["id"] not in ("root-node", "merge-node"):
+            steps.add(node["id"])
+    [merge] = [n for n in workflow["graph"] if n["id"] == "merge-node"]
+    assert {i["node_id"] for i in merge["inputs"]} == steps

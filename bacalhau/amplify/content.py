@@ -6,18 +6,21 @@
 `select_files` builds its directory from the parent's own links (CID and cumulative size), writing only the new
 directory blocks: no file is read or copied beyond what detection needs, and the CID is the one Kubo's
 `ipfs add -r` gives the same files in the same layout (the importer's directory code, HAMT past its threshold,
-CIDv1 when the parent is). A CID that is a single file selects itself, or nothing.
+CIDv1 when the parent is). A CID that is a single file selects itself, or nothing. The mime types of a CID's
+files are kept for the next selection from it (a workflow makes one per `when`; selections at once wait for
+the first).
 
-Detection reads each file's first bytes only (detect.py says how many per type); the DAG is walked under the
-caps of tree.py. One file that cannot be read or described gets an `error` fact and the others go on; a DAG
+Detection reads each file's first bytes only, and an audio or video file's last (detect.py says how many per
+type); the DAG is walked under the caps of tree.py. One file that cannot be read or described gets an `error` fact and the others go on; a DAG
 that cannot be listed at all raises ProtocolError.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -29,7 +32,15 @@ from bacalhau.ipfs.unixfs import Importer, _Node, cid_str
 if TYPE_CHECKING:
     from bacalhau.api.ports import ContentStore
 
-_limiter = trio.CapacityLimiter(2)
+CONCURRENCY = 4                         # files described at once
+_limiter = trio.CapacityLimiter(2)      # threads reading blocks and parsing, for all descriptions together
+T = TypeVar("T")
+# The mime type of each file of the last CIDs selected from: a workflow selects from one CID once per `when`
+# (the default workflow six times), and a CID's files are what they are (content-addressed).
+MAX_TYPED_CIDS = 64
+MAX_TYPED_FILES = 10_000
+_typed: dict[bytes, list[tuple[FileEntry, str]]] = {}
+_typing: dict[bytes, trio.Event] = {}
 _TOKEN = r"[a-z0-9][a-z0-9!#$&^_.+-]*"
 _PATTERN = re.compile(rf"^(\*/\*|{_TOKEN}/(\*|{_TOKEN}))$")
 
@@ -61,37 +72,23 @@ def mime_matches(pattern: str, mime: str) -> bool:
 
 async def describe_files(content: ContentStore, cid: bytes) -> list[FileFacts]:
     tree, files = await _list(content, cid)
-    out = []
-    for entry in files:
-        mime, data = await _sniff(tree, entry)
-        facts: dict[str, Any] = {}
-        if data is None:
-            facts = {"error": mime}
-            mime = "application/octet-stream"
-        else:
-            try:
-                need = detect.wanted(mime, entry.size)
-                if len(data) < need:
-                    data = await trio.to_thread.run_sync(tree.head, entry.cid, need, limiter=_limiter)
-                if mime.startswith(("video/", "audio/")):
-                    facts = await detect.media_facts(data, entry.size)
-                else:
-                    facts = await trio.to_thread.run_sync(detect.facts_sync, mime, entry.size, data,
-                                                          limiter=_limiter)
-            except BacalhauError as exc:         # a block of this file missing or malformed: this file only
-                facts = {"error": str(exc)}
-        out.append(FileFacts(entry.path, cid_str(entry.cid), mime, entry.size, facts))
-    return out
+    return await _each(files, lambda entry: _describe(tree, entry))
 
 
 async def select_files(content: ContentStore, cid: bytes, mime_pattern: str) -> bytes | None:
     pattern = check_mime_pattern(mime_pattern)
-    tree, files = await _list(content, cid)
-    matched = []
-    for entry in files:
-        mime, data = await _sniff(tree, entry)
-        if data is not None and mime_matches(pattern, mime):
-            matched.append(entry)
+    typed = _typed.get(cid)
+    while typed is None and cid in _typing:     # the workflow's other `when`s, at once: one types the files
+        await _typing[cid].wait()
+        typed = _typed.get(cid)
+    if typed is None:
+        _typing[cid] = done = trio.Event()
+        try:
+            typed = await _type_files(content, cid)
+        finally:
+            del _typing[cid]
+            done.set()
+    matched = [entry for entry, mime in typed if mime_matches(pattern, mime)]
     if not matched:
         return None
     if matched[0].path == "":
@@ -101,6 +98,58 @@ async def select_files(content: ContentStore, cid: bytes, mime_pattern: str) -> 
     root = _build(importer, matched)
     await trio.to_thread.run_sync(content.blockstore.put_many, blocks, limiter=_limiter)
     return root.cid
+
+
+async def _type_files(content: ContentStore, cid: bytes) -> list[tuple[FileEntry, str]]:
+    tree, files = await _list(content, cid)
+    sniffed = await _each(files, lambda entry: _sniff(tree, entry))
+    typed = [(entry, mime) for entry, (mime, data) in zip(files, sniffed, strict=True) if data is not None]
+    if len(typed) == len(files) <= MAX_TYPED_FILES:     # a file unread (a block missing) may read later
+        _typed[cid] = typed
+        while len(_typed) > MAX_TYPED_CIDS:
+            _typed.pop(next(iter(_typed)))
+    return typed
+
+
+async def _each(files: list[FileEntry], fn: Callable[[FileEntry], Awaitable[T]]) -> list[T]:
+    """fn over the files, CONCURRENCY at a time (ffprobe and the thread hops overlap), results in order."""
+    results: list[T | None] = [None] * len(files)
+    todo = iter(enumerate(files))
+
+    async def worker() -> None:
+        for i, entry in todo:
+            results[i] = await fn(entry)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(min(CONCURRENCY, len(files))):
+            nursery.start_soon(worker)
+    return results  # type: ignore[return-value]   # every slot was filled
+
+
+async def _describe(tree: Tree, entry: FileEntry) -> FileFacts:
+    mime, data = await _sniff(tree, entry)
+    facts: dict[str, Any] = {}
+    if data is None:
+        facts = {"error": mime}
+        mime = "application/octet-stream"
+    else:
+        try:
+            need = detect.wanted(mime, entry.size)
+            if len(data) < need:
+                data = await trio.to_thread.run_sync(tree.head, entry.cid, need, limiter=_limiter)
+            data = data[:need]
+            if mime.startswith(("video/", "audio/")):
+                tail = b""
+                if entry.size > len(data):
+                    length = min(detect.MEDIA_TAIL_BYTES, entry.size - len(data))
+                    tail = await trio.to_thread.run_sync(tree.read, entry.cid, entry.size - length, length,
+                                                         limiter=_limiter)
+                facts = await detect.media_facts(data, entry.size, tail)
+            else:
+                facts = await trio.to_thread.run_sync(detect.facts_sync, mime, entry.size, data, limiter=_limiter)
+        except BacalhauError as exc:         # a block of this file missing or malformed: this file only
+            facts = {"error": str(exc)}
+    return FileFacts(entry.path, cid_str(entry.cid), mime, entry.size, facts)
 
 
 def _build(importer: Importer, files: list[FileEntry]) -> _Node:
@@ -127,14 +176,17 @@ async def _list(content: ContentStore, cid: bytes) -> tuple[Tree, list[FileEntry
 
 async def _sniff(tree: Tree, entry: FileEntry) -> tuple[str, bytes | None]:
     """(mime, the first bytes read) or (why not, None)."""
+    if entry.error:
+        return entry.error, None
+    return await trio.to_thread.run_sync(_sniff_sync, tree, entry, limiter=_limiter)
+
+
+def _sniff_sync(tree: Tree, entry: FileEntry) -> tuple[str, bytes | None]:
     name = entry.path.rsplit("/", 1)[-1]
     try:
-        data = await trio.to_thread.run_sync(tree.head, entry.cid, min(entry.size, detect.HEAD_BYTES),
-                                             limiter=_limiter)
+        data = tree.head(entry.cid, min(entry.size, detect.HEAD_BYTES))
         if detect.looks_like_json(data) and entry.size > len(data):
-            data = await trio.to_thread.run_sync(tree.head, entry.cid, min(entry.size, detect.SCAN_BYTES),
-                                                 limiter=_limiter)
-        mime = await trio.to_thread.run_sync(detect.sniff_mime, data, name, entry.size, limiter=_limiter)
+            data = tree.head(entry.cid, min(entry.size, detect.SCAN_BYTES))
+        return detect.sniff_mime(data, name, entry.size), data
     except BacalhauError as exc:
         return str(exc), None
-    return mime, data

@@ -1,10 +1,12 @@
 """What one file is, from its first bytes: the mime type by libmagic (python-magic over Debian's libmagic1),
 corrected where libmagic cannot know (JSON cut short by the head read, a CSV it calls text), and the facts a
 workflow routes on: image dimensions (Pillow reads the header only), audio and video duration and codecs
-(ffprobe over a bounded copy, under a timeout), rows and columns of tables, lines and words of text.
+(ffprobe over a bounded copy of the file's first and last bytes, under a timeout, opening media containers
+only), rows and columns of tables, lines and words of text.
 
-Every read is bounded: the caller hands over at most `wanted(mime, size)` bytes; a file that is more than that
-is described from its beginning and the facts say so (`counted_bytes`). A fact that cannot be had (a
+Every read is bounded: the caller hands over at most `wanted(mime, size)` bytes (and MEDIA_TAIL_BYTES of a
+media file's end); a file that is more than that is described from what was read and the facts say so
+(`counted_bytes`). A fact that cannot be had (a
 decompression bomb, a table too wide, a clip ffprobe refuses) is an `error` in that file's facts; nothing here
 raises for one bad file.
 """
@@ -23,7 +25,9 @@ import trio
 HEAD_BYTES = 64 * 1024                 # what libmagic looks at
 IMAGE_BYTES = 1024 * 1024              # an image header (a JPEG's EXIF comes before its frame header)
 SCAN_BYTES = 4 * 1024 * 1024           # tables and text are counted over at most this
-MEDIA_BYTES = 16 * 1024 * 1024         # the copy ffprobe reads
+MEDIA_BYTES = 16 * 1024 * 1024         # the copy ffprobe reads: the file's first bytes,
+MEDIA_TAIL_BYTES = 16 * 1024 * 1024    # and its last (an MP4 not made for streaming has its index at the end)
+MAX_SPARSE = 1 << 40                   # a file claiming more is probed from its first bytes only
 FFPROBE_TIMEOUT = 10.0
 FFPROBE_MAX_OUTPUT = 256 * 1024
 MAX_COLUMNS = 10_000
@@ -31,6 +35,12 @@ MAX_IMAGE_PIXELS = 1 << 28             # 268 Mpx: beyond it an image is reported
 MAX_JSON_DEPTH = 200
 
 _TEXTUAL = ("text/plain", "application/octet-stream")
+# ffprobe opens only the file it is given, with a demuxer of a media container: no playlist (hls, concat,
+# dash) that would have it open other files or URLs named inside the file
+FFPROBE_FORMATS = ("mov,mp4,m4a,3gp,matroska,webm,wav,w64,mp3,ogg,flac,aac,avi,mpegts,mpeg,flv,asf,aiff,amr,caf,"
+                   "au,wv,ape,dv,ivf,m4v,h264,hevc,mjpeg,rm")
+FFPROBE = ["ffprobe", "-v", "error", "-protocol_whitelist", "file", "-format_whitelist", FFPROBE_FORMATS,
+           "-print_format", "json", "-show_format", "-show_streams"]
 
 
 def looks_like_json(head: bytes) -> bool:
@@ -44,7 +54,10 @@ def sniff_mime(data: bytes, name: str, size: int) -> str:
 
     if size == 0:
         return "application/x-empty"
-    mime = str(magic.from_buffer(data[:HEAD_BYTES], mime=True))
+    try:
+        mime = str(magic.from_buffer(data[:HEAD_BYTES], mime=True))
+    except magic.MagicException:        # libmagic gave up on these bytes: a type no one routes on
+        return "application/octet-stream"
     lower = name.lower()
     if (mime in _TEXTUAL or mime == "text/csv" or lower.endswith(".json")) and looks_like_json(data):
         if _parses_as_json(data) if size <= len(data) else lower.endswith(".json"):
@@ -176,12 +189,18 @@ def _text(data: bytes, size: int) -> dict[str, Any]:
     return facts
 
 
-async def media_facts(data: bytes, size: int) -> dict[str, Any]:
-    """ffprobe over a temporary copy of the file's first bytes, killed after FFPROBE_TIMEOUT."""
+async def media_facts(data: bytes, size: int, tail: bytes = b"") -> dict[str, Any]:
+    """ffprobe over a temporary copy of the file's first bytes (and its last, `tail`, at their own offset in a
+    sparse file as long as the original: the bytes between are a hole, no disk), killed after FFPROBE_TIMEOUT."""
     fd, path = await trio.to_thread.run_sync(tempfile.mkstemp, "", "amplify-probe-")
     try:
-        await trio.to_thread.run_sync(_write_close, fd, data)
-        cmd = ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", path]
+        if size > MAX_SPARSE:
+            tail = b""
+        try:
+            await trio.to_thread.run_sync(_write_close, fd, data, size if tail else 0, tail)
+        except OSError as exc:
+            return {"error": f"no room for the copy ffprobe reads: {exc.strerror or exc}"}
+        cmd = [*FFPROBE, path]
         try:
             with trio.fail_after(FFPROBE_TIMEOUT):
                 done = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
@@ -192,14 +211,19 @@ async def media_facts(data: bytes, size: int) -> dict[str, Any]:
         if done.returncode != 0:
             reason = done.stderr.decode("utf-8", "replace").strip().splitlines()
             return {"error": f"ffprobe: {reason[-1] if reason else 'exit ' + str(done.returncode)}"[:300]}
-        return _probe_facts(done.stdout[:FFPROBE_MAX_OUTPUT], len(data) < size)
+        return _probe_facts(done.stdout[:FFPROBE_MAX_OUTPUT], len(data) + len(tail) < size,
+                            len(data) + len(tail))
     finally:
         await trio.to_thread.run_sync(_unlink, path)
 
 
-def _write_close(fd: int, data: bytes) -> None:
+def _write_close(fd: int, data: bytes, size: int = 0, tail: bytes = b"") -> None:
     with open(fd, "wb") as f:
         f.write(data)
+        if tail and size >= len(data) + len(tail):
+            f.truncate(size)
+            f.seek(size - len(tail))
+            f.write(tail)
 
 
 def _unlink(path: str) -> None:
@@ -209,7 +233,7 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _probe_facts(out: bytes, partial: bool) -> dict[str, Any]:
+def _probe_facts(out: bytes, partial: bool, counted: int) -> dict[str, Any]:
     try:
         probe = json.loads(out)
     except ValueError:
@@ -228,5 +252,5 @@ def _probe_facts(out: bytes, partial: bool) -> dict[str, Any]:
         if s.get("codec_type") == "audio" and "sample_rate" not in facts:
             facts["sample_rate"], facts["channels"] = s.get("sample_rate"), s.get("channels")
     if partial:
-        facts["counted_bytes"] = MEDIA_BYTES
+        facts["counted_bytes"] = counted
     return facts

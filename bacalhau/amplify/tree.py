@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from bacalhau.errors import ProtocolError
+from bacalhau.errors import BacalhauError, ProtocolError
 from bacalhau.ipfs.blockstore import codec_of
 from bacalhau.ipfs.dagpb import PBLink, decode, decode_unixfs
 from bacalhau.ipfs.exporter import check_name
@@ -36,6 +36,7 @@ class FileEntry:
     cid: bytes
     tsize: int      # the link's cumulative size, as the parent directory gave it (0 for a file root)
     size: int       # bytes of content (the root block's UnixFS filesize)
+    error: str = "" # why this entry could not be read (its block missing or malformed): it is this entry's
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,10 @@ class Tree:
             except (ProtocolError, ValueError) as exc:
                 raise ProtocolError(f"block {cid_str(cid)} is not UnixFS: {exc}") from None
             size = fs.filesize if fs.filesize is not None else len(fs.data)
-            got = _Node(fs.type, fs.data if fs.type != T_FILE or not links else b"", links, size)
-        if got.kind in (T_DIRECTORY, T_HAMT):    # file data is not kept: a listing holds no content
-            self._nodes[cid] = got
+            got = _Node(fs.type, fs.data, links, size)
+        if got.kind in (T_FILE, T_RAW):        # a listing keeps no content (head() reads its own blocks)
+            got = _Node(got.kind, b"", [], got.filesize)
+        self._nodes[cid] = got
         return got
 
     def is_file(self, cid: bytes) -> bool:
@@ -99,8 +101,12 @@ class Tree:
             raise ProtocolError(f"directories nested deeper than {self.max_depth}")
         for name, child, tsize in self.entries(cid):
             self._visit()
-            node = self.node(child)
             path = prefix + name
+            try:
+                node = self.node(child)
+            except BacalhauError as exc:        # a block of this entry only: the others are listed
+                out.append(FileEntry(path, child, tsize, 0, str(exc)))
+                continue
             if node.kind in (T_FILE, T_RAW):
                 out.append(FileEntry(path, child, tsize, node.filesize))
                 if len(out) > self.max_files:
@@ -168,3 +174,36 @@ class Tree:
             if len(out) >= limit:
                 return
             self._head(link.cid, limit, out, level + 1)
+
+    def read(self, cid: bytes, offset: int, length: int) -> bytes:
+        """`length` bytes of a file from `offset`, reading only the blocks they are in (a file node's
+        blocksizes say which children hold what); at most `length` bytes even where the sizes lie."""
+        out = bytearray()
+        self._read(cid, 0, offset, offset + length, out, 0)
+        return bytes(out[:length])
+
+    def _read(self, cid: bytes, at: int, start: int, end: int, out: bytearray, level: int) -> None:
+        if level > MAX_FILE_DEPTH:
+            raise ProtocolError(f"a file DAG deeper than {MAX_FILE_DEPTH} levels (at {cid_str(cid)})")
+        self._visit()
+        block = self._blocks.get(cid)
+        if codec_of(cid) == RAW_CODEC:
+            out += block[max(0, start - at):max(0, end - at)]
+            return
+        try:
+            data, links = decode(block)
+            fs = decode_unixfs(data)
+        except (ProtocolError, ValueError) as exc:
+            raise ProtocolError(f"block {cid_str(cid)} is not UnixFS: {exc}") from None
+        if fs.type not in (T_FILE, T_RAW):
+            raise ProtocolError(f"{cid_str(cid)} inside a file is not file data")
+        if len(fs.blocksizes) != len(links):
+            raise ProtocolError(f"file node {cid_str(cid)} has {len(links)} links and {len(fs.blocksizes)} sizes")
+        out += fs.data[max(0, start - at):max(0, end - at)]
+        pos = at + len(fs.data)
+        for link, size in zip(links, fs.blocksizes, strict=True):
+            if pos >= end or len(out) >= end - start:
+                return
+            if pos + size > start:
+                self._read(link.cid, pos, start, end, out, level + 1)
+            pos += size

@@ -99,6 +99,11 @@ def run_each(handle: Callable[[str, Path, str], dict[str, Any] | None], *,
 
 
 FFPROBE_TIMEOUT = 30.0
+# ffprobe and ffmpeg open only the file they are given, with a demuxer of a media container: no playlist (hls,
+# concat, dash) that would have them open other files or URLs named inside it
+MEDIA_FORMATS = ("mov,mp4,m4a,3gp,matroska,webm,wav,w64,mp3,ogg,flac,aac,avi,mpegts,mpeg,flv,asf,aiff,amr,caf,"
+                 "au,wv,ape,dv,ivf,m4v,h264,hevc,mjpeg,rm")
+SAFE_INPUT = ["-protocol_whitelist", "file", "-format_whitelist", MEDIA_FORMATS]
 
 
 class ToolError(Exception):
@@ -119,8 +124,8 @@ def run_tool(cmd: list[str], timeout: float) -> bytes:
 
 
 def ffprobe(path: Path) -> dict[str, Any]:
-    out = run_tool(["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
-                    str(path)], FFPROBE_TIMEOUT)
+    out = run_tool(["ffprobe", "-v", "error", *SAFE_INPUT, "-print_format", "json", "-show_format",
+                    "-show_streams", str(path)], FFPROBE_TIMEOUT)
     try:
         probe = json.loads(out)
     except ValueError:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from amplify_common import ToolError, ffprobe, media_summary, output_path, run_each, run_tool
+from amplify_common import SAFE_INPUT, ToolError, ffprobe, media_summary, output_path, run_each, run_tool
 
 PREVIEW_SECONDS = 5
 FFMPEG_TIMEOUT = 120.0
@@ -28,7 +28,7 @@ def handle(rel: str, path: Path, mime: str) -> dict[str, Any]:
         codec = ["-vn", "-c:a", "aac", "-b:a", "64k"]
     else:
         raise ToolError("ffprobe found neither a video nor an audio stream")
-    run_tool(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(path), "-t", str(PREVIEW_SECONDS),
+    run_tool(["ffmpeg", "-nostdin", "-v", "error", "-y", *SAFE_INPUT, "-i", str(path), "-t", str(PREVIEW_SECONDS),
               *codec, "-threads", "1", str(out)], FFMPEG_TIMEOUT)
     return {**facts, "preview": out.name, "preview_bytes": out.stat().st_size}
 

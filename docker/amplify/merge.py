@@ -17,8 +17,12 @@ def main() -> int:
         files = []
         for rel, path in input_files(parent):
             dest = OUTPUTS / parent.name / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, dest)
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dest)
+            except OSError as exc:      # this file is not merged; the others are
+                emit({"node": parent.name, "path": rel, "error": f"not copied: {exc.strerror or exc}"})
+                continue
             files.append(rel)
         index[parent.name] = files
         emit({"node": parent.name, "files": len(files)})

@@ -60,7 +60,11 @@ def main() -> int:
             record.update(facts_of(path, record["Content-Type"]))
         except Exception as exc:   # the facts of one file failed: its line says why, the others go on
             record["error"] = f"{type(exc).__name__}: {exc}"[:500]
-        output_path(rel, ".metadata.json").write_text(json.dumps(record, indent=1, sort_keys=True, default=str))
+        try:
+            output_path(rel, ".metadata.json").write_text(json.dumps(record, indent=1, sort_keys=True,
+                                                                     default=str))
+        except OSError as exc:      # e.g. a name with the suffix over 255 bytes: in metadata.json all the same
+            record["output_error"] = f"{rel}.metadata.json not written: {exc.strerror or exc}"
         everything.append(record)
         emit(record)
     OUTPUTS.mkdir(parents=True, exist_ok=True)
