@@ -204,7 +204,7 @@ async def test_a_workflow_of_docker_jobs_passes_cids_down_skips_a_branch_and_ret
     assert data["meta"]["status"] == "failed" and "flaky-node" in data["meta"]["reason"]
     # the jobs are ordinary cluster jobs, labelled with the run
     job = await node.requester.store.get_job(nodes["count-node"]["job_id"])
-    assert job.spec.labels == {"amplify": run_id, "amplify-node": "count-node"}
+    assert job.spec.labels == {"amplify": run_id, "amplify-node": "count-node", "amplify-attempt": "1"}
     assert job.client_id == signed(node, "x")["client_id"]      # the run's jobs are its submitter's
     assert job.spec.inputs[0].source == f"ipfs://{nodes['list-node']['output_cid']}"
 
@@ -374,3 +374,47 @@ async def test_a_wasm_step_gates_a_docker_step_by_its_stdout(single_node: Node, 
     assert job.spec.engine.value == "wasm"
     assert nodes["go-node"]["state"] == "succeeded", nodes["go-node"]
     assert nodes["stop-node"]["state"] == "skipped" and nodes["stop-node"]["jobs"] == []
+
+
+@pytest.mark.docker
+async def test_a_job_submitted_just_before_a_crash_is_found_by_its_labels_not_submitted_again(
+        tmp_path: Path) -> None:
+    """The window a kill -9 can hit: the attempt is written down, the job submitted, its id not yet written.
+    The state is made as that crash leaves it (the job exists, the node row has no job id), then the node starts
+    again on the same repo."""
+    from bacalhau.amplify.store import NodeState as S
+    from bacalhau.models import DockerSpec, JobSpec, StorageSpec
+
+    text = wf(f"""
+- id: write
+  image: {IMAGE}
+  entrypoint: [sh, -c, 'echo made > /outputs/x']
+""", """
+- id: a
+  job_id: write
+  inputs: [{node_id: root-node, path: /inputs}]
+""")
+    run_id = str(uuid.uuid4())
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(node_config(tmp_path / "node")).run)
+        cid = add_dir(node, tmp_path / "data", {"a.txt": "a"})
+        job = await node.requester.submit(JobSpec(
+            docker=DockerSpec(image=IMAGE, entrypoint=["sh", "-c", "echo made > /outputs/x"]),
+            inputs=[StorageSpec(source=f"ipfs://{cid}", path="/inputs")],
+            labels={"amplify": run_id, "amplify-node": "a", "amplify-attempt": "1"}))
+        store = node.amplify.store
+        await store.create_run(run_id, cid, text, ["root-node", "a"], 100)
+        await store.set_node(run_id, "root-node", S.SUCCEEDED, output_cid=cid)
+        await store.set_node(run_id, "a", S.RUNNING, attempt=1, job_id="")
+        with trio.fail_after(60):     # let it end here: a job cut short by the restart is the cluster's matter
+            while not (await node.requester.store.get_job(job.id)).state.terminal:
+                await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(node_config(tmp_path / "node")).run)
+        data = await wait_run(node, run_id)
+        nodes = nodes_of(data)
+        assert data["meta"]["status"] == "succeeded", (data["meta"], nodes["a"]["reason"], nodes["a"]["jobs"])
+        assert nodes["a"]["jobs"] == [job.id]           # found, waited for, not submitted again
+        assert cat_file(node, nodes["a"]["output_cid"], "x") == "made\n"
+        nursery.cancel_scope.cancel()

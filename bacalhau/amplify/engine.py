@@ -54,6 +54,8 @@ WAIT_POLL = 1.0                # a job's state is read at least this often while
 CLIENT_ID = "amplify"
 LABEL_RUN = "amplify"
 LABEL_NODE = "amplify-node"
+LABEL_ATTEMPT = "amplify-attempt"
+RESUME_SCAN = 1000             # newest jobs looked through for one submitted just before a crash
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,9 @@ class Amplify:
             raise _Outcome(NodeState.FAILED, f"its job's spec is refused: {why(exc)}") from None
         inputs = tuple(dict.fromkeys(c for cid, _, origin in mounts for c in (cid, origin)))
         attempt = max(rec.attempt, 1)
+        if rec.state == NodeState.RUNNING and not rec.job_id:
+            # the node stopped between writing the attempt down and writing its job's id: the job may exist
+            rec.job_id = await self._submitted_before(run.record.id, node.id, attempt)
         resume = rec.state == NodeState.RUNNING and bool(rec.job_id)
         while True:
             async with self._node_slots:
@@ -348,8 +353,9 @@ class Amplify:
         run_id = run.record.id
         if not await self.store.set_node(run_id, node.id, NodeState.RUNNING, attempt=attempt, job_id=""):
             raise _Outcome(NodeState.CANCELLED, "its run was cancelled")
+        labelled = spec.model_copy(update={"labels": {**spec.labels, LABEL_ATTEMPT: str(attempt)}})
         with trio.CancelScope(shield=True):
-            job = await self._requester.submit(spec, client_id=run.record.client_id or CLIENT_ID)
+            job = await self._requester.submit(labelled, client_id=run.record.client_id or CLIENT_ID)
             kept = await self.store.set_node(run_id, node.id, NodeState.RUNNING, attempt=attempt, job_id=job.id)
             if not kept:
                 await self._cancel_job(job.id, "its run was cancelled")
@@ -357,6 +363,15 @@ class Amplify:
         log.info("amplify run %s node %s: job %s (attempt %d)", run_id, node.id, job.id, attempt)
         await trio.lowlevel.checkpoint()
         return job.id
+
+    async def _submitted_before(self, run_id: str, node_id: str, attempt: int) -> str:
+        """The job of this attempt if it was submitted (found by its labels among the newest jobs), else ""."""
+        want = {LABEL_RUN: run_id, LABEL_NODE: node_id, LABEL_ATTEMPT: str(attempt)}
+        for job in await self._jobs.list_jobs(RESUME_SCAN):
+            if all(job.spec.labels.get(k) == v for k, v in want.items()):
+                await self.store.set_node(run_id, node_id, NodeState.RUNNING, attempt=attempt, job_id=job.id)
+                return job.id
+        return ""
 
     async def _wait_job(self, job_id: str) -> Job:
         while True:
