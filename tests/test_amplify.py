@@ -177,6 +177,7 @@ TWO_LEVELS = wf(f"""
 
 
 @pytest.mark.docker
+@pytest.mark.slow
 async def test_a_workflow_of_docker_jobs_passes_cids_down_skips_a_branch_and_retries_a_failing_node(
         single_node: Node, tmp_path: Path) -> None:
     node = single_node
@@ -228,6 +229,7 @@ async def test_a_workflow_of_docker_jobs_passes_cids_down_skips_a_branch_and_ret
 
 
 @pytest.mark.docker
+@pytest.mark.slow
 async def test_per_file_routing_mounts_only_matching_files_and_skips_a_node_with_none(
         single_node: Node, tmp_path: Path) -> None:
     # content.py (content detection, another engineer's) is stood in for by a selector that keeps the .txt
@@ -283,6 +285,7 @@ SLEEPY = wf(f"""
 
 
 @pytest.mark.docker
+@pytest.mark.slow
 async def test_a_full_queue_answers_429_and_cancelling_a_run_cancels_its_job(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         node = await nursery.start(Node(node_config(tmp_path / "node", amplify_max_running=1,
@@ -341,6 +344,7 @@ def test_node_states_are_the_six_the_issue_names() -> None:
 
 
 @pytest.mark.docker
+@pytest.mark.slow
 async def test_a_wasm_step_gates_a_docker_step_by_its_stdout(single_node: Node, tmp_path: Path) -> None:
     from bacalhau.executors.wasm import encode_module
     from tests.executors.test_wasm import hello
