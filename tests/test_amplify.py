@@ -225,7 +225,7 @@ async def test_a_workflow_of_docker_jobs_passes_cids_down_skips_a_branch_and_ret
     out = await run_cli(node, "amplify", "describe", run_id)
     assert out.returncode == 0 and "count-node" in out.stdout and "skipped" in out.stdout
     listed = await run_cli(node, "amplify", "list")
-    assert run_id in listed.stdout
+    assert run_id in listed.stdout and " 100% " in listed.stdout
 
 
 @pytest.mark.docker

@@ -188,7 +188,11 @@ class AmplifyStore:
         def tx(conn: sqlite3.Connection) -> tuple[list[RunRecord], int]:
             total = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
             rows = conn.execute("SELECT * FROM runs ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
-            return [_run(r) for r in rows], total
+            runs = [_run(r) for r in rows]
+            for run in runs:    # node states, for each run's progress (a page is at most MAX_LIST runs)
+                for n in conn.execute("SELECT * FROM nodes WHERE run_id=?", (run.id,)):
+                    run.nodes[n["node_id"]] = _node(n)
+            return runs, total
 
         return await self._db.run(tx)
 
