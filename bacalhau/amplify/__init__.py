@@ -1,6 +1,6 @@
 """Amplify: workflows (DAGs of jobs) over a CID, run by the requester node as real cluster jobs, durably, with
-lineage by CID. workflow.py is the YAML model and its checks, engine.py runs it, store.py keeps it;
-api/amplify.py and cli/amplify.py are its faces."""
+lineage by CID. workflow.py is the YAML model and its checks, engine.py runs it (jobs.py: a step as a cluster
+job and what its result gives), store.py keeps it; api/amplify.py and cli/amplify.py are its faces."""
 
 from __future__ import annotations
 

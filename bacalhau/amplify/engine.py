@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from bacalhau.amplify.jobs import LABEL_ATTEMPT, LABEL_NODE, LABEL_RUN, job_failure, job_spec, read_result
 from bacalhau.amplify.store import AmplifyStore, NodeRecord, NodeState, Product, RunRecord, RunState
 from bacalhau.amplify.workflow import (
-    JobDef,
     NodeDef,
     OnParentFailure,
     Workflow,
@@ -38,7 +38,7 @@ from bacalhau.amplify.workflow import (
     predicate_matches,
 )
 from bacalhau.errors import BacalhauError, StateError, UserError
-from bacalhau.models import DockerSpec, Engine, JobSpec, JobState, StorageSpec, WasmSpec
+from bacalhau.models import JobSpec
 
 if TYPE_CHECKING:
     from bacalhau.api.ports import ContentStore, JobStoreReader, RequesterEndpoint
@@ -52,9 +52,6 @@ DEFAULT_MAX_NODES = 10         # graph nodes with a job in flight at once (all r
 MAX_SELECTIONS_KEPT = 4096     # per-file selections remembered (each a CID: a few hundred KiB in all)
 WAIT_POLL = 1.0                # a job's state is read at least this often while a node waits for it
 CLIENT_ID = "amplify"
-LABEL_RUN = "amplify"
-LABEL_NODE = "amplify-node"
-LABEL_ATTEMPT = "amplify-attempt"
 RESUME_SCAN = 1000             # newest jobs looked through for one submitted just before a crash
 
 
@@ -387,52 +384,3 @@ class Amplify:
         result = parse_result_ref(execution.result_ref)
         await self._content.fetch_cid(result)
         return await trio.to_thread.run_sync(read_result, result, self._content.blockstore)
-
-
-def job_failure(job: Job) -> tuple[str, Execution | None]:
-    """Why the job did not succeed ("" when it did) and its completed execution."""
-    if job.state == JobState.CANCELLED:
-        return f"the job was cancelled ({job.reason})", None
-    if job.state != JobState.COMPLETED:
-        return job.reason or f"the job {job.state.value}", None
-    done = [e for e in job.executions if e.state.value == "completed" and e.result_ref.startswith("ipfs://")]
-    if not done:
-        return "the job completed without a published result", None
-    ex = done[0]
-    code = ex.result.exit_code if ex.result is not None else 0
-    if code != 0:
-        return f"exited with code {code}", ex
-    return "", ex
-
-
-def read_result(result: bytes, blocks: Any) -> tuple[str, str]:
-    from bacalhau.amplify.store import MAX_STDOUT_KEPT
-    from bacalhau.ipfs.dagpb import decode
-    from bacalhau.ipfs.exporter import cat
-    from bacalhau.ipfs.result_ref import check_result_root
-    from bacalhau.ipfs.unixfs import cid_str
-
-    check_result_root(result, blocks)
-    links = {link.name: link.cid for link in decode(blocks.get(result))[1]}
-    output = cid_str(links["outputs"]) if "outputs" in links else cid_str(result)
-    stdout = b""
-    if "stdout" in links:
-        for chunk in cat(links["stdout"], blocks):
-            stdout += chunk
-            if len(stdout) >= MAX_STDOUT_KEPT:
-                break
-    return output, stdout[:MAX_STDOUT_KEPT].decode("utf-8", "replace")
-
-
-def job_spec(job: JobDef, mounts: list[tuple[str, str]], run_id: str, node_id: str) -> JobSpec:
-    inputs = [StorageSpec(source=f"ipfs://{cid}", path=path) for cid, path in mounts]
-    labels = {LABEL_RUN: run_id, LABEL_NODE: node_id}
-    if job.engine == "wasm":
-        assert job.wasm_module is not None
-        return JobSpec(engine=Engine.WASM, wasm=WasmSpec(module=job.wasm_module, entry_point=job.entry_point,
-                                                         parameters=job.parameters, env=job.env),
-                       resources=job.resources(), timeout=job.timeout, inputs=inputs, labels=labels)
-    assert job.image is not None
-    return JobSpec(engine=Engine.DOCKER, docker=DockerSpec(image=job.image, entrypoint=job.entrypoint,
-                                                           parameters=job.parameters, env=job.env),
-                   resources=job.resources(), timeout=job.timeout, inputs=inputs, labels=labels)
