@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from bacalhau.config import DEFAULT_FETCH_TIMEOUT
-from bacalhau.errors import BacalhauError, NotFoundError
+from bacalhau.errors import BacalhauError, NotFoundError, UserError
 from bacalhau.ipfs.unixfs import cid_str
 
 if TYPE_CHECKING:
@@ -92,13 +92,19 @@ class NodeContent:
 
         return {"ID": self.ipfs_host.peer_id, "Addresses": dialable(list(self.ipfs_host.listen_addrs))}
 
-    async def fetch_cid(self, cid: bytes, *, timeout: float = DEFAULT_FETCH_TIMEOUT) -> None:
+    async def fetch_cid(self, cid: bytes, *, timeout: float = DEFAULT_FETCH_TIMEOUT,
+                        max_blocks: int | None = None) -> None:
         """Make sure the DAG under `cid` is in this node's store: what is not here is fetched from the cluster
         and this node's IPFS peers. The whole DAG is walked, not only its root checked: a fetch cut short
-        leaves the root held and blocks under it missing."""
+        leaves the root held and blocks under it missing. Past `max_blocks` blocks it stops (UserError)."""
+
+        def counted(blocks: int) -> None:
+            if max_blocks is not None and blocks > max_blocks:
+                raise UserError(f"{cid_str(cid)} is over {max_blocks} blocks")
+
         if self.remote_ipfs is not None:
             try:
-                await self.remote_ipfs.fetch(cid, timeout=timeout)
+                await self.remote_ipfs.fetch(cid, timeout=timeout, on_progress=counted)
                 return
             except (BacalhauError, trio.TooSlowError) as exc:
                 log.info("%s not from the IPFS node at %s (%s): asking the cluster", cid_str(cid),
@@ -108,7 +114,7 @@ class NodeContent:
                 return
             raise NotFoundError(f"{cid_str(cid)} is not held by this node")
         try:
-            await self.bitswap.fetch(cid, timeout=timeout)
+            await self.bitswap.fetch(cid, timeout=timeout, on_progress=counted)
         except (NotFoundError, trio.TooSlowError):
             raise NotFoundError(f"{cid_str(cid)} is held by no node of this cluster") from None
 

@@ -31,7 +31,6 @@ from bacalhau.requester.store import JobStore
 from bacalhau.version import VERSION
 
 if TYPE_CHECKING:
-    from starlette.websockets import WebSocket
 
     from bacalhau.api.ports import ApiDeps
     from bacalhau.ipfs.remote import RemoteIpfs
@@ -271,8 +270,7 @@ class Node:
 
             seen = SeenSignatures(cfg.repo_dir / "api.db")
             self._stores.append(seen)
-            app = build_app(self.api_deps(), seen, logs=self._log_follower(), host=cfg.api_host,
-                            token=cfg.api_token)
+            app = build_app(self.api_deps(), seen, host=cfg.api_host, token=cfg.api_token)
             self.api_port = await nursery.start(serve_api, app, cfg.api_host, cfg.api_port)
         if self.deps.on_ready is not None:
             await self.deps.on_ready(self)
@@ -284,18 +282,6 @@ class Node:
         assert self.requester is not None, "the API runs on requester nodes"
         return ApiDeps(requester=self.requester, jobs=self.requester.store, content=self.content,
                        identity=self._identity(), repo_dir=self.config.repo_dir, amplify=self.amplify)
-
-    def _log_follower(self) -> Callable[[WebSocket], Awaitable[None]]:
-        """The log websocket's handler. api/logs.py still reads the node's transport (until logs go through the
-        requester's endpoint), so it is bound here and the API gets only the handler."""
-        from bacalhau.api.logs import Followers, job_logs
-
-        followers = Followers()
-
-        async def logs(websocket: WebSocket) -> None:
-            await job_logs(self, websocket, followers)
-
-        return logs
 
     def _input_providers(self) -> list[Any]:
         from bacalhau.storage.inline import InlineStorage

@@ -108,10 +108,13 @@ async def api(node: Node, method: str, path: str, body: Any = None, **params: An
 
 
 def signed(node: Node, action: Any, key_name: str = "client.key") -> dict[str, Any]:
-    """`action` signed for `node`'s cluster by a client whose key is `key_name` in the node's repo."""
-    from bacalhau.signing import load_or_create_client_key, sign
+    """`action` signed for `node`'s cluster by a client: the default one keeps its key where the CLI run with
+    BACALHAU_DIR=the node's repo does; another `key_name` is another client."""
+    from bacalhau.signing import load_client_key, sign
 
-    return sign(load_or_create_client_key(node.config.repo_dir / key_name), action, node.cluster_id)
+    state = node.config.repo_dir if key_name == "client.key" else node.config.repo_dir / key_name
+    state.mkdir(exist_ok=True)
+    return sign(load_client_key(state), action, node.cluster_id)
 
 
 async def submit(node: Node, cid: str, workflow: str | None, run_id: str | None = None,

@@ -4,6 +4,7 @@ Kubo-identical importer makes from the filtered files on disk."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -77,10 +78,15 @@ async def test_each_file_is_described_by_type_with_its_facts(store: Store, tmp_p
 
 async def test_json_is_detected_as_json_not_text(store: Store, tmp_path: Path) -> None:
     """The original's bug #133: its detector called JSON text/plain. libmagic too, on a head cut mid-value."""
-    cid = store.add(fixtures(tmp_path / "in"))
+    src = fixtures(tmp_path / "in")
+    (src / "events.ndjson").write_text("".join(json.dumps({"at": i, "kind": "tick"}) + "\n" for i in range(3)))
+    cid = store.add(src)
     got = by_path(await describe_files(store, cid))
     assert got["records.json"].mime == "application/json"
     assert got["records.json"].facts == {"top": "list", "rows": 5, "columns": 2, "header": ["id", "score"]}
+    lines = got["events.ndjson"]    # JSON lines: libmagic's own type, one record a line
+    assert lines.mime == "application/x-ndjson"
+    assert lines.facts == {"rows": 3, "columns": 2, "header": ["at", "kind"]}
     noext = got["noext"]            # no extension, and over libmagic's 64 KiB head
     assert noext.size > 64 * 1024
     assert noext.mime == "application/json" and noext.facts["rows"] == 3000

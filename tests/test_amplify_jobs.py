@@ -121,10 +121,12 @@ def test_table_job_validates_and_profiles_csv_and_json(image: str, tmp_path: Pat
     (src / "ragged.csv").write_text("a,b\n1,2\n3\n")
     (src / "scores.json").write_text(json.dumps([{"id": 1, "score": 2.5}, {"id": 2, "score": None},
                                                  {"id": 3, "score": 9.0}]))
+    (src / "events.ndjson").write_text('{"at": 1, "kind": "a"}\n{"at": 2, "kind": "b"}\n{"at": 3}\n')
     ran = run_job(image, "table-job", src, tmp_path / "out")
     assert ran.code == 0, ran.stderr
     got = ran.by_path()
     assert got["people.csv"]["valid"] is True and got["people.csv"]["rows"] == 3
+    assert (got["events.ndjson"]["rows"], got["events.ndjson"]["columns"]) == (3, 2)
     assert got["ragged.csv"]["valid"] is False and "row 2: 1 fields" in got["ragged.csv"]["errors"][0]
     people = json.loads((ran.out / "people.csv.profile.json").read_text())["fields"]
     assert people[1] == {"name": "age", "type": "integer", "values": 3, "empty": 0, "distinct": 3,
@@ -221,3 +223,17 @@ def test_the_default_workflow_names_only_scripts_the_image_holds(image: str) -> 
             steps.add(node["id"])
     [merge] = [n for n in workflow["graph"] if n["id"] == "merge-node"]
     assert {i["node_id"] for i in merge["inputs"]} == steps
+
+
+def test_the_image_is_built_once_for_the_same_content(image: str) -> None:
+    """setup-amplify.sh is cached by the Docker engine: the image with the same content hash is not built again
+    (the first call here may rebuild the scripts' layer if they changed since)."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "setup-amplify.sh"
+    first = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600, check=False)
+    assert first.returncode == 0, first.stderr
+    before = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", image], capture_output=True,
+                            text=True, check=True).stdout
+    again = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60, check=False)
+    assert again.returncode == 0 and "building" not in again.stderr, again.stderr
+    assert subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", image], capture_output=True,
+                          text=True, check=True).stdout == before

@@ -63,11 +63,6 @@ def test_mypy_fails_a_name_rebound_to_another_type_and_other_bug_shapes(tmp_path
     assert expected <= found, out.stdout + out.stderr
 
 
-# api/logs.py still reads the node's transport for its log streams; the logs branch moves that behind the
-# requester's endpoint (ApiDeps). Until then it alone may name the Node, and only for types.
-NODE_IMPORT_PENDING = {"logs.py"}
-
-
 def _imports_node(path: Path) -> bool:
     """True when the module imports bacalhau.node anywhere, under TYPE_CHECKING and inside functions too."""
     import ast
@@ -86,12 +81,8 @@ def _imports_node(path: Path) -> bool:
 def test_api_does_not_import_the_node() -> None:
     api = sorted((ROOT / "bacalhau" / "api").rglob("*.py"))
     assert len(api) >= 8
-    offenders = [str(p.relative_to(ROOT)) for p in api
-                 if _imports_node(p) and str(p.relative_to(ROOT / "bacalhau" / "api")) not in NODE_IMPORT_PENDING]
+    offenders = [str(p.relative_to(ROOT)) for p in api if _imports_node(p)]
     assert not offenders, f"the API takes api/ports.py's protocols, not the Node: {offenders} import bacalhau.node"
-    # an exemption that is no longer needed goes: the check then covers that module too
-    still = {name for name in NODE_IMPORT_PENDING if _imports_node(ROOT / "bacalhau" / "api" / name)}
-    assert still == NODE_IMPORT_PENDING, f"{NODE_IMPORT_PENDING - still} no longer import the node: drop them"
 
 
 def test_import_check_sees_every_form_of_importing_the_node(tmp_path: Path) -> None:

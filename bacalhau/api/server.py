@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.routing import BaseRoute
 
 from bacalhau.api import amplify, identity, ipfs, jobs, results
 from bacalhau.api.common import MAX_BODY, REDACTED, BodyTooLarge, Handler, handle_errors, read_body, redacted
@@ -35,19 +33,23 @@ __all__ = ["MAX_BODY", "REDACTED", "BodyTooLarge", "Handler", "handle_errors", "
            "build_app", "serve_api", "TokenGuard"]
 
 log = logging.getLogger(__name__)
-WebSocketHandler = Callable[[WebSocket], Awaitable[None]]
 
 
-def build_app(deps: ApiDeps, seen: SeenSignatures, *, logs: WebSocketHandler, host: str,
-              token: str | None = None) -> Any:
+def build_app(deps: ApiDeps, seen: SeenSignatures, *, host: str, token: str | None = None) -> Any:
     """The routes of every module, inside the guards: RequestGuard outermost (Host, Origin and Content-Type
     before anything), then TokenGuard when the API has a token."""
+    from bacalhau.api import logs
+    from bacalhau.api.bacalhau_v1 import logs as bacalhau_logs
+    from bacalhau.api.bacalhau_v1 import routes as bacalhau_v1
+
     routes: list[BaseRoute] = [
         *identity.routes(deps),
         *jobs.routes(deps, seen),
         *results.routes(deps),
-        WebSocketRoute("/api/v1/jobs/{job_id}/logs", logs),
+        *logs.routes(deps),
         *ipfs.routes(deps),
+        *bacalhau_v1.routes(deps, seen),       # Go Bacalhau 1.0's API, which the official Python SDK calls
+        *bacalhau_logs.routes(deps),
         *amplify.routes(deps, seen),
     ]
     app: Any = Starlette(routes=routes)

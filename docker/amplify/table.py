@@ -216,11 +216,12 @@ def profile_json(path: Path) -> dict[str, Any]:
 
 
 def handle(rel: str, path: Path, mime: str) -> dict[str, Any]:
-    profile = profile_json(path) if mime == "application/json" else profile_csv(path, mime)
+    json_like = mime in ("application/json", "application/x-ndjson")
+    profile = profile_json(path) if json_like else profile_csv(path, mime)
     output_path(rel, ".profile.json").write_text(json.dumps(profile, indent=1, default=str))
     return {k: v for k, v in profile.items() if k != "fields"}
 
 
 if __name__ == "__main__":
-    tables = ("text/csv", "text/tab-separated-values", "application/json", "application/csv")
+    tables = ("text/csv", "text/tab-separated-values", "application/json", "application/x-ndjson", "application/csv")
     raise SystemExit(run_each(handle, wants=lambda mime: mime in tables))
