@@ -6,6 +6,7 @@
     ContentStore       this node's IPFS side: held blocks, fetch a CID from the cluster, a result as a tar, a
                        result item from the compute node that ran it
     NodeIdentity       who this node is (its id, addrs, cluster id)
+    DashboardView      the network's figures this node aggregated (dashboard/), and the live node list
 
 `ApiDeps.from_node` builds them from a running Node; nothing in api/ imports node.py at run time.
 """
@@ -63,6 +64,14 @@ class NodeIdentity(Protocol):
     def identity(self) -> dict[str, Any]: ...
 
 
+class DashboardView(Protocol):
+    store: Any          # dashboard/store.py's DashboardStore: its async reads
+
+    def nodes(self) -> list[dict[str, Any]]: ...
+
+    async def wait_changed(self, timeout: float) -> None: ...
+
+
 @dataclass(frozen=True)
 class ApiDeps:
     requester: RequesterEndpoint
@@ -70,6 +79,7 @@ class ApiDeps:
     content: ContentStore
     identity: NodeIdentity
     repo_dir: Path
+    dashboard: DashboardView | None = None
 
     @classmethod
     def from_node(cls, node: Any) -> ApiDeps:
@@ -77,4 +87,4 @@ class ApiDeps:
         requester = node.requester
         assert requester is not None, "the API runs on requester nodes"
         return cls(requester=requester, jobs=requester.store, content=node, identity=node,
-                   repo_dir=node.config.repo_dir)
+                   repo_dir=node.config.repo_dir, dashboard=getattr(node, "dashboard", None))

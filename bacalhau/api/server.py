@@ -33,7 +33,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from bacalhau.api.dashboard import routes as dashboard_routes
 from bacalhau.api.guard import is_loopback
+from bacalhau.api.ports import ApiDeps
 from bacalhau.compute.results import stream_file
 from bacalhau.errors import AmbiguousIdError, BacalhauError, NotFoundError, StateError, UserError
 from bacalhau.models import ExecutionState, Job, JobSpec
@@ -271,6 +273,7 @@ def build_app(node: Node, seen: SeenSignatures) -> Starlette:
     from bacalhau.api.ipfs import routes as ipfs_routes
 
     routes += [Route(path, _handle_errors(fn), methods=methods) for path, fn, methods in ipfs_routes(node)]
+    routes += dashboard_routes(ApiDeps.from_node(node))
     return Starlette(routes=routes)
 
 
@@ -290,6 +293,14 @@ async def _chain(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterat
         yield chunk
 
 
+QUERY_TOKEN_PATHS = ("/dashboard", "/api/v1/dashboard/stream")   # a browser sets no header on these (api/dashboard.py)
+
+
+def _query_token_path(scope: dict[str, Any]) -> bool:
+    path = scope.get("path", "")
+    return scope.get("method") == "GET" and any(path == p or path.startswith(p + "/") for p in QUERY_TOKEN_PATHS)
+
+
 class TokenGuard:
     """ASGI middleware: requests that do not come from loopback must carry the API token
     (`Authorization: Bearer TOKEN`, or `?token=` on the log websocket)."""
@@ -304,7 +315,7 @@ class TokenGuard:
             if not is_loopback(client):
                 headers = dict(scope.get("headers") or [])
                 given = headers.get(b"authorization", b"").decode().removeprefix("Bearer ").strip()
-                if not given and scope["type"] == "websocket":
+                if not given and (scope["type"] == "websocket" or _query_token_path(scope)):
                     from urllib.parse import parse_qs
 
                     given = (parse_qs(scope.get("query_string", b"").decode()).get("token") or [""])[0]

@@ -1,0 +1,170 @@
+"""The dashboard's aggregation on its own (dashboard/store.py) and the node's publish/sync path in process."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bacalhau.dashboard.events import ExecutionBrief, JobEvent
+from bacalhau.dashboard.store import SCHEMA, DashboardStore, duration_bin
+from bacalhau.models import Engine, ExecutionState, JobState
+
+REQ = "QmRequesterA"
+NODE = "QmComputeB"
+
+
+def event(job_id: str, state: JobState, at: float, *, created: float, engine: Engine = Engine.NOOP,
+          reason: str = "", requester: str = REQ, labels: dict[str, str] | None = None) -> JobEvent:
+    executions = [ExecutionBrief(node_id=NODE, state=ExecutionState.COMPLETED if state == JobState.COMPLETED
+                                 else ExecutionState.RUNNING)] if state != JobState.PENDING else []
+    return JobEvent(job_id=job_id, requester=requester, state=state, engine=engine, image=engine.value,
+                    client="client-1", labels=labels or {}, created_at=created, updated_at=at, reason=reason,
+                    executions=executions)
+
+
+def lifecycle(job_id: str, t0: float, end: JobState = JobState.COMPLETED, **kw: object) -> list[JobEvent]:
+    return [event(job_id, JobState.PENDING, t0, created=t0, **kw),      # type: ignore[arg-type]
+            event(job_id, JobState.IN_PROGRESS, t0 + 1, created=t0, **kw),  # type: ignore[arg-type]
+            event(job_id, end, t0 + 2, created=t0, reason="exit 3" if end == JobState.FAILED else "",
+                  **kw)]  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    s = DashboardStore(tmp_path / "dashboard.db")
+    yield s
+    s.close()
+
+
+async def test_a_job_counts_once_however_its_events_arrive(store: DashboardStore) -> None:
+    t0 = time.time() - 100
+    a, b, c = (str(uuid.uuid4()) for _ in range(3))
+    events = lifecycle(a, t0)
+    await store.ingest(events)
+    await store.ingest(events)                       # twice
+    await store.ingest(reversed(lifecycle(b, t0, JobState.FAILED)))   # out of order: end first
+    ev_c = lifecycle(c, t0, labels={"team": "x"})
+    await store.ingest(ev_c[:2])
+    await store.ingest(ev_c)                          # a requester that restarted replays all it sent
+    await store.ingest([ev_c[0]])                     # a stale one after the end
+    s = await store.summary()
+    assert (s["jobs"], s["completed"], s["failed"], s["running"], s["pending"], s["clients"]) == (3, 2, 1, 0, 0, 1)
+    b_ = await store.breakdowns()
+    assert {r["key"]: r["count"] for r in b_["state"]} == {"completed": 2, "failed": 1}
+    assert b_["engine"] == [{"key": "noop", "count": 3}]
+    assert b_["reason"] == [{"key": "exit 3", "count": 1}]
+    assert b_["label"] == [{"key": "team=x", "count": 1}]
+    assert b_["node"] == [{"key": NODE, "count": 3}]
+    minute = await store.timeseries("minute", time.time())
+    assert sum(r["jobs"] for r in minute) == 3 and sum(r["failed"] for r in minute) == 1
+    assert (await store.durations())["noop"]["count"] == 2
+
+
+async def test_running_now_follows_the_latest_snapshot(store: DashboardStore) -> None:
+    t0 = time.time() - 10
+    job = str(uuid.uuid4())
+    await store.ingest([event(job, JobState.IN_PROGRESS, t0 + 1, created=t0)])
+    assert (await store.summary())["running"] == 1
+    await store.ingest([event(job, JobState.PENDING, t0, created=t0)])     # older: no news
+    assert (await store.summary())["running"] == 1
+    await store.ingest([event(job, JobState.PENDING, t0 + 2, created=t0)])  # retried: waiting again
+    s = await store.summary()
+    assert (s["running"], s["pending"], s["jobs"]) == (0, 1, 1)
+    await store.ingest([event(job, JobState.CANCELLED, t0 + 3, created=t0)])
+    await store.ingest([event(job, JobState.COMPLETED, t0 + 4, created=t0)])   # terminal is final
+    s = await store.summary()
+    assert (s["running"], s["pending"], s["cancelled"], s["completed"]) == (0, 0, 1, 0)
+
+
+async def test_another_requester_cannot_speak_for_a_job(store: DashboardStore) -> None:
+    t0 = time.time() - 10
+    job = str(uuid.uuid4())
+    await store.ingest([event(job, JobState.IN_PROGRESS, t0 + 1, created=t0)])
+    assert not await store.ingest([event(job, JobState.FAILED, t0 + 2, created=t0, requester="QmOther")])
+    assert (await store.summary())["failed"] == 0
+
+
+async def test_time_buckets_sort_in_time_order_across_days(store: DashboardStore) -> None:
+    day = 86400
+    base = (int(time.time()) // day - 20) * day
+    jobs = [(base + d * day + 5, str(uuid.uuid4())) for d in (1, 9, 10, 12)]
+    await store.ingest([event(j, JobState.PENDING, t, created=t) for t, j in jobs])
+    days = await store.timeseries("day", time.time())
+    assert [r["start"] for r in days] == sorted(r["start"] for r in days)
+    assert [r["label"] for r in days] == sorted(r["label"] for r in days)
+    assert len(days) == 4 and all(len(r["label"]) == 10 for r in days)
+    with pytest.raises(ValueError, match="unit must be one of"):
+        await store.timeseries("month", time.time())
+
+
+async def test_durations_p50_p95_per_engine(store: DashboardStore) -> None:
+    t0 = time.time() - 1000
+    evs = []
+    for i in range(100):
+        job = str(uuid.uuid4())
+        evs.append(event(job, JobState.COMPLETED, t0 + 1 + i, created=t0, engine=Engine.DOCKER))
+    await store.ingest(evs)
+    d = (await store.durations())["docker"]
+    assert d["count"] == 100
+    assert 40 <= d["p50"] <= 62 and 80 <= d["p95"] <= 115     # quarter-doubling bins: within ~19%
+    assert duration_bin(0) == 0
+
+
+def test_the_layout_is_versioned(tmp_path: Path) -> None:
+    path = tmp_path / "dashboard.db"
+    DashboardStore(path).close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+    assert "CREATE TABLE IF NOT EXISTS jobs" in SCHEMA
+    conn.close()
+
+
+# -- the node's side: two requesters over real libp2p in this process -------------------------------------
+
+async def _until(check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    import trio
+
+    with trio.fail_after(timeout):
+        while not await check():
+            await trio.sleep(0.05)
+
+
+async def test_requesters_see_each_others_jobs_and_a_late_joiner_catches_up(tmp_path: Path) -> None:
+    import trio
+
+    from bacalhau.models import JobSpec
+    from bacalhau.node import Node
+    from tests.conftest import node_config
+
+    async with trio.open_nursery() as nursery:
+        a = await nursery.start(Node(node_config(tmp_path / "a", engines=("noop",), serve_api=False)).run)
+        b = await nursery.start(Node(node_config(tmp_path / "b", engines=("noop",), serve_api=False,
+                                                 peers=(a.addrs()[0],))).run)
+        for n in (a, b):
+            await _until(lambda n=n: _alive(n, 2))
+        ok = await a.requester.submit(JobSpec(engine=Engine.NOOP, labels={"who": "a"}))
+        bad = await b.requester.submit(JobSpec.model_validate({"engine": "noop", "noop": {"exit_code": 2}}))
+
+        async def both_done(node: Node) -> bool:
+            s = await node.dashboard.store.summary()
+            return bool(s["jobs"] == 2 and s["completed"] == 2)
+        for n in (a, b):
+            await _until(lambda n=n: both_done(n))
+        row = await b.dashboard.store.job(ok.id)
+        assert row is not None and row["requester"] == a.node_id and row["labels"] == {"who": "a"}
+        assert (await a.dashboard.store.job(bad.id))["requester"] == b.node_id  # type: ignore[index]
+
+        # a node that joins now heard none of it: it asks each requester for its recent jobs
+        c = await nursery.start(Node(node_config(tmp_path / "c", engines=("noop",), serve_api=False,
+                                                 peers=(a.addrs()[0],))).run)
+        await _until(lambda: both_done(c))
+        assert {r["key"] for r in (await c.dashboard.store.breakdowns())["node"]} <= {a.node_id, b.node_id}
+        nursery.cancel_scope.cancel()
+
+
+async def _alive(node, n: int) -> bool:  # type: ignore[no-untyped-def]
+    return len(node.dashboard.nodes()) >= n
