@@ -52,4 +52,5 @@ if [ ! -f "$js_stamp" ]; then
 fi
 
 bash docker/build-images.sh
+bash scripts/setup-dashboard.sh
 log "ready: $(.venv/bin/bacalhau --version)"

@@ -19,7 +19,8 @@
     for (const kid of kids) e.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
     return e;
   }
-  const short = (id) => String(id || "").slice(0, 12);
+  // peer ids share their first characters (12D3KooW...): the start and the end tell them apart
+  const short = (id) => { const s = String(id || ""); return s.length > 16 ? s.slice(0, 6) + "…" + s.slice(-6) : s; };
   const iso = (t) => new Date(t * 1000).toISOString().replace(".000", "").replace("T", " ");
   const jobHref = (id) => "/dashboard/jobs/" + encodeURIComponent(id) + q;
   const bytes = (n) => n >= 2 ** 30 ? (n / 2 ** 30).toFixed(1) + " GiB" : (n / 2 ** 20).toFixed(0) + " MiB";
