@@ -67,7 +67,7 @@ def routes(deps: ApiDeps) -> list[BaseRoute]:
     node_id = deps.identity.node_id
 
     async def snapshot() -> dict[str, Any]:
-        data = await view.store.snapshot(time.time())
+        data: dict[str, Any] = await view.store.snapshot(time.time())
         nodes = view.nodes()
         data["summary"]["nodes"] = len(nodes)
         data["nodes"] = nodes
