@@ -4,6 +4,11 @@ of 30 over loopback HTTP) and the page's first paint in headless Chromium (media
 context each; also the time to the first live snapshot drawn).
 
     .venv/bin/python benchmarks/dashboard.py [--jobs N]
+
+Measured (2026-12-02, the shared 2-core machine under other engineers' load): filling 100,000 jobs 30.7 s
+(3,256 events/s in batches of 5,000); medians summary 5.8 ms, timeseries minute/hour/day 2.6/7.0/3.9 ms,
+breakdowns 3.1, durations 1.5, nodes 1.0, jobs 1.5, snapshot (all panels) 16.3 ms; first contentful paint
+median 156 ms, the first live snapshot drawn 336 ms after navigation.
 """
 
 from __future__ import annotations
