@@ -168,3 +168,103 @@ async def test_requesters_see_each_others_jobs_and_a_late_joiner_catches_up(tmp_
 
 async def _alive(node, n: int) -> bool:  # type: ignore[no-untyped-def]
     return len(node.dashboard.nodes()) >= n
+
+
+@pytest.mark.slow
+def test_a_requester_that_restarts_counts_nothing_twice(served) -> None:  # type: ignore[no-untyped-def]
+    """Real serve processes: n2 is stopped and started again (same repo, same identity). Its own dashboard.db
+    keeps its counts, it replays what it publishes anew, n1 catches up with it: each job counts once."""
+    from tests.conftest import join_args
+
+    n1 = served("n1").start()
+    peer, key = join_args(n1.wait_ready())
+    n2 = served("n2", "--peer", peer, "--swarm-key", key).start()
+    n2.wait_ready()
+
+    def summary(node) -> dict:  # type: ignore[no-untyped-def,type-arg]
+        return node.client().request("GET", "/api/v1/dashboard/summary")  # type: ignore[no-any-return]
+
+    def until(check, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert time.monotonic() < deadline, (summary(n1), summary(n2))
+            time.sleep(0.1)
+
+    noop = {"engine": "noop"}
+    for node in (n1, n2):
+        node.client().submit(noop)
+    until(lambda: summary(n1)["completed"] == 2 and summary(n2)["completed"] == 2)
+    n2.stop()
+    n2.start()
+    n2.wait_ready()
+    assert summary(n2)["jobs"] == 2
+    n2.client().submit(noop)
+    n1.client().submit(noop)
+    until(lambda: summary(n1)["completed"] == 4 and summary(n2)["completed"] == 4)
+    time.sleep(1)     # nothing more arrives to count twice
+    assert summary(n1)["jobs"] == summary(n2)["jobs"] == 4
+
+
+async def test_the_stream_sends_a_snapshot_at_once_and_another_when_a_job_ends(single_node) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import httpx
+    import trio
+
+    from bacalhau.models import JobSpec
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{single_node.api_port}", timeout=20) as c:
+        async with c.stream("GET", "/api/v1/dashboard/stream") as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            lines = r.aiter_lines()
+
+            async def snapshot() -> dict:  # type: ignore[type-arg]
+                async for line in lines:
+                    if line.startswith("data: "):
+                        return json.loads(line[6:])  # type: ignore[no-any-return]
+                raise AssertionError("the stream ended")
+
+            first = await snapshot()
+            assert first["summary"]["jobs"] == 0 and first["node_id"] == single_node.node_id
+            job = await single_node.requester.submit(JobSpec(engine=Engine.NOOP))
+            with trio.fail_after(15):
+                while True:
+                    s = await snapshot()
+                    if s["summary"]["completed"] == 1:
+                        break
+            assert s["latest"][0]["id"] == job.id and s["breakdowns"]["engine"] == [{"key": "noop", "count": 1}]
+        assert (await c.get("/api/v1/dashboard/timeseries", params={"unit": "week"})).status_code == 400
+        assert (await c.get(f"/api/v1/dashboard/jobs/{job.id}")).json()["local"] is True
+        assert (await c.get(f"/api/v1/dashboard/jobs/{uuid.uuid4()}")).status_code == 404
+
+
+async def test_bacalhau_dashboard_prints_the_url_with_the_token(single_node) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import run_cli
+
+    out = await run_cli(single_node, "dashboard", env={"BACALHAU_API_TOKEN": "t/k n"})
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"http://127.0.0.1:{single_node.api_port}/dashboard?token=t%2Fk%20n"
+
+
+async def test_the_catch_up_fits_one_frame_whatever_the_jobs_carry(tmp_path: Path) -> None:
+    import trio
+
+    from bacalhau.bprotocol.framing import MAX_MESSAGE_BYTES
+    from bacalhau.dashboard import events as ev
+    from bacalhau.dashboard.service import Dashboard
+
+    store = DashboardStore(tmp_path / "dashboard.db")
+    t0 = time.time() - 100
+    fat = {f"k{i:02d}" + "x" * 58: "v" * 255 for i in range(ev.MAX_LABELS)}      # ~5 kB a job
+    await store.ingest([event(str(uuid.uuid4()), JobState.COMPLETED, t0 + i, created=t0, labels=fat)
+                        for i in range(ev.MAX_SYNC_JOBS)])
+    d = Dashboard(node_id=REQ, store=store, node_info_ttl=5, hello_interval=1)
+    reply = await d._answer_sync("QmAsker", ev.SyncRequest().model_dump_json().encode())
+    assert len(reply) < MAX_MESSAGE_BYTES
+    from bacalhau.bprotocol.framing import parse_reply
+
+    events = parse_reply(reply, ev.SyncReply).events
+    assert 400 < len(events) < ev.MAX_SYNC_JOBS and events[0].updated_at > events[-1].updated_at
+    assert events[0].client == "client-1"
+    store.close()
+    await trio.lowlevel.checkpoint()

@@ -27,6 +27,7 @@ MAX_EVENT_BYTES = 8 * 1024          # a job snapshot is a few hundred bytes; ref
 MAX_LABELS = 16
 MAX_EXECUTIONS = 16
 MAX_SYNC_JOBS = 1000                # a late joiner gets at most this many recent jobs from each requester
+MAX_SYNC_BYTES = 3 * 1024 * 1024    # ... and what fits in one bprotocol frame (4 MiB) with its envelope
 EARLIEST = 1_500_000_000.0          # 2017: no job of this network is older
 CLOCK_SKEW = 600.0                  # a requester's clock may run this far ahead of ours
 
@@ -68,6 +69,8 @@ class JobEvent(_Strict):
 class Hello(_Strict):
     node_id: NodeId
     node_types: list[NodeType] = Field(default_factory=list, max_length=2)
+    # where to call it for its jobs (a node may hear its gossip through others and not be connected to it)
+    addrs: list[Annotated[str, StringConstraints(max_length=200)]] = Field(default_factory=list, max_length=8)
 
 
 class Message(_Strict):
@@ -78,10 +81,12 @@ class Message(_Strict):
 
 class SyncRequest(_Strict):
     limit: int = Field(default=MAX_SYNC_JOBS, ge=0, le=MAX_SYNC_JOBS)
+    since: float = 0.0              # jobs updated after this (the requester's clock), newest first
 
 
 class SyncReply(_Strict):
     events: list[JobEvent] = Field(default_factory=list, max_length=MAX_SYNC_JOBS)
+    now: float = 0.0                # the requester's clock when it answered: the next `since`, less a margin
 
 
 class Refused(ValueError):
@@ -99,6 +104,16 @@ def parse_message(data: bytes) -> Message:
     if msg.v != 1 or (msg.hello is None) == (msg.job is None):
         raise Refused(f"not a version-1 hello or job event (v={msg.v})")
     return msg
+
+
+def check_hello(hello: Hello, sender: str) -> None:
+    if hello.node_id != sender:
+        raise Refused(f"a hello for node {hello.node_id[:60]!r}")
+    from bacalhau.p2p.host import addr_of_peer
+
+    for addr in hello.addrs:
+        if f"/p2p/{sender}" not in addr or not addr_of_peer(addr, sender):
+            raise Refused(f"address {addr[:100]!r} is not a multiaddr of {sender}")
 
 
 def check_event(event: JobEvent, sender: str, now: float | None = None) -> None:

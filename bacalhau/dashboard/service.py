@@ -11,6 +11,7 @@ a flood costs dropped events, counted, and never memory or the node.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ RATE = 200.0                 # events a second a sender may send, sustained
 BURST = 2000.0
 MAX_PEERS = 1000             # senders, requesters and nodes remembered (a flood of ids cannot grow them)
 SYNC_TIMEOUT = 10.0
+SYNC_MARGIN = 60.0           # each catch-up asks again for this much before the previous one's end
 SYNC_CONCURRENCY = 4
 MAX_PUBLISHED = 10_000       # jobs whose last published snapshot is remembered (to skip repeats)
 
@@ -61,6 +63,9 @@ class Dashboard:
         self._buckets: dict[str, tuple[float, float]] = {}    # sender -> (tokens, at)
         self.requesters: dict[str, float] = {}                  # who said hello as a requester -> when (wall)
         self._synced: set[str] = set()
+        self._addrs: dict[str, list[str]] = {}     # requester -> its multiaddrs, from its hello
+        self._cursor: dict[str, float] = {}        # requester -> `since` of the next catch-up (its clock)
+        self._sync_interval = 2 * node_info_ttl
         self._sync_limiter = trio.CapacityLimiter(SYNC_CONCURRENCY)
         self._nodes: dict[str, dict[str, Any]] = {}            # node id -> what the page shows, last_seen wall
         self._not_requesters: set[str] = set()                  # NodeInfo senders that say they are not one
@@ -76,6 +81,7 @@ class Dashboard:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._write_loop)
+            nursery.start_soon(self._sync_loop)
             if self._jobs is not None:
                 if self._transport is not None:
                     self._transport.register(ev.SYNC_PROTOCOL, self._answer_sync)
@@ -157,8 +163,7 @@ class Dashboard:
         try:
             msg = ev.parse_message(data)
             if msg.hello is not None:
-                if msg.hello.node_id != sender:
-                    raise ev.Refused(f"a hello for node {msg.hello.node_id[:60]!r}")
+                ev.check_hello(msg.hello, sender)
                 self._hello_seen(msg.hello)
                 return
             assert msg.job is not None
@@ -207,10 +212,15 @@ class Dashboard:
             return
         if hello.node_id not in self.requesters and len(self.requesters) >= MAX_PEERS:
             return
+        if len(self._addrs) >= MAX_PEERS and hello.node_id not in self._addrs:
+            self._addrs.clear()
         self.requesters[hello.node_id] = self._clock()
+        if hello.addrs:
+            self._addrs[hello.node_id] = list(hello.addrs)
         self._node_entry(hello.node_id, {"node_id": hello.node_id,
                                          "node_types": [t.value for t in hello.node_types]})
-        if hello.node_id != self.node_id and hello.node_id not in self._synced and self._nursery is not None \
+        first = hello.node_id not in self._cursor and hello.node_id not in self._synced
+        if hello.node_id != self.node_id and first and self._nursery is not None \
                 and self._transport is not None:
             self._synced.add(hello.node_id)
             self._nursery.start_soon(self._sync_from, hello.node_id)
@@ -227,20 +237,45 @@ class Dashboard:
             if await self.store.ingest(batch):
                 self._poke()
 
-    # -- catch-up: a requester's recent jobs, asked for once when it is first heard of ----------------------
+    # -- catch-up: a requester's recent jobs, asked for when it is first heard of and then every few seconds
+    # (gossip is not reliable: what a peer published while the mesh formed, or while this node was away, is
+    # caught here; each ask covers from SYNC_MARGIN before the previous one, so nothing falls between two)
+
+    async def _sync_loop(self) -> None:
+        if self._transport is None:
+            return
+        while True:
+            await trio.sleep(self._sync_interval)
+            log.debug("dashboard: catching up with %d requesters", len(self.requesters))
+            cutoff = self._clock() - 3 * self.ttl
+            for peer, heard in list(self.requesters.items()):
+                if peer != self.node_id and heard >= cutoff and peer not in self._synced:
+                    self._synced.add(peer)
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._sync_from, peer)
 
     async def _sync_from(self, peer: str) -> None:
+        request = ev.SyncRequest(since=self._cursor.get(peer, 0.0))
         async with self._sync_limiter:
             try:
-                raw = await self._transport.call(peer, ev.SYNC_PROTOCOL, ev.SyncRequest().model_dump_json().encode(),
-                                                 timeout=self._call_timeout)
+                with trio.fail_after(self._call_timeout):
+                    addrs = self._addrs.get(peer)
+                    if self._host is not None and addrs and peer not in self._host.connected_peers():
+                        await self._host.connect(addrs[0])
+                    raw = await self._transport.call(peer, ev.SYNC_PROTOCOL, request.model_dump_json().encode(),
+                                                     timeout=self._call_timeout)
                 from bacalhau.bprotocol.framing import parse_reply
 
                 reply = parse_reply(raw, ev.SyncReply)
             except (BacalhauError, trio.TooSlowError, ValueError) as exc:
                 log.info("dashboard: no recent jobs from requester %s: %s", peer, exc)
-                self._synced.discard(peer)      # asked again at its next hello
                 return
+            finally:
+                self._synced.discard(peer)      # one ask a requester at a time
+        if len(self._cursor) >= MAX_PEERS and peer not in self._cursor:
+            self._cursor.clear()
+        if math.isfinite(reply.now):
+            self._cursor[peer] = reply.now - SYNC_MARGIN
         taken = 0
         for event in reply.events:
             try:
@@ -250,28 +285,35 @@ class Dashboard:
                 continue
             self._enqueue(peer, event)
             taken += 1
-        log.info("dashboard: %d recent jobs from requester %s", taken, peer)
+        if taken:
+            log.info("dashboard: %d recent jobs from requester %s", taken, peer)
 
     async def _answer_sync(self, peer_id: str, payload: bytes) -> bytes:
         from bacalhau.bprotocol.framing import decode, error_reply, ok_reply
 
         try:
             request = decode(payload, ev.SyncRequest)
-            rows = await self.store.own_jobs(self.node_id, request.limit)
-            events = []
+            now = self._clock()
+            rows = await self.store.jobs_of(self.node_id, request.since, request.limit)
+            events, size = [], 0
             for row in rows:
-                row.pop("client", None)
-                events.append(ev.JobEvent.model_validate({**row, "job_id": row.pop("id")}))
-            return ok_reply(ev.SyncReply(events=events))
+                job_id = row.pop("id")
+                event = ev.JobEvent.model_validate({**row, "job_id": job_id})
+                size += len(event.model_dump_json())
+                if size > ev.MAX_SYNC_BYTES:
+                    break       # the newest first, as many as one reply frame holds
+                events.append(event)
+            return ok_reply(ev.SyncReply(events=events, now=now))
         except (BacalhauError, ValueError) as exc:
             return error_reply(exc)
 
     # -- gossip out (a requester) ---------------------------------------------------------------------------
 
     async def _hello_loop(self) -> None:
-        hello = ev.Hello(node_id=self.node_id, node_types=[NodeType.REQUESTER])
-        self._hello_seen(hello)
         while True:
+            addrs = [a for a in self._host.listen_addrs if f"/p2p/{self.node_id}" in a][:8]
+            hello = ev.Hello(node_id=self.node_id, node_types=[NodeType.REQUESTER], addrs=addrs)
+            self._hello_seen(hello)
             self.requesters[self.node_id] = self._clock()
             self._node_entry(self.node_id, {"node_id": self.node_id})
             await self._host.publish(ev.DASHBOARD_TOPIC, ev.dump_hello(hello))

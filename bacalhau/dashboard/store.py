@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL NOT NULL, reason TEXT NOT NULL, result_cid TEXT NOT NULL, executions TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
+CREATE INDEX IF NOT EXISTS jobs_requester ON jobs(requester, updated_at);
 CREATE TABLE IF NOT EXISTS buckets (
     unit TEXT NOT NULL, start INTEGER NOT NULL, jobs INTEGER NOT NULL DEFAULT 0,
     completed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0, cancelled INTEGER NOT NULL DEFAULT 0,
@@ -108,9 +109,11 @@ class DashboardStore:
     async def job(self, job_id: str) -> dict[str, Any] | None:
         return await self._db.run(lambda conn: _job(conn, job_id))
 
-    async def own_jobs(self, requester: str, limit: int) -> list[dict[str, Any]]:
+    async def jobs_of(self, requester: str, since: float, limit: int) -> list[dict[str, Any]]:
+        """A requester's jobs updated after `since`, the latest first."""
         return await self._db.run(lambda conn: [_row(r) for r in conn.execute(
-            "SELECT * FROM jobs WHERE requester=? ORDER BY created_at DESC LIMIT ?", (requester, limit))])
+            "SELECT * FROM jobs WHERE requester=? AND updated_at>? ORDER BY updated_at DESC LIMIT ?",
+            (requester, since, limit))])
 
     async def snapshot(self, now: float) -> dict[str, Any]:
         def read(conn: sqlite3.Connection) -> dict[str, Any]:
