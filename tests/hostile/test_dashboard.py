@@ -178,3 +178,13 @@ async def test_the_page_and_its_stream_need_the_token_beyond_loopback(api_node: 
         assert r.headers["referrer-policy"] == "no-referrer"
         assert (await c.get("/api/v1/dashboard/summary", headers={"Authorization": "Bearer s3cret"})).status_code == 200
     seen.close()
+
+
+async def test_a_page_of_another_origin_or_a_rebound_name_cannot_read_the_stream(api_node: Node) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_node.api_port}", timeout=10) as c:
+        r = await c.get("/api/v1/dashboard/stream", headers={"Origin": "http://evil.example"})
+        assert r.status_code == 403 and r.json()["code"] == "forbidden_origin"
+        r = await c.get("/api/v1/dashboard/snapshot", headers={"Host": f"evil.example:{api_node.api_port}"})
+        assert r.status_code == 403 and r.json()["code"] == "forbidden_host"
+        r = await c.get("/dashboard", headers={"Host": f"evil.example:{api_node.api_port}"})
+        assert r.status_code == 403
