@@ -29,7 +29,7 @@ import html
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,8 @@ import trio
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
+
+from bacalhau.errors import BacalhauError
 
 if TYPE_CHECKING:
     from bacalhau.api.ports import ApiDeps, DashboardView
@@ -138,15 +140,24 @@ def routes(deps: ApiDeps) -> list[BaseRoute]:
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     api = "/api/v1/dashboard"
-    return [
-        Route("/dashboard", page), Route("/dashboard/", page),
-        Route("/dashboard/jobs/{job_id}", job_page),
-        Route("/dashboard/assets/{name}", asset),
-        Route(f"{api}/summary", summary), Route(f"{api}/timeseries", timeseries),
-        Route(f"{api}/breakdowns", breakdowns), Route(f"{api}/durations", durations),
-        Route(f"{api}/nodes", nodes), Route(f"{api}/jobs", latest), Route(f"{api}/jobs/{{job_id}}", one_job),
-        Route(f"{api}/snapshot", whole), Route(f"{api}/stream", stream),
+    handlers = [
+        ("/dashboard", page), ("/dashboard/", page), ("/dashboard/jobs/{job_id}", job_page),
+        ("/dashboard/assets/{name}", asset), (f"{api}/summary", summary), (f"{api}/timeseries", timeseries),
+        (f"{api}/breakdowns", breakdowns), (f"{api}/durations", durations), (f"{api}/nodes", nodes),
+        (f"{api}/jobs", latest), (f"{api}/jobs/{{job_id}}", one_job), (f"{api}/snapshot", whole),
+        (f"{api}/stream", stream),
     ]
+    return [Route(path, _answered(fn)) for path, fn in handlers]
+
+
+def _answered(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """A request that fails (the node stopping under it: its database closed) gets a reason, not a traceback."""
+    async def handle(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except BacalhauError as exc:
+            return _error(503, str(exc), "unavailable")
+    return handle
 
 
 async def _events(view: DashboardView, snapshot: Any, streams: list[int]) -> AsyncIterator[bytes]:
@@ -161,7 +172,10 @@ async def _events(view: DashboardView, snapshot: Any, streams: list[int]) -> Asy
             nodes = [{k: v for k, v in n.items() if k != "last_seen"} for n in view.nodes()]
             key = (view.store.version, json.dumps(nodes, sort_keys=True))
             if key != last_key or trio.current_time() - last_sent >= STREAM_REFRESH:
-                data = await snapshot()
+                try:
+                    data = await snapshot()
+                except BacalhauError:
+                    return      # the node is stopping: the stream ends, the page's EventSource tries again
                 last_key, last_sent = key, trio.current_time()
                 yield b"event: snapshot\ndata: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
             await trio.sleep(STREAM_MIN_GAP)

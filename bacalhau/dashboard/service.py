@@ -107,7 +107,7 @@ class Dashboard:
         if NodeType.REQUESTER not in info.node_types:
             self._remember(self._not_requesters, info.node_id)
         entry = {"node_id": info.node_id, "node_types": [t.value for t in info.node_types],
-                 "engines": [e.value for e in info.engines], "labels": dict(list(info.labels.items())[:16]),
+                 "engines": [e.value for e in info.engines], "labels": {k[:63]: v[:255] for k, v in list(info.labels.items())[:16]},
                  "cpu_total": info.capacity_total.cpu, "cpu_free": info.capacity_free.cpu,
                  "memory_total": info.capacity_total.memory, "memory_free": info.capacity_free.memory,
                  "running": info.running, "queued": info.queued, "version": info.version[:40]}
@@ -325,6 +325,7 @@ class Dashboard:
             await self._dirty_event.wait()
             self._dirty_event = trio.Event()
             dirty, self._dirty = self._dirty, {}
+            events = []
             for job_id in dirty:
                 try:
                     job = await self._jobs.get_job(job_id, full=False)
@@ -338,7 +339,9 @@ class Dashboard:
                 if len(self._published) >= MAX_PUBLISHED:
                     self._published.clear()
                 self._published[job_id] = key
-                if await self.store.ingest([event]):
-                    self._poke()
-                if self._host is not None:
+                events.append(event)
+            if events and await self.store.ingest(events):     # one transaction for what changed meanwhile
+                self._poke()
+            if self._host is not None:
+                for event in events:
                     await self._host.publish(ev.DASHBOARD_TOPIC, ev.dump(event))
