@@ -96,7 +96,9 @@ async def test_time_buckets_sort_in_time_order_across_days(store: DashboardStore
     days = await store.timeseries("day", time.time())
     assert [r["start"] for r in days] == sorted(r["start"] for r in days)
     assert [r["label"] for r in days] == sorted(r["label"] for r in days)
-    assert len(days) == 4 and all(len(r["label"]) == 10 for r in days)
+    # from the first day with a job to today, days without as zeros: one row a day
+    assert len(days) == 20 and all(len(r["label"]) == 10 for r in days)
+    assert [r["jobs"] for r in days if r["jobs"]] == [1, 1, 1, 1] and days[1]["jobs"] == 0
     with pytest.raises(ValueError, match="unit must be one of"):
         await store.timeseries("month", time.time())
 

@@ -203,12 +203,23 @@ def _iso(start: int, unit: str) -> str:
 
 
 def _timeseries(conn: sqlite3.Connection, unit: str, now: float) -> list[dict[str, Any]]:
+    """The buckets from the first with jobs in the span to the current one; those without any as zeros (a
+    chart's x axis is time)."""
     width = UNITS[unit]
-    since = int(now // width) * width - (SPANS[unit] - 1) * width
-    rows = conn.execute("SELECT start, jobs, completed, failed, cancelled FROM buckets WHERE unit=? AND start>=? "
-                        "ORDER BY start", (unit, since))
-    return [{"start": r["start"], "label": _iso(r["start"], unit), "jobs": r["jobs"], "completed": r["completed"],
-             "failed": r["failed"], "cancelled": r["cancelled"]} for r in rows]
+    current = int(now // width) * width
+    since = current - (SPANS[unit] - 1) * width
+    rows = {r["start"]: r for r in conn.execute(
+        "SELECT start, jobs, completed, failed, cancelled FROM buckets WHERE unit=? AND start>=? AND start<=?",
+        (unit, since, current))}
+    if not rows:
+        return []
+    out = []
+    for start in range(min(rows), current + 1, width):
+        r = rows.get(start)
+        out.append({"start": start, "label": _iso(start, unit), "jobs": r["jobs"] if r else 0,
+                    "completed": r["completed"] if r else 0, "failed": r["failed"] if r else 0,
+                    "cancelled": r["cancelled"] if r else 0})
+    return out
 
 
 def _breakdowns(conn: sqlite3.Connection) -> dict[str, list[dict[str, Any]]]:
