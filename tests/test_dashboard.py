@@ -116,13 +116,17 @@ async def test_durations_p50_p95_per_engine(store: DashboardStore) -> None:
     assert duration_bin(0) == 0
 
 
-def test_the_layout_is_versioned(tmp_path: Path) -> None:
+def test_a_dashboard_db_of_a_newer_layout_is_refused_in_one_line(tmp_path: Path) -> None:
+    from bacalhau.errors import StateError
+
     path = tmp_path / "dashboard.db"
     DashboardStore(path).close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
-    assert "CREATE TABLE IF NOT EXISTS jobs" in SCHEMA
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 0 and "CREATE TABLE IF NOT EXISTS jobs" in SCHEMA
+    conn.execute("PRAGMA user_version=7")
     conn.close()
+    with pytest.raises(StateError, match="newer bacalhau"):
+        DashboardStore(path)
 
 
 # -- the node's side: two requesters over real libp2p in this process -------------------------------------
