@@ -28,6 +28,7 @@ COMMANDS = {
     "version": "bacalhau.cli.version:version",
     "id": "bacalhau.cli.id:id_",
     "ipfs": "bacalhau.cli.ipfs:ipfs",
+    "dashboard": "bacalhau.cli.dashboard:dashboard",
 }
 HELP = {
     "serve": "Run a node (requester and compute by default).",
@@ -46,6 +47,7 @@ HELP = {
     "version": "Print the client's and the node's versions.",
     "id": "Print the node's peer ID and addresses.",
     "ipfs": "Content addressing: `ipfs add` with Kubo's CIDs.",
+    "dashboard": "Print (or --open) the URL of the node's live dashboard.",
 }
 
 

@@ -57,6 +57,7 @@ class Requester:
         self._awaiting_bid: dict[str, trio.CancelScope] = {}   # execution id -> its bid deadline's scope
         self._waiting_pass: trio.Event | None = None           # set when a pass over waiting jobs is due
         self._changed: dict[str, trio.Event] = {}
+        self.on_change: list[Callable[[str], None]] = []      # told a job's id at each change (the dashboard)
         self._nursery: trio.Nursery | None = None
         self._started_at = 0.0
         callbacks: list[tuple[str, type[BaseModel], AnyModelHandler]] = [
@@ -108,6 +109,7 @@ class Requester:
         job = Job(spec=spec, client_id=client_id)
         await self.store.create_job(job)
         log.info("job %s submitted", job.id)
+        self._notify(job.id)
         self._spawn(self._evaluate, job.id)
         return job
 
@@ -496,6 +498,8 @@ class Requester:
         event = self._changed.pop(job_id, None)
         if event is not None:
             event.set()
+        for hook in self.on_change:
+            hook(job_id)
 
     def _spawn(self, fn: Callable[[*Ts], Awaitable[object]], *args: *Ts) -> None:
         assert self._nursery is not None, "Requester.run() is not running"
