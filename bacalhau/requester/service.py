@@ -209,6 +209,16 @@ class Requester:
             if ex.state.terminal:
                 return m.Ack()
             await self._set(msg.execution_id, None, S.FAILED, msg.reason)
+            if not msg.retry:     # the node, which holds the spec, says any node would fail it the same way
+                job = await self.store.get_job(msg.job_id, full=False)
+                if not job.state.terminal:
+                    reason = f"{msg.reason} (the job's own doing: not retried on another node)"
+                    await self._fail_job(job, reason)
+                    for ex in job.executions:
+                        if not ex.state.terminal and ex.id != msg.execution_id:
+                            await self._set(ex.id, None, S.CANCELLED, "another execution failed: " + reason)
+                            self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, "the job failed")
+                return m.Ack()
         log.info("execution %s of job %s failed on %s: %s", msg.execution_id, msg.job_id, msg.node_id, msg.reason)
         # in a task of its own: the reply is not held up by scheduling (the call has a timeout; a retry's
         # backoff can be longer, and a cancelled handler lost the retry)

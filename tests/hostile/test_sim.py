@@ -1,0 +1,123 @@
+"""What the compute node decides itself: a failure that is the job's own doing is not retried on other nodes
+(each would fail it the same way, and a job that asks for three attempts cost three nodes), and a nonzero exit
+the job asks to retry is failed by the node that holds the spec, with no round trip through the requester."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import trio
+import wasmtime
+
+from bacalhau.bprotocol import messages as m
+from bacalhau.bprotocol.transport import InMemoryNetwork, RawHandler, typed_handler
+from bacalhau.config import NodeConfig
+from bacalhau.executors.noop import NoopExecutor
+from bacalhau.models import Engine, ExecutionState, JobSpec, JobState, NodeType, NoopSpec
+from bacalhau.models.job import WASM_INLINE_PREFIX
+from bacalhau.node import Node, NodeDeps
+from tests.test_flow_inmemory import wait_terminal
+
+HELLO = '(module (func (export "_start")))'
+
+
+async def _cluster(nursery: trio.Nursery, tmp_path: Path, net: InMemoryNetwork, n: int,
+                   engines: tuple[str, ...]) -> tuple[Node, list[Node]]:
+    req = await nursery.start(Node(NodeConfig(repo_dir=tmp_path / "r", serve_api=False, node_info_ttl=2.0,
+                                              node_types=(NodeType.REQUESTER,)), NodeDeps(network=net)).run)
+    computes = []
+    for i in range(n):
+        cfg = NodeConfig(repo_dir=tmp_path / f"c{i}", node_types=(NodeType.COMPUTE,), node_info_interval=0.2,
+                         engines=engines)
+        deps = NodeDeps(network=net, executors={Engine.NOOP: NoopExecutor()} if engines == ("noop",) else None)
+        computes.append(await nursery.start(Node(cfg, deps).run))
+    with trio.fail_after(5):
+        while len(req.requester.nodes.alive()) < n:
+            await trio.sleep(0.05)
+    return req, computes
+
+
+async def test_a_wasm_job_missing_its_entry_point_is_not_retried_on_other_nodes(tmp_path: Path) -> None:
+    """Before: the requester took the node's failure for the node's fault and asked the next node, and the
+    next, until attempts or nodes ran out (3 nodes burnt on a job no node can run)."""
+    net = InMemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        req, _ = await _cluster(nursery, tmp_path, net, 3, ("wasm",))
+        module = WASM_INLINE_PREFIX + base64.b64encode(wasmtime.wat2wasm(HELLO)).decode()
+        job = await req.requester.submit(JobSpec(engine=Engine.WASM, wasm={"module": module, "entry_point": "nope"},
+                                                 retry={"max_attempts": 3}))
+        await wait_terminal(req, job.id)
+        done = await req.requester.store.get_job(job.id)
+        assert done.state == JobState.FAILED
+        assert "exports no function 'nope'" in done.reason and "not retried" in done.reason, done.reason
+        tried = [e for e in done.executions if e.state == ExecutionState.FAILED]
+        assert len(tried) == 1, [(e.node_id, e.reason) for e in done.executions]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_nonzero_exit_the_job_retries_is_failed_by_the_node_without_a_result_rejected(tmp_path: Path) -> None:
+    """Before: the node sent run-complete, the requester answered result-rejected (two messages). Now the
+    node, holding the spec, fails the attempt itself with one failure callback; the requester retries."""
+    net = InMemoryNetwork()
+    rejected: list[str] = []
+    async with trio.open_nursery() as nursery:
+        req, computes = await _cluster(nursery, tmp_path, net, 2, ("noop",))
+        for c in computes:
+            transport = net.nodes[c.node_id]
+            original = transport.handlers[m.RESULT_REJECTED]
+
+            def counting(original: RawHandler = original, node_id: str = c.node_id) -> RawHandler:
+                async def handle(peer_id: str, payload: bytes) -> bytes:
+                    rejected.append(node_id)
+                    return await original(peer_id, payload)
+                return handle
+
+            transport.register(m.RESULT_REJECTED, counting())
+        job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(exit_code=3),
+                                                 retry={"on_nonzero_exit": True, "max_attempts": 2}))
+        await wait_terminal(req, job.id)
+        done = await req.requester.store.get_job(job.id)
+        assert done.state == JobState.FAILED
+        failed = [e for e in done.executions if e.state == ExecutionState.FAILED]
+        assert len(failed) == 2 and len({e.node_id for e in failed}) == 2
+        assert all("exited with code 3" in e.reason for e in failed)
+        assert rejected == []
+        nursery.cancel_scope.cancel()
+
+
+class _OldComputeFailure(m._Msg):
+    """ComputeFailure as a requester of the previous main reads it (no `retry`; unknown fields refused)."""
+
+    execution_id: str
+    job_id: str
+    node_id: str
+    reason: str
+
+
+async def test_a_requester_of_before_the_retry_field_still_hears_of_the_failure() -> None:
+    from bacalhau.bprotocol.proxies import CallbackProxy
+    from bacalhau.models import new_id
+
+    net = InMemoryNetwork()
+    old, new = net.transport("mem-0000000000aa"), net.transport("mem-0000000000bb")
+    heard: list[_OldComputeFailure] = []
+
+    async def on_failure(peer_id: str, msg: _OldComputeFailure) -> m.Ack:
+        heard.append(msg)
+        return m.Ack()
+
+    old.register(m.ON_COMPUTE_FAILURE, typed_handler(_OldComputeFailure, on_failure))
+    proxy = CallbackProxy(new, 5.0)
+    for retry in (True, False):
+        await proxy.on_compute_failure(old.self_id, m.ComputeFailure(
+            execution_id=new_id(), job_id=new_id(), node_id=new.self_id, reason=f"retry={retry}", retry=retry))
+    assert [h.reason for h in heard] == ["retry=True", "retry=False"]
+
+
+async def test_a_compute_node_of_before_the_retry_field_has_its_failures_retried() -> None:
+    """A ComputeFailure without the field (what an older node sends) reads as retry."""
+    msg = m.ComputeFailure.model_validate_json(
+        '{"execution_id": "%s", "job_id": "%s", "node_id": "mem-0000000000aa", "reason": "x"}'
+        % ("0" * 8 + "-0000-4000-8000-" + "0" * 12, "1" * 8 + "-0000-4000-8000-" + "0" * 12))
+    assert msg.retry is True
