@@ -459,7 +459,12 @@ class Requester:
                             ex.node_id)
                 await self._on_run_complete(ex.node_id, m.RunComplete(**info, result=status.result))
                 ex = await self.store.get_execution(ex.id)
-            if status.state == S.COMPLETED and ex.state == S.PUBLISHING:
+            if status.state == S.RUNNING and status.result is not None and ex.state == S.PUBLISHING:
+                # the result-accepted was lost on the way (seen in the simulation under loss): say it again
+                log.warning("execution %s: its node %s never heard the result was accepted: telling it again",
+                            ex.id, ex.node_id)
+                await self._tell_compute("result_accepted", ex.node_id, ex.id)
+            elif status.state == S.COMPLETED and ex.state == S.PUBLISHING:
                 log.warning("execution %s was published on %s but its publish-complete never arrived: catching up",
                             ex.id, ex.node_id)
                 await self._on_publish_complete(ex.node_id, m.PublishComplete(**info, result_ref=status.result_ref))
