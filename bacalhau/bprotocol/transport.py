@@ -117,6 +117,8 @@ class InMemoryNetwork:
         self.rng = rng or random.Random()
         self.calls = 0          # calls made, and those of them lost on the way (either way)
         self.lost = 0
+        # (caller, callee, protocol id) -> whether to lose this request: a test's chosen message
+        self.drop: Callable[[str, str, str], bool] | None = None
 
     def take_down(self, node_id: str) -> None:
         """Simulate a node's death: calls to it fail, and streams from it break, as a reset would."""
@@ -166,8 +168,11 @@ class InMemoryTransport(LocalTransport):
         net = self._network
         net.calls += 1
         with trio.fail_after(timeout):
-            if not (net.latency or net.jitter or net.loss):
+            if not (net.latency or net.jitter or net.loss or net.drop):
                 return await peer.call_local(self.self_id, protocol_id, payload)
+            if net.drop is not None and net.drop(self.self_id, peer_id, protocol_id):
+                net.lost += 1
+                await trio.sleep_forever()
             await net._hop()
             # the handler runs on the peer: the caller giving up does not cut it halfway (as over a socket,
             # where a timed-out caller's reset is seen only when the reply is written); bounded all the same

@@ -121,3 +121,27 @@ async def test_a_compute_node_of_before_the_retry_field_has_its_failures_retried
         '{"execution_id": "%s", "job_id": "%s", "node_id": "mem-0000000000aa", "reason": "x"}'
         % ("0" * 8 + "-0000-4000-8000-" + "0" * 12, "1" * 8 + "-0000-4000-8000-" + "0" * 12))
     assert msg.retry is True
+
+
+async def test_a_lost_result_accepted_does_not_leave_the_job_in_progress_for_good(tmp_path: Path) -> None:
+    """Found by the simulation under loss: the requester moved the execution to publishing and told the node,
+    the message was lost, the node kept it running; the reconcile pass saw a node 'running' with a result and
+    a requester 'publishing' and did nothing, for ever. Now it tells the node again."""
+    from bacalhau.testing.sim import Sim, SimConfig
+
+    cfg = SimConfig(nodes=2, call_timeout=0.3, bid_timeout=0.5, gossip_interval=0.2, node_ttl=2.0,
+                    reconcile_interval=0.5)
+    async with Sim(cfg, tmp_path) as sim:
+        dropped: list[str] = []
+
+        def once(caller: str, callee: str, protocol_id: str) -> bool:
+            if protocol_id == m.RESULT_ACCEPTED and not dropped:
+                dropped.append(callee)
+                return True
+            return False
+
+        sim.network.drop = once
+        job = await sim.submit()
+        done = await sim.wait_all([job.id], 10)
+        assert dropped
+        assert job.id in done and done[job.id].state == JobState.COMPLETED
