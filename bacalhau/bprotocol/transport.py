@@ -117,8 +117,9 @@ class InMemoryNetwork:
         self.rng = rng or random.Random()
         self.calls = 0          # calls made, and those of them lost on the way (either way)
         self.lost = 0
-        # (caller, callee, protocol id) -> whether to lose this request: a test's chosen message
-        self.drop: Callable[[str, str, str], bool] | None = None
+        # (caller, callee, protocol id) -> lose this call's "request" or its "reply" (after the handler ran),
+        # or "" for neither: a test's chosen message
+        self.drop: Callable[[str, str, str], str] | None = None
 
     def take_down(self, node_id: str) -> None:
         """Simulate a node's death: calls to it fail, and streams from it break, as a reset would."""
@@ -170,7 +171,8 @@ class InMemoryTransport(LocalTransport):
         with trio.fail_after(timeout):
             if not (net.latency or net.jitter or net.loss or net.drop):
                 return await peer.call_local(self.self_id, protocol_id, payload)
-            if net.drop is not None and net.drop(self.self_id, peer_id, protocol_id):
+            lose = net.drop(self.self_id, peer_id, protocol_id) if net.drop is not None else ""
+            if lose == "request":
                 net.lost += 1
                 await trio.sleep_forever()
             await net._hop()
@@ -178,6 +180,9 @@ class InMemoryTransport(LocalTransport):
             # where a timed-out caller's reset is seen only when the reply is written); bounded all the same
             with trio.CancelScope(shield=True, deadline=trio.current_time() + 4 * timeout):
                 reply = await self._peer(peer_id).call_local(self.self_id, protocol_id, payload)
+            if lose == "reply":
+                net.lost += 1
+                await trio.sleep_forever()
             await net._hop()
             return reply
 

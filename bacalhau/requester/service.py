@@ -16,7 +16,7 @@ from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.proxies import ComputeProxy
 from bacalhau.bprotocol.transport import AnyModelHandler, Transport, typed_handler
 from bacalhau.config import DEFAULT_RECONCILE_INTERVAL
-from bacalhau.errors import BacalhauError, ProtocolError, RemoteError, StateError
+from bacalhau.errors import BacalhauError, ProtocolError, RemoteError, StateError, TransportError
 from bacalhau.models import Execution, ExecutionState, Job, JobSpec, JobState, NodeInfo
 from bacalhau.requester.nodes import NodeTable
 from bacalhau.requester.ranking import NO_COMPUTE_NODE, SAMPLE, fits_now, rank_loads
@@ -325,14 +325,27 @@ class Requester:
         try:
             await self._compute.bid_accepted(node_id, execution_id)
         except BacalhauError as exc:
-            await self._execution_failed(job_id, execution_id, (S.BID_ACCEPTED,), S.FAILED, f"bid_accepted failed: {exc}")
-            return
+            # Only the reply may have been lost, the node running it: ask before writing the attempt off and
+            # running it elsewhere too (seen in the simulation: twice at once). Told to drop it, if written off.
+            if not isinstance(exc, TransportError) or not await self._took_it(node_id, execution_id):
+                await self._execution_failed(job_id, execution_id, (S.BID_ACCEPTED,), S.FAILED,
+                                             f"bid_accepted failed: {exc}")
+                self._spawn(self._tell_compute, "cancel", node_id, execution_id, "bid_accepted failed")
+                return
         try:
             async with self._lock(job_id):
                 await self._set(execution_id, (S.BID_ACCEPTED,), S.RUNNING, "running")
         except StateError:
             return  # it already finished (a fast job's callbacks can overtake this)
         self._notify(job_id)
+
+    async def _took_it(self, node_id: str, execution_id: str) -> bool:
+        """Whether the node has the execution accepted, or further on (False when it cannot say)."""
+        try:
+            status = await self._compute.execution_status(node_id, execution_id)
+        except BacalhauError:
+            return False
+        return status.state in (S.BID_ACCEPTED, S.RUNNING, S.PUBLISHING, S.COMPLETED)
 
     async def _execution_failed(self, job_id: str, execution_id: str, expected: tuple[ExecutionState, ...] | None,
                                 new: ExecutionState, reason: str) -> None:

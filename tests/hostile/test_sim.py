@@ -134,14 +134,41 @@ async def test_a_lost_result_accepted_does_not_leave_the_job_in_progress_for_goo
     async with Sim(cfg, tmp_path) as sim:
         dropped: list[str] = []
 
-        def once(caller: str, callee: str, protocol_id: str) -> bool:
+        def once(caller: str, callee: str, protocol_id: str) -> str:
             if protocol_id == m.RESULT_ACCEPTED and not dropped:
                 dropped.append(callee)
-                return True
-            return False
+                return "request"
+            return ""
 
         sim.network.drop = once
         job = await sim.submit()
         done = await sim.wait_all([job.id], 10)
         assert dropped
         assert job.id in done and done[job.id].state == JobState.COMPLETED
+
+
+async def test_a_lost_reply_to_bid_accepted_does_not_run_the_job_twice_at_once(tmp_path: Path) -> None:
+    """The node got the acceptance and ran the job; only its reply was lost. The requester wrote the attempt
+    off and asked another node: the job ran on two nodes at once (concurrency 1), and the first node's result
+    was refused, its execution left running on it for good."""
+    from bacalhau.testing.sim import Sim, SimConfig
+
+    cfg = SimConfig(nodes=3, run_time=1.0, call_timeout=0.3, bid_timeout=0.5, gossip_interval=0.2, node_ttl=2.0,
+                    reconcile_interval=0.5)
+    async with Sim(cfg, tmp_path) as sim:
+        dropped: list[str] = []
+
+        def once(caller: str, callee: str, protocol_id: str) -> str:
+            if protocol_id == m.BID_ACCEPTED and not dropped:
+                dropped.append(callee)
+                return "reply"
+            return ""
+
+        sim.network.drop = once
+        job = await sim.submit()
+        done = await sim.wait_all([job.id], 10)
+        assert dropped
+        assert job.id in done and done[job.id].state == JobState.COMPLETED, done
+        assert sim.stats.most_at_once[job.id] == 1
+        held = [ex.state for node in sim.nodes for ex in node.executions.values() if ex.job_id == job.id]
+        assert all(state.terminal for state in held), held
