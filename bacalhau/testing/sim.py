@@ -80,6 +80,7 @@ class Stats:
 
     first_ask: dict[str, float] = field(default_factory=dict)      # job id -> when its first ask was sent
     bid_round: list[float] = field(default_factory=list)           # seconds, one per job's first acceptance
+    accepted_at: list[float] = field(default_factory=list)         # when each of those acceptances came
     running: Counter[str] = field(default_factory=Counter)         # job id -> executions running right now
     most_at_once: dict[str, int] = field(default_factory=dict)     # job id -> the most that ever ran at once
     runs: Counter[str] = field(default_factory=Counter)            # job id -> executions started
@@ -209,6 +210,9 @@ class SimComputeNode:
         if ex.job_id in stats.first_ask and ex.job_id not in self._sim.accepted:
             self._sim.accepted.add(ex.job_id)
             stats.bid_round.append(trio.current_time() - stats.first_ask[ex.job_id])
+            stats.accepted_at.append(trio.current_time())
+            if len(stats.accepted_at) >= self._sim.scheduled_target:
+                self._sim.all_scheduled.set()
         ex.scope = trio.CancelScope()
         self._spawn(self._execute, ex_id, ex, ex.scope)
         return _ACK
@@ -309,6 +313,8 @@ class Sim:
                                        rng=random.Random(self.rng.random()))
         self.stats = Stats()
         self.accepted: set[str] = set()
+        self.scheduled_target = 0              # all_scheduled is set once that many jobs had a bid accepted
+        self.all_scheduled = trio.Event()
         self._db_dir = db_dir
         self.requester_id = "mem-" + "f" * 12
         self.nodes = [SimComputeNode(f"mem-{i:012x}", self) for i in range(config.nodes)]

@@ -5,6 +5,7 @@ the job asks to retry is failed by the node that holds the spec, with no round t
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -172,3 +173,45 @@ async def test_a_lost_reply_to_bid_accepted_does_not_run_the_job_twice_at_once(t
         assert sim.stats.most_at_once[job.id] == 1
         held = [ex.state for node in sim.nodes for ex in node.executions.values() if ex.job_id == job.id]
         assert all(state.terminal for state in held), held
+
+
+async def test_a_caller_cancelled_as_it_takes_the_database_turn_loses_no_one_elses_write(tmp_path: Path) -> None:
+    """Found by the simulation under load: the task whose turn it was to run the queued calls was cancelled
+    (its call timed out) just as it got the turn; trio.to_thread.run_sync raised Cancelled before the thread
+    ran, and every call it had taken from the queue was never run: their callers got None back (a job that
+    was never created, an execution update that never happened), with no error."""
+    import sqlite3
+
+    from trio.testing import wait_all_tasks_blocked
+
+    from bacalhau.db import Database
+
+    db = Database(tmp_path / "t.db", "CREATE TABLE t(x INTEGER);")
+    got: list[object] = []
+    doomed = trio.CancelScope()
+
+    def insert(value: int) -> Callable[[sqlite3.Connection], int]:
+        def tx(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT INTO t VALUES (?)", (value,))
+            return value
+        return tx
+
+    async def cancelled_caller() -> None:
+        with doomed:
+            await db.run(insert(1))
+
+    async def other_caller() -> None:
+        got.append(await db.run(insert(2)))
+
+    async with trio.open_nursery() as nursery:
+        await db._turn.acquire()          # someone else's group is running: both calls queue up
+        nursery.start_soon(cancelled_caller)
+        await wait_all_tasks_blocked()
+        nursery.start_soon(other_caller)
+        await wait_all_tasks_blocked()
+        db._turn.release()                # the first in line gets the turn (and both calls) ...
+        doomed.cancel()                   # ... and is cancelled before its thread starts
+    assert got == [2]
+    rows = db.run_sync(lambda conn: [r[0] for r in conn.execute("SELECT x FROM t ORDER BY x")])
+    assert 2 in rows
+    db.close()
