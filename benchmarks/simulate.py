@@ -85,6 +85,7 @@ async def one_size(args: argparse.Namespace, nodes: int, db_dir: Path) -> dict[s
             "bid_p50_ms": 1000 * percentile(sim.stats.bid_round, 0.5),
             "bid_p99_ms": 1000 * percentile(sim.stats.bid_round, 0.99),
             "gossip_msgs_node_s": msgs, "gossip_bytes_node_s": nbytes, "cpu_s": cpu,
+            "cpu_ms_per_job": 1000 * cpu / args.jobs, "gossip_cpu_share": sim.stats.gossip_cpu / max(1e-9, cpu),
             "calls": sim.network.calls, "lost": sim.network.lost, "problems": len(problems),
         }
 
@@ -117,7 +118,8 @@ def main() -> None:
               f"{r['completed_per_s']:.0f}/s ({r['completed']} completed), latency p50 {r['latency_p50_ms']:.0f} ms "
               f"p99 {r['latency_p99_ms']:.0f} ms, bid round p50 {r['bid_p50_ms']:.1f} ms p99 {r['bid_p99_ms']:.1f} ms, "
               f"gossip {r['gossip_msgs_node_s']:.2f} msgs {r['gossip_bytes_node_s']:.0f} B per node/s, "
-              f"CPU {r['cpu_s']:.1f} s, calls {r['calls']} lost {r['lost']}, problems {r['problems']}", flush=True)
+              f"CPU {r['cpu_s']:.1f} s ({r['cpu_ms_per_job']:.2f} ms a job, gossip intake {100 * r['gossip_cpu_share']:.1f}%), "
+              f"calls {r['calls']} lost {r['lost']}, problems {r['problems']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -449,13 +449,11 @@ class Requester:
         catches up with what it missed. A node that does not answer is left to the node table's expiry."""
         while True:
             await trio.sleep(self._reconcile_interval)
-            now = time.time()
-            for job_id in await self.store.job_ids_in_states([JobState.IN_PROGRESS]):
-                for ex in (await self.store.get_job(job_id, full=False)).executions:
-                    stale = ex.state in STALLED and now - ex.updated_at > self._reconcile_interval
-                    if stale and ex.id not in self._checking and self.nodes.get(ex.node_id) is not None:
-                        self._checking.add(ex.id)
-                        self._spawn(self._check_execution, job_id, ex)
+            # one query, not a read of every job in progress (a thousand nodes keep thousands running)
+            for ex in await self.store.stalled_executions(list(STALLED), time.time() - self._reconcile_interval):
+                if ex.id not in self._checking and self.nodes.get(ex.node_id) is not None:
+                    self._checking.add(ex.id)
+                    self._spawn(self._check_execution, ex.job_id, ex)
 
     async def _check_execution(self, job_id: str, ex: Execution) -> None:
         """Catch up with an execution its node has taken further than the requester heard."""
