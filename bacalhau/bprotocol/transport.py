@@ -111,6 +111,7 @@ class InMemoryNetwork:
                  rng: random.Random | None = None) -> None:
         self.nodes: dict[str, InMemoryTransport] = {}
         self.down: set[str] = set()
+        self.cut: set[str] = set()
         self.subscribers: list[Callable[[str, bytes], None]] = []   # the gossip topic: (sender, data)
         self._went_down: dict[str, trio.Event] = {}
         self.latency, self.jitter, self.loss = latency, jitter, loss
@@ -125,6 +126,14 @@ class InMemoryNetwork:
         """Simulate a node's death: calls to it fail, and streams from it break, as a reset would."""
         self.down.add(node_id)
         self.went_down(node_id).set()
+
+    def isolate(self, node_id: str) -> None:
+        """Cut the node off, alive: its calls and calls to it fail, its gossip reaches nobody (and a subscriber
+        that is cut off checks `cut` for itself to hear none)."""
+        self.cut.add(node_id)
+
+    def reconnect(self, node_id: str) -> None:
+        self.cut.discard(node_id)
 
     def bring_back(self, node_id: str) -> None:
         """The node is reachable again (a restarted process: its transport keeps its handlers)."""
@@ -144,6 +153,8 @@ class InMemoryNetwork:
         return self._went_down.setdefault(node_id, trio.Event())
 
     def publish(self, sender: str, data: bytes) -> None:
+        if sender in self.cut:
+            return
         for deliver in self.subscribers:
             deliver(sender, data)
 
@@ -160,7 +171,7 @@ class InMemoryTransport(LocalTransport):
 
     def _peer(self, peer_id: str) -> InMemoryTransport:
         peer = self._network.nodes.get(peer_id)
-        if peer is None or peer_id in self._network.down:
+        if peer is None or peer_id in self._network.down or {peer_id, self.self_id} & self._network.cut:
             raise TransportError(f"peer {peer_id} is not reachable")
         return peer
 

@@ -433,9 +433,22 @@ class Requester:
         self._notify(job_id)
 
     async def _expire_nodes_loop(self) -> None:
+        held: set[str] = set()   # lost while this requester looked cut off from them all: not written off yet
         while True:
             await trio.sleep(self.nodes.ttl / 2)
             gone = set(self.nodes.expire())
+            if len(gone | held) >= 2 and not self.nodes.others():
+                # Every other node went silent at once: far likelier this requester is the one cut off than
+                # all of them dead. Their executions go on without it; written off, they would run twice once
+                # it is back. They are kept until some node is heard again; the reconcile pass then catches
+                # up with those that come back, and those that do not are written off.
+                if gone:
+                    log.warning("every compute node lost at once (%s): this requester looks cut off; their "
+                                "executions are kept until a node is heard again", ", ".join(sorted(gone)))
+                held |= gone
+                continue
+            gone |= {nid for nid in held if self.nodes.get(nid) is None}
+            held = set()
             if not gone:
                 continue
             log.warning("nodes lost: %s", ", ".join(sorted(gone)))

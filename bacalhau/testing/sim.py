@@ -364,6 +364,8 @@ class Sim:
 
     def _receive_node_info(self, sender: str, data: bytes) -> None:
         """What Node._receive_node_info does for a requester: parse, check the sender, update the table."""
+        if self.requester_id in self.network.cut:
+            return
         t0 = time.thread_time()
         info = NodeInfo.model_validate_json(data)
         if info.node_id == sender and self.requester.nodes.update(info):

@@ -215,3 +215,30 @@ async def test_a_caller_cancelled_as_it_takes_the_database_turn_loses_no_one_els
     rows = db.run_sync(lambda conn: [r[0] for r in conn.execute("SELECT x FROM t ORDER BY x")])
     assert 2 in rows
     db.close()
+
+
+async def test_a_requester_cut_off_from_every_node_does_not_fail_what_they_run(tmp_path: Path) -> None:
+    """The requester, not the nodes, lost the network for longer than the node TTL. It wrote off every
+    execution in flight as 'the node was lost' and, once back, ran the jobs again elsewhere: each job ran
+    twice (and twice at once where the first run was still going). Now what its nodes run is kept while it
+    hears no node at all, and caught up with when they are heard again."""
+    from bacalhau.testing.sim import Sim, SimConfig
+
+    cfg = SimConfig(nodes=3, run_time=2.5, call_timeout=0.3, bid_timeout=0.5, gossip_interval=0.1, node_ttl=0.5,
+                    reconcile_interval=0.3)
+    async with Sim(cfg, tmp_path) as sim:
+        sim.scheduled_target = 3
+        jobs = [(await sim.submit()).id for _ in range(3)]
+        with trio.fail_after(5):
+            await sim.all_scheduled.wait()
+        sim.network.isolate(sim.requester_id)
+        await trio.sleep(cfg.node_ttl * 3)        # well past the TTL: every node expires from its table
+        assert sim.requester.nodes.others() == 0
+        sim.network.reconnect(sim.requester_id)
+        done = await sim.wait_all(jobs, 15)
+        assert sim.check(done, jobs) == []
+        for job_id in jobs:
+            job = await sim.store.get_job(job_id, full=False)
+            assert job.state == JobState.COMPLETED, job.reason
+            assert [e.state for e in job.executions] == [ExecutionState.COMPLETED], [
+                (e.state, e.reason) for e in job.executions]
