@@ -104,6 +104,7 @@ class SimComputeNode:
         self._slot_free = trio.Event()
         self._life: trio.CancelScope | None = None
         self.next_gossip = 0.0
+        self.decides_retries = True     # False: a node of before, which reports a nonzero exit as run-complete
         self._gossip_cache: dict[tuple[int, int], bytes] = {}
         self._nursery: trio.Nursery | None = None
         handlers: dict[str, Callable[[str, dict[str, Any]], Awaitable[bytes]]] = {
@@ -285,7 +286,7 @@ class SimComputeNode:
             return
         noop = ex.spec.get("noop") or {}
         ex.result = RunResult(exit_code=noop.get("exit_code", 0))
-        if ex.result.exit_code and (ex.spec.get("retry") or {}).get("on_nonzero_exit"):
+        if ex.result.exit_code and self.decides_retries and (ex.spec.get("retry") or {}).get("on_nonzero_exit"):
             self._move(ex, None, S.FAILED, f"exited with code {ex.result.exit_code}; the job asks to be retried")
             await self._send_failure(ex_id, ex)
             return

@@ -242,3 +242,23 @@ async def test_a_requester_cut_off_from_every_node_does_not_fail_what_they_run(t
             assert job.state == JobState.COMPLETED, job.reason
             assert [e.state for e in job.executions] == [ExecutionState.COMPLETED], [
                 (e.state, e.reason) for e in job.executions]
+
+
+async def test_a_compute_node_of_before_still_has_a_nonzero_exit_retried_by_the_requester(tmp_path: Path) -> None:
+    """Nodes of the previous main report a nonzero exit as run-complete and leave the retry to the requester:
+    it still rejects the result and retries on another node."""
+    from bacalhau.testing.sim import Sim, SimConfig
+
+    async with Sim(SimConfig(nodes=2, gossip_interval=0.2, call_timeout=1.0, bid_timeout=1.0), tmp_path) as sim:
+        for node in sim.nodes:
+            node.decides_retries = False
+        job = await sim.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(exit_code=3),
+                                       retry={"on_nonzero_exit": True, "max_attempts": 2}))
+        done = await sim.wait_all([job.id], 10)
+        assert done[job.id].state == JobState.FAILED
+        full = await sim.store.get_job(job.id)
+        assert [e.state for e in full.executions] == [ExecutionState.FAILED] * 2
+        assert all("exited with code 3" in e.reason for e in full.executions)
+        with trio.fail_after(5):     # each is told its result was rejected (sent after the job ended, maybe)
+            while [ex.state for node in sim.nodes for ex in node.executions.values()] != [ExecutionState.FAILED] * 2:
+                await trio.sleep(0.02)
