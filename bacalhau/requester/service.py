@@ -433,22 +433,30 @@ class Requester:
         self._notify(job_id)
 
     async def _expire_nodes_loop(self) -> None:
-        held: set[str] = set()   # lost while this requester looked cut off from them all: not written off yet
+        # Nodes not heard of for a TTL, and how many passes each has been missing while other nodes were heard.
+        # One is written off at its second such pass (TTL/2 later), not at once: when every other node goes
+        # silent (two or more, their expiries spread over a pass or two), far likelier this requester is the
+        # one cut off than all of them dead. Their executions go on without it; written off, they would run
+        # twice once it is back. So while it hears no other node, none is written off; those that come back
+        # are caught up with by the reconcile pass, the others written off once other nodes are heard again.
+        missing: dict[str, int] = {}
         while True:
             await trio.sleep(self.nodes.ttl / 2)
-            gone = set(self.nodes.expire())
-            if len(gone | held) >= 2 and not self.nodes.others():
-                # Every other node went silent at once: far likelier this requester is the one cut off than
-                # all of them dead. Their executions go on without it; written off, they would run twice once
-                # it is back. They are kept until some node is heard again; the reconcile pass then catches
-                # up with those that come back, and those that do not are written off.
-                if gone:
-                    log.warning("every compute node lost at once (%s): this requester looks cut off; their "
-                                "executions are kept until a node is heard again", ", ".join(sorted(gone)))
-                held |= gone
+            for nid in self.nodes.expire():
+                missing[nid] = 0
+            for nid in [nid for nid in missing if self.nodes.get(nid) is not None]:
+                del missing[nid]          # heard again
+            if not missing:
                 continue
-            gone |= {nid for nid in held if self.nodes.get(nid) is None}
-            held = set()
+            if len(missing) >= 2 and not self.nodes.others():
+                log.warning("every compute node is lost (%s): this requester looks cut off; their executions are "
+                            "kept until a node is heard again", ", ".join(sorted(missing)))
+                continue
+            for nid in missing:
+                missing[nid] += 1
+            gone = {nid for nid, passes in missing.items() if passes >= 2}
+            for nid in gone:
+                del missing[nid]
             if not gone:
                 continue
             log.warning("nodes lost: %s", ", ".join(sorted(gone)))
