@@ -32,6 +32,9 @@ NEVER_SENT = "the ask never reached the node: the requester stopped first"
 NOT_TRIED = (NOT_NEEDED, NEVER_SENT)    # bids rejected for these do not rule the node out for the job
 BID_OVERASK = 2        # nodes asked per execution still needed, when the best one's report does not say it will take it
 LOST_EXECUTION_CANCEL_WINDOW = 3600.0   # a lost node back within this is told to drop what was written off
+# expiry passes (TTL/2 each) a requester hearing no compute node at all holds their executions, taking itself
+# for the one cut off; past that, they are taken as dead (every node of a cluster may die; its jobs then fail)
+CUT_OFF_PASSES = 12
 STALLED = (S.BID_ACCEPTED, S.RUNNING, S.PUBLISHING)   # states a lost callback can leave an execution in
 
 
@@ -437,9 +440,11 @@ class Requester:
         # One is written off at its second such pass (TTL/2 later), not at once: when every other node goes
         # silent (two or more, their expiries spread over a pass or two), far likelier this requester is the
         # one cut off than all of them dead. Their executions go on without it; written off, they would run
-        # twice once it is back. So while it hears no other node, none is written off; those that come back
-        # are caught up with by the reconcile pass, the others written off once other nodes are heard again.
+        # twice once it is back. So while it hears no other node (up to CUT_OFF_PASSES), none is written off;
+        # those that come back are caught up with by the reconcile pass, the others written off once other
+        # nodes are heard again.
         missing: dict[str, int] = {}
+        cut_off = 0         # passes in a row with every other node missing
         while True:
             await trio.sleep(self.nodes.ttl / 2)
             for nid in self.nodes.expire():
@@ -449,9 +454,15 @@ class Requester:
             if not missing:
                 continue
             if len(missing) >= 2 and not self.nodes.others():
-                log.warning("every compute node is lost (%s): this requester looks cut off; their executions are "
-                            "kept until a node is heard again", ", ".join(sorted(missing)))
-                continue
+                cut_off += 1
+                if cut_off == 1:
+                    log.warning("every compute node is lost (%s): this requester looks cut off; their executions "
+                                "are kept until a node is heard again", ", ".join(sorted(missing)))
+                if cut_off < CUT_OFF_PASSES:
+                    continue
+                missing = dict.fromkeys(missing, 1)    # that long: taken as dead after all (the work fails)
+            else:
+                cut_off = 0
             for nid in missing:
                 missing[nid] += 1
             gone = {nid for nid, passes in missing.items() if passes >= 2}
