@@ -5,29 +5,25 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from bacalhau.bprotocol.proxies import ComputeProxy
 from bacalhau.bprotocol.transport import InMemoryNetwork, Transport
 from bacalhau.compute.node import ComputeNode
 from bacalhau.compute.store import ExecutionStore
 from bacalhau.config import (
-    DEFAULT_FETCH_TIMEOUT,
     NODE_INFO_TOPIC,
     JobLimits,
     NodeConfig,
     machine_capacity,
 )
-from bacalhau.errors import BacalhauError, NotFoundError
+from bacalhau.content import NodeContent
+from bacalhau.errors import BacalhauError
 from bacalhau.executors.types import Executor
 from bacalhau.ipfs.blockstore import Blockstore
-from bacalhau.ipfs.result_ref import parse_result_ref
-from bacalhau.ipfs.unixfs import cid_str
 from bacalhau.models import Engine, NodeInfo, NodeType
 from bacalhau.requester.nodes import NodeTable
 from bacalhau.requester.service import Requester
@@ -35,6 +31,8 @@ from bacalhau.requester.store import JobStore
 from bacalhau.version import VERSION
 
 if TYPE_CHECKING:
+
+    from bacalhau.api.ports import ApiDeps
     from bacalhau.ipfs.remote import RemoteIpfs
 
 log = logging.getLogger(__name__)
@@ -92,6 +90,21 @@ def untrusted_node_info(info: NodeInfo, sender: str) -> str:
     return ""
 
 
+@dataclass
+class NodeIdentityView:
+    """Who a node is, as the API shows it (api/ports.py NodeIdentity), without the node."""
+
+    node_id: str
+    cluster_id: str
+    node_types: list[NodeType]
+    addrs: Callable[[], list[str]]            # the host's, as they are now
+    api_port: Callable[[], int | None]        # known once the API listens
+
+    def identity(self) -> dict[str, Any]:
+        return {"id": self.node_id, "addrs": self.addrs(), "node_types": [t.value for t in self.node_types],
+                "version": VERSION, "api_port": self.api_port(), "cluster_id": self.cluster_id}
+
+
 class Node:
     def __init__(self, config: NodeConfig, deps: NodeDeps | None = None) -> None:
         self.config = config
@@ -105,6 +118,7 @@ class Node:
         self.api_port: int | None = None
         self._stores: list[Any] = []
         self.blockstore: Blockstore
+        self.content: NodeContent                # the node's ContentStore (content.py), for the API and compute
         self.bitswap: Any = None
         self.ipfs_host: Any = None
         self.remote_ipfs: RemoteIpfs | None = None     # with --ipfs-connect
@@ -120,17 +134,6 @@ class Node:
     def addrs(self) -> list[str]:
         return list(self.host.listen_addrs) if self.host is not None else []
 
-    async def ipfs_identity(self) -> dict[str, Any]:
-        """The IPFS node's peer ID and multiaddrs, as Kubo's `ipfs id` shows its own: the embedded node's,
-        or the external one's with --ipfs-connect."""
-        if self.remote_ipfs is not None:
-            return await self.remote_ipfs.identity()
-        if self.ipfs_host is None:
-            return {"ID": self.node_id, "Addresses": []}
-        from bacalhau.p2p.addrs import dialable
-
-        return {"ID": self.ipfs_host.peer_id, "Addresses": dialable(list(self.ipfs_host.listen_addrs))}
-
     @property
     def cluster_id(self) -> str:
         """What clients sign requests for (signing.py): a hash of the swarm key (of the node id in memory)."""
@@ -139,8 +142,13 @@ class Node:
         return cluster_id_of(self.swarm_key or self.node_id)
 
     def identity(self) -> dict[str, Any]:
-        return {"id": self.node_id, "addrs": self.addrs(), "node_types": [t.value for t in self.node_types()],
-                "version": VERSION, "api_port": self.api_port, "cluster_id": self.cluster_id}
+        return self._identity().identity()
+
+    def _identity(self) -> NodeIdentityView:
+        host = self.host
+        return NodeIdentityView(node_id=self.node_id, cluster_id=self.cluster_id, node_types=self.node_types(),
+                                addrs=lambda: list(host.listen_addrs) if host is not None else [],
+                                api_port=lambda: self.api_port)
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
@@ -166,6 +174,8 @@ class Node:
 
             self.node_id = f"mem-{uuid.uuid4().hex[:12]}"
             self.transport = self.deps.network.transport(self.node_id)
+            self.content = NodeContent(self.blockstore, node_id=self.node_id, transport=self.transport,
+                                       call_timeout=cfg.call_timeout)
         else:
             from bacalhau.bprotocol.p2p_transport import P2PTransport
             from bacalhau.p2p.host import P2PHost
@@ -178,6 +188,8 @@ class Node:
             await nursery.start(self.host.run)
             self.node_id = self.host.peer_id
             self.transport = await nursery.start(P2PTransport(self.host, mux=cfg.bprotocol_mux).run)
+            self.content = NodeContent(self.blockstore, node_id=self.node_id, transport=self.transport,
+                                       call_timeout=cfg.call_timeout)
             from bacalhau.ipfs.bitswap import Bitswap
 
             hosts = [self.host]
@@ -202,6 +214,8 @@ class Node:
             public = [self.ipfs_host] if self.ipfs_host is not None else []
             self.bitswap = await nursery.start(
                 Bitswap(hosts, self.blockstore, self._connect_known, public=public).run)
+            self.content.bitswap, self.content.remote_ipfs = self.bitswap, self.remote_ipfs
+            self.content.ipfs_host = self.ipfs_host
 
         if cfg.is_compute:
             # one JobLimits for bidder, capacity and executors: a WASM job is counted as what its module may take
@@ -213,7 +227,7 @@ class Node:
                 node_id=self.node_id, transport=self.transport, executors=executors, store=store,
                 results_dir=cfg.repo_dir / "results", capacity=cfg.capacity or machine_capacity(),
                 labels=cfg.labels, call_timeout=cfg.call_timeout, version=VERSION,
-                blockstore=self.blockstore, fetch=self.fetch_cid, on_published=self.ipfs_published,
+                blockstore=self.blockstore, fetch=self.content.fetch_cid, on_published=self.content.ipfs_published,
                 limits=limits, max_result_size=cfg.max_result_size,
                 providers=self._input_providers(),
             )
@@ -251,17 +265,18 @@ class Node:
 
             seen = SeenSignatures(cfg.repo_dir / "api.db")
             self._stores.append(seen)
-            app: Any = build_app(self, seen)
-            if cfg.api_token:
-                from bacalhau.api.server import TokenGuard
-
-                app = TokenGuard(app, cfg.api_token)
-            from bacalhau.api.guard import RequestGuard
-
-            app = RequestGuard(app, cfg.api_host)   # outermost: Host, Origin and Content-Type before anything
+            app = build_app(self.api_deps(), seen, host=cfg.api_host, token=cfg.api_token)
             self.api_port = await nursery.start(serve_api, app, cfg.api_host, cfg.api_port)
         if self.deps.on_ready is not None:
             await self.deps.on_ready(self)
+
+    def api_deps(self) -> ApiDeps:
+        """What the API takes from this node: narrow protocols (api/ports.py), never the node itself."""
+        from bacalhau.api.ports import ApiDeps
+
+        assert self.requester is not None, "the API runs on requester nodes"
+        return ApiDeps(requester=self.requester, jobs=self.requester.store, content=self.content,
+                       identity=self._identity(), repo_dir=self.config.repo_dir)
 
     def _input_providers(self) -> list[Any]:
         from bacalhau.storage.inline import InlineStorage
@@ -341,52 +356,3 @@ class Node:
     async def drain(self) -> None:
         if self.compute is not None:
             await self.compute.drain(self.config.shutdown_grace)
-
-    # -- content --------------------------------------------------------------------------------------------
-
-    async def fetch_cid(self, cid: bytes, *, timeout: float = DEFAULT_FETCH_TIMEOUT) -> None:
-        """Make sure the DAG under `cid` is in this node's store: what is not here is fetched from the cluster
-        and this node's IPFS peers. The whole DAG is walked, not only its root checked: a fetch cut short
-        leaves the root held and blocks under it missing."""
-        if self.remote_ipfs is not None:
-            try:
-                await self.remote_ipfs.fetch(cid, timeout=timeout)
-                return
-            except (BacalhauError, trio.TooSlowError) as exc:
-                log.info("%s not from the IPFS node at %s (%s): asking the cluster", cid_str(cid),
-                         self.remote_ipfs.maddr, exc)
-        if self.bitswap is None:
-            if await trio.to_thread.run_sync(self.blockstore.has, cid):
-                return
-            raise NotFoundError(f"{cid_str(cid)} is not held by this node")
-        try:
-            await self.bitswap.fetch(cid, timeout=timeout)
-        except (NotFoundError, trio.TooSlowError):
-            raise NotFoundError(f"{cid_str(cid)} is held by no node of this cluster") from None
-
-    async def ipfs_published(self, cid: bytes) -> None:
-        """Content this node added or a job published (pinned here): with --ipfs-connect it goes to the
-        external node too, pinned there."""
-        if self.remote_ipfs is not None:
-            await self.remote_ipfs.push(cid)
-
-    async def result_tar(self, cid_text: str) -> Path:
-        """A published result (a UnixFS directory of stdout, stderr, exitCode and outputs only) as a temporary
-        tar of its entries. The reference came from a compute node: its root is checked before export."""
-        from bacalhau.ipfs.exporter import export_tar
-        from bacalhau.ipfs.result_ref import check_result_root
-
-        cid = parse_result_ref(f"ipfs://{cid_text}")
-        await self.fetch_cid(cid)
-        await trio.to_thread.run_sync(check_result_root, cid, self.blockstore)
-        return await trio.to_thread.run_sync(export_tar, cid, self.blockstore)
-
-    # -- results --------------------------------------------------------------------------------------------
-
-    async def open_result(self, node_id: str, execution_id: str, item: str) -> AsyncIterator[bytes]:
-        assert self.transport is not None
-        proxy = ComputeProxy(self.transport, self.config.call_timeout)
-        async with proxy.get_result(node_id, execution_id, item) as chunks:
-            async for chunk in chunks:
-                yield chunk
-

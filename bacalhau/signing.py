@@ -1,16 +1,27 @@
 """Clients sign what they ask of a requester; the requester checks it.
 
-A client's key pair (Ed25519) is created once under its state dir (mode 0600 from the start). Its public
-key, in hex, is its client id. A signed request carries `client_id`, `cluster_id`, `signed_at` (unix
-seconds), `nonce` and `signature` over the canonical JSON of {"action", "cluster", "nonce", "signed_at"}.
+A client's identity is Bacalhau's: the RSA-2048 key `user_id.pem` in its state dir (rsa_identity.py; the
+official SDK's file, so a job our CLI submits and one the SDK submits from the same dir have the same owner).
+Its client id is the SHA-256 of the key's modulus, in hex. A signed request carries `client_id`,
+`client_public_key` (base64 PKCS#1 DER), `cluster_id`, `signed_at` (unix seconds), `nonce` and `signature`
+(base64 RSASSA-PKCS1-v1_5 / SHA-256) over the canonical JSON of {"action", "cluster", "nonce", "signed_at"}.
 The cluster id is what the requester's GET /api/v1/id says (a one-way hash of the cluster's swarm key), so a
-signature made for one cluster is refused by every other. The requester rejects a bad signature, one signed
-more than MAX_AGE seconds away from its clock, and one it has seen before (api/replay.py); it lets only the
-client that submitted a job cancel it.
+signature made for one cluster is refused by every other. The requester rejects a bad signature, a key whose
+id is not the client id claimed, one signed more than MAX_AGE seconds away from its clock, and one it has seen
+before (api/replay.py, keyed by the signature's bytes, not their spelling); it lets only the client that
+submitted a job cancel it.
+
+The legacy scheme (before user_id.pem): an Ed25519 key in `client.key` (32 raw bytes in hex), its public key
+in hex the client id, a hex signature, no `client_public_key`. The requester still accepts it, for every
+action: jobs submitted with it stay their owner's, and nothing is gained by refusing it (any client may make a
+key and submit; an Ed25519 id is a public key and an RSA id a SHA-256, so neither can be made to equal the
+other without a private key or a preimage). The CLI signs with it only for a job that legacy id owns.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import math
@@ -23,6 +34,8 @@ from typing import Any
 from bacalhau.errors import UserError
 
 MAX_AGE = 60.0   # seconds a signature is accepted either side of the requester's clock (clocks differ a little)
+KEY_FILE = "user_id.pem"        # rsa_identity.KEY_FILE (not imported: a client command starts fast)
+LEGACY_KEY_FILE = "client.key"  # the Ed25519 key of clients before user_id.pem
 
 
 def cluster_id_of(secret: str) -> str:
@@ -35,13 +48,42 @@ def _canonical(action: Any, signed_at: float, cluster_id: str, nonce: str) -> by
                       sort_keys=True, separators=(",", ":")).encode()
 
 
+def load_client_key(state_dir: Path) -> Any:
+    """The client's RSA key, `user_id.pem` in `state_dir`, created (PKCS#1, 0600) if absent. Our own file is
+    not validated as a key from elsewhere would be (OpenSSL's check of an RSA key costs a command ~15 ms)."""
+    path = state_dir / KEY_FILE
+    if not path.exists():
+        from bacalhau.rsa_identity import load_or_create
+
+        return load_or_create(path)
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(path.read_bytes(), password=None, unsafe_skip_rsa_key_validation=True)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{path} is not an unencrypted RSA private key in PEM ({exc}): move it away and a new "
+                        "one is made") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise UserError(f"{path} holds a {type(key).__name__}, not an RSA key")
+    return key
+
+
+def load_legacy_key(state_dir: Path) -> Any | None:
+    """The Ed25519 key of the legacy layout (`client.key`), if `state_dir` has one."""
+    path = state_dir / LEGACY_KEY_FILE
+    return load_or_create_client_key(path) if path.exists() else None
+
+
 def load_or_create_client_key(path: Path) -> Any:
-    """The key file holds the 32 raw private-key bytes in hex (cryptography's PEM loader alone costs a client
-    command 20 ms of imports)."""
+    """A legacy Ed25519 key (the module docstring): the file holds the 32 raw private-key bytes in hex."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     if path.exists():
-        return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(path.read_text().strip()))
+        try:
+            return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(path.read_text().strip()))
+        except ValueError:
+            raise UserError(f"{path} is not a client key (32 bytes in hex)") from None
     key = Ed25519PrivateKey.generate()
     from bacalhau.secret_file import write_secret
 
@@ -49,14 +91,28 @@ def load_or_create_client_key(path: Path) -> Any:
     return key
 
 
+def _is_legacy(key: Any) -> bool:
+    return hasattr(key, "private_bytes_raw")   # Ed25519 keys have raw bytes; RSA keys have none
+
+
 def client_id_of(key: Any) -> str:
-    return str(key.public_key().public_bytes_raw().hex())
+    if _is_legacy(key):
+        return str(key.public_key().public_bytes_raw().hex())
+    from bacalhau.rsa_identity import client_id_of as rsa_client_id
+
+    return rsa_client_id(key.public_key())
 
 
 def sign(key: Any, action: Any, cluster_id: str) -> dict[str, Any]:
+    """The fields that sign `action` for `cluster_id` with `key` (RSA, or a legacy Ed25519 key)."""
     signed_at, nonce = round(time.time(), 3), secrets.token_hex(8)
-    return {"client_id": client_id_of(key), "cluster_id": cluster_id, "signed_at": signed_at, "nonce": nonce,
-            "signature": key.sign(_canonical(action, signed_at, cluster_id, nonce)).hex()}
+    message = _canonical(action, signed_at, cluster_id, nonce)
+    fields = {"client_id": client_id_of(key), "cluster_id": cluster_id, "signed_at": signed_at, "nonce": nonce}
+    if _is_legacy(key):
+        return {**fields, "signature": key.sign(message).hex()}
+    from bacalhau.rsa_identity import public_key_b64, sign_payload
+
+    return {**fields, "client_public_key": public_key_b64(key.public_key()), "signature": sign_payload(key, message)}
 
 
 @dataclass(frozen=True)
@@ -68,10 +124,9 @@ class Signed:
 
 def verify(body: dict[str, Any], action: Any, cluster_id: str) -> Signed:
     """Who signed `action` in `body` for the cluster `cluster_id`; UserError when the signature is missing,
-    bad, for another cluster or out of its time window. Whether it was seen before is the caller's check."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+    bad, for another cluster or out of its time window. Whether it was seen before is the caller's check, on
+    `Signed.signature`: the signature's bytes in one spelling (base64 and hex can spell the same bytes in
+    several ways, and a replay must not pass as new by changing the spelling)."""
     try:
         client_id, signature = str(body["client_id"]), str(body["signature"])
         signed_at, nonce, claimed = body["signed_at"], str(body["nonce"]), str(body["cluster_id"])
@@ -82,13 +137,42 @@ def verify(body: dict[str, Any], action: Any, cluster_id: str) -> Signed:
     if claimed != cluster_id:
         raise UserError(f"the request was signed for another cluster ({claimed[:12]}), not this one "
                         f"({cluster_id[:12]})")
-    try:
-        public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(client_id))
-        public.verify(bytes.fromhex(signature), _canonical(action, signed_at, cluster_id, nonce))
-    except (ValueError, TypeError, InvalidSignature):
-        raise UserError("the request's signature does not verify") from None
+    message = _canonical(action, signed_at, cluster_id, nonce)
+    public_key = body.get("client_public_key")
+    if public_key is None:
+        canonical = _verify_legacy(client_id, signature, message)
+    else:
+        canonical = _verify_rsa(client_id, str(public_key), signature, message)
     age = time.time() - signed_at
     if abs(age) > MAX_AGE:
         raise UserError(f"the request was signed {age:.0f}s {'ago' if age > 0 else 'ahead'}, over the {MAX_AGE:g}s "
                         "allowed: check this machine's clock")
-    return Signed(client_id, signature, float(signed_at))
+    return Signed(client_id, canonical, float(signed_at))
+
+
+def _verify_legacy(client_id: str, signature: str, message: bytes) -> str:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        raw = bytes.fromhex(signature)
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(client_id)).verify(raw, message)
+    except (ValueError, TypeError, InvalidSignature):
+        raise UserError("the request's signature does not verify") from None
+    return raw.hex()   # what clients before the canonical form sent: replays across an upgrade are caught too
+
+
+def _verify_rsa(client_id: str, public_key: str, signature: str, message: bytes) -> str:
+    from bacalhau.rsa_identity import SignatureError, verify_payload
+
+    try:
+        signer = verify_payload(message, signature, public_key)
+    except SignatureError:
+        raise UserError("the request's signature does not verify") from None
+    if signer != client_id:
+        raise UserError("the request's client_id is not the id of the key that signed it")
+    try:
+        raw = base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError):   # verify_payload decoded it already
+        raise UserError("the request's signature does not verify") from None
+    return "rsa:" + raw.hex()

@@ -32,8 +32,10 @@ class Served:
 
 
 @contextmanager
-def serve(*extra: str) -> Iterator[Served]:
-    repo = Path(tempfile.mkdtemp(prefix="bacalhau-bench-"))
+def serve(*extra: str, repo: Path | None = None, engine: str = "docker") -> Iterator[Served]:
+    """`repo`: a state directory filled beforehand (removed at the end all the same); up once the node
+    advertises `engine` (noop benchmarks need no Docker)."""
+    repo = repo or Path(tempfile.mkdtemp(prefix="bacalhau-bench-"))
     api_port, swarm_port = free_port(), free_port()
     env = {**os.environ, "BACALHAU_DIR": str(repo), "BACALHAU_API_HOST": "127.0.0.1",
            "BACALHAU_API_PORT": str(api_port)}
@@ -46,7 +48,7 @@ def serve(*extra: str) -> Iterator[Served]:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if any("docker" in n["engines"] for n in client.nodes()):
+                if any(engine in n["engines"] for n in client.nodes()):
                     break
             except Exception:
                 pass

@@ -169,7 +169,7 @@ def main() -> None:
     results: dict[int, list[dict[str, float]]] = {n: [] for n in args.nodes}
     for _ in range(args.runs):
         for n in args.nodes:
-            cluster = serve() if n == 1 else devstack(n)
+            cluster = serve(engine="noop") if n == 1 else devstack(n)
             with cluster as c:
                 client = c.client if n == 1 else c   # type: ignore[union-attr]
                 run = burst(client, args.jobs) if args.burst else load(client, args.jobs, args.in_flight)

@@ -51,5 +51,7 @@ if [ ! -f "$js_stamp" ]; then
   touch "$js_stamp"
 fi
 
+bash scripts/setup-bacalhau-sdk.sh   # the official Bacalhau Python clients (tests/test_bacalhau_api.py)
 bash docker/build-images.sh
+bash scripts/setup-amplify.sh       # libmagic, ffmpeg and the image of Amplify's default workflow
 log "ready: $(.venv/bin/bacalhau --version)"

@@ -35,7 +35,7 @@ async def test_noop_job_completes_on_a_single_node(tmp_path: Path) -> None:
         states = [e.state for e in done.events if e.kind == "execution"]
         assert states == ["asked_for_bid", "bid_accepted", "running", "publishing", "completed"] or \
             "publishing" in states
-        chunks = [c async for c in node.open_result(done.executions[0].node_id, done.executions[0].id, "stdout")]
+        chunks = [c async for c in node.content.open_result(done.executions[0].node_id, done.executions[0].id, "stdout")]
         assert b"".join(chunks) == b"hi\n"
         nursery.cancel_scope.cancel()
 

@@ -61,3 +61,42 @@ def test_mypy_fails_a_name_rebound_to_another_type_and_other_bug_shapes(tmp_path
                 for code in re.findall(r"# expect: ([a-z-]+)$", text)}
     assert len(expected) == 5
     assert expected <= found, out.stdout + out.stderr
+
+
+def _imports_node(path: Path) -> bool:
+    """True when the module imports bacalhau.node anywhere, under TYPE_CHECKING and inside functions too."""
+    import ast
+
+    for stmt in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(stmt, ast.Import) and any(a.name == "bacalhau.node" or a.name.startswith("bacalhau.node.")
+                                                for a in stmt.names):
+            return True
+        if isinstance(stmt, ast.ImportFrom) and stmt.level == 0 and (
+                stmt.module == "bacalhau.node" or (stmt.module == "bacalhau" and any(a.name == "node"
+                                                                                     for a in stmt.names))):
+            return True
+    return False
+
+
+def test_api_does_not_import_the_node() -> None:
+    api = sorted((ROOT / "bacalhau" / "api").rglob("*.py"))
+    assert len(api) >= 8
+    offenders = [str(p.relative_to(ROOT)) for p in api if _imports_node(p)]
+    assert not offenders, f"the API takes api/ports.py's protocols, not the Node: {offenders} import bacalhau.node"
+
+
+def test_import_check_sees_every_form_of_importing_the_node(tmp_path: Path) -> None:
+    forms = ["import bacalhau.node", "from bacalhau.node import Node", "from bacalhau import node",
+             "if TYPE_CHECKING:\n    from bacalhau.node import Node",
+             "def f() -> None:\n    from bacalhau.node import build_node"]
+    for form in forms:
+        (tmp_path / "m.py").write_text(f"from typing import TYPE_CHECKING\n{form}\n")
+        assert _imports_node(tmp_path / "m.py"), form
+    (tmp_path / "m.py").write_text("from bacalhau.nodes import x\nimport bacalhau.api.ports\n")
+    assert not _imports_node(tmp_path / "m.py")
+
+
+def test_importing_the_api_server_loads_no_node() -> None:
+    code = "import sys, bacalhau.api.server; print('bacalhau.node' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

@@ -12,9 +12,9 @@ import pytest
 import trio
 
 from bacalhau.bprotocol.transport import InMemoryNetwork
-from bacalhau.compute.logs import HEADER
 from bacalhau.config import NodeConfig
 from bacalhau.executors.noop import NoopExecutor
+from bacalhau.log_frames import HEADER
 from bacalhau.models import Engine, JobSpec, NodeType, NoopSpec, Resources
 from bacalhau.node import Node, NodeDeps
 from tests.conftest import node_config, run_cli
@@ -156,7 +156,9 @@ async def test_a_job_retried_on_another_node_is_followed_there(
             results.append(await run_cli(req, "logs", "-f", job.id))
 
         nursery.start_soon(follow)
-        await trio.sleep(0.5)
+        with trio.fail_after(10):   # the follower reads the first attempt's log (a slow CLI start came late)
+            while not victim.compute.log_followers:
+                await trio.sleep(0.02)
         net.take_down(victim.node_id)          # the node dies mid-stream
         victim.config.node_info_interval = 3600
     res = results[0]

@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING
 import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
 
+from bacalhau.api.common import handle_errors
+from bacalhau.api.ports import ApiDeps
 from bacalhau.compute.results import stream_file
 from bacalhau.errors import UserError
 from bacalhau.ipfs.dagpb import valid_cid
@@ -25,9 +28,7 @@ from bacalhau.ipfs.exporter import cat, export_tar
 from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
 
 if TYPE_CHECKING:
-    from bacalhau.api.server import Handler
     from bacalhau.ipfs.blockstore import Blockstore
-    from bacalhau.node import Node
 
 MAX_ADD_BYTES = 10 * 1024**3
 
@@ -70,11 +71,12 @@ async def _unlink(path: Path) -> None:
         await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
 
 
-def routes(node: Node) -> list[tuple[str, Handler, list[str]]]:
-    store = node.blockstore
+def routes(deps: ApiDeps) -> list[BaseRoute]:
+    content = deps.content
+    store = content.blockstore
 
     async def ipfs_id(request: Request) -> Response:
-        return JSONResponse(await node.ipfs_identity())
+        return JSONResponse(await content.ipfs_identity())
 
     async def add(request: Request) -> Response:
         version = int(request.query_params.get("cid_version", "0"))
@@ -92,7 +94,7 @@ def routes(node: Node) -> list[tuple[str, Handler, list[str]]]:
                     await f.write(chunk)
             try:
                 lines = await trio.to_thread.run_sync(_add_tar, upload, version, store)
-                await node.ipfs_published(cid_to_bytes(lines[-1][0]))
+                await content.ipfs_published(cid_to_bytes(lines[-1][0]))
             except tarfile.TarError as exc:
                 raise UserError(f"the upload is not a tar: {exc}") from None
         finally:
@@ -102,7 +104,7 @@ def routes(node: Node) -> list[tuple[str, Handler, list[str]]]:
     async def held(text: str) -> bytes:
         """The CID, fetched from the cluster first when this node does not hold it."""
         cid = _cid(text)
-        await node.fetch_cid(cid)
+        await content.fetch_cid(cid)
         return cid
 
     async def get(request: Request) -> Response:
@@ -118,8 +120,8 @@ def routes(node: Node) -> list[tuple[str, Handler, list[str]]]:
         return StreamingResponse(stream_file(path, remove=True), media_type="application/octet-stream")
 
     return [
-        ("/api/v1/ipfs/id", ipfs_id, ["GET"]),
-        ("/api/v1/ipfs/add", add, ["POST"]),
-        ("/api/v1/ipfs/get/{cid:path}", get, ["GET"]),
-        ("/api/v1/ipfs/cat/{cid:path}", cat_, ["GET"]),
+        Route("/api/v1/ipfs/id", handle_errors(ipfs_id), methods=["GET"]),
+        Route("/api/v1/ipfs/add", handle_errors(add), methods=["POST"]),
+        Route("/api/v1/ipfs/get/{cid:path}", handle_errors(get), methods=["GET"]),
+        Route("/api/v1/ipfs/cat/{cid:path}", handle_errors(cat_), methods=["GET"]),
     ]

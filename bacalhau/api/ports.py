@@ -1,31 +1,34 @@
 """What the API needs from the node, as narrow protocols (as Go Bacalhau's API server takes a
 `requester.Endpoint` and a `jobstore.Store`, not the node): route modules take an `ApiDeps` and call only these.
 
-    RequesterEndpoint  submit, cancel, wait for a change, the live compute nodes
+    RequesterEndpoint  submit, cancel, wait for a change, the live compute nodes, a job's logs
     JobStoreReader     read jobs (one, a page, by id prefix)
-    ContentStore       this node's IPFS side: held blocks, fetch a CID from the cluster, a result as a tar, a
-                       result item from the compute node that ran it
+    ContentStore       this node's IPFS side: held blocks, fetch a CID from the cluster, a result as a tar or
+                       one entry of it, a result item from the compute node that ran it (bacalhau/content.py)
     NodeIdentity       who this node is (its id, addrs, cluster id)
 
-`ApiDeps.from_node` builds them from a running Node; nothing in api/ imports node.py at run time.
+Node.api_deps() builds them (node.py); nothing in api/ imports node.py, not even for types
+(tests/test_lint.py checks).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from bacalhau.ipfs.blockstore import Blockstore
+    from bacalhau.log_frames import LogEvent
     from bacalhau.models import Job, JobSpec, NodeInfo
 
 
 class JobStoreReader(Protocol):
     async def get_job(self, job_id: str, *, full: bool = True) -> Job: ...
 
-    async def list_jobs(self, limit: int | None = 10) -> list[Job]: ...
+    async def list_jobs(self, limit: int | None = 10, *, client_id: str | None = None,
+                        oldest_first: bool = False) -> list[Job]: ...
 
     async def resolve_id(self, prefix: str) -> str: ...
 
@@ -39,17 +42,22 @@ class RequesterEndpoint(Protocol):
 
     def alive_nodes(self) -> list[NodeInfo]: ...
 
+    def read_logs(self, job_id: str, *, execution_id: str = "", stdout_offset: int = 0, stderr_offset: int = 0,
+                  follow: bool = True) -> AsyncGenerator[LogEvent, None]: ...
+
 
 class ContentStore(Protocol):
     blockstore: Blockstore
 
     async def ipfs_identity(self) -> dict[str, Any]: ...
 
-    async def fetch_cid(self, cid: bytes) -> None: ...
+    async def fetch_cid(self, cid: bytes, *, max_blocks: int | None = None) -> None: ...
 
     async def ipfs_published(self, cid: bytes) -> None: ...
 
     async def result_tar(self, cid_text: str) -> Path: ...
+
+    async def result_file(self, cid_text: str, item: str) -> Path: ...
 
     def open_result(self, node_id: str, execution_id: str, item: str) -> AsyncIterator[bytes]: ...
 
@@ -63,7 +71,7 @@ class NodeIdentity(Protocol):
     def identity(self) -> dict[str, Any]: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)   # one per API, known by identity (api/logs.py keys its followers by it)
 class ApiDeps:
     requester: RequesterEndpoint
     jobs: JobStoreReader
@@ -73,8 +81,6 @@ class ApiDeps:
 
     @classmethod
     def from_node(cls, node: Any) -> ApiDeps:
-        """From a running Node with a requester (typed Any: api/ does not import node.py)."""
-        requester = node.requester
-        assert requester is not None, "the API runs on requester nodes"
-        return cls(requester=requester, jobs=requester.store, content=node, identity=node,
-                   repo_dir=node.config.repo_dir)
+        """Node.api_deps(), kept for callers written before it (typed Any: api/ does not import node.py)."""
+        deps: ApiDeps = node.api_deps()
+        return deps

@@ -1,22 +1,25 @@
-"""The API client of the CLI: the standard library's http.client, so a client command starts fast."""
+"""The API client of the CLI: a few lines of HTTP/1.1 over a socket for JSON requests, the standard library's
+http.client for streams, so a client command starts fast."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from bacalhau.errors import ApiError, DaemonNotRunning, NotFoundError, UserError
+from bacalhau.errors import ApiError, BacalhauError, DaemonNotRunning, NotFoundError, UserError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1234
 READ_CHUNK = 256 * 1024
 MAX_JSON_BODY = 4 * 1024 * 1024     # api/server.py MAX_BODY (not imported: a client command starts fast)
+MAX_LINE = 64 * 1024                # of an answer's status or header line
+MAX_HEADERS = 100
 
 
 def _state_dir() -> Path:
@@ -51,20 +54,44 @@ class ApiClient:
         self.timeout = timeout
         self.token = token if token is not None else os.environ.get("BACALHAU_API_TOKEN", "")
         self._cluster_id: str | None = None
+        self._rsa_key: Any = None
+        self._kept = threading.local()      # one kept-alive connection a thread (a benchmark submits from many)
 
-    def _open(self, method: str, path: str, body: Any = None, raw: Any = None,
-              extra_headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+    def close(self) -> None:
+        """Close this thread's kept-alive connection (a process that exits needs not)."""
+        conn: _Connection | None = getattr(self._kept, "conn", None)
+        if conn is not None:
+            conn.close()
+
+    def _headers(self, body: Any, raw: Any, extra: dict[str, str] | None) -> tuple[dict[str, str], Any]:
         headers = {"Content-Type": "application/json"} if body is not None else {}
         if raw is not None:
             headers = {"Content-Type": "application/octet-stream"}
-        headers |= extra_headers or {}
+        headers |= extra or {}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         data = raw if raw is not None else json.dumps(body).encode() if body is not None else None
         if isinstance(data, bytes) and len(data) > MAX_JSON_BODY:
             raise UserError(f"the request is {len(data)} bytes, over the API's {MAX_JSON_BODY}: make inline inputs "
                             "smaller (add big ones with `bacalhau ipfs add`)")
+        return headers, data
+
+    def _unreachable(self, exc: OSError) -> BacalhauError:
+        if isinstance(exc, TimeoutError):
+            return ApiError(f"the bacalhau API at {self.host}:{self.port} did not answer in time")
+        return DaemonNotRunning(
+            f"cannot reach the bacalhau API at {self.host}:{self.port} ({exc.__class__.__name__}):"
+            " is `bacalhau serve` running? Point at it with --api-host/--api-port or"
+            " BACALHAU_API_HOST/BACALHAU_API_PORT."
+        )
+
+    def _open(self, method: str, path: str, body: Any = None, raw: Any = None,
+              extra_headers: dict[str, str] | None = None) -> Any:
+        """A response to read as a stream (an http.client.HTTPResponse on a connection of its own)."""
+        import http.client
+
+        headers, data = self._headers(body, raw, extra_headers)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
             try:
                 conn.request(method, path, body=data, headers=headers)
@@ -72,34 +99,38 @@ class ApiClient:
                 pass   # the server answered before reading all the body (a 413, 415, 403): read its answer
             resp = conn.getresponse()
         except (ConnectionRefusedError, socket.gaierror, OSError) as exc:
-            if isinstance(exc, TimeoutError):
-                raise ApiError(f"the bacalhau API at {self.host}:{self.port} did not answer in time") from None
-            raise DaemonNotRunning(
-                f"cannot reach the bacalhau API at {self.host}:{self.port} ({exc.__class__.__name__}):"
-                " is `bacalhau serve` running? Point at it with --api-host/--api-port or"
-                " BACALHAU_API_HOST/BACALHAU_API_PORT."
-            ) from None
+            conn.close()
+            raise self._unreachable(exc) from None
         if resp.status >= 400:
-            raw = resp.read()
-            try:
-                message = json.loads(raw).get("error", raw.decode(errors="replace"))
-            except ValueError:
-                message = raw.decode(errors="replace") or resp.reason
-            if resp.status == 404:
-                raise NotFoundError(message)
-            if resp.status == 401:
-                raise UserError(f"{message}: set BACALHAU_API_TOKEN to the token `bacalhau serve` printed")
-            if resp.status in (400, 403, 409, 413, 415):
-                raise UserError(message)
-            raise ApiError(message, resp.status)
+            _raise_for(resp.status, resp.reason, resp.read())
         return resp
 
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
                 **query: Any) -> Any:
+        """A JSON request on this thread's kept-alive connection; its JSON answer."""
         if query:
             path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
-        with self._open(method, path, body, extra_headers=headers) as resp:
-            return json.loads(resp.read())
+        head, data = self._headers(body, None, headers)
+        conn: _Connection | None = getattr(self._kept, "conn", None)
+        if conn is None:
+            conn = self._kept.conn = _Connection(self.host, self.port, self.timeout)
+        retried = False
+        while True:
+            reused = conn.sock is not None
+            try:
+                status, reason, answer = conn.exchange(method, path, head, data)
+            except (ConnectionRefusedError, socket.gaierror, OSError) as exc:
+                conn.close()
+                if reused and not retried and isinstance(exc, BrokenPipeError | ConnectionResetError):
+                    # a kept-alive connection the server closed while it was idle (no answer came on it): once
+                    # more on a new one
+                    retried = True
+                    continue
+                raise self._unreachable(exc) from None
+            break
+        if status >= 400:
+            _raise_for(status, reason, answer)
+        return json.loads(answer)
 
     def stream(self, path: str) -> Iterator[bytes]:
         return self.sized_stream(path)[1]
@@ -131,17 +162,32 @@ class ApiClient:
         return self.request("GET", "/api/v1/nodes")  # type: ignore[no-any-return]
 
     def _key(self) -> Any:
-        from bacalhau.signing import load_or_create_client_key
+        """The client's RSA key, `user_id.pem` in its state dir (signing.py), made on first use."""
+        if self._rsa_key is None:
+            from bacalhau.signing import load_client_key
 
-        return load_or_create_client_key(_state_dir() / "client.key")
+            self._rsa_key = load_client_key(_state_dir())
+        return self._rsa_key
 
-    def _sign(self, action: Any) -> dict[str, Any]:
-        """`action` signed for the cluster this API serves (asked once per client)."""
+    def _owner_key(self, owner: str) -> Any | None:
+        """The key of ours whose client id is `owner`: user_id.pem, or the legacy client.key for a job it
+        submitted (a state dir of the old layout keeps the jobs it owns); None if neither is."""
+        from bacalhau.signing import client_id_of, load_legacy_key
+
+        if owner and client_id_of(self._key()) == owner:
+            return self._key()
+        legacy = load_legacy_key(_state_dir())
+        if legacy is not None and client_id_of(legacy) == owner:
+            return legacy
+        return None
+
+    def _sign(self, action: Any, key: Any = None) -> dict[str, Any]:
+        """`action` signed for the cluster this API serves (asked once per client), by `key` or user_id.pem."""
         from bacalhau.signing import sign
 
         if self._cluster_id is None:
             self._cluster_id = str(self.node_id().get("cluster_id", ""))
-        return sign(self._key(), action, self._cluster_id)
+        return sign(key if key is not None else self._key(), action, self._cluster_id)
 
     def submit(self, spec: dict[str, Any]) -> str:
         body = {"spec": spec, **self._sign({"submit": spec})}
@@ -151,9 +197,17 @@ class ApiClient:
         return self.request("GET", "/api/v1/jobs", limit=limit)  # type: ignore[no-any-return]
 
     def job(self, job_id: str, *, as_owner: bool = False) -> dict[str, Any]:
-        """The job; env values in clear only `as_owner` (signed: the API shows them to the submitter alone)."""
-        headers = {"X-Bacalhau-Signed": json.dumps(self._sign({"describe": job_id}))} if as_owner else None
-        return self.request("GET", f"/api/v1/jobs/{quote(job_id)}", headers=headers)  # type: ignore[no-any-return]
+        """The job; its env values in clear `as_owner` when we own it (the API shows them to the submitter
+        alone, on a signed request). A job without env values needs no signature: none is made."""
+        job: dict[str, Any] = self.request("GET", f"/api/v1/jobs/{quote(job_id)}")
+        if not as_owner or not _has_env(job):
+            return job
+        key = self._owner_key(str(job.get("client_id") or ""))
+        if key is None:
+            return job   # not ours: what anyone sees
+        proof = json.dumps(self._sign({"describe": job["id"]}, key))
+        return self.request("GET", f"/api/v1/jobs/{quote(job['id'])}",  # type: ignore[no-any-return]
+                            headers={"X-Bacalhau-Signed": proof})
 
     def wait(self, job_id: str, since: float, timeout: float = 30.0) -> dict[str, Any]:
         return self.request(  # type: ignore[no-any-return]
@@ -161,8 +215,9 @@ class ApiClient:
         )
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        full_id = self.job(job_id)["id"]  # the signature covers the full id, whatever prefix was typed
-        body = self._sign({"cancel": full_id})
+        job = self.job(job_id)   # the signature covers the full id, whatever prefix was typed
+        full_id = job["id"]
+        body = self._sign({"cancel": full_id}, self._owner_key(str(job.get("client_id") or "")))
         return self.request("POST", f"/api/v1/jobs/{quote(full_id)}/cancel", body)  # type: ignore[no-any-return]
 
     def upload(self, path: str, file: Any) -> Any:
@@ -174,3 +229,115 @@ class ApiClient:
 
     def result_tar(self, job_id: str) -> tuple[int | None, Iterator[bytes]]:
         return self.sized_stream(f"/api/v1/jobs/{quote(job_id)}/results/tar")
+
+
+def _has_env(job: dict[str, Any]) -> bool:
+    spec = job.get("spec") or {}
+    return any((spec.get(engine) or {}).get("env") for engine in ("docker", "wasm"))
+
+
+def _raise_for(status: int, reason: str, raw: bytes) -> None:
+    try:
+        message = json.loads(raw).get("error", raw.decode(errors="replace"))
+    except (ValueError, AttributeError):
+        message = raw.decode(errors="replace") or reason
+    if status == 404:
+        raise NotFoundError(message)
+    if status == 401:
+        raise UserError(f"{message}: set BACALHAU_API_TOKEN to the token `bacalhau serve` printed")
+    if status in (400, 403, 409, 413, 415):
+        raise UserError(message)
+    raise ApiError(message, status)
+
+
+class _Connection:
+    """HTTP/1.1 kept alive over a socket, for requests whose answer is read whole. http.client's import (the
+    email package, whose regexes compile at every start, and ssl) was the largest part of a client command's
+    start; streams still take http.client (imported then)."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self.sock: socket.socket | None = None
+        self._file: Any = None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self._file.close()
+            self.sock.close()
+            self.sock = self._file = None
+
+    def exchange(self, method: str, path: str, headers: dict[str, str], body: bytes | None) -> tuple[int, str, bytes]:
+        if self.sock is None:
+            self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._file = self.sock.makefile("rb")
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
+                 *(f"{k}: {v}" for k, v in headers.items())]
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        try:
+            self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            sent: OSError | None = exc      # the server may have answered before reading it all (a 401, 413)
+        else:
+            sent = None
+        try:
+            status_line = self._line()
+        except OSError:
+            if sent is not None:
+                raise sent from None
+            raise
+        if not status_line:
+            raise sent or ConnectionResetError("the server closed the connection without an answer")
+        parts = status_line.decode("latin-1").split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise ConnectionResetError(f"not an HTTP answer: {status_line[:80]!r}")
+        status, reason = int(parts[1]), parts[2].strip() if len(parts) > 2 else ""
+        fields: dict[str, str] = {}
+        for _ in range(MAX_HEADERS + 1):
+            line = self._line()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            fields[name.strip().lower()] = value.strip()
+        else:
+            raise ConnectionResetError("the answer has too many header lines")
+        if "chunked" in fields.get("transfer-encoding", "").lower():
+            answer = self._chunked()
+        elif fields.get("content-length", "").isdigit():
+            answer = self._exactly(int(fields["content-length"]))
+        elif method == "HEAD" or status in (204, 304):
+            answer = b""
+        else:
+            answer = self._file.read()
+            fields["connection"] = "close"
+        if fields.get("connection", "").lower() == "close":
+            self.close()
+        return status, reason, answer
+
+    def _line(self) -> bytes:
+        line: bytes = self._file.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise ConnectionResetError("an answer's line is too long")
+        return line
+
+    def _exactly(self, n: int) -> bytes:
+        data: bytes = self._file.read(n)
+        if len(data) != n:
+            raise ConnectionResetError(f"the answer ended after {len(data)} of its {n} bytes")
+        return data
+
+    def _chunked(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            size_text = self._line().split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise ConnectionResetError(f"a bad chunk size {size_text[:20]!r}") from None
+            if size == 0:
+                while self._line() not in (b"\r\n", b"\n", b""):
+                    pass   # trailers
+                return b"".join(parts)
+            parts.append(self._exactly(size))
+            self._line()

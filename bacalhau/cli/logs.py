@@ -6,11 +6,8 @@ stopped: nothing lost, nothing twice.
 
 from __future__ import annotations
 
-import json
-import struct
 import sys
 import time
-from typing import Any
 from urllib.parse import urlencode
 
 import click
@@ -18,8 +15,8 @@ import click
 from bacalhau.cli.main import client_from
 from bacalhau.cli.output import short, status
 from bacalhau.errors import ApiError, DaemonNotRunning, UserError
+from bacalhau.log_frames import STDERR, STDOUT, Data, Ended, Retried, Switched, from_message
 
-HEADER = struct.Struct(">BQI")   # kind, offset, length: the same frames as compute/logs.py
 RECONNECT_DELAY = 0.5
 RECONNECT_GIVE_UP = 30.0
 FOLLOWERS_CAPPED = 1013          # api/logs.py closes a follower over its caps with this code and the reason
@@ -31,39 +28,38 @@ def follow_logs(host: str, port: int, job_id: str, *, follow: bool = True, quiet
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
     from websockets.sync.client import connect
 
-    outs = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
-    execution_id, offsets = "", {1: 0, 2: 0}
+    outs = {STDOUT: sys.stdout.buffer, STDERR: sys.stderr.buffer}
+    execution_id, offsets = "", {STDOUT: 0, STDERR: 0}
     failing_since: float | None = None
     while True:
         query = {"follow": "1" if follow else "0", "execution_id": execution_id,
-                 "stdout_offset": offsets[1], "stderr_offset": offsets[2], **({"token": token} if token else {})}
+                 "stdout_offset": offsets[STDOUT], "stderr_offset": offsets[STDERR], **({"token": token} if token else {})}
         where = f"[{host}]" if ":" in host else host   # an IPv6 address, as the Host header wants it
         url = f"ws://{where}:{port}/api/v1/jobs/{job_id}/logs?{urlencode(query)}"
         try:
             with connect(url, max_size=4 * 1024 * 1024, open_timeout=10) as ws:
                 failing_since = None
                 for message in ws:
-                    if isinstance(message, bytes):
-                        kind, offset, length = HEADER.unpack_from(message)
-                        data = message[HEADER.size:HEADER.size + length]
-                        if offset + len(data) <= offsets[kind]:
+                    event = from_message(message)
+                    if isinstance(event, Data):
+                        if event.offset + len(event.data) <= offsets[event.kind]:
                             continue
-                        data = data[max(0, offsets[kind] - offset):]
-                        outs[kind].write(data)
-                        outs[kind].flush()
-                        offsets[kind] += len(data)
-                        continue
-                    event = json.loads(message)
-                    if event["type"] == "execution":
-                        if event["execution_id"] != execution_id:
-                            execution_id, offsets = event["execution_id"], {1: 0, 2: 0}
+                        data = event.data[max(0, offsets[event.kind] - event.offset):]
+                        outs[event.kind].write(data)
+                        outs[event.kind].flush()
+                        offsets[event.kind] += len(data)
+                    elif isinstance(event, Switched):
+                        if event.execution_id != execution_id:
+                            execution_id, offsets = event.execution_id, {STDOUT: 0, STDERR: 0}
                         if not quiet:
-                            status(f"[logs of execution {short(execution_id)} on node {short(event['node_id'])}]")
-                    elif event["type"] == "retry":
-                        status(f"[execution {short(event['execution_id'])} failed: {event['reason']}; "
+                            status(f"[logs of execution {short(execution_id)} on node {short(event.node_id)}]")
+                    elif isinstance(event, Retried):
+                        status(f"[execution {short(event.execution_id)} failed: {event.reason}; "
                                "the job is retried on another node]")
-                    elif event["type"] == "end":
+                    else:
                         return _verdict(event, follow)
+        except ValueError as exc:
+            raise ApiError(f"the API sent something that is not a log message ({exc})") from None
         except (ConnectionClosed, OSError, InvalidHandshake) as exc:
             if isinstance(exc, InvalidStatus) and exc.response.status_code == 404:
                 raise ApiError(f"no job {job_id!r}") from None
@@ -80,8 +76,8 @@ def follow_logs(host: str, port: int, job_id: str, *, follow: bool = True, quiet
             time.sleep(RECONNECT_DELAY)
 
 
-def _verdict(event: dict[str, Any], follow: bool) -> int:
-    state, code, reason = event["state"], event.get("exit_code"), event.get("reason") or ""
+def _verdict(end: Ended, follow: bool) -> int:
+    state, code, reason = end.state, end.exit_code, end.reason
     if state == "error":
         raise ApiError(reason)
     if not follow:

@@ -235,7 +235,7 @@ async def run_until_signalled(first_config: NodeConfig, more: Callable[[Node], l
             click.echo(join_instructions(first.node_id, first.addrs(), first_config.swarm_host,
                                          first_config.api_host, first.api_port, first.swarm_key,
                                          first_config.api_token,
-                                         await first.ipfs_identity() if first.ipfs_host else None), err=True)
+                                         await first.content.ipfs_identity() if first.ipfs_host else None), err=True)
             async for signum in signals:
                 logging.getLogger("bacalhau").info(
                     "%s: stopping (running jobs get %gs to end)", signal.Signals(signum).name, configs[0].shutdown_grace)

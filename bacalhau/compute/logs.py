@@ -1,11 +1,7 @@
 """The compute node's log-stream server: an execution's stdout and stderr, from any byte offset, following
 the files the executors append to until the execution ends.
 
-Wire format (libp2p stream after the request frame, and the same frames on the client's websocket):
-    frame  = kind:u8 offset:u64 length:u32 data
-    kind   = 1 stdout | 2 stderr | 3 end (data: JSON {"state", "exit_code", "reason"})
-Every data frame says where in its stream its bytes start, so a client that reconnects asks for the offsets
-it has and gets neither a gap nor a duplicate.
+Wire format: the frames of log_frames.py (kind, byte offset, data; an end frame last), after the request frame.
 
 The followers of one execution share one watch on its files: one of them at a time looks at both every
 POLL_INTERVAL (one worker-thread hop: their sizes and what they grew by) and wakes the others, which take the
@@ -15,23 +11,22 @@ thread hop per interval, not 2N.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 from pydantic import BaseModel, ConfigDict
 
 from bacalhau.bprotocol.ids import ExecutionId
+from bacalhau.log_frames import END, HEADER, MAX_CHUNK, STDERR, STDOUT, FrameReader, end_frame, frame
+from bacalhau.log_frames import Ended as LogEnd
 
-STDOUT, STDERR, END = 1, 2, 3
-HEADER = struct.Struct(">BQI")
-MAX_CHUNK = 256 * 1024
+__all__ = ["END", "HEADER", "LOG_PROTOCOL", "STDERR", "STDOUT", "FrameReader", "LogEnd", "LogRequest", "frame",
+           "stream_logs"]
+
 # How often an execution's files are looked at for new bytes (they are the source of truth). One look serves
 # all its followers in one thread hop, so a lone follower costs what it did at 5 ms with two hops, and waits less.
 POLL_INTERVAL = 0.0025
@@ -45,42 +40,6 @@ class LogRequest(BaseModel):
     stdout_offset: int = 0
     stderr_offset: int = 0
     follow: bool = True
-
-
-@dataclass(frozen=True)
-class LogEnd:
-    state: str
-    exit_code: int | None
-    reason: str
-
-
-def frame(kind: int, offset: int, data: bytes) -> bytes:
-    return HEADER.pack(kind, offset, len(data)) + data
-
-
-def end_frame(end: LogEnd) -> bytes:
-    return frame(END, 0, json.dumps({"state": end.state, "exit_code": end.exit_code, "reason": end.reason}).encode())
-
-
-class FrameReader:
-    """Reassembles frames from a byte stream cut at arbitrary places."""
-
-    def __init__(self, max_frame: int = MAX_CHUNK + 4096) -> None:
-        self._buf = bytearray()
-        self._max = max_frame
-
-    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
-        self._buf += data
-        out = []
-        while len(self._buf) >= HEADER.size:
-            kind, offset, length = HEADER.unpack_from(self._buf)
-            if length > self._max or kind not in (STDOUT, STDERR, END):
-                raise ValueError(f"bad log frame (kind {kind}, length {length})")
-            if len(self._buf) < HEADER.size + length:
-                break
-            out.append((kind, offset, bytes(self._buf[HEADER.size:HEADER.size + length])))
-            del self._buf[:HEADER.size + length]
-        return out
 
 
 def _read_from(path: Path, offset: int) -> bytes:

@@ -30,7 +30,6 @@ from bacalhau.errors import (
     ExecutorError,
     NotFoundError,
     ProtocolError,
-    StateError,
     TransportError,
 )
 from bacalhau.executors.types import ExecutionDir, Executor
@@ -66,6 +65,8 @@ class ComputeNode:
         self._executors = executors
         self._store = store
         self._results_dir = results_dir
+        self._results_base: Path | None = None     # results_dir resolved, once (resolving it was ~10% of the
+                                                    # event loop's time on a noop job)
         self.capacity = Capacity(capacity, self.limits)
         self.labels = labels
         self.version = version
@@ -105,13 +106,11 @@ class ComputeNode:
 
         return checked
 
-    async def _owned_by(self, peer_id: str, execution_id: str) -> LocalExecution:
-        """The execution, if `peer_id` is the requester that created it; else ProtocolError (NotFoundError if
-        there is no such execution)."""
-        ex = await self._store.get(execution_id)
-        if ex.requester_id != peer_id:
+    async def _owned_by(self, peer_id: str, execution_id: str) -> None:
+        """ProtocolError unless `peer_id` is the requester that created the execution (NotFoundError if there
+        is no such execution)."""
+        if await self._store.requester_of(execution_id) != peer_id:
             raise ProtocolError(f"{peer_id} is not the requester of execution {execution_id}")
-        return ex
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
@@ -181,15 +180,10 @@ class ComputeNode:
     # -- handlers (requester -> compute) --------------------------------------------------------------------
 
     async def _ask_for_bid(self, peer_id: str, req: m.AskForBidRequest) -> m.Ack:
-        try:
-            await self._store.get(req.execution_id)
-        except NotFoundError:
-            pass
-        else:   # an id is created once, by one requester: asking again (anyone) takes nothing over
-            raise StateError(f"execution {req.execution_id} exists already on this node")
         ctx = BidContext(self.engines, self.capacity.total, self.labels, self._blockstore, self.limits)
         reason = "the node is shutting down" if not self._accepting else bid(req.job, ctx)
         state = S.NEW if reason is None else S.BID_REJECTED
+        # an id is created once, by one requester: asking again (anyone) takes nothing over (StateError)
         await self._store.create(
             LocalExecution(id=req.execution_id, job=req.job, requester_id=req.requester_id, state=state,
                            reason=reason or "bid")
@@ -285,10 +279,14 @@ class ComputeNode:
             name = parse_execution_id(execution_id)
         except ValueError as exc:
             raise ProtocolError(str(exc)) from None
-        base = self._results_dir.resolve()
-        root = (base / name).resolve()
-        if root.parent != base:
-            raise ProtocolError(f"execution {execution_id!r} is not a directory under {base}")
+        if self._results_base is None:
+            self._results_base = self._results_dir.resolve()
+        base = self._results_base
+        root = base / name            # a UUID's text: one component, no "..", so only a symlink can lead out
+        if root.is_symlink():
+            root = root.resolve()
+            if root.parent != base:
+                raise ProtocolError(f"execution {execution_id!r} is not a directory under {base}")
         return ExecutionDir(root)
 
     async def _execute(self, ex: LocalExecution, scope: trio.CancelScope) -> None:

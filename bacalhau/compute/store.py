@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bacalhau.db import QUARANTINE, UNREADABLE_SPEC, Database, set_aside, why
@@ -83,6 +83,12 @@ def _row(row: sqlite3.Row) -> LocalExecution:
                               state=ExecutionState.FAILED, reason=f"stored execution could not be read: {why(exc)}")
 
 
+def _updated(ex: LocalExecution, new: ExecutionState, reason: str, result: RunResult | None,
+             result_ref: str | None) -> LocalExecution:
+    return replace(ex, state=new, reason=reason, result=result if result is not None else ex.result,
+                   result_ref=result_ref if result_ref is not None else ex.result_ref)
+
+
 class ExecutionStore:
     def __init__(self, path: Path) -> None:
         self._db = Database(path, SCHEMA, MIGRATIONS)
@@ -91,14 +97,18 @@ class ExecutionStore:
         self._db.close()
 
     async def create(self, execution: LocalExecution) -> None:
+        """StateError if the id is taken (an id is created once, by one requester)."""
         def tx(conn: sqlite3.Connection) -> None:
             now = time.time()
-            conn.execute(
-                "INSERT INTO local_executions(id, job, requester_id, state, reason, created_at, updated_at)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (execution.id, execution.job.model_dump_json(), execution.requester_id, execution.state.value,
-                 execution.reason, now, now),
-            )
+            try:
+                conn.execute(
+                    "INSERT INTO local_executions(id, job, requester_id, state, reason, created_at, updated_at)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (execution.id, execution.job.model_dump_json(), execution.requester_id, execution.state.value,
+                     execution.reason, now, now),
+                )
+            except sqlite3.IntegrityError:
+                raise StateError(f"execution {execution.id} exists already on this node") from None
             conn.execute(
                 "INSERT INTO local_events(execution_id, time, state, reason) VALUES (?,?,?,?)",
                 (execution.id, now, execution.state.value, execution.reason),
@@ -113,7 +123,17 @@ class ExecutionStore:
                 raise NotFoundError(f"no execution {execution_id!r} on this node")
             return _row(row)
 
-        return await self._db.run(tx)
+        return await self._db.run(tx, reads=True)
+
+    async def requester_of(self, execution_id: str) -> str:
+        """The requester that created an execution, read without parsing the rest: checked on every call."""
+        def tx(conn: sqlite3.Connection) -> str:
+            row = conn.execute("SELECT requester_id FROM local_executions WHERE id=?", (execution_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no execution {execution_id!r} on this node")
+            return str(row["requester_id"])
+
+        return await self._db.run(tx, reads=True)
 
     async def update(
         self, execution_id: str, expected: tuple[ExecutionState, ...] | None, new: ExecutionState,
@@ -137,7 +157,8 @@ class ExecutionStore:
                 "INSERT INTO local_events(execution_id, time, state, reason) VALUES (?,?,?,?)",
                 (execution_id, now, new.value, reason),
             )
-            return _row(conn.execute("SELECT * FROM local_executions WHERE id=?", (execution_id,)).fetchone())
+            # what was read, with what was written: no second read and parse
+            return _updated(_row(row), new, reason, result, result_ref)
 
         return await self._db.run(tx)
 
@@ -157,7 +178,7 @@ class ExecutionStore:
                 " AND updated_at < ?", [*terminal, cutoff]).fetchall()
             return [str(r["id"]) for r in rows]
 
-        return await self._db.run(tx)
+        return await self._db.run(tx, reads=True)
 
     async def unfinished(self) -> list[LocalExecution]:
         def tx(conn: sqlite3.Connection) -> list[LocalExecution]:
@@ -166,7 +187,7 @@ class ExecutionStore:
                                 terminal).fetchall()
             return [_row(r) for r in rows]
 
-        return await self._db.run(tx)
+        return await self._db.run(tx, reads=True)
 
     def fail_unfinished_sync(self, reason: str) -> list[LocalExecution]:
         """At start-up: executions a previous run left unfinished cannot be resumed; mark them failed. One whose

@@ -467,102 +467,137 @@ class Bitswap:
     # -- fetching -------------------------------------------------------------------------------------------
 
     async def fetch(self, root: bytes, *, timeout: float = 60.0,
-                    on_progress: Callable[[int], None] | None = None) -> int:
-        """Fetch the DAG under `root` into the store from connected peers; return how many blocks came."""
-        session = _Session()
-        pending: deque[bytes] = deque([root])
-        seen = {root}           # each block once: a DAG may link one child many times (a diamond 40 deep)
-        asked: dict[bytes, set[str]] = {}          # in flight: the peers asked for it
-        refused: dict[bytes, set[str]] = {}
-        providers: list[str] = []
-        rotation = itertools.count()
-        fetched = 0
-
-        async def ask(cids: Sequence[bytes], peers: Sequence[str]) -> None:
-            for cid in cids:
-                sessions = self._wanted.setdefault(cid, [])
-                if session not in sessions:     # asked again elsewhere: still one entry, which finally removes
-                    sessions.append(session)
-                asked.setdefault(cid, set()).update(peers)
-            for i in range(0, len(cids), WANT_BATCH):
-                message = encode_message(wants=cids[i:i + WANT_BATCH])
-                for peer in peers:
-                    try:
-                        await self._send(peer, message)
-                    except BacalhauError as exc:
-                        log.debug("want to %s failed: %s", peer, exc)
-                        for cid in cids[i:i + WANT_BATCH]:
-                            refused.setdefault(cid, set()).add(peer)
-            for cid in cids:     # every peer asked is gone already: ask others now, no answer will come
-                if cid in asked and asked[cid] <= refused.get(cid, set()):
-                    await ask_elsewhere(cid)
-
-        async def ask_elsewhere(cid: bytes) -> None:
-            others = [p for p in self.connected() if p not in asked[cid]]
-            if not others and self._discover is not None:
-                others = [p for p in {*await self._discover(), *self.connected()} if p not in asked[cid]]
-            if not others:
-                raise NotFoundError(f"no connected peer has block {cid_str(cid)}")
-            await ask([cid], others)
-
-        def links_of(cid: bytes, data: bytes) -> list[bytes]:
-            if codec_of(cid) != 0x70:
-                return []
-            new = [c for c in dict.fromkeys(link.cid for link in decode_links(data)) if c not in seen]
-            seen.update(new)
-            return new
-
+                    on_progress: Callable[[int], None] | None = None, links: bool = True) -> int:
+        """Fetch the DAG under `root` into the store from connected peers (without `links`, the root block
+        alone); return how many blocks came."""
+        fetch = _Fetch(self, root, on_progress, links)
         try:
             with trio.fail_after(timeout):
-                while pending or asked:
-                    room = WINDOW - len(asked)
-                    # top up a batch at a time: a want message per block would cost the server a reply each
-                    if pending and (room >= min(WANT_BATCH, len(pending)) or not asked):
-                        batch = [pending.popleft() for _ in range(min(room, len(pending)))]
-                        local = await trio.to_thread.run_sync(self._store.get_many, batch)
-                        for cid in batch:       # what we hold already: only its links are news
-                            if cid in local:
-                                pending.extend(links_of(cid, local[cid]))
-                        missing = [c for c in batch if c not in local and c not in asked]
-                        if missing:
-                            if providers:   # split among the peers that delivered, each a contiguous run
-                                share = math.ceil(len(missing) / len(providers))
-                                start = next(rotation)
-                                for k in range(len(providers)):
-                                    peer = providers[(start + k) % len(providers)]
-                                    if part := missing[k * share:(k + 1) * share]:
-                                        await ask(part, [peer])
-                            else:
-                                peers = list(self.connected())
-                                if not peers and self._discover is not None:
-                                    peers = await self._discover()
-                                if not peers:
-                                    raise NotFoundError("no peer is connected to fetch blocks from")
-                                await ask(missing, peers)
-                        continue
-                    kind, cid, data, peer = await session.events.receive()
-                    if cid not in asked:
-                        continue                 # a late answer for a block that came already
-                    if kind == "block":
-                        del asked[cid]
-                        refused.pop(cid, None)
-                        if peer not in providers:
-                            providers.append(peer)
-                        pending.extend(links_of(cid, data))
-                        fetched += 1
-                        if on_progress:
-                            on_progress(fetched)
-                    else:
-                        refused.setdefault(cid, set()).add(peer)
-                        if peer in providers and len(providers) > 1:
-                            providers.remove(peer)
-                        if asked[cid] <= refused[cid]:
-                            await ask_elsewhere(cid)
+                await fetch.run()
         finally:
-            for cid in asked:
-                sessions = self._wanted.get(cid, [])
-                if session in sessions:
-                    sessions.remove(session)
-                if not sessions:
-                    self._wanted.pop(cid, None)
-        return fetched
+            fetch.withdraw_wants()
+        return fetch.fetched
+
+
+class _Fetch:
+    """One fetch of a DAG: the blocks to look at (`pending`), the wants in flight (`asked`, by block: the peers
+    asked), who said they lack a block (`refused`) and who delivered (`providers`, among whom later wants are
+    split). Its loop alternates two steps: top up the window of wants from `pending`, or take one answer."""
+
+    def __init__(self, swap: Bitswap, root: bytes, on_progress: Callable[[int], None] | None,
+                 links: bool = True) -> None:
+        self.swap = swap
+        self.links = links
+        self.session = _Session()
+        self.pending: deque[bytes] = deque([root])
+        self.seen = {root}      # each block once: a DAG may link one child many times (a diamond 40 deep)
+        self.asked: dict[bytes, set[str]] = {}          # in flight: the peers asked for it
+        self.refused: dict[bytes, set[str]] = {}
+        self.providers: list[str] = []
+        self.rotation = itertools.count()
+        self.fetched = 0
+        self.on_progress = on_progress
+
+    async def run(self) -> None:
+        while self.pending or self.asked:
+            room = WINDOW - len(self.asked)
+            # top up a batch at a time: a want message per block would cost the server a reply each
+            if self.pending and (room >= min(WANT_BATCH, len(self.pending)) or not self.asked):
+                await self._top_up(room)
+            else:
+                await self._take_answer()
+
+    def withdraw_wants(self) -> None:
+        """This fetch no longer waits for the blocks it asked for (done, failed or cancelled)."""
+        for cid in self.asked:
+            sessions = self.swap._wanted.get(cid, [])
+            if self.session in sessions:
+                sessions.remove(self.session)
+            if not sessions:
+                self.swap._wanted.pop(cid, None)
+
+    async def _top_up(self, room: int) -> None:
+        """Take up to `room` blocks off `pending`: follow the links of those held already, ask for the rest."""
+        batch = [self.pending.popleft() for _ in range(min(room, len(self.pending)))]
+        local = await trio.to_thread.run_sync(self.swap._store.get_many, batch)
+        for cid in batch:       # what we hold already: only its links are news
+            if cid in local:
+                self.pending.extend(self._links_of(cid, local[cid]))
+        missing = [c for c in batch if c not in local and c not in self.asked]
+        if missing:
+            await self._want(missing)
+
+    async def _want(self, missing: list[bytes]) -> None:
+        """Ask for blocks: of the peers that delivered, each a contiguous run; before any did, of every
+        connected peer (connecting to the cluster's nodes first when there is none)."""
+        if self.providers:
+            share = math.ceil(len(missing) / len(self.providers))
+            start = next(self.rotation)
+            for k in range(len(self.providers)):
+                peer = self.providers[(start + k) % len(self.providers)]
+                if part := missing[k * share:(k + 1) * share]:
+                    await self._ask(part, [peer])
+            return
+        peers = list(self.swap.connected())
+        if not peers and self.swap._discover is not None:
+            peers = await self.swap._discover()
+        if not peers:
+            raise NotFoundError("no peer is connected to fetch blocks from")
+        await self._ask(missing, peers)
+
+    async def _take_answer(self) -> None:
+        """One answer to a want: a block (stored already, by the receiving side) or a peer saying it lacks one."""
+        kind, cid, data, peer = await self.session.events.receive()
+        if cid not in self.asked:
+            return                   # a late answer for a block that came already
+        if kind == "block":
+            del self.asked[cid]
+            self.refused.pop(cid, None)
+            if peer not in self.providers:
+                self.providers.append(peer)
+            self.pending.extend(self._links_of(cid, data))
+            self.fetched += 1
+            if self.on_progress:
+                self.on_progress(self.fetched)
+            return
+        self.refused.setdefault(cid, set()).add(peer)
+        if peer in self.providers and len(self.providers) > 1:
+            self.providers.remove(peer)
+        if self.asked[cid] <= self.refused[cid]:
+            await self._ask_elsewhere(cid)
+
+    async def _ask(self, cids: Sequence[bytes], peers: Sequence[str]) -> None:
+        for cid in cids:
+            sessions = self.swap._wanted.setdefault(cid, [])
+            if self.session not in sessions:    # asked again elsewhere: still one entry, which finally removes
+                sessions.append(self.session)
+            self.asked.setdefault(cid, set()).update(peers)
+        for i in range(0, len(cids), WANT_BATCH):
+            message = encode_message(wants=cids[i:i + WANT_BATCH])
+            for peer in peers:
+                try:
+                    await self.swap._send(peer, message)
+                except BacalhauError as exc:
+                    log.debug("want to %s failed: %s", peer, exc)
+                    for cid in cids[i:i + WANT_BATCH]:
+                        self.refused.setdefault(cid, set()).add(peer)
+        for cid in cids:     # every peer asked is gone already: ask others now, no answer will come
+            if cid in self.asked and self.asked[cid] <= self.refused.get(cid, set()):
+                await self._ask_elsewhere(cid)
+
+    async def _ask_elsewhere(self, cid: bytes) -> None:
+        """Every peer asked for `cid` lacks it: ask the other connected peers, then nodes `discover` reaches."""
+        others = [p for p in self.swap.connected() if p not in self.asked[cid]]
+        if not others and self.swap._discover is not None:
+            others = [p for p in {*await self.swap._discover(), *self.swap.connected()} if p not in self.asked[cid]]
+        if not others:
+            raise NotFoundError(f"no connected peer has block {cid_str(cid)}")
+        await self._ask([cid], others)
+
+    def _links_of(self, cid: bytes, data: bytes) -> list[bytes]:
+        """The links of a dag-pb block not seen before in this fetch (a raw block has none)."""
+        if codec_of(cid) != 0x70 or not self.links:
+            return []
+        new = [c for c in dict.fromkeys(link.cid for link in decode_links(data)) if c not in self.seen]
+        self.seen.update(new)
+        return new

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVarTuple
 
 import trio
@@ -17,7 +17,9 @@ from bacalhau.bprotocol.proxies import ComputeProxy
 from bacalhau.bprotocol.transport import AnyModelHandler, Transport, typed_handler
 from bacalhau.config import DEFAULT_RECONCILE_INTERVAL
 from bacalhau.errors import BacalhauError, ProtocolError, RemoteError, StateError, TransportError
+from bacalhau.log_frames import LogEvent
 from bacalhau.models import Execution, ExecutionState, Job, JobSpec, JobState, NodeInfo
+from bacalhau.requester.logs import LogReader
 from bacalhau.requester.nodes import NodeTable
 from bacalhau.requester.ranking import NO_COMPUTE_NODE, SAMPLE, fits_now, rank_loads
 from bacalhau.requester.retry import MaxAttempts, RetryStrategy, attempts_summary, chain_for, decide
@@ -50,6 +52,7 @@ class Requester:
         self.store = store
         self.nodes = nodes
         self._compute = ComputeProxy(transport, call_timeout)
+        self._logs = LogReader(store, transport, call_timeout, self.wait_for_change)
         self._bid_timeout = bid_timeout
         self._retry_chain: list[RetryStrategy] = retry_chain if retry_chain is not None else [MaxAttempts(max_attempts)]
         # a job's lock lives while a task holds or waits for it: finished jobs leave nothing behind
@@ -83,8 +86,8 @@ class Requester:
     def _from_its_node(self, fn: AnyModelHandler) -> AnyModelHandler:
         """Callbacks are taken only from the node that holds the execution (any cluster member can call)."""
         async def checked(peer_id: str, msg: Any) -> BaseModel:
-            ex = await self.store.get_execution(msg.execution_id)
-            if peer_id != msg.node_id or ex.node_id != peer_id or ex.job_id != msg.job_id:
+            node_id, job_id = await self.store.execution_holder(msg.execution_id)
+            if peer_id != msg.node_id or node_id != peer_id or job_id != msg.job_id:
                 raise ProtocolError(f"node {peer_id} does not hold execution {msg.execution_id}")
             return await fn(peer_id, msg)
 
@@ -131,6 +134,12 @@ class Requester:
 
     def alive_nodes(self) -> list[NodeInfo]:
         return self.nodes.alive()
+
+    def read_logs(self, job_id: str, *, execution_id: str = "", stdout_offset: int = 0, stderr_offset: int = 0,
+                  follow: bool = True) -> AsyncGenerator[LogEvent, None]:
+        """The job's log events, live from the node that runs it, across retries (requester/logs.py)."""
+        return self._logs.read(job_id, execution_id=execution_id, stdout_offset=stdout_offset,
+                               stderr_offset=stderr_offset, follow=follow)
 
     def node_joined(self, info: NodeInfo) -> None:
         """A node appeared: jobs waiting for one get another look (one pass at a time, however many nodes

@@ -179,15 +179,17 @@ class JobStore:
     async def resolve_id(self, prefix: str) -> str:
         """A full job id, or a unique prefix of one."""
         def tx(conn: sqlite3.Connection) -> list[str]:
-            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            # a range of the primary key's index: LIKE (case-blind) read every job, on every API lookup of
+            # one, so a job's lookup slowed as the store grew. Ids are lower-case UUIDs, so the prefix is too.
+            low = prefix.lower()
             rows = conn.execute(
-                "SELECT id FROM jobs WHERE id LIKE ? ESCAPE '\\' LIMIT 3", (escaped + "%",)
+                "SELECT id FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT 3", (low, low + "\U0010ffff")
             ).fetchall()
             return [r["id"] for r in rows]
 
         if not prefix:
             raise NotFoundError("no job id given")
-        ids = await self._db.run(tx)
+        ids = await self._db.run(tx, reads=True)
         if prefix in ids:
             return prefix
         if not ids:
@@ -211,16 +213,20 @@ class JobStore:
                 job.events = [_row_to_event(e) for e in events]
             return job
 
-        return await self._db.run(tx)
+        return await self._db.run(tx, reads=True)
 
-    async def list_jobs(self, limit: int | None = 10) -> list[Job]:
+    async def list_jobs(self, limit: int | None = 10, *, client_id: str | None = None,
+                        oldest_first: bool = False) -> list[Job]:
+        """Newest first (or oldest first); only `client_id`'s jobs if given."""
         def tx(conn: sqlite3.Connection) -> list[Job]:
-            sql = "SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC"
+            where, args = ("WHERE client_id=? ", [client_id]) if client_id is not None else ("", [])
+            order = "ASC" if oldest_first else "DESC"
+            sql = f"SELECT * FROM jobs {where}ORDER BY created_at {order}, rowid {order}"
             if limit is not None:
                 sql += f" LIMIT {int(limit)}"
-            return [_row_to_job(r) for r in conn.execute(sql).fetchall()]
+            return [_row_to_job(r) for r in conn.execute(sql, args).fetchall()]
 
-        return await self._db.run(tx)
+        return await self._db.run(tx, reads=True)
 
     async def jobs_in_states(self, states: list[JobState]) -> list[Job]:
         def tx(conn: sqlite3.Connection) -> list[Job]:
@@ -230,7 +236,7 @@ class JobStore:
             ).fetchall()
             return [_row_to_job(r) for r in rows]
 
-        return await self._db.run(tx)
+        return await self._db.run(tx, reads=True)
 
     async def job_ids_in_states(self, states: list[JobState]) -> list[str]:
         def tx(conn: sqlite3.Connection) -> list[str]:
@@ -240,7 +246,7 @@ class JobStore:
             ).fetchall()
             return [r["id"] for r in rows]
 
-        return await self._db.run(tx)
+        return await self._db.run(tx, reads=True)
 
     async def live_executions_on(self, node_ids: set[str]) -> list[Execution]:
         """The unfinished executions of unfinished jobs held by these nodes."""
@@ -254,7 +260,7 @@ class JobStore:
             ).fetchall()
             return [ex for ex in map(_row_to_execution, rows) if not ex.state.terminal]
 
-        return await self._db.run(tx) if node_ids else []
+        return await self._db.run(tx, reads=True) if node_ids else []
 
     async def stalled_executions(self, states: list[ExecutionState], before: float) -> list[Execution]:
         """Executions of in-progress jobs in one of `states`, unchanged since `before`: one query (through the
@@ -324,8 +330,10 @@ class JobStore:
                 args.append(result_ref)
             conn.execute(f"UPDATE executions SET {', '.join(sets)} WHERE id=?", [*args, execution_id])
             _event(conn, row["job_id"], "execution", execution_id, new.value, reason, row["node_id"])
-            updated = conn.execute("SELECT * FROM executions WHERE id=?", (execution_id,)).fetchone()
-            return _row_to_execution(updated)
+            before = _row_to_execution(row)      # what was read, with what was written: no second read
+            return before.model_copy(update={"state": new, "reason": reason, "updated_at": args[2],
+                                             **({"result": result} if result is not None else {}),
+                                             **({"result_ref": result_ref} if result_ref is not None else {})})
 
         return await self._db.run(tx)
 
@@ -336,5 +344,15 @@ class JobStore:
                 raise NotFoundError(f"no execution with id {execution_id!r}")
             return _row_to_execution(row)
 
-        return await self._db.run(tx)
+        return await self._db.run(tx, reads=True)
 
+
+    async def execution_holder(self, execution_id: str) -> tuple[str, str]:
+        """(node id, job id) of an execution, read without parsing the rest: checked on every callback."""
+        def tx(conn: sqlite3.Connection) -> tuple[str, str]:
+            row = conn.execute("SELECT node_id, job_id FROM executions WHERE id=?", (execution_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no execution with id {execution_id!r}")
+            return str(row["node_id"]), str(row["job_id"])
+
+        return await self._db.run(tx, reads=True)

@@ -40,7 +40,7 @@ class IpfsStorage:
 
     def __init__(self, store: Blockstore, fetch: Callable[[bytes], Awaitable[None]] | None = None) -> None:
         self._store = store
-        self._fetch = fetch           # Node.fetch_cid, or None where a test gives no node
+        self._fetch = fetch           # NodeContent.fetch_cid (content.py), or None where a test gives no node
 
     async def prepare(self, spec: StorageSpec, dest: Path) -> None:
         """A directory's entries land right at the mount path; a single file lands as PATH/<CID>."""

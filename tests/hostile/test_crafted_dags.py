@@ -185,7 +185,7 @@ async def test_fetching_a_held_diamond_walks_each_block_once(tmp_path: Path) -> 
         node: Node = await nursery.start(Node(node_config(tmp_path / "node")).run)
         node.blockstore.put_many(list(dag.blocks.items()))
         with trio.fail_after(20):       # 2^40 wants before
-            await node.fetch_cid(root)
+            await node.content.fetch_cid(root)
         nursery.cancel_scope.cancel()
 
 
@@ -248,9 +248,9 @@ async def test_crafted_dags_from_kubo_fail_one_line_through_get_inputs_and_resul
 
         # a result download of a crafted result: refused by its root's entries before export
         with pytest.raises(ProtocolError, match="entries a result does not have"):
-            await node.result_tar(cid_str(kept))
+            await node.content.result_tar(cid_str(kept))
         with pytest.raises(ProtocolError):
-            await node.result_tar(cid_str(attacks["twice"]))
+            await node.content.result_tar(cid_str(attacks["twice"]))
         assert untouched(target)
 
         ok = await run_cli(node, "docker", "run", IMAGE, "--", "echo", "alive")

@@ -53,7 +53,7 @@ async def test_the_keyless_ipfs_host_listens_on_loopback_unless_opened(tmp_path:
                                                     serve_api=False)).run)
         addrs = node.ipfs_host.listen_addrs
         assert addrs and all(a.startswith("/ip4/127.0.0.1/tcp/") for a in addrs)
-        ipfs = await node.ipfs_identity()
+        ipfs = await node.content.ipfs_identity()
         banner = join_instructions(node.node_id, node.addrs(), "0.0.0.0", "127.0.0.1", None, node.swarm_key,
                                    None, ipfs)
         assert "--ipfs-swarm-host 0.0.0.0" in banner

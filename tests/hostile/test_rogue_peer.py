@@ -129,7 +129,7 @@ async def test_results_and_logs_go_only_to_the_requester_that_created_the_execut
                             got += chunk
             assert got == b""
         # the requester that created it still reads both (the API's `get` and log stream go this way)
-        result = b"".join([chunk async for chunk in node.open_result(node.node_id, execution_id, "stdout")])
+        result = b"".join([chunk async for chunk in node.content.open_result(node.node_id, execution_id, "stdout")])
         assert result == secret.encode()
         request = json.dumps({"execution_id": execution_id, "follow": False}).encode()
         assert node.transport is not None
@@ -160,7 +160,7 @@ async def test_asking_for_a_bid_with_another_requesters_execution_id_takes_nothi
             while not (job := await node.requester.store.get_job(job.id)).state.terminal:
                 await node.requester.wait_for_change(job.id, 1.0)
         assert job.state == JobState.COMPLETED
-        result = b"".join([chunk async for chunk in node.open_result(node.node_id, execution_id, "stdout")])
+        result = b"".join([chunk async for chunk in node.content.open_result(node.node_id, execution_id, "stdout")])
         assert result == b"mine\n"
         nursery.cancel_scope.cancel()
 

@@ -110,14 +110,14 @@ async def test_after_a_restart_the_ipfs_peer_id_is_the_same_and_kubo_still_gets_
     config = node_config(tmp_path / "node")
     async with trio.open_nursery() as nursery:
         node: Node = await nursery.start(Node(config).run)
-        before = (await node.ipfs_identity())["ID"]
+        before = (await node.content.ipfs_identity())["ID"]
         added = await run_cli(node, "ipfs", "add", "-r", str(tree))
         dir_cid = added.stdout.splitlines()[-1].split()[1]
         nursery.cancel_scope.cancel()
     async with trio.open_nursery() as nursery:
         node = await nursery.start(Node(config).run)
-        assert (await node.ipfs_identity())["ID"] == before
-        await trio.to_thread.run_sync(kubo.connect, (await node.ipfs_identity())["Addresses"][0])
+        assert (await node.content.ipfs_identity())["ID"] == before
+        await trio.to_thread.run_sync(kubo.connect, (await node.content.ipfs_identity())["Addresses"][0])
         await trio.to_thread.run_sync(kubo.download, dir_cid, tmp_path / "kubo-dir")
         assert same_tree(tree, tmp_path / "kubo-dir")
         nursery.cancel_scope.cancel()
@@ -128,6 +128,6 @@ async def test_the_ipfs_side_can_be_kept_to_this_machine_while_the_cluster_liste
     async with trio.open_nursery() as nursery:
         node: Node = await nursery.start(Node(config).run)
         assert any("/ip4/0.0.0.0/" in a for a in node.addrs())
-        addrs = (await node.ipfs_identity())["Addresses"]
+        addrs = (await node.content.ipfs_identity())["Addresses"]
         assert addrs and all(a.startswith("/ip4/127.0.0.1/tcp/") for a in addrs)
         nursery.cancel_scope.cancel()

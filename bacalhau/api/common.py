@@ -1,0 +1,90 @@
+"""What the API's route modules share: the error envelope, the body cap, the redaction of env values.
+
+Errors are {"error": message, "code": kind} with a 4xx/5xx status; `handle_errors` maps the exception tree
+(errors.py) onto them, so a route raises and never builds an error answer for a typed failure itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from bacalhau.errors import AmbiguousIdError, BacalhauError, NotFoundError, StateError, UserError
+from bacalhau.models import Job
+
+MAX_BODY = 4 * 1024 * 1024     # a JSON body (a job spec with inline inputs), counted while it streams in
+REDACTED = "***"               # env values as the API shows them: another client's secrets stay theirs
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class BodyTooLarge(UserError):
+    pass
+
+
+def error(status: int, message: str, code: str) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code}, status_code=status)
+
+
+def handle_errors(fn: Handler) -> Handler:
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except BodyTooLarge as exc:
+            return error(413, str(exc), "too_large")
+        except NotFoundError as exc:
+            return error(404, str(exc), "not_found")
+        except AmbiguousIdError as exc:
+            return error(400, str(exc), "ambiguous_id")
+        except (UserError, ValueError) as exc:
+            return error(400, str(exc), "bad_request")
+        except StateError as exc:
+            return error(409, str(exc), "conflict")
+        except BacalhauError as exc:
+            return error(502, str(exc), "upstream")
+
+    return wrapper
+
+
+async def read_body(request: Request, cap: int = MAX_BODY) -> bytes:
+    """The body, refused with BodyTooLarge as soon as it passes `cap` (a declared length over it is refused
+    before reading a byte): a 100 MB body costs this node at most `cap` of memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise BodyTooLarge(f"request body over {cap} bytes")
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise BodyTooLarge(f"request body over {cap} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def redacted(job: Job) -> dict[str, Any]:
+    """The job as the API shows it: env values of its docker or wasm spec replaced by REDACTED."""
+    data = job.model_dump(mode="json")
+    for engine in ("docker", "wasm"):
+        section = data["spec"].get(engine)
+        if isinstance(section, dict) and section.get("env"):
+            section["env"] = dict.fromkeys(section["env"], REDACTED)
+    return data
+
+
+async def first_chunk(stream: AsyncIterator[bytes]) -> bytes | None:
+    """Pull the first chunk before answering, so a missing result is a 404, not a broken 200."""
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def chain(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first is None:
+        return
+    yield first
+    async for chunk in rest:
+        yield chunk
