@@ -34,6 +34,9 @@ DEFAULT_RETENTION = 7 * 24 * 3600.0     # results and unpinned blocks older than
 DEFAULT_MAX_RESULT_SIZE = 10 * 1024**3  # a job's result (apparent sizes) larger than this fails, unpublished
 DEFAULT_WASM_MEMORY_LIMIT = 512 * 1024**2   # linear memory of a WASM job that asks for none
 DEFAULT_BPROTOCOL_MUX = True            # bprotocol calls share one stream per peer (off: a stream per call)
+DEFAULT_AMPLIFY = True                  # requester nodes run the Amplify workflow engine (serve --no-amplify: off)
+DEFAULT_AMPLIFY_MAX_RUNNING = 10        # Amplify runs at once
+DEFAULT_AMPLIFY_MAX_WAITING = 100       # Amplify runs queued behind them; past this a run request gets a 429
 NODE_INFO_TOPIC = "bacalhau/node-info/1.0.0"
 ENV_DIR = "BACALHAU_DIR"
 
@@ -104,6 +107,10 @@ class NodeConfig:
     job_limits: JobLimits = field(default_factory=JobLimits)
     max_result_size: int = DEFAULT_MAX_RESULT_SIZE
     bprotocol_mux: bool = DEFAULT_BPROTOCOL_MUX
+    amplify: bool = DEFAULT_AMPLIFY
+    amplify_workflow: Path | None = None      # None: the shipped default workflow (bacalhau/amplify/default.yaml)
+    amplify_max_running: int = DEFAULT_AMPLIFY_MAX_RUNNING
+    amplify_max_waiting: int = DEFAULT_AMPLIFY_MAX_WAITING
 
     @property
     def is_requester(self) -> bool:

@@ -148,7 +148,10 @@ class Database:
                     group, self._queue = self._queue, []
                     for queued in group:
                         queued.taken = True
-                    await trio.to_thread.run_sync(self._in_group, group)
+                    # shielded: the calls of others are taken; cancelled before its thread starts, none would run
+                    # (their callers got None back). The thread is not abandoned anyway.
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(self._in_group, group)
         except BaseException:
             if not call.taken:
                 self._queue.remove(call)      # cancelled before it ran: it never runs

@@ -9,6 +9,7 @@
     │   └── IllegalTransitionError  a state machine asked for a transition its table forbids
     ├── SchedulingError           no node can take a job (the message says why)
     ├── ExecutorError             an executor could not run a job (image missing, engine error)
+    │   └── JobCausedError        the job's own doing (a module without its entry point): the same on any node
     ├── ProtocolError             bprotocol: malformed / oversize / unknown frame, typed remote error
     │   └── RemoteError           the peer replied with an error code
     ├── TransportError            a peer could not be reached or a stream broke
@@ -59,6 +60,10 @@ class SchedulingError(BacalhauError):
 
 class ExecutorError(BacalhauError):
     pass
+
+
+class JobCausedError(ExecutorError):
+    """The job itself is at fault, so any node would fail it the same way: it is not retried elsewhere."""
 
 
 class ProtocolError(BacalhauError):

@@ -123,8 +123,10 @@ class Node:
         self.ipfs_host: Any = None
         self.remote_ipfs: RemoteIpfs | None = None     # with --ipfs-connect
         self.retention: Any = None               # the compute side's garbage collector (compute/retention.py)
+        self.amplify: Any = None                 # the Amplify workflow engine of a requester (amplify/engine.py)
         self.known_addrs: dict[str, list[str]] = {}     # other nodes' multiaddrs, from their NodeInfo
         self._ignored_senders: set[str] = set()         # gossip senders already warned about
+        self.dashboard: Any = None                      # the network's live figures (dashboard/service.py)
 
     # -- identity -------------------------------------------------------------------------------------------
 
@@ -251,6 +253,11 @@ class Node:
                 self.requester.nodes.pinned.add(self.node_id)
                 self.requester.nodes.update(self._node_info())
             await nursery.start(self.requester.run)
+            if cfg.amplify:
+                from bacalhau.amplify import open_amplify
+
+                self.amplify = await nursery.start(open_amplify(cfg, self.requester, self.content, self._stores).run)
+        await self._start_dashboard(nursery)
         # every node listens: requesters keep their node table, and all keep the cluster's addresses, so
         # bitswap can reach a node that holds a block even where the cluster is a star around a requester
         await nursery.start(self._listen_node_info)
@@ -276,7 +283,22 @@ class Node:
 
         assert self.requester is not None, "the API runs on requester nodes"
         return ApiDeps(requester=self.requester, jobs=self.requester.store, content=self.content,
-                       identity=self._identity(), repo_dir=self.config.repo_dir)
+                       identity=self._identity(), repo_dir=self.config.repo_dir,
+                       dashboard=self.dashboard, amplify=self.amplify)
+
+    async def _start_dashboard(self, nursery: trio.Nursery) -> None:
+        from bacalhau.dashboard.service import Dashboard
+        from bacalhau.dashboard.store import DashboardStore
+
+        store = await trio.to_thread.run_sync(DashboardStore, self.config.repo_dir / "dashboard.db")
+        self._stores.append(store)
+        self.dashboard = Dashboard(
+            node_id=self.node_id, store=store, node_info_ttl=self.config.node_info_ttl,
+            hello_interval=self.config.node_info_interval, host=self.host, transport=self.transport,
+            jobs=self.requester.store if self.requester is not None else None, call_timeout=self.config.call_timeout)
+        if self.requester is not None:
+            self.requester.on_change.append(self.dashboard.job_changed)
+        await nursery.start(self.dashboard.run)
 
     def _input_providers(self) -> list[Any]:
         from bacalhau.storage.inline import InlineStorage
@@ -296,6 +318,7 @@ class Node:
             info = self._node_info()
             if self.requester is not None:
                 self.requester.nodes.update(info)
+            self.dashboard.node_seen(info)
             if self.host is not None:
                 await self.host.publish(NODE_INFO_TOPIC, info.model_dump_json().encode())
             elif self.deps.network is not None:
@@ -316,6 +339,8 @@ class Node:
             return
         if info.node_id != self.node_id and info.addrs:
             self.known_addrs[info.node_id] = info.addrs
+        if self.dashboard is not None:
+            self.dashboard.node_seen(info)
         if self.requester is not None and info.node_id != self.node_id:
             if self.requester.nodes.update(info):
                 log.info("node %s joined", info.node_id)

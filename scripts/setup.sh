@@ -54,4 +54,5 @@ fi
 bash scripts/setup-bacalhau-sdk.sh   # the official Bacalhau Python clients (tests/test_bacalhau_api.py)
 bash docker/build-images.sh
 bash scripts/setup-amplify.sh       # libmagic, ffmpeg and the image of Amplify's default workflow
+bash scripts/setup-dashboard.sh      # Debian's chromium for the dashboard's browser tests
 log "ready: $(.venv/bin/bacalhau --version)"

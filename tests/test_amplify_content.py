@@ -158,15 +158,15 @@ async def test_a_node_describes_content_added_to_it(single_node: Node, tmp_path:
     """Through the node itself, as the API and the workflow engine hand it over (ContentStore)."""
     src = fixtures(tmp_path / "in")
     cid = cid_to_bytes(add_path(src, single_node.blockstore.put)[-1][0])
-    got = by_path(await describe_files(single_node, cid))
+    got = by_path(await describe_files(single_node.content, cid))
     assert got["records.json"].mime == "application/json"
-    chosen = await select_files(single_node, cid, "text/csv")
+    chosen = await select_files(single_node.content, cid, "text/csv")
     assert chosen is not None
-    assert [f.path for f in await describe_files(single_node, chosen)] == ["people.csv"]
+    assert [f.path for f in await describe_files(single_node.content, chosen)] == ["people.csv"]
     (tmp_path / "elsewhere.txt").write_text("held by no node\n")
     absent = cid_to_bytes(add_path(tmp_path / "elsewhere.txt")[-1][0])
     with trio.fail_after(30), pytest.raises(NotFoundError):
-        await describe_files(single_node, absent)
+        await describe_files(single_node.content, absent)
 
 
 async def test_the_selection_has_the_cid_real_kubo_gives_the_filtered_files(store: Store, tmp_path: Path) -> None:

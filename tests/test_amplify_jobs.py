@@ -184,7 +184,7 @@ async def test_a_step_runs_as_a_cluster_job_over_the_selected_files(single_node:
     an ordinary job through the node's API, and its published result holds a thumbnail per image."""
     src = fixtures(tmp_path / "in")
     cid = cid_to_bytes(add_path(src, single_node.blockstore.put)[-1][0])
-    chosen = await select_files(single_node, cid, "image/*")
+    chosen = await select_files(single_node.content, cid, "image/*")
     assert chosen is not None
     res = await run_cli(single_node, "docker", "run", "-i", f"ipfs://{cid_str(chosen)}:/inputs",
                         "--entrypoint", " ".join(entrypoint("image-job")), "--memory", "1Gi", image)
@@ -194,7 +194,7 @@ async def test_a_step_runs_as_a_cluster_job_over_the_selected_files(single_node:
     [listed] = json.loads((await run_cli(single_node, "list", "-o", "json")).stdout)
     job = json.loads((await run_cli(single_node, "describe", "-o", "json", listed["id"])).stdout)
     result = job["executions"][-1]["result_ref"].removeprefix("ipfs://")
-    made = sorted(f.path for f in await describe_files(single_node, cid_to_bytes(result)))
+    made = sorted(f.path for f in await describe_files(single_node.content, cid_to_bytes(result)))
     assert [p for p in made if p.startswith("outputs/")] == [
         "outputs/red.png.resized.jpg", "outputs/red.png.thumb.png",
         "outputs/sub/blue.png.resized.jpg", "outputs/sub/blue.png.thumb.png"]

@@ -6,6 +6,7 @@
     ContentStore       this node's IPFS side: held blocks, fetch a CID from the cluster, a result as a tar or
                        one entry of it, a result item from the compute node that ran it (bacalhau/content.py)
     NodeIdentity       who this node is (its id, addrs, cluster id)
+    DashboardView      the network's figures this node aggregated (dashboard/), and the live node list
 
 Node.api_deps() builds them (node.py); nothing in api/ imports node.py, not even for types
 (tests/test_lint.py checks).
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from bacalhau.amplify.engine import Amplify
     from bacalhau.ipfs.blockstore import Blockstore
     from bacalhau.log_frames import LogEvent
     from bacalhau.models import Job, JobSpec, NodeInfo
@@ -71,6 +73,14 @@ class NodeIdentity(Protocol):
     def identity(self) -> dict[str, Any]: ...
 
 
+class DashboardView(Protocol):
+    store: Any          # dashboard/store.py's DashboardStore: its async reads
+
+    def nodes(self) -> list[dict[str, Any]]: ...
+
+    async def wait_changed(self, timeout: float) -> None: ...
+
+
 @dataclass(frozen=True, eq=False)   # one per API, known by identity (api/logs.py keys its followers by it)
 class ApiDeps:
     requester: RequesterEndpoint
@@ -78,6 +88,8 @@ class ApiDeps:
     content: ContentStore
     identity: NodeIdentity
     repo_dir: Path
+    amplify: Amplify | None = None    # the Amplify engine (amplify/engine.py) where the node runs it
+    dashboard: DashboardView | None = None
 
     @classmethod
     def from_node(cls, node: Any) -> ApiDeps:

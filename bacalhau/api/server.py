@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from bacalhau.api import identity, ipfs, jobs, results
+from bacalhau.api import amplify, dashboard, identity, ipfs, jobs, results
 from bacalhau.api.common import MAX_BODY, REDACTED, BodyTooLarge, Handler, handle_errors, read_body, redacted
 from bacalhau.api.guard import RequestGuard, is_loopback
 from bacalhau.api.ports import ApiDeps
@@ -50,11 +50,21 @@ def build_app(deps: ApiDeps, seen: SeenSignatures, *, host: str, token: str | No
         *ipfs.routes(deps),
         *bacalhau_v1.routes(deps, seen),       # Go Bacalhau 1.0's API, which the official Python SDK calls
         *bacalhau_logs.routes(deps),
+        *dashboard.routes(deps),
+        *amplify.routes(deps, seen),
     ]
     app: Any = Starlette(routes=routes)
     if token:
         app = TokenGuard(app, token)
     return RequestGuard(app, host)
+
+
+QUERY_TOKEN_PATHS = ("/dashboard", "/api/v1/dashboard/stream")   # a browser sets no header on these (api/dashboard.py)
+
+
+def _query_token_path(scope: dict[str, Any]) -> bool:
+    path = scope.get("path", "")
+    return scope.get("method") == "GET" and any(path == p or path.startswith(p + "/") for p in QUERY_TOKEN_PATHS)
 
 
 class TokenGuard:
@@ -71,7 +81,7 @@ class TokenGuard:
             if not is_loopback(client):
                 headers = dict(scope.get("headers") or [])
                 given = headers.get(b"authorization", b"").decode().removeprefix("Bearer ").strip()
-                if not given and scope["type"] == "websocket":
+                if not given and (scope["type"] == "websocket" or _query_token_path(scope)):
                     from urllib.parse import parse_qs
 
                     given = (parse_qs(scope.get("query_string", b"").decode()).get("token") or [""])[0]

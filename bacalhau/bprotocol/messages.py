@@ -102,6 +102,9 @@ class ComputeFailure(_Msg):
     job_id: JobId
     node_id: NodeId
     reason: str
+    # False: the job's own doing, decided by the node (it holds the spec); not retried on another node. On the
+    # wire only when False (see CallbackProxy.on_compute_failure): a requester of before it reads the rest
+    retry: bool = True
 
 
 class ExecutionStatus(_Msg):

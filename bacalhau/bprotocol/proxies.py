@@ -14,7 +14,7 @@ from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.framing import encode, parse_reply
 from bacalhau.bprotocol.ids import ResultItem
 from bacalhau.bprotocol.transport import Transport
-from bacalhau.errors import ProtocolError, TransportError
+from bacalhau.errors import ProtocolError, RemoteError, TransportError
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -24,9 +24,10 @@ class _Proxy:
         self._transport = transport
         self._timeout = timeout
 
-    async def _call(self, peer_id: str, protocol_id: str, msg: BaseModel, reply: type[R]) -> R:
+    async def _call(self, peer_id: str, protocol_id: str, msg: BaseModel, reply: type[R], *,
+                    payload: bytes | None = None) -> R:
         try:
-            data = await self._transport.call(peer_id, protocol_id, encode(msg), timeout=self._timeout)
+            data = await self._transport.call(peer_id, protocol_id, payload or encode(msg), timeout=self._timeout)
         except trio.TooSlowError:
             raise TransportError(f"{protocol_id} to {peer_id} timed out after {self._timeout:g}s") from None
         return parse_reply(data, reply)
@@ -78,4 +79,14 @@ class CallbackProxy(_Proxy):
         await self._call(peer_id, m.ON_CANCEL_COMPLETE, msg, m.Ack)
 
     async def on_compute_failure(self, peer_id: str, msg: m.ComputeFailure) -> None:
-        await self._call(peer_id, m.ON_COMPUTE_FAILURE, msg, m.Ack)
+        """`retry` is sent only when False. A requester older than the field refuses it (unknown fields are
+        refused): it is then told again without it, and retries the job elsewhere as it always did."""
+        def payload(retry: bool) -> bytes:
+            return msg.model_dump_json(exclude=None if not retry else {"retry"}).encode()
+
+        try:
+            await self._call(peer_id, m.ON_COMPUTE_FAILURE, msg, m.Ack, payload=payload(msg.retry))
+        except RemoteError as exc:
+            if msg.retry or exc.code != m.ErrorCode.BAD_REQUEST:
+                raise
+            await self._call(peer_id, m.ON_COMPUTE_FAILURE, msg, m.Ack, payload=payload(True))

@@ -7,6 +7,7 @@ into one that always answers with an Envelope, whatever the handler raised.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol, TypeVar
@@ -99,23 +100,61 @@ class LocalTransport:
 
 
 class InMemoryNetwork:
-    """Many nodes in one process, wired without sockets: requester and compute logic tested alone."""
+    """Many nodes in one process, wired without sockets: requester and compute logic tested alone.
 
-    def __init__(self) -> None:
+    For simulations (bacalhau/testing/sim.py) a call can take `latency` seconds each way (plus up to `jitter`),
+    and its request or its reply can be lost with probability `loss` each: the caller then sees its timeout,
+    as on a real network (a lost reply after the handler ran, too). Gossip is neither delayed nor lost.
+    """
+
+    def __init__(self, *, latency: float = 0.0, jitter: float = 0.0, loss: float = 0.0,
+                 rng: random.Random | None = None) -> None:
         self.nodes: dict[str, InMemoryTransport] = {}
         self.down: set[str] = set()
+        self.cut: set[str] = set()
         self.subscribers: list[Callable[[str, bytes], None]] = []   # the gossip topic: (sender, data)
         self._went_down: dict[str, trio.Event] = {}
+        self.latency, self.jitter, self.loss = latency, jitter, loss
+        self.rng = rng or random.Random()
+        self.calls = 0          # calls made, and those of them lost on the way (either way)
+        self.lost = 0
+        # (caller, callee, protocol id) -> lose this call's "request" or its "reply" (after the handler ran),
+        # or "" for neither: a test's chosen message
+        self.drop: Callable[[str, str, str], str] | None = None
 
     def take_down(self, node_id: str) -> None:
         """Simulate a node's death: calls to it fail, and streams from it break, as a reset would."""
         self.down.add(node_id)
         self.went_down(node_id).set()
 
+    def isolate(self, node_id: str) -> None:
+        """Cut the node off, alive: its calls and calls to it fail, its gossip reaches nobody (and a subscriber
+        that is cut off checks `cut` for itself to hear none)."""
+        self.cut.add(node_id)
+
+    def reconnect(self, node_id: str) -> None:
+        self.cut.discard(node_id)
+
+    def bring_back(self, node_id: str) -> None:
+        """The node is reachable again (a restarted process: its transport keeps its handlers)."""
+        self.down.discard(node_id)
+        self._went_down.pop(node_id, None)
+
+    async def _hop(self) -> None:
+        """One way across the network: the latency, and a message lost is never delivered."""
+        delay = self.latency + (self.rng.random() * self.jitter if self.jitter else 0.0)
+        if delay:
+            await trio.sleep(delay)
+        if self.loss and self.rng.random() < self.loss:
+            self.lost += 1
+            await trio.sleep_forever()     # the caller's timeout ends it
+
     def went_down(self, node_id: str) -> trio.Event:
         return self._went_down.setdefault(node_id, trio.Event())
 
     def publish(self, sender: str, data: bytes) -> None:
+        if sender in self.cut:
+            return
         for deliver in self.subscribers:
             deliver(sender, data)
 
@@ -132,14 +171,31 @@ class InMemoryTransport(LocalTransport):
 
     def _peer(self, peer_id: str) -> InMemoryTransport:
         peer = self._network.nodes.get(peer_id)
-        if peer is None or peer_id in self._network.down:
+        if peer is None or peer_id in self._network.down or {peer_id, self.self_id} & self._network.cut:
             raise TransportError(f"peer {peer_id} is not reachable")
         return peer
 
     async def call(self, peer_id: str, protocol_id: str, payload: bytes, *, timeout: float) -> bytes:
         peer = self._peer(peer_id)
+        net = self._network
+        net.calls += 1
         with trio.fail_after(timeout):
-            return await peer.call_local(self.self_id, protocol_id, payload)
+            if not (net.latency or net.jitter or net.loss or net.drop):
+                return await peer.call_local(self.self_id, protocol_id, payload)
+            lose = net.drop(self.self_id, peer_id, protocol_id) if net.drop is not None else ""
+            if lose == "request":
+                net.lost += 1
+                await trio.sleep_forever()
+            await net._hop()
+            # the handler runs on the peer: the caller giving up does not cut it halfway (as over a socket,
+            # where a timed-out caller's reset is seen only when the reply is written); bounded all the same
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + 4 * timeout):
+                reply = await self._peer(peer_id).call_local(self.self_id, protocol_id, payload)
+            if lose == "reply":
+                net.lost += 1
+                await trio.sleep_forever()
+            await net._hop()
+            return reply
 
     @asynccontextmanager
     async def stream(self, peer_id: str, protocol_id: str, payload: bytes) -> AsyncIterator[AsyncIterator[bytes]]:

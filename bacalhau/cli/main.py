@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 COMMANDS = {
     "serve": "bacalhau.cli.serve:serve",
+    "amplify": "bacalhau.cli.amplify:amplify",
     "devstack": "bacalhau.cli.devstack:devstack",
     "docker": "bacalhau.cli.docker_run:docker",
     "wasm": "bacalhau.cli.wasm_run:wasm",
@@ -28,9 +29,11 @@ COMMANDS = {
     "version": "bacalhau.cli.version:version",
     "id": "bacalhau.cli.id:id_",
     "ipfs": "bacalhau.cli.ipfs:ipfs",
+    "dashboard": "bacalhau.cli.dashboard:dashboard",
 }
 HELP = {
     "serve": "Run a node (requester and compute by default).",
+    "amplify": "Workflows of jobs over a CID: run, list, describe, cancel, lineage, validate.",
     "devstack": "Run a cluster of N nodes on this machine, for trying things out.",
     "docker": "Run Docker jobs.",
     "wasm": "Run WebAssembly (WASI) jobs.",
@@ -45,6 +48,7 @@ HELP = {
     "version": "Print the client's and the node's versions.",
     "id": "Print the node's peer ID and addresses.",
     "ipfs": "Content addressing: `ipfs add` with Kubo's CIDs.",
+    "dashboard": "Print (or --open) the URL of the node's live dashboard.",
 }
 
 

@@ -132,13 +132,22 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
 @click.option("--bprotocol-mux/--no-bprotocol-mux", default=DEFAULT_BPROTOCOL_MUX, show_default=True,
               envvar="BACALHAU_BPROTOCOL_MUX",
               help="Calls to a peer share one stream (off: a stream per call, as nodes before the mux).")
+@click.option("--amplify/--no-amplify", default=True, show_default=True,
+              help="Run the Amplify workflow engine on this requester (bacalhau amplify --help).")
+@click.option("--amplify-workflow", default=None, type=click.Path(dir_okay=False, exists=True), metavar="FILE",
+              help="The workflow a run follows when it gives none (default: the shipped one).")
+@click.option("--amplify-max-running", default=None, type=click.IntRange(min=1), metavar="N",
+              help="Amplify runs at once (default 10).")
+@click.option("--amplify-max-waiting", default=None, type=click.IntRange(min=0), metavar="N",
+              help="Amplify runs queued behind them; past this a run request is refused (default 100).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, swarm_port: int, labels: str,
           limit_total_cpu: str | None, limit_total_memory: str | None, repo: str | None, max_attempts: int | None,
           swarm_key: str | None, ipfs_swarm_port: int, ipfs_swarm_host: str, ipfs_swarm_addrs: str,
           ipfs_connect: str | None, retention: float, max_result_size: str | None,
           wasm_memory_limit: str | None, allow_private_urls: bool, url_input_timeout: float | None,
-          bprotocol_mux: bool, verbose: bool, **job_limits: Any) -> None:
+          bprotocol_mux: bool, amplify: bool, amplify_workflow: str | None, amplify_max_running: int | None,
+          amplify_max_waiting: int | None, verbose: bool, **job_limits: Any) -> None:
     """Run a bacalhau node: with no flags, a private cluster of one that is requester and compute.
 
     It prints the command that joins more machines. SIGINT/SIGTERM stop taking work, give running jobs a
@@ -176,6 +185,17 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
     if url_input_timeout:
         config.url_timeout = url_input_timeout
     config.bprotocol_mux = bprotocol_mux
+    config.amplify = amplify
+    if amplify_workflow:
+        from bacalhau.amplify.workflow import WorkflowError, load_workflow
+
+        try:
+            load_workflow(Path(amplify_workflow))
+        except WorkflowError as exc:
+            raise click.BadParameter(str(exc), param_hint="--amplify-workflow") from None
+        config.amplify_workflow = Path(amplify_workflow)
+    config.amplify_max_running = amplify_max_running or config.amplify_max_running
+    config.amplify_max_waiting = config.amplify_max_waiting if amplify_max_waiting is None else amplify_max_waiting
     for flag, value in (("max_result_size", max_result_size), ("wasm_memory_limit", wasm_memory_limit)):
         if value is not None:
             import dataclasses

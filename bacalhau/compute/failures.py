@@ -8,7 +8,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from bacalhau.errors import BacalhauError, ExecutorError, first_leaf
+from bacalhau.errors import BacalhauError, ExecutorError, JobCausedError, first_leaf
 from bacalhau.ipfs.publish import ResultTooLarge, TooManyEntries
 
 TAIL_KEPT = 4096                      # bytes of stdout/stderr kept when a full disk forces a result's removal
@@ -44,6 +44,11 @@ def disk_full(error: BaseException) -> bool:
 def expected(error: BaseException) -> bool:
     """The job's doing or the disk's (logged as one line), not a bug of this node (logged with its traceback)."""
     return isinstance(first_leaf(error), BacalhauError) or disk_full(error)
+
+
+def job_caused(error: BaseException) -> bool:
+    """The job's own doing (its module lacks the entry point it names...): another node would fail it alike."""
+    return isinstance(first_leaf(error), JobCausedError)
 
 
 def never_published(error: BaseException) -> bool:

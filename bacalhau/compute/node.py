@@ -308,6 +308,11 @@ class ComputeNode:
         if scope.cancelled_caught or result is None:
             return  # _cancel recorded and reported it
         await self._store.record_result(ex.id, result)
+        if result.exit_code != 0 and not result.error and ex.job.spec.retry.on_nonzero_exit:
+            # this node holds the spec: it fails the attempt itself and the requester retries it elsewhere,
+            # with no run-complete to answer with a result-rejected
+            await self._fail(ex, f"exited with code {result.exit_code}; the job asks to be retried")
+            return
         await self._send("on_run_complete", ex.requester_id,
                          m.RunComplete(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, result=result))
 
@@ -358,7 +363,7 @@ class ComputeNode:
             elif failures.never_published(error):
                 await trio.to_thread.run_sync(self._free_result, ex.id)   # never to be published: no use here
                 reason += "; its outputs were deleted from the node"
-            await self._fail(ex, reason)
+            await self._fail(ex, reason, retry=not failures.job_caused(error))
         except Exception:
             log.exception("could not record the failure of execution %s (%s)", ex.id, reason)
             self._done(ex.id)
@@ -370,21 +375,22 @@ class ComputeNode:
             with contextlib.suppress(OSError):
                 failures.keep_tail(path)
 
-    async def _fail(self, ex: LocalExecution, reason: str) -> None:
+    async def _fail(self, ex: LocalExecution, reason: str, *, retry: bool = True) -> None:
         self._done(ex.id)
         try:
             await self._store.update(ex.id, None, S.FAILED, reason)
         except BacalhauError:
             return  # already terminal (cancelled)
-        await self._notify_failure(ex, reason)
+        await self._notify_failure(ex, reason, retry=retry)
 
     def _done(self, execution_id: str) -> None:
         self._busy.discard(execution_id)
         self._idle.set()
 
-    async def _notify_failure(self, ex: LocalExecution, reason: str) -> None:
+    async def _notify_failure(self, ex: LocalExecution, reason: str, *, retry: bool = True) -> None:
         try:
-            msg = m.ComputeFailure(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, reason=reason)
+            msg = m.ComputeFailure(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, reason=reason,
+                                   retry=retry)
         except ValueError:  # a row stored before ids were typed, with ids no requester made: nobody to tell
             log.warning("execution %r failed (%s); its ids are not ones a requester made, so none is told",
                         ex.id[:80], reason)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import trio
 
 from bacalhau.config import DEFAULT_MAX_JOB_OUTPUT, DEFAULT_WASM_MEMORY_LIMIT
-from bacalhau.errors import ExecutorError
+from bacalhau.errors import ExecutorError, JobCausedError
 from bacalhau.executors.output import CappedOutput
 from bacalhau.executors.types import ExecutionDir
 from bacalhau.models import Engine, Job, RunResult
@@ -89,11 +89,11 @@ class WasmExecutor:
         spec = job.spec.wasm
         assert spec is not None
         if not spec.module.startswith(INLINE_PREFIX):
-            raise ExecutorError(f"cannot load WASM module {spec.module[:60]!r}: only uploaded modules are supported")
+            raise JobCausedError(f"cannot load WASM module {spec.module[:60]!r}: only uploaded modules are supported")
         try:
             data = base64.b64decode(spec.module[len(INLINE_PREFIX):], validate=True)
         except (binascii.Error, ValueError):
-            raise ExecutorError("the uploaded WASM module is not valid base64") from None
+            raise JobCausedError("the uploaded WASM module is not valid base64") from None
         self._stuck = [r for r in self._stuck if not r.done.is_set()]
         if len(self._stuck) >= MAX_STUCK_RUNS:
             raise ExecutorError(f"{len(self._stuck)} WASM runs that were stopped are still inside blocking WASI "
@@ -163,7 +163,7 @@ def _compile(data: bytes) -> tuple[wasmtime.Engine, wasmtime.Module]:
     try:
         return engine, wasmtime.Module(engine, data)
     except wasmtime.WasmtimeError as exc:
-        raise ExecutorError(f"the WASM module does not compile: {str(exc).splitlines()[0]}") from None
+        raise JobCausedError(f"the WASM module does not compile: {str(exc).splitlines()[0]}") from None
 
 
 def _tail(path: Path) -> str:
@@ -236,7 +236,7 @@ def _run_with_output(run: _Run, store: Any, wasi: Any, files: dict[str, BinaryIO
         instance = linker.instantiate(store, run.module)
         entry = instance.exports(store).get(spec.entry_point)
         if not isinstance(entry, wasmtime.Func):
-            raise ExecutorError(f"the WASM module exports no function {spec.entry_point!r}")
+            raise JobCausedError(f"the WASM module exports no function {spec.entry_point!r}")
         entry(store)
     except wasmtime.ExitTrap as exc:
         exit_code = exc.code
@@ -248,5 +248,5 @@ def _run_with_output(run: _Run, store: Any, wasi: Any, files: dict[str, BinaryIO
             with open(run.exec_dir.stderr, "ab") as f:
                 f.write(f"\nwasm trap: {str(exc).splitlines()[0]}\n".encode())
     except wasmtime.WasmtimeError as exc:
-        raise ExecutorError(f"the WASM module could not be instantiated: {str(exc).splitlines()[0]}") from None
+        raise JobCausedError(f"the WASM module could not be instantiated: {str(exc).splitlines()[0]}") from None
     return _result(run, exit_code, error)

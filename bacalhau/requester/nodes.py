@@ -88,6 +88,10 @@ class NodeTable:
             self.remove(nid)
         return gone
 
+    def others(self) -> int:
+        """Nodes in the table besides this node's own compute part."""
+        return len(self._nodes) - sum(1 for nid in self.pinned if nid in self._nodes)
+
     def _alive(self, nid: str, entry: _Entry, now: float) -> bool:
         return entry.expires >= now or nid in self.pinned
 

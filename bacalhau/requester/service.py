@@ -16,7 +16,7 @@ from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.proxies import ComputeProxy
 from bacalhau.bprotocol.transport import AnyModelHandler, Transport, typed_handler
 from bacalhau.config import DEFAULT_RECONCILE_INTERVAL
-from bacalhau.errors import BacalhauError, ProtocolError, RemoteError, StateError
+from bacalhau.errors import BacalhauError, ProtocolError, RemoteError, StateError, TransportError
 from bacalhau.log_frames import LogEvent
 from bacalhau.models import Execution, ExecutionState, Job, JobSpec, JobState, NodeInfo
 from bacalhau.requester.logs import LogReader
@@ -34,6 +34,9 @@ NEVER_SENT = "the ask never reached the node: the requester stopped first"
 NOT_TRIED = (NOT_NEEDED, NEVER_SENT)    # bids rejected for these do not rule the node out for the job
 BID_OVERASK = 2        # nodes asked per execution still needed, when the best one's report does not say it will take it
 LOST_EXECUTION_CANCEL_WINDOW = 3600.0   # a lost node back within this is told to drop what was written off
+# expiry passes (TTL/2 each) a requester hearing no compute node at all holds their executions, taking itself
+# for the one cut off; past that, they are taken as dead (every node of a cluster may die; its jobs then fail)
+CUT_OFF_PASSES = 12
 STALLED = (S.BID_ACCEPTED, S.RUNNING, S.PUBLISHING)   # states a lost callback can leave an execution in
 
 
@@ -57,6 +60,7 @@ class Requester:
         self._awaiting_bid: dict[str, trio.CancelScope] = {}   # execution id -> its bid deadline's scope
         self._waiting_pass: trio.Event | None = None           # set when a pass over waiting jobs is due
         self._changed: dict[str, trio.Event] = {}
+        self.on_change: list[Callable[[str], None]] = []      # told a job's id at each change (the dashboard)
         self._nursery: trio.Nursery | None = None
         self._started_at = 0.0
         callbacks: list[tuple[str, type[BaseModel], AnyModelHandler]] = [
@@ -108,6 +112,7 @@ class Requester:
         job = Job(spec=spec, client_id=client_id)
         await self.store.create_job(job)
         log.info("job %s submitted", job.id)
+        self._notify(job.id)
         self._spawn(self._evaluate, job.id)
         return job
 
@@ -218,6 +223,16 @@ class Requester:
             if ex.state.terminal:
                 return m.Ack()
             await self._set(msg.execution_id, None, S.FAILED, msg.reason)
+            if not msg.retry:     # the node, which holds the spec, says any node would fail it the same way
+                job = await self.store.get_job(msg.job_id, full=False)
+                if not job.state.terminal:
+                    reason = f"{msg.reason} (the job's own doing: not retried on another node)"
+                    await self._fail_job(job, reason)
+                    for ex in job.executions:
+                        if not ex.state.terminal and ex.id != msg.execution_id:
+                            await self._set(ex.id, None, S.CANCELLED, "another execution failed: " + reason)
+                            self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, "the job failed")
+                return m.Ack()
         log.info("execution %s of job %s failed on %s: %s", msg.execution_id, msg.job_id, msg.node_id, msg.reason)
         # in a task of its own: the reply is not held up by scheduling (the call has a timeout; a retry's
         # backoff can be longer, and a cancelled handler lost the retry)
@@ -324,14 +339,27 @@ class Requester:
         try:
             await self._compute.bid_accepted(node_id, execution_id)
         except BacalhauError as exc:
-            await self._execution_failed(job_id, execution_id, (S.BID_ACCEPTED,), S.FAILED, f"bid_accepted failed: {exc}")
-            return
+            # Only the reply may have been lost, the node running it: ask before writing the attempt off and
+            # running it elsewhere too (seen in the simulation: twice at once). Told to drop it, if written off.
+            if not isinstance(exc, TransportError) or not await self._took_it(node_id, execution_id):
+                await self._execution_failed(job_id, execution_id, (S.BID_ACCEPTED,), S.FAILED,
+                                             f"bid_accepted failed: {exc}")
+                self._spawn(self._tell_compute, "cancel", node_id, execution_id, "bid_accepted failed")
+                return
         try:
             async with self._lock(job_id):
                 await self._set(execution_id, (S.BID_ACCEPTED,), S.RUNNING, "running")
         except StateError:
             return  # it already finished (a fast job's callbacks can overtake this)
         self._notify(job_id)
+
+    async def _took_it(self, node_id: str, execution_id: str) -> bool:
+        """Whether the node has the execution accepted, or further on (False when it cannot say)."""
+        try:
+            status = await self._compute.execution_status(node_id, execution_id)
+        except BacalhauError:
+            return False
+        return status.state in (S.BID_ACCEPTED, S.RUNNING, S.PUBLISHING, S.COMPLETED)
 
     async def _execution_failed(self, job_id: str, execution_id: str, expected: tuple[ExecutionState, ...] | None,
                                 new: ExecutionState, reason: str) -> None:
@@ -419,9 +447,38 @@ class Requester:
         self._notify(job_id)
 
     async def _expire_nodes_loop(self) -> None:
+        # Nodes not heard of for a TTL, and how many passes each has been missing while other nodes were heard.
+        # One is written off at its second such pass (TTL/2 later), not at once: when every other node goes
+        # silent (two or more, their expiries spread over a pass or two), far likelier this requester is the
+        # one cut off than all of them dead. Their executions go on without it; written off, they would run
+        # twice once it is back. So while it hears no other node (up to CUT_OFF_PASSES), none is written off;
+        # those that come back are caught up with by the reconcile pass, the others written off once other
+        # nodes are heard again.
+        missing: dict[str, int] = {}
+        cut_off = 0         # passes in a row with every other node missing
         while True:
             await trio.sleep(self.nodes.ttl / 2)
-            gone = set(self.nodes.expire())
+            for nid in self.nodes.expire():
+                missing[nid] = 0
+            for nid in [nid for nid in missing if self.nodes.get(nid) is not None]:
+                del missing[nid]          # heard again
+            if not missing:
+                continue
+            if len(missing) >= 2 and not self.nodes.others():
+                cut_off += 1
+                if cut_off == 1:
+                    log.warning("every compute node is lost (%s): this requester looks cut off; their executions "
+                                "are kept until a node is heard again", ", ".join(sorted(missing)))
+                if cut_off < CUT_OFF_PASSES:
+                    continue
+                missing = dict.fromkeys(missing, 1)    # that long: taken as dead after all (the work fails)
+            else:
+                cut_off = 0
+            for nid in missing:
+                missing[nid] += 1
+            gone = {nid for nid, passes in missing.items() if passes >= 2}
+            for nid in gone:
+                del missing[nid]
             if not gone:
                 continue
             log.warning("nodes lost: %s", ", ".join(sorted(gone)))
@@ -435,13 +492,11 @@ class Requester:
         catches up with what it missed. A node that does not answer is left to the node table's expiry."""
         while True:
             await trio.sleep(self._reconcile_interval)
-            now = time.time()
-            for job_id in await self.store.job_ids_in_states([JobState.IN_PROGRESS]):
-                for ex in (await self.store.get_job(job_id, full=False)).executions:
-                    stale = ex.state in STALLED and now - ex.updated_at > self._reconcile_interval
-                    if stale and ex.id not in self._checking and self.nodes.get(ex.node_id) is not None:
-                        self._checking.add(ex.id)
-                        self._spawn(self._check_execution, job_id, ex)
+            # one query, not a read of every job in progress (a thousand nodes keep thousands running)
+            for ex in await self.store.stalled_executions(list(STALLED), time.time() - self._reconcile_interval):
+                if ex.id not in self._checking and self.nodes.get(ex.node_id) is not None:
+                    self._checking.add(ex.id)
+                    self._spawn(self._check_execution, ex.job_id, ex)
 
     async def _check_execution(self, job_id: str, ex: Execution) -> None:
         """Catch up with an execution its node has taken further than the requester heard."""
@@ -458,7 +513,12 @@ class Requester:
                             ex.node_id)
                 await self._on_run_complete(ex.node_id, m.RunComplete(**info, result=status.result))
                 ex = await self.store.get_execution(ex.id)
-            if status.state == S.COMPLETED and ex.state == S.PUBLISHING:
+            if status.state == S.RUNNING and status.result is not None and ex.state == S.PUBLISHING:
+                # the result-accepted was lost on the way (seen in the simulation under loss): say it again
+                log.warning("execution %s: its node %s never heard the result was accepted: telling it again",
+                            ex.id, ex.node_id)
+                await self._tell_compute("result_accepted", ex.node_id, ex.id)
+            elif status.state == S.COMPLETED and ex.state == S.PUBLISHING:
                 log.warning("execution %s was published on %s but its publish-complete never arrived: catching up",
                             ex.id, ex.node_id)
                 await self._on_publish_complete(ex.node_id, m.PublishComplete(**info, result_ref=status.result_ref))
@@ -496,6 +556,8 @@ class Requester:
         event = self._changed.pop(job_id, None)
         if event is not None:
             event.set()
+        for hook in self.on_change:
+            hook(job_id)
 
     def _spawn(self, fn: Callable[[*Ts], Awaitable[object]], *args: *Ts) -> None:
         assert self._nursery is not None, "Requester.run() is not running"

@@ -262,6 +262,19 @@ class JobStore:
 
         return await self._db.run(tx, reads=True) if node_ids else []
 
+    async def stalled_executions(self, states: list[ExecutionState], before: float) -> list[Execution]:
+        """Executions of in-progress jobs in one of `states`, unchanged since `before`: one query (through the
+        jobs_state and executions_job indexes), not one read per job in progress."""
+        def tx(conn: sqlite3.Connection) -> list[Execution]:
+            rows = conn.execute(
+                f"SELECT e.* FROM jobs j JOIN executions e ON e.job_id = j.id WHERE j.state = ? AND e.state IN"
+                f" ({','.join('?' * len(states))}) AND e.updated_at < ? ORDER BY e.updated_at",
+                [JobState.IN_PROGRESS.value, *(s.value for s in states), before]
+            ).fetchall()
+            return [_row_to_execution(r) for r in rows]
+
+        return await self._db.run(tx)
+
     async def update_job(self, job_id: str, expected: JobState | None, new: JobState, reason: str = "") -> None:
         def tx(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()

@@ -1,0 +1,17 @@
+"""What a client signs (signing.py) to request an Amplify run or cancel one: shared by the API, which checks,
+and the CLI, which signs (kept apart from both so a client command imports neither the server nor the engine)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+
+def run_action(run_id: str, cid: str, workflow: str | None) -> dict[str, Any]:
+    """A run request: its id, CID and workflow (by its SHA-256; "" for the node's default)."""
+    digest = hashlib.sha256(workflow.encode()).hexdigest() if workflow is not None else ""
+    return {"amplify_run": {"id": run_id, "cid": cid, "workflow": digest}}
+
+
+def cancel_action(run_id: str) -> dict[str, Any]:
+    return {"amplify_cancel": run_id}

@@ -1,0 +1,179 @@
+"""What requesters gossip on DASHBOARD_TOPIC, and the checks every message from a peer passes first.
+
+A message is `{"v": 1, "hello": Hello}` (a requester says it is one, now and then) or `{"v": 1, "job": JobEvent}`
+(a snapshot of one of its jobs, sent at each change). Everything in it is hostile until checked: its size
+before parsing, each field's type and size (pydantic, extra fields refused), ids parsed, times sane, and the
+sender, whose signature pubsub checked, must be the requester that the event names.
+
+An event's identity is (job id, state, updated_at): the aggregation counts a job once, a terminal state once,
+however often, late or out of order its snapshots arrive.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import uuid
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from bacalhau.models import Engine, ExecutionState, Job, JobState, NodeType
+
+DASHBOARD_TOPIC = "bacalhau/dashboard/1.0.0"
+SYNC_PROTOCOL = "/bacalhau/dashboard/jobs/1.0.0"
+MAX_EVENT_BYTES = 8 * 1024          # a job snapshot is a few hundred bytes; refused above this, unparsed
+MAX_LABELS = 16
+MAX_EXECUTIONS = 16
+MAX_SYNC_JOBS = 1000                # a late joiner gets at most this many recent jobs from each requester
+MAX_SYNC_BYTES = 3 * 1024 * 1024    # ... and what fits in one bprotocol frame (4 MiB) with its envelope
+EARLIEST = 1_500_000_000.0          # 2017: no job of this network is older
+CLOCK_SKEW = 600.0                  # a requester's clock may run this far ahead of ours
+
+NodeId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,100}$")]
+Short = Annotated[str, StringConstraints(max_length=200)]
+Key = Annotated[str, StringConstraints(max_length=63)]
+Value = Annotated[str, StringConstraints(max_length=255)]
+Cid = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]{0,100}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ExecutionBrief(_Strict):
+    node_id: NodeId
+    state: ExecutionState
+
+
+class JobEvent(_Strict):
+    job_id: Annotated[str, StringConstraints(max_length=36)]
+    requester: NodeId
+    state: JobState
+    engine: Engine
+    image: Short = ""
+    client: Annotated[str, StringConstraints(max_length=100)] = ""
+    labels: dict[Key, Value] = Field(default_factory=dict, max_length=MAX_LABELS)
+    created_at: float
+    updated_at: float
+    reason: Annotated[str, StringConstraints(max_length=300)] = ""
+    result_cid: Cid = ""
+    executions: list[ExecutionBrief] = Field(default_factory=list, max_length=MAX_EXECUTIONS)
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.job_id}/{self.state.value}/{self.updated_at!r}"
+
+
+class Hello(_Strict):
+    node_id: NodeId
+    node_types: list[NodeType] = Field(default_factory=list, max_length=2)
+    # where to call it for its jobs (a node may hear its gossip through others and not be connected to it)
+    addrs: list[Annotated[str, StringConstraints(max_length=200)]] = Field(default_factory=list, max_length=8)
+
+
+class Message(_Strict):
+    v: int
+    hello: Hello | None = None
+    job: JobEvent | None = None
+
+
+class SyncRequest(_Strict):
+    limit: int = Field(default=MAX_SYNC_JOBS, ge=0, le=MAX_SYNC_JOBS)
+    since: float = 0.0              # jobs updated after this (the requester's clock), newest first
+
+
+class SyncReply(_Strict):
+    events: list[JobEvent] = Field(default_factory=list, max_length=MAX_SYNC_JOBS)
+    now: float = 0.0                # the requester's clock when it answered: the next `since`, less a margin
+
+
+class Refused(ValueError):
+    """A peer's message that is not taken; its text says why, for one log line."""
+
+
+def parse_message(data: bytes) -> Message:
+    if len(data) > MAX_EVENT_BYTES:
+        raise Refused(f"a message of {len(data)} bytes (at most {MAX_EVENT_BYTES})")
+    try:
+        msg = Message.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise Refused(f"malformed: {'.'.join(str(p) for p in first.get('loc', ()))}: {first.get('msg')}") from None
+    if msg.v != 1 or (msg.hello is None) == (msg.job is None):
+        raise Refused(f"not a version-1 hello or job event (v={msg.v})")
+    return msg
+
+
+def check_hello(hello: Hello, sender: str) -> None:
+    if hello.node_id != sender:
+        raise Refused(f"a hello for node {hello.node_id[:60]!r}")
+    from bacalhau.p2p.host import addr_of_peer
+
+    for addr in hello.addrs:
+        if f"/p2p/{sender}" not in addr or not addr_of_peer(addr, sender):
+            raise Refused(f"address {addr[:100]!r} is not a multiaddr of {sender}")
+
+
+def check_event(event: JobEvent, sender: str, now: float | None = None) -> None:
+    """Refused unless `sender` is the requester the event names and its fields are sane."""
+    if event.requester != sender:
+        raise Refused(f"an event of requester {event.requester[:60]!r} sent by another node")
+    try:
+        if str(uuid.UUID(event.job_id)) != event.job_id:
+            raise ValueError
+    except ValueError:
+        raise Refused(f"job id {event.job_id[:40]!r} is not a UUID") from None
+    now = time.time() if now is None else now
+    for t in (event.created_at, event.updated_at):
+        if not (math.isfinite(t) and EARLIEST <= t <= now + CLOCK_SKEW):
+            raise Refused(f"a time of {t!r} (not between 2017 and now)")
+    if event.updated_at < event.created_at:
+        raise Refused("updated before it was created")
+
+
+def image_of(job: Job) -> str:
+    spec = job.spec
+    if spec.engine == Engine.DOCKER and spec.docker is not None:
+        return spec.docker.image[:200]
+    if spec.engine == Engine.WASM and spec.wasm is not None:
+        import hashlib
+
+        digest = hashlib.sha256(spec.wasm.module.encode()).hexdigest()[:12]
+        return f"wasm:{digest}:{spec.wasm.entry_point}"[:200]
+    return spec.engine.value
+
+
+_CID = re.compile(r"^ipfs://([A-Za-z0-9]{1,100})$")
+
+
+def event_of(job: Job, requester: str) -> JobEvent:
+    """A job's snapshot as its requester gossips it (sizes cut to what peers accept)."""
+    result_cid = ""
+    for ex in job.executions:
+        match = _CID.match(ex.result_ref or "")
+        if ex.state == ExecutionState.COMPLETED and match:
+            result_cid = match.group(1)
+    shown = [e for e in job.executions if e.state not in (ExecutionState.NEW, ExecutionState.ASKED_FOR_BID)
+             and not (e.state == ExecutionState.BID_REJECTED)]
+    labels = dict(list(job.spec.labels.items())[:MAX_LABELS])
+    return JobEvent(
+        job_id=job.id, requester=requester, state=job.state, engine=job.spec.engine, image=image_of(job),
+        client=job.client_id[:100], labels={k[:63]: v[:255] for k, v in labels.items()},
+        created_at=job.created_at, updated_at=max(job.updated_at, job.created_at), reason=job.reason[:300],
+        result_cid=result_cid,
+        executions=[ExecutionBrief(node_id=e.node_id, state=e.state) for e in shown[-MAX_EXECUTIONS:]],
+    )
+
+
+def dump(event: JobEvent) -> bytes:
+    return Message(v=1, job=event).model_dump_json(exclude_none=True).encode()
+
+
+def dump_hello(hello: Hello) -> bytes:
+    return Message(v=1, hello=hello).model_dump_json(exclude_none=True).encode()
+
+
+def as_dict(event: JobEvent) -> dict[str, Any]:
+    return event.model_dump(mode="json")
