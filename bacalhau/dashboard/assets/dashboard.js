@@ -244,6 +244,8 @@
         }
         boxes.push(renderRun(d));
       }
+      const listed = new Set((list.data || []).map((r) => r.id));
+      for (const id of ampDone.keys()) if (!listed.has(id)) ampDone.delete(id);
       const total = (list.meta || {}).count ?? boxes.length;
       $("amplify-count").textContent = total > boxes.length ? `(the newest ${boxes.length} of ${total})` : `(${total})`;
       if (!boxes.length) boxes.push(el("p", { class: "note" }, "No run yet: bacalhau amplify run CID"));
