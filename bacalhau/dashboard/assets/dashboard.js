@@ -145,7 +145,7 @@
   let lineageShown = "";
 
   async function ampJSON(path) {
-    const r = await fetch(path, { headers: auth }).catch(() => null);
+    const r = await fetch(path, { headers: auth, signal: AbortSignal.timeout(10000) }).catch(() => null);
     if (!r) return { error: "the node did not answer" };
     const body = await r.json().catch(() => null);
     if (!r.ok || !body) return { error: (body && body.error) || `HTTP ${r.status}` };
