@@ -118,13 +118,16 @@ def signed(node: Node, action: Any, key_name: str = "client.key") -> dict[str, A
 
 
 async def submit(node: Node, cid: str, workflow: str | None, run_id: str | None = None,
-                 key_name: str = "client.key") -> httpx.Response:
+                 key_name: str = "client.key", no_cache: bool = False) -> httpx.Response:
     run_id = run_id or str(uuid.uuid4())
     attrs: dict[str, Any] = {"inputs": [{"cid": cid}]}
     if workflow is not None:
         attrs["workflow"] = workflow
+    if no_cache:
+        attrs["no_cache"] = True
+    action = run_action(run_id, cid, workflow, no_cache)
     return await api(node, "PUT", f"/api/v0/queue/{run_id}",
-                     {"data": {"attributes": attrs}, **signed(node, run_action(run_id, cid, workflow), key_name)})
+                     {"data": {"attributes": attrs}, **signed(node, action, key_name)})
 
 
 async def cancel(node: Node, run_id: str, key_name: str = "client.key") -> httpx.Response:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from bacalhau.amplify.jobs import LABEL_ATTEMPT, LABEL_NODE, LABEL_RUN, job_failure, job_spec, read_result
-from bacalhau.amplify.store import AmplifyStore, NodeRecord, NodeState, Product, RunRecord, RunState
+from bacalhau.amplify.store import AmplifyStore, Memo, NodeRecord, NodeState, Product, RunRecord, RunState
 from bacalhau.amplify.workflow import (
     NodeDef,
     OnParentFailure,
@@ -124,15 +124,16 @@ class Amplify:
     # -- the API's calls ------------------------------------------------------------------------------------
 
     async def submit(self, run_id: str, cid: str, workflow: str | None = None,
-                     client_id: str = "") -> tuple[RunRecord, bool]:
+                     client_id: str = "", *, no_cache: bool = False) -> tuple[RunRecord, bool]:
         """Queue a run of `workflow` (the node's default when None) over `cid` for `client_id` (its jobs are
         submitted as theirs); the same id again is the same run (idempotent). QueueFull when max_waiting runs
-        wait."""
+        wait. With `no_cache` every step runs (none is served from the memo of the same step's results)."""
         text = workflow if workflow is not None else self.default_workflow
         if not text:
             raise UserError("this node has no default workflow (serve --amplify-workflow FILE): give one")
         wf = await trio.to_thread.run_sync(parsed_workflow, text)    # up to 256 KiB of YAML: off the event loop
-        run, new = await self.store.create_run(run_id, cid, text, wf.order(), self.limits.max_waiting, client_id)
+        run, new = await self.store.create_run(run_id, cid, text, wf.order(), self.limits.max_waiting, client_id,
+                                                no_cache)
         if new:
             log.info("amplify run %s queued for %s", run_id, cid)
             self._queue.append(run_id)
@@ -229,6 +230,7 @@ class Amplify:
                 rec.output_cid = kw["output_cid"]
             if "stdout" in kw:
                 rec.stdout = kw["stdout"]
+            rec.cached = bool(kw.get("cached"))
 
     # -- a node ---------------------------------------------------------------------------------------------
 
@@ -245,6 +247,17 @@ class Amplify:
 
             raise _Outcome(NodeState.FAILED, f"its job's spec is refused: {why(exc)}") from None
         inputs = tuple(dict.fromkeys(c for cid, _, origin in mounts for c in (cid, origin)))
+        spec_hash = hashlib.sha256(spec.model_dump_json(exclude={"labels"}).encode()).hexdigest()
+        image = (job_def.image or "") if job_def.engine == "docker" else "wasm"
+        if rec.state == NodeState.QUEUED and not run.record.no_cache:
+            memo = await self.store.recall(spec_hash)
+            if memo is not None:     # the same step over the same CIDs succeeded before: its result, no job
+                await self.store.record_product(Product(memo.output_cid, run.record.id, node.id, memo.job_id,
+                                                        spec_hash, memo.image, memo.compute_node, inputs))
+                log.info("amplify run %s node %s: from the cache (job %s)", run.record.id, node.id, memo.job_id)
+                await self._end(run, node.id, NodeState.SUCCEEDED, f"from the cache: job {memo.job_id}'s result",
+                                output_cid=memo.output_cid, stdout=memo.stdout, cached=True)
+                return
         attempt = max(rec.attempt, 1)
         if rec.state == NodeState.RUNNING and not rec.job_id:
             # the node stopped between writing the attempt down and writing its job's id: the job may exist
@@ -262,11 +275,10 @@ class Amplify:
             failure, execution = job_failure(job)
             if execution is not None and not failure:
                 output, stdout = await self._harvest(execution)
-                spec_hash = hashlib.sha256(spec.model_dump_json(exclude={"labels"}).encode()).hexdigest()
-                image = (job_def.image or "") if job_def.engine == "docker" else "wasm"
                 for cid in (output, execution.result_ref.removeprefix("ipfs://")):
                     await self.store.record_product(Product(cid, run.record.id, node.id, job.id, spec_hash,
                                                             image, execution.node_id, inputs))
+                await self.store.remember(spec_hash, Memo(output, stdout, job.id, image, execution.node_id))
                 await self._end(run, node.id, NodeState.SUCCEEDED, "", output_cid=output, stdout=stdout)
                 return
             if attempt > node.retries:

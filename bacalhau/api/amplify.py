@@ -3,7 +3,8 @@ appears once, with its parents and children by id).
 
     GET  /api/v0                               links
     PUT  /api/v0/queue/{uuid}                  {"data": {"attributes": {"inputs": [{"cid": CID}],
-                                               "workflow": YAML (optional: the node's default)}}, + signature}
+                                               "workflow": YAML (optional: the node's default),
+                                               "no_cache": true (optional: run every step)}}, + signature}
                                                -> 202 new, 200 the same run again (the client picks the id);
                                                429 with a reason when the queue is full
     GET  /api/v0/queue?page[size]=N&page[number]=K   newest first
@@ -191,8 +192,11 @@ def routes(deps: ApiDeps, seen: SeenSignatures) -> list[BaseRoute]:
         workflow = attrs.get("workflow")
         if workflow is not None and not isinstance(workflow, str):
             raise UserError("workflow must be the workflow's YAML text")
-        client_id = await signed_by(body, run_action(run_id, cid, workflow))
-        run, new = await engine.submit(run_id, cid, workflow, client_id)
+        no_cache = attrs.get("no_cache", False)
+        if not isinstance(no_cache, bool):
+            raise UserError("no_cache must be true or false")
+        client_id = await signed_by(body, run_action(run_id, cid, workflow, no_cache))
+        run, new = await engine.submit(run_id, cid, workflow, client_id, no_cache=no_cache)
         return JSONResponse({"data": item(run)}, status_code=202 if new else 200)
 
     @_guard

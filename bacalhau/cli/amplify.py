@@ -49,10 +49,12 @@ def validate(file: str) -> None:
 @click.option("--wait", is_flag=True, help="Wait until the run ends; exit 1 unless it succeeded.")
 @click.option("--timeout", default=3600.0, show_default=True, type=float, help="How long --wait waits.")
 @click.option("--id-only", is_flag=True, help="Print only the run id.")
+@click.option("--no-cache", is_flag=True, help="Run every step, even one already run with the same spec over the "
+              "same CIDs (by default its recorded result is reused).")
 @output_option()
 @click.pass_context
 def run(ctx: click.Context, cid: str, workflow: str | None, run_id: str | None, wait: bool, timeout: float,
-        id_only: bool, output: str) -> None:
+        id_only: bool, no_cache: bool, output: str) -> None:
     """Queue a run of a workflow over CID; prints the run id."""
     try:
         run_id = str(uuid.UUID(run_id)) if run_id else str(uuid.uuid4())
@@ -62,10 +64,12 @@ def run(ctx: click.Context, cid: str, workflow: str | None, run_id: str | None, 
     text = _workflow_text(workflow)
     if text is not None:
         attributes["workflow"] = text
+    if no_cache:
+        attributes["no_cache"] = True
     from bacalhau.amplify.actions import run_action
 
     client = client_from(ctx)
-    signature = client._sign(run_action(run_id, cid, text))    # noqa: SLF001 - the client's own signing key
+    signature = client._sign(run_action(run_id, cid, text, no_cache))    # noqa: SLF001 - the client's own signing key
     answer = client.request("PUT", f"/api/v0/queue/{run_id}", {"data": {"attributes": attributes}, **signature})
     click.echo(run_id)
     if id_only and not wait:
@@ -114,7 +118,7 @@ def _show(data: dict[str, Any]) -> None:
     rows = []
     for node in data["attributes"].get("graph", []):
         a = node["attributes"]
-        rows.append([node["id"], a.get("state", ""), str(a.get("attempt", "")), (a.get("job_id") or "")[:8],
+        rows.append([node["id"], a.get("state", "") + (" (cached)" if a.get("cached") else ""), str(a.get("attempt", "")), (a.get("job_id") or "")[:8],
                      a.get("output_cid", ""), (a.get("reason") or "")[:60]])
     table(["NODE", "STATE", "TRY", "JOB", "OUTPUT", "REASON"], rows)
 
