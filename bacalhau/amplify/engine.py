@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,8 @@ MAX_SELECTIONS_KEPT = 4096     # per-file selections remembered (each a CID: a f
 WAIT_POLL = 1.0                # a job's state is read at least this often while a node waits for it
 CLIENT_ID = "amplify"
 RESUME_SCAN = 1000             # newest jobs looked through for one submitted just before a crash
+MAX_TRIGGERS_PENDING = 10_000  # changed jobs not yet looked at by the label trigger (past it: the oldest dropped)
+TRIGGER_RUNS = uuid.UUID("6d1f3c52-8a51-4f0e-9d7e-1f7a0c3b9a21")   # a triggered run's id: uuid5 of its job's id
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class _Outcome(Exception):
 class Amplify:
     def __init__(self, store: AmplifyStore, requester: RequesterEndpoint, jobs: JobStoreReader,
                  content: ContentStore, *, default_workflow: str = "", limits: AmplifyLimits | None = None,
-                 select: SelectFiles | None = None) -> None:
+                 select: SelectFiles | None = None, trigger_label: str = "") -> None:
         self.store = store
         self._requester = requester
         self._jobs = jobs
@@ -96,6 +99,10 @@ class Amplify:
         self._node_slots = trio.CapacityLimiter(self.limits.max_nodes)
         self._nursery: trio.Nursery | None = None
         self._selected: dict[tuple[str, str], str | None] = {}    # (CID, mime pattern) -> the selection
+        key, _, value = trigger_label.partition("=")
+        self._trigger = (key, value if "=" in trigger_label else None) if key else None
+        self._changed: dict[str, None] = {}     # job ids the label trigger has still to look at, oldest first
+        self._changed_event = trio.Event()
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
@@ -109,6 +116,8 @@ class Amplify:
                 else:
                     self._queue.append(run.id)
             nursery.start_soon(self._dispatch)
+            if self._trigger is not None:
+                nursery.start_soon(self._triggers)
             task_status.started(self)
 
     async def _dispatch(self) -> None:
@@ -120,6 +129,50 @@ class Amplify:
                 self._nursery.start_soon(self._guarded, run_id)
             self._wake = trio.Event()
             await self._wake.wait()
+
+    # -- the label trigger: a cluster job so labelled that completes queues a run over its outputs -----------
+
+    def job_changed(self, job_id: str) -> None:
+        """The requester's hook (on_change): a job changed; the trigger task reads it soon."""
+        if self._trigger is None:
+            return
+        self._changed[job_id] = None
+        while len(self._changed) > MAX_TRIGGERS_PENDING:
+            self._changed.pop(next(iter(self._changed)))
+        self._changed_event.set()
+
+    async def _triggers(self) -> None:
+        while True:
+            await self._changed_event.wait()
+            self._changed_event = trio.Event()
+            while self._changed:
+                job_id = next(iter(self._changed))
+                del self._changed[job_id]
+                try:
+                    await self._triggered(job_id)
+                except Exception as exc:    # one job's trigger fails alone
+                    log.warning("amplify trigger for job %s: %r", job_id, exc)
+
+    async def _triggered(self, job_id: str) -> None:
+        from bacalhau.models import JobState
+
+        assert self._trigger is not None
+        key, value = self._trigger
+        job = await self._jobs.get_job(job_id, full=False)
+        labels = job.spec.labels
+        if job.state != JobState.COMPLETED or key not in labels or (value is not None and labels[key] != value):
+            return
+        if LABEL_RUN in labels:       # a step of a run: never a trigger, so a workflow cannot loop on itself
+            return
+        failure, execution = job_failure(job)
+        if failure or execution is None:
+            log.info("amplify trigger: job %s is not run over (%s)", job_id, failure)
+            return
+        output, _ = await self._harvest(execution)
+        run_id = str(uuid.uuid5(TRIGGER_RUNS, job_id))      # the same job twice is the same run
+        _, new = await self.submit(run_id, output, None, job.client_id)
+        if new:
+            log.info("amplify trigger: job %s (label %s) queued run %s over %s", job_id, key, run_id, output)
 
     # -- the API's calls ------------------------------------------------------------------------------------
 
