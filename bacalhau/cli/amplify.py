@@ -1,4 +1,4 @@
-"""`bacalhau amplify run|list|describe|cancel|lineage|validate`: Amplify workflows, over the node's API (only
+"""`bacalhau amplify run|list|describe|cancel|lineage|validate|watch`: Amplify workflows, over the node's API (only
 `validate` works offline)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from bacalhau.cli.amplify_watch import watch
 from bacalhau.cli.main import client_from
 from bacalhau.cli.output import ago, emit, output_option, status, table
 
@@ -28,6 +29,20 @@ def _workflow_text(path: str | None) -> str | None:
 
     load_workflow(Path(path))     # one line for a mistake, before anything is sent
     return Path(path).read_text()
+
+
+def queue_run(client: Any, run_id: str, cid: str, workflow: str | None, no_cache: bool) -> dict[str, Any]:
+    """PUT the run, signed by the client (the same id again is the same run); the API's answer."""
+    from bacalhau.amplify.actions import run_action
+
+    attributes: dict[str, Any] = {"inputs": [{"cid": cid}]}
+    if workflow is not None:
+        attributes["workflow"] = workflow
+    if no_cache:
+        attributes["no_cache"] = True
+    signature = client._sign(run_action(run_id, cid, workflow, no_cache))   # noqa: SLF001 - the client's own key
+    return client.request("PUT", f"/api/v0/queue/{run_id}",   # type: ignore[no-any-return]
+                          {"data": {"attributes": attributes}, **signature})
 
 
 @amplify.command()
@@ -60,17 +75,9 @@ def run(ctx: click.Context, cid: str, workflow: str | None, run_id: str | None, 
         run_id = str(uuid.UUID(run_id)) if run_id else str(uuid.uuid4())
     except ValueError:
         raise click.BadParameter(f"{run_id!r} is not a UUID", param_hint="--id") from None
-    attributes: dict[str, Any] = {"inputs": [{"cid": cid}]}
     text = _workflow_text(workflow)
-    if text is not None:
-        attributes["workflow"] = text
-    if no_cache:
-        attributes["no_cache"] = True
-    from bacalhau.amplify.actions import run_action
-
     client = client_from(ctx)
-    signature = client._sign(run_action(run_id, cid, text, no_cache))    # noqa: SLF001 - the client's own signing key
-    answer = client.request("PUT", f"/api/v0/queue/{run_id}", {"data": {"attributes": attributes}, **signature})
+    answer = queue_run(client, run_id, cid, text, no_cache)
     click.echo(run_id)
     if id_only and not wait:
         return
@@ -176,3 +183,4 @@ def lineage(ctx: click.Context, cid: str, direction: str | None, depth: int, out
 
 
 amplify.add_command(describe, "status")     # the issue's name for it
+amplify.add_command(watch)
