@@ -222,11 +222,12 @@ async def test_a_workflow_of_docker_jobs_passes_cids_down_skips_a_branch_and_ret
     made = up["produced_by"][0]
     assert (made["run_id"], made["node_id"], made["job_id"]) == (run_id, "count-node", job.id)
     assert made["image"] == IMAGE and made["compute_node"] == node.node_id and len(made["spec_hash"]) == 64
+    assert made["image_is"] == "name" and made["image_digest"] == ""     # no execution reports a digest
     assert {(e["input"], e["depth"]) for e in up["up"]} >= {(list_out, 1), (cid, 2)}
     down = (await api(node, "GET", f"/api/v0/lineage/{cid}", direction="down", depth=2)).json()["data"]
     assert {(e["output"], e["depth"]) for e in down["down"]} >= {(list_out, 1), (count_out, 2)}
     out = await run_cli(node, "amplify", "lineage", count_out, "--up")
-    assert out.returncode == 0 and list_out in out.stdout
+    assert out.returncode == 0 and list_out in out.stdout and "a name: no digest recorded" in out.stdout
 
     out = await run_cli(node, "amplify", "describe", run_id)
     assert out.returncode == 0 and "count-node" in out.stdout and "skipped" in out.stdout

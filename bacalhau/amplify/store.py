@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bacalhau.db import Database
 from bacalhau.errors import NotFoundError, StateError
@@ -53,10 +54,13 @@ MIGRATIONS: list[str] = [
         image TEXT NOT NULL, compute_node TEXT NOT NULL, at REAL NOT NULL
     );
     ALTER TABLE runs ADD COLUMN no_cache INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE nodes ADD COLUMN cached INTEGER NOT NULL DEFAULT 0""",
+    ALTER TABLE nodes ADD COLUMN cached INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX nodes_ended ON nodes(ended_at);
+    CREATE INDEX runs_created ON runs(created_at)""",
 ]
 MAX_STDOUT_KEPT = 64 * 1024        # of a node's stdout, what its children's predicates test
 MAX_LIST = 100                     # a page of runs
+T = TypeVar("T")
 
 
 class RunState(StrEnum):
@@ -306,6 +310,10 @@ class AmplifyStore:
 
         await self._db.run(tx)
 
+    async def query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A read of its own (analytics.py's), in the store's worker thread."""
+        return await self._db.run(fn, reads=True)
+
     async def remember(self, spec_hash: str, memo: Memo) -> None:
         def tx(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT OR REPLACE INTO memo VALUES (?,?,?,?,?,?,?)",
@@ -358,8 +366,11 @@ class AmplifyStore:
 
 
 def _products(conn: sqlite3.Connection, cid: str) -> list[dict[str, Any]]:
+    # `image` is the name the spec gave: no execution reports the digest it ran (RunResult has none), so
+    # image_digest stays empty until one does, and `image_is` says which of the two `image` is
     return [{"run_id": r["run_id"], "node_id": r["node_id"], "job_id": r["job_id"], "spec_hash": r["spec_hash"],
-             "image": r["image"], "compute_node": r["compute_node"], "at": r["at"]}
+             "image": r["image"], "image_digest": "", "image_is": "name", "compute_node": r["compute_node"],
+             "at": r["at"]}
             for r in conn.execute("SELECT * FROM products WHERE cid=? LIMIT 20", (cid,))]
 
 

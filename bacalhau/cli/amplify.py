@@ -175,7 +175,7 @@ def lineage(ctx: click.Context, cid: str, direction: str | None, depth: int, out
         return
     for p in data["produced_by"]:
         click.echo(f"{cid} made by run {p['run_id']} node {p['node_id']} job {p['job_id'] or '-'} "
-                   f"image {p['image']} on {p['compute_node'] or '-'} (spec {p['spec_hash'][:12] or '-'})")
+                   f"image {p['image']}{'' if p.get('image_digest') else ' (a name: no digest recorded)'} on {p['compute_node'] or '-'} (spec {p['spec_hash'][:12] or '-'})")
     for way, arrow in (("up", "<-"), ("down", "->")):
         for e in data.get(way, []):
             other = e["input"] if way == "up" else e["output"]
