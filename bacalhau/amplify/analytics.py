@@ -25,13 +25,15 @@ def _documents(stdout: str) -> list[Any]:
         return []
     try:
         return [json.loads(text)]
+    except RecursionError:    # nested past the parser's depth: a step's output, not ours to fail on
+        return []
     except ValueError:
         pass
     docs = []
     for line in text.splitlines()[:MAX_DOCS]:
         try:
             docs.append(json.loads(line))
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
     return docs
 
