@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from bacalhau.node import Node
-from tests.conftest import run_cli
+from tests.conftest import node_config, run_cli
 from tests.test_amplify import IMAGE, cat_file, wait_run, wf
 
 LIST = wf(f"""
@@ -77,3 +77,16 @@ async def test_watch_queues_a_new_file_once_it_stops_growing_once_across_restart
     assert again.returncode == 0, again.stderr
     assert "notes.txt" not in again.stdout and again.stdout.split()[1] == "more.txt"
     assert len(await runs(node)) == 2
+
+
+async def test_watch_once_reports_a_file_the_node_refuses_in_one_line_and_exits_1(tmp_path: Path) -> None:
+    watched = tmp_path / "in"
+    watched.mkdir()
+    (watched / "a.txt").write_text("a")
+    async with trio.open_nursery() as nursery:
+        node: Node = await nursery.start(Node(node_config(tmp_path / "node", amplify_max_waiting=0)).run)
+        out = await run_cli(node, "amplify", "watch", str(watched), "--once", "--settle", "0", "--interval", "0.1",
+                            env={"BACALHAU_DIR": str(tmp_path / "client")})
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert "a.txt: the amplify queue is full" in out.stderr and out.stdout == ""
+        nursery.cancel_scope.cancel()

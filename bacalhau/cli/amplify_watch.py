@@ -2,7 +2,7 @@
 (as a directory holding that one file) and queued as an Amplify run, over the API only.
 
 Each file is taken once: what was queued is remembered in the client's state dir
-($BACALHAU_DIR/amplify-watch/<hash of DIR>.json), so a watcher started again takes only files it has not seen.
+($BACALHAU_DIR/amplify-watch/<hash of DIR and the API's address>.json), so a watcher started again takes only files it has not seen.
 A run's id is derived from DIR, the file's name and its CID, so a watcher stopped between queueing a run and
 writing it down queues the same run again (the same id is the same run), not a second. Hidden files, directories
 and symlinks are left alone. Ctrl-C ends it cleanly."""
@@ -27,10 +27,10 @@ from bacalhau.cli.output import status
 WATCH_RUNS = uuid.UUID("3f0b7f8e-5c2a-4b7e-9a43-2d7c5e8a1b60")     # a watched file's run: uuid5 of dir, name, CID
 
 
-def _state_file(directory: Path) -> Path:
+def _state_file(directory: Path, api: str) -> Path:
     from bacalhau.cli.client import _state_dir
 
-    digest = hashlib.sha256(str(directory).encode()).hexdigest()[:32]
+    digest = hashlib.sha256(f"{directory}\0{api}".encode()).hexdigest()[:32]
     return _state_dir() / "amplify-watch" / f"{digest}.json"
 
 
@@ -89,7 +89,8 @@ def _candidates(directory: Path) -> dict[str, tuple[int, int]]:
 @click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(min=0.05),
               help="Seconds between looks at the directory.")
 @click.option("--no-cache", is_flag=True, help="Run every step (see amplify run --no-cache).")
-@click.option("--once", is_flag=True, help="Take the files there now (once they settle), then exit.")
+@click.option("--once", is_flag=True, help="Take the files there now (once they settle), then exit (1 if one "
+              "could not be queued).")
 @click.pass_context
 def watch(ctx: click.Context, directory: str, workflow: str | None, settle: float, interval: float,
           no_cache: bool, once: bool) -> None:
@@ -101,14 +102,15 @@ def watch(ctx: click.Context, directory: str, workflow: str | None, settle: floa
     root = Path(directory).resolve()
     text = _workflow_text(workflow)
     client = client_from(ctx)
-    state = _state_file(root)
+    state = _state_file(root, f"{client.host}:{client.port}")   # another node has not seen these files
     seen = _load(state)
     pending: dict[str, tuple[tuple[int, int], float]] = {}    # name -> (size, mtime), since when unchanged
+    failed: set[str] = set()                                   # with --once: files that could not be queued
     status(f"watching {root} ({len(seen)} files taken before)")
     try:
         while True:
             now = time.monotonic()
-            found = {n: v for n, v in _candidates(root).items() if n not in seen}
+            found = {n: v for n, v in _candidates(root).items() if n not in seen and n not in failed}
             for name in list(pending):
                 if name not in found:
                     del pending[name]              # removed before it settled
@@ -125,12 +127,17 @@ def watch(ctx: click.Context, directory: str, workflow: str | None, settle: floa
                 except (BacalhauError, OSError) as exc:   # this file waits for the next look; the others go on
                     status(f"{name}: {exc}")
                     pending[name] = (facts, now)
+                    if once:          # ... unless there is no next look
+                        failed.add(name)
+                        del pending[name]
                     continue
                 seen[name] = {"cid": cid, "run": run_id}
                 _save(state, seen)
                 del pending[name]
                 click.echo(f"{run_id} {name} {cid}")
             if once and not pending:
+                if failed:
+                    raise SystemExit(1)
                 return
             time.sleep(interval)
     except KeyboardInterrupt:
