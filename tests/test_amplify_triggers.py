@@ -3,6 +3,7 @@ a run over its outputs, once; a job without it, or one labelled as an Amplify st
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -78,3 +79,22 @@ async def test_a_completed_job_with_the_trigger_label_queues_one_run_and_others_
         assert {r.client_id for r in runs} == {"someone"}
         assert (await node.requester.store.get_job(step["jobs"][0])).client_id == "someone"
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_serve_amplify_trigger_label_runs_the_workflow_over_a_labelled_cli_job(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    workflow = tmp_path / "wf.yaml"
+    workflow.write_text(COPY)
+    node = served("node", "--amplify-trigger-label", "pipeline", "--amplify-workflow", str(workflow)).start()
+    node.wait_ready()
+    out = node.cli("docker", "run", "-l", "pipeline=any", "--entrypoint", "sh", IMAGE, "--", "-c",
+                   "echo made > /outputs/made.txt")
+    assert out.returncode == 0, out.stderr
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        listed = node.cli("amplify", "list")
+        if " succeeded " in listed.stdout:
+            break
+        time.sleep(0.3)
+    assert " succeeded " in listed.stdout, (listed.stdout, node.log.read_text()[-2000:])
