@@ -37,6 +37,7 @@ DEFAULT_BPROTOCOL_MUX = True            # bprotocol calls share one stream per p
 DEFAULT_AMPLIFY = True                  # requester nodes run the Amplify workflow engine (serve --no-amplify: off)
 DEFAULT_AMPLIFY_MAX_RUNNING = 10        # Amplify runs at once
 DEFAULT_AMPLIFY_MAX_WAITING = 100       # Amplify runs queued behind them; past this a run request gets a 429
+DEFAULT_AMPLIFY_TRIGGER_LABEL = ""      # KEY or KEY=VALUE: a job so labelled that completes queues a run ("": none)
 NODE_INFO_TOPIC = "bacalhau/node-info/1.0.0"
 ENV_DIR = "BACALHAU_DIR"
 
@@ -111,6 +112,7 @@ class NodeConfig:
     amplify_workflow: Path | None = None      # None: the shipped default workflow (bacalhau/amplify/default.yaml)
     amplify_max_running: int = DEFAULT_AMPLIFY_MAX_RUNNING
     amplify_max_waiting: int = DEFAULT_AMPLIFY_MAX_WAITING
+    amplify_trigger_label: str = DEFAULT_AMPLIFY_TRIGGER_LABEL
 
     @property
     def is_requester(self) -> bool:

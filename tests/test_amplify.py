@@ -118,13 +118,16 @@ def signed(node: Node, action: Any, key_name: str = "client.key") -> dict[str, A
 
 
 async def submit(node: Node, cid: str, workflow: str | None, run_id: str | None = None,
-                 key_name: str = "client.key") -> httpx.Response:
+                 key_name: str = "client.key", no_cache: bool = False) -> httpx.Response:
     run_id = run_id or str(uuid.uuid4())
     attrs: dict[str, Any] = {"inputs": [{"cid": cid}]}
     if workflow is not None:
         attrs["workflow"] = workflow
+    if no_cache:
+        attrs["no_cache"] = True
+    action = run_action(run_id, cid, workflow, no_cache)
     return await api(node, "PUT", f"/api/v0/queue/{run_id}",
-                     {"data": {"attributes": attrs}, **signed(node, run_action(run_id, cid, workflow), key_name)})
+                     {"data": {"attributes": attrs}, **signed(node, action, key_name)})
 
 
 async def cancel(node: Node, run_id: str, key_name: str = "client.key") -> httpx.Response:
@@ -219,11 +222,12 @@ async def test_a_workflow_of_docker_jobs_passes_cids_down_skips_a_branch_and_ret
     made = up["produced_by"][0]
     assert (made["run_id"], made["node_id"], made["job_id"]) == (run_id, "count-node", job.id)
     assert made["image"] == IMAGE and made["compute_node"] == node.node_id and len(made["spec_hash"]) == 64
+    assert made["image_is"] == "name" and made["image_digest"] == ""     # no execution reports a digest
     assert {(e["input"], e["depth"]) for e in up["up"]} >= {(list_out, 1), (cid, 2)}
     down = (await api(node, "GET", f"/api/v0/lineage/{cid}", direction="down", depth=2)).json()["data"]
     assert {(e["output"], e["depth"]) for e in down["down"]} >= {(list_out, 1), (count_out, 2)}
     out = await run_cli(node, "amplify", "lineage", count_out, "--up")
-    assert out.returncode == 0 and list_out in out.stdout
+    assert out.returncode == 0 and list_out in out.stdout and "a name: no digest recorded" in out.stdout
 
     out = await run_cli(node, "amplify", "describe", run_id)
     assert out.returncode == 0 and "count-node" in out.stdout and "skipped" in out.stdout

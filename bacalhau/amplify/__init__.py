@@ -39,4 +39,8 @@ def open_amplify(config: NodeConfig, requester: Any, content: Any, stores: list[
     store = AmplifyStore(config.repo_dir / "amplify.db")
     stores.append(store)
     limits = AmplifyLimits(max_running=config.amplify_max_running, max_waiting=config.amplify_max_waiting)
-    return Amplify(store, requester, requester.store, content, default_workflow=text, limits=limits)
+    engine = Amplify(store, requester, requester.store, content, default_workflow=text, limits=limits,
+                     trigger_label=config.amplify_trigger_label)
+    if config.amplify_trigger_label:
+        requester.on_change.append(engine.job_changed)
+    return engine

@@ -7,10 +7,14 @@ import hashlib
 from typing import Any
 
 
-def run_action(run_id: str, cid: str, workflow: str | None) -> dict[str, Any]:
-    """A run request: its id, CID and workflow (by its SHA-256; "" for the node's default)."""
+def run_action(run_id: str, cid: str, workflow: str | None, no_cache: bool = False) -> dict[str, Any]:
+    """A run request: its id, CID and workflow (by its SHA-256; "" for the node's default), and no_cache when
+    set (absent otherwise, so a request signed before it existed still verifies)."""
     digest = hashlib.sha256(workflow.encode()).hexdigest() if workflow is not None else ""
-    return {"amplify_run": {"id": run_id, "cid": cid, "workflow": digest}}
+    action: dict[str, Any] = {"id": run_id, "cid": cid, "workflow": digest}
+    if no_cache:
+        action["no_cache"] = True
+    return {"amplify_run": action}
 
 
 def cancel_action(run_id: str) -> dict[str, Any]:

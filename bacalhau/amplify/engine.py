@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from bacalhau.amplify.jobs import LABEL_ATTEMPT, LABEL_NODE, LABEL_RUN, job_failure, job_spec, read_result
-from bacalhau.amplify.store import AmplifyStore, NodeRecord, NodeState, Product, RunRecord, RunState
+from bacalhau.amplify.store import AmplifyStore, Memo, NodeRecord, NodeState, Product, RunRecord, RunState
 from bacalhau.amplify.workflow import (
     NodeDef,
     OnParentFailure,
@@ -53,6 +54,8 @@ MAX_SELECTIONS_KEPT = 4096     # per-file selections remembered (each a CID: a f
 WAIT_POLL = 1.0                # a job's state is read at least this often while a node waits for it
 CLIENT_ID = "amplify"
 RESUME_SCAN = 1000             # newest jobs looked through for one submitted just before a crash
+MAX_TRIGGERS_PENDING = 10_000  # changed jobs not yet looked at by the label trigger (past it: the oldest dropped)
+TRIGGER_RUNS = uuid.UUID("6d1f3c52-8a51-4f0e-9d7e-1f7a0c3b9a21")   # a triggered run's id: uuid5 of its job's id
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class _Outcome(Exception):
 class Amplify:
     def __init__(self, store: AmplifyStore, requester: RequesterEndpoint, jobs: JobStoreReader,
                  content: ContentStore, *, default_workflow: str = "", limits: AmplifyLimits | None = None,
-                 select: SelectFiles | None = None) -> None:
+                 select: SelectFiles | None = None, trigger_label: str = "") -> None:
         self.store = store
         self._requester = requester
         self._jobs = jobs
@@ -96,6 +99,10 @@ class Amplify:
         self._node_slots = trio.CapacityLimiter(self.limits.max_nodes)
         self._nursery: trio.Nursery | None = None
         self._selected: dict[tuple[str, str], str | None] = {}    # (CID, mime pattern) -> the selection
+        key, _, value = trigger_label.partition("=")
+        self._trigger = (key, value if "=" in trigger_label else None) if key else None
+        self._changed: dict[str, None] = {}     # job ids the label trigger has still to look at, oldest first
+        self._changed_event = trio.Event()
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
@@ -109,6 +116,8 @@ class Amplify:
                 else:
                     self._queue.append(run.id)
             nursery.start_soon(self._dispatch)
+            if self._trigger is not None:
+                nursery.start_soon(self._triggers)
             task_status.started(self)
 
     async def _dispatch(self) -> None:
@@ -121,18 +130,63 @@ class Amplify:
             self._wake = trio.Event()
             await self._wake.wait()
 
+    # -- the label trigger: a cluster job so labelled that completes queues a run over its outputs -----------
+
+    def job_changed(self, job_id: str) -> None:
+        """The requester's hook (on_change): a job changed; the trigger task reads it soon."""
+        if self._trigger is None:
+            return
+        self._changed[job_id] = None
+        while len(self._changed) > MAX_TRIGGERS_PENDING:
+            self._changed.pop(next(iter(self._changed)))
+        self._changed_event.set()
+
+    async def _triggers(self) -> None:
+        while True:
+            await self._changed_event.wait()
+            self._changed_event = trio.Event()
+            while self._changed:
+                job_id = next(iter(self._changed))
+                del self._changed[job_id]
+                try:
+                    await self._triggered(job_id)
+                except Exception as exc:    # one job's trigger fails alone
+                    log.warning("amplify trigger for job %s: %r", job_id, exc)
+
+    async def _triggered(self, job_id: str) -> None:
+        from bacalhau.models import JobState
+
+        assert self._trigger is not None
+        key, value = self._trigger
+        job = await self._jobs.get_job(job_id, full=False)
+        labels = job.spec.labels
+        if job.state != JobState.COMPLETED or key not in labels or (value is not None and labels[key] != value):
+            return
+        if LABEL_RUN in labels:       # a step of a run: never a trigger, so a workflow cannot loop on itself
+            return
+        failure, execution = job_failure(job)
+        if failure or execution is None:
+            log.info("amplify trigger: job %s is not run over (%s)", job_id, failure)
+            return
+        output, _ = await self._harvest(execution)
+        run_id = str(uuid.uuid5(TRIGGER_RUNS, job_id))      # the same job twice is the same run
+        _, new = await self.submit(run_id, output, None, job.client_id)
+        if new:
+            log.info("amplify trigger: job %s (label %s) queued run %s over %s", job_id, key, run_id, output)
+
     # -- the API's calls ------------------------------------------------------------------------------------
 
     async def submit(self, run_id: str, cid: str, workflow: str | None = None,
-                     client_id: str = "") -> tuple[RunRecord, bool]:
+                     client_id: str = "", *, no_cache: bool = False) -> tuple[RunRecord, bool]:
         """Queue a run of `workflow` (the node's default when None) over `cid` for `client_id` (its jobs are
         submitted as theirs); the same id again is the same run (idempotent). QueueFull when max_waiting runs
-        wait."""
+        wait. With `no_cache` every step runs (none is served from the memo of the same step's results)."""
         text = workflow if workflow is not None else self.default_workflow
         if not text:
             raise UserError("this node has no default workflow (serve --amplify-workflow FILE): give one")
         wf = await trio.to_thread.run_sync(parsed_workflow, text)    # up to 256 KiB of YAML: off the event loop
-        run, new = await self.store.create_run(run_id, cid, text, wf.order(), self.limits.max_waiting, client_id)
+        run, new = await self.store.create_run(run_id, cid, text, wf.order(), self.limits.max_waiting, client_id,
+                                                no_cache)
         if new:
             log.info("amplify run %s queued for %s", run_id, cid)
             self._queue.append(run_id)
@@ -229,6 +283,7 @@ class Amplify:
                 rec.output_cid = kw["output_cid"]
             if "stdout" in kw:
                 rec.stdout = kw["stdout"]
+            rec.cached = bool(kw.get("cached"))
 
     # -- a node ---------------------------------------------------------------------------------------------
 
@@ -245,6 +300,17 @@ class Amplify:
 
             raise _Outcome(NodeState.FAILED, f"its job's spec is refused: {why(exc)}") from None
         inputs = tuple(dict.fromkeys(c for cid, _, origin in mounts for c in (cid, origin)))
+        spec_hash = hashlib.sha256(spec.model_dump_json(exclude={"labels"}).encode()).hexdigest()
+        image = (job_def.image or "") if job_def.engine == "docker" else "wasm"
+        if rec.state == NodeState.QUEUED and not run.record.no_cache:
+            memo = await self.store.recall(spec_hash)
+            if memo is not None:     # the same step over the same CIDs succeeded before: its result, no job
+                await self.store.record_product(Product(memo.output_cid, run.record.id, node.id, memo.job_id,
+                                                        spec_hash, memo.image, memo.compute_node, inputs))
+                log.info("amplify run %s node %s: from the cache (job %s)", run.record.id, node.id, memo.job_id)
+                await self._end(run, node.id, NodeState.SUCCEEDED, f"from the cache: job {memo.job_id}'s result",
+                                output_cid=memo.output_cid, stdout=memo.stdout, cached=True)
+                return
         attempt = max(rec.attempt, 1)
         if rec.state == NodeState.RUNNING and not rec.job_id:
             # the node stopped between writing the attempt down and writing its job's id: the job may exist
@@ -262,11 +328,10 @@ class Amplify:
             failure, execution = job_failure(job)
             if execution is not None and not failure:
                 output, stdout = await self._harvest(execution)
-                spec_hash = hashlib.sha256(spec.model_dump_json(exclude={"labels"}).encode()).hexdigest()
-                image = (job_def.image or "") if job_def.engine == "docker" else "wasm"
                 for cid in (output, execution.result_ref.removeprefix("ipfs://")):
                     await self.store.record_product(Product(cid, run.record.id, node.id, job.id, spec_hash,
                                                             image, execution.node_id, inputs))
+                await self.store.remember(spec_hash, Memo(output, stdout, job.id, image, execution.node_id))
                 await self._end(run, node.id, NodeState.SUCCEEDED, "", output_cid=output, stdout=stdout)
                 return
             if attempt > node.retries:

@@ -7,16 +7,19 @@ file ($BACALHAU_DIR/amplify.db, bacalhau/db.py's versioned layout).
                  output CID, the stdout a child's predicate tests (capped), reason
     products     what made a CID: run, node, job, spec hash, image, compute node (indexed by CID)
     derivations  input CID -> output CID edges (indexed both ways), so lineage up and down is two lookups
+    memo         (layout 1) a step's recorded success by its spec hash (the spec holds the input CIDs and their
+                 paths): the same step over the same CIDs is served from here, not run again
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bacalhau.db import Database
 from bacalhau.errors import NotFoundError, StateError
@@ -44,9 +47,20 @@ CREATE TABLE IF NOT EXISTS derivations (
 );
 CREATE INDEX IF NOT EXISTS derivations_out ON derivations(output_cid);
 """
-MIGRATIONS: list[str] = []
+MIGRATIONS: list[str] = [
+    # 1: memoisation. A run may refuse the cache; a node says whether its result came from it.
+    """CREATE TABLE memo (
+        spec_hash TEXT PRIMARY KEY, output_cid TEXT NOT NULL, stdout TEXT NOT NULL, job_id TEXT NOT NULL,
+        image TEXT NOT NULL, compute_node TEXT NOT NULL, at REAL NOT NULL
+    );
+    ALTER TABLE runs ADD COLUMN no_cache INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE nodes ADD COLUMN cached INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX nodes_ended ON nodes(ended_at);
+    CREATE INDEX runs_created ON runs(created_at)""",
+]
 MAX_STDOUT_KEPT = 64 * 1024        # of a node's stdout, what its children's predicates test
 MAX_LIST = 100                     # a page of runs
+T = TypeVar("T")
 
 
 class RunState(StrEnum):
@@ -86,10 +100,11 @@ class NodeRecord:
     stdout: str = ""
     started_at: float | None = None
     ended_at: float | None = None
+    cached: bool = False             # its result is a recorded one of the same step (memo), no job was run
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.node_id, "state": self.state.value, "reason": self.reason, "attempt": self.attempt,
-                "job_id": self.job_id, "jobs": self.jobs, "output_cid": self.output_cid,
+                "job_id": self.job_id, "jobs": self.jobs, "output_cid": self.output_cid, "cached": self.cached,
                 "started_at": self.started_at, "ended_at": self.ended_at}
 
 
@@ -106,6 +121,17 @@ class RunRecord:
     ended_at: float | None = None
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
     client_id: str = ""              # who submitted it (signing.py): its jobs are theirs, only they cancel it
+    no_cache: bool = False           # every step runs, none is served from the memo
+
+
+@dataclass(frozen=True)
+class Memo:
+    """A step's recorded success: what a run of the same spec gives without running it."""
+    output_cid: str
+    stdout: str
+    job_id: str
+    image: str
+    compute_node: str
 
 
 @dataclass(frozen=True)
@@ -126,7 +152,7 @@ def _run(row: sqlite3.Row) -> RunRecord:
                      state=RunState(state) if state in RunState.__members__.values() else RunState.FAILED,
                      reason=row["reason"], outputs=[o for o in row["outputs"].split(",") if o],
                      created_at=row["created_at"], started_at=row["started_at"], ended_at=row["ended_at"],
-                     client_id=row["client_id"])
+                     client_id=row["client_id"], no_cache=bool(row["no_cache"]))
 
 
 def _node(row: sqlite3.Row) -> NodeRecord:
@@ -135,7 +161,8 @@ def _node(row: sqlite3.Row) -> NodeRecord:
                       state=NodeState(state) if state in NodeState.__members__.values() else NodeState.FAILED,
                       reason=row["reason"], attempt=row["attempt"], job_id=row["job_id"],
                       jobs=[j for j in row["jobs"].split(",") if j], output_cid=row["output_cid"],
-                      stdout=row["stdout"], started_at=row["started_at"], ended_at=row["ended_at"])
+                      stdout=row["stdout"], started_at=row["started_at"], ended_at=row["ended_at"],
+                      cached=bool(row["cached"]))
 
 
 class AmplifyStore:
@@ -146,7 +173,7 @@ class AmplifyStore:
         self._db.close()
 
     async def create_run(self, run_id: str, cid: str, workflow: str, node_ids: list[str],
-                         max_waiting: int, client_id: str = "") -> tuple[RunRecord, bool]:
+                         max_waiting: int, client_id: str = "", no_cache: bool = False) -> tuple[RunRecord, bool]:
         """The run (created queued with its nodes, or the one that has this id already) and whether it is new.
         QueueFull when `max_waiting` runs wait already."""
         def tx(conn: sqlite3.Connection) -> tuple[RunRecord, bool]:
@@ -163,8 +190,9 @@ class AmplifyStore:
                 raise QueueFull(f"the amplify queue is full ({waiting} runs wait; serve --amplify-max-waiting "
                                 f"is {max_waiting}): try again when some have started")
             now = time.time()
-            conn.execute("INSERT INTO runs(id, cid, workflow, state, created_at, client_id) VALUES (?,?,?,?,?,?)",
-                         (run_id, cid, workflow, RunState.QUEUED.value, now, client_id))
+            conn.execute("INSERT INTO runs(id, cid, workflow, state, created_at, client_id, no_cache)"
+                         " VALUES (?,?,?,?,?,?,?)",
+                         (run_id, cid, workflow, RunState.QUEUED.value, now, client_id, int(no_cache)))
             conn.executemany("INSERT INTO nodes(run_id, node_id, state) VALUES (?,?,?)",
                              [(run_id, n, NodeState.QUEUED.value) for n in node_ids])
             return _run(conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()), True
@@ -224,7 +252,7 @@ class AmplifyStore:
 
     async def set_node(self, run_id: str, node_id: str, state: NodeState, *, reason: str = "",
                        attempt: int | None = None, job_id: str | None = None, output_cid: str | None = None,
-                       stdout: str | None = None) -> bool:
+                       stdout: str | None = None, cached: bool = False) -> bool:
         """Set a node's state unless it ended already (a cancelled node stays cancelled); a new job id is
         appended to its jobs. False when the node had ended."""
         def tx(conn: sqlite3.Connection) -> bool:
@@ -238,12 +266,13 @@ class AmplifyStore:
                 jobs = f"{jobs},{job_id}" if jobs else job_id
             conn.execute(
                 "UPDATE nodes SET state=?, reason=?, attempt=COALESCE(?, attempt), job_id=COALESCE(?, job_id),"
-                " output_cid=COALESCE(?, output_cid), stdout=COALESCE(?, stdout), jobs=?,"
+                " output_cid=COALESCE(?, output_cid), stdout=COALESCE(?, stdout), jobs=?, cached=?,"
                 " started_at=COALESCE(started_at, CASE WHEN ?='running' THEN ? END),"
                 " ended_at=CASE WHEN ? NOT IN ('queued','running') THEN ? ELSE ended_at END"
                 " WHERE run_id=? AND node_id=?",
                 (state.value, reason, attempt, job_id, output_cid,
-                 stdout[:MAX_STDOUT_KEPT] if stdout is not None else None, jobs, state.value, now, state.value,
+                 stdout[:MAX_STDOUT_KEPT] if stdout is not None else None, jobs, int(cached), state.value, now,
+                 state.value,
                  now, run_id, node_id))
             return True
 
@@ -281,6 +310,27 @@ class AmplifyStore:
 
         await self._db.run(tx)
 
+    async def query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A read of its own (analytics.py's), in the store's worker thread."""
+        return await self._db.run(fn, reads=True)
+
+    async def remember(self, spec_hash: str, memo: Memo) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO memo VALUES (?,?,?,?,?,?,?)",
+                         (spec_hash, memo.output_cid, memo.stdout[:MAX_STDOUT_KEPT], memo.job_id, memo.image,
+                          memo.compute_node, time.time()))
+
+        await self._db.run(tx)
+
+    async def recall(self, spec_hash: str) -> Memo | None:
+        def tx(conn: sqlite3.Connection) -> Memo | None:
+            row = conn.execute("SELECT * FROM memo WHERE spec_hash=?", (spec_hash,)).fetchone()
+            if row is None:
+                return None
+            return Memo(row["output_cid"], row["stdout"], row["job_id"], row["image"], row["compute_node"])
+
+        return await self._db.run(tx, reads=True)
+
     async def lineage(self, cid: str, direction: str, depth: int, max_items: int) -> dict[str, Any]:
         """What made `cid` (up) and what was made from it (down), `depth` steps each way, breadth first with a
         visited set; each step is an indexed lookup."""
@@ -316,8 +366,11 @@ class AmplifyStore:
 
 
 def _products(conn: sqlite3.Connection, cid: str) -> list[dict[str, Any]]:
+    # `image` is the name the spec gave: no execution reports the digest it ran (RunResult has none), so
+    # image_digest stays empty until one does, and `image_is` says which of the two `image` is
     return [{"run_id": r["run_id"], "node_id": r["node_id"], "job_id": r["job_id"], "spec_hash": r["spec_hash"],
-             "image": r["image"], "compute_node": r["compute_node"], "at": r["at"]}
+             "image": r["image"], "image_digest": "", "image_is": "name", "compute_node": r["compute_node"],
+             "at": r["at"]}
             for r in conn.execute("SELECT * FROM products WHERE cid=? LIMIT 20", (cid,))]
 
 

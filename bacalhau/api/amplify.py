@@ -3,7 +3,8 @@ appears once, with its parents and children by id).
 
     GET  /api/v0                               links
     PUT  /api/v0/queue/{uuid}                  {"data": {"attributes": {"inputs": [{"cid": CID}],
-                                               "workflow": YAML (optional: the node's default)}}, + signature}
+                                               "workflow": YAML (optional: the node's default),
+                                               "no_cache": true (optional: run every step)}}, + signature}
                                                -> 202 new, 200 the same run again (the client picks the id);
                                                429 with a reason when the queue is full
     GET  /api/v0/queue?page[size]=N&page[number]=K   newest first
@@ -11,6 +12,9 @@ appears once, with its parents and children by id).
     POST /api/v0/queue/{uuid}/cancel           cancels its jobs in flight
     GET  /api/v0/graph                         the default workflow's nodes
     GET  /api/v0/lineage/{cid}?direction=up|down|both&depth=N   what made a CID and what was made from it
+    GET  /api/v0/jobs, /api/v0/jobs/{id}       the default workflow's jobs
+    GET  /api/v0/analytics/results/{key}?page[size]=N    the commonest values of a key in steps' JSON stdout
+    GET  /api/v0/analytics/metrics-over-time/{submissions|node-results}?hours=N   per hour, oldest first
 Errors are {"error": message, "title", "detail", "status"}.
 
 A run request and a cancel are signed by the client (signing.py; the signature fields beside "data"), each
@@ -42,6 +46,7 @@ MAX_PAGE = 100
 DEFAULT_PAGE = 10
 MAX_DEPTH = 20
 MAX_LINEAGE_ITEMS = 1000
+MAX_KEY = 200
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -174,7 +179,10 @@ def routes(deps: ApiDeps, seen: SeenSignatures) -> list[BaseRoute]:
     @_guard
     async def home(request: Request) -> Response:
         return JSONResponse({"links": {"self": "/api/v0", "queue": "/api/v0/queue", "graph": "/api/v0/graph",
-                                       "lineage": "/api/v0/lineage/{cid}"}, "jsonapi": {"version": "1.1"}})
+                                       "jobs": "/api/v0/jobs", "lineage": "/api/v0/lineage/{cid}",
+                                       "results": "/api/v0/analytics/results/{key}",
+                                       "metrics": "/api/v0/analytics/metrics-over-time/{submissions|node-results}"},
+                             "jsonapi": {"version": "1.1"}})
 
     @_guard
     async def put_run(request: Request) -> Response:
@@ -191,8 +199,11 @@ def routes(deps: ApiDeps, seen: SeenSignatures) -> list[BaseRoute]:
         workflow = attrs.get("workflow")
         if workflow is not None and not isinstance(workflow, str):
             raise UserError("workflow must be the workflow's YAML text")
-        client_id = await signed_by(body, run_action(run_id, cid, workflow))
-        run, new = await engine.submit(run_id, cid, workflow, client_id)
+        no_cache = attrs.get("no_cache", False)
+        if not isinstance(no_cache, bool):
+            raise UserError("no_cache must be true or false")
+        client_id = await signed_by(body, run_action(run_id, cid, workflow, no_cache))
+        run, new = await engine.submit(run_id, cid, workflow, client_id, no_cache=no_cache)
         return JSONResponse({"data": item(run)}, status_code=202 if new else 200)
 
     @_guard
@@ -244,8 +255,59 @@ def routes(deps: ApiDeps, seen: SeenSignatures) -> list[BaseRoute]:
         depth = _int_param(request, "depth", 1, 1, MAX_DEPTH)
         return JSONResponse({"data": await engine.store.lineage(cid, direction, depth, MAX_LINEAGE_ITEMS)})
 
+    def default_jobs() -> list[Any]:
+        from bacalhau.amplify.workflow import parsed_workflow
+
+        return list(parsed_workflow(engine.default_workflow).jobs) if engine.default_workflow else []
+
+    def job_item(job: Any) -> dict[str, Any]:
+        return {"type": "Job", "id": job.id, "attributes": job.model_dump(mode="json", exclude_none=True),
+                "links": {"self": f"/api/v0/jobs/{job.id}"}}
+
+    @_guard
+    async def jobs(request: Request) -> Response:
+        return JSONResponse({"data": [job_item(j) for j in default_jobs()], "links": {"self": "/api/v0/jobs"}})
+
+    @_guard
+    async def job(request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        for j in default_jobs():
+            if j.id == job_id:
+                return JSONResponse({"data": job_item(j)})
+        raise NotFoundError(f"no job {job_id[:80]!r} in the default workflow")
+
+    @_guard
+    async def result_values(request: Request) -> Response:
+        from bacalhau.amplify.analytics import top_values
+
+        key = request.path_params["key"]
+        if not 0 < len(key) <= MAX_KEY or not key.isprintable():
+            raise UserError(f"a key is 1 to {MAX_KEY} printable characters")
+        size = _int_param(request, "page[size]", DEFAULT_PAGE, 1, MAX_PAGE)
+        found = await engine.store.query(top_values(key, size))
+        return JSONResponse({"data": [{"type": "ResultValue", "id": str(rank),
+                                       "attributes": {"key": key, "value": value, "count": count}}
+                                      for rank, (value, count) in enumerate(found["values"], 1)],
+                             "meta": {"key": key, "steps_read": found["scanned"]}})
+
+    @_guard
+    async def metrics(request: Request) -> Response:
+        from bacalhau.amplify.analytics import MAX_HOURS, SERIES, over_time
+
+        series = request.path_params["series"]
+        if series not in SERIES:
+            raise NotFoundError(f"no metric {series[:40]!r}: submissions or node-results")
+        hours = _int_param(request, "hours", 24 * 7, 1, MAX_HOURS)
+        points = await engine.store.query(over_time(series, hours))
+        return JSONResponse({"data": [{"type": "MetricOverTime", "id": p["hour"], "attributes": p}
+                                      for p in points], "meta": {"series": series, "hours": hours}})
+
     return [
         Route("/api/v0", home),
+        Route("/api/v0/jobs", jobs),
+        Route("/api/v0/jobs/{job_id}", job),
+        Route("/api/v0/analytics/results/{key}", result_values),
+        Route("/api/v0/analytics/metrics-over-time/{series}", metrics),
         Route("/api/v0/queue", list_runs),
         Route("/api/v0/queue/{run_id}", put_run, methods=["PUT"]),
         Route("/api/v0/queue/{run_id}", get_run, methods=["GET"]),

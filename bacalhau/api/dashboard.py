@@ -16,6 +16,9 @@
     GET /api/v1/dashboard/snapshot          all of the above in one object (what the stream sends)
     GET /api/v1/dashboard/stream            server-sent events: `snapshot` at once and at each change
 
+Where the node runs Amplify, the page's Amplify panel reads its API (api/amplify.py): GET /api/v0/queue, then
+/api/v0/queue/{id} for each run's DAG and node states, and /api/v0/lineage/{cid} for a CID's lineage.
+
 Beyond loopback these need the token like the rest of the API; a browser cannot set a header on a page it
 opens or on an EventSource, so `?token=` is taken on the page's and the stream's GETs too (TokenGuard), and the
 page keeps it out of Referer (no-referrer). Every string a peer gossiped reaches the page as JSON and is put in
@@ -79,8 +82,8 @@ def routes(deps: ApiDeps) -> list[BaseRoute]:
 
     async def page(request: Request) -> Response:
         summary = (await view.store.summary()) | {"nodes": len(view.nodes())}
-        # the Amplify panel reads the amplify API's JSON where this node serves it, and is left out otherwise
-        amplify = any(getattr(r, "path", "").startswith("/api/v1/amplify/") for r in request.app.routes)
+        # the Amplify panel reads /api/v0 (api/amplify.py) where this node runs the engine, and is left out otherwise
+        amplify = deps.amplify is not None
         return HTMLResponse(_page("Network dashboard", "dashboard", "", summary, amplify=amplify,
                                   token=request.query_params.get("token", "")), headers=HEADERS)
 

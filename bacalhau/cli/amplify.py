@@ -1,4 +1,4 @@
-"""`bacalhau amplify run|list|describe|cancel|lineage|validate`: Amplify workflows, over the node's API (only
+"""`bacalhau amplify run|list|describe|cancel|lineage|validate|watch`: Amplify workflows, over the node's API (only
 `validate` works offline)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from bacalhau.cli.amplify_watch import watch
 from bacalhau.cli.main import client_from
 from bacalhau.cli.output import ago, emit, output_option, status, table
 
@@ -28,6 +29,20 @@ def _workflow_text(path: str | None) -> str | None:
 
     load_workflow(Path(path))     # one line for a mistake, before anything is sent
     return Path(path).read_text()
+
+
+def queue_run(client: Any, run_id: str, cid: str, workflow: str | None, no_cache: bool) -> dict[str, Any]:
+    """PUT the run, signed by the client (the same id again is the same run); the API's answer."""
+    from bacalhau.amplify.actions import run_action
+
+    attributes: dict[str, Any] = {"inputs": [{"cid": cid}]}
+    if workflow is not None:
+        attributes["workflow"] = workflow
+    if no_cache:
+        attributes["no_cache"] = True
+    signature = client._sign(run_action(run_id, cid, workflow, no_cache))   # noqa: SLF001 - the client's own key
+    return client.request("PUT", f"/api/v0/queue/{run_id}",   # type: ignore[no-any-return]
+                          {"data": {"attributes": attributes}, **signature})
 
 
 @amplify.command()
@@ -49,24 +64,20 @@ def validate(file: str) -> None:
 @click.option("--wait", is_flag=True, help="Wait until the run ends; exit 1 unless it succeeded.")
 @click.option("--timeout", default=3600.0, show_default=True, type=float, help="How long --wait waits.")
 @click.option("--id-only", is_flag=True, help="Print only the run id.")
+@click.option("--no-cache", is_flag=True, help="Run every step, even one already run with the same spec over the "
+              "same CIDs (by default its recorded result is reused).")
 @output_option()
 @click.pass_context
 def run(ctx: click.Context, cid: str, workflow: str | None, run_id: str | None, wait: bool, timeout: float,
-        id_only: bool, output: str) -> None:
+        id_only: bool, no_cache: bool, output: str) -> None:
     """Queue a run of a workflow over CID; prints the run id."""
     try:
         run_id = str(uuid.UUID(run_id)) if run_id else str(uuid.uuid4())
     except ValueError:
         raise click.BadParameter(f"{run_id!r} is not a UUID", param_hint="--id") from None
-    attributes: dict[str, Any] = {"inputs": [{"cid": cid}]}
     text = _workflow_text(workflow)
-    if text is not None:
-        attributes["workflow"] = text
-    from bacalhau.amplify.actions import run_action
-
     client = client_from(ctx)
-    signature = client._sign(run_action(run_id, cid, text))    # noqa: SLF001 - the client's own signing key
-    answer = client.request("PUT", f"/api/v0/queue/{run_id}", {"data": {"attributes": attributes}, **signature})
+    answer = queue_run(client, run_id, cid, text, no_cache)
     click.echo(run_id)
     if id_only and not wait:
         return
@@ -114,7 +125,7 @@ def _show(data: dict[str, Any]) -> None:
     rows = []
     for node in data["attributes"].get("graph", []):
         a = node["attributes"]
-        rows.append([node["id"], a.get("state", ""), str(a.get("attempt", "")), (a.get("job_id") or "")[:8],
+        rows.append([node["id"], a.get("state", "") + (" (cached)" if a.get("cached") else ""), str(a.get("attempt", "")), (a.get("job_id") or "")[:8],
                      a.get("output_cid", ""), (a.get("reason") or "")[:60]])
     table(["NODE", "STATE", "TRY", "JOB", "OUTPUT", "REASON"], rows)
 
@@ -164,7 +175,7 @@ def lineage(ctx: click.Context, cid: str, direction: str | None, depth: int, out
         return
     for p in data["produced_by"]:
         click.echo(f"{cid} made by run {p['run_id']} node {p['node_id']} job {p['job_id'] or '-'} "
-                   f"image {p['image']} on {p['compute_node'] or '-'} (spec {p['spec_hash'][:12] or '-'})")
+                   f"image {p['image']}{'' if p.get('image_digest') else ' (a name: no digest recorded)'} on {p['compute_node'] or '-'} (spec {p['spec_hash'][:12] or '-'})")
     for way, arrow in (("up", "<-"), ("down", "->")):
         for e in data.get(way, []):
             other = e["input"] if way == "up" else e["output"]
@@ -172,3 +183,4 @@ def lineage(ctx: click.Context, cid: str, direction: str | None, depth: int, out
 
 
 amplify.add_command(describe, "status")     # the issue's name for it
+amplify.add_command(watch)

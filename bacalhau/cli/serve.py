@@ -140,6 +140,8 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
               help="Amplify runs at once (default 10).")
 @click.option("--amplify-max-waiting", default=None, type=click.IntRange(min=0), metavar="N",
               help="Amplify runs queued behind them; past this a run request is refused (default 100).")
+@click.option("--amplify-trigger-label", default="", metavar="KEY[=VALUE]",
+              help="A cluster job with this label that completes queues an Amplify run over its outputs.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, swarm_port: int, labels: str,
           limit_total_cpu: str | None, limit_total_memory: str | None, repo: str | None, max_attempts: int | None,
@@ -147,7 +149,7 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
           ipfs_connect: str | None, retention: float, max_result_size: str | None,
           wasm_memory_limit: str | None, allow_private_urls: bool, url_input_timeout: float | None,
           bprotocol_mux: bool, amplify: bool, amplify_workflow: str | None, amplify_max_running: int | None,
-          amplify_max_waiting: int | None, verbose: bool, **job_limits: Any) -> None:
+          amplify_max_waiting: int | None, amplify_trigger_label: str, verbose: bool, **job_limits: Any) -> None:
     """Run a bacalhau node: with no flags, a private cluster of one that is requester and compute.
 
     It prints the command that joins more machines. SIGINT/SIGTERM stop taking work, give running jobs a
@@ -196,6 +198,7 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
         config.amplify_workflow = Path(amplify_workflow)
     config.amplify_max_running = amplify_max_running or config.amplify_max_running
     config.amplify_max_waiting = config.amplify_max_waiting if amplify_max_waiting is None else amplify_max_waiting
+    config.amplify_trigger_label = amplify_trigger_label.strip()
     for flag, value in (("max_result_size", max_result_size), ("wasm_memory_limit", wasm_memory_limit)):
         if value is not None:
             import dataclasses

@@ -136,32 +136,165 @@
     return r.json();
   }
 
-  async function amplify() {
-    // the Amplify workflows' API, where this node has it; the panel stays hidden otherwise
-    const head = await fetch("/api/v1/amplify/runs", { headers: auth, method: "GET" }).catch(() => null);
-    if (!head || !head.ok || !(head.headers.get("content-type") || "").includes("json")) return;
-    const body = await head.json();
-    const runs = Array.isArray(body) ? body : (body.runs || body.items || []);
-    $("amplify").hidden = false;
-    const boxes = [];
-    for (const run of runs.slice(0, 20)) {
-      const id = run.id || run.run_id || "";
-      const full = (await getJSON("/api/v1/amplify/runs/" + encodeURIComponent(id))) || run;
-      const nodes = full.nodes || full.graph || [];
-      const list = Array.isArray(nodes) ? nodes : Object.entries(nodes).map(([k, v]) => ({ id: k, ...v }));
-      boxes.push(el("div", { class: "panel", "data-run": id },
-        el("h3", {}, `run ${short(id)} · ${full.state || ""}`),
-        el("table", {}, ...list.map((n) => el("tr", {},
-          el("td", {}, n.id || n.node_id || n.name || ""), el("td", {}, (n.parents || n.inputs || []).join?.(", ") || ""),
-          el("td", { class: "state-" + (n.state || "") }, n.state || ""),
-          el("td", {}, n.job_id ? el("a", { href: jobHref(n.job_id) }, short(n.job_id)) : ""))))));
+  // -- the Amplify panel (where this node runs Amplify: api/amplify.py at /api/v0) ---------------------------
+
+  const AMP_RUNS = 10;           // the newest runs shown
+  const AMP_POLL = 2000;         // ms: node states move without a job event (a skip, the root node): poll too
+  const ampDone = new Map();     // run id -> its detail, once the run ended (never fetched again)
+  let ampBusy = false;
+  let lineageShown = "";
+
+  async function ampJSON(path) {
+    const r = await fetch(path, { headers: auth, signal: AbortSignal.timeout(10000) }).catch(() => null);
+    if (!r) return { error: "the node did not answer" };
+    const body = await r.json().catch(() => null);
+    if (!r.ok || !body) return { error: (body && body.error) || `HTTP ${r.status}` };
+    return body;
+  }
+
+  // the DAG as layers: a node one column right of its deepest parent (the graph comes in topological order)
+  function renderDag(graph) {
+    const ns = "http://www.w3.org/2000/svg";
+    const level = new Map(), rows = [];
+    for (const n of graph) {
+      const lv = Math.max(-1, ...(n.attributes.parents || []).map((p) => level.get(p) ?? -1)) + 1;
+      level.set(n.id, lv);
+      (rows[lv] = rows[lv] || []).push(n);
     }
-    $("amplify-runs").replaceChildren(...boxes);
-    $("lineage-go").addEventListener("click", async () => {
-      const cid = $("lineage-cid").value.trim();
-      const out = await getJSON("/api/v1/amplify/lineage/" + encodeURIComponent(cid));
-      $("lineage-out").textContent = out ? JSON.stringify(out, null, 2) : "no lineage for " + cid;
-    });
+    const bw = 150, bh = 30, gx = 40, gy = 12;
+    const pos = new Map();
+    rows.forEach((col, x) => col.forEach((n, y) => pos.set(n.id, [8 + x * (bw + gx), 8 + y * (bh + gy)])));
+    const w = 16 + rows.length * (bw + gx) - gx, h = 16 + Math.max(1, ...rows.map((c) => c.length)) * (bh + gy) - gy;
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+    svg.setAttribute("width", String(w));
+    svg.setAttribute("height", String(h));
+    svg.setAttribute("class", "dag");
+    for (const n of graph) {
+      for (const p of n.attributes.parents || []) {
+        if (!pos.has(p)) continue;
+        const [x1, y1] = pos.get(p), [x2, y2] = pos.get(n.id);
+        const line = document.createElementNS(ns, "path");
+        line.setAttribute("d", `M${x1 + bw},${y1 + bh / 2} C${x1 + bw + gx / 2},${y1 + bh / 2} ${x2 - gx / 2},${y2 + bh / 2} ${x2},${y2 + bh / 2}`);
+        line.setAttribute("class", "edge");
+        svg.append(line);
+      }
+    }
+    for (const n of graph) {
+      const [x, y] = pos.get(n.id);
+      const state = String(n.attributes.state || "");
+      const g = document.createElementNS(ns, "g");
+      g.setAttribute("class", "dag-node state-" + state);
+      g.setAttribute("data-node", n.id);
+      g.setAttribute("data-state", state);
+      const r = document.createElementNS(ns, "rect");
+      for (const [k, v] of [["x", x], ["y", y], ["width", bw], ["height", bh], ["rx", 4]]) r.setAttribute(k, String(v));
+      const t = document.createElementNS(ns, "text");
+      t.setAttribute("x", String(x + 6));
+      t.setAttribute("y", String(y + 19));
+      t.textContent = (n.id.length > 18 ? n.id.slice(0, 17) + "…" : n.id) + " · " + state;
+      const title = document.createElementNS(ns, "title");
+      title.textContent = `${n.id}: ${state}${n.attributes.reason ? " (" + n.attributes.reason + ")" : ""}`;
+      g.append(r, t, title);
+      svg.append(g);
+    }
+    return svg;
+  }
+
+  function cidLink(cid) {
+    if (!cid) return "";
+    const a = el("a", { href: "#lineage-out", class: "cid", "data-cid": cid }, cid);
+    a.addEventListener("click", (e) => { e.preventDefault(); $("lineage-cid").value = cid; lineage(cid); });
+    return a;
+  }
+
+  function renderRun(d) {
+    const m = d.meta || {}, graph = (d.attributes && d.attributes.graph) || [];
+    return el("div", { class: "panel run", "data-run": d.id, "data-status": m.status || "" },
+      el("h3", {}, `run ${d.id} · `, el("span", { class: "state-" + (m.status || "") }, m.status || ""),
+         ` · ${m.progress || ""} · submitted ${m.submitted ? iso(m.submitted) : ""}`),
+      m.reason ? el("p", { class: "note reason" }, m.reason) : "",
+      el("p", { class: "note" }, "input ", cidLink(((d.attributes || {}).inputs || [{}])[0].cid || "")),
+      el("div", { class: "dag-box" }, renderDag(graph)),
+      el("table", {}, el("tr", {}, ...["node", "parents", "state", "reason", "attempt", "job", "output CID"].map((h) => el("th", {}, h))),
+        ...graph.map((n) => {
+          const a = n.attributes;
+          return el("tr", { "data-node": n.id, "data-state": a.state || "" },
+            el("td", {}, n.id), el("td", {}, (a.parents || []).join(", ")),
+            el("td", { class: "state-" + (a.state || "") }, a.state || ""), el("td", {}, a.reason || ""),
+            el("td", { class: "num" }, a.attempt ?? ""),
+            el("td", {}, a.job_id ? el("a", { href: jobHref(a.job_id) }, short(a.job_id)) : ""),
+            el("td", {}, cidLink(a.output_cid)));
+        })));
+  }
+
+  async function refreshAmplify() {
+    if (ampBusy) return;
+    ampBusy = true;
+    try {
+      const list = await ampJSON(`/api/v0/queue?page[size]=${AMP_RUNS}&page[number]=1`);
+      if (list.error) { $("amplify-count").textContent = list.error; return; }
+      const boxes = [];
+      for (const run of list.data || []) {
+        let d = ampDone.get(run.id);
+        if (!d) {
+          const got = await ampJSON("/api/v0/queue/" + encodeURIComponent(run.id));
+          d = got.error ? run : got.data;
+          if (!got.error && ["succeeded", "failed", "cancelled"].includes((d.meta || {}).status)) ampDone.set(run.id, d);
+        }
+        boxes.push(renderRun(d));
+      }
+      const listed = new Set((list.data || []).map((r) => r.id));
+      for (const id of ampDone.keys()) if (!listed.has(id)) ampDone.delete(id);
+      const total = (list.meta || {}).count ?? boxes.length;
+      $("amplify-count").textContent = total > boxes.length ? `(the newest ${boxes.length} of ${total})` : `(${total})`;
+      if (!boxes.length) boxes.push(el("p", { class: "note" }, "No run yet: bacalhau amplify run CID"));
+      $("amplify-runs").replaceChildren(...boxes);
+      $("amplify").dataset.refreshed = String((Number($("amplify").dataset.refreshed) || 0) + 1);
+      if (lineageShown) await lineage(lineageShown);
+    } finally {
+      ampBusy = false;
+    }
+  }
+
+  // an edge: the workflow step (run, node, job) that made its output from its input
+  function edgeTable(edges, other) {
+    if (!edges.length) return el("p", { class: "note" }, "none");
+    return el("table", {}, el("tr", {}, ...["depth", other, "run", "by step", "job", "image"].map((h) => el("th", {}, h))),
+      ...edges.map((e) => {
+        const p = (e.produced_by || [])[0] || {};
+        return el("tr", { "data-cid": other === "made from" ? e.input : e.output, "data-depth": e.depth },
+          el("td", { class: "num" }, e.depth), el("td", {}, cidLink(other === "made from" ? e.input : e.output)),
+          el("td", {}, short(e.run_id)), el("td", {}, e.node_id),
+          el("td", {}, p.job_id ? el("a", { href: jobHref(p.job_id) }, short(p.job_id)) : ""), el("td", {}, p.image || ""));
+      }));
+  }
+
+  async function lineage(cid) {
+    const out = $("lineage-out");
+    if (!cid) { lineageShown = ""; out.replaceChildren(); return; }
+    const depth = Math.min(20, Math.max(1, Number($("lineage-depth").value) || 1));
+    const got = await ampJSON(`/api/v0/lineage/${encodeURIComponent(cid)}?direction=both&depth=${depth}`);
+    lineageShown = got.error ? "" : cid;
+    if (got.error) { out.dataset.cid = ""; out.replaceChildren(el("p", { class: "note error" }, got.error)); return; }
+    const d = got.data, made = d.produced_by || [];
+    out.dataset.cid = cid;
+    out.replaceChildren(
+      el("p", {}, el("code", {}, d.cid), made.length
+        ? ` was made by ${made.map((p) => `node ${p.node_id} of run ${short(p.run_id)} (${p.image || "internal"})`).join("; ")}`
+        : " was made by no Amplify job this node knows of (an input, or not seen)"),
+      el("h3", {}, `made from (${(d.up || []).length})`), edgeTable(d.up || [], "made from"),
+      el("h3", {}, `made from it (${(d.down || []).length})`), edgeTable(d.down || [], "made"));
+  }
+
+  function amplify() {
+    $("amplify").hidden = false;
+    const go = () => lineage($("lineage-cid").value.trim());
+    $("lineage-go").addEventListener("click", go);
+    $("lineage-cid").addEventListener("keydown", (e) => { if (e.key === "Enter") go(); });
+    refreshAmplify();
+    setInterval(refreshAmplify, AMP_POLL);
+    return refreshAmplify;
   }
 
   // -- a job's page ---------------------------------------------------------------------------------------
@@ -235,8 +368,8 @@
         if (last) render(last);
       });
     }
-    live(render);
-    if (document.body.dataset.amplify) amplify();
+    const amp = document.body.dataset.amplify ? amplify() : null;
+    live((snap) => { render(snap); if (amp) amp(); });      // and on the stream's tick
   } else if (mode === "job") {
     $("home").setAttribute("href", "/dashboard" + q);
     let pending = false;
