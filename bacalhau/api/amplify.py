@@ -34,7 +34,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from bacalhau.amplify.actions import cancel_action, run_action
-from bacalhau.errors import BacalhauError, NotFoundError, StateError, UserError
+from bacalhau.api.common import handle_errors
+from bacalhau.errors import NotFoundError, UserError
 
 if TYPE_CHECKING:
     from bacalhau.amplify.store import RunRecord
@@ -55,24 +56,25 @@ def _error(status: int, message: str, title: str) -> JSONResponse:
                          "links": {"home": "/api/v0"}}, status_code=status)
 
 
+_TITLES = {"too_large": "Too large", "not_found": "Not found", "ambiguous_id": "Bad request",
+           "bad_request": "Bad request", "conflict": "Conflict", "upstream": "Upstream error"}
+
+
+def _answer(status: int, message: str, code: str) -> Response:
+    return _error(status, message, _TITLES.get(code, code))
+
+
 def _guard(fn: Handler) -> Handler:
+    """api/common.py's error mapping in the original's JSON:API error shape, and a full queue a 429."""
     from bacalhau.amplify.store import QueueFull
 
-    async def wrapper(request: Request) -> Response:
+    async def queue_full(request: Request) -> Response:
         try:
             return await fn(request)
         except QueueFull as exc:
             return _error(429, str(exc), "Queue full")
-        except NotFoundError as exc:
-            return _error(404, str(exc), "Not found")
-        except (UserError, ValueError) as exc:
-            return _error(400, str(exc), "Bad request")
-        except StateError as exc:
-            return _error(409, str(exc), "Conflict")
-        except BacalhauError as exc:
-            return _error(502, str(exc), "Upstream error")
 
-    return wrapper
+    return handle_errors(queue_full, _answer)
 
 
 def parse_run_id(text: str) -> str:

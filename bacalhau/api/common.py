@@ -29,22 +29,37 @@ def error(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse({"error": message, "code": code}, status_code=status)
 
 
-def handle_errors(fn: Handler) -> Handler:
+_STATUS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], int, str], ...] = (
+    (BodyTooLarge, 413, "too_large"),
+    (NotFoundError, 404, "not_found"),
+    (AmbiguousIdError, 400, "ambiguous_id"),
+    ((UserError, ValueError), 400, "bad_request"),
+    (StateError, 409, "conflict"),
+    (BacalhauError, 502, "upstream"),
+)
+
+
+def status_of(exc: Exception) -> tuple[int, str] | None:
+    """The HTTP status and error code a raised error answers with; None for an error that is a bug here."""
+    for kinds, status, code in _STATUS:
+        if isinstance(exc, kinds):
+            return status, code
+    return None
+
+
+def handle_errors(fn: Handler, answer: Callable[[int, str, str], Response] | None = None) -> Handler:
+    """`fn`, whose user's and peers' errors are answered (by `answer`: status, message, code; our JSON error
+    by default) instead of raised."""
+    reply = answer or error
+
     async def wrapper(request: Request) -> Response:
         try:
             return await fn(request)
-        except BodyTooLarge as exc:
-            return error(413, str(exc), "too_large")
-        except NotFoundError as exc:
-            return error(404, str(exc), "not_found")
-        except AmbiguousIdError as exc:
-            return error(400, str(exc), "ambiguous_id")
-        except (UserError, ValueError) as exc:
-            return error(400, str(exc), "bad_request")
-        except StateError as exc:
-            return error(409, str(exc), "conflict")
-        except BacalhauError as exc:
-            return error(502, str(exc), "upstream")
+        except Exception as exc:
+            found = status_of(exc)
+            if found is None:
+                raise
+            return reply(found[0], str(exc), found[1])
 
     return wrapper
 

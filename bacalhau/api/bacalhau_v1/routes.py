@@ -45,6 +45,7 @@ from bacalhau.api.bacalhau_v1.envelope import (
     loads,
     parse_signed,
 )
+from bacalhau.api.common import BodyTooLarge, read_body
 from bacalhau.errors import AmbiguousIdError, BacalhauError, NotFoundError, StateError, UserError
 
 if TYPE_CHECKING:
@@ -91,16 +92,10 @@ def _text(message: str, status: int, end: str = "\n") -> Response:
 
 async def _read(request: Request) -> bytes:
     """The body, refused as soon as it passes MAX_BODY (a declared length over it before a byte is read)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
-        raise BadRequest(f"http: request body too large (over {MAX_BODY} bytes)")
-    parts, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise BadRequest(f"http: request body too large (over {MAX_BODY} bytes)")
-        parts.append(chunk)
-    return b"".join(parts)
+    try:
+        return await read_body(request, MAX_BODY)
+    except BodyTooLarge:
+        raise BadRequest(f"http: request body too large (over {MAX_BODY} bytes)") from None
 
 
 async def _body(request: Request) -> dict[str, Any]:
