@@ -11,6 +11,7 @@ a flood costs dropped events, counted, and never memory or the node.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -19,7 +20,7 @@ import trio
 
 from bacalhau.dashboard import events as ev
 from bacalhau.dashboard.store import DashboardStore
-from bacalhau.errors import BacalhauError
+from bacalhau.errors import BacalhauError, ProtocolError
 from bacalhau.models import Job, NodeInfo, NodeType
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ BURST = 2000.0
 MAX_PEERS = 1000             # senders, requesters and nodes remembered (a flood of ids cannot grow them)
 SYNC_TIMEOUT = 10.0
 SYNC_CONCURRENCY = 4
+ANSWER_INTERVAL = 1.0        # an asker gets at most one totals answer this often (each reads since its mark)
 MAX_PUBLISHED = 10_000       # jobs whose last published snapshot is remembered (to skip repeats)
 
 
@@ -65,6 +67,8 @@ class Dashboard:
         self._cursor: dict[str, float] = {}        # requester -> its mark at the last catch-up (its clock)
         self._sync_interval = 2 * node_info_ttl
         self._sync_limiter = trio.CapacityLimiter(SYNC_CONCURRENCY)
+        self._answering = trio.CapacityLimiter(1)              # totals answers, one at a time
+        self._answered: dict[str, float] = {}                  # asker -> when it was last answered (trio)
         self._nodes: dict[str, dict[str, Any]] = {}            # node id -> what the page shows, last_seen wall
         self._not_requesters: set[str] = set()                  # NodeInfo senders that say they are not one
         self._ignored: set[str] = set()
@@ -296,8 +300,15 @@ class Dashboard:
 
         try:
             request = decode(payload, ev.TotalsRequest)
-            reply = await self.store.totals_of(self.node_id, request.since, request.limit, self._clock(),
-                                               ev.MAX_SYNC_BYTES)
+            now = trio.current_time()
+            if now - self._answered.get(peer_id, -math.inf) < ANSWER_INTERVAL:
+                raise ProtocolError(f"asked again within {ANSWER_INTERVAL:.0f} s")
+            if peer_id not in self._answered and len(self._answered) >= MAX_PEERS:
+                self._answered.clear()
+            self._answered[peer_id] = now
+            async with self._answering:
+                reply = await self.store.totals_of(self.node_id, request.since, request.limit, self._clock(),
+                                                   ev.MAX_SYNC_BYTES)
             return ok_reply(reply)
         except (BacalhauError, ValueError) as exc:
             return error_reply(exc)

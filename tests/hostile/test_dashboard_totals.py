@@ -153,3 +153,26 @@ def test_what_a_lying_requester_can_still_do_is_capped_by_its_span() -> None:
         assert "jobs over 100 s" in str(exc)
     else:
         raise AssertionError("one job past the cap was taken")
+
+
+async def test_an_asker_that_asks_again_and_again_is_answered_once_a_second(tmp_path: Path) -> None:
+    # each answer reads the requester's ended jobs since the asker's mark (all of them from 0): a peer asking in
+    # a loop would keep its database busy; it gets one answer, then a reason, and others are still answered
+    from bacalhau.bprotocol.framing import parse_reply
+    from bacalhau.errors import RemoteError
+
+    store = DashboardStore(tmp_path / "dashboard.db")
+    await store.ingest([job(REQ) for _ in range(50)])
+    d = Dashboard(node_id=REQ, store=store, node_info_ttl=5, hello_interval=1)
+    ask = ev.TotalsRequest().model_dump_json().encode()
+    assert parse_reply(await d._answer_totals("12D3KooWGreedy", ask), ev.TotalsReply).aggregate.since == 0.0
+    for _ in range(20):
+        try:
+            parse_reply(await d._answer_totals("12D3KooWGreedy", ask), ev.TotalsReply)
+        except RemoteError as exc:
+            assert "asked again within 1 s" in str(exc)
+        else:
+            raise AssertionError("answered again at once")
+    reply = parse_reply(await d._answer_totals("12D3KooWPolite", ask), ev.TotalsReply)
+    assert len(reply.events) == 50
+    store.close()
