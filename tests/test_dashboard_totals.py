@@ -164,3 +164,27 @@ def test_buckets_sent_are_only_those_a_page_shows(tmp_path: Path) -> None:
             assert start % UNITS[unit] == 0
         req.close()
     trio.run(main)
+
+
+async def test_a_node_joining_over_libp2p_shows_a_requesters_3000_jobs(tmp_path: Path) -> None:
+    # real nodes in this process; the requester's history is written into its dashboard.db directly (as its
+    # own publish loop would have written it), 3,000 jobs being too many to run here
+    from bacalhau.node import Node
+    from tests.conftest import node_config
+    from tests.test_dashboard import _until
+
+    async with trio.open_nursery() as nursery:
+        a = await nursery.start(Node(node_config(tmp_path / "a", engines=("noop",), serve_api=False)).run)
+        now = time.time()
+        lives = history(3000, now, requester=a.node_id)
+        await a.dashboard.store.ingest(e for life in lives for e in life)
+        c = await nursery.start(Node(node_config(tmp_path / "c", engines=("noop",), serve_api=False,
+                                                 peers=(a.addrs()[0],))).run)
+
+        async def caught_up() -> bool:
+            return bool((await c.dashboard.store.summary())["jobs"] >= 3000)
+        await _until(caught_up, timeout=30)
+        mine, theirs = await figures(c.dashboard.store, now), await figures(a.dashboard.store, now)
+        assert mine == theirs
+        assert await c.dashboard.store.mark_of(a.node_id) > 0
+        nursery.cancel_scope.cancel()
