@@ -188,3 +188,28 @@ async def test_a_node_joining_over_libp2p_shows_a_requesters_3000_jobs(tmp_path:
         assert mine == theirs
         assert await c.dashboard.store.mark_of(a.node_id) > 0
         nursery.cancel_scope.cancel()
+
+
+async def test_an_unfinished_job_past_what_one_answer_lists_counts_once_when_it_ends(tmp_path: Path) -> None:
+    now = time.time()
+    req, joiner = DashboardStore(tmp_path / "req.db"), DashboardStore(tmp_path / "joiner.db")
+    lives = history(40, now - 120, span=60)[:30]  # 30 jobs that ended a minute or more before the answer...
+    lives = [life[:2] for life in lives[:3]] + lives[3:]      # ...but 3 still unfinished
+    await req.ingest(e for life in lives for e in life)
+    target = lives[20]                             # heard unfinished; it ended under the mark
+    await joiner.ingest(target[:2])
+    reply = await req.totals_of(REQ, 0.0, 2, now, ev.MAX_SYNC_BYTES)   # lists 2 unfinished of 3, 2 ended of 27
+    assert not reply.complete and target[-1].job_id not in {e.job_id for e in reply.events}
+    await joiner.apply_totals(REQ, reply)
+    await joiner.ingest([target[-1]])              # its end comes by gossip, under the mark
+    await joiner.ingest(e for life in lives for e in life)    # and everything replayed
+    # the unfinished one not listed is not counted until it changes (its snapshots under the mark may be of a
+    # job that has ended): the three end now, after the mark
+    ends = [ev.JobEvent.model_validate({**life[1].model_dump(), "state": JobState.COMPLETED,
+                                        "updated_at": now + 5}) for life in lives[:3]]
+    await req.ingest(ends)
+    await joiner.ingest(ends)
+    assert await figures(joiner, now + 10) == await figures(req, now + 10)
+    assert (await joiner.summary())["jobs"] == 30
+    req.close()
+    joiner.close()

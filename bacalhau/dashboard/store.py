@@ -242,8 +242,7 @@ def _mark(conn: sqlite3.Connection, requester: str) -> float:
 
 def _apply(conn: sqlite3.Connection, e: JobEvent, mark: float | None = -1.0) -> bool:
     """Take one event; `mark` is its requester's (read when -1.0; None: none applies)."""
-    row = conn.execute("SELECT requester, state, updated_at, covered FROM jobs WHERE id=?",
-                       (e.job_id,)).fetchone()
+    row = conn.execute("SELECT * FROM jobs WHERE id=?", (e.job_id,)).fetchone()
     old: str | None = None
     if mark == -1.0:
         mark = _mark(conn, e.requester)
@@ -264,6 +263,15 @@ def _apply(conn: sqlite3.Connection, e: JobEvent, mark: float | None = -1.0) -> 
         conn.execute("UPDATE jobs SET requester=?, state=?, engine=?, image=?, client=?, labels=?, created_at=?, "
                      "updated_at=?, reason=?, result_cid=?, executions=? WHERE id=?", (*values, e.job_id))
         return False
+    if row is not None and mark is not None and e.state.terminal and e.updated_at <= mark:
+        # it ended under the mark (a requester's unfinished jobs past what one answer lists): its aggregate
+        # counts it, so what this row counted goes
+        counted = _Sum()
+        counted.add(row)
+        _write_sum(conn, counted, -1)
+        conn.execute("UPDATE jobs SET requester=?, state=?, engine=?, image=?, client=?, labels=?, created_at=?, "
+                     "updated_at=?, reason=?, result_cid=?, executions=?, covered=1 WHERE id=?", (*values, e.job_id))
+        return True
     if old is None:
         _insert(conn, e)
         _total(conn, "jobs")
