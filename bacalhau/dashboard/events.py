@@ -5,6 +5,9 @@ A message is `{"v": 1, "hello": Hello}` (a requester says it is one, now and the
 before parsing, each field's type and size (pydantic, extra fields refused), ids parsed, times sane, and the
 sender, whose signature pubsub checked, must be the requester that the event names.
 
+A late joiner asks each requester on TOTALS_PROTOCOL for the aggregates of its own jobs up to a mark and its
+recent jobs in detail (check_aggregate: the figures must be ones a requester could have).
+
 An event's identity is (job id, state, updated_at): the aggregation counts a job once, a terminal state once,
 however often, late or out of order its snapshots arrive.
 """

@@ -1,6 +1,7 @@
 """The dashboard's side of a node: it gossips its requester's job snapshots, aggregates what every requester
-gossips (store.py), asks requesters it hears of for their recent jobs (a late joiner's catch-up), and keeps the
-live list of nodes from their NodeInfo.
+gossips (store.py), asks requesters it hears of for the aggregates of their own jobs and their recent jobs (a
+late joiner's catch-up: each requester's figures are disjoint, so they add up), and keeps the live list of nodes
+from their NodeInfo.
 
 Peers are hostile: a message is size-checked before parsing and checked field by field (events.py); a job event
 is taken only from the requester it names, which must have said hello as a requester (and not have gossiped a

@@ -7,6 +7,12 @@ or by a late joiner's sync counts once. Counts are kept at write time: per minut
 UTC starts, so they sort in time order), per dimension (engine, image, state, node, label, failure reason,
 client), a duration histogram per engine (bins a quarter of a power of two wide, for p50/p95), and totals.
 No read scans the history: each is an index range or a small table.
+
+A late joiner takes each requester's own aggregates (`totals_of` answers, `apply_totals` takes): the figures
+of its jobs that ended up to a mark, in place of what this node had counted of them. Rows those figures hold
+are `covered` (listed, never counted again), and an event of that requester's under its mark counts nothing:
+a job counts once whether it came as a figure, in detail or by gossip. Building an answer reads the requester's
+ended jobs since the asker's mark (the whole history at a first ask: 626 ms for 30,000 jobs).
 """
 
 from __future__ import annotations
