@@ -97,6 +97,7 @@ MAX_AGG_KEYS = 200                  # keys of one dimension in an aggregate (the
 MAX_AGG_BUCKETS = 300               # the buckets the page shows (120 minutes, 72 hours, 90 days) fit
 MAX_AGG_BINS = 400                  # duration bins, all engines
 MAX_JOBS_PER_SECOND = 1000          # no requester finishes more jobs than this a second, over a mark's span
+MAX_AGG_JOBS = 10_000_000           # ... nor more than this between two asks (a first ask spans its history)
 AggKey = Annotated[str, StringConstraints(max_length=320)]
 
 
@@ -126,8 +127,8 @@ class TotalsReply(_Strict):
 def check_aggregate(agg: Aggregate, since: float, now: float | None = None) -> None:
     """Refused unless the figures could be a requester's own: a mark that moves forward and not past its clock,
     counts that add up (each dimension at most the jobs, a state per job), at most MAX_JOBS_PER_SECOND over
-    the span. What a lying requester can still do: invent up to that many jobs a second of its mark's span
-    (its own jobs are its to report), each once."""
+    the span and MAX_AGG_JOBS an answer. What a lying requester can still do: invent up to that many jobs of its
+    own (its jobs are its to report), each counted once; an honest one past MAX_AGG_JOBS jobs is refused."""
     now = time.time() if now is None else now
     if agg.since != since:
         raise Refused(f"an aggregate from {agg.since!r}, asked from {since!r}")
@@ -140,7 +141,7 @@ def check_aggregate(agg: Aggregate, since: float, now: float | None = None) -> N
     if ended != jobs:
         raise Refused(f"{jobs} jobs but {ended} ended")
     span = agg.upto - max(since, EARLIEST)
-    if jobs > MAX_JOBS_PER_SECOND * max(span, 1.0):
+    if jobs > min(MAX_AGG_JOBS, MAX_JOBS_PER_SECOND * max(span, 1.0)):
         raise Refused(f"{jobs} jobs over {span:.0f} s")
     if set(agg.counts) - {"engine", "image", "state", "node", "label", "reason", "client"}:
         raise Refused("an aggregate with unknown dimensions")

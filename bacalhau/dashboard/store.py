@@ -404,7 +404,7 @@ def _write_sum(conn: sqlite3.Connection, s: _Sum, sign: int) -> None:
     for (dim, key), n in s.counts.items():
         if not n:
             continue
-        if _bump(conn, dim, key, sign * n) and dim == "client":
+        if _bump(conn, dim, key, sign * n) and dim == "client" and sign > 0:
             _total(conn, "clients")
         elif dim == "client" and sign < 0 and conn.execute(
                 "DELETE FROM counts WHERE dim='client' AND key=? AND n<=0", (key,)).rowcount:

@@ -85,6 +85,7 @@ async def test_counts_a_requester_could_not_have_are_refused(tmp_path: Path) -> 
     now = time.time()
     cases = {
         "more jobs than a second of its span allows": answer(jobs=10**12),
+        "more jobs than one answer may hold": answer(jobs=ev.MAX_AGG_JOBS + 1, since=0.0),
         "jobs that did not end": answer(totals={"jobs": 5, "completed": 2}),
         "a key counted more than the jobs": answer(counts={"state": {"completed": 1}, "image": {"x": 9}}),
         "a dimension summing past the jobs": answer(jobs=2, counts={"state": {"completed": 2},
