@@ -117,12 +117,13 @@ async def test_durations_p50_p95_per_engine(store: DashboardStore) -> None:
 
 
 def test_a_dashboard_db_of_a_newer_layout_is_refused_in_one_line(tmp_path: Path) -> None:
+    from bacalhau.dashboard.store import MIGRATIONS
     from bacalhau.errors import StateError
 
     path = tmp_path / "dashboard.db"
     DashboardStore(path).close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 0 and "CREATE TABLE IF NOT EXISTS jobs" in SCHEMA
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) and "CREATE TABLE IF NOT EXISTS jobs" in SCHEMA
     conn.execute("PRAGMA user_version=7")
     conn.close()
     with pytest.raises(StateError, match="newer bacalhau"):

@@ -5,6 +5,9 @@ A message is `{"v": 1, "hello": Hello}` (a requester says it is one, now and the
 before parsing, each field's type and size (pydantic, extra fields refused), ids parsed, times sane, and the
 sender, whose signature pubsub checked, must be the requester that the event names.
 
+A late joiner asks each requester on TOTALS_PROTOCOL for the aggregates of its own jobs up to a mark and its
+recent jobs in detail (check_aggregate: the figures must be ones a requester could have).
+
 An event's identity is (job id, state, updated_at): the aggregation counts a job once, a terminal state once,
 however often, late or out of order its snapshots arrive.
 """
@@ -23,6 +26,7 @@ from bacalhau.models import Engine, ExecutionState, Job, JobState, NodeType
 
 DASHBOARD_TOPIC = "bacalhau/dashboard/1.0.0"
 SYNC_PROTOCOL = "/bacalhau/dashboard/jobs/1.0.0"
+TOTALS_PROTOCOL = "/bacalhau/dashboard/totals/1.0.0"    # a requester's aggregates up to a mark + jobs after
 MAX_EVENT_BYTES = 8 * 1024          # a job snapshot is a few hundred bytes; refused above this, unparsed
 MAX_LABELS = 16
 MAX_EXECUTIONS = 16
@@ -87,6 +91,85 @@ class SyncRequest(_Strict):
 class SyncReply(_Strict):
     events: list[JobEvent] = Field(default_factory=list, max_length=MAX_SYNC_JOBS)
     now: float = 0.0                # the requester's clock when it answered: the next `since`, less a margin
+
+
+MAX_AGG_KEYS = 200                  # keys of one dimension in an aggregate (the most counted first)
+MAX_AGG_BUCKETS = 300               # the buckets the page shows (120 minutes, 72 hours, 90 days) fit
+MAX_AGG_BINS = 400                  # duration bins, all engines
+MAX_JOBS_PER_SECOND = 1000          # no requester finishes more jobs than this a second, over a mark's span
+MAX_AGG_JOBS = 10_000_000           # ... nor more than this between two asks (a first ask spans its history)
+AggKey = Annotated[str, StringConstraints(max_length=320)]
+
+
+class Aggregate(_Strict):
+    """What a requester's own jobs that ended in (since, upto] (its clock) add to each figure: terminal jobs
+    only, which never change again, so a joiner can take them as a block and forget them one by one."""
+    since: float
+    upto: float
+    totals: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=8)
+    buckets: list[tuple[str, int, int, int, int, int]] = Field(default_factory=list, max_length=MAX_AGG_BUCKETS)
+    counts: dict[str, dict[AggKey, Annotated[int, Field(ge=0)]]] = Field(default_factory=dict, max_length=8)
+    durations: list[tuple[Engine, int, int]] = Field(default_factory=list, max_length=MAX_AGG_BINS)
+
+
+class TotalsRequest(_Strict):
+    since: float = Field(default=0.0, ge=0.0)     # the mark of the previous answer (the requester's clock)
+    limit: int = Field(default=MAX_SYNC_JOBS, ge=0, le=MAX_SYNC_JOBS)
+
+
+class TotalsReply(_Strict):
+    aggregate: Aggregate
+    events: list[JobEvent] = Field(default_factory=list, max_length=2 * MAX_SYNC_JOBS)  # after the mark, and unfinished
+    complete: bool = True           # every unfinished job is among the events
+    now: float = 0.0
+
+
+def check_aggregate(agg: Aggregate, since: float, now: float | None = None) -> None:
+    """Refused unless the figures could be a requester's own: a mark that moves forward and not past its clock,
+    counts that add up (each dimension at most the jobs, a state per job), at most MAX_JOBS_PER_SECOND over
+    the span and MAX_AGG_JOBS an answer. What a lying requester can still do: invent up to that many jobs of its
+    own (its jobs are its to report), each counted once; an honest one past MAX_AGG_JOBS jobs is refused."""
+    now = time.time() if now is None else now
+    if agg.since != since:
+        raise Refused(f"an aggregate from {agg.since!r}, asked from {since!r}")
+    if not (math.isfinite(agg.upto) and since <= agg.upto <= now + CLOCK_SKEW):
+        raise Refused(f"a mark of {agg.upto!r} (not between the last one and now)")
+    if set(agg.totals) - {"jobs", "completed", "failed", "cancelled"}:
+        raise Refused("an aggregate with unknown totals")
+    jobs = agg.totals.get("jobs", 0)
+    ended = sum(agg.totals.get(s, 0) for s in ("completed", "failed", "cancelled"))
+    if ended != jobs:
+        raise Refused(f"{jobs} jobs but {ended} ended")
+    span = agg.upto - max(since, EARLIEST)
+    if jobs > min(MAX_AGG_JOBS, MAX_JOBS_PER_SECOND * max(span, 1.0)):
+        raise Refused(f"{jobs} jobs over {span:.0f} s")
+    if set(agg.counts) - {"engine", "image", "state", "node", "label", "reason", "client"}:
+        raise Refused("an aggregate with unknown dimensions")
+    for dim, keys in agg.counts.items():
+        if len(keys) > MAX_AGG_KEYS:
+            raise Refused(f"{len(keys)} keys of {dim}")
+        if dim in ("engine", "image", "state", "client", "reason") and sum(keys.values()) > jobs:
+            raise Refused(f"{dim} counts more than the jobs")
+        if any(n > jobs for n in keys.values()):
+            raise Refused(f"a {dim} counted more than the jobs")
+    if agg.counts.get("state", {}) != {s: agg.totals[s] for s in ("completed", "failed", "cancelled")
+                                        if agg.totals.get(s)}:
+        raise Refused("states that are not the ended totals")
+    seen, per_unit = set(), dict.fromkeys(("minute", "hour", "day"), 0)
+    for unit, start, n, completed, failed, cancelled in agg.buckets:
+        from bacalhau.dashboard.store import UNITS
+
+        if unit not in UNITS or start % UNITS[unit] or (unit, start) in seen or start > agg.upto + UNITS[unit]:
+            raise Refused(f"a bucket {unit[:10]!r} at {start}")
+        seen.add((unit, start))
+        per_unit[unit] += n
+        if min(n, completed, failed, cancelled) < 0 or max(n, completed, failed, cancelled) > jobs:
+            raise Refused("a bucket counting more than the jobs")
+    if max(per_unit.values()) > jobs:
+        raise Refused("buckets counting more than the jobs")
+    for _, _, n in agg.durations:
+        if not 0 <= n <= agg.totals.get("completed", 0):
+            raise Refused("durations counting more than the completed jobs")
 
 
 class Refused(ValueError):

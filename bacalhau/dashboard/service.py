@@ -1,6 +1,7 @@
 """The dashboard's side of a node: it gossips its requester's job snapshots, aggregates what every requester
-gossips (store.py), asks requesters it hears of for their recent jobs (a late joiner's catch-up), and keeps the
-live list of nodes from their NodeInfo.
+gossips (store.py), asks requesters it hears of for the aggregates of their own jobs and their recent jobs (a
+late joiner's catch-up: each requester's figures are disjoint, so they add up), and keeps the live list of nodes
+from their NodeInfo.
 
 Peers are hostile: a message is size-checked before parsing and checked field by field (events.py); a job event
 is taken only from the requester it names, which must have said hello as a requester (and not have gossiped a
@@ -20,7 +21,7 @@ import trio
 
 from bacalhau.dashboard import events as ev
 from bacalhau.dashboard.store import DashboardStore
-from bacalhau.errors import BacalhauError
+from bacalhau.errors import BacalhauError, ProtocolError
 from bacalhau.models import Job, NodeInfo, NodeType
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,8 @@ RATE = 200.0                 # events a second a sender may send, sustained
 BURST = 2000.0
 MAX_PEERS = 1000             # senders, requesters and nodes remembered (a flood of ids cannot grow them)
 SYNC_TIMEOUT = 10.0
-SYNC_MARGIN = 60.0           # each catch-up asks again for this much before the previous one's end
 SYNC_CONCURRENCY = 4
+ANSWER_INTERVAL = 1.0        # an asker gets at most one totals answer this often (each reads since its mark)
 MAX_PUBLISHED = 10_000       # jobs whose last published snapshot is remembered (to skip repeats)
 
 
@@ -64,9 +65,11 @@ class Dashboard:
         self.requesters: dict[str, float] = {}                  # who said hello as a requester -> when (wall)
         self._synced: set[str] = set()
         self._addrs: dict[str, list[str]] = {}     # requester -> its multiaddrs, from its hello
-        self._cursor: dict[str, float] = {}        # requester -> `since` of the next catch-up (its clock)
+        self._cursor: dict[str, float] = {}        # requester -> its mark at the last catch-up (its clock)
         self._sync_interval = 2 * node_info_ttl
         self._sync_limiter = trio.CapacityLimiter(SYNC_CONCURRENCY)
+        self._answering = trio.CapacityLimiter(1)              # totals answers, one at a time
+        self._answered: dict[str, float] = {}                  # asker -> when it was last answered (trio)
         self._nodes: dict[str, dict[str, Any]] = {}            # node id -> what the page shows, last_seen wall
         self._not_requesters: set[str] = set()                  # NodeInfo senders that say they are not one
         self._ignored: set[str] = set()
@@ -85,6 +88,7 @@ class Dashboard:
             if self._jobs is not None:
                 if self._transport is not None:
                     self._transport.register(ev.SYNC_PROTOCOL, self._answer_sync)
+                    self._transport.register(ev.TOTALS_PROTOCOL, self._answer_totals)
                 nursery.start_soon(self._publish_loop)
             if self._host is not None:
                 await nursery.start(self._listen)
@@ -237,9 +241,11 @@ class Dashboard:
             if await self.store.ingest(batch):
                 self._poke()
 
-    # -- catch-up: a requester's recent jobs, asked for when it is first heard of and then every few seconds
-    # (gossip is not reliable: what a peer published while the mesh formed, or while this node was away, is
-    # caught here; each ask covers from SYNC_MARGIN before the previous one, so nothing falls between two)
+    # -- catch-up: a requester's aggregates and recent jobs, asked for when it is first heard of and then every
+    # few seconds (gossip is not reliable: what a peer published while the mesh formed, or while this node was
+    # away, is caught here). Each requester is the only source of its own jobs, so per-requester aggregates are
+    # disjoint: its jobs that ended up to a mark come as figures (a mark per requester, kept in dashboard.db),
+    # the rest in detail; each ask goes on from the previous mark, so nothing falls between two)
 
     async def _sync_loop(self) -> None:
         if self._transport is None:
@@ -255,38 +261,58 @@ class Dashboard:
                     self._nursery.start_soon(self._sync_from, peer)
 
     async def _sync_from(self, peer: str) -> None:
-        request = ev.SyncRequest(since=self._cursor.get(peer, 0.0))
+        """Ask a requester for the aggregates of its jobs that ended since the mark this node holds of it, and
+        its recent and unfinished jobs in detail (store.apply_totals counts each job once)."""
+        from bacalhau.bprotocol.framing import parse_reply
+
         async with self._sync_limiter:
             try:
+                since = await self.store.mark_of(peer)
+                request = ev.TotalsRequest(since=since)
                 with trio.fail_after(self._call_timeout):
                     addrs = self._addrs.get(peer)
                     if self._host is not None and addrs and peer not in self._host.connected_peers():
                         await self._host.connect(addrs[0])
-                    raw = await self._transport.call(peer, ev.SYNC_PROTOCOL, request.model_dump_json().encode(),
-                                                     timeout=self._call_timeout)
-                from bacalhau.bprotocol.framing import parse_reply
-
-                reply = parse_reply(raw, ev.SyncReply)
+                    raw = await self._transport.call(peer, ev.TOTALS_PROTOCOL,
+                                                     request.model_dump_json().encode(), timeout=self._call_timeout)
+                reply = parse_reply(raw, ev.TotalsReply)
+                ev.check_aggregate(reply.aggregate, since)
+                for event in reply.events:
+                    ev.check_event(event, peer)
+            except ev.Refused as exc:
+                self.refused += 1
+                self._ignore(peer, f"catch-up: {exc}")
+                return
             except (BacalhauError, trio.TooSlowError, ValueError) as exc:
-                log.info("dashboard: no recent jobs from requester %s: %s", peer, exc)
+                log.info("dashboard: no totals from requester %s: %s", peer, exc)
                 return
             finally:
                 self._synced.discard(peer)      # one ask a requester at a time
-        if len(self._cursor) >= MAX_PEERS and peer not in self._cursor:
-            self._cursor.clear()
-        if math.isfinite(reply.now):
-            self._cursor[peer] = reply.now - SYNC_MARGIN
-        taken = 0
-        for event in reply.events:
-            try:
-                ev.check_event(event, peer)
-            except ev.Refused as exc:
-                self._ignore(peer, f"sync: {exc}")
-                continue
-            self._enqueue(peer, event)
-            taken += 1
-        if taken:
-            log.info("dashboard: %d recent jobs from requester %s", taken, peer)
+            if len(self._cursor) >= MAX_PEERS and peer not in self._cursor:
+                self._cursor.clear()
+            self._cursor[peer] = reply.aggregate.upto
+            if await self.store.apply_totals(peer, reply):
+                self._poke()
+        log.info("dashboard: requester %s: %d jobs ended up to %.0f, %d in detail", peer,
+                 reply.aggregate.totals.get("jobs", 0), reply.aggregate.upto, len(reply.events))
+
+    async def _answer_totals(self, peer_id: str, payload: bytes) -> bytes:
+        from bacalhau.bprotocol.framing import decode, error_reply, ok_reply
+
+        try:
+            request = decode(payload, ev.TotalsRequest)
+            now = trio.current_time()
+            if now - self._answered.get(peer_id, -math.inf) < ANSWER_INTERVAL:
+                raise ProtocolError(f"asked again within {ANSWER_INTERVAL:.0f} s")
+            if peer_id not in self._answered and len(self._answered) >= MAX_PEERS:
+                self._answered.clear()
+            self._answered[peer_id] = now
+            async with self._answering:
+                reply = await self.store.totals_of(self.node_id, request.since, request.limit, self._clock(),
+                                                   ev.MAX_SYNC_BYTES)
+            return ok_reply(reply)
+        except (BacalhauError, ValueError) as exc:
+            return error_reply(exc)
 
     async def _answer_sync(self, peer_id: str, payload: bytes) -> bytes:
         from bacalhau.bprotocol.framing import decode, error_reply, ok_reply

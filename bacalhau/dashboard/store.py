@@ -7,6 +7,12 @@ or by a late joiner's sync counts once. Counts are kept at write time: per minut
 UTC starts, so they sort in time order), per dimension (engine, image, state, node, label, failure reason,
 client), a duration histogram per engine (bins a quarter of a power of two wide, for p50/p95), and totals.
 No read scans the history: each is an index range or a small table.
+
+A late joiner takes each requester's own aggregates (`totals_of` answers, `apply_totals` takes): the figures
+of its jobs that ended up to a mark, in place of what this node had counted of them. Rows those figures hold
+are `covered` (listed, never counted again), and an event of that requester's under its mark counts nothing:
+a job counts once whether it came as a figure, in detail or by gossip. Building an answer reads the requester's
+ended jobs since the asker's mark (the whole history at a first ask: 626 ms for 30,000 jobs).
 """
 
 from __future__ import annotations
@@ -14,14 +20,22 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bacalhau.dashboard.events import JobEvent
+from bacalhau.dashboard.events import (
+    MAX_AGG_BINS,
+    MAX_AGG_BUCKETS,
+    MAX_AGG_KEYS,
+    Aggregate,
+    JobEvent,
+    TotalsReply,
+)
 from bacalhau.db import Database
-from bacalhau.models import ExecutionState, JobState
+from bacalhau.models import Engine, ExecutionState, JobState
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -45,7 +59,13 @@ CREATE TABLE IF NOT EXISTS durations (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS totals (key TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
 """
-MIGRATIONS: tuple[str, ...] = ()      # layout version 0 is SCHEMA; migrations[i] takes version i to i + 1
+# layout version 0 is SCHEMA; migrations[i] takes version i to i + 1.
+# 1: a late joiner takes each requester's aggregates up to a mark (`marks`); a job row those figures already
+#    hold is `covered` (kept for the lists, counted by the aggregate, never again by its events)
+MIGRATIONS: tuple[str, ...] = (
+    "ALTER TABLE jobs ADD COLUMN covered INTEGER NOT NULL DEFAULT 0;"
+    "CREATE TABLE IF NOT EXISTS marks (requester TEXT PRIMARY KEY, upto REAL NOT NULL) WITHOUT ROWID",
+)
 
 UNITS = {"minute": 60, "hour": 3600, "day": 86400}
 SPANS = {"minute": 120, "hour": 72, "day": 90}     # buckets a time series shows, back from now
@@ -54,6 +74,7 @@ TOP = 12                     # rows a breakdown shows (the rest summed as "other
 LATEST = 25
 BINS_PER_DOUBLING = 4
 MIN_DURATION = 0.001
+SYNC_MARGIN = 60.0           # a requester's aggregate stops this far back (what ends later comes in detail)
 
 
 def duration_bin(seconds: float) -> int:
@@ -86,6 +107,82 @@ class DashboardStore:
         if changed:
             self.version += 1
         return changed
+
+    async def mark_of(self, requester: str) -> float:
+        """Up to when (its clock) a requester's ended jobs are counted by its aggregates."""
+        return await self._db.run(lambda conn: _mark(conn, requester))
+
+    async def apply_totals(self, requester: str, reply: TotalsReply) -> int:
+        """A requester's answer to a catch-up (checked by the caller), in one transaction: the figures of its
+        jobs that ended up to the mark are taken from its aggregate in place of what this node had counted of
+        them (a job counts once, whichever way it came), the mark moves, and its recent jobs are taken."""
+        agg = reply.aggregate
+
+        def apply(conn: sqlite3.Connection) -> int:
+            if _mark(conn, requester) != agg.since:
+                return 0        # another answer moved the mark meanwhile: this one is stale
+            # listed and not under the mark (those under it are counted by the aggregate)
+            shown = {e.job_id for e in reply.events if not (e.state.terminal and e.updated_at <= agg.upto)}
+            ended = tuple(s.value for s in JobState if s.terminal)
+            rows = conn.execute(
+                "SELECT * FROM jobs WHERE requester=? AND covered=0 AND updated_at<=? "
+                f"AND state IN ({','.join('?' * len(ended))})", (requester, agg.upto, *ended)).fetchall()
+            if reply.complete:     # an unfinished job it does not list has ended, up to the mark
+                rows += [r for r in conn.execute(
+                    f"SELECT * FROM jobs WHERE requester=? AND covered=0 AND state NOT IN "
+                    f"({','.join('?' * len(ended))})", (requester, *ended)) if r["id"] not in shown]
+            mine = _Sum()
+            for r in rows:
+                mine.add(r)
+            _write_sum(conn, mine, -1)
+            conn.executemany("UPDATE jobs SET covered=1 WHERE id=?", [(r["id"],) for r in rows])
+            _write_sum(conn, _Sum.of(agg), 1)
+            conn.execute("INSERT INTO marks(requester, upto) VALUES (?,?) ON CONFLICT(requester) "
+                         "DO UPDATE SET upto=excluded.upto", (requester, agg.upto))
+            return 1 + sum(_apply(conn, e, agg.upto if e.state.terminal else None) for e in reply.events)
+        changed = await self._db.run(apply)
+        if changed:
+            self.version += 1
+        return changed
+
+    async def totals_of(self, requester: str, since: float, limit: int, now: float,
+                        max_bytes: int) -> TotalsReply:
+        """This requester's answer: the aggregates of its jobs that ended in (since, mark], the mark at least
+        SYNC_MARGIN back, and in detail its newest `limit` ended jobs and its unfinished ones (as many as
+        `max_bytes` hold); an ended job not listed is always under the mark."""
+        ended = tuple(s.value for s in JobState if s.terminal)
+        marks = ",".join("?" * len(ended))
+
+        def read(conn: sqlite3.Connection) -> TotalsReply:
+            events: list[JobEvent] = []
+            size = 0
+            complete = True
+            for r in conn.execute(f"SELECT * FROM jobs WHERE requester=? AND state NOT IN ({marks}) "
+                                  "ORDER BY updated_at DESC LIMIT ?", (requester, *ended, limit + 1)):
+                event = _event(r)
+                size += len(event.model_dump_json())
+                if size > max_bytes // 2 or len(events) >= limit:
+                    complete = False
+                    break
+                events.append(event)
+            upto = max(since, min(now, now - SYNC_MARGIN))
+            listed = 0
+            for r in conn.execute(f"SELECT * FROM jobs WHERE requester=? AND state IN ({marks}) "
+                                  "ORDER BY updated_at DESC LIMIT ?", (requester, *ended, limit + 1)):
+                event = _event(r)
+                size += len(event.model_dump_json())
+                if size > max_bytes or listed >= limit or r["updated_at"] <= since:
+                    upto = max(upto, min(now, r["updated_at"]))     # those not listed are under the mark
+                    break
+                events.append(event)
+                listed += 1
+            total = _Sum()
+            for r in conn.execute(f"SELECT * FROM jobs WHERE requester=? AND updated_at>? AND updated_at<=? "
+                                  f"AND state IN ({marks})", (requester, since, upto, *ended)):
+                total.add(r)
+            return TotalsReply(aggregate=total.aggregate(since, upto, now), events=events, complete=complete,
+                               now=now)
+        return await self._db.run(read)
 
     # -- reads ----------------------------------------------------------------------------------------------
 
@@ -144,9 +241,22 @@ def _bucket(conn: sqlite3.Connection, at: float, column: str) -> None:
                      f"ON CONFLICT(unit, start) DO UPDATE SET {column} = {column} + 1", (unit, start))
 
 
-def _apply(conn: sqlite3.Connection, e: JobEvent) -> bool:
-    row = conn.execute("SELECT requester, state, updated_at FROM jobs WHERE id=?", (e.job_id,)).fetchone()
+def _mark(conn: sqlite3.Connection, requester: str) -> float:
+    row = conn.execute("SELECT upto FROM marks WHERE requester=?", (requester,)).fetchone()
+    return float(row["upto"]) if row else 0.0
+
+
+def _apply(conn: sqlite3.Connection, e: JobEvent, mark: float | None = -1.0) -> bool:
+    """Take one event; `mark` is its requester's (read when -1.0; None: none applies)."""
+    row = conn.execute("SELECT * FROM jobs WHERE id=?", (e.job_id,)).fetchone()
     old: str | None = None
+    if mark == -1.0:
+        mark = _mark(conn, e.requester)
+    if row is None and mark is not None and e.updated_at <= mark:
+        if not e.state.terminal:
+            return False            # an old snapshot of a job that has ended under the mark, or will be listed
+        _insert(conn, e, covered=1)     # its requester's aggregate counted it: listed, not counted again
+        return True
     if row is not None:
         if row["requester"] != e.requester:
             return False            # a job is its requester's: another cannot speak for it
@@ -155,9 +265,21 @@ def _apply(conn: sqlite3.Connection, e: JobEvent) -> bool:
             return False            # a terminal state is final; an older or repeated snapshot is no news
     values = (e.requester, e.state.value, e.engine.value, e.image, e.client, json.dumps(e.labels), e.created_at,
               e.updated_at, e.reason, e.result_cid, json.dumps([x.model_dump(mode="json") for x in e.executions]))
+    if row is not None and row["covered"]:      # its requester's aggregate counted it: listed as it is now
+        conn.execute("UPDATE jobs SET requester=?, state=?, engine=?, image=?, client=?, labels=?, created_at=?, "
+                     "updated_at=?, reason=?, result_cid=?, executions=? WHERE id=?", (*values, e.job_id))
+        return False
+    if row is not None and mark is not None and e.state.terminal and e.updated_at <= mark:
+        # it ended under the mark (a requester's unfinished jobs past what one answer lists): its aggregate
+        # counts it, so what this row counted goes
+        counted = _Sum()
+        counted.add(row)
+        _write_sum(conn, counted, -1)
+        conn.execute("UPDATE jobs SET requester=?, state=?, engine=?, image=?, client=?, labels=?, created_at=?, "
+                     "updated_at=?, reason=?, result_cid=?, executions=?, covered=1 WHERE id=?", (*values, e.job_id))
+        return True
     if old is None:
-        conn.execute("INSERT INTO jobs(requester, state, engine, image, client, labels, created_at, updated_at, "
-                     "reason, result_cid, executions, id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", (*values, e.job_id))
+        _insert(conn, e)
         _total(conn, "jobs")
         _bucket(conn, e.created_at, "jobs")
         _bump(conn, "engine", e.engine.value)
@@ -186,6 +308,111 @@ def _apply(conn: sqlite3.Connection, e: JobEvent) -> bool:
         for node in sorted(ran):
             _bump(conn, "node", node)
     return True
+
+
+def _insert(conn: sqlite3.Connection, e: JobEvent, covered: int = 0) -> None:
+    conn.execute("INSERT INTO jobs(requester, state, engine, image, client, labels, created_at, updated_at, "
+                 "reason, result_cid, executions, id, covered) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                 (e.requester, e.state.value, e.engine.value, e.image, e.client, json.dumps(e.labels),
+                  e.created_at, e.updated_at, e.reason, e.result_cid,
+                  json.dumps([x.model_dump(mode="json") for x in e.executions]), e.job_id, covered))
+
+
+def _event(r: sqlite3.Row) -> JobEvent:
+    row = _row(r)
+    job_id = row.pop("id")
+    return JobEvent.model_validate({**row, "job_id": job_id})
+
+
+class _Sum:
+    """What a set of job rows adds to each figure, as _apply counts them (or an aggregate, read back)."""
+
+    def __init__(self) -> None:
+        self.totals: Counter[str] = Counter()
+        self.buckets: Counter[tuple[str, int, str]] = Counter()     # (unit, start, column)
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.durations: Counter[tuple[str, int]] = Counter()
+
+    def add(self, r: sqlite3.Row) -> None:
+        state = JobState(r["state"])
+        self.totals["jobs"] += 1
+        self._bucket(r["created_at"], "jobs")
+        self.counts["engine", r["engine"]] += 1
+        self.counts["image", r["image"] or r["engine"]] += 1
+        for k, v in json.loads(r["labels"]).items():
+            self.counts["label", f"{k}={v}"] += 1
+        if r["client"]:
+            self.counts["client", r["client"]] += 1
+        self.counts["state", state.value] += 1
+        if state.terminal:
+            self.totals[state.value] += 1
+            self._bucket(r["updated_at"], state.value)
+            if state == JobState.FAILED:
+                self.counts["reason", " ".join(r["reason"].split())[:120] or "(no reason)"] += 1
+            if state == JobState.COMPLETED:
+                self.durations[r["engine"], duration_bin(r["updated_at"] - r["created_at"])] += 1
+            ran = {x["node_id"] for x in json.loads(r["executions"])
+                   if x["state"] != ExecutionState.BID_REJECTED.value}
+            for node in ran:
+                self.counts["node", node] += 1
+
+    def _bucket(self, at: float, column: str) -> None:
+        for unit, width in UNITS.items():
+            self.buckets[unit, int(at // width) * width, column] += 1
+
+    def aggregate(self, since: float, upto: float, now: float) -> Aggregate:
+        """As sent: the buckets a page shows, the most counted keys of each dimension."""
+        cols = ("jobs", "completed", "failed", "cancelled")
+        buckets = []
+        for unit, width in UNITS.items():
+            first = int(now // width) * width - (SPANS[unit] - 1) * width
+            starts = sorted({s for (u, s, _) in self.buckets if u == unit and s >= first})
+            buckets += [(unit, s, *(self.buckets[unit, s, c] for c in cols)) for s in starts]
+        counts: dict[str, dict[str, int]] = {}
+        for (dim, key), n in sorted(self.counts.items(), key=lambda kv: -kv[1]):
+            keys = counts.setdefault(dim, {})
+            if len(keys) < MAX_AGG_KEYS:
+                keys[key] = n
+        return Aggregate(since=since, upto=upto, totals=dict(self.totals), buckets=buckets[:MAX_AGG_BUCKETS],
+                         counts=counts, durations=[(Engine(e), b, n) for (e, b), n in
+                                                   sorted(self.durations.items())][:MAX_AGG_BINS])
+
+    @classmethod
+    def of(cls, agg: Aggregate) -> _Sum:
+        out = cls()
+        out.totals.update(agg.totals)
+        for unit, start, *ns in agg.buckets:
+            for column, n in zip(("jobs", "completed", "failed", "cancelled"), ns, strict=True):
+                out.buckets[unit, start, column] += n
+        for dim, keys in agg.counts.items():
+            for key, n in keys.items():
+                out.counts[dim, key] += n
+        for engine, b, n in agg.durations:
+            out.durations[engine.value, b] += n
+        return out
+
+
+def _write_sum(conn: sqlite3.Connection, s: _Sum, sign: int) -> None:
+    for key, n in s.totals.items():
+        if n:
+            _total(conn, key, sign * n)
+    for (unit, start, column), n in s.buckets.items():
+        if n:
+            conn.execute(f"INSERT INTO buckets(unit, start, {column}) VALUES (?,?,?) "
+                         f"ON CONFLICT(unit, start) DO UPDATE SET {column} = max(0, {column} + excluded.{column})",
+                         (unit, start, sign * n))
+    for (dim, key), n in s.counts.items():
+        if not n:
+            continue
+        if _bump(conn, dim, key, sign * n) and dim == "client" and sign > 0:
+            _total(conn, "clients")
+        elif dim == "client" and sign < 0 and conn.execute(
+                "DELETE FROM counts WHERE dim='client' AND key=? AND n<=0", (key,)).rowcount:
+            _total(conn, "clients", -1)     # the client is no longer counted: its aggregate counts it again
+    for (engine, b), n in s.durations.items():
+        if n:
+            conn.execute("INSERT INTO durations(engine, bin, n) VALUES (?,?,?) "
+                         "ON CONFLICT(engine, bin) DO UPDATE SET n = max(0, n + excluded.n)", (engine, b, sign * n))
 
 
 def _summary(conn: sqlite3.Connection) -> dict[str, Any]:
