@@ -12,6 +12,7 @@ import trio
 
 from bacalhau.config import DEFAULT_NODE_INFO_INTERVAL
 from bacalhau.node import Node
+from bacalhau.p2p.host import P2PHost
 from tests.conftest import Served, free_port, join_args, node_config
 
 MESH_DELAY = 2.0    # a gossipsub heartbeat (1 s) to graft the restarted peer, and a second to connect
@@ -111,3 +112,25 @@ def _gen(listener: Node, node_id: str) -> str | None:
     assert listener.requester is not None
     info = listener.requester.nodes.get(node_id)
     return None if info is None else info.labels.get("gen")
+
+
+@pytest.mark.parametrize("psk", [None, "ab" * 32])
+async def test_a_host_that_stops_is_seen_gone_at_once(tmp_path, psk: str | None) -> None:  # type: ignore[no-untyped-def]
+    """A host stopped in a process that goes on closes its sockets (py-libp2p 0.8.1 left them open: its peer
+    kept the connection and its pubsub stream for good). Also catches a py-libp2p whose connection layers
+    P2PHost no longer finds the socket under."""
+    async with trio.open_nursery() as outer:
+        a = await outer.start(P2PHost(key_path=tmp_path / "a.key", listen_host="127.0.0.1", listen_port=0,
+                                      psk=psk).run)
+        async with trio.open_nursery() as b_nursery:
+            b = await b_nursery.start(P2PHost(key_path=tmp_path / "b.key", listen_host="127.0.0.1", listen_port=0,
+                                              psk=psk, peers=[a.listen_addrs[0]]).run)
+            with trio.fail_after(10):
+                while b.peer_id not in a.connected_peers():
+                    await trio.sleep(0.02)
+            b_nursery.cancel_scope.cancel()
+        with trio.move_on_after(2):
+            while b.peer_id in a.connected_peers():
+                await trio.sleep(0.02)
+        assert b.peer_id not in a.connected_peers(), "the stopped host is still connected after 2 s"
+        outer.cancel_scope.cancel()
