@@ -9,7 +9,10 @@ What it adds over py-libp2p (each point works around a trap measured on py-libp2
 - connections to the configured peers kept up with backoff (dialing costs >= 250 ms: never per call);
 - gossipsub with a 1 s heartbeat and spam limits sized for a cluster's NodeInfo traffic; every message
   signed and checked against its origin (strict signing), so a subscriber learns who wrote it;
-- caps on connections in total and per peer (py-libp2p enforces the per-peer one only on its own dials).
+- caps on connections in total and per peer (py-libp2p enforces the per-peer one only on its own dials);
+- gossip that resumes at once when a peer restarts: pubsub seqnos from the clock in nanoseconds (a restarted
+  node's messages were dropped as already seen), and a host that stops closes its sockets (py-libp2p leaves
+  them open, and its peers kept the dead pubsub stream).
 """
 
 from __future__ import annotations
@@ -275,6 +278,8 @@ class P2PHost:
             # second: a node that published faster (NodeInfo, job events) and restarted reused seqnos its peers
             # still hold as seen (for 120 s), and they dropped its messages as repeats. Nanoseconds, as
             # go-libp2p does: a restarted node starts past every seqno it used before.
+            if not isinstance(getattr(self._pubsub, "counter", None), int):
+                log.warning("this py-libp2p keeps no Pubsub.counter: a restarted node's gossip may be dropped")
             self._pubsub.counter = time.time_ns()
         async with self._host.run(listen_addrs=[multiaddr.Multiaddr(self._listen)]):
             # The auto-connector aims at 100+ connections and keeps redialing every peer it ever saw (a
