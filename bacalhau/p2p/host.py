@@ -9,7 +9,10 @@ What it adds over py-libp2p (each point works around a trap measured on py-libp2
 - connections to the configured peers kept up with backoff (dialing costs >= 250 ms: never per call);
 - gossipsub with a 1 s heartbeat and spam limits sized for a cluster's NodeInfo traffic; every message
   signed and checked against its origin (strict signing), so a subscriber learns who wrote it;
-- caps on connections in total and per peer (py-libp2p enforces the per-peer one only on its own dials).
+- caps on connections in total and per peer (py-libp2p enforces the per-peer one only on its own dials);
+- gossip that resumes at once when a peer restarts: pubsub seqnos from the clock in nanoseconds (a restarted
+  node's messages were dropped as already seen), and a host that stops closes its sockets (py-libp2p leaves
+  them open, and its peers kept the dead pubsub stream).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -58,6 +62,8 @@ REDIAL_MIN, REDIAL_MAX = 0.5, 10.0
 DIAL_TIMEOUT = 10.0   # a dial that the other side's PSK silently refuses would hang for 20-30 s
 READ_CHUNK = 256 * 1024
 REANNOUNCE_INTERVAL = 2.0
+NEW_PEER_CHECK = 0.1         # how soon a new pubsub peer is told this host's subscriptions
+CLOSE_TIMEOUT = 1.0      # a host that stops closes its connections within this
 DEFAULT_MAX_CONNECTIONS = 256          # inbound and outbound, all peers
 DEFAULT_MAX_CONNECTIONS_PER_PEER = 2   # a peer that opens more has its newest ones closed
 
@@ -88,20 +94,35 @@ def addr_of_peer(addr: str, peer_id: str) -> bool:
     return named is None or str(named) == peer_id
 
 
-class _ConnectionCap(INotifee):
-    """Hands every new connection to the host, which closes those over the per-peer cap."""
+def _tcp_socket(conn: Any) -> Any:
+    """The trio socket under a py-libp2p 0.8.1 connection (its muxer, Noise, PSK and TCP layers), or None."""
+    layer, seen = conn, 0
+    while layer is not None and seen < 8:
+        if isinstance(layer, trio.SocketStream):
+            return layer.socket
+        layer = next((getattr(layer, name) for name in ("muxed_conn", "secured_conn", "conn", "_conn", "stream")
+                      if name in getattr(layer, "__dict__", {})), None)
+        seen += 1
+    return None
 
-    def __init__(self, send: trio.MemorySendChannel[Any]) -> None:
+
+class _ConnectionCap(INotifee):
+    """Hands every new connection to the host, which closes those over the per-peer cap, and keeps the open
+    ones in `open_conns` (the swarm's own table is emptied before its connections are closed, if they are)."""
+
+    def __init__(self, send: trio.MemorySendChannel[Any], open_conns: set[Any]) -> None:
         self._send = send
+        self._open = open_conns
 
     async def connected(self, network: Any, conn: Any) -> None:
+        self._open.add(conn)
         try:
             self._send.send_nowait(conn)
         except (trio.WouldBlock, trio.ClosedResourceError):
             pass    # a flood of connections: the next one's check closes the excess as well
 
     async def disconnected(self, network: Any, conn: Any) -> None:
-        pass
+        self._open.discard(conn)
 
     async def opened_stream(self, network: Any, stream: Any) -> None:
         pass
@@ -223,6 +244,7 @@ class P2PHost:
         self._max_per_peer = max_connections_per_peer
         self.peer_id = ""
         self.listen_addrs: list[str] = []
+        self._open_conns: set[Any] = set()
 
     async def run(self, *, task_status: trio.TaskStatus[P2PHost] = trio.TASK_STATUS_IGNORED) -> None:
         key_pair = await trio.to_thread.run_sync(load_or_create_identity, self._key_path)
@@ -252,22 +274,32 @@ class P2PHost:
             # strict signing (py-libp2p's default, stated here so that it stays): a message whose signature
             # does not match its `from` is dropped, so the origin subscribe() yields is the writer
             self._pubsub = Pubsub(self._host, router, strict_signing=True)
+            # A message's id is its origin and seqno, and py-libp2p starts the seqno at int(time.time()), one a
+            # second: a node that published faster (NodeInfo, job events) and restarted reused seqnos its peers
+            # still hold as seen (for 120 s), and they dropped its messages as repeats. Nanoseconds, as
+            # go-libp2p does: a restarted node starts past every seqno it used before.
+            if not isinstance(getattr(self._pubsub, "counter", None), int):
+                log.warning("this py-libp2p keeps no Pubsub.counter: a restarted node's gossip may be dropped")
+            self._pubsub.counter = time.time_ns()
         async with self._host.run(listen_addrs=[multiaddr.Multiaddr(self._listen)]):
             # The auto-connector aims at 100+ connections and keeps redialing every peer it ever saw (a
             # departed node, hundreds of times): a cluster dials its own peers (see _keep_connected).
             await self._host.get_network().auto_connector.stop()
             self.listen_addrs = [f"{a}" if "/p2p/" in str(a) else f"{a}/p2p/{self.peer_id}"
                                  for a in self._host.get_addrs()]
-            async with trio.open_nursery() as nursery:
-                new_conns, conns = trio.open_memory_channel[Any](1024)
-                self._host.get_network().register_notifee(_ConnectionCap(new_conns))
-                nursery.start_soon(self._cap_connections, conns)
-                if router is not None:
-                    await nursery.start(self._run_pubsub, router)
-                for peer in self._peers:
-                    nursery.start_soon(self._keep_connected, peer)
-                task_status.started(self)
-                await trio.sleep_forever()
+            try:
+                async with trio.open_nursery() as nursery:
+                    new_conns, conns = trio.open_memory_channel[Any](1024)
+                    self._host.get_network().register_notifee(_ConnectionCap(new_conns, self._open_conns))
+                    nursery.start_soon(self._cap_connections, conns)
+                    if router is not None:
+                        await nursery.start(self._run_pubsub, router)
+                    for peer in self._peers:
+                        nursery.start_soon(self._keep_connected, peer)
+                    task_status.started(self)
+                    await trio.sleep_forever()
+            finally:
+                await self._close_connections()
 
     async def _run_pubsub(self, router: Any, *,
                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -292,6 +324,26 @@ class P2PHost:
                         await extra.close()
                     except Exception as exc:  # already closing
                         log.debug("closing a connection of %s: %r", peer, exc)
+
+    async def _close_connections(self) -> None:
+        """Close every connection of this host, so that its peers see it go at once.
+
+        py-libp2p's host leaves its TCP sockets open when it stops (its services are cancelled, and the swarm's
+        close() removes the connections without reaching their sockets): a host stopped in a process that goes
+        on (a node cancelled in a devstack, a test, a probe) stayed connected in its peers' eyes, their pubsub
+        kept the dead peer's stream, and a peer started again under that identity and address got none of
+        their gossip (nor they its subscriptions) until that connection died: never, on an idle cluster. The
+        swarm closes what it can within CLOSE_TIMEOUT (a yamux GoAway), then each socket is closed here."""
+        network = self._host.get_network()
+        conns = {*self._open_conns, *(conn for conns in list(network.connections.values()) for conn in conns)}
+        sockets = [sock for conn in conns if (sock := _tcp_socket(conn)) is not None]
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                await network.close()
+            except Exception as exc:  # a connection already broken: the others are closed below regardless
+                log.debug("closing the host's connections: %r", exc)
+        for sock in sockets:
+            sock.close()
 
     def connected_peers(self) -> list[str]:
         return [p.to_base58() for p in self._host.get_connected_peers()]
@@ -405,9 +457,18 @@ class P2PHost:
     async def _reannounce_subscriptions(self) -> None:
         """py-libp2p announces a subscription once, to the pubsub peers it has at that moment: a peer whose
         pubsub stream was still being set up (its hello already built) never learns of it, and never sends
-        us that topic. Announcing again now and then closes that gap; receivers treat repeats as no-ops."""
+        us that topic. Announcing again closes that gap: at once when a pubsub peer is new (a node that
+        subscribed while its stream to a restarted peer was being set up was otherwise sent nothing for up to
+        REANNOUNCE_INTERVAL), and every REANNOUNCE_INTERVAL besides; receivers treat repeats as no-ops."""
+        known: set[Any] = set()
+        last = -math.inf
         while True:
-            await trio.sleep(REANNOUNCE_INTERVAL)
+            await trio.sleep(NEW_PEER_CHECK)
+            peers = set(self._pubsub.peers)
+            if not peers - known and trio.current_time() - last < REANNOUNCE_INTERVAL:
+                known = peers
+                continue
+            known, last = peers, trio.current_time()
             for topic in list(self._pubsub.topic_ids):
                 packet, subopt = self._pubsub._build_announce_rpc(topic, subscribe=True)
                 await self._pubsub.message_all_peers(packet.SerializeToString(), announce=subopt)
