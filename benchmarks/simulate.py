@@ -4,6 +4,7 @@
     python -m benchmarks.simulate                       # 10, 100 and 1,000 nodes at 500 jobs/s offered
     python -m benchmarks.simulate --nodes 1000 --rate 0 # a burst: every job submitted at once
     python -m benchmarks.simulate --latency 0.002 --loss 0.01 --crash 0.05
+    python -m benchmarks.simulate --nodes 100 --loss 0.01 --callback-attempts 1   # lost callbacks not re-sent
 
 Per size it prints: jobs scheduled per second (a job is scheduled when a node's bid is accepted) and completed
 per second, submit-to-end latency p50/p99, the bid round p50/p99 (the job's first ask reaching a node to the
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import trio
 
+from bacalhau.compute.callbacks import DEFAULT_CALLBACK_ATTEMPTS, CallbackRetry
 from bacalhau.models import Engine, JobSpec, JobState, NoopSpec
 from bacalhau.testing.sim import Sim, SimConfig, percentile
 
@@ -30,7 +32,8 @@ from bacalhau.testing.sim import Sim, SimConfig, percentile
 async def one_size(args: argparse.Namespace, nodes: int, db_dir: Path) -> dict[str, float]:
     cfg = SimConfig(nodes=nodes, slots=args.slots, run_time=args.run_time, latency=args.latency, jitter=args.jitter,
                     loss=args.loss, gossip_interval=args.gossip_interval, seed=args.seed,
-                    call_timeout=args.call_timeout, bid_timeout=args.call_timeout)
+                    call_timeout=args.call_timeout, bid_timeout=args.call_timeout,
+                    callback_retry=CallbackRetry(attempts=args.callback_attempts))
     async with Sim(cfg, db_dir) as sim:
         ids: list[str] = []
         submitted_at: dict[str, float] = {}
@@ -103,6 +106,8 @@ def main() -> None:
     p.add_argument("--crash", type=float, default=0.0, help="share of nodes crashing every other second")
     p.add_argument("--gossip-interval", type=float, default=1.0)
     p.add_argument("--call-timeout", type=float, default=2.0)
+    p.add_argument("--callback-attempts", type=int, default=DEFAULT_CALLBACK_ATTEMPTS,
+                   help="sends of a lost callback by a node (1: never sent again, as before)")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--until", choices=["ended", "scheduled"], default="ended",
