@@ -85,6 +85,7 @@ async def one_size(args: argparse.Namespace, nodes: int, db_dir: Path) -> dict[s
             "scheduled_per_s": accepted / max(1e-9, max(sim.stats.accepted_at, default=end) - t0),
             "completed_per_s": completed / span, "completed": completed,
             "latency_p50_ms": 1000 * percentile(latencies, 0.5), "latency_p99_ms": 1000 * percentile(latencies, 0.99),
+            "latency_max_ms": 1000 * max(latencies, default=float("nan")),
             "bid_p50_ms": 1000 * percentile(sim.stats.bid_round, 0.5),
             "bid_p99_ms": 1000 * percentile(sim.stats.bid_round, 0.99),
             "gossip_msgs_node_s": msgs, "gossip_bytes_node_s": nbytes, "cpu_s": cpu,
@@ -121,7 +122,7 @@ def main() -> None:
             r = trio.run(one_size, args, n, Path(tmp))
         print(f"{r['nodes']:>5} nodes  {r['jobs']} jobs: scheduled {r['scheduled_per_s']:.0f}/s, completed "
               f"{r['completed_per_s']:.0f}/s ({r['completed']} completed), latency p50 {r['latency_p50_ms']:.0f} ms "
-              f"p99 {r['latency_p99_ms']:.0f} ms, bid round p50 {r['bid_p50_ms']:.1f} ms p99 {r['bid_p99_ms']:.1f} ms, "
+              f"p99 {r['latency_p99_ms']:.0f} ms max {r['latency_max_ms']:.0f} ms, bid round p50 {r['bid_p50_ms']:.1f} ms p99 {r['bid_p99_ms']:.1f} ms, "
               f"gossip {r['gossip_msgs_node_s']:.2f} msgs {r['gossip_bytes_node_s']:.0f} B per node/s, "
               f"CPU {r['cpu_s']:.1f} s ({r['cpu_ms_per_job']:.2f} ms a job, gossip intake {100 * r['gossip_cpu_share']:.1f}%), "
               f"calls {r['calls']} lost {r['lost']}, problems {r['problems']}", flush=True)
