@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from trio.testing import wait_all_tasks_blocked
 
 from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.proxies import CallbackProxy
@@ -191,3 +192,34 @@ async def test_a_callback_the_requester_refuses_is_not_sent_again() -> None:
                        policy=CallbackRetry(attempts=4, backoff=0.01))
     assert not ok
     assert len(heard) == 1
+
+
+@pytest.mark.parametrize("lose", ["request", "reply"])
+async def test_a_lost_result_accepted_is_sent_again_by_the_requester_and_published_once(
+        tmp_path: Path, lose: str) -> None:
+    """The same tail the other way: the requester told the node its result was accepted, once; lost, the node
+    kept the execution running until the reconcile pass. A second copy the node took already changes nothing."""
+    async with Sim(SimConfig(**SIM), tmp_path) as sim:     # type: ignore[arg-type]
+        dropped: list[str] = []
+        calls: Counter[str] = Counter()
+
+        def once(caller: str, callee: str, protocol_id: str) -> str:
+            calls[protocol_id] += 1
+            if protocol_id == m.RESULT_ACCEPTED and not dropped:
+                dropped.append(callee)
+                return lose
+            return ""
+
+        sim.network.drop = once
+        job = await sim.submit()
+        done = await sim.wait_all([job.id], WELL_BEFORE_RECONCILE)
+        assert dropped
+        assert job.id in done and done[job.id].state == JobState.COMPLETED, "not completed before the reconcile pass"
+        with trio.fail_after(WELL_BEFORE_RECONCILE):    # a lost reply: the second copy may come after the end
+            while calls[m.RESULT_ACCEPTED] < 2:
+                await trio.sleep(0.02)
+        await wait_all_tasks_blocked()                 # the node has answered it
+        assert calls[m.RESULT_ACCEPTED] == 2, calls
+        assert calls[m.ON_PUBLISH_COMPLETE] == 1, calls
+        [ex] = [ex for node in sim.nodes for ex in node.executions.values() if ex.job_id == job.id]
+        assert ex.state == ExecutionState.COMPLETED
