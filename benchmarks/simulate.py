@@ -4,6 +4,7 @@
     python -m benchmarks.simulate                       # 10, 100 and 1,000 nodes at 500 jobs/s offered
     python -m benchmarks.simulate --nodes 1000 --rate 0 # a burst: every job submitted at once
     python -m benchmarks.simulate --latency 0.002 --loss 0.01 --crash 0.05
+    python -m benchmarks.simulate --nodes 100 --loss 0.01 --callback-attempts 1   # lost callbacks not re-sent
 
 Per size it prints: jobs scheduled per second (a job is scheduled when a node's bid is accepted) and completed
 per second, submit-to-end latency p50/p99, the bid round p50/p99 (the job's first ask reaching a node to the
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import trio
 
+from bacalhau.compute.callbacks import DEFAULT_CALLBACK_ATTEMPTS, CallbackRetry
 from bacalhau.models import Engine, JobSpec, JobState, NoopSpec
 from bacalhau.testing.sim import Sim, SimConfig, percentile
 
@@ -30,7 +32,8 @@ from bacalhau.testing.sim import Sim, SimConfig, percentile
 async def one_size(args: argparse.Namespace, nodes: int, db_dir: Path) -> dict[str, float]:
     cfg = SimConfig(nodes=nodes, slots=args.slots, run_time=args.run_time, latency=args.latency, jitter=args.jitter,
                     loss=args.loss, gossip_interval=args.gossip_interval, seed=args.seed,
-                    call_timeout=args.call_timeout, bid_timeout=args.call_timeout)
+                    call_timeout=args.call_timeout, bid_timeout=args.call_timeout,
+                    callback_retry=CallbackRetry(attempts=args.callback_attempts))
     async with Sim(cfg, db_dir) as sim:
         ids: list[str] = []
         submitted_at: dict[str, float] = {}
@@ -82,6 +85,7 @@ async def one_size(args: argparse.Namespace, nodes: int, db_dir: Path) -> dict[s
             "scheduled_per_s": accepted / max(1e-9, max(sim.stats.accepted_at, default=end) - t0),
             "completed_per_s": completed / span, "completed": completed,
             "latency_p50_ms": 1000 * percentile(latencies, 0.5), "latency_p99_ms": 1000 * percentile(latencies, 0.99),
+            "latency_max_ms": 1000 * max(latencies, default=float("nan")),
             "bid_p50_ms": 1000 * percentile(sim.stats.bid_round, 0.5),
             "bid_p99_ms": 1000 * percentile(sim.stats.bid_round, 0.99),
             "gossip_msgs_node_s": msgs, "gossip_bytes_node_s": nbytes, "cpu_s": cpu,
@@ -103,6 +107,8 @@ def main() -> None:
     p.add_argument("--crash", type=float, default=0.0, help="share of nodes crashing every other second")
     p.add_argument("--gossip-interval", type=float, default=1.0)
     p.add_argument("--call-timeout", type=float, default=2.0)
+    p.add_argument("--callback-attempts", type=int, default=DEFAULT_CALLBACK_ATTEMPTS,
+                   help="sends of a lost callback by a node (1: never sent again, as before)")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--until", choices=["ended", "scheduled"], default="ended",
@@ -116,7 +122,7 @@ def main() -> None:
             r = trio.run(one_size, args, n, Path(tmp))
         print(f"{r['nodes']:>5} nodes  {r['jobs']} jobs: scheduled {r['scheduled_per_s']:.0f}/s, completed "
               f"{r['completed_per_s']:.0f}/s ({r['completed']} completed), latency p50 {r['latency_p50_ms']:.0f} ms "
-              f"p99 {r['latency_p99_ms']:.0f} ms, bid round p50 {r['bid_p50_ms']:.1f} ms p99 {r['bid_p99_ms']:.1f} ms, "
+              f"p99 {r['latency_p99_ms']:.0f} ms max {r['latency_max_ms']:.0f} ms, bid round p50 {r['bid_p50_ms']:.1f} ms p99 {r['bid_p99_ms']:.1f} ms, "
               f"gossip {r['gossip_msgs_node_s']:.2f} msgs {r['gossip_bytes_node_s']:.0f} B per node/s, "
               f"CPU {r['cpu_s']:.1f} s ({r['cpu_ms_per_job']:.2f} ms a job, gossip intake {100 * r['gossip_cpu_share']:.1f}%), "
               f"calls {r['calls']} lost {r['lost']}, problems {r['problems']}", flush=True)

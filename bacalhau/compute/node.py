@@ -20,18 +20,13 @@ from bacalhau.bprotocol.proxies import CallbackProxy
 from bacalhau.bprotocol.transport import AnyModelHandler, Transport, typed_handler
 from bacalhau.compute import failures
 from bacalhau.compute.bidding import BidContext, bid, lacks_inputs
+from bacalhau.compute.callbacks import DEFAULT_CALLBACK_RETRY, CallbackRetry, deliver
 from bacalhau.compute.capacity import Capacity
 from bacalhau.compute.logs import LOG_PROTOCOL, LogEnd, LogRequest, stream_logs
 from bacalhau.compute.results import read_result, remove_tree
 from bacalhau.compute.store import ExecutionStore, LocalExecution
 from bacalhau.config import DEFAULT_MAX_RESULT_SIZE, JobLimits
-from bacalhau.errors import (
-    BacalhauError,
-    ExecutorError,
-    NotFoundError,
-    ProtocolError,
-    TransportError,
-)
+from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, ProtocolError
 from bacalhau.executors.types import ExecutionDir, Executor
 from bacalhau.ipfs.blockstore import Blockstore
 from bacalhau.ipfs.publish import ResultTooLarge, publish_result, scan_result, skipped_note
@@ -53,7 +48,7 @@ class ComputeNode:
         blockstore: Blockstore, fetch: Callable[[bytes], Awaitable[None]] | None = None,
         on_published: Callable[[bytes], Awaitable[None]] | None = None, limits: JobLimits | None = None,
         max_result_size: int = DEFAULT_MAX_RESULT_SIZE,
-        providers: list[StorageProvider] = DEFAULT_PROVIDERS,
+        providers: list[StorageProvider] = DEFAULT_PROVIDERS, callback_retry: CallbackRetry = DEFAULT_CALLBACK_RETRY,
     ) -> None:
         self.limits = limits or JobLimits()   # shared with the executors: what a job counts as is what it gets
         self._max_result_size = max_result_size
@@ -71,6 +66,7 @@ class ComputeNode:
         self.labels = labels
         self.version = version
         self._callbacks = CallbackProxy(transport, call_timeout)
+        self._callback_retry = callback_retry
         self.engines: frozenset[Engine] = frozenset()
         self.log_stream_addr = ""      # set by the node once its libp2p host listens
         self.log_followers = 0         # log streams open right now (each ends when its client goes)
@@ -398,13 +394,10 @@ class ComputeNode:
         await self._send("on_compute_failure", ex.requester_id, msg)
 
     async def _send(self, name: str, requester_id: str, msg: object, delay: float = 0.0) -> None:
+        """Tell the requester, sending again while it is not heard to answer (compute/callbacks.py)."""
         if delay:
             await trio.sleep(delay)
-        try:
-            await getattr(self._callbacks, name)(requester_id, msg)
-        except (TransportError, BacalhauError) as exc:
-            # The requester reconciles lost callbacks through its own timeouts; nothing to retry here.
-            log.warning("%s to requester %s failed: %s", name, requester_id, exc)
+        await deliver(getattr(self._callbacks, name), requester_id, msg, policy=self._callback_retry, what=name)
 
     async def remove_result(self, execution_id: str) -> None:
         await trio.to_thread.run_sync(remove_tree, self.execution_dir(execution_id).root)

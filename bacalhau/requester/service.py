@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.proxies import ComputeProxy
 from bacalhau.bprotocol.transport import AnyModelHandler, Transport, typed_handler
+from bacalhau.compute.callbacks import deliver
 from bacalhau.config import DEFAULT_RECONCILE_INTERVAL
 from bacalhau.errors import BacalhauError, ProtocolError, RemoteError, StateError, TransportError
 from bacalhau.log_frames import LogEvent
@@ -376,10 +377,12 @@ class Requester:
         self._notify(job.id)
 
     async def _tell_compute(self, call: str, node_id: str, execution_id: str, *args: str) -> None:
-        try:
-            await getattr(self._compute, call)(node_id, execution_id, *args)
-        except BacalhauError as exc:
-            log.warning("%s to %s for execution %s failed: %s", call, node_id, execution_id, exc)
+        """Sent again while unanswered, as a compute node's callbacks are (each is taken by compare-and-set on
+        the node: a second copy changes nothing); a lost one left the execution to the reconcile pass."""
+        async def send(peer_id: str, _: None) -> None:
+            await getattr(self._compute, call)(peer_id, execution_id, *args)
+
+        await deliver(send, node_id, None, what=f"{call} for execution {execution_id}")
 
     async def _evaluate_later(self, job_id: str, delay: float) -> None:
         await trio.sleep(delay)

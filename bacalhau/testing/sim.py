@@ -31,6 +31,7 @@ from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.framing import error_reply, ok_reply
 from bacalhau.bprotocol.proxies import CallbackProxy
 from bacalhau.bprotocol.transport import InMemoryNetwork, InMemoryTransport
+from bacalhau.compute.callbacks import DEFAULT_CALLBACK_RETRY, CallbackRetry, deliver
 from bacalhau.config import DEFAULT_JOB_CPU, DEFAULT_JOB_MEMORY
 from bacalhau.errors import BacalhauError, NotFoundError, StateError, TransportError
 from bacalhau.ipfs.unixfs import cid_str, make_cid
@@ -60,6 +61,7 @@ class SimConfig:
     bid_timeout: float = 2.0
     reconcile_interval: float = 30.0
     max_attempts: int = 3
+    callback_retry: CallbackRetry = DEFAULT_CALLBACK_RETRY   # attempts=1: the nodes of before, which sent once
     seed: int | None = None
 
 
@@ -307,12 +309,10 @@ class SimComputeNode:
         await self._send(self._callbacks.on_compute_failure, ex.requester_id, m.ComputeFailure(
             execution_id=ex_id, job_id=ex.job_id, node_id=self.node_id, reason=ex.reason))
 
-    @staticmethod
-    async def _send(call: Callable[[str, Any], Awaitable[None]], requester_id: str, msg: object) -> None:
-        try:
-            await call(requester_id, msg)
-        except BacalhauError:
-            pass    # lost: the requester reconciles (as the real node leaves it to)
+    async def _send(self, call: Callable[[str, Any], Awaitable[None]], requester_id: str, msg: object) -> None:
+        """Sent again while unanswered, by the real node's code (compute/callbacks.py); once given up on, the
+        requester's reconcile pass catches up."""
+        await deliver(call, requester_id, msg, policy=self._cfg.callback_retry, rng=self._sim.rng)
 
 
 class Sim:
