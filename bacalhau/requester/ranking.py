@@ -1,9 +1,9 @@
 """Node ranking: filters that say why a node cannot take a job, then an order among the rest.
 
 The order reads each node as the requester reckons it now (`Load`: this requester's executions on it that
-have not ended, plus other requesters' work as its last report showed it), least loaded first, so equal nodes share a burst evenly instead of by luck. The walk
-may stop at a sample of the nodes (`rank_loads(..., sample=)`): a job costs the same to place on three
-nodes or a thousand.
+have not ended, plus other requesters' work as its last report showed it), least loaded first, so equal
+nodes share a burst evenly instead of by luck or by when their reports came. The walk may stop at a sample
+of the nodes (`rank_loads(..., sample=)`): a job costs the same to place on three nodes or a thousand.
 
 When no node is left, the reasons are summed up into the job's failure message: "no node has the docker
 engine" when one reason holds for all, else "no node can take the job (3 compute nodes: 2 without the
