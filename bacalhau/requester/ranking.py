@@ -1,9 +1,9 @@
 """Node ranking: filters that say why a node cannot take a job, then an order among the rest.
 
-The order reads each node as the requester reckons it now (`Load`: its last report plus what this requester
-placed on it since), least loaded first, so equal nodes share a burst evenly instead of by luck. The walk
-may stop at a sample of the nodes (`rank_loads(..., sample=)`): a job costs the same to place on three
-nodes or a thousand.
+The order reads each node as the requester reckons it now (`Load`: this requester's executions on it that
+have not ended, plus other requesters' work as its last report showed it), least loaded first, so equal
+nodes share a burst evenly instead of by luck or by when their reports came. The walk may stop at a sample
+of the nodes (`rank_loads(..., sample=)`): a job costs the same to place on three nodes or a thousand.
 
 When no node is left, the reasons are summed up into the job's failure message: "no node has the docker
 engine" when one reason holds for all, else "no node can take the job (3 compute nodes: 2 without the
@@ -76,10 +76,12 @@ SAMPLE = 16      # nodes ranked a job when more can take it: the best of a rando
 
 
 def projected_free(size: Resources, load: Load) -> tuple[float, int]:
-    """CPU and memory the node had free at its report, less what was placed on it since (each of `size`, the
-    job's: the requester does not know their sizes, and the jobs of a burst are mostly alike)."""
-    free = load.info.capacity_free
-    return free.cpu - size.cpu * load.extra, free.memory - size.memory * load.extra
+    """CPU and memory the node had free at its report, less what is on it now beyond the report (each of
+    `size`, the job's: the requester does not know their sizes, and the jobs of a burst are mostly alike),
+    never more than the node has."""
+    free, total = load.info.capacity_free, load.info.capacity_total
+    return (min(total.cpu, free.cpu - size.cpu * load.extra),
+            min(total.memory, free.memory - size.memory * load.extra))
 
 
 def fits_now(job: Job, load: Load, size: Resources | None = None) -> bool:

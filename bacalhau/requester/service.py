@@ -553,6 +553,8 @@ class Requester:
             if deadline is not None:
                 deadline.cancel()
             self.nodes.answered(ex.node_id, execution_id)
+        if new.terminal:                 # a refused or unneeded bid too: no longer load on the node
+            self.nodes.ended(ex.node_id, execution_id)
         return ex
 
     def _notify(self, job_id: str) -> None:
