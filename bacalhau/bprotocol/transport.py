@@ -99,6 +99,23 @@ class LocalTransport:
         return self.stream_local(self.self_id, protocol_id, payload)
 
 
+class InProcessPeers:
+    """Nodes that share this process (devstack): their bprotocol calls to each other go straight to the callee's
+    handlers (P2PTransport.answer_neighbour) instead of through noise and yamux over loopback; the callee is
+    the one registered under the peer id, so the caller's id is as sure as the one a secure channel proves.
+    Their NodeInfo gossip reaches each other through `gossip` (node.py). Streams and everything else stay on
+    libp2p."""
+
+    def __init__(self) -> None:
+        self.transports: dict[str, Any] = {}    # peer id -> its running P2PTransport
+        self.gossip: list[Callable[[Any], None]] = []   # the NodeInfo topic among them, its sender trusted
+
+    def publish(self, sender: str, info: Any) -> None:
+        """`info` is the NodeInfo of `sender`, from the sender itself (no check of who says it is needed)."""
+        for deliver in list(self.gossip):
+            deliver(info)
+
+
 class InMemoryNetwork:
     """Many nodes in one process, wired without sockets: requester and compute logic tested alone.
 
