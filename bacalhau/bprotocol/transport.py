@@ -10,13 +10,16 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 from pydantic import BaseModel
 
 from bacalhau.bprotocol.framing import decode, error_reply, ok_reply
 from bacalhau.errors import ProtocolError, TransportError
+
+if TYPE_CHECKING:
+    from bacalhau.bprotocol.p2p_transport import P2PTransport
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +110,7 @@ class InProcessPeers:
     libp2p."""
 
     def __init__(self) -> None:
-        self.transports: dict[str, Any] = {}    # peer id -> its running P2PTransport
+        self.transports: dict[str, P2PTransport] = {}    # peer id -> its running transport
         self.gossip: list[Callable[[Any], None]] = []   # the NodeInfo topic among them, its sender trusted
 
     def publish(self, sender: str, info: Any) -> None:
