@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from bacalhau.bprotocol.transport import InMemoryNetwork, Transport
+from bacalhau.bprotocol.transport import InMemoryNetwork, InProcessPeers, Transport
 from bacalhau.compute.node import ComputeNode
 from bacalhau.compute.store import ExecutionStore
 from bacalhau.config import (
@@ -45,6 +45,7 @@ class NodeDeps:
 
     executors: dict[Engine, Executor] | None = None
     network: InMemoryNetwork | None = None
+    neighbours: InProcessPeers | None = None    # the other nodes of this process (devstack), over libp2p
     on_ready: Callable[[Node], Awaitable[None]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -189,7 +190,7 @@ class Node:
                                 listen_port=cfg.swarm_port, peers=cfg.peers, psk=self.swarm_key)
             await nursery.start(self.host.run)
             self.node_id = self.host.peer_id
-            self.transport = await nursery.start(P2PTransport(self.host, mux=cfg.bprotocol_mux).run)
+            self.transport = await nursery.start(P2PTransport(self.host, mux=cfg.bprotocol_mux, neighbours=self.deps.neighbours).run)
             self.content = NodeContent(self.blockstore, node_id=self.node_id, transport=self.transport,
                                        call_timeout=cfg.call_timeout)
             from bacalhau.ipfs.bitswap import Bitswap
@@ -292,9 +293,12 @@ class Node:
 
         store = await trio.to_thread.run_sync(DashboardStore, self.config.repo_dir / "dashboard.db")
         self._stores.append(store)
+        cfg = self.config
+        # a devstack node without the API shows no dashboard: it need not hear every job's event (issue 15)
+        shown = self.deps.neighbours is None or (cfg.is_requester and cfg.serve_api)
         self.dashboard = Dashboard(
             node_id=self.node_id, store=store, node_info_ttl=self.config.node_info_ttl,
-            hello_interval=self.config.node_info_interval, host=self.host, transport=self.transport,
+            hello_interval=self.config.node_info_interval, host=self.host if shown else None, transport=self.transport,
             jobs=self.requester.store if self.requester is not None else None, call_timeout=self.config.call_timeout)
         if self.requester is not None:
             self.requester.on_change.append(self.dashboard.job_changed)
@@ -319,11 +323,21 @@ class Node:
             if self.requester is not None:
                 self.requester.nodes.update(info)
             self.dashboard.node_seen(info)
-            if self.host is not None:
+            neighbours = self.deps.neighbours
+            if neighbours is not None:
+                neighbours.publish(self.node_id, info)
+            if self.host is not None and (neighbours is None or self._outside_peers(neighbours)):
                 await self.host.publish(NODE_INFO_TOPIC, info.model_dump_json().encode())
             elif self.deps.network is not None:
                 self.deps.network.publish(self.node_id, info.model_dump_json().encode())
             await trio.sleep(self.config.node_info_interval)
+
+    @staticmethod
+    def _outside_peers(neighbours: InProcessPeers) -> bool:
+        """Whether a node of this process is connected to one outside it: only then must its nodes gossip their
+        NodeInfo over pubsub (where every message costs every node its crypto), and then all do."""
+        inside = neighbours.transports.keys()
+        return any(set(t.host.connected_peers()) - inside for t in list(neighbours.transports.values()))
 
     def _receive_node_info(self, sender: str, data: bytes) -> None:
         """A NodeInfo is taken only from the node it describes: `sender` is the gossip message's origin, whose
@@ -337,6 +351,10 @@ class Node:
         if why:
             self._ignore_node_info(sender, why)
             return
+        self._take_node_info(info)
+
+    def _take_node_info(self, info: NodeInfo) -> None:
+        """A NodeInfo from its own node: checked gossip, or a node of this process (InProcessPeers)."""
         if info.node_id != self.node_id and info.addrs:
             self.known_addrs[info.node_id] = info.addrs
         if self.dashboard is not None:
@@ -359,10 +377,17 @@ class Node:
                 self.deps.network.subscribers.append(self._receive_node_info)
             task_status.started()
             return
-        async with self.host.subscribe(NODE_INFO_TOPIC) as messages:
-            task_status.started()
-            async for origin, data in messages:
-                self._receive_node_info(origin, data)
+        neighbours = self.deps.neighbours
+        if neighbours is not None:
+            neighbours.gossip.append(self._take_node_info)
+        try:
+            async with self.host.subscribe(NODE_INFO_TOPIC) as messages:
+                task_status.started()
+                async for origin, data in messages:
+                    self._receive_node_info(origin, data)
+        finally:
+            if neighbours is not None:
+                neighbours.gossip.remove(self._take_node_info)
 
     async def _connect_known(self) -> list[str]:
         """Dial the cluster's nodes this one is not connected to; the peer ids that are now connected."""

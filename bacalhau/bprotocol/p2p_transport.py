@@ -14,7 +14,7 @@ import trio
 
 from bacalhau.bprotocol.framing import error_reply
 from bacalhau.bprotocol.mux import MUX_PROTOCOL, MuxCaller, MuxServer, PeerSlots
-from bacalhau.bprotocol.transport import LocalTransport, RawHandler, RawStreamHandler
+from bacalhau.bprotocol.transport import InProcessPeers, LocalTransport, RawHandler, RawStreamHandler
 from bacalhau.errors import ProtocolError, RemoteError, TransportError, UnsupportedProtocolError
 
 if TYPE_CHECKING:
@@ -28,8 +28,9 @@ PER_CALL_RECHECK = 60.0   # a peer without the mux is asked again after this lon
 
 
 class P2PTransport(LocalTransport):
-    def __init__(self, host: P2PHost, *, mux: bool = True) -> None:
+    def __init__(self, host: P2PHost, *, mux: bool = True, neighbours: InProcessPeers | None = None) -> None:
         super().__init__(host.peer_id)
+        self._neighbours = neighbours
         self._host = host
         self._mux = mux
         self._slots = PeerSlots()
@@ -38,6 +39,10 @@ class P2PTransport(LocalTransport):
         self._callers: dict[str, MuxCaller] = {}
         self._opening: dict[str, trio.Lock] = {}
         self._per_call_until: dict[str, float] = {}
+
+    @property
+    def host(self) -> P2PHost:
+        return self._host
 
     async def run(self, *, task_status: trio.TaskStatus[P2PTransport] = trio.TASK_STATUS_IGNORED) -> None:
         """Serves and opens mux streams (with the mux on) until cancelled; the streams opened are its tasks."""
@@ -49,11 +54,15 @@ class P2PTransport(LocalTransport):
         self._host.set_stream_handler(MUX_PROTOCOL, self.mux_server.serve)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self._neighbours is not None:
+                self._neighbours.transports[self.self_id] = self
             task_status.started(self)
             try:
                 await trio.sleep_forever()
             finally:
                 self._nursery = None
+                if self._neighbours is not None and self._neighbours.transports.get(self.self_id) is self:
+                    del self._neighbours.transports[self.self_id]
 
     def register(self, protocol_id: str, handler: RawHandler) -> None:
         super().register(protocol_id, handler)
@@ -101,12 +110,57 @@ class P2PTransport(LocalTransport):
             return await self._host.request(peer_id, protocol_id, payload, timeout=timeout)
         try:
             with trio.fail_after(timeout):
+                neighbour = self._neighbours.transports.get(peer_id) if self._neighbours is not None else None
+                if neighbour is not None:
+                    return await neighbour.answer_neighbour(self.self_id, protocol_id, payload)
                 caller = await self._caller(peer_id)
                 if caller is None:
                     return await self._host.request(peer_id, protocol_id, payload, timeout=timeout)
                 return await caller.call(protocol_id, payload)
         except trio.TooSlowError:
             raise TransportError(f"{protocol_id} to {peer_id} timed out after {timeout:g}s") from None
+
+    async def answer_neighbour(self, caller_id: str, protocol_id: str, payload: bytes) -> bytes:
+        """A call from a node of this process, answered as the mux server answers one (bprotocol/mux.py): the
+        same frame limits, per-peer slots (BUSY when full) and errors; the handler runs in this transport's
+        nursery, so a caller that gives up does not cut it halfway, and this node stopping fails the call."""
+        max_frame = self._host.max_frame
+        if len(payload) > max_frame:
+            raise ProtocolError(f"frame of {len(payload)} bytes is over the {max_frame} limit")
+        nursery = self._nursery
+        if nursery is None:
+            raise TransportError(f"node {self.self_id} is stopping")
+        handler = self.handlers.get(protocol_id)
+        if handler is None:
+            raise TransportError(f"node {self.self_id} does not speak {protocol_id}")
+        if not self._slots.try_take(caller_id):
+            raise TransportError(f"node {self.self_id} is busy ({self._slots.per_peer} calls in flight)")
+        done = trio.Event()
+        outcome: list[bytes | BaseException] = []
+
+        async def answer() -> None:
+            try:
+                try:
+                    reply = await handler(caller_id, payload)
+                except Exception as exc:  # the per-request boundary: a raw handler's error fails its call alone
+                    log.debug("in-process handler for %s failed: %r", protocol_id, exc)
+                    why = f"{type(exc).__name__}: {exc}"[:1000]
+                    outcome.append(ProtocolError(f"{protocol_id} on {self.self_id} failed: {why}"))
+                else:
+                    outcome.append(reply if len(reply) <= max_frame else ProtocolError(
+                        f"{protocol_id} on {self.self_id} failed: reply of {len(reply)} bytes is over the "
+                        f"{max_frame} limit"))
+            finally:
+                self._slots.give_back(caller_id)
+                done.set()
+
+        nursery.start_soon(answer)
+        await done.wait()
+        if not outcome:
+            raise TransportError(f"the call to {self.self_id} broke: the node is stopping")
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
 
     async def _caller(self, peer_id: str) -> MuxCaller | None:
         """The mux stream to `peer_id`, opened if there is none; None where the peer does not speak it."""

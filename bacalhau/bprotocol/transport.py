@@ -10,13 +10,16 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 from pydantic import BaseModel
 
 from bacalhau.bprotocol.framing import decode, error_reply, ok_reply
 from bacalhau.errors import ProtocolError, TransportError
+
+if TYPE_CHECKING:
+    from bacalhau.bprotocol.p2p_transport import P2PTransport
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,23 @@ class LocalTransport:
         if peer_id != self.self_id:
             raise TransportError(f"peer {peer_id} is not reachable from a local-only transport")
         return self.stream_local(self.self_id, protocol_id, payload)
+
+
+class InProcessPeers:
+    """Nodes that share this process (devstack): their bprotocol calls to each other go straight to the callee's
+    handlers (P2PTransport.answer_neighbour) instead of through noise and yamux over loopback; the callee is
+    the one registered under the peer id, so the caller's id is as sure as the one a secure channel proves.
+    Their NodeInfo gossip reaches each other through `gossip` (node.py). Streams and everything else stay on
+    libp2p."""
+
+    def __init__(self) -> None:
+        self.transports: dict[str, P2PTransport] = {}    # peer id -> its running transport
+        self.gossip: list[Callable[[Any], None]] = []   # the NodeInfo topic among them, its sender trusted
+
+    def publish(self, sender: str, info: Any) -> None:
+        """`info` is the NodeInfo of `sender`, from the sender itself (no check of who says it is needed)."""
+        for deliver in list(self.gossip):
+            deliver(info)
 
 
 class InMemoryNetwork:

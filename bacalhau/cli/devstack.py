@@ -25,9 +25,11 @@ def devstack(count: int, api_port: int, repo: str | None, verbose: bool) -> None
     """Run COUNT nodes on 127.0.0.1, in one process; Ctrl-C stops them all."""
     import trio
 
+    from bacalhau.bprotocol.transport import InProcessPeers
     from bacalhau.cli.serve import run_until_signalled, setup_logging
     from bacalhau.config import NodeConfig
     from bacalhau.models import NodeType
+    from bacalhau.node import NodeDeps
 
     setup_logging(verbose)
     root = Path(repo) if repo else Path(tempfile.mkdtemp(prefix="bacalhau-devstack-"))
@@ -45,4 +47,7 @@ def devstack(count: int, api_port: int, repo: str | None, verbose: bool) -> None
             for i in range(1, count)
         ]
 
-    trio.run(run_until_signalled, first, others)
+    # the nodes call each other's bprotocol handlers and hear each other's NodeInfo in-process, not through
+    # per-message crypto over loopback: what grew with the node count (issue 15); libp2p carries the rest
+    neighbours = InProcessPeers()
+    trio.run(run_until_signalled, first, others, lambda: NodeDeps(neighbours=neighbours))

@@ -26,7 +26,7 @@ from bacalhau.p2p.addrs import public_ip
 
 if TYPE_CHECKING:
     from bacalhau.config import NodeConfig
-    from bacalhau.node import Node
+    from bacalhau.node import Node, NodeDeps
 
 NODE_TYPES = {"requester", "compute", "requester,compute", "compute,requester"}
 
@@ -242,19 +242,21 @@ def serve(node_type: str, peers: tuple[str, ...], api_host: str, api_port: int, 
     trio.run(run_until_signalled, config)
 
 
-async def run_until_signalled(first_config: NodeConfig, more: Callable[[Node], list[NodeConfig]] | None = None) -> None:
-    """Start the first node, then the nodes `more` derives from it (devstack); stop all on a signal."""
+async def run_until_signalled(first_config: NodeConfig, more: Callable[[Node], list[NodeConfig]] | None = None,
+                              deps: Callable[[], NodeDeps | None] = lambda: None) -> None:
+    """Start the first node, then the nodes `more` derives from it (devstack), each with `deps()`; stop all on
+    a signal."""
     import trio
 
     from bacalhau.node import Node
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            first = await nursery.start(Node(first_config).run)
+            first = await nursery.start(Node(first_config, deps()).run)
             nodes = [first]
             configs = [first_config, *(more(first) if more else [])]
             for config in configs[1:]:
-                nodes.append(await nursery.start(Node(config).run))
+                nodes.append(await nursery.start(Node(config, deps()).run))
             click.echo(join_instructions(first.node_id, first.addrs(), first_config.swarm_host,
                                          first_config.api_host, first.api_port, first.swarm_key,
                                          first_config.api_token,
