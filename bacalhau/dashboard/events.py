@@ -98,6 +98,7 @@ MAX_AGG_BUCKETS = 300               # the buckets the page shows (120 minutes, 7
 MAX_AGG_BINS = 400                  # duration bins, all engines
 MAX_JOBS_PER_SECOND = 1000          # no requester finishes more jobs than this a second, over a mark's span
 MAX_AGG_JOBS = 10_000_000           # ... nor more than this between two asks (a first ask spans its history)
+MAX_DURATION_BIN = 256              # store.duration_bin of 2**64 ms: past any duration a job of ours can have
 AggKey = Annotated[str, StringConstraints(max_length=320)]
 
 
@@ -159,7 +160,8 @@ def check_aggregate(agg: Aggregate, since: float, now: float | None = None) -> N
     for unit, start, n, completed, failed, cancelled in agg.buckets:
         from bacalhau.dashboard.store import UNITS
 
-        if unit not in UNITS or start % UNITS[unit] or (unit, start) in seen or start > agg.upto + UNITS[unit]:
+        if (unit not in UNITS or start % UNITS[unit] or (unit, start) in seen or start > agg.upto + UNITS[unit]
+                or start < EARLIEST - UNITS[unit]):
             raise Refused(f"a bucket {unit[:10]!r} at {start}")
         seen.add((unit, start))
         per_unit[unit] += n
@@ -167,7 +169,9 @@ def check_aggregate(agg: Aggregate, since: float, now: float | None = None) -> N
             raise Refused("a bucket counting more than the jobs")
     if max(per_unit.values()) > jobs:
         raise Refused("buckets counting more than the jobs")
-    for _, _, n in agg.durations:
+    for _, b, n in agg.durations:
+        if not 0 <= b <= MAX_DURATION_BIN:
+            raise Refused(f"a duration bin {b} no job can have")   # and 2 ** (b / 4) past a float, or SQLite's int
         if not 0 <= n <= agg.totals.get("completed", 0):
             raise Refused("durations counting more than the completed jobs")
 

@@ -291,7 +291,13 @@ class Dashboard:
             if len(self._cursor) >= MAX_PEERS and peer not in self._cursor:
                 self._cursor.clear()
             self._cursor[peer] = reply.aggregate.upto
-            if await self.store.apply_totals(peer, reply):
+            try:
+                applied = await self.store.apply_totals(peer, reply)
+            except Exception as exc:    # a peer's answer that passed the checks yet fails here fails alone
+                self.refused += 1
+                self._ignore(peer, f"catch-up not stored: {type(exc).__name__}: {exc}")
+                return
+            if applied:
                 self._poke()
         log.info("dashboard: requester %s: %d jobs ended up to %.0f, %d in detail", peer,
                  reply.aggregate.totals.get("jobs", 0), reply.aggregate.upto, len(reply.events))

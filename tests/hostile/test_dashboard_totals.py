@@ -99,6 +99,11 @@ async def test_counts_a_requester_could_not_have_are_refused(tmp_path: Path) -> 
         "buckets past the jobs": answer(buckets=[["minute", 60, 1, 1, 0, 0], ["minute", 120, 1, 1, 0, 0]]),
         "a negative bucket": answer(buckets=[["minute", 60, -5, 0, 0, 0]]),
         "durations past the completed": answer(durations=[["noop", 3, 2]]),
+        # these three were taken, and then crashed the node (past SQLite's integers) or every later read of
+        # its durations (2 ** (bin / 4) past a float), for good
+        "a duration bin past SQLite's integers": answer(durations=[["noop", 2**70, 1]]),
+        "a duration bin no job can have": answer(durations=[["noop", 100000, 1]]),
+        "a bucket before any job, past SQLite's integers": answer(buckets=[["minute", -60 * 2**64, 1, 1, 0, 0]]),
         "a negative total": answer(totals={"jobs": -3, "completed": -3}),
         "a mark past its clock": answer(upto=now + 10 * ev.CLOCK_SKEW),
         "a mark that is not a number": {**answer(), "aggregate": {**answer()["aggregate"], "upto": "NaN"}},
