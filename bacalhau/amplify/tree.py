@@ -11,7 +11,7 @@ exporter checks them (one path component, UTF-8, none twice in a directory).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from bacalhau.errors import BacalhauError, ProtocolError
 from bacalhau.ipfs.blockstore import codec_of
@@ -154,14 +154,15 @@ class Tree:
         self._head(cid, limit, out, 0)
         return bytes(out)
 
-    def _head(self, cid: bytes, limit: int, out: bytearray, level: int) -> None:
+    def _file_part(self, cid: bytes, level: int) -> tuple[bytes, Any, list[Any]]:
+        """A block inside a file, `level` deep: its data, and for a UnixFS node the node and its links (a raw
+        leaf: None and no links). Each one counts against the walk's budget."""
         if level > MAX_FILE_DEPTH:
             raise ProtocolError(f"a file DAG deeper than {MAX_FILE_DEPTH} levels (at {cid_str(cid)})")
         self._visit()
         block = self._blocks.get(cid)
         if codec_of(cid) == RAW_CODEC:
-            out += block[:limit - len(out)]
-            return
+            return block, None, []
         try:
             data, links = decode(block)
             fs = decode_unixfs(data)
@@ -169,7 +170,11 @@ class Tree:
             raise ProtocolError(f"block {cid_str(cid)} is not UnixFS: {exc}") from None
         if fs.type not in (T_FILE, T_RAW):
             raise ProtocolError(f"{cid_str(cid)} inside a file is not file data")
-        out += fs.data[:limit - len(out)]
+        return fs.data, fs, links
+
+    def _head(self, cid: bytes, limit: int, out: bytearray, level: int) -> None:
+        data, _, links = self._file_part(cid, level)
+        out += data[:limit - len(out)]
         for link in links:
             if len(out) >= limit:
                 return
@@ -183,24 +188,14 @@ class Tree:
         return bytes(out[:length])
 
     def _read(self, cid: bytes, at: int, start: int, end: int, out: bytearray, level: int) -> None:
-        if level > MAX_FILE_DEPTH:
-            raise ProtocolError(f"a file DAG deeper than {MAX_FILE_DEPTH} levels (at {cid_str(cid)})")
-        self._visit()
-        block = self._blocks.get(cid)
-        if codec_of(cid) == RAW_CODEC:
-            out += block[max(0, start - at):max(0, end - at)]
+        data, fs, links = self._file_part(cid, level)
+        if fs is None:
+            out += data[max(0, start - at):max(0, end - at)]
             return
-        try:
-            data, links = decode(block)
-            fs = decode_unixfs(data)
-        except (ProtocolError, ValueError) as exc:
-            raise ProtocolError(f"block {cid_str(cid)} is not UnixFS: {exc}") from None
-        if fs.type not in (T_FILE, T_RAW):
-            raise ProtocolError(f"{cid_str(cid)} inside a file is not file data")
         if len(fs.blocksizes) != len(links):
             raise ProtocolError(f"file node {cid_str(cid)} has {len(links)} links and {len(fs.blocksizes)} sizes")
-        out += fs.data[max(0, start - at):max(0, end - at)]
-        pos = at + len(fs.data)
+        out += data[max(0, start - at):max(0, end - at)]
+        pos = at + len(data)
         for link, size in zip(links, fs.blocksizes, strict=True):
             if pos >= end or len(out) >= end - start:
                 return
