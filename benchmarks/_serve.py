@@ -29,6 +29,13 @@ class Served:
     api_port: int
     env: dict[str, str]
     client: ApiClient
+    pid: int = 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process (all its threads) has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -57,7 +64,7 @@ def serve(*extra: str, repo: Path | None = None, engine: str = "docker", command
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise SystemExit(f"bacalhau serve did not come up:\n{(repo / 'serve.log').read_text()[-2000:]}")
             time.sleep(0.2)
-        yield Served(repo, api_port, env, client)
+        yield Served(repo, api_port, env, client, proc.pid)
     finally:
         stop([proc], timeout=20)
         log.close()

@@ -6,8 +6,9 @@ through the API (a worker submits one, waits for it to end, submits the next) un
 
     .venv/bin/python benchmarks/scheduling.py [--jobs 5000] [--in-flight 32] [--nodes 1 3] [--runs 1]
 
-Prints, per cluster size: jobs/s over the whole run, over the first and the last --window completions, and
-completions per node. With --burst, all jobs are submitted at once, then waited for. The same-run baseline
+Prints, per cluster size: jobs/s over the whole run, over the first and the last --window completions,
+completions per node, and the CPU the node process (all its threads) used per job: on this shared machine the
+steadiest figure of cost. With --burst, all jobs are submitted at once, then waited for. The same-run baseline
 is another tree's code: PYTHONPATH=/path/to/tree.
 
 Measured on a shared 2-core machine (four other engineers' tests and benchmarks running: runs vary by a third),
@@ -40,7 +41,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from _serve import serve, stop
+from _serve import cpu_seconds, serve, stop
 
 from bacalhau.cli.client import ApiClient
 from bacalhau.testing import free_port
@@ -49,7 +50,7 @@ SPEC = {"engine": "noop", "noop": {"stdout": "hi\n"}}
 
 
 @contextmanager
-def devstack(count: int) -> Iterator[ApiClient]:
+def devstack(count: int) -> Iterator[tuple[ApiClient, int]]:
     repo = Path(tempfile.mkdtemp(prefix="bacalhau-bench-dev-"))
     port = free_port()
     env = {**os.environ, "BACALHAU_API_HOST": "127.0.0.1",
@@ -74,7 +75,7 @@ def devstack(count: int) -> Iterator[ApiClient]:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise SystemExit(f"devstack did not come up:\n{(repo / 'devstack.log').read_text()[-2000:]}")
             time.sleep(0.2)
-        yield client
+        yield client, proc.pid
     finally:
         stop([proc], timeout=30)
         log.close()
@@ -151,7 +152,8 @@ def burst(client: ApiClient, jobs: int) -> tuple[list[float], Counter[str], floa
     return sorted(e - first + 1e-3 for e in ends), per_node, elapsed
 
 
-def report(nodes: int, done: list[float], per_node: Counter[str], elapsed: float, window: int) -> dict[str, float]:
+def report(nodes: int, done: list[float], per_node: Counter[str], elapsed: float, window: int, cpu: float
+           ) -> dict[str, float]:
     window = min(window, len(done) // 2)
     first = window / done[window - 1]
     last = window / (done[-1] - done[-window - 1])
@@ -160,8 +162,9 @@ def report(nodes: int, done: list[float], per_node: Counter[str], elapsed: float
     spread = max(abs(c - mean) / mean for c in counts) if counts else 0.0
     print(f"{nodes} node(s): {len(done)} jobs in {elapsed:.1f}s = {len(done) / elapsed:.1f} jobs/s; first {window} "
           f"{first:.1f}/s, last {window} {last:.1f}/s (last/first {last / first:.2f}); per node {counts} "
-          f"(max {spread * 100:.1f}% off the mean)", flush=True)
-    return {"rate": len(done) / elapsed, "first": first, "last": last, "spread": spread}
+          f"(max {spread * 100:.1f}% off the mean); node CPU {cpu * 1000 / len(done):.2f} ms a job", flush=True)
+    return {"rate": len(done) / elapsed, "first": first, "last": last, "spread": spread,
+            "cpu": cpu * 1000 / len(done)}
 
 
 def main() -> None:
@@ -179,14 +182,15 @@ def main() -> None:
         for n in args.nodes:
             cluster = serve(engine="noop") if n == 1 else devstack(n)
             with cluster as c:
-                client = c.client if n == 1 else c   # type: ignore[union-attr]
+                client, pid = (c.client, c.pid) if n == 1 else c   # type: ignore[union-attr,misc]
+                cpu = cpu_seconds(pid)
                 run = burst(client, args.jobs) if args.burst else load(client, args.jobs, args.in_flight)
-                results[n].append(report(n, *run, args.window))
+                results[n].append(report(n, *run, args.window, cpu_seconds(pid) - cpu))
     if args.runs > 1:
         for n, rs in results.items():
             med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
             print(f"median of {args.runs}, {n} node(s): {med['rate']:.1f} jobs/s, first {med['first']:.1f}/s, "
-                  f"last {med['last']:.1f}/s, spread {med['spread'] * 100:.1f}%")
+                  f"last {med['last']:.1f}/s, spread {med['spread'] * 100:.1f}%, node CPU {med['cpu']:.2f} ms a job")
 
 
 if __name__ == "__main__":
