@@ -13,6 +13,11 @@ that arrive while a transaction runs are run next, together, in one transaction 
 savepoint of its own, so one that raises is rolled back alone (a call that only reads, or runs alone, needs
 none: the savepoint's two statements were a third of those a noop job ran).
 
+A caller may pass `on_commit`: it is called with the call's value, in the event loop, once the group holding the
+call has committed, before any later group runs and whether or not the caller is still waiting (a caller
+cancelled after its call was taken is not told, yet its write is in). Calls' hooks run in commit order. A store
+keeps an in-memory view of its rows this way that never runs ahead of, nor falls behind, what is on disk.
+
 A row that no longer parses (a NaN an older version let in, a state this version does not know, bytes that
 are not UTF-8) is set aside: `set_aside` copies it, raw, into the `quarantine` table with the reason, for the
 operator; the store then repairs the row in place (failed, with a reason a user can read) or removes it.
@@ -137,10 +142,12 @@ class Database:
                     call.error = exc if isinstance(exc, Exception) else StateError(f"{self.path.name}: {exc!r}")
                     call.value = None
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T], *, reads: bool = False) -> T:
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, reads: bool = False,
+                  on_commit: Callable[[T], None] | None = None) -> T:
         """Run `fn(connection)` in a transaction, in a worker thread, grouped with the calls queued meanwhile.
-        `reads`: fn only reads (whatever it raises, it wrote nothing), so it needs no savepoint of its own."""
-        call: _Call[T] = _Call(fn, reads)
+        `reads`: fn only reads (whatever it raises, it wrote nothing), so it needs no savepoint of its own.
+        `on_commit(value)`: called in the event loop once fn's writes are committed (see the module's doc)."""
+        call: _Call[T] = _Call(fn, reads, on_commit)
         self._queue.append(call)
         try:
             async with self._turn:
@@ -152,6 +159,7 @@ class Database:
                     # (their callers got None back). The thread is not abandoned anyway.
                     with trio.CancelScope(shield=True):
                         await trio.to_thread.run_sync(self._in_group, group)
+                    _committed(group)
         except BaseException:
             if not call.taken:
                 self._queue.remove(call)      # cancelled before it ran: it never runs
@@ -170,12 +178,25 @@ class Database:
             self._conn.close()
 
 
-class _Call(Generic[T]):
-    __slots__ = ("fn", "reads", "taken", "value", "error")
+def _committed(group: list[_Call[Any]]) -> None:
+    """Each committed call's hook, in order, with no checkpoint between, before any caller of the group
+    resumes: whoever was told of a write sees it in the view. A hook that raises fails its own caller only."""
+    for call in group:
+        if call.on_commit is not None and call.error is None:
+            try:
+                call.on_commit(call.value)
+            except Exception as exc:
+                call.error = exc
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], T], reads: bool = False) -> None:
+
+class _Call(Generic[T]):
+    __slots__ = ("fn", "reads", "on_commit", "taken", "value", "error")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], T], reads: bool = False,
+                 on_commit: Callable[[T], None] | None = None) -> None:
         self.fn = fn
         self.reads = reads
+        self.on_commit = on_commit
         self.taken = False                   # picked up by a group (it runs, even if its caller goes)
         self.value: T | None = None
         self.error: BaseException | None = None
