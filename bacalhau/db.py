@@ -32,11 +32,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
 
 from bacalhau.errors import StateError
+
+if TYPE_CHECKING:
+    import outcome
 
 T = TypeVar("T")
 
@@ -155,10 +158,7 @@ class Database:
                     group, self._queue = self._queue, []
                     for queued in group:
                         queued.taken = True
-                    # shielded: the calls of others are taken; cancelled before its thread starts, none would run
-                    # (their callers got None back). The thread is not abandoned anyway.
-                    with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(self._in_group, group)
+                    await _in_thread(self._in_group, group)
                     _committed(group)
         except BaseException:
             if not call.taken:
@@ -176,6 +176,22 @@ class Database:
         with self._lock:
             self._closed = True
             self._conn.close()
+
+
+async def _in_thread(fn: Callable[[list[_Call[Any]]], None], group: list[_Call[Any]]) -> None:
+    """fn(group) in one of trio's cached worker threads, not to be cancelled: the calls of others are taken
+    (cancelled before its thread starts, none would run and their callers got None back), and the thread is not
+    abandoned anyway. What trio.to_thread.run_sync does, less what a database does not need: a limiter (the
+    `_turn` lock is one), a thread name set and reset by ctypes, a copied context; those were a third of the
+    event loop's cost of a hand-off, and a noop job hands off several times."""
+    task = trio.lowlevel.current_task()
+    token = trio.lowlevel.current_trio_token()
+
+    def deliver(result: outcome.Outcome[None]) -> None:
+        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+    trio.lowlevel.start_thread_soon(lambda: fn(group), deliver)
+    await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)   # raises what fn raised
 
 
 def _committed(group: list[_Call[Any]]) -> None:

@@ -366,7 +366,10 @@ class JobStore:
             _event(conn, row["job_id"], "execution", execution_id, new.value, reason, row["node_id"])
             if job_to is not None:
                 moved[:] = [_move_job(conn, row["job_id"], *job_to)]
-            before = _row_to_execution(row)      # what was read, with what was written: no second read
+            # what was read, with what was written: no second read. The view's copy is the row as committed
+            # (its hooks run only while no transaction does), so a held one is not parsed again
+            held = self.view.execution(execution_id)
+            before = held if held is not None and held.state == current else _row_to_execution(row)
             return before.model_copy(update={"state": new, "reason": reason, "updated_at": args[2],
                                              **({"result": result} if result is not None else {}),
                                              **({"result_ref": result_ref} if result_ref is not None else {})})

@@ -8,8 +8,9 @@ bounded: at most `max_jobs` unfinished jobs (a job submitted past that is read f
 that ends is kept among the last `recent` ended ones only (its waiters and the dashboard read it right after),
 then dropped. Built from disk when the store opens.
 
-What it hands out are copies of its jobs (their own list of executions); executions are never changed in
-place, only replaced, so sharing them is safe.
+Copy on write: a change makes a new Job (and a new list of executions) and nothing held is changed in place,
+so a read hands out the held object itself, no copy, and what a reader holds never changes under it. Readers
+treat what they get as a value (the requester never changes a Job or an Execution it read).
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ class JobView:
     # -- reads ----------------------------------------------------------------------------------------------
 
     def job(self, job_id: str) -> Job | None:
-        job = self._jobs.get(job_id)
-        return None if job is None else job.model_copy(update={"executions": list(job.executions)})
+        return self._jobs.get(job_id)
 
     def execution(self, execution_id: str) -> Execution | None:
         job_id = self._holder.get(execution_id)
@@ -68,7 +68,7 @@ class JobView:
         job = self._jobs.get(job_id)
         if job is None:
             return
-        job.state, job.reason, job.updated_at = state, reason, updated_at
+        self._jobs[job_id] = job.model_copy(update={"state": state, "reason": reason, "updated_at": updated_at})
         if state.terminal and job_id not in self._ended:
             self._ended[job_id] = None
             while len(self._ended) > self.recent:
@@ -78,22 +78,21 @@ class JobView:
         job = self._jobs.get(ex.job_id)
         if job is None:
             return
-        executions = job.executions
+        executions = list(job.executions)
         at = len(executions)      # ordered by created_at, as the store reads them; a tie goes after
         while at and executions[at - 1].created_at > ex.created_at:
             at -= 1
         executions.insert(at, ex)
+        self._jobs[ex.job_id] = job.model_copy(update={"executions": executions})
         self._holder[ex.id] = ex.job_id
 
     def execution_moved(self, ex: Execution) -> None:
         job_id = self._holder.get(ex.id)
         if job_id is None:
             return
-        executions = self._jobs[job_id].executions
-        for i, held in enumerate(executions):
-            if held.id == ex.id:
-                executions[i] = ex
-                return
+        job = self._jobs[job_id]
+        executions = [ex if held.id == ex.id else held for held in job.executions]
+        self._jobs[job_id] = job.model_copy(update={"executions": executions})
 
     def _drop(self, job_id: str) -> None:
         job = self._jobs.pop(job_id, None)
