@@ -72,7 +72,7 @@ class Database:
                 raise StateError(f"{path} cannot be opened ({exc}): it is damaged or not a bacalhau database; "
                                  "move it away and the node starts with an empty one") from None
             raise
-        self._turn = trio.Lock()            # the task holding it runs the queued calls as one transaction
+        self._busy = False                  # a group is running; calls queue for the next one
         self._queue: list[_Call[Any]] = []
         # Held for every transaction and by close(): a worker thread still in a transaction when its node
         # shuts down (a task outside the node's nursery may have started it) must not find the connection
@@ -150,23 +150,51 @@ class Database:
         """Run `fn(connection)` in a transaction, in a worker thread, grouped with the calls queued meanwhile.
         `reads`: fn only reads (whatever it raises, it wrote nothing), so it needs no savepoint of its own.
         `on_commit(value)`: called in the event loop once fn's writes are committed (see the module's doc)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         call: _Call[T] = _Call(fn, reads, on_commit)
         self._queue.append(call)
-        try:
-            async with self._turn:
-                if not call.taken:
-                    group, self._queue = self._queue, []
-                    for queued in group:
-                        queued.taken = True
-                    await _in_thread(self._in_group, group)
-                    _committed(group)
-        except BaseException:
-            if not call.taken:
-                self._queue.remove(call)      # cancelled before it ran: it never runs
-            raise
+        if self._busy:
+            # parked until its group has run (woken once, not through a lock every waiter takes in turn), or
+            # until it is the first in line when a group ends: then it runs the next group
+            def abort(_: object) -> trio.lowlevel.Abort:
+                if call.taken:
+                    return trio.lowlevel.Abort.FAILED    # it runs: its caller hears how it went
+                self._queue.remove(call)                 # cancelled before it ran: it never runs
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        else:
+            self._busy = True
+            await trio.lowlevel.cancel_shielded_checkpoint()   # calls made meanwhile join this group
+        if not call.taken:
+            await self._run_group()
         if call.error is not None:
             raise call.error
         return call.value  # type: ignore[return-value]
+
+    async def _run_group(self) -> None:
+        """Run every queued call as one transaction, then wake their callers and hand the next group to the
+        first call queued meanwhile. Not cancellable: the calls of others are taken."""
+        group, self._queue = self._queue, []
+        for queued in group:
+            queued.taken = True
+        me = trio.lowlevel.current_task()
+        try:
+            await _in_thread(self._in_group, group)
+            _committed(group)
+        except BaseException as exc:    # the thread could not be started: no call ran
+            for queued in group:
+                if queued.error is None:
+                    queued.error = exc if isinstance(exc, Exception) else StateError(f"{self.path.name}: {exc!r}")
+            raise
+        finally:
+            for queued in group:
+                if queued.task is not me:
+                    trio.lowlevel.reschedule(queued.task)
+            if self._queue:
+                trio.lowlevel.reschedule(self._queue[0].task)    # not taken: it runs the next group
+            else:
+                self._busy = False
 
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """For start-up and shutdown only, when no other task uses the database."""
@@ -181,8 +209,8 @@ class Database:
 async def _in_thread(fn: Callable[[list[_Call[Any]]], None], group: list[_Call[Any]]) -> None:
     """fn(group) in one of trio's cached worker threads, not to be cancelled: the calls of others are taken
     (cancelled before its thread starts, none would run and their callers got None back), and the thread is not
-    abandoned anyway. What trio.to_thread.run_sync does, less what a database does not need: a limiter (the
-    `_turn` lock is one), a thread name set and reset by ctypes, a copied context; those were a third of the
+    abandoned anyway. What trio.to_thread.run_sync does, less what a database does not need: a limiter (one
+    group at a time is one), a thread name set and reset by ctypes, a copied context; those were a third of the
     event loop's cost of a hand-off, and a noop job hands off several times."""
     task = trio.lowlevel.current_task()
     token = trio.lowlevel.current_trio_token()
@@ -206,13 +234,14 @@ def _committed(group: list[_Call[Any]]) -> None:
 
 
 class _Call(Generic[T]):
-    __slots__ = ("fn", "reads", "on_commit", "taken", "value", "error")
+    __slots__ = ("fn", "reads", "on_commit", "task", "taken", "value", "error")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], T], reads: bool = False,
                  on_commit: Callable[[T], None] | None = None) -> None:
         self.fn = fn
         self.reads = reads
         self.on_commit = on_commit
+        self.task = trio.lowlevel.current_task()   # its caller, woken when its group has run
         self.taken = False                   # picked up by a group (it runs, even if its caller goes)
         self.value: T | None = None
         self.error: BaseException | None = None

@@ -1,7 +1,7 @@
 """What a noop job costs the node without its API: one in-process node (requester and compute) on the in-memory
 transport, --jobs noop jobs submitted straight to the requester with --in-flight at a time. Prints CPU per job
-(this process, all threads: user + system, from /proc), worker-thread hand-offs per job (trio.to_thread calls,
-every database's), and transactions and database calls per job (db.py's groups and calls, each group one commit).
+(this process, all threads: user + system, from /proc), worker-thread hand-offs per job (trio.to_thread calls and
+trio.lowlevel.start_thread_soon, every database's), and transactions and database calls per job (db.py's groups and calls, each group one commit).
 The same-run baseline is another tree's code: PYTHONPATH=/path/to/tree.
 
     .venv/bin/python benchmarks/requester_cost.py [--jobs 2000] [--in-flight 32] [--runs 3]
@@ -33,11 +33,16 @@ counts = {"handoffs": 0, "groups": 0, "calls": 0}
 
 def _count() -> None:
     run_sync = trio.to_thread.run_sync
+    start_soon = trio.lowlevel.start_thread_soon     # what db.py uses since this script was written
     in_group = db.Database._in_group
 
     async def counted(*args: object, **kw: object) -> object:
         counts["handoffs"] += 1
         return await run_sync(*args, **kw)  # type: ignore[arg-type]
+
+    def counted_soon(*args: object, **kw: object) -> None:
+        counts["handoffs"] += 1
+        start_soon(*args, **kw)  # type: ignore[arg-type]
 
     def grouped(self: db.Database, calls: list[object]) -> None:
         counts["groups"] += 1
@@ -45,6 +50,7 @@ def _count() -> None:
         in_group(self, calls)  # type: ignore[arg-type]
 
     trio.to_thread.run_sync = counted  # type: ignore[assignment]
+    trio.lowlevel.start_thread_soon = counted_soon  # type: ignore[assignment]
     db.Database._in_group = grouped  # type: ignore[method-assign]
 
 
