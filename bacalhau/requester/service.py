@@ -131,7 +131,9 @@ class Requester:
         return await self.store.get_job(job_id)
 
     async def wait_for_change(self, job_id: str, timeout: float) -> None:
-        event = self._changed.setdefault(job_id, trio.Event())
+        event = self._changed.get(job_id)
+        if event is None:      # not setdefault: a trio.Event made on every wait only to be thrown away
+            event = self._changed[job_id] = trio.Event()
         with trio.move_on_after(timeout):
             await event.wait()
 

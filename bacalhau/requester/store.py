@@ -224,6 +224,8 @@ class JobStore:
 
         if not prefix:
             raise NotFoundError("no job id given")
+        if self.view.job(prefix) is not None:
+            return prefix      # a whole id (every API call on a job resolves it): an exact match wins anyway
         ids = await self._db.run(tx, reads=True)
         if prefix in ids:
             return prefix

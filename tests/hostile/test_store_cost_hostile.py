@@ -215,3 +215,52 @@ async def test_the_view_is_rebuilt_from_disk_when_the_store_opens(tmp_path: Path
         assert store.view.holder(live_ex.id) == ("node-a", live.id)
     finally:
         store.close()
+
+
+async def test_a_caller_cancelled_once_its_call_was_taken_hears_how_it_went(tmp_path: Path) -> None:
+    """db.py: a call taken into a running group is run and committed whatever its caller does; the caller is not
+    cancelled out of knowing that (it used to get Cancelled for a write that went in), and one cancelled while
+    it waited never runs."""
+    import sqlite3
+    import threading
+
+    from bacalhau.db import Database
+
+    db = Database(tmp_path / "t.db", "CREATE TABLE t(x INTEGER);")
+    started = [threading.Event(), threading.Event()]
+    release = [threading.Event(), threading.Event()]
+
+    def hold(i: int) -> object:
+        def tx(conn: sqlite3.Connection) -> int:
+            started[i].set()
+            release[i].wait(5)
+            conn.execute("INSERT INTO t VALUES (?)", (10 + i,))
+            return 10 + i
+        return tx
+
+    got: dict[str, object] = {}
+    late, early = trio.CancelScope(), trio.CancelScope()
+
+    async def call(name: str, scope: trio.CancelScope, value: int) -> None:
+        with scope:
+            got[name] = await db.run(lambda conn: conn.execute("INSERT INTO t VALUES (?)", (value,)) and value)
+        if scope.cancelled_caught:
+            got[name] = "cancelled"
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(db.run, hold(0))
+        await trio.to_thread.run_sync(started[0].wait)
+        nursery.start_soon(db.run, hold(1))        # first in line: it runs the next group ...
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(call, "late", late, 3)  # ... which takes this one
+        nursery.start_soon(call, "early", early, 4)
+        await trio.testing.wait_all_tasks_blocked()
+        early.cancel()                             # still waiting: it never runs
+        release[0].set()
+        await trio.to_thread.run_sync(started[1].wait)
+        late.cancel()                              # taken, its group running
+        release[1].set()
+    assert got == {"late": 3, "early": "cancelled"}
+    rows = db.run_sync(lambda conn: sorted(r[0] for r in conn.execute("SELECT x FROM t")))
+    assert rows == [3, 10, 11]
+    db.close()
