@@ -34,9 +34,6 @@ SYNC_TIMEOUT = 10.0
 SYNC_CONCURRENCY = 4
 ANSWER_INTERVAL = 1.0        # an asker gets at most one totals answer this often (each reads since its mark)
 MAX_PUBLISHED = 10_000       # jobs whose last published snapshot is remembered (to skip repeats)
-# changes gathered this long are read, stored and gossiped together: a job's several changes in that time are one
-# message, not one each (once the job store read unfinished jobs from memory, nothing else paced this loop)
-PUBLISH_WINDOW = 0.05
 
 
 class JobReader(Protocol):
@@ -358,7 +355,6 @@ class Dashboard:
         assert self._jobs is not None
         while True:
             await self._dirty_event.wait()
-            await trio.sleep(PUBLISH_WINDOW)
             self._dirty_event = trio.Event()
             dirty, self._dirty = self._dirty, {}
             events = []
