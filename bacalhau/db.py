@@ -13,6 +13,11 @@ that arrive while a transaction runs are run next, together, in one transaction 
 savepoint of its own, so one that raises is rolled back alone (a call that only reads, or runs alone, needs
 none: the savepoint's two statements were a third of those a noop job ran).
 
+A caller may pass `on_commit`: it is called with the call's value, in the event loop, once the group holding the
+call has committed, before any later group runs and whether or not the caller is still waiting (a caller
+cancelled after its call was taken is not told, yet its write is in). Calls' hooks run in commit order. A store
+keeps an in-memory view of its rows this way that never runs ahead of, nor falls behind, what is on disk.
+
 A row that no longer parses (a NaN an older version let in, a state this version does not know, bytes that
 are not UTF-8) is set aside: `set_aside` copies it, raw, into the `quarantine` table with the reason, for the
 operator; the store then repairs the row in place (failed, with a reason a user can read) or removes it.
@@ -27,11 +32,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
 
 from bacalhau.errors import StateError
+
+if TYPE_CHECKING:
+    import outcome
 
 T = TypeVar("T")
 
@@ -64,7 +72,7 @@ class Database:
                 raise StateError(f"{path} cannot be opened ({exc}): it is damaged or not a bacalhau database; "
                                  "move it away and the node starts with an empty one") from None
             raise
-        self._turn = trio.Lock()            # the task holding it runs the queued calls as one transaction
+        self._busy = False                  # a group is running; calls queue for the next one
         self._queue: list[_Call[Any]] = []
         # Held for every transaction and by close(): a worker thread still in a transaction when its node
         # shuts down (a task outside the node's nursery may have started it) must not find the connection
@@ -137,28 +145,56 @@ class Database:
                     call.error = exc if isinstance(exc, Exception) else StateError(f"{self.path.name}: {exc!r}")
                     call.value = None
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T], *, reads: bool = False) -> T:
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, reads: bool = False,
+                  on_commit: Callable[[T], None] | None = None) -> T:
         """Run `fn(connection)` in a transaction, in a worker thread, grouped with the calls queued meanwhile.
-        `reads`: fn only reads (whatever it raises, it wrote nothing), so it needs no savepoint of its own."""
-        call: _Call[T] = _Call(fn, reads)
+        `reads`: fn only reads (whatever it raises, it wrote nothing), so it needs no savepoint of its own.
+        `on_commit(value)`: called in the event loop once fn's writes are committed (see the module's doc)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        call: _Call[T] = _Call(fn, reads, on_commit)
         self._queue.append(call)
-        try:
-            async with self._turn:
-                if not call.taken:
-                    group, self._queue = self._queue, []
-                    for queued in group:
-                        queued.taken = True
-                    # shielded: the calls of others are taken; cancelled before its thread starts, none would run
-                    # (their callers got None back). The thread is not abandoned anyway.
-                    with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(self._in_group, group)
-        except BaseException:
-            if not call.taken:
-                self._queue.remove(call)      # cancelled before it ran: it never runs
-            raise
+        if self._busy:
+            # parked until its group has run (woken once, not through a lock every waiter takes in turn), or
+            # until it is the first in line when a group ends: then it runs the next group
+            def abort(_: object) -> trio.lowlevel.Abort:
+                if call.taken:
+                    return trio.lowlevel.Abort.FAILED    # it runs: its caller hears how it went
+                self._queue.remove(call)                 # cancelled before it ran: it never runs
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        else:
+            self._busy = True
+            await trio.lowlevel.cancel_shielded_checkpoint()   # calls made meanwhile join this group
+        if not call.taken:
+            await self._run_group()
         if call.error is not None:
             raise call.error
         return call.value  # type: ignore[return-value]
+
+    async def _run_group(self) -> None:
+        """Run every queued call as one transaction, then wake their callers and hand the next group to the
+        first call queued meanwhile. Not cancellable: the calls of others are taken."""
+        group, self._queue = self._queue, []
+        for queued in group:
+            queued.taken = True
+        me = trio.lowlevel.current_task()
+        try:
+            await _in_thread(self._in_group, group)
+            _committed(group)
+        except BaseException as exc:    # the thread could not be started: no call ran
+            for queued in group:
+                if queued.error is None:
+                    queued.error = exc if isinstance(exc, Exception) else StateError(f"{self.path.name}: {exc!r}")
+            raise
+        finally:
+            for queued in group:
+                if queued.task is not me:
+                    trio.lowlevel.reschedule(queued.task)
+            if self._queue:
+                trio.lowlevel.reschedule(self._queue[0].task)    # not taken: it runs the next group
+            else:
+                self._busy = False
 
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """For start-up and shutdown only, when no other task uses the database."""
@@ -170,12 +206,42 @@ class Database:
             self._conn.close()
 
 
-class _Call(Generic[T]):
-    __slots__ = ("fn", "reads", "taken", "value", "error")
+async def _in_thread(fn: Callable[[list[_Call[Any]]], None], group: list[_Call[Any]]) -> None:
+    """fn(group) in one of trio's cached worker threads, not to be cancelled: the calls of others are taken
+    (cancelled before its thread starts, none would run and their callers got None back), and the thread is not
+    abandoned anyway. What trio.to_thread.run_sync does, less what a database does not need: a limiter (one
+    group at a time is one), a thread name set and reset by ctypes, a copied context; those were a third of the
+    event loop's cost of a hand-off, and a noop job hands off several times."""
+    task = trio.lowlevel.current_task()
+    token = trio.lowlevel.current_trio_token()
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], T], reads: bool = False) -> None:
+    def deliver(result: outcome.Outcome[None]) -> None:
+        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+    trio.lowlevel.start_thread_soon(lambda: fn(group), deliver)
+    await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)   # raises what fn raised
+
+
+def _committed(group: list[_Call[Any]]) -> None:
+    """Each committed call's hook, in order, with no checkpoint between, before any caller of the group
+    resumes: whoever was told of a write sees it in the view. A hook that raises fails its own caller only."""
+    for call in group:
+        if call.on_commit is not None and call.error is None:
+            try:
+                call.on_commit(call.value)
+            except Exception as exc:
+                call.error = exc
+
+
+class _Call(Generic[T]):
+    __slots__ = ("fn", "reads", "on_commit", "task", "taken", "value", "error")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], T], reads: bool = False,
+                 on_commit: Callable[[T], None] | None = None) -> None:
         self.fn = fn
         self.reads = reads
+        self.on_commit = on_commit
+        self.task = trio.lowlevel.current_task()   # its caller, woken when its group has run
         self.taken = False                   # picked up by a group (it runs, even if its caller goes)
         self.value: T | None = None
         self.error: BaseException | None = None

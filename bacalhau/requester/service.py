@@ -168,9 +168,10 @@ class Requester:
                     await self._set(msg.execution_id, (S.ASKED_FOR_BID,), S.BID_REJECTED, reason)
                     self._spawn(self._tell_compute, "bid_rejected", msg.node_id, msg.execution_id, reason)
                 else:
-                    await self._set(msg.execution_id, (S.ASKED_FOR_BID,), S.BID_ACCEPTED, "bid accepted")
-                    if job.state == JobState.PENDING:
-                        await self.store.update_job(job.id, JobState.PENDING, JobState.IN_PROGRESS, "bid accepted")
+                    # the job's first accepted bid moves it to in progress in the same transaction
+                    started = (JobState.PENDING, JobState.IN_PROGRESS, "bid accepted")
+                    await self._set(msg.execution_id, (S.ASKED_FOR_BID,), S.BID_ACCEPTED, "bid accepted",
+                                    job_to=started if job.state == JobState.PENDING else None)
                     self._spawn(self._accept_bid, msg.node_id, msg.execution_id, job.id)
         if not msg.accepted:
             self._spawn(self._evaluate, msg.job_id)
@@ -210,8 +211,17 @@ class Requester:
             await self._evaluate(msg.job_id)
             raise
         async with self._lock(msg.job_id):
+            # the execution that completes its job completes it in the same transaction (what _evaluate would
+            # do next, one commit earlier); with others still live, _evaluate cancels them first
+            job = await self.store.get_job(msg.job_id, full=False)
+            done = 1 + sum(1 for e in job.executions if e.state == S.COMPLETED and e.id != msg.execution_id)
+            others = any(not e.state.terminal and e.id != msg.execution_id for e in job.executions)
+            ends = not job.state.terminal and not others and done >= job.spec.concurrency
             await self._set(msg.execution_id, (S.PUBLISHING,), S.COMPLETED, "result published",
-                            result_ref=msg.result_ref)
+                            result_ref=msg.result_ref, job_to=(job.state, JobState.COMPLETED, "") if ends else None)
+        if ends:
+            self._notify(msg.job_id)
+            return m.Ack()
         await self._evaluate(msg.job_id)
         return m.Ack()
 

@@ -6,6 +6,10 @@ IllegalTransitionError, and one whose expected state is stale raises StateError.
 A row that does not parse never fails a read: it reads as a failed job (or execution) whose reason says so.
 At open, unfinished jobs (the ones a starting requester acts on) whose row or whose executions' rows do not
 parse are set aside (a copy in `quarantine`) and rewritten as failed, so the node starts and serves.
+
+Unfinished jobs are also held in memory (requester/view.py), written through from each transaction's commit
+hook: `get_job(full=False)`, `get_execution` and `execution_holder` of a job held read no row and take no worker
+thread. An execution's change and its job's (`update_execution(..., job_to=...)`) go in one transaction.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from bacalhau.db import QUARANTINE, UNREADABLE_SPEC, Database, real, set_aside, 
 from bacalhau.errors import AmbiguousIdError, NotFoundError, StateError
 from bacalhau.models import Event, Execution, ExecutionState, Job, JobSpec, JobState, RunResult
 from bacalhau.models.state import check_execution_transition, check_job_transition
+from bacalhau.requester.view import VIEW_MAX_JOBS, JobView
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,32 @@ def _event(conn: sqlite3.Connection, job_id: str, kind: str, subject: str, state
         "INSERT INTO events(job_id, time, kind, subject, state, reason, node_id) VALUES (?,?,?,?,?,?,?)",
         (job_id, time.time(), kind, subject, state, reason, node_id),
     )
+
+
+def _move_job(conn: sqlite3.Connection, job_id: str, expected: JobState | None, new: JobState, reason: str) -> float:
+    """Compare-and-set a job's state, with its event; returns the time written."""
+    row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no job with id {job_id!r}")
+    current = JobState(row["state"])
+    if expected is not None and current != expected:
+        raise StateError(f"job {job_id}: expected state {expected.value}, found {current.value}")
+    check_job_transition(job_id, current, new)
+    now = time.time()
+    conn.execute("UPDATE jobs SET state=?, reason=?, updated_at=? WHERE id=?", (new.value, reason, now, job_id))
+    _event(conn, job_id, "job", job_id, new.value, reason)
+    return now
+
+
+def _unfinished_jobs(conn: sqlite3.Connection, limit: int) -> list[Job]:
+    """The oldest `limit` unfinished jobs with their executions (what the view starts with)."""
+    marks = ",".join("?" * len(_UNFINISHED_JOB))
+    jobs = [_row_to_job(r) for r in conn.execute(
+        f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at LIMIT {int(limit)}", _UNFINISHED_JOB)]
+    for job in jobs:
+        rows = conn.execute("SELECT * FROM executions WHERE job_id=? ORDER BY created_at", (job.id,)).fetchall()
+        job.executions = [_row_to_execution(r) for r in rows]
+    return jobs
 
 
 def _parse_execution(row: sqlite3.Row) -> Execution:
@@ -155,12 +186,15 @@ def _set_aside_unreadable(conn: sqlite3.Connection) -> list[str]:
 
 
 class JobStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, view_max_jobs: int = VIEW_MAX_JOBS) -> None:
         self._db = Database(path, SCHEMA, MIGRATIONS)
         self.set_aside = self._db.run_sync(_set_aside_unreadable)   # ids of the jobs failed for it at open
         if self.set_aside:
             log.warning("%d unfinished jobs in %s could not be read: failed, their rows kept in its quarantine "
                         "table (%s)", len(self.set_aside), path, ", ".join(self.set_aside))
+        self.view = JobView(view_max_jobs)
+        for job in self._db.run_sync(lambda conn: _unfinished_jobs(conn, view_max_jobs)):
+            self.view.add_job(job)
 
     def close(self) -> None:
         self._db.close()
@@ -174,7 +208,8 @@ class JobStore:
             )
             _event(conn, job.id, "job", job.id, job.state.value, "submitted")
 
-        await self._db.run(tx)
+        held = job.model_copy(update={"executions": [], "events": []})
+        await self._db.run(tx, on_commit=lambda _: self.view.add_job(held))
 
     async def resolve_id(self, prefix: str) -> str:
         """A full job id, or a unique prefix of one."""
@@ -199,6 +234,11 @@ class JobStore:
         return ids[0]
 
     async def get_job(self, job_id: str, *, full: bool = True) -> Job:
+        if not full:
+            held = self.view.job(job_id)
+            if held is not None:
+                return held
+
         def tx(conn: sqlite3.Connection) -> Job:
             row = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None:
@@ -276,20 +316,8 @@ class JobStore:
         return await self._db.run(tx)
 
     async def update_job(self, job_id: str, expected: JobState | None, new: JobState, reason: str = "") -> None:
-        def tx(conn: sqlite3.Connection) -> None:
-            row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"no job with id {job_id!r}")
-            current = JobState(row["state"])
-            if expected is not None and current != expected:
-                raise StateError(f"job {job_id}: expected state {expected.value}, found {current.value}")
-            check_job_transition(job_id, current, new)
-            conn.execute(
-                "UPDATE jobs SET state=?, reason=?, updated_at=? WHERE id=?", (new.value, reason, time.time(), job_id)
-            )
-            _event(conn, job_id, "job", job_id, new.value, reason)
-
-        await self._db.run(tx)
+        await self._db.run(lambda conn: _move_job(conn, job_id, expected, new, reason),
+                           on_commit=lambda now: self.view.job_moved(job_id, new, reason, now))
 
     async def create_execution(self, execution: Execution, reason: str = "") -> None:
         def tx(conn: sqlite3.Connection) -> None:
@@ -302,12 +330,18 @@ class JobStore:
             _event(conn, execution.job_id, "execution", execution.id, execution.state.value, reason,
                    execution.node_id)
 
-        await self._db.run(tx)
+        held = execution.model_copy(update={"reason": reason, "result": None, "result_ref": ""})
+        await self._db.run(tx, on_commit=lambda _: self.view.execution_added(held))
 
     async def update_execution(
         self, execution_id: str, expected: ExecutionState | tuple[ExecutionState, ...] | None,
         new: ExecutionState, reason: str = "", *, result: RunResult | None = None, result_ref: str | None = None,
+        job_to: tuple[JobState | None, JobState, str] | None = None,
     ) -> Execution:
+        """Compare-and-set an execution's state; with `job_to` (expected, new, reason), its job's too, in the
+        same transaction (both or neither)."""
+        moved: list[float] = []
+
         def tx(conn: sqlite3.Connection) -> Execution:
             row = conn.execute("SELECT * FROM executions WHERE id=?", (execution_id,)).fetchone()
             if row is None:
@@ -330,14 +364,28 @@ class JobStore:
                 args.append(result_ref)
             conn.execute(f"UPDATE executions SET {', '.join(sets)} WHERE id=?", [*args, execution_id])
             _event(conn, row["job_id"], "execution", execution_id, new.value, reason, row["node_id"])
-            before = _row_to_execution(row)      # what was read, with what was written: no second read
+            if job_to is not None:
+                moved[:] = [_move_job(conn, row["job_id"], *job_to)]
+            # what was read, with what was written: no second read. The view's copy is the row as committed
+            # (its hooks run only while no transaction does), so a held one is not parsed again
+            held = self.view.execution(execution_id)
+            before = held if held is not None and held.state == current else _row_to_execution(row)
             return before.model_copy(update={"state": new, "reason": reason, "updated_at": args[2],
                                              **({"result": result} if result is not None else {}),
                                              **({"result_ref": result_ref} if result_ref is not None else {})})
 
-        return await self._db.run(tx)
+        def on_commit(ex: Execution) -> None:
+            self.view.execution_moved(ex)
+            if job_to is not None and moved:
+                self.view.job_moved(ex.job_id, job_to[1], job_to[2], moved[0])
+
+        return await self._db.run(tx, on_commit=on_commit)
 
     async def get_execution(self, execution_id: str) -> Execution:
+        held = self.view.execution(execution_id)
+        if held is not None:
+            return held
+
         def tx(conn: sqlite3.Connection) -> Execution:
             row = conn.execute("SELECT * FROM executions WHERE id=?", (execution_id,)).fetchone()
             if row is None:
@@ -346,9 +394,12 @@ class JobStore:
 
         return await self._db.run(tx, reads=True)
 
-
     async def execution_holder(self, execution_id: str) -> tuple[str, str]:
         """(node id, job id) of an execution, read without parsing the rest: checked on every callback."""
+        held = self.view.holder(execution_id)
+        if held is not None:
+            return held
+
         def tx(conn: sqlite3.Connection) -> tuple[str, str]:
             row = conn.execute("SELECT node_id, job_id FROM executions WHERE id=?", (execution_id,)).fetchone()
             if row is None:

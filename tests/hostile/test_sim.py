@@ -8,6 +8,7 @@ import base64
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import trio
 import wasmtime
 
@@ -175,12 +176,15 @@ async def test_a_lost_reply_to_bid_accepted_does_not_run_the_job_twice_at_once(t
         assert all(state.terminal for state in held), held
 
 
-async def test_a_caller_cancelled_as_it_takes_the_database_turn_loses_no_one_elses_write(tmp_path: Path) -> None:
+@pytest.mark.parametrize("when", ["taking its turn", "waiting"])
+async def test_a_caller_cancelled_as_it_takes_the_database_turn_loses_no_one_elses_write(tmp_path: Path,
+                                                                                      when: str) -> None:
     """Found by the simulation under load: the task whose turn it was to run the queued calls was cancelled
     (its call timed out) just as it got the turn; trio.to_thread.run_sync raised Cancelled before the thread
     ran, and every call it had taken from the queue was never run: their callers got None back (a job that
     was never created, an execution update that never happened), with no error."""
     import sqlite3
+    import threading
 
     from trio.testing import wait_all_tasks_blocked
 
@@ -203,14 +207,24 @@ async def test_a_caller_cancelled_as_it_takes_the_database_turn_loses_no_one_els
     async def other_caller() -> None:
         got.append(await db.run(insert(2)))
 
+    started, release = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(5)
+
     async with trio.open_nursery() as nursery:
-        await db._turn.acquire()          # someone else's group is running: both calls queue up
+        nursery.start_soon(db.run, hold)  # someone else's group is running: both calls queue up
+        await trio.to_thread.run_sync(started.wait)
         nursery.start_soon(cancelled_caller)
         await wait_all_tasks_blocked()
         nursery.start_soon(other_caller)
         await wait_all_tasks_blocked()
-        db._turn.release()                # the first in line gets the turn (and both calls) ...
-        doomed.cancel()                   # ... and is cancelled before its thread starts
+        if when == "waiting":
+            doomed.cancel()
+        release.set()                     # the first in line gets the turn (and both calls) ...
+        if when == "taking its turn":
+            doomed.cancel()               # ... and is cancelled before its thread starts
     assert got == [2]
     rows = db.run_sync(lambda conn: [r[0] for r in conn.execute("SELECT x FROM t ORDER BY x")])
     assert 2 in rows

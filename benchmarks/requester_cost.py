@@ -1,0 +1,109 @@
+"""What a noop job costs the node without its API: one in-process node (requester and compute) on the in-memory
+transport, --jobs noop jobs submitted straight to the requester with --in-flight at a time. Prints CPU per job
+(this process, all threads: user + system, from /proc), worker-thread hand-offs per job (trio.to_thread calls and
+trio.lowlevel.start_thread_soon, every database's), and transactions and database calls per job (db.py's groups and calls, each group one commit).
+The same-run baseline is another tree's code: PYTHONPATH=/path/to/tree.
+
+    .venv/bin/python benchmarks/requester_cost.py [--jobs 2000] [--in-flight 32] [--runs 3]
+
+Measured on the shared 2-core machine (load 6-14 from others' work), interleaved with the branch point
+(1054790), medians of 3 runs, 2000 jobs, 32 in flight:
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from bacalhau import db
+from bacalhau.bprotocol.transport import InMemoryNetwork
+from bacalhau.config import NodeConfig
+from bacalhau.executors.noop import NoopExecutor
+from bacalhau.models import Engine, JobSpec, NoopSpec
+from bacalhau.node import Node, NodeDeps
+
+counts = {"handoffs": 0, "groups": 0, "calls": 0}
+
+
+def _count() -> None:
+    run_sync = trio.to_thread.run_sync
+    start_soon = trio.lowlevel.start_thread_soon     # what db.py uses since this script was written
+    in_group = db.Database._in_group
+
+    async def counted(*args: object, **kw: object) -> object:
+        counts["handoffs"] += 1
+        return await run_sync(*args, **kw)  # type: ignore[arg-type]
+
+    def counted_soon(*args: object, **kw: object) -> None:
+        counts["handoffs"] += 1
+        start_soon(*args, **kw)  # type: ignore[arg-type]
+
+    def grouped(self: db.Database, calls: list[object]) -> None:
+        counts["groups"] += 1
+        counts["calls"] += len(calls)
+        in_group(self, calls)  # type: ignore[arg-type]
+
+    trio.to_thread.run_sync = counted  # type: ignore[assignment]
+    trio.lowlevel.start_thread_soon = counted_soon  # type: ignore[assignment]
+    db.Database._in_group = grouped  # type: ignore[method-assign]
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+async def one_run(jobs: int, in_flight: int) -> dict[str, float]:
+    repo = Path(tempfile.mkdtemp(prefix="bacalhau-bench-req-"))
+    cfg = NodeConfig(repo_dir=repo, serve_api=False, engines=("noop",))
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg, NodeDeps(network=InMemoryNetwork(),
+                                                      executors={Engine.NOOP: NoopExecutor()})).run)
+        requester = node.requester
+        left = [jobs]
+        spec = JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="hi\n"))
+
+        async def worker() -> None:
+            while left[0] > 0:
+                left[0] -= 1
+                job = await requester.submit(spec)
+                while not (await requester.store.get_job(job.id, full=False)).state.terminal:
+                    await requester.wait_for_change(job.id, 1)
+
+        before = dict(counts)
+        cpu, wall = _cpu(), time.perf_counter()
+        async with trio.open_nursery() as workers:
+            for _ in range(in_flight):
+                workers.start_soon(worker)
+        cpu, wall = _cpu() - cpu, time.perf_counter() - wall
+        nursery.cancel_scope.cancel()
+    per = {k: (counts[k] - before[k]) / jobs for k in counts}
+    return {"rate": jobs / wall, "cpu_ms": cpu * 1000 / jobs, **per}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--in-flight", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    _count()
+    results = []
+    for _ in range(args.runs):
+        r = trio.run(one_run, args.jobs, args.in_flight)
+        results.append(r)
+        print(f"{args.jobs} jobs: {r['rate']:.1f} jobs/s, CPU {r['cpu_ms']:.2f} ms a job, {r['handoffs']:.1f} "
+              f"thread hand-offs, {r['groups']:.1f} transactions, {r['calls']:.1f} database calls a job", flush=True)
+    med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    print(f"median: {med['rate']:.1f} jobs/s, CPU {med['cpu_ms']:.2f} ms a job, {med['handoffs']:.1f} hand-offs, "
+          f"{med['groups']:.1f} transactions, {med['calls']:.1f} database calls a job")
+
+
+if __name__ == "__main__":
+    main()
