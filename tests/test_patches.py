@@ -50,6 +50,12 @@ def test_the_libp2p_fast_paths_apply_to_the_installed_version(monkeypatch: pytes
     for patched in (TrioTCPStream.read, noise_io.BaseNoiseMsgReadWriter.write_msg, yamux_module.trio.sleep):
         assert patched.__module__ == fastpath.__name__, patched
     assert yamux_module.MAX_MESSAGE_SIZE == noise_io.MAX_PLAINTEXT_LENGTH
+    stream = yamux_module.YamuxStream
+    assert stream._auto_tune_and_send_window_update.__module__ == fastpath.__name__
+    # what the credit patch calls of py-libp2p's own, and where yamux's reads call it
+    for name in ("_grow_threshold", "_grow_to_delta", "_apply_autotune_epoch", "send_window_update"):
+        assert callable(getattr(stream, name)), name
+    assert inspect.getsource(stream.read).count("self._auto_tune_and_send_window_update(bytes_read=") == 2
     # the yamux shim shortens only the 10 ms sleep of a function named `write`: it must still be there
     tree = ast.parse(inspect.getsource(yamux_module))
     sleepers = {fn.name for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
