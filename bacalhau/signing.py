@@ -22,24 +22,30 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import math
-import secrets
+import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from bacalhau.errors import UserError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
+    from bacalhau.rsa_pkcs1 import RsaKey
 
 MAX_AGE = 60.0   # seconds a signature is accepted either side of the requester's clock (clocks differ a little)
 KEY_FILE = "user_id.pem"        # rsa_identity.KEY_FILE (not imported: a client command starts fast)
 LEGACY_KEY_FILE = "client.key"  # the Ed25519 key of clients before user_id.pem
+MAX_KEY_FILE = 64 * 1024        # bytes: a PEM RSA key of 8192 bits is ~6.4 KB
 
 
 def cluster_id_of(secret: str) -> str:
     """The public name of a cluster: a one-way hash of its swarm key, which it does not reveal."""
+    import hashlib
+
     return hashlib.sha256(b"bacalhau/cluster-id/1\n" + secret.encode()).hexdigest()[:32]
 
 
@@ -48,25 +54,59 @@ def _canonical(action: Any, signed_at: float, cluster_id: str, nonce: str) -> by
                       sort_keys=True, separators=(",", ":")).encode()
 
 
-def load_client_key(state_dir: Path) -> Any:
-    """The client's RSA key, `user_id.pem` in `state_dir`, created (PKCS#1, 0600) if absent. Our own file is
-    not validated as a key from elsewhere would be (OpenSSL's check of an RSA key costs a command ~15 ms)."""
-    path = state_dir / KEY_FILE
-    if not path.exists():
+def load_client_key(state_dir: str | Path) -> Any:
+    """The client's RSA key, `user_id.pem` in `state_dir`, created (PKCS#1, 0600) if absent: read by
+    rsa_pkcs1.py when it is a plain RSA key (cryptography's import was ~20 ms of a signed command), by
+    cryptography otherwise (or to say what is wrong with it). Our own file is not validated as a key from
+    elsewhere would be (OpenSSL's check of an RSA key costs a command ~15 ms): each signature made with it is
+    checked instead (rsa_pkcs1.py)."""
+    path = os.path.join(state_dir, KEY_FILE)    # (no pathlib: its import was ~4 ms of a signed command)
+    if not os.path.exists(path):
+        from pathlib import Path
+
         from bacalhau.rsa_identity import load_or_create
 
-        return load_or_create(path)
+        return load_or_create(Path(path))
+    data = _read_key_file(path)
+    from bacalhau.rsa_pkcs1 import parse_pem
+
+    plain = parse_pem(data)
+    if plain is not None:
+        plain.origin = path
+        return plain
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     try:
-        key = load_pem_private_key(path.read_bytes(), password=None, unsafe_skip_rsa_key_validation=True)
+        key = load_pem_private_key(data, password=None, unsafe_skip_rsa_key_validation=True)
     except (ValueError, TypeError) as exc:
         raise UserError(f"{path} is not an unencrypted RSA private key in PEM ({exc}): move it away and a new "
                         "one is made") from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise UserError(f"{path} holds a {type(key).__name__}, not an RSA key")
     return key
+
+
+def _read_key_file(path: str) -> bytes:
+    """The key file's bytes: a regular file of at most MAX_KEY_FILE bytes (a FIFO there hung every signed
+    command on its open, and a device such as /dev/zero was read until memory ran out)."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UserError(f"cannot read the client key {path}: {exc.strerror or exc}") from None
+    with open(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UserError(f"{path} is not a regular file: move it away and a new key is made")
+        try:
+            data = file.read(MAX_KEY_FILE + 1)
+        except OSError as exc:
+            raise UserError(f"cannot read the client key {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_KEY_FILE:
+        raise UserError(f"{path} is over {MAX_KEY_FILE} bytes: not an RSA private key; move it away and a new one "
+                        "is made")
+    return data
 
 
 def load_legacy_key(state_dir: Path) -> Any | None:
@@ -98,6 +138,10 @@ def _is_legacy(key: Any) -> bool:
 def client_id_of(key: Any) -> str:
     if _is_legacy(key):
         return str(key.public_key().public_bytes_raw().hex())
+    if hasattr(key, "modulus_bytes"):   # rsa_pkcs1.RsaKey
+        from bacalhau.rsa_pkcs1 import sha256
+
+        return sha256(key.modulus_bytes()).hex()
     from bacalhau.rsa_identity import client_id_of as rsa_client_id
 
     return rsa_client_id(key.public_key())
@@ -105,21 +149,38 @@ def client_id_of(key: Any) -> str:
 
 def sign(key: Any, action: Any, cluster_id: str) -> dict[str, Any]:
     """The fields that sign `action` for `cluster_id` with `key` (RSA, or a legacy Ed25519 key)."""
-    signed_at, nonce = round(time.time(), 3), secrets.token_hex(8)
+    signed_at, nonce = round(time.time(), 3), os.urandom(8).hex()   # secrets.token_hex(8), without its import
     message = _canonical(action, signed_at, cluster_id, nonce)
     fields = {"client_id": client_id_of(key), "cluster_id": cluster_id, "signed_at": signed_at, "nonce": nonce}
     if _is_legacy(key):
         return {**fields, "signature": key.sign(message).hex()}
+    if hasattr(key, "modulus_bytes"):
+        return {**fields, **_sign_plain(key, message)}
     from bacalhau.rsa_identity import public_key_b64, sign_payload
 
     return {**fields, "client_public_key": public_key_b64(key.public_key()), "signature": sign_payload(key, message)}
 
 
-@dataclass(frozen=True)
+def _sign_plain(key: RsaKey, message: bytes) -> dict[str, str]:
+    from bacalhau.rsa_pkcs1 import KeyMismatch, sha256
+
+    try:
+        signature = key.sign(sha256(message))
+    except KeyMismatch as exc:
+        raise UserError(f"{key.origin or 'the client key'} is damaged ({exc}): move it away and a new one is "
+                        "made") from None
+    return {"client_public_key": base64.b64encode(key.public_der()).decode(),
+            "signature": base64.b64encode(signature).decode()}
+
+
 class Signed:
-    client_id: str
-    signature: str
-    signed_at: float
+    """Who signed a request, as verify() found it (a plain class: dataclasses' import was ~8 ms of every
+    signed client command, which imports this module)."""
+
+    __slots__ = ("client_id", "signature", "signed_at")
+
+    def __init__(self, client_id: str, signature: str, signed_at: float) -> None:
+        self.client_id, self.signature, self.signed_at = client_id, signature, signed_at
 
 
 def verify(body: dict[str, Any], action: Any, cluster_id: str) -> Signed:

@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from _serve import run_noop_jobs, stop
+from _serve import cpu_seconds, run_noop_jobs, stop
 
 from bacalhau.cli.client import ApiClient
 from bacalhau.testing import free_port
@@ -80,9 +80,13 @@ def wait_for_text(proc: subprocess.Popen[bytes], log: Path, text: str, timeout: 
 
 
 @contextmanager
-def cluster(mux: bool) -> Iterator[ApiClient]:
+def cluster(mux: bool, tree: str = "") -> Iterator[tuple[ApiClient, list[int]]]:
+    """The API client of the requester, and the pids of the requester and the compute processes. `tree`: the
+    source tree the four processes import bacalhau from (PYTHONPATH), for a same-run baseline."""
     tmp = Path(tempfile.mkdtemp(prefix="bacalhau-cluster-"))
     env = {**os.environ, "BACALHAU_BPROTOCOL_MUX": "1" if mux else "0"}
+    if tree:
+        env["PYTHONPATH"] = tree
     procs: list[subprocess.Popen[bytes]] = []
     try:
         req, log, api_port = start(tmp / "req", env, "--node-type", "requester")
@@ -101,7 +105,7 @@ def cluster(mux: bool) -> Iterator[ApiClient]:
             if time.monotonic() > deadline:
                 raise SystemExit(f"only {len(client.nodes())} of {COMPUTES} compute nodes joined")
             time.sleep(0.2)
-        yield client
+        yield client, [proc.pid for proc in procs]
     finally:
         stop(procs, timeout=20)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -124,22 +128,34 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--modes", default="mux,per-call", help="Comma-separated: mux, per-call.")
+    parser.add_argument("--trees", default="", help="Comma-separated source trees to alternate (PYTHONPATH of "
+                        "the four processes), e.g. a baseline checkout and this one; default: as imported.")
     args = parser.parse_args()
     modes = [mode.strip() for mode in args.modes.split(",")]
-    rates: dict[str, list[float]] = {mode: [] for mode in modes}
+    trees = [t.strip() for t in args.trees.split(",")] if args.trees else [""]
+    runs = [(mode, tree) for tree in trees for mode in modes]
+    results: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {run: [] for run in runs}
     for round_ in range(1, args.rounds + 1):
-        for mode in modes:
-            with cluster(mux=mode == "mux") as client:
+        for mode, tree in runs:
+            with cluster(mux=mode == "mux", tree=tree) as (client, pids):
                 run_jobs(client, 20)      # warm: node table, connections, mux streams, SQLite pages
+                before = [cpu_seconds(pid) for pid in pids]
                 elapsed, spread = run_jobs(client, args.jobs)
+                used = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
             rate = args.jobs / elapsed
-            rates[mode].append(rate)
+            req_ms, comp_ms = used[0] * 1000 / args.jobs, sum(used[1:]) * 1000 / args.jobs
+            counts = [spread.get(f"c{i}", 0) for i in range(COMPUTES)]
+            worst = max(abs(c - args.jobs / COMPUTES) for c in counts) / (args.jobs / COMPUTES)
+            results[(mode, tree)].append((rate, req_ms, comp_ms, worst))
             shown = "  ".join(f"{name}={count}" for name, count in sorted(spread.items()))
-            print(f"round {round_} {mode:9s} {args.jobs} noop jobs in {elapsed:6.2f}s = {rate:6.1f} jobs/s   "
-                  f"completions: {shown}", flush=True)
-    for mode, values in rates.items():
-        print(f"{mode:9s} median {statistics.median(values):6.1f} jobs/s over {len(values)} rounds "
-              f"({', '.join(f'{v:.1f}' for v in values)})")
+            print(f"round {round_} {mode:9s} {tree or '-'}: {args.jobs} noop jobs in {elapsed:6.2f}s = {rate:6.1f} "
+                  f"jobs/s; CPU a job: requester {req_ms:.2f} ms, computes {comp_ms:.2f} ms; completions: {shown} "
+                  f"(worst {worst * 100:.0f}% off even)", flush=True)
+    for (mode, tree), values in results.items():
+        med = [statistics.median(v[k] for v in values) for k in range(4)]
+        print(f"{mode:9s} {tree or '-'}: median of {len(values)} rounds {med[0]:6.1f} jobs/s "
+              f"({', '.join(f'{v[0]:.1f}' for v in values)}); CPU a job: requester {med[1]:.2f} ms, computes "
+              f"{med[2]:.2f} ms (3 processes together); worst node {med[3] * 100:.0f}% off even")
 
 
 if __name__ == "__main__":

@@ -92,6 +92,7 @@ def load(client: ApiClient, jobs: int, in_flight: int) -> tuple[list[float], Cou
     lock = threading.Lock()
     left = [jobs]
     errors: list[str] = []
+    submits: list[float] = []      # each submit's latency (signing included), measured while the load runs
     start = time.perf_counter()
 
     def worker() -> None:
@@ -101,7 +102,9 @@ def load(client: ApiClient, jobs: int, in_flight: int) -> tuple[list[float], Cou
                 if left[0] <= 0 or errors:
                     return
                 left[0] -= 1
+            asked = time.perf_counter()
             job_id = mine.submit(SPEC)
+            submits.append(time.perf_counter() - asked)
             while True:
                 job = mine.wait(job_id, since=time.time() + 3600, timeout=30)
                 if job["state"] in ("completed", "failed", "cancelled"):
@@ -121,6 +124,8 @@ def load(client: ApiClient, jobs: int, in_flight: int) -> tuple[list[float], Cou
         t.join()
     if errors:
         raise SystemExit(errors[0])
+    cuts = statistics.quantiles(submits, n=100)
+    print(f"submit latency under this load: p50 {cuts[49] * 1000:.1f} ms, p99 {cuts[98] * 1000:.1f} ms", flush=True)
     return done, per_node, time.perf_counter() - start
 
 

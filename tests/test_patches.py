@@ -4,7 +4,8 @@ leaves a patch behind fails here, instead of turning the patch off with a warnin
 
     libp2p     bacalhau/p2p/fastpath.py     transfer fast paths (TCP read-ahead, noise, yamux)
     libp2p     bacalhau/p2p/tcp.py          TCP_USER_TIMEOUT on its TCP streams' sockets
-    hypercorn  bacalhau/api/server.py       close under the send lock, a deadline on every write
+    hypercorn  bacalhau/api/server.py       close under the send lock, a deadline on every write, an answer's
+                                            head sent with its body, one idle watcher per connection
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ def test_the_libp2p_fast_paths_apply_to_the_installed_version(monkeypatch: pytes
     for patched in (TrioTCPStream.read, noise_io.BaseNoiseMsgReadWriter.write_msg, yamux_module.trio.sleep):
         assert patched.__module__ == fastpath.__name__, patched
     assert yamux_module.MAX_MESSAGE_SIZE == noise_io.MAX_PLAINTEXT_LENGTH
+    stream = yamux_module.YamuxStream
+    assert stream._auto_tune_and_send_window_update.__module__ == fastpath.__name__
+    # what the credit patch calls of py-libp2p's own, and where yamux's reads call it
+    for name in ("_grow_threshold", "_grow_to_delta", "_apply_autotune_epoch", "send_window_update"):
+        assert callable(getattr(stream, name)), name
+    assert inspect.getsource(stream.read).count("self._auto_tune_and_send_window_update(bytes_read=") == 2
     # the yamux shim shortens only the 10 ms sleep of a function named `write`: it must still be there
     tree = ast.parse(inspect.getsource(yamux_module))
     sleepers = {fn.name for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
@@ -73,6 +80,20 @@ def test_the_hypercorn_patch_targets_are_still_there() -> None:
     assert inspect.iscoroutinefunction(TCPServer.protocol_send)
     assert inspect.iscoroutinefunction(getattr(TCPServer, "_close", None))
     assert "self.send_lock = trio.Lock()" in inspect.getsource(TCPServer.__init__)
+    import hypercorn.protocol.h11 as h11_protocol
+    import hypercorn.trio.tcp_server as tcp_server
+
+    # read from the files: the classes may be patched already in this process
+    h11_source, tcp_source = inspect.getsource(h11_protocol), inspect.getsource(tcp_server)
+    # the head held back is sent by the next _send_h11_event: every h11 event must be sent through it
+    assert "    async def _send_h11_event(self, event: H11SendableEvent) -> None:" in h11_source
+    assert h11_source.count("self.connection.send(") == 1
+    assert h11_source.count("await self.send(RawData(data=data))") == 1
+    # the idle watcher is started once, by run(), and moved by the Updated events protocol_send gets
+    assert "await self.idle_task.restart(self._task_group, self._idle_timeout)" in tcp_source
+    assert tcp_source.count("idle_task") == 4
+    assert "    async def _read_data(self) -> None:" in tcp_source
+    assert "    async def _initiate_server_close(self) -> None:" in tcp_source
 
 
 # In a child process: patches of classes stay for the life of a process, and this one's are applied.
@@ -81,12 +102,14 @@ import importlib.metadata, logging, sys
 real = importlib.metadata.version
 importlib.metadata.version = lambda name: "0.0.1" if name in ("libp2p", "hypercorn") else real(name)
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
 from libp2p.io.trio import TrioTCPStream
 from bacalhau.api.server import _guard_hypercorn
 from bacalhau.p2p import fastpath, tcp
 def patchable():
-    return (TCPServer._close, TCPServer.protocol_send, TrioTCPStream.read, TrioTCPStream.__init__)
+    return (TCPServer._close, TCPServer.protocol_send, TCPServer._idle_timeout, TCPServer._read_data,
+            H11Protocol._send_h11_event, TrioTCPStream.read, TrioTCPStream.__init__)
 before = patchable()
 _guard_hypercorn()
 print("applied" if fastpath.apply() or tcp.apply() else "not applied")

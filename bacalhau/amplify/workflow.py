@@ -309,6 +309,8 @@ def parse_workflow(text: str | bytes, where: str = "workflow") -> Workflow:
         mark = getattr(exc, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark is not None else ""
         raise WorkflowError(f"{where} is not YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:      # the composer recurses once a level: [[[[... past the interpreter's limit
+        raise WorkflowError(f"{where} is nested too deep") from None
     if not isinstance(data, dict):
         raise WorkflowError(f"{where} must be a mapping with jobs: and graph:")
     try:

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.framing import encode, parse_reply
 from bacalhau.bprotocol.ids import ResultItem
-from bacalhau.bprotocol.transport import Transport
+from bacalhau.bprotocol.transport import LocalTransport, Transport
 from bacalhau.errors import ProtocolError, RemoteError, TransportError
 
 R = TypeVar("R", bound=BaseModel)
@@ -27,6 +27,9 @@ class _Proxy:
     async def _call(self, peer_id: str, protocol_id: str, msg: BaseModel, reply: type[R], *,
                     payload: bytes | None = None) -> R:
         try:
+            if peer_id == self._transport.self_id and isinstance(self._transport, LocalTransport):
+                # this node's own handler, given the object (transport.py: the same checks, no JSON)
+                return await self._transport.call_self(protocol_id, msg, reply, timeout=self._timeout)
             data = await self._transport.call(peer_id, protocol_id, payload or encode(msg), timeout=self._timeout)
         except trio.TooSlowError:
             raise TransportError(f"{protocol_id} to {peer_id} timed out after {self._timeout:g}s") from None

@@ -2,6 +2,16 @@
 
 A Transport moves opaque payloads; `typed_handler` is the per-request boundary that turns a typed handler
 into one that always answers with an Envelope, whatever the handler raised.
+
+A node calling itself (its requester telling its compute node, and back: six calls a job) skips the bytes:
+`LocalTransport.call_self` hands the message object to the typed handler (`TypedHandler.answer`). What a remote
+caller meets, it meets too: the request is validated against the handler's model (a shallow copy: its top-level
+fields checked again, so a message built with model_construct or changed after it was built is refused as
+BAD_REQUEST), the handler sees this node as the caller, an error comes back as the RemoteError with the code
+and message the Envelope would carry, and the reply is checked against the model the caller expects. Nested
+models (a Job, a RunResult) are shared, not copied: they were validated when built, and no handler changes a
+request's parts (a JSON round trip cost ~48 us for an AskForBidRequest, a revalidation of its dict ~9 us;
+re-validating from a dump cost more than JSON: 61 us).
 """
 
 from __future__ import annotations
@@ -10,12 +20,12 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import trio
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from bacalhau.bprotocol.framing import decode, error_reply, ok_reply
+from bacalhau.bprotocol.framing import decode, encode, error_reply, ok_reply, parse_reply
 from bacalhau.errors import ProtocolError, TransportError
 
 if TYPE_CHECKING:
@@ -26,6 +36,8 @@ log = logging.getLogger(__name__)
 RawHandler = Callable[[str, bytes], Awaitable[bytes]]
 RawStreamHandler = Callable[[str, bytes], AsyncIterator[bytes]]
 Req = TypeVar("Req", bound=BaseModel)
+M = TypeVar("M", bound=BaseModel)
+Rep = TypeVar("Rep", bound=BaseModel)
 # a typed handler in a list of (protocol, model, handler): its model is known only at run time
 AnyModelHandler = Callable[[str, Any], Awaitable[BaseModel]]
 
@@ -44,19 +56,55 @@ class Transport(Protocol):
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]: ...
 
 
-def typed_handler(model: type[Req], fn: Callable[[str, Req], Awaitable[BaseModel]]) -> RawHandler:
-    async def handle(peer_id: str, payload: bytes) -> bytes:
+class TypedHandler(Generic[Req]):
+    """A raw handler (bytes in, an Envelope's bytes out) that can also be handed the request object by its own
+    node (`answer`): the same boundary either way."""
+
+    def __init__(self, model: type[Req], fn: Callable[[str, Req], Awaitable[BaseModel]]) -> None:
+        self.model = model
+        self._fn = fn
+
+    async def __call__(self, peer_id: str, payload: bytes) -> bytes:
         try:
-            request = decode(payload, model)
-            return ok_reply(await fn(peer_id, request))
+            request = decode(payload, self.model)
+            return ok_reply(await self._fn(peer_id, request))
         except trio.Cancelled:
             raise
         except Exception as exc:  # the per-request boundary: every error becomes a wire error
-            if not isinstance(exc, ProtocolError):
-                log.debug("handler for %s failed: %s", model.__name__, exc, exc_info=True)
+            self._log(exc)
             return error_reply(exc)
 
-    return handle
+    async def answer(self, peer_id: str, msg: BaseModel, reply: type[Rep]) -> Rep:
+        """The typed call: `msg` checked as `decode` checks bytes; an error raised as parse_reply raises the
+        Envelope's (RemoteError with its code), so a caller cannot tell this from the byte path."""
+        try:
+            request = _revalidated(self.model, msg)
+            result = await self._fn(peer_id, request)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            self._log(exc)
+            parse_reply(error_reply(exc), reply)     # raises the RemoteError the caller would see
+            raise AssertionError("unreachable") from exc
+        return _revalidated(reply, result, " reply")
+
+    def _log(self, exc: Exception) -> None:
+        if not isinstance(exc, ProtocolError):
+            log.debug("handler for %s failed: %s", self.model.__name__, exc, exc_info=True)
+
+
+def _revalidated(model: type[M], msg: BaseModel, what: str = "") -> M:
+    """A new `model` from `msg`'s fields, validated as if it had come as JSON (a foreign type is refused)."""
+    if not isinstance(msg, model):
+        raise ProtocolError(f"malformed {model.__name__}{what}: got a {type(msg).__name__}")
+    try:
+        return model.__pydantic_validator__.validate_python(msg.__dict__)   # type: ignore[no-any-return]
+    except ValidationError as exc:
+        raise ProtocolError(f"malformed {model.__name__}{what}: {exc.errors()[0].get('msg', exc)}") from None
+
+
+def typed_handler(model: type[Req], fn: Callable[[str, Req], Awaitable[BaseModel]]) -> TypedHandler[Req]:
+    return TypedHandler(model, fn)
 
 
 class LocalTransport:
@@ -95,6 +143,15 @@ class LocalTransport:
             raise TransportError(f"peer {peer_id} is not reachable from a local-only transport")
         with trio.fail_after(timeout):
             return await self.call_local(peer_id, protocol_id, payload)
+
+    async def call_self(self, protocol_id: str, msg: BaseModel, reply: type[Rep], *, timeout: float) -> Rep:
+        """A call of this node to itself, without the bytes where its handler is typed (see the module's
+        docstring); trio.TooSlowError after `timeout`, as `call`."""
+        handler = self.handlers.get(protocol_id)
+        if not isinstance(handler, TypedHandler):
+            return parse_reply(await self.call(self.self_id, protocol_id, encode(msg), timeout=timeout), reply)
+        with trio.fail_after(timeout):
+            return await handler.answer(self.self_id, msg, reply)
 
     def stream(self, peer_id: str, protocol_id: str, payload: bytes) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         if peer_id != self.self_id:
@@ -216,6 +273,10 @@ class InMemoryTransport(LocalTransport):
                 await trio.sleep_forever()
             await net._hop()
             return reply
+
+    async def call_self(self, protocol_id: str, msg: BaseModel, reply: type[Rep], *, timeout: float) -> Rep:
+        """Through the network like any call: a simulation's latency and losses apply to a node's self-calls."""
+        return parse_reply(await self.call(self.self_id, protocol_id, encode(msg), timeout=timeout), reply)
 
     @asynccontextmanager
     async def stream(self, peer_id: str, protocol_id: str, payload: bytes) -> AsyncIterator[AsyncIterator[bytes]]:

@@ -201,7 +201,7 @@ class ApiClient:
         if self._rsa_key is None:
             from bacalhau.signing import load_client_key
 
-            self._rsa_key = load_client_key(_state_dir())
+            self._rsa_key = load_client_key(_state_path())
         return self._rsa_key
 
     def _owner_key(self, owner: str) -> Any | None:

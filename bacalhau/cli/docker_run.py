@@ -1,55 +1,31 @@
-"""`bacalhau docker run`: submit a Docker job, wait for it with progress, print its output."""
+"""`bacalhau docker run`: submit a Docker job, wait for it with progress, print its output. Its common forms
+run without click (fast_run.py), through the same spec (job_args.py) and the same waiting (waiting.py)."""
 
 from __future__ import annotations
 
 import click
 
+from bacalhau.cli import job_args
 from bacalhau.cli.main import client_from
 from bacalhau.cli.waiting import submit_and_report
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in values:
-        for part in item.split(",") if what == "label" else [item]:
-            key, sep, value = part.partition("=")
-            if not sep or not key:
-                raise click.BadParameter(f"{part!r} is not KEY=VALUE", param_hint=f"--{what}")
-            out[key.strip()] = value
-    return out
+    try:
+        return job_args.pairs(values, what)
+    except job_args.ArgError as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.hint) from None
 
 
-MAX_INLINE_BYTES = 1024 * 1024
+MAX_INLINE_BYTES = job_args.MAX_INLINE_BYTES
 
 
 def parse_inputs(values: tuple[str, ...]) -> list[dict[str, str]]:
     """-i SOURCE[:/PATH]: a URL (https://, ipfs://) or a small local file, uploaded with the job."""
-    from pathlib import Path
-
-    inputs = []
-    for value in values:
-        source, path = value, "/inputs"
-        if "://" in value:
-            scheme, rest = value.split("://", 1)
-            if ":/" in rest:
-                rest, path = rest.rsplit(":/", 1)
-                path = "/" + path
-            source = f"{scheme}://{rest}"
-        else:
-            local, sep, target = value.rpartition(":/")
-            if sep and local:
-                source, path = local, "/" + target
-            file = Path(source)
-            if not file.is_file():
-                raise click.BadParameter(f"{source!r} is neither a URL nor a local file", param_hint="-i")
-            if file.stat().st_size > MAX_INLINE_BYTES:
-                raise click.BadParameter(f"{source} is over {MAX_INLINE_BYTES} bytes: serve it over https:// "
-                                         "and pass the URL", param_hint="-i")
-            from bacalhau.storage.inline import encode_inline
-
-            source = encode_inline(file.name, file.read_bytes())
-        inputs.append({"source": source, "path": path})
-    return inputs
+    try:
+        return job_args.parse_inputs(values)
+    except job_args.ArgError as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.hint) from None
 
 
 @click.group()
@@ -94,22 +70,10 @@ def run(ctx: click.Context, image: str, command: tuple[str, ...], env: tuple[str
     Waiting, progress goes to stderr and the job's output to stdout; the exit code is the job's (1 when it
     could not run).
     """
-    spec: dict[str, object] = {
-        "engine": "docker",
-        "docker": {
-            "image": image,
-            "parameters": list(command),
-            "env": _pairs(env, "env"),
-            "working_dir": workdir,
-            "entrypoint": entrypoint.split() if entrypoint else None,
-        },
-        "resources": {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v is not None},
-        "network": network,
-        "labels": _pairs(labels, "label"),
-        "node_selector": selector,
-        "concurrency": concurrency,
-        "inputs": parse_inputs(inputs),
-    }
-    if timeout is not None:
-        spec["timeout"] = timeout
+    try:
+        spec = job_args.docker_spec(image, command, env=env, inputs=inputs, workdir=workdir, entrypoint=entrypoint,
+                                    cpu=cpu, memory=memory, timeout=timeout, labels=labels, selector=selector,
+                                    concurrency=concurrency, network=network)
+    except job_args.ArgError as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.hint) from None
     submit_and_report(client_from(ctx), spec, id_only=id_only, wait=wait, follow=follow)

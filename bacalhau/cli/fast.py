@@ -1,8 +1,8 @@
-"""`bacalhau list` and `bacalhau describe` in their plain forms, run without importing click: a client
-command's start was mostly click's imports (inspect, uuid, datetime: ~17 of list's 61 ms) and describe's PyYAML
-(~15 ms more). A form read here prints exactly what the click command prints (both call views.py); any other
-form (`--help`, an option or value this reader does not take, a `BACALHAU_LIST_*` setting, a typo) is left
-to click, which parses it or says what is wrong."""
+"""`bacalhau list`, `bacalhau describe` and `bacalhau docker run` (fast_run.py) in their plain forms, run
+without importing click: a client command's start was mostly click's imports (inspect, uuid, datetime: ~17 of
+list's 61 ms) and describe's PyYAML (~15 ms more). A form read here prints exactly what the click command prints
+(both call views.py, or waiting.py); any other form (`--help`, an option or value this reader does not take, a
+`BACALHAU_LIST_*` setting, a typo) is left to click, which parses it or says what is wrong."""
 
 from __future__ import annotations
 
@@ -46,6 +46,13 @@ def parse(argv: list[str], environ: dict[str, str] | os._Environ[str]) -> Callab
             continue
         verb = arg
         break
+    if verb == "docker":
+        api = _api(found, environ)
+        if api is None:
+            return None
+        from bacalhau.cli.fast_run import parse_docker_run
+
+        return parse_docker_run(list(args), *api, environ)
     if verb not in _OPTIONS or any(k.startswith(f"BACALHAU_{verb.upper()}_") and v for k, v in environ.items()):
         return None
     options = _OPTIONS[verb]
@@ -65,15 +72,13 @@ def parse(argv: list[str], environ: dict[str, str] | os._Environ[str]) -> Callab
         elif not eq and not value:
             value = next(args, "")
         found[key] = value
-    host = found.get("api_host") or environ.get("BACALHAU_API_HOST") or None
-    port_text = found.get("api_port") or environ.get("BACALHAU_API_PORT") or None
+    api = _api(found, environ)
     number = found.get("number", "10")
     output = found.get("output", "table" if verb == "list" else "yaml")
-    if (port_text is not None and not port_text.isdigit()) or not number.isdigit() or int(number) < 1 \
-            or output not in FORMATS or "api_host" in found and not found["api_host"] \
+    if api is None or not number.isdigit() or int(number) < 1 or output not in FORMATS \
             or len(positional) != (1 if verb == "describe" else 0):
         return None
-    port = int(port_text) if port_text is not None else None
+    host, port = api
 
     def run() -> None:
         from bacalhau.cli import views
@@ -86,3 +91,13 @@ def parse(argv: list[str], environ: dict[str, str] | os._Environ[str]) -> Callab
             views.describe(client, positional[0], output)
 
     return run
+
+
+def _api(found: dict[str, str], environ: dict[str, str] | os._Environ[str]) -> tuple[str | None, int | None] | None:
+    """The API's host and port as the flags and the environment give them (None where neither does); None
+    where click is to read them (a port that is not a number, an empty --api-host)."""
+    host = found.get("api_host") or environ.get("BACALHAU_API_HOST") or None
+    port_text = found.get("api_port") or environ.get("BACALHAU_API_PORT") or None
+    if (port_text is not None and not port_text.isdigit()) or "api_host" in found and not found["api_host"]:
+        return None
+    return host, int(port_text) if port_text is not None else None

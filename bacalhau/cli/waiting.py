@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
 
-from bacalhau.cli.client import ApiClient
 from bacalhau.cli.output import short, status
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from bacalhau.cli.client import ApiClient
 
 SMALL_STDERR = 64 * 1024    # bytes: a stderr this small is read whole on the client's kept-alive connection
 

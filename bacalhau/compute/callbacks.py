@@ -44,6 +44,7 @@ class CallbackRetry:
 
 
 DEFAULT_CALLBACK_RETRY = CallbackRetry()
+_RNG = random.Random()     # the jitter's: one, seeded once (a Random() a call read urandom each time)
 
 
 def worth_retrying(exc: BacalhauError) -> bool:
@@ -60,7 +61,7 @@ async def deliver(call: Callable[[str, M], Awaitable[None]], requester_id: str, 
                   policy: CallbackRetry = DEFAULT_CALLBACK_RETRY, rng: random.Random | None = None, what: str = "") -> bool:
     """Send one callback until the requester answers it or `policy.attempts` sends went unanswered. True once
     answered with an Ack; False otherwise (logged; never raises a BacalhauError)."""
-    rng = rng or random.Random()
+    rng = rng or _RNG
     what = what or getattr(call, "__name__", "callback")
     for attempt in range(1, policy.attempts + 1):
         try:

@@ -89,9 +89,16 @@ def _updated(ex: LocalExecution, new: ExecutionState, reason: str, result: RunRe
                    result_ref=result_ref if result_ref is not None else ex.result_ref)
 
 
+MAX_REQUESTERS_KEPT = 100_000   # unfinished executions whose requester is known without a read
+
+
 class ExecutionStore:
     def __init__(self, path: Path) -> None:
         self._db = Database(path, SCHEMA, MIGRATIONS)
+        # execution id -> its requester, for unfinished executions: checked on every call a requester makes
+        # (two reads of the database a job, each a worker-thread hop, before). An execution's requester is
+        # written once, at create, and never changed while the node runs; the entry goes when it ends.
+        self._requesters: dict[str, str] = {}
 
     def close(self) -> None:
         self._db.close()
@@ -115,6 +122,10 @@ class ExecutionStore:
             )
 
         await self._db.run(tx)
+        if not execution.state.terminal:
+            if len(self._requesters) >= MAX_REQUESTERS_KEPT:
+                del self._requesters[next(iter(self._requesters))]   # the oldest: read from the database then
+            self._requesters[execution.id] = execution.requester_id
 
     async def get(self, execution_id: str) -> LocalExecution:
         def tx(conn: sqlite3.Connection) -> LocalExecution:
@@ -127,6 +138,10 @@ class ExecutionStore:
 
     async def requester_of(self, execution_id: str) -> str:
         """The requester that created an execution, read without parsing the rest: checked on every call."""
+        known = self._requesters.get(execution_id)
+        if known is not None:
+            return known
+
         def tx(conn: sqlite3.Connection) -> str:
             row = conn.execute("SELECT requester_id FROM local_executions WHERE id=?", (execution_id,)).fetchone()
             if row is None:
@@ -160,7 +175,10 @@ class ExecutionStore:
             # what was read, with what was written: no second read and parse
             return _updated(_row(row), new, reason, result, result_ref)
 
-        return await self._db.run(tx)
+        updated = await self._db.run(tx)
+        if new.terminal:
+            self._requesters.pop(execution_id, None)
+        return updated
 
     async def record_result(self, execution_id: str, result: RunResult) -> None:
         def tx(conn: sqlite3.Connection) -> None:

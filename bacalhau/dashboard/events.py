@@ -1,9 +1,14 @@
 """What requesters gossip on DASHBOARD_TOPIC, and the checks every message from a peer passes first.
 
-A message is `{"v": 1, "hello": Hello}` (a requester says it is one, now and then) or `{"v": 1, "job": JobEvent}`
-(a snapshot of one of its jobs, sent at each change). Everything in it is hostile until checked: its size
-before parsing, each field's type and size (pydantic, extra fields refused), ids parsed, times sane, and the
-sender, whose signature pubsub checked, must be the requester that the event names.
+A message is `{"v": 1, "hello": Hello}` (a requester says it is one, now and then), `{"v": 1, "job": JobEvent}`
+(a snapshot of one of its jobs) or `{"v": 2, "jobs": [JobEvent, ...]}` (the snapshots of the jobs that changed
+within one publishing interval, up to MAX_BATCH_EVENTS and MAX_BATCH_BYTES: one pubsub message, so one
+signature, one check and one forward per peer, for many). A requester sends a lone snapshot as version 1, so a
+node of before version 2 hears a quiet network's jobs live, and refuses a batch by its version (and catches up
+through TOTALS_PROTOCOL, as after any gap). Everything in a message is hostile until checked: its size before
+parsing, each field's type and size (pydantic, extra fields refused), ids parsed, times sane, and the sender,
+whose signature pubsub checked, must be the requester that the event names. In a batch each snapshot is
+checked alone: a bad one is refused and the others are taken.
 
 A late joiner asks each requester on TOTALS_PROTOCOL for the aggregates of its own jobs up to a mark and its
 recent jobs in detail (check_aggregate: the figures must be ones a requester could have).
@@ -28,6 +33,8 @@ DASHBOARD_TOPIC = "bacalhau/dashboard/1.0.0"
 SYNC_PROTOCOL = "/bacalhau/dashboard/jobs/1.0.0"
 TOTALS_PROTOCOL = "/bacalhau/dashboard/totals/1.0.0"    # a requester's aggregates up to a mark + jobs after
 MAX_EVENT_BYTES = 8 * 1024          # a job snapshot is a few hundred bytes; refused above this, unparsed
+MAX_BATCH_EVENTS = 64               # snapshots in one version-2 message
+MAX_BATCH_BYTES = 64 * 1024         # a version-2 message's size; refused above this, unparsed
 MAX_LABELS = 16
 MAX_EXECUTIONS = 16
 MAX_SYNC_JOBS = 1000                # a late joiner gets at most this many recent jobs from each requester
@@ -81,6 +88,8 @@ class Message(_Strict):
     v: int
     hello: Hello | None = None
     job: JobEvent | None = None
+    # version 2: each item is checked on its own (batch_events), so one bad snapshot does not cost the others
+    jobs: list[Any] | None = Field(default=None, max_length=MAX_BATCH_EVENTS)
 
 
 class SyncRequest(_Strict):
@@ -180,17 +189,38 @@ class Refused(ValueError):
     """A peer's message that is not taken; its text says why, for one log line."""
 
 
+def _malformed(exc: ValidationError) -> Refused:
+    first = exc.errors()[0]
+    return Refused(f"malformed: {'.'.join(str(p) for p in first.get('loc', ()))}: {first.get('msg')}")
+
+
 def parse_message(data: bytes) -> Message:
-    if len(data) > MAX_EVENT_BYTES:
-        raise Refused(f"a message of {len(data)} bytes (at most {MAX_EVENT_BYTES})")
+    """A version-1 hello or job event, or a version-2 batch whose snapshots are still to be checked one by one
+    (batch_events)."""
+    if len(data) > MAX_BATCH_BYTES:
+        raise Refused(f"a message of {len(data)} bytes (at most {MAX_BATCH_BYTES})")
     try:
         msg = Message.model_validate_json(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise Refused(f"malformed: {'.'.join(str(p) for p in first.get('loc', ()))}: {first.get('msg')}") from None
-    if msg.v != 1 or (msg.hello is None) == (msg.job is None):
-        raise Refused(f"not a version-1 hello or job event (v={msg.v})")
+        raise _malformed(exc) from None
+    if msg.v == 2 and msg.jobs is not None and msg.hello is None and msg.job is None:
+        return msg
+    if msg.v != 1 or (msg.hello is None) == (msg.job is None) or msg.jobs is not None:
+        raise Refused(f"not a version-1 hello or job event, nor a version-2 batch (v={msg.v})")
+    if len(data) > MAX_EVENT_BYTES:
+        raise Refused(f"a message of {len(data)} bytes (at most {MAX_EVENT_BYTES})")
     return msg
+
+
+def batch_events(msg: Message) -> list[JobEvent | Refused]:
+    """A version-2 message's snapshots, each parsed alone: a JobEvent, or why that one is refused."""
+    out: list[JobEvent | Refused] = []
+    for item in msg.jobs or ():
+        try:
+            out.append(JobEvent.model_validate(item))
+        except ValidationError as exc:
+            out.append(_malformed(exc))
+    return out
 
 
 def check_hello(hello: Hello, sender: str) -> None:
@@ -256,6 +286,27 @@ def event_of(job: Job, requester: str) -> JobEvent:
 
 def dump(event: JobEvent) -> bytes:
     return Message(v=1, job=event).model_dump_json(exclude_none=True).encode()
+
+
+def dump_batches(events: list[JobEvent]) -> list[bytes]:
+    """The messages that carry `events`: a lone one as version 1 (every version reads it), more as version-2
+    batches within MAX_BATCH_EVENTS and MAX_BATCH_BYTES each."""
+    if len(events) == 1:
+        return [dump(events[0])]
+    head, tail = b'{"v":2,"jobs":[', b"]}"
+    out: list[bytes] = []
+    parts: list[bytes] = []
+    size = len(head) + len(tail)
+    for event in events:
+        part = event.model_dump_json().encode()
+        if parts and (len(parts) >= MAX_BATCH_EVENTS or size + len(part) + 1 > MAX_BATCH_BYTES):
+            out.append(head + b",".join(parts) + tail)
+            parts, size = [], len(head) + len(tail)
+        parts.append(part)
+        size += len(part) + 1
+    if parts:
+        out.append(head + b",".join(parts) + tail)
+    return out
 
 
 def dump_hello(hello: Hello) -> bytes:

@@ -34,6 +34,9 @@ SYNC_TIMEOUT = 10.0
 SYNC_CONCURRENCY = 4
 ANSWER_INTERVAL = 1.0        # an asker gets at most one totals answer this often (each reads since its mark)
 MAX_PUBLISHED = 10_000       # jobs whose last published snapshot is remembered (to skip repeats)
+# a requester gossips what changed at most this often: the changes of a busy interval go out together, in as
+# few messages as events.MAX_BATCH_* allow, and a job that changed several times meanwhile goes out once
+PUBLISH_INTERVAL = 0.2
 
 
 class JobReader(Protocol):
@@ -170,17 +173,32 @@ class Dashboard:
                 ev.check_hello(msg.hello, sender)
                 self._hello_seen(msg.hello)
                 return
-            assert msg.job is not None
-            ev.check_event(msg.job, sender)
             if sender not in self.requesters:
                 raise ev.Refused("a job event from a node that has not said it is a requester")
             if sender in self._not_requesters:
                 raise ev.Refused("a job event from a node whose NodeInfo says it is no requester")
+            if msg.job is not None:
+                ev.check_event(msg.job, sender)
+                self._enqueue(sender, msg.job)
+                return
         except ev.Refused as exc:
             self.refused += 1
             self._ignore(sender, str(exc))
             return
-        self._enqueue(sender, msg.job)
+        # a batch: each snapshot costs its token and passes its checks alone (the first took the message's)
+        for i, event in enumerate(ev.batch_events(msg)):
+            if i and not self._take_token(sender):
+                self.dropped += 1
+                continue
+            try:
+                if isinstance(event, ev.Refused):
+                    raise event
+                ev.check_event(event, sender)
+            except ev.Refused as exc:
+                self.refused += 1
+                self._ignore(sender, str(exc))
+                continue
+            self._enqueue(sender, event)
 
     def _enqueue(self, sender: str, event: ev.JobEvent) -> None:
         try:
@@ -374,6 +392,7 @@ class Dashboard:
                 events.append(event)
             if events and await self.store.ingest(events):     # one transaction for what changed meanwhile
                 self._poke()
-            if self._host is not None:
-                for event in events:
-                    await self._host.publish(ev.DASHBOARD_TOPIC, ev.dump(event))
+            if self._host is not None and events:
+                for message in ev.dump_batches(events):
+                    await self._host.publish(ev.DASHBOARD_TOPIC, message)
+                await trio.sleep(PUBLISH_INTERVAL)

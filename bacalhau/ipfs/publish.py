@@ -33,6 +33,7 @@ from bacalhau.ipfs.unixfs import Importer, cid_str
 
 RESULT_ENTRIES = ("exitCode", "outputs", "stderr", "stdout")
 SKIPPED_LISTED = 20
+PUT_BATCH_BYTES = 4 * 1024 * 1024   # blocks of a result held before they are appended to the store
 MAX_RESULT_ENTRIES = 1_000_000      # files, directories and symlinks of one result (each costs memory to publish)
 _KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
           stat.S_IFSOCK: "a socket"}
@@ -166,12 +167,34 @@ class _Bounded:
         return data
 
 
+class _Batched:
+    """The importer's blocks, appended to the store a batch at a time: one append (one fdatasync) for a small
+    result instead of one a block (a noop job's result is six blocks), bounded in memory for a big one."""
+
+    def __init__(self, store: Blockstore, max_bytes: int = PUT_BATCH_BYTES) -> None:
+        self._store, self._max = store, max_bytes
+        self._blocks: list[tuple[bytes, bytes]] = []
+        self._bytes = 0
+
+    def put(self, cid: bytes, block: bytes) -> None:
+        self._blocks.append((cid, block))
+        self._bytes += len(block)
+        if self._bytes >= self._max:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._blocks:
+            self._store.put_many(self._blocks)
+            self._blocks, self._bytes = [], 0
+
+
 def publish_result(root: Path, store: Blockstore, max_size: int | None = None) -> str:
     scan = scan_result(root)
     limit = max_size if max_size is not None else 1 << 62
     if scan.size > limit:
         raise ResultTooLarge(scan.size, limit)
-    importer = Importer(store.put)
+    batch = _Batched(store)
+    importer = Importer(batch.put)
     read = [0]
     # pre-order in, post-order out: a directory is added once everything under it is
     open_dirs: list[tuple[str, list[tuple[str, object]]]] = [("", [])]
@@ -198,5 +221,6 @@ def publish_result(root: Path, store: Blockstore, max_size: int | None = None) -
     while len(open_dirs) > 1:
         close_dir()
     directory = importer.add_dir(open_dirs[0][1])  # type: ignore[arg-type]
+    batch.flush()       # every block on disk before the pin that keeps them
     store.pin(directory.cid)
     return cid_str(directory.cid)

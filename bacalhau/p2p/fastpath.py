@@ -10,6 +10,11 @@ wire. Applied once, by `bacalhau.p2p.host`, to py-libp2p's classes (every host o
 - yamux's writer, finding the peer's receive window full, sleeps 10 ms at a time until a window update has
   come in. Against Kubo (256 KiB windows) that wait came several times per MiB and held bitswap replies to
   ~60 MB/s: it polls at 0.5 ms there (its one other 10 ms sleep, after an error, is left alone).
+- yamux's reader gives credit back as go-yamux does: one window update once half the window has been read,
+  not one after every read (py-libp2p 0.8.1 sends one whenever any credit is owed, below its own hysteresis
+  threshold too). A bprotocol call on the mux is one small frame each way, and each read of one sent an
+  update: a third of the frames a job cost, and about a fifth of a requester's event-loop CPU under load
+  (py-spy). A sender never waits on a reader that keeps reading: it stops only with half the window unread.
 
 Each relies on py-libp2p internals that 0.8.1 has: on another version nothing is applied (a warning says so),
 which costs speed, never correctness. `BACALHAU_P2P_FASTPATH=0` turns them off, for A/B benchmarks.
@@ -104,6 +109,22 @@ def _poll_yamux_send_windows_sooner() -> None:
     yamux_module.trio = shim  # type: ignore[attr-defined]
 
 
+def _release_yamux_credit_in_halves() -> None:
+    from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+    async def credit(self: YamuxStream, *, bytes_read: int = 0) -> None:
+        async with self.window_lock:
+            buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+            owed = self.target_recv_window - (self.recv_window + buffered)
+            if owed <= 0 or owed < self._grow_threshold():
+                return
+            increment = self._grow_to_delta(buffered) + self._apply_autotune_epoch(buffered)
+            self._pending_recv_release = 0
+        await self.send_window_update(increment, skip_lock=True)
+
+    YamuxStream._auto_tune_and_send_window_update = credit  # type: ignore[method-assign]
+
+
 _applied: bool | None = None
 
 
@@ -121,4 +142,5 @@ def apply() -> bool:
             _coalesce_noise_writes()
             _fit_yamux_frames_in_noise_frames()
             _poll_yamux_send_windows_sooner()
+            _release_yamux_credit_in_halves()
     return _applied

@@ -12,6 +12,7 @@ from bacalhau.amplify.actions import run_action
 from bacalhau.amplify.store import NodeState
 from bacalhau.node import Node
 from tests.conftest import run_cli
+from tests.hostile.test_amplify import api as raw_api
 from tests.test_amplify import add_dir, api, signed
 
 
@@ -51,3 +52,22 @@ async def test_a_symlink_dropped_into_a_watched_directory_is_not_uploaded(single
                         "--interval", "0.1", env={"BACALHAU_DIR": str(tmp_path / "client")})
     assert out.returncode == 0, out.stderr
     assert out.stdout == "" and (await single_node.amplify.store.list_runs(10, 0))[1] == 0
+
+
+async def test_a_run_request_nested_past_the_parsers_depth_gets_one_line_and_a_400(single_node: Node) -> None:
+    """JSON or YAML nested deeper than the parsers recurse raised RecursionError, answered as a 500."""
+    for body in (b"[" * 100_000, b'{"data": ' * 50_000):
+        answer = await raw_api(single_node, "PUT", f"/api/v0/queue/{uuid.uuid4()}", content=body)
+        assert answer.status_code == 400, answer.text
+        assert "nested" in answer.json()["error"] and "\n" not in answer.json()["error"]
+    cid = "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"
+    block = "jobs:\n" + "".join(" " * i + "- \n" for i in range(1, 700))     # nested by indentation, under the cap
+    for workflow in ("[" * 20_000, "jobs: " + "{b: " * 5_000, block):
+        run_id = str(uuid.uuid4())
+        body = {"data": {"attributes": {"inputs": [{"cid": cid}], "workflow": workflow}},
+                **signed(single_node, run_action(run_id, cid, workflow))}
+        answer = await api(single_node, "PUT", f"/api/v0/queue/{run_id}", body)
+        assert answer.status_code == 400, answer.text
+        assert "nested" in answer.json()["error"] and "\n" not in answer.json()["error"]
+    assert (await single_node.amplify.store.list_runs(10, 0))[1] == 0
+    assert (await api(single_node, "GET", "/api/v0/queue")).status_code == 200

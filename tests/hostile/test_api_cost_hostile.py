@@ -1,0 +1,164 @@
+"""The API's cheaper request path (issue 14) as an attacker sees it: an answer's head and body go out in one
+write, but a client that never reads is still dropped; a connection's idle watcher is one task for its life,
+but an idle connection is still closed, a long request is not cut, and a client that vanishes mid-request
+leaves nothing behind."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from bacalhau.bprotocol.transport import InMemoryNetwork
+from bacalhau.node import Node, NodeDeps
+from tests.conftest import node_config
+from tests.hostile.test_api import _long_job, call
+
+
+@pytest.fixture
+async def api_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Node]:
+    from hypercorn.config import Config
+
+    monkeypatch.setattr(Config, "keep_alive_timeout", 0.5)    # the API's Config() reads it when it starts
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(node_config(tmp_path / "node", engines=("noop",)),
+                                        NodeDeps(network=InMemoryNetwork())).run)
+        yield node
+        nursery.cancel_scope.cancel()
+
+
+def _connect(port: int, rcvbuf: int | None = None) -> socket.socket:
+    s = socket.socket()
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect(("127.0.0.1", port))
+    s.settimeout(10)
+    return s
+
+
+def _get(port: int, path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+
+
+def _read_answer(s: socket.socket) -> bytes:
+    """One whole answer (head and a Content-Length body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length"))
+    while len(body) < length:
+        body += s.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def _closed_by_server(s: socket.socket, within: float) -> bool:
+    s.settimeout(within)
+    try:
+        while s.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def _connection_tasks() -> int:
+    """Tasks serving an API connection (hypercorn's per-connection handler), in this process."""
+    count, todo = 0, [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        count += task.name.endswith("_run_handler")
+        todo.extend(t for n in task.child_nurseries for t in n.child_tasks)
+    return count
+
+
+async def test_an_answer_goes_out_in_one_write(api_node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[bytes] = []
+    real = trio.SocketStream.send_all
+    client = await trio.to_thread.run_sync(_connect, api_node.api_port)
+    mine = client.getsockname()
+
+    async def spy(self: trio.SocketStream, data: bytes) -> None:
+        if self.socket.getpeername() == mine:
+            writes.append(bytes(data))
+        await real(self, data)
+
+    monkeypatch.setattr(trio.SocketStream, "send_all", spy)
+    try:
+        for path in ("/api/v1/version", "/api/v1/jobs/nothing-like-this"):   # an answer, and an error's
+            writes.clear()
+            await trio.to_thread.run_sync(client.sendall, _get(api_node.api_port, path))
+            answer = await trio.to_thread.run_sync(_read_answer, client)
+            assert writes == [answer], writes   # head and body together (it was head, then body)
+    finally:
+        client.close()
+
+
+async def test_a_client_that_pipelines_requests_and_never_reads_is_dropped(api_node: Node,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import bacalhau.api.server as api_server
+
+    monkeypatch.setattr(api_server, "SEND_TIMEOUT", 1.0)
+    flood = await trio.to_thread.run_sync(_connect, api_node.api_port, 4096)
+    try:
+        # 4 MB of requests whose answers it never reads: the node's writes to it block, then time out
+        await trio.to_thread.run_sync(flood.sendall, _get(api_node.api_port, "/api/v1/version") * 40000)
+        status, data = await call(api_node.api_port, "GET", "/api/v1/version")   # others are served meanwhile
+        assert status == 200 and data["version"]
+        assert await trio.to_thread.run_sync(_closed_by_server, flood, 20.0), "the flooding client was kept"
+    finally:
+        flood.close()
+    status, _ = await call(api_node.api_port, "GET", "/api/v1/version")
+    assert status == 200
+
+
+async def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_time(api_node: Node) -> None:
+    s = await trio.to_thread.run_sync(_connect, api_node.api_port)
+    try:
+        for _ in range(3):   # kept alive across requests: each answer brings the deadline back
+            await trio.to_thread.run_sync(s.sendall, _get(api_node.api_port, "/api/v1/version"))
+            assert (await trio.to_thread.run_sync(_read_answer, s)).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        assert await trio.to_thread.run_sync(_closed_by_server, s, 10.0), "an idle connection was kept"
+        assert time.monotonic() - started < 5
+    finally:
+        s.close()
+
+
+async def test_a_long_poll_longer_than_the_keep_alive_time_is_answered_not_cut(api_node: Node) -> None:
+    job_id = await _long_job(api_node)
+    s = await trio.to_thread.run_sync(_connect, api_node.api_port)
+    try:
+        started = time.monotonic()
+        await trio.to_thread.run_sync(
+            s.sendall, _get(api_node.api_port, f"/api/v1/jobs/{job_id}/wait?timeout=2&since={time.time() + 3600}"))
+        answer = await trio.to_thread.run_sync(_read_answer, s)
+        assert answer.startswith(b"HTTP/1.1 200") and job_id.encode() in answer
+        assert time.monotonic() - started >= 1.9     # it waited its 2 s, four keep-alive times
+    finally:
+        s.close()
+
+
+async def test_a_client_gone_during_a_request_leaves_no_connection_task(api_node: Node) -> None:
+    job_id = await _long_job(api_node)
+    before = _connection_tasks()
+    sockets = [await trio.to_thread.run_sync(_connect, api_node.api_port) for _ in range(5)]
+    for s in sockets:
+        await trio.to_thread.run_sync(
+            s.sendall, _get(api_node.api_port, f"/api/v1/jobs/{job_id}/wait?timeout=1&since={time.time() + 3600}"))
+    with trio.fail_after(5):
+        while _connection_tasks() < before + 5:
+            await trio.sleep(0.02)
+    for s in sockets:
+        s.close()     # gone while their long polls run
+    with trio.fail_after(10):
+        while _connection_tasks() > before:
+            await trio.sleep(0.05)

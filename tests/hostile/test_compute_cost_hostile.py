@@ -1,0 +1,102 @@
+"""The compute side's shortcuts keep the checks of the long way: a node's calls to itself skip JSON but are
+refused and answered as a remote caller's are (bprotocol/transport.py `call_self`)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import trio
+from pydantic import BaseModel
+
+from bacalhau.bprotocol import messages as m
+from bacalhau.bprotocol.framing import encode, parse_reply
+from bacalhau.bprotocol.transport import LocalTransport, typed_handler
+from bacalhau.errors import ProtocolError, RemoteError
+from bacalhau.models import Job, JobSpec, NodeType, NoopSpec, new_id
+from bacalhau.node import Node
+from tests.conftest import node_config
+
+Way = Callable[[LocalTransport, str, BaseModel, type[BaseModel]], Awaitable[BaseModel]]
+
+
+async def by_object(t: LocalTransport, proto: str, msg: BaseModel, reply: type[BaseModel]) -> BaseModel:
+    return await t.call_self(proto, msg, reply, timeout=5)
+
+
+async def by_bytes(t: LocalTransport, proto: str, msg: BaseModel, reply: type[BaseModel]) -> BaseModel:
+    return parse_reply(await t.call(t.self_id, proto, encode(msg), timeout=5), reply)
+
+
+async def script(t: LocalTransport, call: Way) -> list[object]:
+    """Every compute-node message, good and bad, one way; outcomes with the execution ids taken out."""
+    ex, other, third = new_id(), new_id(), new_id()
+    job = Job(spec=JobSpec(engine="noop", noop=NoopSpec(stdout="x")))
+    me = t.self_id
+    msgs: list[tuple[str, BaseModel, type[BaseModel]]] = [
+        (m.ASK_FOR_BID, m.AskForBidRequest(execution_id=ex, requester_id=me, job=job), m.Ack),
+        (m.ASK_FOR_BID, m.AskForBidRequest(execution_id=ex, requester_id=me, job=job), m.Ack),   # taken
+        (m.ASK_FOR_BID, m.AskForBidRequest(execution_id=other, requester_id="mem-0123456789ab", job=job), m.Ack),
+        (m.EXECUTION_STATUS, m.ExecutionRequest(execution_id=ex), m.ExecutionStatus),
+        (m.BID_REJECTED, m.ExecutionReasonRequest(execution_id=ex, reason="no"), m.Ack),
+        (m.EXECUTION_STATUS, m.ExecutionRequest(execution_id=ex), m.ExecutionStatus),
+        (m.BID_ACCEPTED, m.ExecutionRequest(execution_id=ex), m.Ack),                       # not NEW any more
+        (m.RESULT_ACCEPTED, m.ExecutionRequest(execution_id=other), m.Ack),                 # no such execution
+        (m.CANCEL, m.ExecutionReasonRequest(execution_id=ex, reason="late"), m.Ack),        # terminal: a no-op
+        # built past validation: a path for an id, an unknown field, a job id that is no UUID
+        (m.BID_ACCEPTED, m.ExecutionRequest.model_construct(execution_id="../../etc"), m.Ack),
+        (m.CANCEL, m.ExecutionReasonRequest.model_construct(execution_id=ex, reason=5), m.Ack),
+        (m.ASK_FOR_BID, m.AskForBidRequest.model_construct(
+            execution_id=new_id(), requester_id=me, job=Job.model_construct(id="../x", spec=job.spec)), m.Ack),
+        # the reply is not what the caller expects
+        (m.ASK_FOR_BID, m.AskForBidRequest(execution_id=third, requester_id=me, job=job), m.Ack),
+        (m.BID_REJECTED, m.ExecutionReasonRequest(execution_id=third), m.ExecutionStatus),
+    ]
+    outcomes: list[object] = []
+    for proto, msg, reply in msgs:
+        try:
+            got: object = (await call(t, proto, msg, reply)).model_dump(mode="json")
+        except RemoteError as exc:
+            got = ("remote", exc.code, str(exc))
+        except ProtocolError as exc:
+            got = ("protocol", type(exc).__name__)
+        outcomes.append(str(got).replace(ex, "EX").replace(other, "OTHER").replace(third, "THIRD"))
+    return outcomes
+
+
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")   # the model_construct'ed reason=5, as JSON
+async def test_a_self_call_and_a_call_as_bytes_give_the_same_answers_and_errors(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(node_config(tmp_path / "n", node_types=(NodeType.COMPUTE,),
+                                                    serve_api=False, engines=("noop",))).run)
+        t = node.transport
+        assert isinstance(t, LocalTransport)
+        fast, slow = await script(t, by_object), await script(t, by_bytes)
+        assert fast == slow
+        # and the script met what it meant to: refusals of each kind, not a row of Acks
+        assert sum("bad_request" in o for o in fast) >= 4, fast
+        assert any("illegal_state" in o for o in fast) and any("not_found" in o for o in fast), fast
+        assert any("bid_rejected" in o for o in fast), fast
+        assert fast[-1] == "('protocol', 'ProtocolError')", fast
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_message_of_another_type_is_refused_as_a_bad_request() -> None:
+    seen: list[object] = []
+
+    async def handler(peer: str, req: m.ExecutionRequest) -> m.Ack:
+        seen.append(req)
+        return m.Ack()
+
+    t = LocalTransport("mem-0123456789ab")
+    t.register(m.BID_ACCEPTED, typed_handler(m.ExecutionRequest, handler))
+    for way in (by_object, by_bytes):
+        with pytest.raises(RemoteError) as info:
+            await way(t, m.BID_ACCEPTED, m.Ack(), m.Ack)
+        assert info.value.code == "bad_request"
+    assert seen == []
+    # a good one reaches the handler as a copy: what the handler does to it is not seen by the caller
+    msg = m.ExecutionRequest(execution_id=new_id())
+    await by_object(t, m.BID_ACCEPTED, msg, m.Ack)
+    assert seen == [msg] and seen[0] is not msg
