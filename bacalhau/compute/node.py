@@ -288,12 +288,11 @@ class ComputeNode:
     async def _execute(self, ex: LocalExecution, scope: trio.CancelScope) -> None:
         """Run one execution. Whatever goes wrong escapes to the _spawn boundary, which fails it alone."""
         executor = self._executors[ex.job.spec.engine]
-        exec_dir = self.execution_dir(ex.id)
         result = None
         try:
             with scope:
                 async with self.capacity.reserve(ex.job.spec.resources, ex.job.spec.engine):
-                    await trio.to_thread.run_sync(exec_dir.create)
+                    exec_dir = await trio.to_thread.run_sync(self._create_dir, ex.id)
                     await self._store.update(ex.id, (S.BID_ACCEPTED,), S.RUNNING, "started")
                     mounts = await prepare_inputs(ex.job, exec_dir.inputs, self._storage)
                     await executor.start(ex.id, ex.job, exec_dir, mounts)
@@ -311,6 +310,12 @@ class ComputeNode:
             return
         await self._send("on_run_complete", ex.requester_id,
                          m.RunComplete(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, result=result))
+
+    def _create_dir(self, execution_id: str) -> ExecutionDir:
+        """In a worker thread: finding the directory lstats it, and creating it may wait on the disk."""
+        exec_dir = self.execution_dir(execution_id)
+        exec_dir.create()
+        return exec_dir
 
     def _check_result(self, exec_dir: ExecutionDir) -> None:
         """Before the requester is told the job ran: the result must fit this node's --max-result-size (apparent
@@ -335,8 +340,8 @@ class ComputeNode:
 
         try:
             try:
-                cid = await trio.to_thread.run_sync(publish_result, self.execution_dir(ex.id).root, self._blockstore,
-                                                    self._max_result_size)
+                cid = await trio.to_thread.run_sync(
+                    lambda: publish_result(self.execution_dir(ex.id).root, self._blockstore, self._max_result_size))
                 if self._on_published is not None:
                     await self._on_published(cid_to_bytes(cid))
             except (OSError, BacalhauError) as exc:
