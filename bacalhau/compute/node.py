@@ -23,13 +23,14 @@ from bacalhau.compute.bidding import BidContext, bid, lacks_inputs
 from bacalhau.compute.callbacks import DEFAULT_CALLBACK_RETRY, CallbackRetry, deliver
 from bacalhau.compute.capacity import Capacity
 from bacalhau.compute.logs import LOG_PROTOCOL, LogEnd, LogRequest, stream_logs
+from bacalhau.compute.publishing import GroupedPublisher
 from bacalhau.compute.results import read_result, remove_tree
 from bacalhau.compute.store import ExecutionStore, LocalExecution
 from bacalhau.config import DEFAULT_MAX_RESULT_SIZE, JobLimits
 from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, ProtocolError
 from bacalhau.executors.types import ExecutionDir, Executor
 from bacalhau.ipfs.blockstore import Blockstore
-from bacalhau.ipfs.publish import ResultTooLarge, publish_result, scan_result, skipped_note
+from bacalhau.ipfs.publish import ResultTooLarge, scan_result, skipped_note
 from bacalhau.models import Engine, ExecutionState, NodeInfo, NodeType, Resources
 from bacalhau.storage.inputs import DEFAULT_PROVIDERS, prepare_inputs
 from bacalhau.storage.ipfs import IpfsStorage
@@ -53,6 +54,7 @@ class ComputeNode:
         self.limits = limits or JobLimits()   # shared with the executors: what a job counts as is what it gets
         self._max_result_size = max_result_size
         self._blockstore = blockstore
+        self._publisher = GroupedPublisher(blockstore, max_result_size)
         self._on_published = on_published    # e.g. a push to the external IPFS node of --ipfs-connect
         self._storage: list[StorageProvider] = [*providers, IpfsStorage(blockstore, fetch)]
         self.node_id = node_id
@@ -340,8 +342,7 @@ class ComputeNode:
 
         try:
             try:
-                cid = await trio.to_thread.run_sync(
-                    lambda: publish_result(self.execution_dir(ex.id).root, self._blockstore, self._max_result_size))
+                cid = await self._publisher.publish(lambda: self.execution_dir(ex.id).root)
                 if self._on_published is not None:
                     await self._on_published(cid_to_bytes(cid))
             except (OSError, BacalhauError) as exc:

@@ -326,22 +326,27 @@ class Blockstore:
             os.close(fd)
 
     def pin(self, cid: bytes) -> None:
+        self.pin_many([cid])
+
+    def pin_many(self, cids: list[bytes]) -> None:
+        """Pin them all, durably, with one fsync."""
         with self._pin_lock:
-            if cid in self._pinned_set:
+            new = [cid for cid in dict.fromkeys(cids) if cid not in self._pinned_set]
+            if not new:
                 return
             if not self._pins.exists():
-                self._write_pins([*self._pinned, cid])
+                self._write_pins([*self._pinned, *new])
             else:
-                self._append_pin(cid)
-            self._pinned.append(cid)
-            self._pinned_set.add(cid)
+                self._append_pins(new)
+            self._pinned.extend(new)
+            self._pinned_set.update(new)
 
-    def _append_pin(self, cid: bytes) -> None:
+    def _append_pins(self, cids: list[bytes]) -> None:
         """Durably, and never leaving half a line: a failed write is cut off again."""
         fd = os.open(self._pins, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
-            buf = memoryview(cid.hex().encode() + b"\n")
+            buf = memoryview("".join(cid.hex() + "\n" for cid in cids).encode())
             try:
                 while buf:
                     buf = buf[os.write(fd, buf):]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -17,6 +18,7 @@ from bacalhau.bprotocol.framing import encode, parse_reply
 from bacalhau.bprotocol.ids import is_peer_id, parse_execution_id
 from bacalhau.bprotocol.transport import LocalTransport, typed_handler
 from bacalhau.errors import ProtocolError, RemoteError
+from bacalhau.executors.types import ExecutionDir
 from bacalhau.ipfs.blockstore import Blockstore
 from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
 from bacalhau.models import Job, JobSpec, NodeType, NoopSpec, new_id
@@ -191,3 +193,103 @@ def test_a_pin_appended_after_a_line_cut_short_by_a_crash_is_kept(tmp_path: Path
     assert store.pins() == cids
     store.close()
     assert (tmp_path / "s" / "pins").read_text().endswith("\n")
+
+
+def _results(tmp_path: Path, count: int, big: int | None = None) -> list[Path]:
+    roots = []
+    for i in range(count):
+        d = ExecutionDir(tmp_path / f"r{i}")
+        d.create()
+        d.stdout.write_bytes(f"result {i}\n".encode() * (20000 if i == big else 1))
+        d.exit_code.write_text("0")
+        (d.outputs / "sub").mkdir()
+        (d.outputs / "sub" / "f").write_bytes(bytes([i]) * 300_000)   # two blocks and a file node
+        roots.append(d.root)
+    return roots
+
+
+async def test_results_published_in_one_group_are_those_published_alone_and_one_too_large_fails_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bacalhau.compute.publishing as publishing
+    from bacalhau.ipfs.publish import ResultTooLarge, publish_result
+
+    roots = _results(tmp_path / "res", 12, big=5)
+    limit = 400_000
+    alone = Blockstore(tmp_path / "alone")
+    expected: list[object] = []
+    for root in roots:
+        try:
+            expected.append(publish_result(root, alone, limit))
+        except ResultTooLarge:
+            expected.append(ResultTooLarge)
+    assert expected[5] is ResultTooLarge and all(isinstance(c, str) for i, c in enumerate(expected) if i != 5)
+
+    calls: list[int] = []
+    real = publishing.publish_results
+
+    def counted(items, store, max_size):  # type: ignore[no-untyped-def]
+        calls.append(len(items))
+        return real(items, store, max_size)
+
+    monkeypatch.setattr(publishing, "publish_results", counted)   # a spy: the real function does the work
+    grouped = Blockstore(tmp_path / "grouped")
+    publisher = publishing.GroupedPublisher(grouped, limit)
+    got: list[object] = [None] * len(roots)
+
+    async def one(i: int) -> None:
+        try:
+            got[i] = await publisher.publish(lambda: roots[i])
+        except ResultTooLarge:
+            got[i] = ResultTooLarge
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(roots)):
+            nursery.start_soon(one, i)
+    assert got == expected
+    assert sum(calls) == len(roots) and len(calls) < len(roots), calls     # grouped, each result once
+    assert sorted(grouped.pins()) == sorted(cid_to_bytes(c) for c in expected if isinstance(c, str))
+    for c in expected:
+        if isinstance(c, str):
+            assert grouped.get(cid_to_bytes(c)) == alone.get(cid_to_bytes(c))
+    grouped.close()
+    alone.close()
+
+
+async def test_a_publish_cancelled_while_it_waits_for_its_group_leaves_the_others_going(tmp_path: Path) -> None:
+    import threading
+
+    from bacalhau.compute.publishing import GroupedPublisher
+
+    roots = _results(tmp_path / "res", 6)
+    store = Blockstore(tmp_path / "s")
+    publisher = GroupedPublisher(store, None)
+    done: list[int] = []
+    in_thread, release = threading.Event(), threading.Event()
+
+    def held_root() -> Path:        # the first group stays in its worker thread until released
+        in_thread.set()
+        release.wait(10)
+        return roots[0]
+
+    async def one(i: int) -> None:
+        await publisher.publish(held_root if i == 0 else lambda: roots[i])
+        done.append(i)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, 0)
+            await trio.to_thread.run_sync(in_thread.wait)
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as waiting:
+                    for i in (1, 2):
+                        waiting.start_soon(one, i)
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()           # 1 and 2 queued behind 0's group: cancelled there
+            for i in (3, 4, 5):
+                nursery.start_soon(one, i)
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+    assert sorted(done) == [0, 3, 4, 5]
+    await publisher.publish(lambda: roots[1])     # and the publisher still leads new groups
+    assert len(store.pins()) == 5
+    store.close()
