@@ -30,8 +30,8 @@ _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[
 
 
 def _uuid(value: str) -> str:
-    if not isinstance(value, str) or _CANONICAL_UUID.fullmatch(value) is None:
-        raise ValueError(f"{str(value)[:80]!r} is not a UUID in canonical form")
+    if _CANONICAL_UUID.fullmatch(value) is None:
+        raise ValueError(f"{value[:80]!r} is not a UUID in canonical form")
     return value
 
 

@@ -70,7 +70,7 @@ def codec_of(cid: bytes) -> int:
 
 def _whole_multihash(mh: bytes) -> bool:
     """The multihash holds exactly the digest length it declares."""
-    i = 0
+    i = value = 0
     for _ in range(2):                  # the hash code, then the digest length
         value, shift = 0, 0
         while True:
