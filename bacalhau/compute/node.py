@@ -23,13 +23,14 @@ from bacalhau.compute.bidding import BidContext, bid, lacks_inputs
 from bacalhau.compute.callbacks import DEFAULT_CALLBACK_RETRY, CallbackRetry, deliver
 from bacalhau.compute.capacity import Capacity
 from bacalhau.compute.logs import LOG_PROTOCOL, LogEnd, LogRequest, stream_logs
+from bacalhau.compute.publishing import GroupedPublisher
 from bacalhau.compute.results import read_result, remove_tree
 from bacalhau.compute.store import ExecutionStore, LocalExecution
 from bacalhau.config import DEFAULT_MAX_RESULT_SIZE, JobLimits
 from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, ProtocolError
 from bacalhau.executors.types import ExecutionDir, Executor
 from bacalhau.ipfs.blockstore import Blockstore
-from bacalhau.ipfs.publish import ResultTooLarge, publish_result, scan_result, skipped_note
+from bacalhau.ipfs.publish import ResultTooLarge, scan_result, skipped_note
 from bacalhau.models import Engine, ExecutionState, NodeInfo, NodeType, Resources
 from bacalhau.storage.inputs import DEFAULT_PROVIDERS, prepare_inputs
 from bacalhau.storage.ipfs import IpfsStorage
@@ -53,6 +54,7 @@ class ComputeNode:
         self.limits = limits or JobLimits()   # shared with the executors: what a job counts as is what it gets
         self._max_result_size = max_result_size
         self._blockstore = blockstore
+        self._publisher = GroupedPublisher(blockstore, max_result_size)
         self._on_published = on_published    # e.g. a push to the external IPFS node of --ipfs-connect
         self._storage: list[StorageProvider] = [*providers, IpfsStorage(blockstore, fetch)]
         self.node_id = node_id
@@ -288,12 +290,11 @@ class ComputeNode:
     async def _execute(self, ex: LocalExecution, scope: trio.CancelScope) -> None:
         """Run one execution. Whatever goes wrong escapes to the _spawn boundary, which fails it alone."""
         executor = self._executors[ex.job.spec.engine]
-        exec_dir = self.execution_dir(ex.id)
         result = None
         try:
             with scope:
                 async with self.capacity.reserve(ex.job.spec.resources, ex.job.spec.engine):
-                    await trio.to_thread.run_sync(exec_dir.create)
+                    exec_dir = await trio.to_thread.run_sync(self._create_dir, ex.id)
                     await self._store.update(ex.id, (S.BID_ACCEPTED,), S.RUNNING, "started")
                     mounts = await prepare_inputs(ex.job, exec_dir.inputs, self._storage)
                     await executor.start(ex.id, ex.job, exec_dir, mounts)
@@ -311,6 +312,12 @@ class ComputeNode:
             return
         await self._send("on_run_complete", ex.requester_id,
                          m.RunComplete(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, result=result))
+
+    def _create_dir(self, execution_id: str) -> ExecutionDir:
+        """In a worker thread: finding the directory lstats it, and creating it may wait on the disk."""
+        exec_dir = self.execution_dir(execution_id)
+        exec_dir.create()
+        return exec_dir
 
     def _check_result(self, exec_dir: ExecutionDir) -> None:
         """Before the requester is told the job ran: the result must fit this node's --max-result-size (apparent
@@ -335,8 +342,7 @@ class ComputeNode:
 
         try:
             try:
-                cid = await trio.to_thread.run_sync(publish_result, self.execution_dir(ex.id).root, self._blockstore,
-                                                    self._max_result_size)
+                cid = await self._publisher.publish(lambda: self.execution_dir(ex.id).root)
                 if self._on_published is not None:
                     await self._on_published(cid_to_bytes(cid))
             except (OSError, BacalhauError) as exc:

@@ -3,8 +3,9 @@ through `trio.to_thread`.
 
     packs/00000001.pack   blocks appended one record after another: [data length u32][multihash length u8]
                           [multihash][data]; a pack past PACK_BYTES is sealed and the next one begun
-    pins                  recursively pinned roots, one CID a line (replaced atomically: written and fsynced
-                          as pins.tmp, renamed, the directory fsynced)
+    pins                  recursively pinned roots, one CID a line: a new pin is appended and fsynced (the
+                          file is created, and rewritten when a pin goes or it needs repair, atomically:
+                          written and fsynced as pins.tmp, renamed, the directory fsynced)
 
 Packs, not a file per block: creating a file cost this kind of machine 0.2-0.9 ms of kernel time (ext4 scans
 past recently deleted inodes), as much as writing the block itself, and a fetch creates thousands. The index
@@ -14,7 +15,9 @@ checked against their multihash and the pack is cut before the first that is sho
 crash mid-write never leaves a block whose bytes miss its CID. Reads are checked too (`verify`). `gc()` removes
 blocks no pin reaches by copying a pack's live records into the current pack and deleting it; with
 `older_than` only packs last written before then are looked at (the retention period: recent unpinned blocks,
-such as a job's inputs being fetched, stay), and `roots` are kept as pins are.
+such as a job's inputs being fetched, stay), and `roots` are kept as pins are. The pins are read once, at open, and kept in memory: reading and rewriting
+the whole file for each pin cost 1.1 ms of CPU and 5 ms under the pin lock at 5,000 pins (each published
+result is one), so the publishes of a busy node queued behind it.
 A repo of the earlier layout (blocks/<2 chars>/<base32 multihash>, a file per block) is moved into packs at
 open.
 """
@@ -65,6 +68,21 @@ def codec_of(cid: bytes) -> int:
         shift += 7
 
 
+def _whole_multihash(mh: bytes) -> bool:
+    """The multihash holds exactly the digest length it declares."""
+    i = value = 0
+    for _ in range(2):                  # the hash code, then the digest length
+        value, shift = 0, 0
+        while True:
+            b = mh[i]
+            value |= (b & 0x7F) << shift
+            i += 1
+            if not b & 0x80:
+                break
+            shift += 7
+    return len(mh) - i == value
+
+
 class Blockstore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -72,6 +90,8 @@ class Blockstore:
         self._pins = root / "pins"
         self._packs.mkdir(parents=True, exist_ok=True)
         self._pin_lock = threading.Lock()   # publishes run in worker threads, several at once
+        self._pinned: list[bytes] = []      # the pins file's CIDs, in its order (read at open)
+        self._pinned_set: set[bytes] = set()
         self._lock = threading.Lock()       # the index and the current pack
         self._index: dict[bytes, tuple[int, int, int]] = {}   # multihash -> pack number, data offset, length
         self._current = 0                   # the pack appended to (0: none yet)
@@ -113,13 +133,16 @@ class Blockstore:
             text = self._pins.read_text(errors="replace")
         except FileNotFoundError:
             return
-        good, bad = [], []
+        good: list[bytes] = []
+        bad: list[str] = []
         for line in text.split():
             try:
                 cid = bytes.fromhex(line)
                 if not cid or (cid[0] != 0x12 and len(cid) < 4):
                     raise ValueError(line)
-                multihash_of(cid), codec_of(cid)
+                codec_of(cid)
+                if not _whole_multihash(multihash_of(cid)):
+                    raise ValueError(line)      # e.g. a line a crash cut short mid-append
                 good.append(cid)
             except (ValueError, IndexError):
                 bad.append(line)
@@ -127,7 +150,10 @@ class Blockstore:
             (self.root / "pins.quarantine").write_text(text)
             log.warning("%d lines of %s are not CIDs: kept in pins.quarantine, the %d good pins kept", len(bad),
                         self._pins, len(good))
-            self._write_pins(list(dict.fromkeys(good)))
+        good = list(dict.fromkeys(good))
+        if bad or (text and not text.endswith("\n")):
+            self._write_pins(good)      # (a last line without its newline: the next append would join it)
+        self._pinned, self._pinned_set = good, set(good)
 
     def _scan(self, number: int, *, verify: bool) -> None:
         """Index a pack's records; cut it before the first record that is short (or, verifying, corrupt)."""
@@ -282,9 +308,7 @@ class Blockstore:
     # -- pins -----------------------------------------------------------------------------------------------
 
     def pins(self) -> list[bytes]:
-        if not self._pins.exists():
-            return []
-        return [bytes.fromhex(line) for line in self._pins.read_text().split()]
+        return list(self._pinned)
 
     def _write_pins(self, pins: list[bytes]) -> None:
         """Durably: a pin acknowledged (a published result) survives a power cut, and the file is never seen
@@ -302,14 +326,42 @@ class Blockstore:
             os.close(fd)
 
     def pin(self, cid: bytes) -> None:
+        self.pin_many([cid])
+
+    def pin_many(self, cids: list[bytes]) -> None:
+        """Pin them all, durably, with one fsync."""
         with self._pin_lock:
-            pins = self.pins()
-            if cid not in pins:
-                self._write_pins([*pins, cid])
+            new = [cid for cid in dict.fromkeys(cids) if cid not in self._pinned_set]
+            if not new:
+                return
+            if not self._pins.exists():
+                self._write_pins([*self._pinned, *new])
+            else:
+                self._append_pins(new)
+            self._pinned.extend(new)
+            self._pinned_set.update(new)
+
+    def _append_pins(self, cids: list[bytes]) -> None:
+        """Durably, and never leaving half a line: a failed write is cut off again."""
+        fd = os.open(self._pins, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            buf = memoryview("".join(cid.hex() + "\n" for cid in cids).encode())
+            try:
+                while buf:
+                    buf = buf[os.write(fd, buf):]
+                os.fsync(fd)
+            except BaseException:
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
 
     def unpin(self, cid: bytes) -> None:
         with self._pin_lock:
-            self._write_pins([p for p in self.pins() if p != cid])
+            kept = [p for p in self._pinned if p != cid]
+            self._write_pins(kept)
+            self._pinned, self._pinned_set = kept, set(kept)
 
     def gc(self, *, older_than: float | None = None, roots: list[bytes] | tuple[bytes, ...] = ()) -> int:
         """Remove every block no pin (and none of `roots`) reaches, in packs last written before `older_than`

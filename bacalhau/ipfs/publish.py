@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -188,13 +188,13 @@ class _Batched:
             self._blocks, self._bytes = [], 0
 
 
-def publish_result(root: Path, store: Blockstore, max_size: int | None = None) -> str:
+def _import(root: Path, put: Callable[[bytes, bytes], None], max_size: int | None) -> bytes:
+    """The result's UnixFS blocks handed to `put`; its root CID (binary)."""
     scan = scan_result(root)
     limit = max_size if max_size is not None else 1 << 62
     if scan.size > limit:
         raise ResultTooLarge(scan.size, limit)
-    batch = _Batched(store)
-    importer = Importer(batch.put)
+    importer = Importer(put)
     read = [0]
     # pre-order in, post-order out: a directory is added once everything under it is
     open_dirs: list[tuple[str, list[tuple[str, object]]]] = [("", [])]
@@ -220,7 +220,31 @@ def publish_result(root: Path, store: Blockstore, max_size: int | None = None) -
                 open_dirs[-1][1].append((name, importer.add_reader(_Bounded(f, read, limit))))
     while len(open_dirs) > 1:
         close_dir()
-    directory = importer.add_dir(open_dirs[0][1])  # type: ignore[arg-type]
+    return importer.add_dir(open_dirs[0][1]).cid  # type: ignore[arg-type]
+
+
+def publish_result(root: Path, store: Blockstore, max_size: int | None = None) -> str:
+    batch = _Batched(store)
+    cid = _import(root, batch.put, max_size)
     batch.flush()       # every block on disk before the pin that keeps them
-    store.pin(directory.cid)
-    return cid_str(directory.cid)
+    store.pin(cid)
+    return cid_str(cid)
+
+
+def publish_results(roots: Sequence[Callable[[], Path]], store: Blockstore,
+                    max_size: int | None = None) -> list[str | Exception]:
+    """Several results at once (compute/publishing.py groups those that wait): each is walked, capped and
+    imported alone, so one that fails (too large, unreadable) fails alone, in its place in the list; the
+    blocks of all are appended together and their roots pinned together: one fdatasync and one fsync for the
+    group. `roots` are called here (finding a result's directory may touch the disk). Raises only if the
+    appending or the pinning fails, which fails them all."""
+    batch = _Batched(store)
+    out: list[bytes | Exception] = []
+    for root in roots:
+        try:
+            out.append(_import(root(), batch.put, max_size))
+        except Exception as exc:   # this result's failure, reported to its own caller
+            out.append(exc)
+    batch.flush()
+    store.pin_many([cid for cid in out if isinstance(cid, bytes)])
+    return [cid_str(cid) if isinstance(cid, bytes) else cid for cid in out]

@@ -34,7 +34,12 @@ _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 # -- encodings ------------------------------------------------------------------------------------------------
 
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]   # most varints of a small result's blocks: a field tag, a length
+
+
 def _varint(n: int) -> bytes:
+    if 0 <= n < 0x80:
+        return _ONE_BYTE[n]
     out = bytearray()
     while True:
         b = n & 0x7F

@@ -263,12 +263,12 @@ async def test_a_result_reference_that_is_not_ipfs_cid_fails_the_execution(tmp_p
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A rogue compute node reporting a made-up reference: here our own compute node is made to publish one
     (a rogue node of another build cannot be run here), and the requester refuses to record it."""
-    import bacalhau.compute.node
+    import bacalhau.compute.publishing
     from bacalhau.executors.noop import NoopExecutor
     from bacalhau.models import Engine, JobSpec, JobState, NoopSpec
     from bacalhau.node import NodeDeps
 
-    monkeypatch.setattr(bacalhau.compute.node, "publish_result", lambda *args, **kw: "baaaaaaaa")
+    monkeypatch.setattr(bacalhau.compute.publishing, "publish_results", lambda items, *a, **kw: ["baaaaaaaa"] * len(items))
     cfg = node_config(tmp_path / "node", max_attempts=1, serve_api=False, engines=("noop",))
     async with trio.open_nursery() as nursery:
         node: Node = await nursery.start(Node(cfg, NodeDeps(executors={Engine.NOOP: NoopExecutor()})).run)
