@@ -162,3 +162,29 @@ async def test_a_client_gone_during_a_request_leaves_no_connection_task(api_node
     with trio.fail_after(10):
         while _connection_tasks() > before:
             await trio.sleep(0.05)
+
+
+async def test_a_long_poll_naming_its_job_in_full_skips_the_id_look_up_and_a_made_up_id_is_still_404(
+        api_node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert api_node.requester is not None
+    job_id = await _long_job(api_node, sleep=0)
+    store = api_node.requester.store
+    looked_up: list[str] = []
+    real = store.resolve_id
+
+    async def spy(prefix: str) -> str:
+        looked_up.append(prefix)
+        return await real(prefix)
+
+    monkeypatch.setattr(store, "resolve_id", spy)
+    status, job = await call(api_node.api_port, "GET", f"/api/v1/jobs/{job_id}/wait?timeout=5")
+    assert status == 200 and job["id"] == job_id
+    assert looked_up == []        # (it was one look-up a poll, in a worker thread)
+    status, job = await call(api_node.api_port, "GET", f"/api/v1/jobs/{job_id[:8]}/wait?timeout=5")
+    assert status == 200 and job["id"] == job_id and looked_up == [job_id[:8]]
+    status, job = await call(api_node.api_port, "GET", f"/api/v1/jobs/{job_id.upper()}")
+    assert status == 200 and job["id"] == job_id
+    made_up = "0b5c6a0e-0000-4000-8000-000000000001"
+    for path in (f"/api/v1/jobs/{made_up}/wait?timeout=5", f"/api/v1/jobs/{made_up}"):
+        status, answer = await call(api_node.api_port, "GET", path)
+        assert status == 404 and answer == {"error": f"no job with id {made_up!r}", "code": "not_found"}, answer
