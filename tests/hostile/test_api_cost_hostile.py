@@ -81,17 +81,21 @@ def _connection_tasks() -> int:
 
 
 async def test_an_answer_goes_out_in_one_write(api_node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hypercorn.events import RawData
+    from hypercorn.trio.tcp_server import TCPServer
+
     writes: list[bytes] = []
-    real = trio.SocketStream.send_all
+    real = TCPServer.protocol_send      # the connection's one way to its socket
+    mine: list[tuple[str, int]] = []
+
+    async def spy(self: TCPServer, event: object) -> None:
+        if isinstance(event, RawData) and self.stream.socket.getpeername() in mine:
+            writes.append(bytes(event.data))
+        await real(self, event)
+
+    monkeypatch.setattr(TCPServer, "protocol_send", spy)     # before connecting: a connection binds it at start
     client = await trio.to_thread.run_sync(_connect, api_node.api_port)
-    mine = client.getsockname()
-
-    async def spy(self: trio.SocketStream, data: bytes) -> None:
-        if self.socket.getpeername() == mine:
-            writes.append(bytes(data))
-        await real(self, data)
-
-    monkeypatch.setattr(trio.SocketStream, "send_all", spy)
+    mine.append(client.getsockname())
     try:
         for path in ("/api/v1/version", "/api/v1/jobs/nothing-like-this"):   # an answer, and an error's
             writes.clear()
