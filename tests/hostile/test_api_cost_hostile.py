@@ -192,3 +192,35 @@ async def test_a_long_poll_naming_its_job_in_full_skips_the_id_look_up_and_a_mad
     for path in (f"/api/v1/jobs/{made_up}/wait?timeout=5", f"/api/v1/jobs/{made_up}"):
         status, answer = await call(api_node.api_port, "GET", path)
         assert status == 404 and answer == {"error": f"no job with id {made_up!r}", "code": "not_found"}, answer
+
+
+async def test_a_bug_behind_a_job_route_is_a_500_for_that_request_alone_and_other_methods_are_refused(
+        api_node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert api_node.requester is not None
+    job_id = await _long_job(api_node, sleep=0)
+    import bacalhau.api.jobs as api_jobs
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the API")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(api_jobs, "redacted", broken)
+        s = await trio.to_thread.run_sync(_connect, api_node.api_port)
+        try:
+            await trio.to_thread.run_sync(s.sendall, _get(api_node.api_port, f"/api/v1/jobs/{job_id}/wait?timeout=1"))
+            assert (await trio.to_thread.run_sync(_read_answer, s)).startswith(b"HTTP/1.1 500")
+        finally:
+            s.close()
+    status, job = await call(api_node.api_port, "GET", f"/api/v1/jobs/{job_id}/wait?timeout=5")
+    assert status == 200 and job["id"] == job_id        # the node goes on
+    s = await trio.to_thread.run_sync(_connect, api_node.api_port)
+    try:
+        await trio.to_thread.run_sync(s.sendall, f"PUT /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:{api_node.api_port}\r\n"
+                                      "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".encode())
+        assert (await trio.to_thread.run_sync(_read_answer, s)).startswith(b"HTTP/1.1 405")
+    finally:
+        s.close()
+    status, answer = await call(api_node.api_port, "POST", "/api/v1/jobs", b"[1]", {"Content-Type": "application/json"})
+    assert status == 400 and answer["code"] == "bad_request"
+    status, answer = await call(api_node.api_port, "GET", "/api/v1/jobs/no-such-job/wait?timeout=1")
+    assert status == 404 and answer["code"] == "not_found"
