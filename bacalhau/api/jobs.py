@@ -14,6 +14,7 @@ once (api/replay.py).
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -51,9 +52,19 @@ def _redacted_env_given(spec: JobSpec) -> str | None:
     return None
 
 
+FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")   # a job id (a UUID)
+
+
 async def resolve_job_id(deps: ApiDeps, request: Request) -> str:
     """The full id of the job the path names (a unique prefix is enough)."""
     return await deps.jobs.resolve_id(request.path_params["job_id"])
+
+
+async def job_id_to_read(deps: ApiDeps, request: Request) -> str:
+    """resolve_job_id, without the store's look-up where the path gives a whole id, whose read then says if
+    it exists (404 as the look-up would, in the same words): the long poll names its job in full, each time."""
+    given: str = request.path_params["job_id"]
+    return given if FULL_ID.match(given) else await deps.jobs.resolve_id(given)
 
 
 def routes(deps: ApiDeps, seen: SeenSignatures) -> list[BaseRoute]:
@@ -91,7 +102,7 @@ def routes(deps: ApiDeps, seen: SeenSignatures) -> list[BaseRoute]:
         return JSONResponse([j.summary() for j in found])
 
     async def describe(request: Request) -> Response:
-        job = await jobs.get_job(await resolve_job_id(deps, request))
+        job = await jobs.get_job(await job_id_to_read(deps, request))
         proof = request.headers.get(SIGNED_HEADER)
         if proof is not None:
             # the owner, proven by a signature of {"describe": the id as asked}, sees its env values
@@ -106,7 +117,7 @@ def routes(deps: ApiDeps, seen: SeenSignatures) -> list[BaseRoute]:
         return JSONResponse(redacted(job))
 
     async def wait(request: Request) -> Response:
-        job_id = await resolve_job_id(deps, request)
+        job_id = await job_id_to_read(deps, request)
         timeout = min(float(request.query_params.get("timeout", "30")), MAX_WAIT)
         since = float(request.query_params.get("since", "0"))
         deadline = time.monotonic() + timeout

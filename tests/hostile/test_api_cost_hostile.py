@@ -81,17 +81,21 @@ def _connection_tasks() -> int:
 
 
 async def test_an_answer_goes_out_in_one_write(api_node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hypercorn.events import RawData
+    from hypercorn.trio.tcp_server import TCPServer
+
     writes: list[bytes] = []
-    real = trio.SocketStream.send_all
+    real = TCPServer.protocol_send      # the connection's one way to its socket
+    mine: list[tuple[str, int]] = []
+
+    async def spy(self: TCPServer, event: object) -> None:
+        if isinstance(event, RawData) and self.stream.socket.getpeername() in mine:
+            writes.append(bytes(event.data))
+        await real(self, event)
+
+    monkeypatch.setattr(TCPServer, "protocol_send", spy)     # before connecting: a connection binds it at start
     client = await trio.to_thread.run_sync(_connect, api_node.api_port)
-    mine = client.getsockname()
-
-    async def spy(self: trio.SocketStream, data: bytes) -> None:
-        if self.socket.getpeername() == mine:
-            writes.append(bytes(data))
-        await real(self, data)
-
-    monkeypatch.setattr(trio.SocketStream, "send_all", spy)
+    mine.append(client.getsockname())
     try:
         for path in ("/api/v1/version", "/api/v1/jobs/nothing-like-this"):   # an answer, and an error's
             writes.clear()
@@ -162,3 +166,61 @@ async def test_a_client_gone_during_a_request_leaves_no_connection_task(api_node
     with trio.fail_after(10):
         while _connection_tasks() > before:
             await trio.sleep(0.05)
+
+
+async def test_a_long_poll_naming_its_job_in_full_skips_the_id_look_up_and_a_made_up_id_is_still_404(
+        api_node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert api_node.requester is not None
+    job_id = await _long_job(api_node, sleep=0)
+    store = api_node.requester.store
+    looked_up: list[str] = []
+    real = store.resolve_id
+
+    async def spy(prefix: str) -> str:
+        looked_up.append(prefix)
+        return await real(prefix)
+
+    monkeypatch.setattr(store, "resolve_id", spy)
+    status, job = await call(api_node.api_port, "GET", f"/api/v1/jobs/{job_id}/wait?timeout=5")
+    assert status == 200 and job["id"] == job_id
+    assert looked_up == []        # (it was one look-up a poll, in a worker thread)
+    status, job = await call(api_node.api_port, "GET", f"/api/v1/jobs/{job_id[:8]}/wait?timeout=5")
+    assert status == 200 and job["id"] == job_id and looked_up == [job_id[:8]]
+    status, job = await call(api_node.api_port, "GET", f"/api/v1/jobs/{job_id.upper()}")
+    assert status == 200 and job["id"] == job_id
+    made_up = "0b5c6a0e-0000-4000-8000-000000000001"
+    for path in (f"/api/v1/jobs/{made_up}/wait?timeout=5", f"/api/v1/jobs/{made_up}"):
+        status, answer = await call(api_node.api_port, "GET", path)
+        assert status == 404 and answer == {"error": f"no job with id {made_up!r}", "code": "not_found"}, answer
+
+
+async def test_a_bug_behind_a_job_route_is_a_500_for_that_request_alone_and_other_methods_are_refused(
+        api_node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert api_node.requester is not None
+    job_id = await _long_job(api_node, sleep=0)
+    import bacalhau.api.jobs as api_jobs
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the API")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(api_jobs, "redacted", broken)
+        s = await trio.to_thread.run_sync(_connect, api_node.api_port)
+        try:
+            await trio.to_thread.run_sync(s.sendall, _get(api_node.api_port, f"/api/v1/jobs/{job_id}/wait?timeout=1"))
+            assert (await trio.to_thread.run_sync(_read_answer, s)).startswith(b"HTTP/1.1 500")
+        finally:
+            s.close()
+    status, job = await call(api_node.api_port, "GET", f"/api/v1/jobs/{job_id}/wait?timeout=5")
+    assert status == 200 and job["id"] == job_id        # the node goes on
+    s = await trio.to_thread.run_sync(_connect, api_node.api_port)
+    try:
+        await trio.to_thread.run_sync(s.sendall, f"PUT /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:{api_node.api_port}\r\n"
+                                      "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".encode())
+        assert (await trio.to_thread.run_sync(_read_answer, s)).startswith(b"HTTP/1.1 405")
+    finally:
+        s.close()
+    status, answer = await call(api_node.api_port, "POST", "/api/v1/jobs", b"[1]", {"Content-Type": "application/json"})
+    assert status == 400 and answer["code"] == "bad_request"
+    status, answer = await call(api_node.api_port, "GET", "/api/v1/jobs/no-such-job/wait?timeout=1")
+    assert status == 404 and answer["code"] == "not_found"
