@@ -5,11 +5,14 @@ Starts its own `bacalhau serve` (temporary state dir, free ports), then:
      N times each, interleaved, and prints both medians and their ratio (target: ratio <= 1.5);
   2. submits 50 noop jobs at once through the API and prints jobs completed per second (target >= 50/s).
 
-    .venv/bin/python benchmarks/job_latency.py [--runs 20] [--noop-jobs 50] [--noop-only] [--breakdown]
+    .venv/bin/python benchmarks/job_latency.py [--runs 20] [--noop-jobs 50] [--noop-only] [--breakdown] [--split]
+
+--split: the requester and the compute node in separate `bacalhau serve` processes (joined over libp2p, as a
+cluster of machines is), the CLI talking to the requester (issue 15's target: ratio <= 1.3).
 
 --breakdown: where a `bacalhau docker run` goes, medians over --runs, against `docker run --rm` and against the
 same container made through the Docker API from this process (create, attach, start, wait, remove): the CLI's
-start (`docker run --help`: imports, no request), then from the job's events (server clock, same machine):
+start (the same `docker run` against a port nobody listens on: its imports and parsing, to its first request), then from the job's events (server clock, same machine):
 process start to `submitted`, the bid round, bid accepted to running, running to ran (the executor: create,
 start, wait through the Docker API), publishing, and the job's completion to the process's exit (the CLI
 learning it and printing the output).
@@ -22,13 +25,21 @@ interleaved with the code before them, medians: one fsync per transaction 36.2 j
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shutil
 import statistics
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-from _serve import BIN, IMAGE, run_noop_jobs, serve
+from _serve import BIN, IMAGE, Served, run_noop_jobs, serve, stop
 
 from bacalhau.cli.client import ApiClient
+from bacalhau.testing import free_port
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
@@ -46,19 +57,63 @@ def main() -> None:
     parser.add_argument("--noop-jobs", type=int, default=50)
     parser.add_argument("--noop-only", action="store_true", help="Only the noop throughput (part 2).")
     parser.add_argument("--breakdown", action="store_true", help="Only where a docker run's time goes.")
+    parser.add_argument("--split", action="store_true",
+                        help="Requester and compute node in separate serve processes, over libp2p.")
     args = parser.parse_args()
 
-    with serve() as served:
+    target = 1.3 if args.split else 1.2
+    with split_serve() if args.split else serve() as served:
         env, client = served.env, served.client
         if args.breakdown:
-            docker_breakdown(env, client, args.runs)
+            docker_breakdown(env, client, args.runs, target)
             return
         if not args.noop_only:
-            docker_latency(env, args.runs)
+            docker_latency(env, args.runs, target)
         noop_throughput(client, args.noop_jobs)
 
 
-def docker_latency(env: dict[str, str], runs: int) -> None:
+@contextmanager
+def split_serve() -> Iterator[Served]:
+    """A requester-only `serve` and a compute-only one joined to it with the command it prints; the API is the
+    requester's."""
+    tmp = Path(tempfile.mkdtemp(prefix="bacalhau-split-"))
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, *args: str) -> tuple[subprocess.Popen[bytes], Path, int]:
+        repo = tmp / name
+        repo.mkdir()
+        port, log = free_port(), tmp / f"{name}.log"
+        proc = subprocess.Popen([BIN, "serve", "--port", str(port), "--swarm-port", str(free_port()),
+                                 "--ipfs-swarm-port", str(free_port()), *args],
+                                env={**os.environ, "BACALHAU_DIR": str(repo)}, stdout=subprocess.DEVNULL,
+                                stderr=open(log, "wb"))
+        procs.append(proc)
+        return proc, log, port
+
+    try:
+        req, log, api_port = start("requester", "--node-type", "requester")
+        deadline = time.monotonic() + 60
+        while not (m := re.search(r"--peer /ip4/[0-9.]+/tcp/(\d+)/p2p/(\w+) --swarm-key ([0-9a-f]{64})",
+                                  log.read_text(errors="replace"))):
+            if time.monotonic() > deadline or req.poll() is not None:
+                raise SystemExit(f"the requester did not start:\n{log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.1)
+        start("compute", "--node-type", "compute", "--peer", f"/ip4/127.0.0.1/tcp/{m.group(1)}/p2p/{m.group(2)}",
+              "--swarm-key", m.group(3))
+        client = ApiClient("127.0.0.1", api_port)
+        while not any("docker" in n["engines"] for n in client.nodes()):
+            if time.monotonic() > deadline + 60:
+                raise SystemExit("the compute node did not join")
+            time.sleep(0.2)
+        env = {**os.environ, "BACALHAU_DIR": str(tmp / "requester"), "BACALHAU_API_HOST": "127.0.0.1",
+               "BACALHAU_API_PORT": str(api_port)}
+        yield Served(tmp / "requester", api_port, env, client, req.pid)
+    finally:
+        stop(procs, timeout=20)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def docker_latency(env: dict[str, str], runs: int, target: float) -> None:
     docker_cmd = ["docker", "run", "--rm", "--network", "none", IMAGE, "echo", "hi"]
     ours_cmd = [BIN, "docker", "run", IMAGE, "--", "echo", "hi"]
     timed(docker_cmd, env), timed(ours_cmd, env)  # warm both paths once
@@ -69,7 +124,7 @@ def docker_latency(env: dict[str, str], runs: int) -> None:
     d, o = statistics.median(docker_times), statistics.median(ours_times)
     print(f"docker run --rm          median {d * 1000:7.1f} ms  (n={runs})")
     print(f"bacalhau docker run      median {o * 1000:7.1f} ms  (n={runs})")
-    print(f"ratio bacalhau/docker    {o / d:.2f}   (target <= 1.5)")
+    print(f"ratio bacalhau/docker    {o / d:.2f}   (target <= {target:g})")
 
 
 def docker_api_steps() -> dict[str, float]:
@@ -97,10 +152,10 @@ def docker_api_steps() -> dict[str, float]:
     return steps
 
 
-def docker_breakdown(env: dict[str, str], client: ApiClient, runs: int) -> None:
+def docker_breakdown(env: dict[str, str], client: ApiClient, runs: int, target: float) -> None:
     docker_cmd = ["docker", "run", "--rm", "--network", "none", IMAGE, "echo", "hi"]
     ours_cmd = [BIN, "docker", "run", IMAGE, "--", "echo", "hi"]
-    help_cmd = [BIN, "docker", "run", "--help"]
+    refused_env = {**env, "BACALHAU_API_PORT": str(free_port())}     # nobody listens: the CLI's start alone
     timed(docker_cmd, env), timed(ours_cmd, env), docker_api_steps()   # warm every path once
     phases: dict[str, list[float]] = {}
 
@@ -112,8 +167,8 @@ def docker_breakdown(env: dict[str, str], client: ApiClient, runs: int) -> None:
         for step, seconds in docker_api_steps().items():
             add(f"  Docker API: {step}", seconds)
         start = time.perf_counter()
-        subprocess.run(help_cmd, capture_output=True, env=env, check=True)
-        add("  CLI start (docker run --help)", time.perf_counter() - start)
+        subprocess.run(ours_cmd, capture_output=True, env=refused_env, check=False)
+        add("  CLI start (to its first request)", time.perf_counter() - start)
         wall_start = time.time()
         add("bacalhau docker run", timed(ours_cmd, env))
         wall_end = wall_start + phases["bacalhau docker run"][-1]
@@ -130,7 +185,7 @@ def docker_breakdown(env: dict[str, str], client: ApiClient, runs: int) -> None:
     for name, values in phases.items():
         print(f"{name:52s} median {statistics.median(values) * 1000:7.1f} ms  (n={len(values)})")
     ratio = statistics.median(phases["bacalhau docker run"]) / statistics.median(phases["docker run --rm"])
-    print(f"ratio bacalhau/docker    {ratio:.2f}   (target <= 1.2)")
+    print(f"ratio bacalhau/docker    {ratio:.2f}   (target <= {target:g})")
 
 
 def noop_throughput(client: ApiClient, jobs: int) -> None:
