@@ -112,12 +112,14 @@ def cluster(mux: bool, tree: str = "") -> Iterator[tuple[ApiClient, list[int]]]:
 
 
 def run_jobs(client: ApiClient, jobs: int) -> tuple[float, Counter[str]]:
-    """Seconds for `jobs` noop jobs submitted by 16 threads to complete, and completions per compute node."""
+    """Seconds for `jobs` noop jobs submitted by 16 threads to complete, and completions per compute node (and,
+    under "asked", the executions asked for: more than the jobs where nodes were asked and not needed)."""
     ids, elapsed = run_noop_jobs(client, SPEC, jobs)
     names = {n["node_id"]: n["labels"].get("name", n["node_id"][-6:]) for n in client.nodes()}
     spread: Counter[str] = Counter()
     for job_id in ids:
         for ex in client.job(job_id)["executions"]:
+            spread["asked"] += 1
             if ex["state"] == "completed":
                 spread[names.get(ex["node_id"], ex["node_id"][-6:])] += 1
     return elapsed, spread
@@ -147,7 +149,9 @@ def main() -> None:
             counts = [spread.get(f"c{i}", 0) for i in range(COMPUTES)]
             worst = max(abs(c - args.jobs / COMPUTES) for c in counts) / (args.jobs / COMPUTES)
             results[(mode, tree)].append((rate, req_ms, comp_ms, worst))
+            asked = spread.pop("asked")
             shown = "  ".join(f"{name}={count}" for name, count in sorted(spread.items()))
+            shown += f"; {asked / args.jobs:.2f} executions asked a job"
             print(f"round {round_} {mode:9s} {tree or '-'}: {args.jobs} noop jobs in {elapsed:6.2f}s = {rate:6.1f} "
                   f"jobs/s; CPU a job: requester {req_ms:.2f} ms, computes {comp_ms:.2f} ms; completions: {shown} "
                   f"(worst {worst * 100:.0f}% off even)", flush=True)
