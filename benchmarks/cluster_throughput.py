@@ -7,6 +7,12 @@ the API and waits for all to complete; it prints jobs/s and how the completions 
 nodes, and at the end the median of each mode.
 
     .venv/bin/python benchmarks/cluster_throughput.py [--jobs 300] [--rounds 3] [--modes mux,per-call]
+                                                      [--trees /work/wt-main0,/work/wt-NAME]
+
+Besides jobs/s it prints the CPU each job cost the requester process and the three compute processes together
+(user + system, all threads, from /proc: the steadiest figure on a shared machine), and how many executions
+were asked a job (more than 1.00 where nodes were asked and their bids not needed). --trees alternates source
+trees (the PYTHONPATH of the four processes) for a same-run baseline.
 
 Measured on the shared 2-core machine, 300 jobs a round, modes alternated, while other engineers' work kept
 its load at 5-9 (one `serve` alone did 66 jobs/s then, job_latency.py --noop-only --noop-jobs 300):
@@ -28,6 +34,15 @@ main 50.3 jobs/s median, the fix 51.0; of 600, the least node's median 118 on ma
 of the rounds, 43% against 9% (6 of 9 rounds within 15%, the rest 17-21%: the load follows how fast each
 process drains its queue on the shared cores). Main placed by reports' age: a node whose gossip came 0.1 s
 older got a quarter of the others' jobs.
+
+Issue 15, CPU a job (600 noop jobs, 16 submitters, 3 rounds alternated with the branch point 1054790, medians;
+the machine's load 10-18, so jobs/s moved by 3x between rounds and the CPU figures with it):
+  yamux credit in halves + dashboard gossip batched: requester 8.23 -> 7.30 ms, computes 9.67 -> 8.50 ms,
+  48.1 -> 56.7 jobs/s.
+  + one node asked a job (was 1.89-1.92 asked, nearly every job past the nodes' room raced on two): requester
+  17.0 -> 11.7 ms, computes 19.8 -> 14.1 ms, 10.0 -> 16.8 jobs/s, 1.00 executions asked a job, worst node
+  6% -> 1% off even. A profile of the requester (py-spy) under this load: socket writes ~12% (one syscall a
+  frame), the API ~10%, SQLite ~12% (its thread).
 """
 
 from __future__ import annotations
@@ -112,12 +127,14 @@ def cluster(mux: bool, tree: str = "") -> Iterator[tuple[ApiClient, list[int]]]:
 
 
 def run_jobs(client: ApiClient, jobs: int) -> tuple[float, Counter[str]]:
-    """Seconds for `jobs` noop jobs submitted by 16 threads to complete, and completions per compute node."""
+    """Seconds for `jobs` noop jobs submitted by 16 threads to complete, and completions per compute node (and,
+    under "asked", the executions asked for: more than the jobs where nodes were asked and not needed)."""
     ids, elapsed = run_noop_jobs(client, SPEC, jobs)
     names = {n["node_id"]: n["labels"].get("name", n["node_id"][-6:]) for n in client.nodes()}
     spread: Counter[str] = Counter()
     for job_id in ids:
         for ex in client.job(job_id)["executions"]:
+            spread["asked"] += 1
             if ex["state"] == "completed":
                 spread[names.get(ex["node_id"], ex["node_id"][-6:])] += 1
     return elapsed, spread
@@ -147,7 +164,9 @@ def main() -> None:
             counts = [spread.get(f"c{i}", 0) for i in range(COMPUTES)]
             worst = max(abs(c - args.jobs / COMPUTES) for c in counts) / (args.jobs / COMPUTES)
             results[(mode, tree)].append((rate, req_ms, comp_ms, worst))
+            asked = spread.pop("asked")
             shown = "  ".join(f"{name}={count}" for name, count in sorted(spread.items()))
+            shown += f"; {asked / args.jobs:.2f} executions asked a job"
             print(f"round {round_} {mode:9s} {tree or '-'}: {args.jobs} noop jobs in {elapsed:6.2f}s = {rate:6.1f} "
                   f"jobs/s; CPU a job: requester {req_ms:.2f} ms, computes {comp_ms:.2f} ms; completions: {shown} "
                   f"(worst {worst * 100:.0f}% off even)", flush=True)

@@ -459,7 +459,14 @@ class P2PHost:
         pubsub stream was still being set up (its hello already built) never learns of it, and never sends
         us that topic. Announcing again closes that gap: at once when a pubsub peer is new (a node that
         subscribed while its stream to a restarted peer was being set up was otherwise sent nothing for up to
-        REANNOUNCE_INTERVAL), and every REANNOUNCE_INTERVAL besides; receivers treat repeats as no-ops."""
+        REANNOUNCE_INTERVAL), and every REANNOUNCE_INTERVAL besides; receivers treat repeats as no-ops.
+
+        Each time it is one RPC for every topic and without the signed peer record py-libp2p puts in its own
+        announcements (its first one to each peer carried it): a receiver checks that record's signature, and
+        one RPC a topic, each signed, cost a devstack of 12 nodes about a tenth of its CPU under load (issue
+        15). A repeat that a full queue drops is not retried: the next one comes within the interval."""
+        from libp2p.pubsub.pb import rpc_pb2
+
         known: set[Any] = set()
         last = -math.inf
         while True:
@@ -469,9 +476,11 @@ class P2PHost:
                 known = peers
                 continue
             known, last = peers, trio.current_time()
-            for topic in list(self._pubsub.topic_ids):
-                packet, subopt = self._pubsub._build_announce_rpc(topic, subscribe=True)
-                await self._pubsub.message_all_peers(packet.SerializeToString(), announce=subopt)
+            packet = rpc_pb2.RPC()
+            packet.subscriptions.extend(rpc_pb2.RPC.SubOpts(subscribe=True, topicid=topic)
+                                        for topic in list(self._pubsub.topic_ids))
+            if packet.subscriptions:
+                await self._pubsub.message_all_peers(packet.SerializeToString())
 
     # -- pubsub ---------------------------------------------------------------------------------------------
 
