@@ -293,3 +293,34 @@ async def test_a_publish_cancelled_while_it_waits_for_its_group_leaves_the_other
     await publisher.publish(lambda: roots[1])     # and the publisher still leads new groups
     assert len(store.pins()) == 5
     store.close()
+
+
+async def test_the_requesters_callbacks_answer_a_self_call_as_they_answer_bytes(tmp_path: Path) -> None:
+    from bacalhau.models import RunResult
+
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(node_config(tmp_path / "n", serve_api=False, engines=("noop",))).run)
+        t = node.transport
+        assert isinstance(t, LocalTransport)
+        ex, job = new_id(), new_id()
+        me = t.self_id
+        msgs: list[tuple[str, BaseModel]] = [     # an execution this requester never made: refused each way
+            (m.ON_BID_COMPLETE, m.BidResult(execution_id=ex, job_id=job, node_id=me, accepted=True)),
+            (m.ON_RUN_COMPLETE, m.RunComplete(execution_id=ex, job_id=job, node_id=me, result=RunResult(exit_code=0))),
+            (m.ON_PUBLISH_COMPLETE, m.PublishComplete(execution_id=ex, job_id=job, node_id=me,
+                                                      result_ref="ipfs://QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N")),
+            (m.ON_CANCEL_COMPLETE, m.CancelComplete(execution_id=ex, job_id=job, node_id=me)),
+            (m.ON_COMPUTE_FAILURE, m.ComputeFailure(execution_id=ex, job_id=job, node_id=me, reason="x", retry=False)),
+            (m.ON_RUN_COMPLETE, m.RunComplete.model_construct(execution_id=ex, job_id="../x", node_id=me,
+                                                              result=RunResult(exit_code=0))),
+            (m.RESULT_REJECTED, m.ExecutionReasonRequest(execution_id=ex, reason="no")),
+        ]
+        for proto, msg in msgs:
+            outcomes = []
+            for way in (by_object, by_bytes):
+                try:
+                    outcomes.append(f"ok {await way(t, proto, msg, m.Ack)!r}")
+                except RemoteError as exc:
+                    outcomes.append(f"{exc.code}: {exc}")
+            assert outcomes[0] == outcomes[1] and not outcomes[0].startswith("ok"), (proto, outcomes)
+        nursery.cancel_scope.cancel()
