@@ -30,6 +30,14 @@ Issue 14, the API's cost (one write an answer, one idle watcher a connection, wr
 trips, no id look-up per long poll), 1 node, 1500 jobs, 32 in flight, 3 runs interleaved with 1054790, load
 average ~15 (runs at 16-31 jobs/s): node CPU a job main 14.88, 16.41, 13.85 ms; this 12.53, 14.28, 11.39 ms.
 Submit p50 main 85, 189, 107 ms, this 129, 137, 68 ms; p99 1.0-3.7 s for both: set by the machine's load here.
+Most of that p99 was the benchmark's own: 32 clients each loading (the first making) user_id.pem and asking the
+cluster id on their first submit (client-side signing p99 1.5 s). With the workers sharing one loaded key, and
+start-up frozen for the garbage collector (gen-2 passes of 250-330 ms stopped the node's loop), 2000 jobs,
+3 runs interleaved with 1054790, load average ~10: submit p50 main 71.0, 64.6, 48.9 ms, this 58.4, 51.1, 40.4;
+p99 main 351, 381, 273 ms, this 537, 281, 196; node CPU a job main 12.29, 11.74, 11.46 ms, this 11.75, 11.38,
+10.19; jobs/s main 38.7, 38.6, 50.7, this 41.5, 44.1, 60.9. The p99 left is the submit's two durable commits in
+series, the replay record (api.db, p99 ~90-160 ms) then the job (p99 ~160-400 ms), and a saturated event loop
+(a 5 ms sleeper oversleeps p99 ~35 ms).
 """
 
 from __future__ import annotations
@@ -97,10 +105,12 @@ def load(client: ApiClient, jobs: int, in_flight: int) -> tuple[list[float], Cou
     left = [jobs]
     errors: list[str] = []
     submits: list[float] = []      # each submit's latency (signing included), measured while the load runs
+    client._sign({})               # the key loaded (made) and the cluster id asked once, before the clock starts
     start = time.perf_counter()
 
     def worker() -> None:
         mine = ApiClient(client.host, client.port)
+        mine._cluster_id, mine._rsa_key = client._cluster_id, client._rsa_key
         while True:
             with lock:
                 if left[0] <= 0 or errors:
