@@ -47,6 +47,10 @@ class StateError(BacalhauError):
     pass
 
 
+class ReplayedSignature(StateError):
+    """A signed request whose signature was accepted once already."""
+
+
 class IllegalTransitionError(StateError):
     def __init__(self, kind: str, obj_id: str, current: str, target: str) -> None:
         super().__init__(f"{kind} {obj_id}: illegal transition {current} -> {target}")

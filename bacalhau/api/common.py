@@ -47,6 +47,22 @@ def status_of(exc: Exception) -> tuple[int, str] | None:
     return None
 
 
+def number_param(request: Request, name: str, default: float, low: float, high: float, *, whole: bool = False
+                 ) -> float:
+    """A query parameter that is a number between `low` and `high` (a whole one if `whole`), else UserError in
+    one line naming it (not Python's own words, nor a NaN or a number past SQLite's integers let through)."""
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text) if whole else float(text)
+    except ValueError:
+        raise UserError(f"{name} must be a {'whole ' if whole else ''}number, not {text[:40]!r}") from None
+    if not low <= value <= high:       # NaN fails this too
+        raise UserError(f"{name} must be between {low:g} and {high:g}")
+    return value
+
+
 def handle_errors(fn: Handler, answer: Callable[[int, str, str], Response] | None = None) -> Handler:
     """`fn`, whose user's and peers' errors are answered (by `answer`: status, message, code; our JSON error
     by default) instead of raised."""
@@ -55,6 +71,8 @@ def handle_errors(fn: Handler, answer: Callable[[int, str, str], Response] | Non
     async def wrapper(request: Request) -> Response:
         try:
             return await fn(request)
+        except RecursionError:      # JSON nested past what the parser recurses (a hostile body), not a bug here
+            return reply(400, "the request body is nested too deep", "bad_request")
         except Exception as exc:
             found = status_of(exc)
             if found is None:

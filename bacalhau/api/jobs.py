@@ -14,6 +14,7 @@ once (api/replay.py).
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from bacalhau.api.common import REDACTED, error, handle_errors, read_body, redacted
+from bacalhau.api.common import REDACTED, error, handle_errors, number_param, read_body, redacted
 from bacalhau.api.ports import ApiDeps
 from bacalhau.models import JobSpec
 from bacalhau.signing import verify
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from bacalhau.api.replay import SeenSignatures
 
 MAX_WAIT = 60.0
+MAX_LIST = 1_000_000     # jobs a list may ask for (SQLite's integers end far past it; 0 asks for all)
 SIGNED_HEADER = "x-bacalhau-signed"   # a describe signed by the job's owner shows env values in clear
 
 
@@ -92,12 +94,13 @@ def routes(deps: ApiDeps, seen: SeenSignatures) -> list[BaseRoute]:
         if (name := _redacted_env_given(spec)) is not None:
             return error(400, f"env {name} is {REDACTED!r}, as `describe` shows env values: give its real value",
                          "invalid_spec")
-        client_id = await signed_by(data, {"submit": data["spec"]})
-        job = await requester.submit(spec, client_id=client_id)
+        # the signature is recorded with the job, in its transaction (one durable commit): a replay is a 409
+        signed = verify(data, {"submit": data["spec"]}, cluster_id)
+        job = await requester.submit(spec, client_id=signed.client_id, signature=(signed.signature, signed.signed_at))
         return JSONResponse({"id": job.id}, status_code=201)
 
     async def list_jobs(request: Request) -> Response:
-        limit = int(request.query_params.get("limit", "10"))
+        limit = int(number_param(request, "limit", 10, -1, MAX_LIST, whole=True))    # 0 or -1: all
         found = await jobs.list_jobs(limit if limit > 0 else None)
         return JSONResponse([j.summary() for j in found])
 
@@ -118,8 +121,8 @@ def routes(deps: ApiDeps, seen: SeenSignatures) -> list[BaseRoute]:
 
     async def wait(request: Request) -> Response:
         job_id = await job_id_to_read(deps, request)
-        timeout = min(float(request.query_params.get("timeout", "30")), MAX_WAIT)
-        since = float(request.query_params.get("since", "0"))
+        timeout = min(number_param(request, "timeout", 30.0, 0.0, math.inf), MAX_WAIT)
+        since = number_param(request, "since", 0.0, -math.inf, math.inf)
         deadline = time.monotonic() + timeout
         while True:
             job = await jobs.get_job(job_id, full=False)

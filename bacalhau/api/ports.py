@@ -36,7 +36,8 @@ class JobStoreReader(Protocol):
 
 
 class RequesterEndpoint(Protocol):
-    async def submit(self, spec: JobSpec, client_id: str = "") -> Job: ...
+    async def submit(self, spec: JobSpec, client_id: str = "", *, signature: tuple[str, float] | None = None
+                     ) -> Job: ...
 
     async def cancel(self, job_id: str, reason: str = "cancelled by the user") -> Job: ...
 

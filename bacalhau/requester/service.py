@@ -109,9 +109,12 @@ class Requester:
 
     # -- the API's side -------------------------------------------------------------------------------------
 
-    async def submit(self, spec: JobSpec, client_id: str = "") -> Job:
+    async def submit(self, spec: JobSpec, client_id: str = "", *, signature: tuple[str, float] | None = None
+                     ) -> Job:
+        """`signature`: the signed submit's (signature, signed at), recorded with the job: a replay is refused
+        (ReplayedSignature) and makes no job."""
         job = Job(spec=spec, client_id=client_id)
-        await self.store.create_job(job)
+        await self.store.create_job(job, signature=signature)
         log.info("job %s submitted", job.id)
         self._notify(job.id)
         self._spawn(self._evaluate, job.id)

@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 
 from bacalhau.db import QUARANTINE, UNREADABLE_SPEC, Database, real, set_aside, why
-from bacalhau.errors import AmbiguousIdError, NotFoundError, StateError
+from bacalhau.errors import AmbiguousIdError, NotFoundError, ReplayedSignature, StateError
 from bacalhau.models import Event, Execution, ExecutionState, Job, JobSpec, JobState, RunResult
 from bacalhau.models.state import check_execution_transition, check_job_transition
 from bacalhau.requester.view import VIEW_MAX_JOBS, JobView
+from bacalhau.signing import MAX_AGE
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,15 @@ INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS executions_node_state ON executions(node_id, state);
 """
-MIGRATIONS = [QUARANTINE, INDEXES]      # 0 -> 1: the quarantine table; 1 -> 2: INDEXES
+# The signatures of submits accepted (a replayed one is refused), written in the job's own transaction: one durable
+# commit a submit instead of a second one in api.db before it. Rows leave once past the signatures' window.
+SIGNATURES = """
+CREATE TABLE IF NOT EXISTS seen_signatures (signature TEXT PRIMARY KEY, signed_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS seen_signatures_signed_at ON seen_signatures(signed_at);
+"""
+MIGRATIONS = [QUARANTINE, INDEXES, SIGNATURES]   # 0 -> 1: the quarantine table; 1 -> 2: INDEXES; 2 -> 3: SIGNATURES
+REPLAYED = "this signed request was already used once (a replay?): sign a new one"
+SIGNATURE_WINDOW = 2 * MAX_AGE      # a signature is good MAX_AGE either side of the clock
 _UNFINISHED_JOB = [s.value for s in JobState if not s.terminal]
 _UNFINISHED_EXECUTION = [s.value for s in ExecutionState if not s.terminal]
 
@@ -89,6 +98,13 @@ def _unfinished_jobs(conn: sqlite3.Connection, limit: int) -> list[Job]:
         rows = conn.execute("SELECT * FROM executions WHERE job_id=? ORDER BY created_at", (job.id,)).fetchall()
         job.executions = [_row_to_execution(r) for r in rows]
     return jobs
+
+
+def _record_signature(conn: sqlite3.Connection, signature: str, signed_at: float) -> None:
+    conn.execute("DELETE FROM seen_signatures WHERE signed_at < ?", (time.time() - SIGNATURE_WINDOW,))
+    if conn.execute("INSERT OR IGNORE INTO seen_signatures(signature, signed_at) VALUES (?,?)",
+                    (signature, signed_at)).rowcount != 1:
+        raise ReplayedSignature(REPLAYED)
 
 
 def _parse_execution(row: sqlite3.Row) -> Execution:
@@ -199,8 +215,12 @@ class JobStore:
     def close(self) -> None:
         self._db.close()
 
-    async def create_job(self, job: Job) -> None:
+    async def create_job(self, job: Job, *, signature: tuple[str, float] | None = None) -> None:
+        """Store a new job; with `signature` (the submit's signature and when it was signed), record that in
+        the same transaction: ReplayedSignature, and no job, if it was recorded before."""
         def tx(conn: sqlite3.Connection) -> None:
+            if signature is not None:
+                _record_signature(conn, *signature)
             conn.execute(
                 "INSERT INTO jobs(id, spec, state, reason, client_id, created_at, updated_at) VALUES (?,?,?,?,?,?,?)",
                 (job.id, job.spec.model_dump_json(), job.state.value, job.reason, job.client_id,
@@ -210,6 +230,14 @@ class JobStore:
 
         held = job.model_copy(update={"executions": [], "events": []})
         await self._db.run(tx, on_commit=lambda _: self.view.add_job(held))
+
+    def remember_signatures(self, signatures: list[tuple[str, float]]) -> None:
+        """Signatures accepted elsewhere (api.db, before submits' moved here), refused from now on. Start-up only."""
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT OR IGNORE INTO seen_signatures(signature, signed_at) VALUES (?,?)", signatures)
+
+        if signatures:
+            self._db.run_sync(tx)
 
     async def resolve_id(self, prefix: str) -> str:
         """A full job id, or a unique prefix of one."""

@@ -495,3 +495,52 @@ async def test_the_cli_says_in_one_line_that_the_follower_cap_is_reached(api_nod
     res = await run_cli(api_node, "logs", "-f", await _long_job(api_node), timeout=20)
     assert res.returncode == 1 and "log followers from 127.0.0.1" in res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+async def test_bodies_nested_past_the_parser_and_numbers_past_sqlite_get_one_line_and_a_400(api_node: Node) -> None:
+    """JSON nested deeper than the parser recurses (RecursionError) and a page size past SQLite's integers
+    (OverflowError) were answered 500; a malformed number was answered with Python's own words."""
+    port = api_node.api_port
+    job = f"/api/v1/jobs/{await _long_job(api_node)}"
+    cases = [("POST", "/api/v1/jobs", b"[" * 100_000, "nested"),
+             ("POST", f"{job}/cancel", b'{"a": ' * 50_000, "nested"),
+             ("GET", "/api/v1/jobs?limit=99999999999999999999999", None, "limit"),
+             ("GET", "/api/v1/jobs?limit=x", None, "limit"),
+             ("GET", f"{job}/wait?timeout=x", None, "timeout"),
+             ("GET", f"{job}/wait?timeout=nan", None, "timeout")]
+    for method, path, body, word in cases:
+        status, answer = await trio.to_thread.run_sync(
+            partial(request, port, method, path, body, {"Content-Type": "application/json"}))
+        assert status == 400, (path, answer)
+        assert word in answer["error"] and "\n" not in answer["error"], (path, answer)
+        assert "invalid literal" not in answer["error"] and "could not convert" not in answer["error"]
+    assert (await call(port, "GET", "/api/v1/version"))[0] == 200
+
+
+async def test_a_submit_signature_accepted_before_the_upgrade_is_still_refused_after(tmp_path: Path) -> None:
+    """Submits' signatures moved from api.db into the job's own transaction in jobs.db: one accepted by the old
+    layout (recorded in api.db only) must not be accepted a second time after the upgrade."""
+    from bacalhau.api.replay import SeenSignatures
+    from bacalhau.signing import verify
+
+    key = load_or_create_client_key(tmp_path / "k")
+    cfg = node_config(tmp_path / "node", engines=("noop",))
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg).run)
+        cluster_id = node.cluster_id
+        nursery.cancel_scope.cancel()
+    body = signed(key, NOOP, cluster_id)
+    old = SeenSignatures(cfg.repo_dir / "api.db")      # what the previous main did with an accepted submit
+    accepted = verify(json.loads(body), {"submit": NOOP}, cluster_id)
+    await old.accept(accepted.signature, accepted.signed_at)
+    old.close()
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg).run)
+        status, data = await call(node.api_port, "POST", "/api/v1/jobs", body, JSON)
+        assert status == 409 and "already used" in data["error"], data
+        assert await job_count(node) == 0
+        fresh = signed(key, NOOP, cluster_id)
+        assert (await call(node.api_port, "POST", "/api/v1/jobs", fresh, JSON))[0] == 201
+        assert (await call(node.api_port, "POST", "/api/v1/jobs", fresh, JSON))[0] == 409
+        assert await job_count(node) == 1
+        nursery.cancel_scope.cancel()
