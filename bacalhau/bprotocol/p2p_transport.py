@@ -6,21 +6,30 @@ streams are raw streams of their own that start with one request frame."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
+from pydantic import BaseModel
 
 from bacalhau.bprotocol.framing import error_reply
 from bacalhau.bprotocol.mux import MUX_PROTOCOL, MuxCaller, MuxServer, PeerSlots
-from bacalhau.bprotocol.transport import InProcessPeers, LocalTransport, RawHandler, RawStreamHandler
+from bacalhau.bprotocol.transport import (
+    InProcessPeers,
+    LocalTransport,
+    RawHandler,
+    RawStreamHandler,
+    TypedHandler,
+)
 from bacalhau.errors import ProtocolError, RemoteError, TransportError, UnsupportedProtocolError
 
 if TYPE_CHECKING:
     from bacalhau.p2p.host import P2PHost, P2PStream
 
 log = logging.getLogger(__name__)
+Rep = TypeVar("Rep", bound=BaseModel)
+T = TypeVar("T")
 STREAM_CHUNK = 256 * 1024
 STREAM_OK = b"\x00"       # first byte of a result stream: data follows
 STREAM_ERR = b"\x01"      # an Envelope with the error follows
@@ -120,6 +129,25 @@ class P2PTransport(LocalTransport):
         except trio.TooSlowError:
             raise TransportError(f"{protocol_id} to {peer_id} timed out after {timeout:g}s") from None
 
+    async def call_neighbour(self, peer_id: str, protocol_id: str, msg: BaseModel, reply: type[Rep], *,
+                             timeout: float) -> Rep | None:
+        """A call to a node of this process whose handler is typed, handed the message object (no JSON either
+        way: TypedHandler.answer checks it as decoding would, and raises the RemoteError the Envelope would
+        carry); None where `peer_id` is no such node (the caller sends bytes). The callee's slots, nursery and
+        stopping apply as for a call in bytes (answer_neighbour)."""
+        neighbour = self._neighbours.transports.get(peer_id) if self._neighbours is not None else None
+        if neighbour is None or self._nursery is None or peer_id == self.self_id:
+            return None
+        handler = neighbour.handlers.get(protocol_id)
+        if not isinstance(handler, TypedHandler):
+            return None
+        caller_id = self.self_id
+        try:
+            with trio.fail_after(timeout):
+                return await neighbour._in_nursery(caller_id, protocol_id, lambda: handler.answer(caller_id, msg, reply))
+        except trio.TooSlowError:
+            raise TransportError(f"{protocol_id} to {peer_id} timed out after {timeout:g}s") from None
+
     async def answer_neighbour(self, caller_id: str, protocol_id: str, payload: bytes) -> bytes:
         """A call from a node of this process, answered as the mux server answers one (bprotocol/mux.py): the
         same frame limits, per-peer slots (BUSY when full) and errors; the handler runs in this transport's
@@ -127,39 +155,53 @@ class P2PTransport(LocalTransport):
         max_frame = self._host.max_frame
         if len(payload) > max_frame:
             raise ProtocolError(f"frame of {len(payload)} bytes is over the {max_frame} limit")
-        nursery = self._nursery
-        if nursery is None:
-            raise TransportError(f"node {self.self_id} is stopping")
         handler = self.handlers.get(protocol_id)
         if handler is None:
             raise TransportError(f"node {self.self_id} does not speak {protocol_id}")
+
+        async def answer() -> bytes:
+            try:
+                reply = await handler(caller_id, payload)
+            except Exception as exc:  # the per-request boundary: a raw handler's error fails its call alone
+                log.debug("in-process handler for %s failed: %r", protocol_id, exc)
+                why = f"{type(exc).__name__}: {exc}"[:1000]
+                raise ProtocolError(f"{protocol_id} on {self.self_id} failed: {why}") from None
+            if len(reply) > max_frame:
+                raise ProtocolError(f"{protocol_id} on {self.self_id} failed: reply of {len(reply)} bytes is over "
+                                    f"the {max_frame} limit")
+            return reply
+
+        return await self._in_nursery(caller_id, protocol_id, answer)
+
+    async def _in_nursery(self, caller_id: str, protocol_id: str, work: Callable[[], Awaitable[T]]) -> T:
+        """`work()` run in this transport's nursery under one of the caller's slots (BUSY when none is free):
+        a caller that gives up does not cut it halfway, and this node stopping fails the call. What `work`
+        raises (an Exception) is raised to the caller."""
+        nursery = self._nursery
+        if nursery is None:
+            raise TransportError(f"node {self.self_id} is stopping")
         if not self._slots.try_take(caller_id):
             raise TransportError(f"node {self.self_id} is busy ({self._slots.per_peer} calls in flight)")
         done = trio.Event()
-        outcome: list[bytes | BaseException] = []
+        outcome: list[T] = []
+        failure: list[Exception] = []
 
-        async def answer() -> None:
+        async def run() -> None:
             try:
                 try:
-                    reply = await handler(caller_id, payload)
-                except Exception as exc:  # the per-request boundary: a raw handler's error fails its call alone
-                    log.debug("in-process handler for %s failed: %r", protocol_id, exc)
-                    why = f"{type(exc).__name__}: {exc}"[:1000]
-                    outcome.append(ProtocolError(f"{protocol_id} on {self.self_id} failed: {why}"))
-                else:
-                    outcome.append(reply if len(reply) <= max_frame else ProtocolError(
-                        f"{protocol_id} on {self.self_id} failed: reply of {len(reply)} bytes is over the "
-                        f"{max_frame} limit"))
+                    outcome.append(await work())
+                except Exception as exc:
+                    failure.append(exc)
             finally:
                 self._slots.give_back(caller_id)
                 done.set()
 
-        nursery.start_soon(answer)
+        nursery.start_soon(run)
         await done.wait()
+        if failure:
+            raise failure[0]
         if not outcome:
             raise TransportError(f"the call to {self.self_id} broke: the node is stopping")
-        if isinstance(outcome[0], BaseException):
-            raise outcome[0]
         return outcome[0]
 
     async def _caller(self, peer_id: str) -> MuxCaller | None:

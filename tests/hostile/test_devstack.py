@@ -168,3 +168,79 @@ async def test_an_outside_requester_still_hears_every_devstack_node(tmp_path: Pa
             while not {first.node_id, second.node_id} <= {i.node_id for i in outside.requester.nodes.alive()}:
                 await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_typed_call_between_nodes_of_the_process_is_answered_as_the_same_call_in_bytes(
+        tmp_path: Path) -> None:
+    """Devstack nodes hand each other the message object (no JSON): what the caller meets must be what the bytes
+    path gives it (the answer, the callee's errors as RemoteError with their code, a message that does not
+    validate refused as a bad request, the caller's id, BUSY under a flood), and no libp2p stream is opened."""
+    from bacalhau.bprotocol import messages as m
+    from bacalhau.bprotocol.framing import encode, parse_reply
+    from bacalhau.bprotocol.proxies import _Proxy
+    from bacalhau.bprotocol.transport import typed_handler
+    from bacalhau.errors import NotFoundError, RemoteError
+
+    seen: list[str] = []
+    gate = trio.Event()
+    typed = "/test/typed/1.0.0"
+
+    async def handle(peer_id: str, msg: m.ExecutionRequest) -> m.Ack:
+        seen.append(peer_id)
+        if msg.execution_id.startswith("0"):
+            raise NotFoundError(f"no execution {msg.execution_id}")
+        if msg.execution_id.startswith("1"):
+            await gate.wait()
+        return m.Ack()
+
+    good, missing, held = (f"{d}0000000-0000-4000-8000-000000000000" for d in "a01")
+    async with pair(tmp_path, InProcessPeers()) as (a, b, _):
+        b.register(typed, typed_handler(m.ExecutionRequest, handle))
+        proxy = _Proxy(a, 5)
+        in_bytes: list[str] = []            # calls that went the bytes way (the typed ones must not)
+        answer_in_bytes = b.answer_neighbour
+
+        async def counted(caller_id: str, protocol_id: str, payload: bytes) -> bytes:
+            in_bytes.append(protocol_id)
+            return await answer_in_bytes(caller_id, protocol_id, payload)
+
+        b.answer_neighbour = counted        # type: ignore[method-assign]
+
+        async def both(msg: m.ExecutionRequest) -> list[object]:
+            out: list[object] = []
+            for call in (lambda: proxy._call(b.self_id, typed, msg, m.Ack),
+                         lambda: _bytes(a, b.self_id, typed, encode(msg))):
+                try:
+                    out.append(await call())
+                except RemoteError as exc:
+                    out.append((type(exc).__name__, exc.code, str(exc)))
+            return out
+
+        async def _bytes(t: P2PTransport, peer: str, proto: str, payload: bytes) -> m.Ack:
+            return parse_reply(await t.call(peer, proto, payload, timeout=5), m.Ack)
+
+        typed_answer, bytes_answer = await both(m.ExecutionRequest(execution_id=good))
+        assert typed_answer == bytes_answer == m.Ack()
+        assert seen == [a.self_id, a.self_id]
+        assert in_bytes == [typed]          # the proxy's call handed the object over
+        typed_error, bytes_error = await both(m.ExecutionRequest(execution_id=missing))
+        assert typed_error == bytes_error and typed_error[1] == m.ErrorCode.NOT_FOUND   # type: ignore[index]
+        bad = m.ExecutionRequest.model_construct(execution_id="../../etc/passwd")      # never validated
+        with pytest.raises(RemoteError) as caught:
+            await proxy._call(b.self_id, typed, bad, m.Ack)
+        assert caught.value.code == m.ErrorCode.BAD_REQUEST
+        assert len(seen) == 4                    # the bad one never reached the handler
+        assert a.mux_caller(b.self_id) is None   # nothing went over libp2p
+
+        async with trio.open_nursery() as flood:
+            async def hold() -> None:
+                await proxy._call(b.self_id, typed, m.ExecutionRequest(execution_id=held), m.Ack)
+
+            for _ in range(MAX_IN_FLIGHT):
+                flood.start_soon(hold)
+            with trio.fail_after(5):
+                while len(seen) < 4 + MAX_IN_FLIGHT:
+                    await trio.sleep(0.01)
+            with pytest.raises(TransportError, match="busy"):
+                await proxy._call(b.self_id, typed, m.ExecutionRequest(execution_id=good), m.Ack)
+            gate.set()
