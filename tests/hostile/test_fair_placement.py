@@ -24,6 +24,7 @@ from bacalhau.node import Node, NodeDeps
 from bacalhau.requester import store as job_store
 from bacalhau.requester.nodes import NodeTable
 from bacalhau.requester.ranking import SAMPLE, rank_loads
+from bacalhau.requester.store import MIGRATIONS as JOBS_DB_MIGRATIONS
 from bacalhau.requester.store import JobStore
 
 S = ExecutionState
@@ -269,7 +270,9 @@ async def test_a_jobs_db_of_layout_version_1_opens_migrated_with_its_indexes(tmp
         store.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(JOBS_DB_MIGRATIONS)
+        # layout 3: submits' signatures are kept with the jobs (one commit a submit)
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name='seen_signatures'").fetchone() is not None
         plan = " ".join(str(r) for r in conn.execute("EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state IN (?)",
                                                       ("pending",)))
         assert "jobs_state" in plan, plan
