@@ -232,7 +232,7 @@ class Node:
                 labels=cfg.labels, call_timeout=cfg.call_timeout, version=VERSION,
                 blockstore=self.blockstore, fetch=self.content.fetch_cid, on_published=self.content.ipfs_published,
                 limits=limits, max_result_size=cfg.max_result_size,
-                providers=self._input_providers(), prepared_ttl=cfg.bid_timeout,
+                providers=self._input_providers(),
             )
             self.compute.log_stream_addr = next(iter(self.addrs()), "")
             await nursery.start(self.compute.run)

@@ -26,7 +26,7 @@ from bacalhau.compute.logs import LOG_PROTOCOL, LogEnd, LogRequest, stream_logs
 from bacalhau.compute.publishing import GroupedPublisher
 from bacalhau.compute.results import read_result, remove_tree
 from bacalhau.compute.store import ExecutionStore, LocalExecution
-from bacalhau.config import DEFAULT_BID_TIMEOUT, DEFAULT_MAX_RESULT_SIZE, JobLimits
+from bacalhau.config import DEFAULT_MAX_RESULT_SIZE, JobLimits
 from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, ProtocolError
 from bacalhau.executors.types import ExecutionDir, Executor
 from bacalhau.ipfs.blockstore import Blockstore
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 S = ExecutionState
 Ts = TypeVarTuple("Ts")
 REMOTE_INPUT_BID_DELAY = 0.3   # seconds a node that must fetch a job's ipfs:// inputs waits before bidding
-MAX_PREPARED = 16               # containers made ahead of their bid's answer, at most (fewer: the node's slots)
 
 
 class ComputeNode:
@@ -51,7 +50,6 @@ class ComputeNode:
         on_published: Callable[[bytes], Awaitable[None]] | None = None, limits: JobLimits | None = None,
         max_result_size: int = DEFAULT_MAX_RESULT_SIZE,
         providers: list[StorageProvider] = DEFAULT_PROVIDERS, callback_retry: CallbackRetry = DEFAULT_CALLBACK_RETRY,
-        prepared_ttl: float = DEFAULT_BID_TIMEOUT,
     ) -> None:
         self.limits = limits or JobLimits()   # shared with the executors: what a job counts as is what it gets
         self._max_result_size = max_result_size
@@ -80,13 +78,6 @@ class ComputeNode:
         self._accepting = True
         self._idle = trio.Event()      # set whenever an execution leaves _busy, for drain()
         self._busy: set[str] = set()   # accepted and not yet published, failed or cancelled
-        self._prepared_ttl = prepared_ttl   # a bid not answered in this long (the requester's bid timeout) is
-                                            # not going to be accepted: its prepared container goes
-        one = self.limits.size(Resources())       # the node's slots: default-sized jobs that fit in it
-        slots = min(capacity.cpu / one.cpu if one.cpu else MAX_PREPARED,
-                    capacity.memory / one.memory if one.memory else MAX_PREPARED)
-        self._max_prepared = max(1, min(MAX_PREPARED, int(slots)))
-        self._preparing: dict[str, trio.CancelScope] = {}   # bids whose container is being made or held
         requests: list[tuple[str, type[BaseModel], AnyModelHandler]] = [
             (m.ASK_FOR_BID, m.AskForBidRequest, self._ask_for_bid),
             (m.BID_ACCEPTED, m.ExecutionRequest, self._bid_accepted),
@@ -200,58 +191,18 @@ class ComputeNode:
         # a node that holds the job's ipfs:// inputs bids first: the others answer a moment later
         delay = REMOTE_INPUT_BID_DELAY if reason is None and lacks_inputs(req.job, ctx) else 0.0
         self._spawn(self._send, "on_bid_complete", req.requester_id, msg, delay)
-        if reason is None:
-            self._maybe_prepare(req.job, req.execution_id)
         return m.Ack()
-
-    def _maybe_prepare(self, job: Any, execution_id: str) -> None:
-        """Make the execution's container while the bid awaits its answer, where it would start at once (no
-        input to fetch or mount, room free, fewer than the node's slots prepared already): its create request
-        is then off the job's way. What the bid said does not depend on it."""
-        executor = self._executors.get(job.spec.engine)
-        if getattr(executor, "prepare", None) is None or job.spec.inputs or self.capacity.queued:
-            return
-        if len(self._preparing) >= self._max_prepared:
-            return
-        if not self.limits.size(job.spec.resources, job.spec.engine).fits_in(self.capacity.free):
-            return
-        scope = self._preparing[execution_id] = trio.CancelScope()
-        self._spawn(self._prepare, executor, job, execution_id, scope)
-
-    async def _prepare(self, executor: Any, job: Any, execution_id: str, scope: trio.CancelScope) -> None:
-        """Held until the bid is accepted (the start takes the container), rejected or cancelled, or until its
-        answer is overdue (the requester's bid timeout): then the container goes. The execution's directory is
-        made by the start alone (the engine makes no bind's source before the container starts), so a bid never
-        answered leaves nothing on disk."""
-        try:
-            with scope:
-                exec_dir = await trio.to_thread.run_sync(self.execution_dir, execution_id)
-                if await executor.prepare(execution_id, job, exec_dir):
-                    await trio.sleep(self._prepared_ttl)
-        finally:
-            if self._preparing.get(execution_id) is scope:
-                del self._preparing[execution_id]
-            if execution_id not in self._busy:      # accepted: the start takes it
-                with trio.CancelScope(shield=True), trio.move_on_after(10):
-                    await executor.discard(execution_id)
-
-    def _unprepare(self, execution_id: str) -> None:
-        scope = self._preparing.pop(execution_id, None)
-        if scope is not None:
-            scope.cancel()
 
     async def _bid_accepted(self, peer_id: str, req: m.ExecutionRequest) -> m.Ack:
         ex = await self._store.update(req.execution_id, (S.NEW,), S.BID_ACCEPTED, "bid accepted")
         scope = trio.CancelScope()
         self._scopes[ex.id] = scope
         self._busy.add(ex.id)
-        self._unprepare(ex.id)      # its container, if made, is the start's now
         self._spawn(self._execute, ex, scope, execution=ex)
         return m.Ack()
 
     async def _bid_rejected(self, peer_id: str, req: m.ExecutionReasonRequest) -> m.Ack:
-        ex = await self._store.update(req.execution_id, (S.NEW,), S.BID_REJECTED, req.reason or "bid rejected")
-        self._unprepare(ex.id)
+        await self._store.update(req.execution_id, (S.NEW,), S.BID_REJECTED, req.reason or "bid rejected")
         return m.Ack()
 
     async def _result_accepted(self, peer_id: str, req: m.ExecutionRequest) -> m.Ack:
@@ -274,11 +225,8 @@ class ComputeNode:
             if executor is not None:
                 await executor.cancel(ex.id)
             scope.cancel()
-        was_bid = ex.state == S.NEW
         ex = await self._store.update(ex.id, None, S.CANCELLED, req.reason or "cancelled")
         self._done(ex.id)
-        if was_bid:
-            self._unprepare(ex.id)
         self._spawn(self._send, "on_cancel_complete", ex.requester_id,
                     m.CancelComplete(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id))
         return m.Ack()

@@ -5,12 +5,6 @@ attached before it starts (so no byte is missed), and its stdout and stderr are 
 files as they arrive, each up to the node's --max-job-output (the rest is read and dropped). The container is
 always removed; `cleanup_orphans` removes what a crashed run left.
 
-A container can be made ahead of its start (`prepare`, while the compute node's bid awaits its answer: the
-create request, tens of ms, is then off the job's way): `start` takes it if the execution has no input to mount,
-else makes its own. A prepared container is never pulled for (a missing image is pulled at start, as before),
-and one not started is removed by `discard` (it carries the node's label, so a crash leaves nothing
-`cleanup_orphans` misses).
-
 The box: every capability is dropped but JOB_CAPABILITIES, setuid binaries cannot gain privileges
 (no-new-privileges), the processes are capped (--job-pids-limit), and CPU and memory are limited to what the
 node counts the job as (its ask, or the node's default job size). Docker keeps no log of its own (log driver
@@ -65,13 +59,6 @@ class _Run:
     out_of_memory: str = ""     # the error saying so, when the kernel killed the job at its memory limit
 
 
-@dataclass
-class _Prepared:
-    done: trio.Event = field(default_factory=trio.Event)
-    container_id: str | None = None
-    discarded: bool = False        # discard() came while the create was on its way: the creator removes it
-
-
 def _docker_error(exc: BaseException) -> str:
     text = getattr(exc, "explanation", None) or str(exc)
     return str(text).splitlines()[0] if text else exc.__class__.__name__
@@ -87,7 +74,6 @@ class DockerExecutor:
         self._client: Any = None
         self._limiter = trio.CapacityLimiter(DEFAULT_CONCURRENT_CALLS)
         self._runs: dict[str, _Run] = {}
-        self._prepared: dict[str, _Prepared] = {}
 
     async def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
         return await trio.to_thread.run_sync(lambda: fn(*args, **kw), limiter=self._limiter)
@@ -112,72 +98,16 @@ class DockerExecutor:
         client = await self._call(self._get_client)
         containers = await self._call(client.containers.list, all=True, filters={"label": f"{LABEL_NODE}={self.node_id}"})
         for c in containers:
-            if c.labels.get(LABEL_EXECUTION) not in self._runs and c.labels.get(LABEL_EXECUTION) not in self._prepared:
+            if c.labels.get(LABEL_EXECUTION) not in self._runs:
                 await self._call(c.remove, force=True)
         return len(containers)
-
-    # -- containers made ahead of their start -------------------------------------------------------------
-
-    @property
-    def prepared(self) -> int:
-        """Containers prepared (or on their way) and neither started nor discarded."""
-        return len(self._prepared)
-
-    async def prepare(self, execution_id: str, job: Job, exec_dir: ExecutionDir) -> bool:
-        """Create the execution's container now, to be started by `start`; False where it could not be (the
-        image is not here, the engine refused: `start` then goes the whole way, and says what is wrong)."""
-        if execution_id in self._prepared or execution_id in self._runs:
-            return False
-        prepared = self._prepared[execution_id] = _Prepared()
-        try:
-            prepared.container_id = await trio.to_thread.run_sync(
-                self._prepare_blocking, execution_id, job, exec_dir, limiter=self._limiter)
-        finally:
-            prepared.done.set()
-            if prepared.discarded and prepared.container_id is not None:
-                await self._call(_remove, self._get_client().api, prepared.container_id)
-                prepared.container_id = None
-        return prepared.container_id is not None
-
-    def _prepare_blocking(self, execution_id: str, job: Job, exec_dir: ExecutionDir) -> str | None:
-        if job.spec.network == Network.HOST and not self.limits.allow_host_network:
-            return None
-        try:
-            return self._create(self._get_client(), job, execution_id, exec_dir, (), pull=False)
-        except Exception as exc:  # noqa: BLE001 - a container not prepared is made at start, which reports
-            log.debug("execution %s: no container prepared: %s", execution_id, exc)
-            return None
-
-    async def discard(self, execution_id: str) -> None:
-        """Remove the execution's prepared container, if it has one that was not started (idempotent)."""
-        prepared = self._prepared.pop(execution_id, None)
-        if prepared is None:
-            return
-        prepared.discarded = True
-        if prepared.done.is_set() and prepared.container_id is not None:
-            container_id, prepared.container_id = prepared.container_id, None
-            await self._call(_remove, self._get_client().api, container_id)
-
-    async def _take_prepared(self, execution_id: str, mounts: Sequence[Mount]) -> str | None:
-        """The execution's prepared container, once its create is done, if it can run this start."""
-        prepared = self._prepared.pop(execution_id, None)
-        if prepared is None:
-            return None
-        await prepared.done.wait()
-        if prepared.container_id is not None and mounts:     # made without the inputs' binds: not this one
-            await self._call(_remove, self._get_client().api, prepared.container_id)
-            return None
-        return prepared.container_id
 
     # -- the Executor protocol ------------------------------------------------------------------------------
 
     async def start(self, execution_id: str, job: Job, exec_dir: ExecutionDir, mounts: Sequence[Mount] = ()) -> None:
-        prepared = await self._take_prepared(execution_id, mounts)
-        await trio.to_thread.run_sync(self._start_blocking, execution_id, job, exec_dir, mounts, prepared,
-                                      limiter=self._limiter)
+        await trio.to_thread.run_sync(self._start_blocking, execution_id, job, exec_dir, mounts, limiter=self._limiter)
 
-    def _create(self, client: Any, job: Job, execution_id: str, exec_dir: ExecutionDir, mounts: Sequence[Mount],
-                *, pull: bool = True) -> str:
+    def _create(self, client: Any, job: Job, execution_id: str, exec_dir: ExecutionDir, mounts: Sequence[Mount]) -> str:
         """The new container's id. Through the low-level API: `containers.create` inspects the container it
         made (one more request to the engine on every job's way) for a model this executor does not use."""
         import docker.errors
@@ -206,8 +136,7 @@ class DockerExecutor:
         try:
             return str(api.create_container(**kwargs)["Id"])
         except docker.errors.ImageNotFound:
-            if not pull:
-                raise
+            pass
         try:
             client.images.pull(spec.image)
         except Exception as exc:
@@ -216,19 +145,16 @@ class DockerExecutor:
             ) from None
         return str(api.create_container(**kwargs)["Id"])
 
-    def _start_blocking(self, execution_id: str, job: Job, exec_dir: ExecutionDir, mounts: Sequence[Mount],
-                        prepared: str | None = None) -> None:
+    def _start_blocking(self, execution_id: str, job: Job, exec_dir: ExecutionDir, mounts: Sequence[Mount]) -> None:
         import docker.errors
         import requests.exceptions
 
         if job.spec.network == Network.HOST and not self.limits.allow_host_network:
             # the bidder refuses such jobs first; this is the last gate
-            if prepared is not None:
-                _remove(self._get_client().api, prepared)
             raise ExecutorError("host networking is not allowed on this node (bacalhau serve --allow-host-network)")
         try:
             client = self._get_client()
-            container_id = prepared or self._create(client, job, execution_id, exec_dir, mounts)
+            container_id = self._create(client, job, execution_id, exec_dir, mounts)
         except ExecutorError:
             raise
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
