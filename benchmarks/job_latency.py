@@ -26,6 +26,16 @@ the runs' medians, a loaded 2-core machine (load 8-13, `docker run --rm` itself 
 Two serves at once (branch point's and this tree's), 15 jobs each alternated with `docker run --rm`: 1235 ms
 (1.72) against 818 ms (1.14), the client's CPU 162.8 -> 62.3 ms (load 10-14).
 
+The cluster id kept in the client's state dir (one GET /api/v1/id less a submit) and, reverted since, the
+container made while the bid awaits its answer: --breakdown --runs 8, 3 runs interleaved with 39e6da9 (load 3-7):
+start to submitted 64.9/50.3/49.8 -> 57.2/52.0/51.9 ms, the bacalhau process's CPU 54.0/53.1/52.7 ->
+57.8/53.3/54.9 ms (the saved request is a millisecond or two of a kept-alive connection: within the noise).
+The container made during the bid round, the same tree with it off and on (--runs 12, load 2-4): ratio 1.37/1.30
+off, 1.38/1.29 on; the bid round (9.5-11.5 ms on one node, 19-26 ms with --split) is no longer than the create
+(20-36 ms) it would hide, and the create's worker thread slowed the accept path it overlapped (bid accepted to
+running 3.9/4.2 -> 13.2/11.6 ms). What is left of a run beyond `docker run --rm` is mostly the engine's start
+(its start alone 294-394 ms through the Docker API) and the CLI's start (45-62 ms).
+
 Durable commits (synchronous=FULL), measured with --noop-only --noop-jobs 100 on a shared 2-core machine,
 interleaved with the code before them, medians: one fsync per transaction 36.2 jobs/s against 53.6 before
 (4 runs each); grouped commits 68.5 against 57.0, then 44.1 against 45.1 (5 runs each, two sessions).

@@ -4,6 +4,7 @@ list and describe: ~10 ms of a 50 ms budget on this machine)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -23,6 +24,11 @@ READ_CHUNK = 256 * 1024
 MAX_JSON_BODY = 4 * 1024 * 1024     # api/server.py MAX_BODY (not imported: a client command starts fast)
 MAX_LINE = 64 * 1024                # of an answer's status or header line
 MAX_HEADERS = 100
+CLUSTER_CACHE = "cluster_ids.json"  # in the state dir: API address -> the cluster id it gave, for signed submits
+MAX_CLUSTER_CACHE = 16 * 1024       # bytes read of it at most (a bigger one is not ours: it is ignored)
+MAX_CLUSTER_ENTRIES = 32            # addresses kept in it
+_WRONG_CLUSTER = "signed for another cluster"   # signing.verify's refusal: the cached id is asked for again
+_HEX = frozenset("0123456789abcdef")
 
 
 def _state_dir() -> Path:
@@ -225,6 +231,30 @@ class ApiClient:
         return sign(key if key is not None else self._key(), action, self._cluster_id)
 
     def submit(self, spec: dict[str, Any]) -> str:
+        """The new job's id. Signed for the cluster id this API gave the last submit that it took (kept in the
+        state dir by address: asking for it was one more request on every `docker run`'s way); where the API
+        refuses that id as another cluster's, it is asked for once and the submit signed again. A wrong cached
+        id (stale or forged) only makes this API refuse the first signature: no submit is signed for an id the
+        API did not give but one sent to this API."""
+        address = f"{self.host}:{self.port}"
+        cached = None
+        if self._cluster_id is None:
+            cached = self._cluster_id = _cached_cluster_id(address)
+        try:
+            job_id = self._submit_signed(spec)
+        except UserError as exc:
+            if cached is None:
+                raise
+            self._cluster_id = None     # not confirmed: the client's other signatures ask the API
+            if _WRONG_CLUSTER not in str(exc):
+                raise
+            cached = None
+            job_id = self._submit_signed(spec)
+        if cached is None and self._cluster_id:
+            _keep_cluster_id(address, self._cluster_id)
+        return job_id
+
+    def _submit_signed(self, spec: dict[str, Any]) -> str:
         body = {"spec": spec, **self._sign({"submit": spec})}
         return self.request("POST", "/api/v1/jobs", body)["id"]  # type: ignore[no-any-return]
 
@@ -268,6 +298,45 @@ class ApiClient:
 
     def result_tar(self, job_id: str) -> tuple[int | None, Iterator[bytes]]:
         return self.sized_stream(f"/api/v1/jobs/{quote(job_id)}/results/tar")
+
+
+def _cluster_ids() -> dict[str, str]:
+    """The cluster ids kept by API address; {} for a file that is missing, too big or not what we write."""
+    try:
+        with open(os.path.join(_state_path(), CLUSTER_CACHE), "rb") as f:
+            raw = f.read(MAX_CLUSTER_CACHE + 1)
+        kept = json.loads(raw) if len(raw) <= MAX_CLUSTER_CACHE else None
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(kept, dict):
+        return {}
+    return {k: v for k, v in kept.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _cached_cluster_id(address: str) -> str | None:
+    cluster_id = _cluster_ids().get(address)
+    # what the API gives: 32 hex digits (signing.cluster_id_of); anything else is not from it
+    return cluster_id if cluster_id and len(cluster_id) == 32 and _HEX.issuperset(cluster_id) else None
+
+
+def _keep_cluster_id(address: str, cluster_id: str) -> None:
+    """Remember the id the API at `address` gave (written whole, then renamed over the old file). A state dir
+    that cannot take it only costs the next submit a request."""
+    kept = _cluster_ids()
+    if kept.get(address) == cluster_id:
+        return
+    kept.pop(address, None)
+    kept[address] = cluster_id
+    kept = dict(list(kept.items())[-MAX_CLUSTER_ENTRIES:])
+    path = os.path.join(_state_path(), CLUSTER_CACHE)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(kept, f)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def _has_env(job: dict[str, Any]) -> bool:
