@@ -226,9 +226,14 @@ class ApiClient:
         """`action` signed for the cluster this API serves (asked once per client), by `key` or user_id.pem."""
         from bacalhau.signing import sign
 
-        if self._cluster_id is None:
-            self._cluster_id = str(self.node_id().get("cluster_id", ""))
-        return sign(key if key is not None else self._key(), action, self._cluster_id)
+        return sign(key if key is not None else self._key(), action, self._confirmed_cluster_id())
+
+    def _confirmed_cluster_id(self) -> str:
+        """The cluster id this API gave (asked once per client; a local: threads share a client)."""
+        cluster_id = self._cluster_id
+        if cluster_id is None:
+            cluster_id = self._cluster_id = str(self.node_id().get("cluster_id", ""))
+        return cluster_id
 
     def submit(self, spec: dict[str, Any]) -> str:
         """The new job's id. Signed for the cluster id this API gave the last submit that it took (kept in the
@@ -237,25 +242,30 @@ class ApiClient:
         id (stale or forged) only makes this API refuse the first signature: no submit is signed for an id the
         API did not give but one sent to this API."""
         address = f"{self.host}:{self.port}"
-        cached = None
-        if self._cluster_id is None:
-            cached = self._cluster_id = _cached_cluster_id(address)
+        # locals only until a submit is taken: threads share a client (a benchmark's 16 did, and one thread
+        # resetting the shared id between another's look and its signature had it sign for cluster None)
+        confirmed = self._cluster_id
+        cached = _cached_cluster_id(address) if confirmed is None else None
+        cluster_id = confirmed or cached
         try:
-            job_id = self._submit_signed(spec)
+            job_id = self._submit_signed(spec, cluster_id or self._confirmed_cluster_id())
         except UserError as exc:
-            if cached is None:
+            if cached is None or _WRONG_CLUSTER not in str(exc):
                 raise
-            self._cluster_id = None     # not confirmed: the client's other signatures ask the API
-            if _WRONG_CLUSTER not in str(exc):
-                raise
-            cached = None
-            job_id = self._submit_signed(spec)
-        if cached is None and self._cluster_id:
-            _keep_cluster_id(address, self._cluster_id)
+            cached = None                # refused: asked of the API, which is then the one trusted
+            cluster_id = self._confirmed_cluster_id()
+            job_id = self._submit_signed(spec, cluster_id)
+        if confirmed is None:
+            if cached is not None:
+                self._cluster_id = cached    # taken by the API: as good as asked
+            else:
+                _keep_cluster_id(address, cluster_id or self._confirmed_cluster_id())
         return job_id
 
-    def _submit_signed(self, spec: dict[str, Any]) -> str:
-        body = {"spec": spec, **self._sign({"submit": spec})}
+    def _submit_signed(self, spec: dict[str, Any], cluster_id: str) -> str:
+        from bacalhau.signing import sign
+
+        body = {"spec": spec, **sign(self._key(), {"submit": spec}, cluster_id)}
         return self.request("POST", "/api/v1/jobs", body)["id"]  # type: ignore[no-any-return]
 
     def list_jobs(self, limit: int) -> list[dict[str, Any]]:
@@ -329,7 +339,7 @@ def _keep_cluster_id(address: str, cluster_id: str) -> None:
     kept[address] = cluster_id
     kept = dict(list(kept.items())[-MAX_CLUSTER_ENTRIES:])
     path = os.path.join(_state_path(), CLUSTER_CACHE)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"   # threads of one client write apart
     try:
         with open(tmp, "w") as f:
             json.dump(kept, f)

@@ -142,3 +142,44 @@ def test_a_refusal_of_the_id_the_api_gave_is_not_asked_again_in_a_loop(tmp_path:
         client.close()
         assert [p for _, p, _ in client.calls] == ["/api/v1/jobs", "/api/v1/id", "/api/v1/jobs"]
         assert kept(state) == {f"127.0.0.1:{port}": "f" * 32}     # nothing confirmed: nothing written
+
+
+async def test_threads_sharing_one_client_all_sign_for_the_cluster_the_api_gave(
+        api_node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A benchmark's 16 threads share one client: one thread setting the client's shared id back to None (no
+    cache yet) between another's look and its signature had that one sign for cluster None, refused (seen in
+    benchmarks/cluster_throughput.py). Slow reads of the cache and the key (a slow disk; here sleeps) widen the
+    window; in process the race did not come up on the old code in a few tries, so this guards the fix rather
+    than proving the hole: the ids each thread signs with are locals now, never the shared one read twice."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bacalhau.cli import client as client_module
+
+    read = client_module._cached_cluster_id
+
+    def slow_read(address: str) -> str | None:
+        time.sleep(0.005)
+        return read(address)
+
+    monkeypatch.setattr(client_module, "_cached_cluster_id", slow_read)
+    load_key = client_module.ApiClient._key
+
+    def slow_key(self: ApiClient) -> Any:      # the key's first load from disk, slow too
+        time.sleep(0.005)
+        return load_key(self)
+
+    monkeypatch.setattr(client_module.ApiClient, "_key", slow_key)
+
+    with state_dir(tmp_path / "state") as state:
+        client = ApiClient("127.0.0.1", api_node.api_port)
+
+        def burst() -> list[str]:
+            with ThreadPoolExecutor(max_workers=32) as pool:
+                return list(pool.map(lambda _: client.submit(NOOP), range(64)))
+
+        ids = await trio.to_thread.run_sync(burst)
+        client.close()
+        assert len(set(ids)) == 64
+        assert kept(state) == {f"127.0.0.1:{api_node.api_port}": api_node.cluster_id}
+    assert len(await api_node.requester.store.list_jobs(None)) == 64   # type: ignore[union-attr]
