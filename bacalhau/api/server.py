@@ -147,6 +147,7 @@ def _guard_hypercorn() -> None:
             await original_send(self, event)
             return
         data = event.data
+        started = False     # part of it is on the wire: the rest goes too, cancelled or not (no torn frame)
         if not self.send_lock.locked():
             sent = _send_now(self.stream, data)
             if sent is None:
@@ -154,17 +155,19 @@ def _guard_hypercorn() -> None:
                 return
             if sent == len(data):
                 return
-            data = data[sent:]
-        async with self.send_lock:
-            try:
-                with trio.CancelScope(shield=True), trio.fail_after(SEND_TIMEOUT):
-                    await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await self.protocol.handle(Closed())
-            except trio.TooSlowError:
-                log.info("dropped API client %s: a write stayed blocked for %gs", self.protocol.client, SEND_TIMEOUT)
-                await self.stream.aclose()
-                await self.protocol.handle(Closed())
+            data, started = data[sent:], sent > 0
+        with trio.CancelScope(shield=started):
+            async with self.send_lock:
+                try:
+                    with trio.CancelScope(shield=True), trio.fail_after(SEND_TIMEOUT):
+                        await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self.protocol.handle(Closed())
+                except trio.TooSlowError:
+                    log.info("dropped API client %s: a write stayed blocked for %gs", self.protocol.client,
+                             SEND_TIMEOUT)
+                    await self.stream.aclose()
+                    await self.protocol.handle(Closed())
 
     async def _close(self: Any) -> None:
         if self.send_lock.statistics().owner is trio.lowlevel.current_task():
