@@ -23,7 +23,7 @@ from bacalhau.db import QUARANTINE, UNREADABLE_SPEC, Database, real, set_aside, 
 from bacalhau.errors import AmbiguousIdError, NotFoundError, ReplayedSignature, StateError
 from bacalhau.models import Event, Execution, ExecutionState, Job, JobSpec, JobState, RunResult
 from bacalhau.models.state import check_execution_transition, check_job_transition
-from bacalhau.requester.view import VIEW_MAX_JOBS, JobView
+from bacalhau.requester.view import VIEW_MAX_JOBS, VIEW_MAX_SPEC_CHARS, JobView
 from bacalhau.signing import MAX_AGE
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,8 @@ def _unfinished_jobs(conn: sqlite3.Connection, limit: int) -> list[Job]:
     """The oldest `limit` unfinished jobs with their executions (what the view starts with)."""
     marks = ",".join("?" * len(_UNFINISHED_JOB))
     jobs = [_row_to_job(r) for r in conn.execute(
-        f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at LIMIT {int(limit)}", _UNFINISHED_JOB)]
+        f"SELECT * FROM jobs WHERE state IN ({marks}) AND length(spec) <= ? ORDER BY created_at LIMIT {int(limit)}",
+        [*_UNFINISHED_JOB, VIEW_MAX_SPEC_CHARS])]
     for job in jobs:
         rows = conn.execute("SELECT * FROM executions WHERE job_id=? ORDER BY created_at", (job.id,)).fetchall()
         job.executions = [_row_to_execution(r) for r in rows]
@@ -218,18 +219,23 @@ class JobStore:
     async def create_job(self, job: Job, *, signature: tuple[str, float] | None = None) -> None:
         """Store a new job; with `signature` (the submit's signature and when it was signed), record that in
         the same transaction: ReplayedSignature, and no job, if it was recorded before."""
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: sqlite3.Connection) -> bool:
             if signature is not None:
                 _record_signature(conn, *signature)
+            spec = job.spec.model_dump_json()
             conn.execute(
                 "INSERT INTO jobs(id, spec, state, reason, client_id, created_at, updated_at) VALUES (?,?,?,?,?,?,?)",
-                (job.id, job.spec.model_dump_json(), job.state.value, job.reason, job.client_id,
-                 job.created_at, job.updated_at),
+                (job.id, spec, job.state.value, job.reason, job.client_id, job.created_at, job.updated_at),
             )
             _event(conn, job.id, "job", job.id, job.state.value, "submitted")
+            return len(spec) <= VIEW_MAX_SPEC_CHARS     # a big spec is read from disk, not held (view.py)
+
+        def on_commit(small: bool) -> None:
+            if small:
+                self.view.add_job(held)
 
         held = job.model_copy(update={"executions": [], "events": []})
-        await self._db.run(tx, on_commit=lambda _: self.view.add_job(held))
+        await self._db.run(tx, on_commit=on_commit)
 
     def remember_signatures(self, signatures: list[tuple[str, float]]) -> None:
         """Signatures accepted elsewhere (api.db, before submits' moved here), refused from now on. Start-up only."""

@@ -21,6 +21,9 @@ from bacalhau.models import Execution, Job, JobState
 
 VIEW_MAX_JOBS = 4096       # unfinished jobs held; a noop job costs ~2 KB here
 VIEW_RECENT_JOBS = 256     # ended jobs kept for the reads that follow an end
+# a job whose spec (as stored, in characters) is longer is not held, only read from disk: a spec may be ~4 MB
+# (inline inputs, env values), and 4096 of them held would be gigabytes any API client could make us keep
+VIEW_MAX_SPEC_CHARS = 16 * 1024
 
 
 class JobView:
