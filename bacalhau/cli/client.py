@@ -312,10 +312,13 @@ class ApiClient:
 
 def _cluster_ids() -> dict[str, str]:
     """The cluster ids kept by API address; {} for a file that is missing, too big or not what we write."""
-    try:
-        with open(os.path.join(_state_path(), CLUSTER_CACHE), "rb") as f:
-            raw = f.read(MAX_CLUSTER_CACHE + 1)
-        kept = json.loads(raw) if len(raw) <= MAX_CLUSTER_CACHE else None
+    import stat
+
+    try:    # non-blocking and a regular file only: a FIFO put there would hang every submit on its open
+        fd = os.open(os.path.join(_state_path(), CLUSTER_CACHE), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            raw = f.read(MAX_CLUSTER_CACHE + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+        kept = json.loads(raw) if 0 < len(raw) <= MAX_CLUSTER_CACHE else None
     except (OSError, ValueError):
         return {}
     if not isinstance(kept, dict):

@@ -183,3 +183,15 @@ async def test_threads_sharing_one_client_all_sign_for_the_cluster_the_api_gave(
         assert len(set(ids)) == 64
         assert kept(state) == {f"127.0.0.1:{api_node.api_port}": api_node.cluster_id}
     assert len(await api_node.requester.store.list_jobs(None)) == 64   # type: ignore[union-attr]
+
+
+async def test_a_fifo_in_place_of_the_cache_file_is_ignored_not_waited_on(api_node: Node, tmp_path: Path) -> None:
+    """cluster_ids.json opened as the key file was before its fix: a FIFO there hung every submit on its open."""
+    with state_dir(tmp_path / "state") as state:
+        os.mkfifo(state / CLUSTER_CACHE)
+        client = Recording("127.0.0.1", api_node.api_port)
+        with trio.fail_after(20):       # the old code's thread stayed blocked in open(): abandoned, it fails here
+            job_id = await trio.to_thread.run_sync(client.submit, NOOP, abandon_on_cancel=True)
+        client.close()
+        assert [(m, p) for m, p, _ in client.calls] == [("GET", "/api/v1/id"), ("POST", "/api/v1/jobs")]
+    assert [j.id for j in await api_node.requester.store.list_jobs(None)] == [job_id]  # type: ignore[union-attr]
