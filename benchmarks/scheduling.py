@@ -38,6 +38,12 @@ p99 main 351, 381, 273 ms, this 537, 281, 196; node CPU a job main 12.29, 11.74,
 10.19; jobs/s main 38.7, 38.6, 50.7, this 41.5, 44.1, 60.9. The p99 left is the submit's two durable commits in
 series, the replay record (api.db, p99 ~90-160 ms) then the job (p99 ~160-400 ms), and a saturated event loop
 (a 5 ms sleeper oversleeps p99 ~35 ms).
+All of the session's branches merged (main 7c5a2d9 and on, lead's final runs), interleaved with 1054790, 1500
+jobs, 32 in flight, load 1-5 (helpers' work winding down): 1 node 75.3/59.1 -> 67.6/83.7 jobs/s, node CPU
+14.07/17.29 -> 12.66/11.08 ms a job, submit p99 104/181 -> 140/109 ms; an earlier, quieter pair 74.9/57.7 ->
+114.4/105.8 jobs/s, 13.05/15.13 -> 8.41/11.39 ms, p99 150/172 -> 85/71 ms. devstack -n 3 52.3/40.8 -> 56.0/55.2
+(18.2/24.1 -> 12.9/13.6 ms a job), -n 12 42.8/44.8 -> 45.2/66.2 (21.9/21.9 -> 16.7/11.1 ms). 5000 jobs on one node
+(main alone): 127.6 jobs/s, last/first 1.26, submit p99 61.4 ms, 8.49 ms a job.
 """
 
 from __future__ import annotations
