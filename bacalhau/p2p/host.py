@@ -485,7 +485,15 @@ class P2PHost:
     # -- pubsub ---------------------------------------------------------------------------------------------
 
     async def publish(self, topic: str, data: bytes) -> None:
-        await self._pubsub.publish(topic, data)
+        """Gossip `data` on `topic`, best effort: a message that cannot go out is dropped, logged, and the caller
+        goes on (a host stopping under a publisher raised OSError out of py-libp2p's address look-up, which
+        ended the whole node with it; the next message, or the totals catch-up, makes up for a lost one)."""
+        try:
+            await self._pubsub.publish(topic, data)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            log.warning("gossip on %s not sent: %s: %s", topic, type(exc).__name__, exc)
 
     @asynccontextmanager
     async def subscribe(self, topic: str) -> AsyncIterator[AsyncIterator[tuple[str, bytes]]]:
