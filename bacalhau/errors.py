@@ -50,6 +50,10 @@ class StateError(BacalhauError):
 class ReplayedSignature(StateError):
     """A signed request whose signature was accepted once already."""
 
+    def __init__(self, message: str = "this signed request was already used once (a replay?): sign a new one"
+                 ) -> None:
+        super().__init__(message)
+
 
 class IllegalTransitionError(StateError):
     def __init__(self, kind: str, obj_id: str, current: str, target: str) -> None:

@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from bacalhau.amplify.actions import cancel_action, run_action
-from bacalhau.api.common import handle_errors
+from bacalhau.api.common import handle_errors, int_param
 from bacalhau.errors import NotFoundError, UserError
 
 if TYPE_CHECKING:
@@ -97,19 +97,6 @@ def parse_cid(text: object) -> str:
     if not valid_cid(raw) or cid_str(raw) != text:
         raise UserError(f"{text[:80]!r} is not a sha2-256 CID")
     return text
-
-
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise UserError(f"{name} must be a whole number, not {raw[:40]!r}") from None
-    if not low <= value <= high:
-        raise UserError(f"{name} must be between {low} and {high}")
-    return value
 
 
 async def _body(request: Request) -> Any:
@@ -212,8 +199,8 @@ def routes(deps: ApiDeps, seen: SeenSignatures) -> list[BaseRoute]:
 
     @_guard
     async def list_runs(request: Request) -> Response:
-        size = _int_param(request, "page[size]", DEFAULT_PAGE, 1, MAX_PAGE)
-        number = _int_param(request, "page[number]", 1, 1, 1_000_000)
+        size = int_param(request, "page[size]", DEFAULT_PAGE, 1, MAX_PAGE)
+        number = int_param(request, "page[number]", 1, 1, 1_000_000)
         runs, total = await engine.store.list_runs(size, (number - 1) * size)
         pages = max(1, math.ceil(total / size))
         links = {"first": f"/api/v0/queue?page[size]={size}&page[number]=1",
@@ -256,7 +243,7 @@ def routes(deps: ApiDeps, seen: SeenSignatures) -> list[BaseRoute]:
         direction = request.query_params.get("direction", "both")
         if direction not in ("up", "down", "both"):
             raise UserError("direction must be up, down or both")
-        depth = _int_param(request, "depth", 1, 1, MAX_DEPTH)
+        depth = int_param(request, "depth", 1, 1, MAX_DEPTH)
         return JSONResponse({"data": await engine.store.lineage(cid, direction, depth, MAX_LINEAGE_ITEMS)})
 
     def default_jobs() -> list[Any]:
@@ -287,7 +274,7 @@ def routes(deps: ApiDeps, seen: SeenSignatures) -> list[BaseRoute]:
         key = request.path_params["key"]
         if not 0 < len(key) <= MAX_KEY or not key.isprintable():
             raise UserError(f"a key is 1 to {MAX_KEY} printable characters")
-        size = _int_param(request, "page[size]", DEFAULT_PAGE, 1, MAX_PAGE)
+        size = int_param(request, "page[size]", DEFAULT_PAGE, 1, MAX_PAGE)
         found = await engine.store.query(top_values(key, size))
         return JSONResponse({"data": [{"type": "ResultValue", "id": str(rank),
                                        "attributes": {"key": key, "value": value, "count": count}}
@@ -301,7 +288,7 @@ def routes(deps: ApiDeps, seen: SeenSignatures) -> list[BaseRoute]:
         series = request.path_params["series"]
         if series not in SERIES:
             raise NotFoundError(f"no metric {series[:40]!r}: submissions or node-results")
-        hours = _int_param(request, "hours", 24 * 7, 1, MAX_HOURS)
+        hours = int_param(request, "hours", 24 * 7, 1, MAX_HOURS)
         points = await engine.store.query(over_time(series, hours))
         return JSONResponse({"data": [{"type": "MetricOverTime", "id": p["hour"], "attributes": p}
                                       for p in points], "meta": {"series": series, "hours": hours}})

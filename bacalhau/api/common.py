@@ -59,8 +59,17 @@ def number_param(request: Request, name: str, default: float, low: float, high: 
     except ValueError:
         raise UserError(f"{name} must be a {'whole ' if whole else ''}number, not {text[:40]!r}") from None
     if not low <= value <= high:       # NaN fails this too
-        raise UserError(f"{name} must be between {low:g} and {high:g}")
+        raise UserError(f"{name} must be between {_shown(low)} and {_shown(high)}")
     return value
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """number_param for a whole number (a page, a depth, a count)."""
+    return int(number_param(request, name, default, low, high, whole=True))
+
+
+def _shown(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"     # 1000000, not 1e+06
 
 
 def handle_errors(fn: Handler, answer: Callable[[int, str, str], Response] | None = None) -> Handler:

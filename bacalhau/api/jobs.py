@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from bacalhau.api.common import REDACTED, error, handle_errors, number_param, read_body, redacted
+from bacalhau.api.common import REDACTED, error, handle_errors, int_param, number_param, read_body, redacted
 from bacalhau.api.ports import ApiDeps
 from bacalhau.models import JobSpec
 from bacalhau.signing import verify
@@ -100,7 +100,7 @@ def routes(deps: ApiDeps, seen: SeenSignatures) -> list[BaseRoute]:
         return JSONResponse({"id": job.id}, status_code=201)
 
     async def list_jobs(request: Request) -> Response:
-        limit = int(number_param(request, "limit", 10, -1, MAX_LIST, whole=True))    # 0 or -1: all
+        limit = int_param(request, "limit", 10, -1, MAX_LIST)    # 0 or -1: all
         found = await jobs.list_jobs(limit if limit > 0 else None)
         return JSONResponse([j.summary() for j in found])
 

@@ -29,7 +29,6 @@ CREATE INDEX IF NOT EXISTS seen_signatures_signed_at ON seen_signatures (signed_
 
 
 ReplayError = ReplayedSignature
-REPLAYED = "this signed request was already used once (a replay?): sign a new one"
 
 
 class SeenSignatures:
@@ -47,7 +46,7 @@ class SeenSignatures:
             return cur.rowcount == 1
 
         if not await self._db.run(tx):
-            raise ReplayError(REPLAYED)
+            raise ReplayError()
 
     def recent(self, since: float) -> list[tuple[str, float]]:
         """The signatures signed at `since` or later (start-up only: they are handed to the job store, which

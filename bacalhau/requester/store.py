@@ -60,7 +60,6 @@ CREATE TABLE IF NOT EXISTS seen_signatures (signature TEXT PRIMARY KEY, signed_a
 CREATE INDEX IF NOT EXISTS seen_signatures_signed_at ON seen_signatures(signed_at);
 """
 MIGRATIONS = [QUARANTINE, INDEXES, SIGNATURES]   # 0 -> 1: the quarantine table; 1 -> 2: INDEXES; 2 -> 3: SIGNATURES
-REPLAYED = "this signed request was already used once (a replay?): sign a new one"
 SIGNATURE_WINDOW = 2 * MAX_AGE      # a signature is good MAX_AGE either side of the clock
 _UNFINISHED_JOB = [s.value for s in JobState if not s.terminal]
 _UNFINISHED_EXECUTION = [s.value for s in ExecutionState if not s.terminal]
@@ -105,7 +104,7 @@ def _record_signature(conn: sqlite3.Connection, signature: str, signed_at: float
     conn.execute("DELETE FROM seen_signatures WHERE signed_at < ?", (time.time() - SIGNATURE_WINDOW,))
     if conn.execute("INSERT OR IGNORE INTO seen_signatures(signature, signed_at) VALUES (?,?)",
                     (signature, signed_at)).rowcount != 1:
-        raise ReplayedSignature(REPLAYED)
+        raise ReplayedSignature()
 
 
 def _parse_execution(row: sqlite3.Row) -> Execution:
