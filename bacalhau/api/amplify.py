@@ -109,8 +109,6 @@ async def _body(request: Request) -> Any:
         return json.loads(data) if data else {}
     except ValueError:
         raise UserError("the request body is not JSON") from None
-    except RecursionError:
-        raise UserError("the request body is nested too deep") from None
 
 
 def item(run: RunRecord) -> dict[str, Any]:
