@@ -275,9 +275,9 @@ class Node:
             seen = SeenSignatures(cfg.repo_dir / "api.db")
             self._stores.append(seen)
             if self.requester is not None:     # submits' signatures are kept with their jobs (api/replay.py)
-                from bacalhau.signing import MAX_AGE
+                from bacalhau.requester.store import SIGNATURE_WINDOW
 
-                self.requester.store.remember_signatures(seen.recent(time.time() - 2 * MAX_AGE))
+                self.requester.store.remember_signatures(seen.recent(time.time() - SIGNATURE_WINDOW))
             app = build_app(self.api_deps(), seen, host=cfg.api_host, token=cfg.api_token)
             self.api_port = await nursery.start(serve_api, app, cfg.api_host, cfg.api_port)
         if self.deps.on_ready is not None:

@@ -222,11 +222,12 @@ class ApiClient:
             return legacy
         return None
 
-    def _sign(self, action: Any, key: Any = None) -> dict[str, Any]:
-        """`action` signed for the cluster this API serves (asked once per client), by `key` or user_id.pem."""
+    def _sign(self, action: Any, key: Any = None, cluster_id: str | None = None) -> dict[str, Any]:
+        """`action` signed by `key` or user_id.pem for `cluster_id`, or the cluster this API serves (asked once
+        per client)."""
         from bacalhau.signing import sign
 
-        return sign(key if key is not None else self._key(), action, self._confirmed_cluster_id())
+        return sign(key if key is not None else self._key(), action, cluster_id or self._confirmed_cluster_id())
 
     def _confirmed_cluster_id(self) -> str:
         """The cluster id this API gave (asked once per client; a local: threads share a client)."""
@@ -263,9 +264,7 @@ class ApiClient:
         return job_id
 
     def _submit_signed(self, spec: dict[str, Any], cluster_id: str) -> str:
-        from bacalhau.signing import sign
-
-        body = {"spec": spec, **sign(self._key(), {"submit": spec}, cluster_id)}
+        body = {"spec": spec, **self._sign({"submit": spec}, cluster_id=cluster_id)}
         return self.request("POST", "/api/v1/jobs", body)["id"]  # type: ignore[no-any-return]
 
     def list_jobs(self, limit: int) -> list[dict[str, Any]]:
