@@ -7,6 +7,9 @@ The followers of one execution share one watch on its files: one of them at a ti
 POLL_INTERVAL (one worker-thread hop: their sizes and what they grew by) and wakes the others, which take the
 new bytes from that look, or read in a thread of their own only when they are behind it. N followers cost one
 thread hop per interval, not 2N.
+
+An execution whose output is held in memory (a noop job's, executors/types.py KnownOutput) has no files:
+stream_known_logs serves it the same frames from what `read()` says it has printed so far.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from bacalhau.log_frames import END, HEADER, MAX_CHUNK, STDERR, STDOUT, FrameRea
 from bacalhau.log_frames import Ended as LogEnd
 
 __all__ = ["END", "HEADER", "LOG_PROTOCOL", "STDERR", "STDOUT", "FrameReader", "LogEnd", "LogRequest", "frame",
-           "stream_logs"]
+           "stream_known_logs", "stream_logs"]
 
 # How often an execution's files are looked at for new bytes (they are the source of truth). One look serves
 # all its followers in one thread hop, so a lone follower costs what it did at 5 ms with two hops, and waits less.
@@ -147,3 +150,27 @@ async def stream_logs(
                 yield end_frame(LogEnd("running", None, "not following: the execution is still running"))
                 return
             await watch.next_tick()
+
+
+async def stream_known_logs(
+    read: Callable[[], Awaitable[tuple[bytes, bytes]]], req: LogRequest,
+    status: Callable[[], Awaitable[LogEnd | None]],
+) -> AsyncIterator[bytes]:
+    """stream_logs for an execution whose output is in memory: `read()` gives its stdout and stderr so far
+    (they only grow, as files would), in frames of at most MAX_CHUNK bytes from the request's offsets."""
+    offsets = {STDOUT: req.stdout_offset, STDERR: req.stderr_offset}
+    while True:
+        ended = await status()      # asked before reading, as stream_logs does
+        stdout, stderr = await read()
+        for kind, data in ((STDOUT, stdout), (STDERR, stderr)):
+            while offsets[kind] < len(data):
+                chunk = data[offsets[kind]:offsets[kind] + MAX_CHUNK]
+                yield frame(kind, offsets[kind], chunk)
+                offsets[kind] += len(chunk)
+        if ended is not None:
+            yield end_frame(ended)
+            return
+        if not req.follow:
+            yield end_frame(LogEnd("running", None, "not following: the execution is still running"))
+            return
+        await trio.sleep(POLL_INTERVAL)

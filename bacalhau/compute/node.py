@@ -22,15 +22,16 @@ from bacalhau.compute import failures
 from bacalhau.compute.bidding import BidContext, bid, lacks_inputs
 from bacalhau.compute.callbacks import DEFAULT_CALLBACK_RETRY, CallbackRetry, deliver
 from bacalhau.compute.capacity import Capacity
-from bacalhau.compute.logs import LOG_PROTOCOL, LogEnd, LogRequest, stream_logs
+from bacalhau.compute.held import HeldOutputs
+from bacalhau.compute.logs import LOG_PROTOCOL, LogEnd, LogRequest, stream_known_logs, stream_logs
 from bacalhau.compute.publishing import GroupedPublisher
-from bacalhau.compute.results import read_result, remove_tree
+from bacalhau.compute.results import read_result, read_tree, remove_tree
 from bacalhau.compute.store import ExecutionStore, LocalExecution
 from bacalhau.config import DEFAULT_MAX_RESULT_SIZE, JobLimits
 from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, ProtocolError
 from bacalhau.executors.types import ExecutionDir, Executor
 from bacalhau.ipfs.blockstore import Blockstore
-from bacalhau.ipfs.publish import ResultTooLarge, scan_result, skipped_note
+from bacalhau.ipfs.publish import ResultTooLarge, scan_result, skipped_note, tree_size
 from bacalhau.models import Engine, ExecutionState, NodeInfo, NodeType, Resources
 from bacalhau.storage.inputs import DEFAULT_PROVIDERS, prepare_inputs
 from bacalhau.storage.ipfs import IpfsStorage
@@ -78,6 +79,7 @@ class ComputeNode:
         self._accepting = True
         self._idle = trio.Event()      # set whenever an execution leaves _busy, for drain()
         self._busy: set[str] = set()   # accepted and not yet published, failed or cancelled
+        self._held = HeldOutputs(store)   # the outputs in memory (a noop's) of those of _busy that have one
         requests: list[tuple[str, type[BaseModel], AnyModelHandler]] = [
             (m.ASK_FOR_BID, m.AskForBidRequest, self._ask_for_bid),
             (m.BID_ACCEPTED, m.ExecutionRequest, self._bid_accepted),
@@ -241,6 +243,13 @@ class ComputeNode:
 
         req = decode(payload, m.GetResultRequest)
         await self._owned_by(peer_id, req.execution_id)
+        known = await self._held.lookup(req.execution_id)
+        if known is not None:
+            if not known.ran:
+                raise NotFoundError(f"no result for execution {req.execution_id} on this node")
+            async for chunk in read_tree(known.tree(), req.item):
+                yield chunk
+            return
         root = self.execution_dir(req.execution_id).root
         if not root.exists():
             raise NotFoundError(f"no result for execution {req.execution_id} on this node")
@@ -261,9 +270,18 @@ class ComputeNode:
                 return None  # bid given, not yet accepted
             return LogEnd(ex.state.value, ex.result.exit_code if ex.result else None, ex.reason)
 
+        async def printed() -> tuple[bytes, bytes]:
+            known = await self._held.lookup(req.execution_id)
+            return (known.stdout.encode(), b"") if known is not None and known.ran else (b"", b"")
+
+        in_memory = await self._held.lookup(req.execution_id) is not None
         self.log_followers += 1
         try:
-            async for chunk in stream_logs(self.execution_dir(req.execution_id).root, req, status):
+            if in_memory:
+                chunks = stream_known_logs(printed, req, status)
+            else:
+                chunks = stream_logs(self.execution_dir(req.execution_id).root, req, status)
+            async for chunk in chunks:
                 yield chunk
         finally:
             self.log_followers -= 1
@@ -294,12 +312,12 @@ class ComputeNode:
         try:
             with scope:
                 async with self.capacity.reserve(ex.job.spec.resources, ex.job.spec.engine):
-                    exec_dir = await trio.to_thread.run_sync(self._create_dir, ex.id)
+                    exec_dir = await self._create_dir(ex)
                     await self._store.update(ex.id, (S.BID_ACCEPTED,), S.RUNNING, "started")
                     mounts = await prepare_inputs(ex.job, exec_dir.inputs, self._storage)
                     await executor.start(ex.id, ex.job, exec_dir, mounts)
                     result = await executor.wait(ex.id)
-                    await trio.to_thread.run_sync(self._check_result, exec_dir)
+                    await self._check_result(exec_dir)
         finally:
             self._scopes.pop(ex.id, None)
         if scope.cancelled_caught or result is None:
@@ -313,16 +331,35 @@ class ComputeNode:
         await self._send("on_run_complete", ex.requester_id,
                          m.RunComplete(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, result=result))
 
-    def _create_dir(self, execution_id: str) -> ExecutionDir:
+    async def _create_dir(self, ex: LocalExecution) -> ExecutionDir:
+        """The execution's directory, made; or, when its output is known before it runs (executors/noop.py), one
+        that holds it in memory and is never made (making its four inodes cost more kernel CPU than the rest
+        of a noop job): the node keeps that output while the execution is busy."""
+        known = self._held.hold(ex)
+        if known is None:
+            return await trio.to_thread.run_sync(self._make_dir, ex.id)
+        return ExecutionDir(self._results_dir / ex.id, known)
+
+    def _make_dir(self, execution_id: str) -> ExecutionDir:
         """In a worker thread: finding the directory lstats it, and creating it may wait on the disk."""
         exec_dir = self.execution_dir(execution_id)
         exec_dir.create()
         return exec_dir
 
-    def _check_result(self, exec_dir: ExecutionDir) -> None:
-        """Before the requester is told the job ran: the result must fit this node's --max-result-size (apparent
-        sizes, so a sparse terabyte is refused before any byte is hashed) and its disk must not be full. What
-        publishing will skip (FIFOs, devices, sockets, names that are not UTF-8) is noted on the job's stderr."""
+    async def _check_result(self, exec_dir: ExecutionDir) -> None:
+        """Before the requester is told the job ran: the result must fit this node's --max-result-size. A
+        result in memory is measured there (the spec caps a noop's stdout at MAX_NOOP_STDOUT_CHARS)."""
+        if exec_dir.known is not None:
+            size = tree_size(exec_dir.known.tree())
+            if size > self._max_result_size:
+                raise ResultTooLarge(size, self._max_result_size)
+            return
+        await trio.to_thread.run_sync(self._check_files, exec_dir)
+
+    def _check_files(self, exec_dir: ExecutionDir) -> None:
+        """In a worker thread: the result must fit this node's --max-result-size (apparent sizes, so a sparse
+        terabyte is refused before any byte is hashed) and its disk must not be full. What publishing will skip
+        (FIFOs, devices, sockets, names that are not UTF-8) is noted on the job's stderr."""
         if os.statvfs(exec_dir.root).f_bavail == 0:
             raise failures.DiskFullError("no space was left on the device after the job ran")
         try:
@@ -342,7 +379,10 @@ class ComputeNode:
 
         try:
             try:
-                cid = await self._publisher.publish(lambda: self.execution_dir(ex.id).root)
+                known = self._held.of(ex)
+                tree = known.tree() if known is not None else None
+                cid = await self._publisher.publish(
+                    (lambda: tree) if tree is not None else (lambda: self.execution_dir(ex.id).root))
                 if self._on_published is not None:
                     await self._on_published(cid_to_bytes(cid))
             except (OSError, BacalhauError) as exc:
@@ -387,6 +427,7 @@ class ComputeNode:
 
     def _done(self, execution_id: str) -> None:
         self._busy.discard(execution_id)
+        self._held.release(execution_id)
         self._idle.set()
 
     async def _notify_failure(self, ex: LocalExecution, reason: str, *, retry: bool = True) -> None:

@@ -17,11 +17,11 @@ import trio
 
 from bacalhau.errors import ExecutorError
 from bacalhau.ipfs.blockstore import Blockstore
-from bacalhau.ipfs.publish import publish_results
+from bacalhau.ipfs.publish import Tree, publish_results
 
 
 class _Pending:
-    def __init__(self, root: Callable[[], Path]) -> None:
+    def __init__(self, root: Callable[[], Path | Tree]) -> None:
         self.root = root
         self.wake = trio.Event()         # set when its outcome is in, or when it is to lead
         self.outcome: str | BaseException | None = None
@@ -34,9 +34,10 @@ class GroupedPublisher:
         self._queue: list[_Pending] = []
         self._leading = False
 
-    async def publish(self, root: Callable[[], Path]) -> str:
+    async def publish(self, root: Callable[[], Path | Tree]) -> str:
         """The result's CID once its blocks are stored and its root pinned. `root` is called in the worker
-        thread (finding the directory may touch the disk)."""
+        thread (finding the directory may touch the disk); it gives the result's directory, or the result
+        itself when it is held in memory."""
         item = _Pending(root)
         self._queue.append(item)
         if self._leading:

@@ -1,18 +1,22 @@
-"""Reading an execution's result off disk as a byte stream: one file, or the whole directory as a tar."""
+"""Reading an execution's result off disk as a byte stream: one file, or the whole directory as a tar; or,
+for a result held in memory (a noop job's, executors/types.py KnownOutput; compute/held.py), the same from
+memory."""
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import tarfile
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
 
 from bacalhau.errors import NotFoundError, ProtocolError
-from bacalhau.ipfs.publish import Entry, open_regular, walk_result
+from bacalhau.ipfs.publish import Entry, Tree, open_regular, walk_result
 
 CHUNK = 256 * 1024
 ITEMS = ("stdout", "stderr", "exitCode", "tar")
@@ -72,6 +76,42 @@ async def read_result(root: Path, item: str) -> AsyncIterator[bytes]:
             raise NotFoundError(f"{item} of this execution is not on this node")
     async for chunk in stream_file(path, remove=temporary):
         yield chunk
+
+
+def _tree_tar(tree: Tree) -> bytes:
+    """A result held in memory as the tar _make_tar makes of the same files (entries in the walk's order)."""
+    out = io.BytesIO()
+    now = int(time.time())
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        stack: list[tuple[str, bytes | Tree]] = sorted(tree.items(), reverse=True)
+        while stack:
+            name, node = stack.pop()
+            info = tarfile.TarInfo(name)
+            info.mtime = now
+            if isinstance(node, bytes):
+                info.size, info.mode = len(node), 0o644
+                tar.addfile(info, io.BytesIO(node))
+            else:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+                stack.extend(sorted(((f"{name}/{child}", sub) for child, sub in node.items()), reverse=True))
+    return out.getvalue()
+
+
+async def read_tree(tree: Tree, item: str) -> AsyncIterator[bytes]:
+    """Item `item` of a result held in memory, as read_result gives it from disk."""
+    if item not in ITEMS:
+        raise ProtocolError(f"unknown result item {item!r} (one of {', '.join(ITEMS)})")
+    if item == "tar":
+        data = _tree_tar(tree)
+    else:
+        node = tree.get(item)
+        if not isinstance(node, bytes):
+            raise NotFoundError(f"{item} of this execution is not on this node")
+        data = node
+    for start in range(0, len(data), CHUNK):
+        yield data[start:start + CHUNK]
+        await trio.lowlevel.checkpoint()
 
 
 async def stream_file(path: Path, *, remove: bool = False) -> AsyncIterator[bytes]:

@@ -4,22 +4,48 @@ An execution's directory holds, while it runs and after:
     stdout, stderr    the job's output, appended as the engine produces it (read live by the log server)
     outputs/          mounted read-write at /outputs in the job
     exitCode          written once the job has ended
+
+An execution whose output is known before it runs (a noop job that does not sleep, see executors/noop.py) has
+none of these: its ExecutionDir carries a KnownOutput, which the node publishes, serves and logs from memory
+(on that filesystem, making the four inodes cost more kernel CPU than the rest of the job together).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bacalhau.models import Engine, Job, RunResult
 from bacalhau.storage.types import Mount
+
+if TYPE_CHECKING:
+    from bacalhau.ipfs.publish import Tree
+
+
+@dataclass
+class KnownOutput:
+    """The output of an execution, known before it runs: nothing of it is on disk. Before the executor has run
+    it (`ran`), it has none (as its files would be empty or missing); after, stdout, an empty stderr, exitCode
+    and an empty outputs/ directory, as an ExecutionDir would hold."""
+
+    stdout: str
+    exit_code: int
+    ran: bool = False
+
+    def tree(self) -> Tree:
+        """The result as its directory would hold it (ipfs/publish.py's Tree); empty before it ran."""
+        if not self.ran:
+            return {}
+        return {"exitCode": str(self.exit_code).encode(), "outputs": {}, "stderr": b"",
+                "stdout": self.stdout.encode()}
 
 
 @dataclass(frozen=True)
 class ExecutionDir:
     root: Path
+    known: KnownOutput | None = field(default=None, compare=False)   # set: no file of it is ever made
 
     @property
     def stdout(self) -> Path:
@@ -42,6 +68,8 @@ class ExecutionDir:
         return self.root / "inputs"
 
     def create(self) -> None:
+        if self.known is not None:
+            return
         self.outputs.mkdir(parents=True, exist_ok=True)
         self.stdout.touch()
         self.stderr.touch()

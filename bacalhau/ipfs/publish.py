@@ -16,25 +16,34 @@ job's stderr and in the published result.
 A result's size is the sum of the apparent sizes of its regular files (stdout and stderr included). It is
 checked against the node's limit (serve --max-result-size) before a byte is hashed, so a sparse terabyte is
 refused at once, and again while hashing, in case a file grew.
+
+A result known without running anything (a noop job's, executors/types.py KnownOutput) is published from
+memory: a Tree of bytes (files) and dicts (directories), through the same importer, so its CID is the one the
+same files would have on disk.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from bacalhau.errors import ExecutorError
 from bacalhau.ipfs.blockstore import Blockstore
 from bacalhau.ipfs.unixfs import Importer, cid_str
 
+if TYPE_CHECKING:
+    from bacalhau.ipfs.unixfs import _Node
+
 RESULT_ENTRIES = ("exitCode", "outputs", "stderr", "stdout")
 SKIPPED_LISTED = 20
 PUT_BATCH_BYTES = 4 * 1024 * 1024   # blocks of a result held before they are appended to the store
 MAX_RESULT_ENTRIES = 1_000_000      # files, directories and symlinks of one result (each costs memory to publish)
+Tree = dict[str, "bytes | Tree"]    # a result held in memory: a file's bytes, or a directory's entries
 _KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
           stat.S_IFSOCK: "a socket"}
 
@@ -223,6 +232,26 @@ def _import(root: Path, put: Callable[[bytes, bytes], None], max_size: int | Non
     return importer.add_dir(open_dirs[0][1]).cid  # type: ignore[arg-type]
 
 
+def tree_size(tree: Tree) -> int:
+    """The bytes of a Tree's files (what a result's size is on disk: the sum of its regular files')."""
+    return sum(len(node) if isinstance(node, bytes) else tree_size(node) for node in tree.values())
+
+
+def _import_tree(tree: Tree, put: Callable[[bytes, bytes], None], max_size: int | None) -> bytes:
+    """A result held in memory, capped and imported as _import does a directory: the same blocks."""
+    size = tree_size(tree)
+    if max_size is not None and size > max_size:
+        raise ResultTooLarge(size, max_size)
+    importer = Importer(put)
+
+    def add(node: bytes | Tree) -> _Node:
+        if isinstance(node, bytes):
+            return importer.add_reader(io.BytesIO(node))
+        return importer.add_dir([(name, add(child)) for name, child in node.items()])
+
+    return add(tree).cid
+
+
 def publish_result(root: Path, store: Blockstore, max_size: int | None = None) -> str:
     batch = _Batched(store)
     cid = _import(root, batch.put, max_size)
@@ -231,18 +260,23 @@ def publish_result(root: Path, store: Blockstore, max_size: int | None = None) -
     return cid_str(cid)
 
 
-def publish_results(roots: Sequence[Callable[[], Path]], store: Blockstore,
+def publish_results(roots: Sequence[Callable[[], Path | Tree]], store: Blockstore,
                     max_size: int | None = None) -> list[str | Exception]:
     """Several results at once (compute/publishing.py groups those that wait): each is walked, capped and
     imported alone, so one that fails (too large, unreadable) fails alone, in its place in the list; the
     blocks of all are appended together and their roots pinned together: one fdatasync and one fsync for the
-    group. `roots` are called here (finding a result's directory may touch the disk). Raises only if the
+    group. `roots` are called here (finding a result's directory may touch the disk); one may give a Tree, a
+    result held in memory, imported with no file read. Raises only if the
     appending or the pinning fails, which fails them all."""
     batch = _Batched(store)
     out: list[bytes | Exception] = []
     for root in roots:
         try:
-            out.append(_import(root(), batch.put, max_size))
+            source = root()
+            if isinstance(source, dict):
+                out.append(_import_tree(source, batch.put, max_size))
+            else:
+                out.append(_import(source, batch.put, max_size))
         except Exception as exc:   # this result's failure, reported to its own caller
             out.append(exc)
     batch.flush()

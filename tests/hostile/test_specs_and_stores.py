@@ -370,7 +370,9 @@ async def test_old_results_and_unpinned_blocks_are_collected_but_pins_and_work_i
         stray = cid_to_bytes(add_path(tmp_path / "stray", put=node.blockstore.put)[-1][0])
         held = add_path(tmp_path / "input", put=node.blockstore.put)[-1][0]
 
-        finished = await node.requester.submit(JobSpec.model_validate({"engine": "noop", "noop": {"stdout": "x"}}))
+        # a noop that sleeps has a directory (one that does not is held in memory: nothing to collect)
+        finished = await node.requester.submit(JobSpec.model_validate(
+            {"engine": "noop", "noop": {"stdout": "x", "sleep": 0.01}}))
         with trio.fail_after(10):
             while not (done := await node.requester.store.get_job(finished.id)).state.terminal:
                 await node.requester.wait_for_change(finished.id, 1)

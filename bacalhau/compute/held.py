@@ -1,0 +1,43 @@
+"""The outputs a compute node holds in memory, not in files: those known before their execution runs (a noop
+job that does not sleep, executors/noop.py known_output). compute/results.py and compute/logs.py serve them."""
+
+from __future__ import annotations
+
+from bacalhau.compute.store import ExecutionStore, LocalExecution
+from bacalhau.executors.noop import known_output
+from bacalhau.executors.types import KnownOutput
+
+
+class HeldOutputs:
+    """An execution's output in memory: while the execution is busy, the one its executor ran (held from its
+    start until the node is done with it); for the others (ended, or recorded before a restart), as its record
+    says: it ran once its result is recorded. One held a busy execution, referencing its job's spec: nothing
+    is copied."""
+
+    def __init__(self, store: ExecutionStore) -> None:
+        self._store = store
+        self._held: dict[str, KnownOutput] = {}
+
+    def hold(self, ex: LocalExecution) -> KnownOutput | None:
+        """The output of an execution about to start, held, if it is known; None: it goes to files."""
+        known = known_output(ex.job)
+        if known is not None:
+            self._held[ex.id] = known
+        return known
+
+    def release(self, execution_id: str) -> None:
+        self._held.pop(execution_id, None)
+
+    def of(self, ex: LocalExecution) -> KnownOutput | None:
+        held = self._held.get(ex.id)
+        if held is not None:
+            return held
+        known = known_output(ex.job)
+        if known is not None:
+            known.ran = ex.result is not None
+        return known
+
+    async def lookup(self, execution_id: str) -> KnownOutput | None:
+        """of() for an execution known by its id (NotFoundError if there is none)."""
+        held = self._held.get(execution_id)
+        return held if held is not None else self.of(await self._store.get(execution_id))

@@ -1,0 +1,172 @@
+"""A noop execution that does not sleep makes no file: its result is held in memory (executors/types.py
+KnownOutput), published from there, and served from there (logs, the compute node's result fallback) while it
+runs, after it ended and after a restart. Its result must stay the one its files would have made: the same CID,
+the same bytes, the same checks."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+import trio
+
+from bacalhau.bprotocol.transport import InMemoryNetwork
+from bacalhau.executors.noop import NoopExecutor
+from bacalhau.executors.types import ExecutionDir, KnownOutput
+from bacalhau.ipfs.blockstore import Blockstore
+from bacalhau.ipfs.publish import publish_result, publish_results
+from bacalhau.ipfs.unixfs import add_path, cid_to_bytes
+from bacalhau.log_frames import STDOUT, Data, Ended
+from bacalhau.models import Engine, Job, JobSpec, JobState, NoopSpec
+from bacalhau.node import Node, NodeDeps
+from tests.conftest import node_config
+from tests.test_flow_inmemory import wait_terminal
+
+BIG = "é" * 300_000     # 600,000 bytes: three chunks, a file node with links
+
+
+@pytest.mark.parametrize(("stdout", "exit_code"), [("", 0), ("hello\n", 0), ("héllo\nno newline", 3), (BIG, 255)])
+async def test_a_result_held_in_memory_has_the_cid_of_the_same_files_imported_from_disk(
+        tmp_path: Path, stdout: str, exit_code: int) -> None:
+    # the files as the noop executor writes them when given a directory (a noop that sleeps still does)
+    job = Job(spec=JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout=stdout, exit_code=exit_code)))
+    exec_dir = ExecutionDir(tmp_path / "files")
+    exec_dir.create()
+    executor = NoopExecutor()
+    await executor.start("e", job, exec_dir)
+    await executor.wait("e")
+    on_disk = publish_result(exec_dir.root, Blockstore(tmp_path / "disk"))
+    assert add_path(exec_dir.root)[-1][0] == on_disk          # and `ipfs add -r` of that directory agrees
+
+    known = KnownOutput(stdout, exit_code)
+    await executor.start("m", job, ExecutionDir(tmp_path / "never", known))
+    await executor.wait("m")
+    assert known.ran and not (tmp_path / "never").exists()
+    store = Blockstore(tmp_path / "memory")
+    [in_memory] = publish_results([known.tree], store)
+    assert in_memory == on_disk
+    assert store.pins() == [cid_to_bytes(on_disk)]
+
+
+async def test_a_noop_execution_leaves_no_directory_and_publishes_what_its_files_would(tmp_path: Path) -> None:
+    cfg = node_config(tmp_path / "node", engines=("noop",), serve_api=False)
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg, NodeDeps(network=InMemoryNetwork())).run)
+        assert node.requester is not None and node.compute is not None
+        jobs = [await node.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout=f"job {i}\n")))
+                for i in range(3)]
+        for job in jobs:
+            await wait_terminal(node, job.id)
+        results = cfg.repo_dir / "results"
+        assert not results.exists() or not list(results.iterdir())
+        for i, job in enumerate(jobs):
+            done = await node.requester.store.get_job(job.id)
+            assert done.state == JobState.COMPLETED, done.reason
+            files = ExecutionDir(tmp_path / str(i))
+            files.create()
+            files.stdout.write_text(f"job {i}\n")
+            files.exit_code.write_text("0")
+            assert done.executions[0].result_ref == f"ipfs://{add_path(files.root)[-1][0]}"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_noop_result_is_capped_by_the_nodes_max_result_size_as_files_are(tmp_path: Path) -> None:
+    cfg = node_config(tmp_path / "node", engines=("noop",), serve_api=False, max_result_size=1000)
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg, NodeDeps(network=InMemoryNetwork())).run)
+        assert node.requester is not None
+        job = await node.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="x" * 1001)))
+        await wait_terminal(node, job.id)
+        done = await node.requester.store.get_job(job.id)
+        assert done.state == JobState.FAILED
+        assert "1002 bytes (apparent size), over this node's limit of 1000" in done.reason   # stdout + exitCode
+        fits = await node.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="x" * 999)))
+        await wait_terminal(node, fits.id)
+        assert (await node.requester.store.get_job(fits.id)).state == JobState.COMPLETED
+        nursery.cancel_scope.cancel()
+
+
+def _api_get(port: int, path: str) -> tuple[int, str, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("X-Result-Source") or "", resp.read()
+    finally:
+        conn.close()
+
+
+async def _log(node: Node, job_id: str) -> tuple[bytes, Ended]:
+    assert node.requester is not None
+    stdout = b""
+    async for event in node.requester.read_logs(job_id, follow=False):
+        if isinstance(event, Data) and event.kind == STDOUT:
+            assert event.offset == len(stdout)
+            stdout += event.data
+        elif isinstance(event, Ended):
+            return stdout, event
+    raise AssertionError("the log ended without an end")
+
+
+async def test_logs_and_results_of_noop_jobs_are_served_after_a_restart_with_or_without_a_directory(
+        tmp_path: Path) -> None:
+    """One job ran by this code (no directory), one as an earlier version left it (its files on disk): after a
+    restart both logs show their stdout, and with their blocks gone the compute node serves their results,
+    the bytes IPFS gave before; retention and remove_result take what there is and find no error."""
+    cfg = node_config(tmp_path / "node", engines=("noop",))    # real libp2p: the node keeps its id
+    texts = {"memory": "made in memory\n", "files": "héllo from an earlier version\n"}
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg).run)
+        assert node.requester is not None
+        jobs = {}
+        for name, text in texts.items():
+            job = await node.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout=text, exit_code=4)))
+            await wait_terminal(node, job.id)
+            jobs[name] = await node.requester.store.get_job(job.id)
+            assert jobs[name].state == JobState.COMPLETED, jobs[name].reason
+        before = {(name, item): await trio.to_thread.run_sync(
+            _api_get, node.api_port, f"/api/v1/jobs/{job.id}/results/{item}")
+            for name, job in jobs.items() for item in ("stdout", "stderr", "exitCode")}
+        assert before[("memory", "stdout")] == (200, "ipfs", texts["memory"].encode())
+        assert before[("memory", "exitCode")] == (200, "ipfs", b"4")
+        nursery.cancel_scope.cancel()
+
+    old = ExecutionDir(cfg.repo_dir / "results" / jobs["files"].executions[0].id)   # the earlier layout
+    old.create()
+    old.stdout.write_text(texts["files"])
+    old.exit_code.write_text("4")
+
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg).run)
+        assert node.requester is not None and node.compute is not None
+        for name, job in jobs.items():
+            stdout, ended = await _log(node, job.id)
+            assert (stdout, ended.state, ended.exit_code) == (texts[name].encode(), "completed", 4)
+            root = cid_to_bytes(job.executions[0].result_ref.removeprefix("ipfs://"))
+            node.blockstore.unpin(root)
+        assert node.blockstore.gc() > 0
+        for name, job in jobs.items():
+            for item in ("stdout", "stderr", "exitCode"):
+                status, source, body = await trio.to_thread.run_sync(
+                    _api_get, node.api_port, f"/api/v1/jobs/{job.id}/results/{item}")
+                assert (status, source, body) == (before[(name, item)][0], "node", before[(name, item)][2])
+            status, source, body = await trio.to_thread.run_sync(
+                _api_get, node.api_port, f"/api/v1/jobs/{job.id}/results/tar")
+            assert (status, source) == (200, "node")
+            with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+                assert tar.getnames() == ["exitCode", "outputs", "stderr", "stdout"]
+                out = tar.extractfile("stdout")
+                assert out is not None and out.read() == texts[name].encode()
+                assert tar.getmember("outputs").isdir()
+
+        node.retention.retention = 1e-9      # everything finished counts as old
+        results, _ = await node.retention.collect()
+        assert results == 1 and not old.root.exists()    # the earlier layout's directory, and no error
+        for job in jobs.values():
+            await node.compute.remove_result(job.executions[0].id)     # nothing there: not an error
+        stdout, _ = await _log(node, jobs["memory"].id)
+        assert stdout == texts["memory"].encode()
+        nursery.cancel_scope.cancel()
