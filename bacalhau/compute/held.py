@@ -25,6 +25,9 @@ class HeldOutputs:
             self._held[ex.id] = known
         return known
 
+    def __len__(self) -> int:
+        return len(self._held)
+
     def release(self, execution_id: str) -> None:
         self._held.pop(execution_id, None)
 

@@ -89,6 +89,50 @@ async def test_a_noop_result_is_capped_by_the_nodes_max_result_size_as_files_are
         nursery.cancel_scope.cancel()
 
 
+async def test_what_a_node_holds_in_memory_goes_when_its_execution_ends_however_it_ends(tmp_path: Path) -> None:
+    """Completed, failed at start, cancelled while starting, failed on its exit code: none is held after, none
+    made a directory, and the one that ran still shows its log from its record."""
+    from bacalhau.errors import ExecutorError
+
+    async def hook(execution_id: str, job: Job) -> None:
+        assert job.spec.noop is not None
+        if job.spec.noop.stdout == "boom":
+            raise ExecutorError("engine exploded")
+        if job.spec.noop.stdout == "block":
+            await trio.sleep_forever()
+
+    cfg = node_config(tmp_path / "node", engines=("noop",), serve_api=False)
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg, NodeDeps(network=InMemoryNetwork(),
+                                                      executors={Engine.NOOP: NoopExecutor(on_start=hook)})).run)
+        assert node.requester is not None and node.compute is not None
+        ok = await node.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="ok")))
+        boom = await node.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="boom")))
+        exits = await node.requester.submit(JobSpec.model_validate(
+            {"engine": "noop", "noop": {"stdout": "exits 7", "exit_code": 7}, "retry": {"on_nonzero_exit": True}}))
+        block = await node.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="block")))
+        with trio.fail_after(10):
+            while len(node.compute._held) < 1 or not (await node.requester.store.get_job(block.id)).executions:  # noqa: SLF001
+                await trio.sleep(0.01)
+        await node.requester.cancel(block.id)
+        states = {}
+        for job in (ok, boom, exits, block):
+            await wait_terminal(node, job.id)
+            states[job.id] = (await node.requester.store.get_job(job.id)).state
+        assert [states[j.id] for j in (ok, boom, exits, block)] == \
+            [JobState.COMPLETED, JobState.FAILED, JobState.FAILED, JobState.CANCELLED]
+        with trio.fail_after(10):
+            while len(node.compute._held):  # noqa: SLF001  (the cancelled one is let go as its task ends)
+                await trio.sleep(0.01)
+        results = cfg.repo_dir / "results"
+        assert not results.exists() or not list(results.iterdir())
+        for job, printed in ((exits, b"exits 7"), (boom, b"")):     # the second never ran
+            [ex] = (await node.requester.store.get_job(job.id)).executions
+            stdout, ended = await _log(node, job.id, ex.id)
+            assert (stdout, ended.state) == (printed, "failed")
+        nursery.cancel_scope.cancel()
+
+
 def _api_get(port: int, path: str) -> tuple[int, str, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -99,10 +143,10 @@ def _api_get(port: int, path: str) -> tuple[int, str, bytes]:
         conn.close()
 
 
-async def _log(node: Node, job_id: str) -> tuple[bytes, Ended]:
+async def _log(node: Node, job_id: str, execution_id: str = "") -> tuple[bytes, Ended]:
     assert node.requester is not None
     stdout = b""
-    async for event in node.requester.read_logs(job_id, follow=False):
+    async for event in node.requester.read_logs(job_id, execution_id=execution_id, follow=False):
         if isinstance(event, Data) and event.kind == STDOUT:
             assert event.offset == len(stdout)
             stdout += event.data
