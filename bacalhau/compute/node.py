@@ -338,7 +338,7 @@ class ComputeNode:
         known = self._held.hold(ex)
         if known is None:
             return await trio.to_thread.run_sync(self._make_dir, ex.id)
-        return ExecutionDir(self._results_dir / ex.id, known)
+        return ExecutionDir(self._results_dir / parse_execution_id(ex.id), known)   # a path never made
 
     def _make_dir(self, execution_id: str) -> ExecutionDir:
         """In a worker thread: finding the directory lstats it, and creating it may wait on the disk."""

@@ -79,7 +79,7 @@ async def read_result(root: Path, item: str) -> AsyncIterator[bytes]:
 
 
 def _tree_tar(tree: Tree) -> bytes:
-    """A result held in memory as the tar _make_tar makes of the same files (entries in the walk's order)."""
+    """A result held in memory as a tar of the entries _make_tar takes of the same files, in the same order."""
     out = io.BytesIO()
     now = int(time.time())
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
