@@ -243,3 +243,31 @@ async def test_an_asks_reply_naming_another_execution_is_refused(tmp_path: Path)
                 await trio.sleep(0.02)
         assert (await req.requester.store.get_execution(other_ex)).state == S.BID_ACCEPTED
         nursery.cancel_scope.cancel()
+
+
+async def test_mixed_versions_over_real_libp2p(tmp_path: Path) -> None:
+    """The same over libp2p's mux between processes' hosts (in-process nodes without the devstack's shortcut):
+    the old node's mux answers UNKNOWN, which the requester takes as an older version."""
+    from tests.conftest import node_config
+
+    async with trio.open_nursery() as nursery:
+        req = await nursery.start(Node(node_config(tmp_path / "r", node_types=(NodeType.REQUESTER,),
+                                                   serve_api=False)).run)
+        computes = []
+        for zone in ("old", "new"):
+            cfg = node_config(tmp_path / zone, node_types=(NodeType.COMPUTE,), serve_api=False, engines=("noop",),
+                              labels={"zone": zone}, peers=(req.addrs()[0],))
+            computes.append(await nursery.start(Node(cfg).run))
+        stand_in_for_an_old_node(computes[0])
+        with trio.fail_after(15):
+            while len(req.requester.nodes.alive()) < 2:
+                await trio.sleep(0.05)
+        for zone, flow in (("old", "running"), ("new", "completed"), ("old", "running")):
+            job = await req.requester.submit(JobSpec(engine=Engine.NOOP, node_selector=f"zone={zone}"))
+            await wait_job(req, job.id, {JobState.COMPLETED, JobState.FAILED}, timeout=20)
+            done = await req.requester.store.get_job(job.id)
+            assert done.state == JobState.COMPLETED, done.reason
+            # the old flow's execution goes through running and publishing; the pre-approved one straight on
+            assert [e.state for e in done.events if e.kind == "execution"][2] == flow
+        assert req.requester._old_flow == {computes[0].node_id}
+        nursery.cancel_scope.cancel()
