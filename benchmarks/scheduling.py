@@ -44,6 +44,12 @@ jobs, 32 in flight, load 1-5 (helpers' work winding down): 1 node 75.3/59.1 -> 6
 114.4/105.8 jobs/s, 13.05/15.13 -> 8.41/11.39 ms, p99 150/172 -> 85/71 ms. devstack -n 3 52.3/40.8 -> 56.0/55.2
 (18.2/24.1 -> 12.9/13.6 ms a job), -n 12 42.8/44.8 -> 45.2/66.2 (21.9/21.9 -> 16.7/11.1 ms). 5000 jobs on one node
 (main alone): 127.6 jobs/s, last/first 1.26, submit p99 61.4 ms, 8.49 ms a job.
+Pre-approved asks (issue 15, branch proto: a plain job's ask is answered with the bid, runs and publishes at once,
+one callback: 2 calls a job, was 6; two store writes fewer on each side), 1500 jobs, 32 in flight, 3 runs
+interleaved with the branch point 96d88c8, load 4-5 (another engineer's benchmark alongside): 1 node 140.9 ->
+175.9 jobs/s (104.4, 143.8, 140.9 against 175.9, 182.4, 129.5), node CPU 7.73 -> 6.26 ms a job (7.73, 6.75, 8.27
+against 5.55, 6.26, 6.87); devstack -n 3 92.1 -> 106.3 jobs/s (83.5, 92.1, 114.5 against 115.9, 106.3, 75.8),
+9.93 -> 7.55 ms a job (9.93, 10.02, 8.10 against 7.15, 7.55, 9.89).
 """
 
 from __future__ import annotations

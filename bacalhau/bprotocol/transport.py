@@ -3,7 +3,7 @@
 A Transport moves opaque payloads; `typed_handler` is the per-request boundary that turns a typed handler
 into one that always answers with an Envelope, whatever the handler raised.
 
-A node calling itself (its requester telling its compute node, and back: six calls a job) skips the bytes:
+A node calling itself (its requester telling its compute node, and back: two to six calls a job) skips the bytes:
 `LocalTransport.call_self` hands the message object to the typed handler (`TypedHandler.answer`). What a remote
 caller meets, it meets too: the request is validated against the handler's model (a shallow copy: its top-level
 fields checked again, so a message built with model_construct or changed after it was built is refused as

@@ -253,8 +253,8 @@ class Requester:
         from bacalhau.ipfs.result_ref import parse_result_ref
 
         if msg.execution_id not in self._preapproved:
-            raise ProtocolError(f"execution {msg.execution_id} was not asked pre-approved: its run and its "
-                                "publication are reported apart")
+            raise ProtocolError(f"execution {msg.execution_id} is not one asked pre-approved and still live: its "
+                                "run and its publication are reported apart")
         parse_result_ref(msg.result_ref)     # what downloads will trust: ipfs://<CID> and nothing else
         async with self._lock(msg.job_id):
             await self._accept_overtaken(msg.job_id, msg.execution_id)

@@ -190,7 +190,7 @@ async def test_a_pre_approved_outcome_for_an_execution_not_asked_so_moves_nothin
         holder = next(c for c in computes if c.node_id == ex.node_id)
         forged = m.RunPublished(execution_id=ex.id, job_id=job.id, node_id=holder.node_id,
                                 result=RunResult(exit_code=0), result_ref=A_CID)
-        with pytest.raises(RemoteError, match="not asked pre-approved"):
+        with pytest.raises(RemoteError, match="not one asked pre-approved"):
             await CallbackProxy(holder.transport, 5).on_run_published(req.node_id, forged)
         after = await req.requester.store.get_job(job.id)
         assert after.state == JobState.IN_PROGRESS
@@ -270,4 +270,59 @@ async def test_mixed_versions_over_real_libp2p(tmp_path: Path) -> None:
             # the old flow's execution goes through running and publishing; the pre-approved one straight on
             assert [e.state for e in done.events if e.kind == "execution"][2] == flow
         assert req.requester._old_flow == {computes[0].node_id}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_requester_restarted_before_the_asks_reply_catches_up_and_takes_the_outcome(tmp_path: Path) -> None:
+    """The requester stops with the pre-approved ask sent and its reply unheard (its record says asked); the
+    node runs it all the same. Back (same identity, over libp2p), it asks the node how it goes, finds it running,
+    takes the bid and knows it for a pre-approved one, so the node's one callback completes the job (without
+    this, the execution stayed asked for good: no reconcile pass looks at asks)."""
+    from bacalhau.testing import free_port
+    from tests.conftest import node_config
+
+    port = free_port()
+    req_cfg = node_config(tmp_path / "r", node_types=(NodeType.REQUESTER,), serve_api=False, swarm_port=port)
+    async with trio.open_nursery() as nursery:
+        first = trio.CancelScope()
+        started: list[Node] = []
+
+        async def requester_until_stopped(task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+            with first:
+                async with trio.open_nursery() as inner:
+                    started.append(await inner.start(Node(req_cfg).run))
+                    task_status.started(started[0])
+
+        req = await nursery.start(requester_until_stopped)
+        compute = await nursery.start(Node(node_config(tmp_path / "c", node_types=(NodeType.COMPUTE,),
+                                                       serve_api=False, engines=("noop",),
+                                                       peers=(req.addrs()[0],))).run)
+        handler = compute.transport.handlers[m.ASK_FOR_BID_APPROVED]
+        asked, go = trio.Event(), trio.Event()
+
+        async def held(peer_id: str, payload: bytes) -> bytes:
+            asked.set()
+            await go.wait()
+            return await handler(peer_id, payload)
+
+        compute.transport.handlers[m.ASK_FOR_BID_APPROVED] = held
+        with trio.fail_after(15):
+            while not req.requester.nodes.alive():
+                await trio.sleep(0.05)
+        job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="once\n", sleep=3)))
+        with trio.fail_after(10):
+            await asked.wait()
+        first.cancel()                     # the requester stops; the node then takes the ask and runs it
+        with trio.fail_after(10):
+            while not first.cancelled_caught:
+                await trio.sleep(0.02)
+        go.set()
+        again = await nursery.start(Node(req_cfg).run)
+        assert again.node_id == req.node_id
+        await wait_job(again, job.id, {JobState.COMPLETED, JobState.FAILED}, timeout=20)
+        done = await again.requester.store.get_job(job.id)
+        assert done.state == JobState.COMPLETED, done.reason
+        [ex] = done.executions
+        assert ex.state == S.COMPLETED and ex.result is not None and ex.result.stdout_tail == "once\n"
+        assert [e.state for e in done.events if e.kind == "job"] == ["pending", "in_progress", "completed"]
         nursery.cancel_scope.cancel()
