@@ -255,7 +255,15 @@ class Requester:
         if msg.execution_id not in self._preapproved:
             raise ProtocolError(f"execution {msg.execution_id} is not one asked pre-approved and still live: its "
                                 "run and its publication are reported apart")
-        parse_result_ref(msg.result_ref)     # what downloads will trust: ipfs://<CID> and nothing else
+        try:
+            parse_result_ref(msg.result_ref)     # what downloads will trust: ipfs://<CID> and nothing else
+        except ProtocolError as exc:
+            async with self._lock(msg.job_id):
+                await self._accept_overtaken(msg.job_id, msg.execution_id)
+                await self._set(msg.execution_id, (S.BID_ACCEPTED, S.RUNNING, S.PUBLISHING), S.FAILED,
+                                f"node {peer_id} published a bad result reference: {exc}")
+            await self._evaluate(msg.job_id)
+            raise
         async with self._lock(msg.job_id):
             await self._accept_overtaken(msg.job_id, msg.execution_id)
             job = await self.store.get_job(msg.job_id, full=False)
