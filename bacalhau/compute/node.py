@@ -324,13 +324,9 @@ class ComputeNode:
             return  # _cancel recorded and reported it
         retried = result.exit_code != 0 and not result.error and ex.job.spec.retry.on_nonzero_exit
         if preapproved and not result.error and not retried:
-            # the requester's decision would be result_accepted: the result and the publishing state in one write
-            try:
-                ex = await self._store.update(ex.id, (S.RUNNING,), S.PUBLISHING, "ran; publishing (pre-approved)",
-                                              result=result)
-            except StateError:
-                self._done(ex.id)
-                return  # cancelled meanwhile: _cancel recorded and reported it
+            # the requester's decision would be result_accepted: published at once, the result recorded with
+            # the reference in one write, before the requester is told (a crash before it fails the execution
+            # at the next start, as one left publishing)
             await self._publish(ex, result)
             return
         await self._store.record_result(ex.id, result)
@@ -378,13 +374,18 @@ class ComputeNode:
             except (OSError, BacalhauError) as exc:
                 raise ExecutorError(f"the result could not be published: {exc}") from exc
             ref = f"ipfs://{cid}"
-            await self._store.update(ex.id, (S.PUBLISHING,), S.COMPLETED, "published", result_ref=ref)
-            if result is not None:
-                await self._send("on_run_published", ex.requester_id, m.RunPublished(
-                    execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, result=result, result_ref=ref))
-            else:
+            if result is None:
+                await self._store.update(ex.id, (S.PUBLISHING,), S.COMPLETED, "published", result_ref=ref)
                 await self._send("on_publish_complete", ex.requester_id, m.PublishComplete(
                     execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, result_ref=ref))
+                return
+            try:
+                await self._store.update(ex.id, (S.RUNNING,), S.COMPLETED, "ran and published (pre-approved)",
+                                         result=result, result_ref=ref)
+            except StateError:
+                return  # cancelled meanwhile: _cancel recorded and reported it
+            await self._send("on_run_published", ex.requester_id, m.RunPublished(
+                execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, result=result, result_ref=ref))
         finally:
             self._done(ex.id)
 
