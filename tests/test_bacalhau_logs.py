@@ -81,7 +81,7 @@ async def running_execution(node: Node, job_id: str) -> str:
     with trio.fail_after(30):
         while True:
             job = await node.requester.store.get_job(job_id, full=False)
-            running = [e for e in job.executions if e.state == ExecutionState.RUNNING]
+            running = [e for e in job.executions if e.state in (ExecutionState.BID_ACCEPTED, ExecutionState.RUNNING)]
             if running:
                 return running[0].id
             await trio.sleep(0.02)

@@ -146,7 +146,7 @@ async def test_a_job_retried_on_another_node_is_followed_there(
     job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="attempt\n", sleep=2)))
     with trio.fail_after(5):
         while not (running := [e for e in (await req.requester.store.get_job(job.id)).executions
-                               if e.state.value == "running"]):
+                               if e.state.value in ("bid_accepted", "running")]):
             await trio.sleep(0.02)
     victim = next(c for c in computes if c.node_id == running[0].node_id)
     async with trio.open_nursery() as nursery:

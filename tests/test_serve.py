@@ -121,7 +121,7 @@ def test_sigterm_lets_a_running_job_finish_and_the_limits_show_in_node_list(serv
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         executions = node.client().job(job_id)["executions"]
-        if executions and executions[-1]["state"] == "running":
+        if executions and executions[-1]["state"] in ("bid_accepted", "running"):
             break
         time.sleep(0.02)
     started = time.monotonic()

@@ -1,10 +1,17 @@
 """bprotocol messages: one versioned protocol id per RPC, one pydantic model per request.
 
-Requester -> compute:  ask_for_bid, bid_accepted, bid_rejected, result_accepted, result_rejected, cancel,
+Requester -> compute:  ask_for_bid, ask_for_bid_approved, bid_accepted, bid_rejected, result_accepted, result_rejected, cancel,
                        execution_status
-Compute -> requester:  on_bid_complete, on_run_complete, on_publish_complete, on_cancel_complete,
-                       on_compute_failure
+Compute -> requester:  on_bid_complete, on_run_complete, on_publish_complete, on_run_published,
+                       on_cancel_complete, on_compute_failure
 Streams (compute):     get_result (a file or tar of an execution's result, as raw bytes after one frame)
+
+A pre-approved ask (ask_for_bid_approved: the requester needs this one execution and asked only this node, as
+Go Bacalhau's AskForBidRequest without WaitForApproval) is answered with the bid itself (a BidResult); a yes
+starts at once, a run that ends well is published at once, and the node tells the requester once
+(on_run_published: the RunResult and the result_ref). Three calls a job fewer than ask, on_bid_complete,
+bid_accepted, on_run_complete, result_accepted, on_publish_complete. A node of before it does not speak the
+protocol (UnsupportedProtocolError): the requester asks it the old way.
 
 Every reply is an Envelope: either `result` or an `error` with a code, so the caller raises the right type.
 Every id in a message is typed (bprotocol/ids.py): a malformed one is refused as a bad request at decoding.
@@ -24,6 +31,7 @@ COMPUTE = "/bacalhau/compute"
 CALLBACK = "/bacalhau/callback"
 
 ASK_FOR_BID = f"{COMPUTE}/ask_for_bid/1.0.0"
+ASK_FOR_BID_APPROVED = f"{COMPUTE}/ask_for_bid_approved/1.0.0"     # an AskForBidRequest; the reply a BidResult
 BID_ACCEPTED = f"{COMPUTE}/bid_accepted/1.0.0"
 BID_REJECTED = f"{COMPUTE}/bid_rejected/1.0.0"
 RESULT_ACCEPTED = f"{COMPUTE}/result_accepted/1.0.0"
@@ -35,6 +43,7 @@ GET_RESULT = f"{COMPUTE}/get_result/1.0.0"
 ON_BID_COMPLETE = f"{CALLBACK}/on_bid_complete/1.0.0"
 ON_RUN_COMPLETE = f"{CALLBACK}/on_run_complete/1.0.0"
 ON_PUBLISH_COMPLETE = f"{CALLBACK}/on_publish_complete/1.0.0"
+ON_RUN_PUBLISHED = f"{CALLBACK}/on_run_published/1.0.0"         # a pre-approved execution ran and is published
 ON_CANCEL_COMPLETE = f"{CALLBACK}/on_cancel_complete/1.0.0"
 ON_COMPUTE_FAILURE = f"{CALLBACK}/on_compute_failure/1.0.0"
 
@@ -88,6 +97,16 @@ class PublishComplete(_Msg):
     execution_id: ExecutionId
     job_id: JobId
     node_id: NodeId
+    result_ref: ResultRef
+
+
+class RunPublished(_Msg):
+    """A pre-approved execution's outcome: on_run_complete and on_publish_complete in one."""
+
+    execution_id: ExecutionId
+    job_id: JobId
+    node_id: NodeId
+    result: RunResult
     result_ref: ResultRef
 
 

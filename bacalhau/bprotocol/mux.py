@@ -11,7 +11,7 @@ Wire, inside one libp2p stream of MUX_PROTOCOL that the caller opened (the other
     response  0x02 call_id:u32 status:u8 payload
 
     status    0 OK        payload: the handler's reply (an Envelope: a handler's error keeps its code)
-              1 UNKNOWN   no handler of that protocol here                      -> TransportError
+              1 UNKNOWN   no handler of that protocol here                      -> UnsupportedProtocolError
               2 BUSY      the peer has MAX_IN_FLIGHT calls being answered here  -> TransportError
               3 FAILED    the handler raised, or its reply was over the limit   -> ProtocolError
                           (payload: one line of UTF-8)
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from bacalhau.bprotocol.transport import RawHandler
-from bacalhau.errors import ProtocolError, TransportError, first_leaf
+from bacalhau.errors import ProtocolError, TransportError, UnsupportedProtocolError, first_leaf
 
 if TYPE_CHECKING:
     from bacalhau.p2p.host import P2PStream
@@ -352,7 +352,7 @@ class MuxCaller:
         if waiter.status == OK:
             return waiter.payload
         if waiter.status == UNKNOWN:
-            raise TransportError(f"node {self.peer_id} does not speak {protocol_id}")
+            raise UnsupportedProtocolError(f"node {self.peer_id} does not speak {protocol_id}")
         if waiter.status == BUSY:
             raise TransportError(f"node {self.peer_id} is busy ({waiter.payload.decode(errors='replace')})")
         raise ProtocolError(f"{protocol_id} on {self.peer_id} failed: {waiter.payload.decode(errors='replace')}")

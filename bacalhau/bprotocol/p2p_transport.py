@@ -157,7 +157,7 @@ class P2PTransport(LocalTransport):
             raise ProtocolError(f"frame of {len(payload)} bytes is over the {max_frame} limit")
         handler = self.handlers.get(protocol_id)
         if handler is None:
-            raise TransportError(f"node {self.self_id} does not speak {protocol_id}")
+            raise UnsupportedProtocolError(f"node {self.self_id} does not speak {protocol_id}")
 
         async def answer() -> bytes:
             try:

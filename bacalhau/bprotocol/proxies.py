@@ -45,6 +45,10 @@ class ComputeProxy(_Proxy):
     async def ask_for_bid(self, peer_id: str, req: m.AskForBidRequest) -> None:
         await self._call(peer_id, m.ASK_FOR_BID, req, m.Ack)
 
+    async def ask_for_bid_approved(self, peer_id: str, req: m.AskForBidRequest) -> m.BidResult:
+        """The pre-approved ask: the bid comes as the reply. UnsupportedProtocolError from a node of before it."""
+        return await self._call(peer_id, m.ASK_FOR_BID_APPROVED, req, m.BidResult)
+
     async def bid_accepted(self, peer_id: str, execution_id: str) -> None:
         await self._call(peer_id, m.BID_ACCEPTED, m.ExecutionRequest(execution_id=execution_id), m.Ack)
 
@@ -82,6 +86,9 @@ class CallbackProxy(_Proxy):
 
     async def on_publish_complete(self, peer_id: str, msg: m.PublishComplete) -> None:
         await self._call(peer_id, m.ON_PUBLISH_COMPLETE, msg, m.Ack)
+
+    async def on_run_published(self, peer_id: str, msg: m.RunPublished) -> None:
+        await self._call(peer_id, m.ON_RUN_PUBLISHED, msg, m.Ack)
 
     async def on_cancel_complete(self, peer_id: str, msg: m.CancelComplete) -> None:
         await self._call(peer_id, m.ON_CANCEL_COMPLETE, msg, m.Ack)

@@ -3,7 +3,7 @@
 A Transport moves opaque payloads; `typed_handler` is the per-request boundary that turns a typed handler
 into one that always answers with an Envelope, whatever the handler raised.
 
-A node calling itself (its requester telling its compute node, and back: six calls a job) skips the bytes:
+A node calling itself (its requester telling its compute node, and back: two to six calls a job) skips the bytes:
 `LocalTransport.call_self` hands the message object to the typed handler (`TypedHandler.answer`). What a remote
 caller meets, it meets too: the request is validated against the handler's model (a shallow copy: its top-level
 fields checked again, so a message built with model_construct or changed after it was built is refused as
@@ -26,7 +26,7 @@ import trio
 from pydantic import BaseModel, ValidationError
 
 from bacalhau.bprotocol.framing import decode, encode, error_reply, ok_reply, parse_reply
-from bacalhau.errors import ProtocolError, TransportError
+from bacalhau.errors import ProtocolError, TransportError, UnsupportedProtocolError
 
 if TYPE_CHECKING:
     from bacalhau.bprotocol.p2p_transport import P2PTransport
@@ -124,14 +124,14 @@ class LocalTransport:
     async def call_local(self, peer_id: str, protocol_id: str, payload: bytes) -> bytes:
         handler = self.handlers.get(protocol_id)
         if handler is None:
-            raise TransportError(f"node {self.self_id} does not speak {protocol_id}")
+            raise UnsupportedProtocolError(f"node {self.self_id} does not speak {protocol_id}")
         return await handler(peer_id, payload)
 
     @asynccontextmanager
     async def stream_local(self, peer_id: str, protocol_id: str, payload: bytes) -> AsyncIterator[AsyncIterator[bytes]]:
         handler = self.stream_handlers.get(protocol_id)
         if handler is None:
-            raise TransportError(f"node {self.self_id} does not speak {protocol_id}")
+            raise UnsupportedProtocolError(f"node {self.self_id} does not speak {protocol_id}")
         gen = handler(peer_id, payload)
         try:
             yield gen
@@ -200,7 +200,7 @@ class InMemoryNetwork:
         self.drop: Callable[[str, str, str], str] | None = None
 
     def take_down(self, node_id: str) -> None:
-        """Simulate a node's death: calls to it fail, and streams from it break, as a reset would."""
+        """Simulate a node's death: calls to it and from it fail, and streams from it break, as a reset would."""
         self.down.add(node_id)
         self.went_down(node_id).set()
 
@@ -248,7 +248,8 @@ class InMemoryTransport(LocalTransport):
 
     def _peer(self, peer_id: str) -> InMemoryTransport:
         peer = self._network.nodes.get(peer_id)
-        if peer is None or peer_id in self._network.down or {peer_id, self.self_id} & self._network.cut:
+        # a node taken down is dead both ways: its tasks that live on in this process send nothing either
+        if peer is None or {peer_id, self.self_id} & (self._network.down | self._network.cut):
             raise TransportError(f"peer {peer_id} is not reachable")
         return peer
 

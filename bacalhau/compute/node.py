@@ -28,11 +28,11 @@ from bacalhau.compute.publishing import GroupedPublisher
 from bacalhau.compute.results import read_result, read_tree, remove_tree
 from bacalhau.compute.store import ExecutionStore, LocalExecution
 from bacalhau.config import DEFAULT_MAX_RESULT_SIZE, JobLimits
-from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, ProtocolError
+from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, ProtocolError, StateError
 from bacalhau.executors.types import ExecutionDir, Executor
 from bacalhau.ipfs.blockstore import Blockstore
 from bacalhau.ipfs.publish import ResultTooLarge, scan_result, skipped_note, tree_size
-from bacalhau.models import Engine, ExecutionState, NodeInfo, NodeType, Resources
+from bacalhau.models import Engine, ExecutionState, NodeInfo, NodeType, Resources, RunResult
 from bacalhau.storage.inputs import DEFAULT_PROVIDERS, prepare_inputs
 from bacalhau.storage.ipfs import IpfsStorage
 from bacalhau.storage.types import StorageProvider
@@ -82,6 +82,7 @@ class ComputeNode:
         self._held = HeldOutputs(store)   # the outputs in memory (a noop's) of those of _busy that have one
         requests: list[tuple[str, type[BaseModel], AnyModelHandler]] = [
             (m.ASK_FOR_BID, m.AskForBidRequest, self._ask_for_bid),
+            (m.ASK_FOR_BID_APPROVED, m.AskForBidRequest, self._ask_for_bid_approved),
             (m.BID_ACCEPTED, m.ExecutionRequest, self._bid_accepted),
             (m.BID_REJECTED, m.ExecutionReasonRequest, self._bid_rejected),
             (m.RESULT_ACCEPTED, m.ExecutionRequest, self._result_accepted),
@@ -195,13 +196,29 @@ class ComputeNode:
         self._spawn(self._send, "on_bid_complete", req.requester_id, msg, delay)
         return m.Ack()
 
+    async def _ask_for_bid_approved(self, peer_id: str, req: m.AskForBidRequest) -> m.BidResult:
+        """A pre-approved ask (messages.py): the bid is the reply, a yes is accepted as it is written down (one
+        write, before the reply: what the requester is told is on disk) and starts at once."""
+        ctx = BidContext(self.engines, self.capacity.total, self.labels, self._blockstore, self.limits)
+        reason = "the node is shutting down" if not self._accepting else bid(req.job, ctx)
+        ex = LocalExecution(id=req.execution_id, job=req.job, requester_id=req.requester_id,
+                            state=S.BID_ACCEPTED if reason is None else S.BID_REJECTED,
+                            reason=reason or "bid accepted (pre-approved)")
+        await self._store.create(ex)     # an id taken already: StateError, nothing started
+        if reason is None:
+            self._start(ex, preapproved=True)
+        return m.BidResult(execution_id=req.execution_id, job_id=req.job.id, node_id=self.node_id,
+                           accepted=reason is None, reason=reason or "", log_stream_addr=self.log_stream_addr)
+
     async def _bid_accepted(self, peer_id: str, req: m.ExecutionRequest) -> m.Ack:
-        ex = await self._store.update(req.execution_id, (S.NEW,), S.BID_ACCEPTED, "bid accepted")
+        self._start(await self._store.update(req.execution_id, (S.NEW,), S.BID_ACCEPTED, "bid accepted"))
+        return m.Ack()
+
+    def _start(self, ex: LocalExecution, *, preapproved: bool = False) -> None:
         scope = trio.CancelScope()
         self._scopes[ex.id] = scope
         self._busy.add(ex.id)
-        self._spawn(self._execute, ex, scope, execution=ex)
-        return m.Ack()
+        self._spawn(self._execute, ex, scope, preapproved, execution=ex)
 
     async def _bid_rejected(self, peer_id: str, req: m.ExecutionReasonRequest) -> m.Ack:
         await self._store.update(req.execution_id, (S.NEW,), S.BID_REJECTED, req.reason or "bid rejected")
@@ -305,8 +322,9 @@ class ComputeNode:
                 raise ProtocolError(f"execution {execution_id!r} is not a directory under {base}")
         return ExecutionDir(root)
 
-    async def _execute(self, ex: LocalExecution, scope: trio.CancelScope) -> None:
-        """Run one execution. Whatever goes wrong escapes to the _spawn boundary, which fails it alone."""
+    async def _execute(self, ex: LocalExecution, scope: trio.CancelScope, preapproved: bool = False) -> None:
+        """Run one execution. Whatever goes wrong escapes to the _spawn boundary, which fails it alone.
+        `preapproved`: a run that ends well is published at once (no result_accepted to wait for)."""
         executor = self._executors[ex.job.spec.engine]
         result = None
         try:
@@ -322,8 +340,15 @@ class ComputeNode:
             self._scopes.pop(ex.id, None)
         if scope.cancelled_caught or result is None:
             return  # _cancel recorded and reported it
+        retried = result.exit_code != 0 and not result.error and ex.job.spec.retry.on_nonzero_exit
+        if preapproved and not result.error and not retried:
+            # the requester's decision would be result_accepted: published at once, the result recorded with
+            # the reference in one write, before the requester is told (a crash before it fails the execution
+            # at the next start, as one left publishing)
+            await self._publish(ex, result)
+            return
         await self._store.record_result(ex.id, result)
-        if result.exit_code != 0 and not result.error and ex.job.spec.retry.on_nonzero_exit:
+        if retried:
             # this node holds the spec: it fails the attempt itself and the requester retries it elsewhere,
             # with no run-complete to answer with a result-rejected
             await self._fail(ex, f"exited with code {result.exit_code}; the job asks to be retried")
@@ -372,9 +397,10 @@ class ComputeNode:
             with open(exec_dir.stderr, "ab") as f:
                 f.write(skipped_note(scan.skipped).encode())
 
-    async def _publish(self, ex: LocalExecution) -> None:
+    async def _publish(self, ex: LocalExecution, result: RunResult | None = None) -> None:
         """Add the result to this node's blockstore as one UnixFS directory; the job records its CID. (The
-        node also serves the files through get_result until bitswap serves them to the cluster.)"""
+        node also serves the files through get_result until bitswap serves them to the cluster.) With the
+        `result` of a pre-approved execution, the requester hears both in one callback (on_run_published)."""
         from bacalhau.ipfs.unixfs import cid_to_bytes
 
         try:
@@ -388,9 +414,18 @@ class ComputeNode:
             except (OSError, BacalhauError) as exc:
                 raise ExecutorError(f"the result could not be published: {exc}") from exc
             ref = f"ipfs://{cid}"
-            await self._store.update(ex.id, (S.PUBLISHING,), S.COMPLETED, "published", result_ref=ref)
-            await self._send("on_publish_complete", ex.requester_id, m.PublishComplete(
-                execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, result_ref=ref))
+            if result is None:
+                await self._store.update(ex.id, (S.PUBLISHING,), S.COMPLETED, "published", result_ref=ref)
+                await self._send("on_publish_complete", ex.requester_id, m.PublishComplete(
+                    execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, result_ref=ref))
+                return
+            try:
+                await self._store.update(ex.id, (S.RUNNING,), S.COMPLETED, "ran and published (pre-approved)",
+                                         result=result, result_ref=ref)
+            except StateError:
+                return  # cancelled meanwhile: _cancel recorded and reported it
+            await self._send("on_run_published", ex.requester_id, m.RunPublished(
+                execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id, result=result, result_ref=ref))
         finally:
             self._done(ex.id)
 

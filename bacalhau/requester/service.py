@@ -17,7 +17,14 @@ from bacalhau.bprotocol.proxies import ComputeProxy
 from bacalhau.bprotocol.transport import AnyModelHandler, Transport, typed_handler
 from bacalhau.compute.callbacks import deliver
 from bacalhau.config import DEFAULT_RECONCILE_INTERVAL
-from bacalhau.errors import BacalhauError, ProtocolError, RemoteError, StateError, TransportError
+from bacalhau.errors import (
+    BacalhauError,
+    ProtocolError,
+    RemoteError,
+    StateError,
+    TransportError,
+    UnsupportedProtocolError,
+)
 from bacalhau.log_frames import LogEvent
 from bacalhau.models import Execution, ExecutionState, Job, JobSpec, JobState, NodeInfo
 from bacalhau.requester.logs import LogReader
@@ -59,6 +66,10 @@ class Requester:
         # a job's lock lives while a task holds or waits for it: finished jobs leave nothing behind
         self._job_locks: weakref.WeakValueDictionary[str, trio.Lock] = weakref.WeakValueDictionary()
         self._awaiting_bid: dict[str, trio.CancelScope] = {}   # execution id -> its bid deadline's scope
+        # executions asked pre-approved (bprotocol/messages.py), until they end: only theirs is an on_run_published
+        # taken (a restart forgets them: those are caught up with through execution_status, as any lost callback)
+        self._preapproved: set[str] = set()
+        self._old_flow: set[str] = set()     # nodes that do not speak the pre-approved ask (older versions)
         self._waiting_pass: trio.Event | None = None           # set when a pass over waiting jobs is due
         self._changed: dict[str, trio.Event] = {}
         self.on_change: list[Callable[[str], None]] = []      # told a job's id at each change (the dashboard)
@@ -68,6 +79,7 @@ class Requester:
             (m.ON_BID_COMPLETE, m.BidResult, self._on_bid_complete),
             (m.ON_RUN_COMPLETE, m.RunComplete, self._on_run_complete),
             (m.ON_PUBLISH_COMPLETE, m.PublishComplete, self._on_publish_complete),
+            (m.ON_RUN_PUBLISHED, m.RunPublished, self._on_run_published),
             (m.ON_CANCEL_COMPLETE, m.CancelComplete, self._on_cancel_complete),
             (m.ON_COMPUTE_FAILURE, m.ComputeFailure, self._on_compute_failure),
         ]
@@ -152,6 +164,7 @@ class Requester:
     def node_joined(self, info: NodeInfo) -> None:
         """A node appeared: jobs waiting for one get another look (one pass at a time, however many nodes
         join meanwhile: a thousand joining are not a thousand passes over the waiting jobs)."""
+        self._old_flow.discard(info.node_id)   # back after a while: perhaps upgraded
         if self._waiting_pass is not None:
             self._waiting_pass.set()
             return
@@ -185,6 +198,8 @@ class Requester:
 
     async def _on_run_complete(self, peer_id: str, msg: m.RunComplete) -> m.Ack:
         async with self._lock(msg.job_id):
+            if msg.execution_id in self._preapproved:
+                await self._accept_overtaken(msg.job_id, msg.execution_id)
             if msg.result.error:
                 # The job ran and hit its own limit (e.g. its timeout): not the node's fault, no retry.
                 await self._set(msg.execution_id, (S.BID_ACCEPTED, S.RUNNING), S.FAILED, msg.result.error,
@@ -200,7 +215,8 @@ class Requester:
             else:
                 await self._set(msg.execution_id, (S.BID_ACCEPTED, S.RUNNING), S.PUBLISHING,
                                 f"ran, exit code {msg.result.exit_code}", result=msg.result)
-                self._spawn(self._tell_compute, "result_accepted", msg.node_id, msg.execution_id)
+                if msg.execution_id not in self._preapproved:    # a pre-approved one publishes by itself
+                    self._spawn(self._tell_compute, "result_accepted", msg.node_id, msg.execution_id)
         self._notify(msg.job_id)
         return m.Ack()
 
@@ -229,6 +245,54 @@ class Requester:
             return m.Ack()
         await self._evaluate(msg.job_id)
         return m.Ack()
+
+    async def _on_run_published(self, peer_id: str, msg: m.RunPublished) -> m.Ack:
+        """A pre-approved execution ran and is published (bprotocol/messages.py): what on_run_complete and
+        on_publish_complete would do, in one transaction. Taken only for an execution this requester asked
+        pre-approved: for any other, the node was to wait for result_accepted (a peer cannot skip the steps)."""
+        from bacalhau.ipfs.result_ref import parse_result_ref
+
+        if msg.execution_id not in self._preapproved:
+            raise ProtocolError(f"execution {msg.execution_id} is not one asked pre-approved and still live: its "
+                                "run and its publication are reported apart")
+        try:
+            parse_result_ref(msg.result_ref)     # what downloads will trust: ipfs://<CID> and nothing else
+        except ProtocolError as exc:
+            async with self._lock(msg.job_id):
+                await self._accept_overtaken(msg.job_id, msg.execution_id)
+                await self._set(msg.execution_id, (S.BID_ACCEPTED, S.RUNNING, S.PUBLISHING), S.FAILED,
+                                f"node {peer_id} published a bad result reference: {exc}")
+            await self._evaluate(msg.job_id)
+            raise
+        async with self._lock(msg.job_id):
+            await self._accept_overtaken(msg.job_id, msg.execution_id)
+            job = await self.store.get_job(msg.job_id, full=False)
+            done = 1 + sum(1 for e in job.executions if e.state == S.COMPLETED and e.id != msg.execution_id)
+            others = any(not e.state.terminal and e.id != msg.execution_id for e in job.executions)
+            ends = not job.state.terminal and not others and done >= job.spec.concurrency
+            await self._set(msg.execution_id, (S.BID_ACCEPTED, S.RUNNING, S.PUBLISHING), S.COMPLETED,
+                            f"ran, exit code {msg.result.exit_code}; result published", result=msg.result,
+                            result_ref=msg.result_ref,
+                            job_to=(job.state, JobState.COMPLETED, "") if ends else None)
+        if ends:
+            self._notify(msg.job_id)
+            return m.Ack()
+        await self._evaluate(msg.job_id)
+        return m.Ack()
+
+    async def _accept_overtaken(self, job_id: str, execution_id: str) -> None:
+        """(The job's lock held.) A pre-approved execution's outcome can overtake the ask's reply: the node said
+        yes, so the bid is taken here (the job to in progress with it, as the reply would)."""
+        ex = await self.store.get_execution(execution_id)
+        if ex.state == S.ASKED_FOR_BID:
+            await self._take_bid(job_id, execution_id, "bid accepted (pre-approved)")
+
+    async def _take_bid(self, job_id: str, execution_id: str, reason: str) -> None:
+        """(The job's lock held.) The execution's bid accepted; the job's first moves it to in progress in the
+        same transaction."""
+        job = await self.store.get_job(job_id, full=False)
+        started = (JobState.PENDING, JobState.IN_PROGRESS, "bid accepted") if job.state == JobState.PENDING else None
+        await self._set(execution_id, (S.ASKED_FOR_BID, S.NEW), S.BID_ACCEPTED, reason, job_to=started)
 
     async def _on_cancel_complete(self, peer_id: str, msg: m.CancelComplete) -> m.Ack:
         return m.Ack()
@@ -327,6 +391,9 @@ class Requester:
         for ex in asked:     # counted at once: the next job ranked, even before any await here, sees them
             self.nodes.placed(ex.node_id, ex.id)
         for ex in asked:
+            if sure and ex.node_id not in self._old_flow:
+                # the one execution needed, asked of one node: no other bid to wait for or choose between
+                self._preapproved.add(ex.id)
             await self.store.create_execution(ex, "asked for a bid")
             self._spawn(self._ask_one, job, ex)
         self._notify(job.id)
@@ -334,6 +401,9 @@ class Requester:
     async def _ask_one(self, job: Job, ex: Execution) -> None:
         """Ask one node for a bid and wait for it until the bid timeout; the bid's arrival (or the execution
         leaving ASKED_FOR_BID any other way) cancels the wait, so the task ends with it."""
+        if ex.id in self._preapproved:
+            await self._ask_approved(job, ex)
+            return
         req = m.AskForBidRequest(execution_id=ex.id, requester_id=self.node_id, job=job)
         deadline = trio.CancelScope()
         self._awaiting_bid[ex.id] = deadline
@@ -352,6 +422,54 @@ class Requester:
         if deadline.cancel_called:
             return
         await self._execution_failed(job.id, ex.id, (S.ASKED_FOR_BID,), S.BID_REJECTED, reason)
+
+    async def _ask_approved(self, job: Job, ex: Execution) -> None:
+        """The pre-approved ask (bprotocol/messages.py): its reply is the bid, and a yes is already running."""
+        req = m.AskForBidRequest(execution_id=ex.id, requester_id=self.node_id, job=job)
+        try:
+            bid = await self._compute.ask_for_bid_approved(ex.node_id, req)
+        except UnsupportedProtocolError:
+            log.info("node %s does not take pre-approved asks (an older version): asking it the old way", ex.node_id)
+            self._old_flow.add(ex.node_id)
+            self._preapproved.discard(ex.id)
+            await self._ask_one(job, ex)
+            return
+        except BacalhauError as exc:
+            # only the reply may have been lost, the node running it: ask before writing the attempt off
+            if not isinstance(exc, TransportError) or not await self._took_it(ex.node_id, ex.id):
+                await self._execution_failed(job.id, ex.id, (S.ASKED_FOR_BID,), S.BID_REJECTED,
+                                             f"ask for bid failed: {exc}")
+                if isinstance(exc, TransportError):    # it may still come: dropped where it does
+                    self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, "ask for bid failed")
+                return
+            bid = m.BidResult(execution_id=ex.id, job_id=job.id, node_id=ex.node_id, accepted=True)
+        if (bid.execution_id, bid.job_id, bid.node_id) != (ex.id, job.id, ex.node_id):
+            # an answer about something else than what was asked: not this ask's bid
+            reason = f"node {ex.node_id} answered the ask with a bid for another execution"
+            log.warning("%s (execution %s of job %s)", reason, ex.id, job.id)
+            await self._execution_failed(job.id, ex.id, None, S.FAILED, reason)
+            self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, reason)
+            return
+        cancel = ""
+        async with self._lock(job.id):
+            current = await self.store.get_execution(ex.id)
+            if not bid.accepted:
+                if current.state == S.ASKED_FOR_BID:
+                    await self._set(ex.id, (S.ASKED_FOR_BID,), S.BID_REJECTED, bid.reason)
+            elif current.state == S.ASKED_FOR_BID:
+                if (await self.store.get_job(job.id, full=False)).state.terminal:
+                    cancel = "the job ended"
+                    await self._set(ex.id, None, S.CANCELLED, cancel)
+                else:
+                    await self._take_bid(job.id, ex.id, "bid accepted (pre-approved)")
+            elif current.state in (S.CANCELLED, S.FAILED, S.BID_REJECTED):
+                # given up meanwhile (a cancel, a timeout): the node started it all the same
+                cancel = current.reason or current.state.value
+        if cancel:
+            self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, cancel)
+        if not bid.accepted:
+            self._spawn(self._evaluate, job.id)
+        self._notify(job.id)
 
     async def _accept_bid(self, node_id: str, execution_id: str, job_id: str) -> None:
         try:
@@ -451,10 +569,15 @@ class Requester:
                 if ex.state == S.BID_ACCEPTED:
                     async with self._lock(job_id):
                         await self._set(ex.id, (S.BID_ACCEPTED,), S.RUNNING, "running (seen after a restart)")
+                elif ex.state == S.ASKED_FOR_BID:
+                    # only a pre-approved ask has a node run what the requester only asked about: it still is
+                    self._preapproved.add(ex.id)
+                    async with self._lock(job_id):
+                        await self._take_bid(job_id, ex.id, "bid accepted (pre-approved; seen after a restart)")
             elif status.state in (S.RUNNING, S.PUBLISHING, S.COMPLETED) and status.result is not None:
                 if ex.state in (S.ASKED_FOR_BID, S.NEW):
                     async with self._lock(job_id):
-                        await self._set(ex.id, None, S.BID_ACCEPTED, "bid accepted (seen after a restart)")
+                        await self._take_bid(job_id, ex.id, "bid accepted (seen after a restart)")
                 if ex.state != S.PUBLISHING:
                     await self._on_run_complete(ex.node_id, m.RunComplete(**info, result=status.result))
                 if status.state == S.COMPLETED:
@@ -572,6 +695,7 @@ class Requester:
             self.nodes.answered(ex.node_id, execution_id)
         if new.terminal:                 # a refused or unneeded bid too: no longer load on the node
             self.nodes.ended(ex.node_id, execution_id)
+            self._preapproved.discard(execution_id)
         return ex
 
     def _notify(self, job_id: str) -> None:

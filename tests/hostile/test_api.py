@@ -364,7 +364,7 @@ async def test_a_follower_that_never_reads_is_dropped_and_frees_its_stream(api_n
     assert api_node.requester is not None
     with trio.fail_after(10):
         while not (running := [e for e in (await api_node.requester.store.get_job(job_id)).executions
-                               if e.state.value == "running"]):
+                               if e.state.value in ("bid_accepted", "running")]):
             await trio.sleep(0.02)
     stdout = api_node.compute.execution_dir(running[0].id).stdout
     with trio.fail_after(10):

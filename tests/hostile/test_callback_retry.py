@@ -63,19 +63,24 @@ async def test_a_dropped_run_complete_is_sent_again_and_the_job_completes_before
         assert trio.current_time() - t0 < WELL_BEFORE_RECONCILE
 
 
-async def test_a_real_compute_node_sends_a_lost_run_complete_again(tmp_path: Path) -> None:
-    """The same through the real ComputeNode (in-memory transport; the requester's reconcile pass at 30 s)."""
+@pytest.mark.parametrize("lost", [m.ON_RUN_COMPLETE, m.ON_RUN_PUBLISHED])
+async def test_a_real_compute_node_sends_a_lost_run_complete_again(tmp_path: Path, lost: str) -> None:
+    """The same through the real ComputeNode (in-memory transport; the requester's reconcile pass at 30 s): the
+    run-complete of the flow of before pre-approved asks (the node standing in for one of that version), and
+    the one callback of a pre-approved execution."""
     net = InMemoryNetwork()
     async with trio.open_nursery() as nursery:
         req = await nursery.start(Node(NodeConfig(repo_dir=tmp_path / "r", serve_api=False,
                                                   node_types=(NodeType.REQUESTER,)), NodeDeps(network=net)).run)
         compute = await nursery.start(Node(NodeConfig(repo_dir=tmp_path / "c", node_types=(NodeType.COMPUTE,),
                                                       engines=("noop",)), NodeDeps(network=net)).run)
+        if lost == m.ON_RUN_COMPLETE:
+            del compute.transport.handlers[m.ASK_FOR_BID_APPROVED]
         dropped: list[str] = []
         real_call = compute.transport.call
 
         async def lossy_call(peer_id: str, protocol_id: str, payload: bytes, *, timeout: float) -> bytes:
-            if protocol_id == m.ON_RUN_COMPLETE and not dropped:
+            if protocol_id == lost and not dropped:
                 dropped.append(protocol_id)
                 raise TransportError("the callback was lost on the way (the test drops it)")
             reply: bytes = await real_call(peer_id, protocol_id, payload, timeout=timeout)
@@ -90,7 +95,7 @@ async def test_a_real_compute_node_sends_a_lost_run_complete_again(tmp_path: Pat
             while not (await req.requester.store.get_job(job.id, full=False)).state.terminal:
                 await req.requester.wait_for_change(job.id, 0.5)
         done = await req.requester.store.get_job(job.id)
-        assert dropped == [m.ON_RUN_COMPLETE]
+        assert dropped == [lost]
         assert done.state == JobState.COMPLETED, done.reason
         nursery.cancel_scope.cancel()
 
