@@ -34,7 +34,8 @@ async def test_noop_job_completes_on_a_single_node(tmp_path: Path) -> None:
         assert done.executions[0].result.exit_code == 0
         states = [e.state for e in done.events if e.kind == "execution"]
         # one node asked for the one execution: a pre-approved ask, run and published without a word between
-        assert states == ["asked_for_bid", "bid_accepted", "completed"]
+        # (accepted and running in one write)
+        assert states == ["asked_for_bid", "bid_accepted", "running", "completed"]
         chunks = [c async for c in node.content.open_result(done.executions[0].node_id, done.executions[0].id, "stdout")]
         assert b"".join(chunks) == b"hi\n"
         nursery.cancel_scope.cancel()

@@ -4,9 +4,13 @@ Besides each node's last report, the table keeps this requester's own executions
 ended (asked, bid, running, publishing), counted from the ask to the end: a burst between two reports would
 otherwise all go to the node that looked idlest, and a node that takes asks and never bids looks busier with
 each one, not idle for ever. Ranking reads a node as `Load`: ours now, plus what the report holds beyond what
-was ours when it came (other requesters' work). Nothing in it hangs on when a report was made or how long
-gossip took to bring it: counting "placed since the report" did, and the node whose reports came older got
-about half the jobs of the others (benchmarks/cluster_throughput.py: c0=260 c1=65 c2=275 of 600).
+was ours when it was made (other requesters' work). Counting "placed since the report" instead made a node
+whose reports came older get about half the jobs of the others (benchmarks/cluster_throughput.py: c0=260
+c1=65 c2=275 of 600). What was ours when the report was made is reckoned from when each of our executions got
+past its bid and when it ended, not from what is ours when the report comes: jobs that end within
+milliseconds (a pre-approved noop) have often ended by then, and the report's count of them was taken for
+other requesters' work, keeping the node looking busy until its next report (a burst of 300 on three equal
+nodes spread 61/117/122).
 
 The hot path does not walk the table: `sample` visits nodes from a random place in it and stops when the
 caller has enough, so scheduling a job costs the same with 3 nodes or a thousand.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -31,7 +36,9 @@ class _Entry:
     since: float                                              # wall time the report stands for
     live: set[str] = field(default_factory=set)               # our executions on the node, not ended
     awaiting: dict[str, float] = field(default_factory=dict)  # execution id -> wall time asked, no bid yet
-    ours_in_report: int = 0                                   # of `live`, past their bid when the report came
+    past_bid: dict[str, float] = field(default_factory=dict)  # of `live`: execution id -> wall time of its bid
+    ended: deque[tuple[float, float]] = field(default_factory=deque)  # (bid, end) of ours ended since `since`
+    ours_in_report: int = 0                                   # ours past their bid, not ended, at `since`
 
 
 @dataclass(frozen=True)
@@ -66,12 +73,17 @@ class NodeTable:
         entry.expires = time.monotonic() + self.ttl
         if since > entry.since:        # gossip may come out of order: an older report only says it is alive
             entry.info, entry.since = info, since
-            entry.ours_in_report = self._past_bid(entry)
+            entry.ours_in_report = self._ours_at(entry, since)
         return False
 
     @staticmethod
-    def _past_bid(entry: _Entry) -> int:
-        return len(entry.live) - sum(1 for ex_id in entry.awaiting if ex_id in entry.live)
+    def _ours_at(entry: _Entry, since: float) -> int:
+        """Our executions on the node past their bid and not yet ended at `since` (those ended before it are
+        let go: a later report stands for a later moment)."""
+        while entry.ended and entry.ended[0][1] <= since:
+            entry.ended.popleft()
+        return (sum(1 for bid in entry.past_bid.values() if bid <= since)
+                + sum(1 for bid, _ in entry.ended if bid <= since))
 
     async def wait_for(self, node_id: str) -> None:
         """Return once the node is in the table (at once if it is)."""
@@ -127,12 +139,17 @@ class NodeTable:
         if entry is not None:
             entry.live.discard(execution_id)
             entry.awaiting.pop(execution_id, None)
+            bid = entry.past_bid.pop(execution_id, None)
+            if bid is not None:
+                entry.ended.append((bid, time.time()))   # kept until a report stands for a later moment
 
     def answered(self, node_id: str, execution_id: str) -> None:
         """The node bid (or refused, or the ask failed or timed out): no longer an unanswered ask."""
         entry = self._nodes.get(node_id)
         if entry is not None:
             entry.awaiting.pop(execution_id, None)
+            if execution_id in entry.live and execution_id not in entry.past_bid:
+                entry.past_bid[execution_id] = time.time()
 
     def awaiting(self) -> int:
         """Asks of this requester still waiting for their bid, over all nodes."""

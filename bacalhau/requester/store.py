@@ -372,9 +372,11 @@ class JobStore:
         self, execution_id: str, expected: ExecutionState | tuple[ExecutionState, ...] | None,
         new: ExecutionState, reason: str = "", *, result: RunResult | None = None, result_ref: str | None = None,
         job_to: tuple[JobState | None, JobState, str] | None = None,
+        then: tuple[ExecutionState, str] | None = None,
     ) -> Execution:
         """Compare-and-set an execution's state; with `job_to` (expected, new, reason), its job's too, in the
-        same transaction (both or neither)."""
+        same transaction (both or neither). `then` (state, reason): a second step taken at once, in the same
+        transaction, both in the history (a pre-approved bid is accepted and its run started as one write)."""
         moved: list[float] = []
 
         def tx(conn: sqlite3.Connection) -> Execution:
@@ -389,8 +391,11 @@ class JobStore:
                     f" found {current.value}"
                 )
             check_execution_transition(execution_id, current, new)
+            if then is not None:
+                check_execution_transition(execution_id, new, then[0])
+            final, final_reason = then or (new, reason)
             sets = ["state=?", "reason=?", "updated_at=?"]
-            args: list[object] = [new.value, reason, time.time()]
+            args: list[object] = [final.value, final_reason, time.time()]
             if result is not None:
                 sets.append("result=?")
                 args.append(result.model_dump_json())
@@ -399,13 +404,15 @@ class JobStore:
                 args.append(result_ref)
             conn.execute(f"UPDATE executions SET {', '.join(sets)} WHERE id=?", [*args, execution_id])
             _event(conn, row["job_id"], "execution", execution_id, new.value, reason, row["node_id"])
+            if then is not None:
+                _event(conn, row["job_id"], "execution", execution_id, final.value, final_reason, row["node_id"])
             if job_to is not None:
                 moved[:] = [_move_job(conn, row["job_id"], *job_to)]
             # what was read, with what was written: no second read. The view's copy is the row as committed
             # (its hooks run only while no transaction does), so a held one is not parsed again
             held = self.view.execution(execution_id)
             before = held if held is not None and held.state == current else _row_to_execution(row)
-            return before.model_copy(update={"state": new, "reason": reason, "updated_at": args[2],
+            return before.model_copy(update={"state": final, "reason": final_reason, "updated_at": args[2],
                                              **({"result": result} if result is not None else {}),
                                              **({"result_ref": result_ref} if result_ref is not None else {})})
 

@@ -84,8 +84,9 @@ async def test_a_plain_job_takes_two_calls_and_its_records_stay_right(tmp_path: 
         [ex] = done.executions
         assert ex.state == S.COMPLETED and ex.result is not None and ex.result.stdout_tail == "hi\n"
         assert ex.result_ref.startswith("ipfs://")
+        # accepted and running in one write: `describe` shows it running while it runs, as the old flow did
         assert [e.state for e in done.events if e.kind == "execution"] == ["asked_for_bid", "bid_accepted",
-                                                                           "completed"]
+                                                                           "running", "completed"]
         assert [e.state for e in done.events if e.kind == "job"] == ["pending", "in_progress", "completed"]
         nursery.cancel_scope.cancel()
 
@@ -205,7 +206,7 @@ async def test_a_pre_approved_outcome_from_a_node_that_does_not_hold_the_executi
     async with trio.open_nursery() as nursery:
         req, (a, b) = await cluster(nursery, tmp_path, net, ["a", "b"])
         job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=60), node_selector="zone=a"))
-        ex_id = await wait_execution(req, job.id, {S.BID_ACCEPTED})
+        ex_id = await wait_execution(req, job.id, {S.RUNNING})
         for liar, named in ((b, b.node_id), (b, a.node_id)):     # as itself, and naming the holder
             forged = m.RunPublished(execution_id=ex_id, job_id=job.id, node_id=named,
                                     result=RunResult(exit_code=0), result_ref=A_CID)
@@ -213,7 +214,7 @@ async def test_a_pre_approved_outcome_from_a_node_that_does_not_hold_the_executi
                 await CallbackProxy(liar.transport, 5).on_run_published(req.node_id, forged)
         after = await req.requester.store.get_job(job.id)
         assert after.state == JobState.IN_PROGRESS
-        assert [(e.state, e.result_ref) for e in after.executions] == [(S.BID_ACCEPTED, "")]
+        assert [(e.state, e.result_ref) for e in after.executions] == [(S.RUNNING, "")]
         nursery.cancel_scope.cancel()
 
 
@@ -224,7 +225,7 @@ async def test_an_asks_reply_naming_another_execution_is_refused(tmp_path: Path)
     async with trio.open_nursery() as nursery:
         req, (compute,) = await cluster(nursery, tmp_path, net, ["a"])
         other = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=60)))
-        other_ex = await wait_execution(req, other.id, {S.BID_ACCEPTED})
+        other_ex = await wait_execution(req, other.id, {S.RUNNING})
         handler = compute.transport.handlers[m.ASK_FOR_BID_APPROVED]
 
         async def lying(peer_id: str, payload: bytes) -> bytes:
@@ -234,14 +235,14 @@ async def test_an_asks_reply_naming_another_execution_is_refused(tmp_path: Path)
 
         compute.transport.handlers[m.ASK_FOR_BID_APPROVED] = lying
         job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=60)))
-        ex_id = await wait_execution(req, job.id, {S.FAILED, S.BID_REJECTED, S.BID_ACCEPTED, S.COMPLETED})
+        ex_id = await wait_execution(req, job.id, {S.FAILED, S.BID_REJECTED, S.RUNNING, S.COMPLETED})
         ex = (await req.requester.store.get_execution(ex_id))
         assert ex.state == S.FAILED and "another execution" in ex.reason
         proxy = ComputeProxy(req.transport, 5)
         with trio.fail_after(10):
             while await _status(proxy, compute.node_id, ex_id) != S.CANCELLED:
                 await trio.sleep(0.02)
-        assert (await req.requester.store.get_execution(other_ex)).state == S.BID_ACCEPTED
+        assert (await req.requester.store.get_execution(other_ex)).state == S.RUNNING
         nursery.cancel_scope.cancel()
 
 
@@ -262,13 +263,14 @@ async def test_mixed_versions_over_real_libp2p(tmp_path: Path) -> None:
         with trio.fail_after(15):
             while len(req.requester.nodes.alive()) < 2:
                 await trio.sleep(0.05)
-        for zone, flow in (("old", "running"), ("new", "completed"), ("old", "running")):
+        for zone, flow in (("old", "publishing"), ("new", "completed"), ("old", "publishing")):
             job = await req.requester.submit(JobSpec(engine=Engine.NOOP, node_selector=f"zone={zone}"))
             await wait_job(req, job.id, {JobState.COMPLETED, JobState.FAILED}, timeout=20)
             done = await req.requester.store.get_job(job.id)
             assert done.state == JobState.COMPLETED, done.reason
-            # the old flow's execution goes through running and publishing; the pre-approved one straight on
-            assert [e.state for e in done.events if e.kind == "execution"][2] == flow
+            # the old flow's execution goes through running and publishing; the pre-approved one from running
+            # straight on
+            assert [e.state for e in done.events if e.kind == "execution"][3] == flow
         assert req.requester._old_flow == {computes[0].node_id}
         nursery.cancel_scope.cancel()
 
