@@ -1,0 +1,68 @@
+"""A review of pre-approved asks (bprotocol/messages.py), read as an attacker and as a crash would: what the
+flow of 2 calls a job left open. Each test is the attack or the fault, failing on the code before its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from bacalhau.models import Engine, ExecutionState, JobSpec, JobState, NodeType, NoopSpec
+from bacalhau.node import Node
+from tests.conftest import node_config
+
+S = ExecutionState
+
+
+async def wait_job(node: Node, job_id: str, states: set[JobState], timeout: float) -> None:
+    with trio.fail_after(timeout):
+        while (await node.requester.store.get_job(job_id, full=False)).state not in states:
+            await node.requester.wait_for_change(job_id, 0.5)
+
+
+async def test_a_requester_restarted_while_a_pre_approved_execution_runs_takes_its_outcome(tmp_path: Path) -> None:
+    """The requester stops while the node runs a pre-approved execution it had taken (its record: bid accepted)
+    and comes back before the run ends. The node's one callback (on_run_published) must be taken: refused (the
+    restart forgot the execution was asked pre-approved), the job waited for the reconcile pass (30 s, up to 60)
+    to be completed, and the node was sent a result_accepted it could only refuse."""
+    from bacalhau.testing import free_port
+
+    req_cfg = node_config(tmp_path / "r", node_types=(NodeType.REQUESTER,), serve_api=False,
+                          swarm_port=free_port())
+    async with trio.open_nursery() as nursery:
+        first = trio.CancelScope()
+
+        async def requester_until_stopped(task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+            with first:
+                async with trio.open_nursery() as inner:
+                    task_status.started(await inner.start(Node(req_cfg).run))
+
+        req = await nursery.start(requester_until_stopped)
+        compute = await nursery.start(Node(node_config(tmp_path / "c", node_types=(NodeType.COMPUTE,),
+                                                       serve_api=False, engines=("noop",),
+                                                       peers=(req.addrs()[0],))).run)
+        with trio.fail_after(15):
+            while not req.requester.nodes.alive():
+                await trio.sleep(0.05)
+        job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="once\n", sleep=3)))
+        with trio.fail_after(10):
+            while not [e for e in (await req.requester.store.get_job(job.id)).executions
+                       if e.state == S.BID_ACCEPTED]:
+                await req.requester.wait_for_change(job.id, 0.2)
+        [ex] = (await req.requester.store.get_job(job.id)).executions
+        first.cancel()                     # the requester stops while the node runs it
+        with trio.fail_after(10):
+            while not first.cancelled_caught:
+                await trio.sleep(0.02)
+        again = await nursery.start(Node(req_cfg).run)
+        assert (await compute.compute._store.get(ex.id)).state in (S.BID_ACCEPTED, S.RUNNING)   # still running
+        # well within the reconcile pass (30 s): the node's own callback completes it
+        await wait_job(again, job.id, {JobState.COMPLETED, JobState.FAILED}, timeout=15)
+        done = await again.requester.store.get_job(job.id)
+        assert done.state == JobState.COMPLETED, done.reason
+        [ex] = done.executions
+        assert ex.state == S.COMPLETED and ex.result is not None and ex.result.stdout_tail == "once\n"
+        assert ex.result_ref.startswith("ipfs://")
+        # taken from on_run_published itself, not caught up with through publishing
+        assert "publishing" not in [e.state for e in done.events if e.kind == "execution"]
+        nursery.cancel_scope.cancel()
