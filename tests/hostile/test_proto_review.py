@@ -7,6 +7,8 @@ from pathlib import Path
 
 import trio
 
+from bacalhau.bprotocol import messages as m
+from bacalhau.errors import NotFoundError
 from bacalhau.models import Engine, ExecutionState, JobSpec, JobState, NodeType, NoopSpec
 from bacalhau.node import Node
 from tests.conftest import node_config
@@ -66,3 +68,62 @@ async def test_a_requester_restarted_while_a_pre_approved_execution_runs_takes_i
         # taken from on_run_published itself, not caught up with through publishing
         assert "publishing" not in [e.state for e in done.events if e.kind == "execution"]
         nursery.cancel_scope.cancel()
+
+
+async def test_an_ask_the_requester_gave_up_on_is_not_run_when_it_reaches_the_node_late(tmp_path: Path) -> None:
+    """The fault: the pre-approved ask reaches the node's handler, which is slow to take it (a busy disk); the
+    requester's call times out, the node says it has no such execution, so the attempt is written off and the
+    node told to drop it. That cancel finds nothing yet (not found: not sent again); then the node takes the ask
+    and, pre-approved, starts it: a job the requester retried elsewhere (or that failed) ran there to its end,
+    holding the node's capacity. (In the old flow a late ask only made a bid nobody accepted: nothing ran.)"""
+    async with trio.open_nursery() as nursery:
+        # over libp2p: a caller that times out gives up while the handler goes on (as between hosts)
+        req = await nursery.start(Node(node_config(tmp_path / "r", node_types=(NodeType.REQUESTER,),
+                                                   serve_api=False, call_timeout=1.0)).run)
+        compute = await nursery.start(Node(node_config(tmp_path / "c", node_types=(NodeType.COMPUTE,),
+                                                       serve_api=False, engines=("noop",),
+                                                       peers=(req.addrs()[0],))).run)
+        with trio.fail_after(15):
+            while not req.requester.nodes.alive():
+                await trio.sleep(0.05)
+        handler = compute.transport.handlers[m.ASK_FOR_BID_APPROVED]
+        go = trio.Event()
+
+        async def slow(peer_id: str, payload: bytes) -> bytes:
+            await go.wait()
+            return await handler(peer_id, payload)
+
+        compute.transport.handlers[m.ASK_FOR_BID_APPROVED] = slow
+        cancel_handler = compute.transport.handlers[m.CANCEL]
+        cancelled = trio.Event()
+
+        async def cancel_seen(peer_id: str, payload: bytes) -> bytes:
+            try:
+                return await cancel_handler(peer_id, payload)
+            finally:
+                cancelled.set()
+
+        compute.transport.handlers[m.CANCEL] = cancel_seen
+        job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=60)))
+        with trio.fail_after(10):      # the requester gives the attempt up
+            while not [e for e in (await req.requester.store.get_job(job.id)).executions if e.state.terminal]:
+                await req.requester.wait_for_change(job.id, 0.2)
+        [ex] = [e for e in (await req.requester.store.get_job(job.id)).executions if e.state.terminal]
+        assert ex.state in (S.BID_REJECTED, S.FAILED)
+        with trio.fail_after(10):
+            await cancelled.wait()     # the node was told to drop it, and had nothing yet
+        go.set()                       # the ask lands
+        with trio.fail_after(10):
+            while (state := await _state_on(compute, ex.id)) not in (S.CANCELLED, S.BID_REJECTED, S.FAILED):
+                if state == S.RUNNING:
+                    break
+                await trio.sleep(0.05)
+        assert state != S.RUNNING and ex.id not in compute.compute._busy, f"the node runs it: {state}"
+        nursery.cancel_scope.cancel()
+
+
+async def _state_on(node: Node, execution_id: str) -> ExecutionState | None:
+    try:
+        return (await node.compute._store.get(execution_id)).state
+    except NotFoundError:
+        return None
