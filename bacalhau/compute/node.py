@@ -213,7 +213,8 @@ class ComputeNode:
         ahead = self._cancelled_ahead.pop((peer_id, req.execution_id), None)
         if reason is None and ahead is not None:    # the requester gave it up before it was taken (_cancel_ahead)
             reason = f"cancelled before the ask was taken: {ahead}"
-            await self._store.update(ex.id, (S.BID_ACCEPTED,), S.CANCELLED, ahead)
+            with contextlib.suppress(StateError):      # or a cancel that came meanwhile did it
+                await self._store.update(ex.id, (S.BID_ACCEPTED,), S.CANCELLED, ahead)
         elif reason is None:
             self._start(ex, preapproved=True)
         return m.BidResult(execution_id=req.execution_id, job_id=req.job.id, node_id=self.node_id,

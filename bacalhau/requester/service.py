@@ -555,6 +555,8 @@ class Requester:
                 # written down, never sent: no attempt was made on that node (with one node asked, counting it
                 # one failed the job when no other node had gossiped again yet)
                 await self._execution_failed(job_id, ex.id, None, S.BID_REJECTED, NEVER_SENT)
+                # or sent and not yet taken: a pre-approved ask would start as it lands (the node keeps this)
+                self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, NEVER_SENT)
             else:
                 await self._execution_failed(job_id, ex.id, None, S.FAILED,
                                              f"lost while the requester was down: {exc}")

@@ -127,3 +127,65 @@ async def _state_on(node: Node, execution_id: str) -> ExecutionState | None:
         return (await node.compute._store.get(execution_id)).state
     except NotFoundError:
         return None
+
+
+async def test_an_ask_a_restarted_requester_wrote_off_as_never_sent_is_not_run_when_it_lands(tmp_path: Path) -> None:
+    """The fault: the requester stops with a pre-approved ask in the node's hands, not yet taken (a slow disk).
+    Back, it asks the node, which has no such execution: written off as never sent, and the job asked again.
+    Then the node takes the first ask and, pre-approved, starts it: the job ran twice, the first run to its end
+    (nobody told the node to drop it). The restarted requester tells the node to drop what it wrote off, and
+    the node keeps that cancel for the ask still on its way."""
+    from bacalhau.testing import free_port
+
+    req_cfg = node_config(tmp_path / "r", node_types=(NodeType.REQUESTER,), serve_api=False,
+                          swarm_port=free_port())
+    async with trio.open_nursery() as nursery:
+        first = trio.CancelScope()
+
+        async def requester_until_stopped(task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+            with first:
+                async with trio.open_nursery() as inner:
+                    task_status.started(await inner.start(Node(req_cfg).run))
+
+        req = await nursery.start(requester_until_stopped)
+        compute = await nursery.start(Node(node_config(tmp_path / "c", node_types=(NodeType.COMPUTE,),
+                                                       serve_api=False, engines=("noop",),
+                                                       peers=(req.addrs()[0],))).run)
+        handler = compute.transport.handlers[m.ASK_FOR_BID_APPROVED]
+        asked, go = trio.Event(), trio.Event()
+        held: list[str] = []
+
+        async def slow(peer_id: str, payload: bytes) -> bytes:
+            if not held:               # the first ask only: the job's next attempt is taken at once
+                held.append(payload.decode())
+                asked.set()
+                await go.wait()
+            return await handler(peer_id, payload)
+
+        compute.transport.handlers[m.ASK_FOR_BID_APPROVED] = slow
+        with trio.fail_after(15):
+            while not req.requester.nodes.alive():
+                await trio.sleep(0.05)
+        job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=60)))
+        with trio.fail_after(10):
+            await asked.wait()
+        [ex] = (await req.requester.store.get_job(job.id)).executions
+        first.cancel()
+        with trio.fail_after(10):
+            while not first.cancelled_caught:
+                await trio.sleep(0.02)
+        again = await nursery.start(Node(req_cfg).run)
+        with trio.fail_after(15):      # written off as never sent; the job asked again
+            while (await again.requester.store.get_execution(ex.id)).state != S.BID_REJECTED:
+                await again.requester.wait_for_change(job.id, 0.2)
+        with trio.fail_after(15):      # the job's next attempt runs on the node
+            while not [e for e in (await again.requester.store.get_job(job.id)).executions
+                       if e.state == S.BID_ACCEPTED]:
+                await again.requester.wait_for_change(job.id, 0.2)
+        go.set()                       # the first ask is taken now
+        with trio.fail_after(10):
+            while (state := await _state_on(compute, ex.id)) in (None, S.BID_ACCEPTED):
+                await trio.sleep(0.05)
+        assert state != S.RUNNING, f"the written-off attempt runs too: {state}"
+        assert ex.id not in compute.compute._busy
+        nursery.cancel_scope.cancel()
