@@ -266,7 +266,7 @@ class ComputeNode:
         kept for it, and the ask, landing, starts nothing. Still not found, unless the ask was taken while this
         looked (then it is cancelled as any other)."""
         key = (peer_id, req.execution_id)
-        self._cancelled_ahead[key] = req.reason or "cancelled"
+        self._cancelled_ahead[key] = (req.reason or "cancelled")[:200]     # a peer's text: kept short
         while len(self._cancelled_ahead) > MAX_CANCELLED_AHEAD:
             del self._cancelled_ahead[next(iter(self._cancelled_ahead))]
         await self._owned_by(peer_id, req.execution_id)     # NotFoundError: kept for the ask

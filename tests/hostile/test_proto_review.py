@@ -189,3 +189,30 @@ async def test_an_ask_a_restarted_requester_wrote_off_as_never_sent_is_not_run_w
         assert state != S.RUNNING, f"the written-off attempt runs too: {state}"
         assert ex.id not in compute.compute._busy
         nursery.cancel_scope.cancel()
+
+
+async def test_cancels_of_executions_a_node_does_not_have_are_kept_bounded(tmp_path: Path, monkeypatch) -> None:
+    """The attack on the cancels a node keeps for asks still on their way: a peer sending cancels for made-up
+    executions, each with a reason as long as a frame allows. Kept: as many as the cap, each reason cut short."""
+    import uuid
+
+    from bacalhau.bprotocol.proxies import ComputeProxy
+    from bacalhau.compute import node as compute_node
+    from bacalhau.errors import RemoteError
+
+    monkeypatch.setattr(compute_node, "MAX_CANCELLED_AHEAD", 8)
+    async with trio.open_nursery() as nursery:
+        compute = await nursery.start(Node(node_config(tmp_path / "c", node_types=(NodeType.COMPUTE,),
+                                                       serve_api=False, engines=("noop",))).run)
+        peer = await nursery.start(Node(node_config(tmp_path / "p", node_types=(NodeType.REQUESTER,),
+                                                    serve_api=False, peers=(compute.addrs()[0],))).run)
+        proxy = ComputeProxy(peer.transport, 5)
+        for _ in range(20):
+            try:
+                await proxy.cancel(compute.node_id, str(uuid.uuid4()), "x" * 200_000)
+            except RemoteError as exc:
+                assert exc.code == m.ErrorCode.NOT_FOUND
+        kept = compute.compute._cancelled_ahead
+        assert len(kept) == 8 and all(len(reason) <= 200 for reason in kept.values())
+        assert {who for who, _ in kept} == {peer.node_id}
+        nursery.cancel_scope.cancel()
