@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 S = ExecutionState
 Ts = TypeVarTuple("Ts")
 REMOTE_INPUT_BID_DELAY = 0.3   # seconds a node that must fetch a job's ipfs:// inputs waits before bidding
+MAX_CANCELLED_AHEAD = 4096     # cancels kept that came before their (pre-approved) ask; the oldest go first
 
 
 class ComputeNode:
@@ -80,6 +81,7 @@ class ComputeNode:
         self._idle = trio.Event()      # set whenever an execution leaves _busy, for drain()
         self._busy: set[str] = set()   # accepted and not yet published, failed or cancelled
         self._held = HeldOutputs(store)   # the outputs in memory (a noop's) of those of _busy that have one
+        self._cancelled_ahead: dict[tuple[str, str], str] = {}   # (requester, execution id) -> the cancel's reason
         requests: list[tuple[str, type[BaseModel], AnyModelHandler]] = [
             (m.ASK_FOR_BID, m.AskForBidRequest, self._ask_for_bid),
             (m.ASK_FOR_BID_APPROVED, m.AskForBidRequest, self._ask_for_bid_approved),
@@ -102,7 +104,12 @@ class ComputeNode:
                 if req.requester_id != peer_id:
                     raise ProtocolError(f"{peer_id} asks for a bid on behalf of {req.requester_id}")
             else:
-                await self._owned_by(peer_id, req.execution_id)
+                try:
+                    await self._owned_by(peer_id, req.execution_id)
+                except NotFoundError:
+                    if fn != self._cancel:
+                        raise
+                    return await self._cancel_ahead(peer_id, req)
             return await fn(peer_id, req)
 
         return checked
@@ -205,7 +212,12 @@ class ComputeNode:
                             state=S.BID_ACCEPTED if reason is None else S.BID_REJECTED,
                             reason=reason or "bid accepted (pre-approved)")
         await self._store.create(ex)     # an id taken already: StateError, nothing started
-        if reason is None:
+        ahead = self._cancelled_ahead.pop((peer_id, req.execution_id), None)
+        if reason is None and ahead is not None:    # the requester gave it up before it was taken (_cancel_ahead)
+            reason = f"cancelled before the ask was taken: {ahead}"
+            with contextlib.suppress(StateError):      # or a cancel that came meanwhile did it
+                await self._store.update(ex.id, (S.BID_ACCEPTED,), S.CANCELLED, ahead)
+        elif reason is None:
             self._start(ex, preapproved=True)
         return m.BidResult(execution_id=req.execution_id, job_id=req.job.id, node_id=self.node_id,
                            accepted=reason is None, reason=reason or "", log_stream_addr=self.log_stream_addr)
@@ -249,6 +261,19 @@ class ComputeNode:
         self._spawn(self._send, "on_cancel_complete", ex.requester_id,
                     m.CancelComplete(execution_id=ex.id, job_id=ex.job.id, node_id=self.node_id))
         return m.Ack()
+
+    async def _cancel_ahead(self, peer_id: str, req: m.ExecutionReasonRequest) -> m.Ack:
+        """A cancel that came before its ask (the requester gave the ask up, its call timed out, while the ask
+        was still on its way or being taken here): a pre-approved ask starts as it is taken, so the cancel is
+        kept for it, and the ask, landing, starts nothing. Still not found, unless the ask was taken while this
+        looked (then it is cancelled as any other)."""
+        key = (peer_id, req.execution_id)
+        self._cancelled_ahead[key] = (req.reason or "cancelled")[:200]     # a peer's text: kept short
+        while len(self._cancelled_ahead) > MAX_CANCELLED_AHEAD:
+            del self._cancelled_ahead[next(iter(self._cancelled_ahead))]
+        await self._owned_by(peer_id, req.execution_id)     # NotFoundError: kept for the ask
+        self._cancelled_ahead.pop(key, None)
+        return await self._cancel(peer_id, req)
 
     async def _execution_status(self, peer_id: str, req: m.ExecutionRequest) -> m.ExecutionStatus:
         ex = await self._store.get(req.execution_id)

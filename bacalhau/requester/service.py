@@ -40,6 +40,10 @@ NOT_NEEDED = "not needed: the job had enough accepted bids"
 # the requester stopped between writing an ask down and sending it: no attempt was made, the node is asked again
 NEVER_SENT = "the ask never reached the node: the requester stopped first"
 NOT_TRIED = (NOT_NEEDED, NEVER_SENT)    # bids rejected for these do not rule the node out for the job
+# how the record of an execution asked pre-approved starts while its bid is accepted: a restarted requester
+# knows it by this for one whose node reports it with on_run_published
+PREAPPROVED_BID = "bid accepted (pre-approved"
+PREAPPROVED_RUNNING = "running (pre-approved)"   # its next step, in the same write (_take_bid)
 BID_OVERASK = 2        # nodes asked per execution still needed, where a race between bids is worth it
 LOST_EXECUTION_CANCEL_WINDOW = 3600.0   # a lost node back within this is told to drop what was written off
 # expiry passes (TTL/2 each) a requester hearing no compute node at all holds their executions, taking itself
@@ -285,7 +289,7 @@ class Requester:
         yes, so the bid is taken here (the job to in progress with it, as the reply would)."""
         ex = await self.store.get_execution(execution_id)
         if ex.state == S.ASKED_FOR_BID:
-            await self._take_bid(job_id, execution_id, "bid accepted (pre-approved)")
+            await self._take_bid(job_id, execution_id, f"{PREAPPROVED_BID})")
 
     async def _take_bid(self, job_id: str, execution_id: str, reason: str) -> None:
         """(The job's lock held.) The execution's pre-approved bid accepted and, as the node started it at once,
@@ -294,7 +298,7 @@ class Requester:
         job = await self.store.get_job(job_id, full=False)
         started = (JobState.PENDING, JobState.IN_PROGRESS, "bid accepted") if job.state == JobState.PENDING else None
         await self._set(execution_id, (S.ASKED_FOR_BID, S.NEW), S.BID_ACCEPTED, reason, job_to=started,
-                        then=(S.RUNNING, "running"))
+                        then=(S.RUNNING, PREAPPROVED_RUNNING if reason.startswith(PREAPPROVED_BID) else "running"))
 
     async def _on_cancel_complete(self, peer_id: str, msg: m.CancelComplete) -> m.Ack:
         return m.Ack()
@@ -463,7 +467,7 @@ class Requester:
                     cancel = "the job ended"
                     await self._set(ex.id, None, S.CANCELLED, cancel)
                 else:
-                    await self._take_bid(job.id, ex.id, "bid accepted (pre-approved)")
+                    await self._take_bid(job.id, ex.id, f"{PREAPPROVED_BID})")
             elif current.state in (S.CANCELLED, S.FAILED, S.BID_REJECTED):
                 # given up meanwhile (a cancel, a timeout): the node started it all the same
                 cancel = current.reason or current.state.value
@@ -554,6 +558,8 @@ class Requester:
                 # written down, never sent: no attempt was made on that node (with one node asked, counting it
                 # one failed the job when no other node had gossiped again yet)
                 await self._execution_failed(job_id, ex.id, None, S.BID_REJECTED, NEVER_SENT)
+                # or sent and not yet taken: a pre-approved ask would start as it lands (the node keeps this)
+                self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, NEVER_SENT)
             else:
                 await self._execution_failed(job_id, ex.id, None, S.FAILED,
                                              f"lost while the requester was down: {exc}")
@@ -568,14 +574,17 @@ class Requester:
                 await self._execution_failed(job_id, ex.id, None, S.BID_REJECTED, NOT_NEEDED)
                 await self._tell_compute("bid_rejected", ex.node_id, ex.id, "the requester restarted")
             elif status.state in (S.BID_ACCEPTED, S.RUNNING) and status.result is None:
-                if ex.state == S.BID_ACCEPTED:
+                if ex.state in (S.BID_ACCEPTED, S.RUNNING) and ex.reason.startswith((PREAPPROVED_BID,
+                                                                                     PREAPPROVED_RUNNING)):
+                    self._preapproved.add(ex.id)     # its outcome comes in one on_run_published: taken
+                elif ex.state == S.BID_ACCEPTED:
                     async with self._lock(job_id):
                         await self._set(ex.id, (S.BID_ACCEPTED,), S.RUNNING, "running (seen after a restart)")
                 elif ex.state == S.ASKED_FOR_BID:
                     # only a pre-approved ask has a node run what the requester only asked about: it still is
                     self._preapproved.add(ex.id)
                     async with self._lock(job_id):
-                        await self._take_bid(job_id, ex.id, "bid accepted (pre-approved; seen after a restart)")
+                        await self._take_bid(job_id, ex.id, f"{PREAPPROVED_BID}; seen after a restart)")
             elif status.state in (S.RUNNING, S.PUBLISHING, S.COMPLETED) and status.result is not None:
                 if ex.state in (S.ASKED_FOR_BID, S.NEW):
                     async with self._lock(job_id):
