@@ -9,10 +9,11 @@ from bacalhau.executors.types import KnownOutput
 
 
 class HeldOutputs:
-    """An execution's output in memory: while the execution is busy, the one its executor ran (held from its
-    start until the node is done with it); for the others (ended, or recorded before a restart), as its record
-    says: it ran once its result is recorded. One held a busy execution, referencing its job's spec: nothing
-    is copied."""
+    """An execution's output in memory: while the execution runs, the one its executor ran (held from its
+    start until its result is recorded, or it ends before that); for the others (awaiting the requester's
+    answer, ended, or recorded before a restart), as its record says: it ran once its result is recorded. One
+    held a running execution, referencing its job's spec: nothing is copied, and a requester that never
+    answers pins nothing."""
 
     def __init__(self, store: ExecutionStore) -> None:
         self._store = store

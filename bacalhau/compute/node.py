@@ -348,6 +348,9 @@ class ComputeNode:
             await self._publish(ex, result)
             return
         await self._store.record_result(ex.id, result)
+        # its record says from now on what it printed (HeldOutputs.of): the requester may never answer the
+        # run-complete (nothing else ends the execution), and it must not pin its output in memory meanwhile
+        self._held.release(ex.id)
         if retried:
             # this node holds the spec: it fails the attempt itself and the requester retries it elsewhere,
             # with no run-complete to answer with a result-rejected

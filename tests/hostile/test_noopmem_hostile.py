@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.transport import InMemoryNetwork
 from bacalhau.executors.noop import NoopExecutor
 from bacalhau.executors.types import ExecutionDir, KnownOutput
@@ -213,4 +214,41 @@ async def test_logs_and_results_of_noop_jobs_are_served_after_a_restart_with_or_
             await node.compute.remove_result(job.executions[0].id)     # nothing there: not an error
         stdout, _ = await _log(node, jobs["memory"].id)
         assert stdout == texts["memory"].encode()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_never_answers_a_run_complete_pins_no_noop_output_in_memory(tmp_path: Path) -> None:
+    """A cluster peer acting as a requester asks for noop jobs of 1M characters of stdout, accepts the bids and
+    never answers the run-complete (no result-accepted, no result-rejected): nothing on the compute node ends
+    those executions. Capacity is given back once each has run, so the peer can leave any number of them; the
+    output each one printed must not stay held in memory for it (its record says it from then on), and the
+    peer still reads it as the owner."""
+    from bacalhau.bprotocol.p2p_transport import P2PTransport
+    from bacalhau.bprotocol.proxies import ComputeProxy
+    from bacalhau.models import ExecutionState, new_id
+    from tests.hostile.test_rogue_peer import rogue_peer
+
+    big = "x" * (1024 * 1024)      # MAX_NOOP_STDOUT_CHARS
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(node_config(tmp_path / "node", engines=("noop",))).run)
+        assert node.compute is not None
+        async with rogue_peer(nursery, tmp_path, node) as rogue:
+            proxy = ComputeProxy(P2PTransport(rogue), 30)
+            ids = []
+            for i in range(4):
+                execution_id = new_id()
+                ask = m.AskForBidRequest(execution_id=execution_id, requester_id=rogue.peer_id, job=Job(
+                    spec=JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout=big[:-1] + str(i)))))
+                await proxy.ask_for_bid(node.node_id, ask)
+                del ask
+                await proxy.bid_accepted(node.node_id, execution_id)
+                ids.append(execution_id)
+            with trio.fail_after(15):
+                for execution_id in ids:
+                    while (status := await proxy.execution_status(node.node_id, execution_id)).result is None:
+                        await trio.sleep(0.02)
+                    assert status.state == ExecutionState.RUNNING    # ran; awaiting an answer that never comes
+            assert len(node.compute._held) == 0  # noqa: SLF001
+            async with proxy.get_result(node.node_id, ids[-1], "stdout") as chunks:
+                assert b"".join([chunk async for chunk in chunks]) == (big[:-1] + "3").encode()
         nursery.cancel_scope.cancel()
