@@ -36,6 +36,10 @@ class HeldOutputs:
         held = self._held.get(ex.id)
         if held is not None:
             return held
+        if ex.result is None and ex.state.terminal:
+            # it ended without running, so none was made here: its files answer the same (none), and a row
+            # whose job no longer parses has a noop stand-in (compute/store.py) whose files an earlier run left
+            return None
         known = known_output(ex.job)
         if known is not None:
             known.ran = ex.result is not None

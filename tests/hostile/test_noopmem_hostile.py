@@ -252,3 +252,34 @@ async def test_a_peer_that_never_answers_a_run_complete_pins_no_noop_output_in_m
             async with proxy.get_result(node.node_id, ids[-1], "stdout") as chunks:
                 assert b"".join([chunk async for chunk in chunks]) == (big[:-1] + "3").encode()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_stored_execution_that_no_longer_parses_still_serves_the_files_it_left(tmp_path: Path) -> None:
+    """An execution whose stored job does not parse any more (a spec an earlier version took) is read with a
+    stand-in job, a noop one: it must not be taken for a noop held in memory, which never ran, hiding the
+    stdout and the result its directory holds."""
+    import sqlite3
+
+    cfg = node_config(tmp_path / "node", engines=("noop",))    # real libp2p: the node keeps its id
+    text = "written to files by an earlier version\n"
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg).run)
+        assert node.requester is not None
+        # a noop that sleeps writes its files, as every engine's execution did before this session
+        job = await node.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout=text, sleep=0.01)))
+        await wait_terminal(node, job.id)
+        [ex] = (await node.requester.store.get_job(job.id)).executions
+        assert ex.state.value == "completed"
+        nursery.cancel_scope.cancel()
+    assert (cfg.repo_dir / "results" / ex.id / "stdout").read_text() == text
+    with sqlite3.connect(cfg.repo_dir / "compute.db") as conn:
+        conn.execute("UPDATE local_executions SET job=? WHERE id=?",
+                     ('{"id": "%s", "spec": {"engine": "noop", "timeout": NaN}}' % job.id, ex.id))
+
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg).run)
+        stdout, _ = await _log(node, job.id)
+        assert stdout == text.encode()
+        got = b"".join([chunk async for chunk in node.content.open_result(node.node_id, ex.id, "stdout")])
+        assert got == text.encode()
+        nursery.cancel_scope.cancel()
