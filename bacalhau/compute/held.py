@@ -29,6 +29,10 @@ class HeldOutputs:
     def __len__(self) -> int:
         return len(self._held)
 
+    def held(self, execution_id: str) -> KnownOutput | None:
+        """The output held for a running execution, with no read of its record."""
+        return self._held.get(execution_id)
+
     def release(self, execution_id: str) -> None:
         self._held.pop(execution_id, None)
 

@@ -288,15 +288,25 @@ class ComputeNode:
                 return None  # bid given, not yet accepted
             return LogEnd(ex.state.value, ex.result.exit_code if ex.result else None, ex.reason)
 
+        ended = False
+
+        async def ended_status() -> LogEnd | None:
+            nonlocal ended
+            end = await status()
+            ended = end is not None
+            return end
+
         async def printed() -> tuple[bytes, bytes]:
-            known = await self._held.lookup(req.execution_id)
+            # while it may still print (bid given, queued, running), it has printed only what is held: its
+            # record is read (and its job parsed, megabytes maybe) once it has ended, not on every poll
+            known = await self._held.lookup(req.execution_id) if ended else self._held.held(req.execution_id)
             return (known.stdout.encode(), b"") if known is not None and known.ran else (b"", b"")
 
         in_memory = await self._held.lookup(req.execution_id) is not None
         self.log_followers += 1
         try:
             if in_memory:
-                chunks = stream_known_logs(printed, req, status)
+                chunks = stream_known_logs(printed, req, ended_status)
             else:
                 chunks = stream_logs(self.execution_dir(req.execution_id).root, req, status)
             async for chunk in chunks:

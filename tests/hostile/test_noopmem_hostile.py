@@ -283,3 +283,63 @@ async def test_a_stored_execution_that_no_longer_parses_still_serves_the_files_i
         got = b"".join([chunk async for chunk in node.content.open_result(node.node_id, ex.id, "stdout")])
         assert got == text.encode()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_follower_of_a_queued_noop_job_reads_no_stored_row_each_poll(tmp_path: Path) -> None:
+    """Any client can submit a noop job of 1M characters of stdout to a busy node and follow its log: while it
+    waits for room, nothing is printed, and its follower must not read and parse its stored job (megabytes of
+    JSON) every POLL_INTERVAL to learn so (a few followers kept the node's CPU busy); once it runs, the
+    follower gets all of its stdout."""
+    from bacalhau.models import Resources
+
+    async def hook(execution_id: str, job: Job) -> None:
+        assert job.spec.noop is not None
+        if job.spec.noop.stdout == "block":
+            await trio.sleep_forever()
+
+    one_cpu = {"cpu": 1, "memory": 1024**2}
+    big = "y" * (1024 * 1024)
+    cfg = node_config(tmp_path / "node", engines=("noop",), serve_api=False,
+                      capacity=Resources(cpu=1, memory=1024**3))
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg, NodeDeps(network=InMemoryNetwork(),
+                                                      executors={Engine.NOOP: NoopExecutor(on_start=hook)})).run)
+        assert node.requester is not None and node.compute is not None
+        compute = node.compute
+        blocker = await node.requester.submit(JobSpec.model_validate(
+            {"engine": "noop", "noop": {"stdout": "block"}, "resources": one_cpu}))
+        queued = await node.requester.submit(JobSpec.model_validate(
+            {"engine": "noop", "noop": {"stdout": big}, "resources": one_cpu}))
+        with trio.fail_after(10):
+            while compute.capacity.queued < 1:
+                await trio.sleep(0.01)
+        store = compute._store  # noqa: SLF001
+        reads = 0
+        real_get = store.get
+
+        async def counted_get(execution_id: str):  # type: ignore[no-untyped-def]
+            nonlocal reads
+            reads += 1
+            return await real_get(execution_id)
+
+        store.get = counted_get  # type: ignore[method-assign]   # the real store, its reads counted
+        got: list[tuple[bytes, Ended]] = []
+
+        async def follow() -> None:
+            stdout = b""
+            async for event in node.requester.read_logs(queued.id, follow=True):  # type: ignore[union-attr]
+                if isinstance(event, Data) and event.kind == STDOUT:
+                    stdout += event.data
+                elif isinstance(event, Ended):
+                    got.append((stdout, event))
+                    return
+
+        nursery.start_soon(follow)
+        await trio.sleep(0.5)       # a window of ~200 polls: what the follower costs while the job waits
+        assert reads <= 5, f"{reads} reads of the stored execution in 0.5 s of following a queued job"
+        await node.requester.cancel(blocker.id)
+        with trio.fail_after(15):
+            while not got:
+                await trio.sleep(0.01)
+        assert got[0][0] == big.encode() and got[0][1].state == "completed"
+        nursery.cancel_scope.cancel()
