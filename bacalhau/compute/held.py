@@ -9,10 +9,11 @@ from bacalhau.executors.types import KnownOutput
 
 
 class HeldOutputs:
-    """An execution's output in memory: while the execution is busy, the one its executor ran (held from its
-    start until the node is done with it); for the others (ended, or recorded before a restart), as its record
-    says: it ran once its result is recorded. One held a busy execution, referencing its job's spec: nothing
-    is copied."""
+    """An execution's output in memory: while the execution runs, the one its executor ran (held from its
+    start until its result is recorded, or it ends before that); for the others (awaiting the requester's
+    answer, ended, or recorded before a restart), as its record says: it ran once its result is recorded. One
+    held a running execution, referencing its job's spec: nothing is copied, and a requester that never
+    answers pins nothing."""
 
     def __init__(self, store: ExecutionStore) -> None:
         self._store = store
@@ -28,6 +29,10 @@ class HeldOutputs:
     def __len__(self) -> int:
         return len(self._held)
 
+    def held(self, execution_id: str) -> KnownOutput | None:
+        """The output held for a running execution, with no read of its record."""
+        return self._held.get(execution_id)
+
     def release(self, execution_id: str) -> None:
         self._held.pop(execution_id, None)
 
@@ -35,6 +40,10 @@ class HeldOutputs:
         held = self._held.get(ex.id)
         if held is not None:
             return held
+        if ex.result is None and ex.state.terminal:
+            # it ended without running, so none was made here: its files answer the same (none), and a row
+            # whose job no longer parses has a noop stand-in (compute/store.py) whose files an earlier run left
+            return None
         known = known_output(ex.job)
         if known is not None:
             known.ran = ex.result is not None

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from bacalhau.bprotocol import messages as m
 from bacalhau.bprotocol.transport import InMemoryNetwork
 from bacalhau.executors.noop import NoopExecutor
 from bacalhau.executors.types import ExecutionDir, KnownOutput
@@ -213,4 +214,132 @@ async def test_logs_and_results_of_noop_jobs_are_served_after_a_restart_with_or_
             await node.compute.remove_result(job.executions[0].id)     # nothing there: not an error
         stdout, _ = await _log(node, jobs["memory"].id)
         assert stdout == texts["memory"].encode()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_never_answers_a_run_complete_pins_no_noop_output_in_memory(tmp_path: Path) -> None:
+    """A cluster peer acting as a requester asks for noop jobs of 1M characters of stdout, accepts the bids and
+    never answers the run-complete (no result-accepted, no result-rejected): nothing on the compute node ends
+    those executions. Capacity is given back once each has run, so the peer can leave any number of them; the
+    output each one printed must not stay held in memory for it (its record says it from then on), and the
+    peer still reads it as the owner."""
+    from bacalhau.bprotocol.p2p_transport import P2PTransport
+    from bacalhau.bprotocol.proxies import ComputeProxy
+    from bacalhau.models import ExecutionState, new_id
+    from tests.hostile.test_rogue_peer import rogue_peer
+
+    big = "x" * (1024 * 1024)      # MAX_NOOP_STDOUT_CHARS
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(node_config(tmp_path / "node", engines=("noop",))).run)
+        assert node.compute is not None
+        async with rogue_peer(nursery, tmp_path, node) as rogue:
+            proxy = ComputeProxy(P2PTransport(rogue), 30)
+            ids = []
+            for i in range(4):
+                execution_id = new_id()
+                ask = m.AskForBidRequest(execution_id=execution_id, requester_id=rogue.peer_id, job=Job(
+                    spec=JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout=big[:-1] + str(i)))))
+                await proxy.ask_for_bid(node.node_id, ask)
+                del ask
+                await proxy.bid_accepted(node.node_id, execution_id)
+                ids.append(execution_id)
+            with trio.fail_after(15):
+                for execution_id in ids:
+                    while (status := await proxy.execution_status(node.node_id, execution_id)).result is None:
+                        await trio.sleep(0.02)
+                    assert status.state == ExecutionState.RUNNING    # ran; awaiting an answer that never comes
+            assert len(node.compute._held) == 0  # noqa: SLF001
+            async with proxy.get_result(node.node_id, ids[-1], "stdout") as chunks:
+                assert b"".join([chunk async for chunk in chunks]) == (big[:-1] + "3").encode()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stored_execution_that_no_longer_parses_still_serves_the_files_it_left(tmp_path: Path) -> None:
+    """An execution whose stored job does not parse any more (a spec an earlier version took) is read with a
+    stand-in job, a noop one: it must not be taken for a noop held in memory, which never ran, hiding the
+    stdout and the result its directory holds."""
+    import sqlite3
+
+    cfg = node_config(tmp_path / "node", engines=("noop",))    # real libp2p: the node keeps its id
+    text = "written to files by an earlier version\n"
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg).run)
+        assert node.requester is not None
+        # a noop that sleeps writes its files, as every engine's execution did before this session
+        job = await node.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout=text, sleep=0.01)))
+        await wait_terminal(node, job.id)
+        [ex] = (await node.requester.store.get_job(job.id)).executions
+        assert ex.state.value == "completed"
+        nursery.cancel_scope.cancel()
+    assert (cfg.repo_dir / "results" / ex.id / "stdout").read_text() == text
+    with sqlite3.connect(cfg.repo_dir / "compute.db") as conn:
+        conn.execute("UPDATE local_executions SET job=? WHERE id=?",
+                     ('{"id": "%s", "spec": {"engine": "noop", "timeout": NaN}}' % job.id, ex.id))
+
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg).run)
+        stdout, _ = await _log(node, job.id)
+        assert stdout == text.encode()
+        got = b"".join([chunk async for chunk in node.content.open_result(node.node_id, ex.id, "stdout")])
+        assert got == text.encode()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_follower_of_a_queued_noop_job_reads_no_stored_row_each_poll(tmp_path: Path) -> None:
+    """Any client can submit a noop job of 1M characters of stdout to a busy node and follow its log: while it
+    waits for room, nothing is printed, and its follower must not read and parse its stored job (megabytes of
+    JSON) every POLL_INTERVAL to learn so (a few followers kept the node's CPU busy); once it runs, the
+    follower gets all of its stdout."""
+    from bacalhau.models import Resources
+
+    async def hook(execution_id: str, job: Job) -> None:
+        assert job.spec.noop is not None
+        if job.spec.noop.stdout == "block":
+            await trio.sleep_forever()
+
+    one_cpu = {"cpu": 1, "memory": 1024**2}
+    big = "y" * (1024 * 1024)
+    cfg = node_config(tmp_path / "node", engines=("noop",), serve_api=False,
+                      capacity=Resources(cpu=1, memory=1024**3))
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg, NodeDeps(network=InMemoryNetwork(),
+                                                      executors={Engine.NOOP: NoopExecutor(on_start=hook)})).run)
+        assert node.requester is not None and node.compute is not None
+        compute = node.compute
+        blocker = await node.requester.submit(JobSpec.model_validate(
+            {"engine": "noop", "noop": {"stdout": "block"}, "resources": one_cpu}))
+        queued = await node.requester.submit(JobSpec.model_validate(
+            {"engine": "noop", "noop": {"stdout": big}, "resources": one_cpu}))
+        with trio.fail_after(10):
+            while compute.capacity.queued < 1:
+                await trio.sleep(0.01)
+        store = compute._store  # noqa: SLF001
+        reads = 0
+        real_get = store.get
+
+        async def counted_get(execution_id: str):  # type: ignore[no-untyped-def]
+            nonlocal reads
+            reads += 1
+            return await real_get(execution_id)
+
+        store.get = counted_get  # type: ignore[method-assign]   # the real store, its reads counted
+        got: list[tuple[bytes, Ended]] = []
+
+        async def follow() -> None:
+            stdout = b""
+            async for event in node.requester.read_logs(queued.id, follow=True):  # type: ignore[union-attr]
+                if isinstance(event, Data) and event.kind == STDOUT:
+                    stdout += event.data
+                elif isinstance(event, Ended):
+                    got.append((stdout, event))
+                    return
+
+        nursery.start_soon(follow)
+        await trio.sleep(0.5)       # a window of ~200 polls: what the follower costs while the job waits
+        assert reads <= 5, f"{reads} reads of the stored execution in 0.5 s of following a queued job"
+        await node.requester.cancel(blocker.id)
+        with trio.fail_after(15):
+            while not got:
+                await trio.sleep(0.01)
+        assert got[0][0] == big.encode() and got[0][1].state == "completed"
         nursery.cancel_scope.cancel()
