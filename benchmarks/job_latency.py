@@ -214,14 +214,14 @@ def docker_breakdown(env: dict[str, str], client: ApiClient, runs: int, target: 
         at = {f"{ev['kind']} {ev['state']}": ev["time"] for ev in job["events"]}
         marks = [("  start to submitted (CLI start, signing, submit)", wall_start, at["job pending"]),
                  ("  bid round (submitted to bid accepted)", at["job pending"], at["execution bid_accepted"])]
-        if "execution running" in at:     # the flow with an acceptance and a result accepted
+        if "execution publishing" in at:  # the flow with an acceptance and a result accepted
             marks += [("  bid accepted to running", at["execution bid_accepted"], at["execution running"]),
                       ("  running to ran (executor: Docker API)", at["execution running"],
                        at["execution publishing"]),
                       ("  publishing", at["execution publishing"], at["job completed"])]
         else:                             # pre-approved: the node runs and publishes, then says so once
             marks += [("  bid accepted to completed (run, publish)", at["execution bid_accepted"],
-                       at["job completed"])]
+                       at["job completed"])]      # (its "running" is written with the acceptance, same instant)
         marks += [("  completed to exit (CLI sees it, prints)", at["job completed"], wall_end)]
         for name, a, b in marks:
             add(name, b - a)
