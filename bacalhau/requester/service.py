@@ -585,14 +585,14 @@ class Requester:
                     self._preapproved.add(ex.id)
                     async with self._lock(job_id):
                         await self._take_bid(job_id, ex.id, f"{PREAPPROVED_BID}; seen after a restart)")
-            elif status.state in (S.RUNNING, S.PUBLISHING, S.COMPLETED) and status.result is not None:
+            elif _ran(status):
                 if ex.state in (S.ASKED_FOR_BID, S.NEW):
                     async with self._lock(job_id):
                         await self._take_bid(job_id, ex.id, "bid accepted (seen after a restart)")
                 if ex.state != S.PUBLISHING:
                     await self._on_run_complete(ex.node_id, m.RunComplete(**info, result=status.result))
                 if status.state == S.COMPLETED:
-                    await self._on_publish_complete(ex.node_id, m.PublishComplete(**info, result_ref=status.result_ref))
+                    await self._published_per_status(info, status.result_ref)
             elif status.state.terminal:
                 new = S.CANCELLED if status.state == S.CANCELLED else S.FAILED
                 await self._execution_failed(job_id, ex.id, None, new, status.reason or status.state.value)
@@ -661,8 +661,7 @@ class Requester:
                 log.info("execution %s: its node %s did not say how it goes: %s", ex.id, ex.node_id, exc)
                 return
             info = dict(execution_id=ex.id, job_id=job_id, node_id=ex.node_id)
-            if status.result is not None and ex.state in (S.BID_ACCEPTED, S.RUNNING) and status.state in (
-                    S.RUNNING, S.PUBLISHING, S.COMPLETED):
+            if ex.state in (S.BID_ACCEPTED, S.RUNNING) and _ran(status):
                 log.warning("execution %s ran on %s but its run-complete never arrived: catching up", ex.id,
                             ex.node_id)
                 await self._on_run_complete(ex.node_id, m.RunComplete(**info, result=status.result))
@@ -675,7 +674,7 @@ class Requester:
             elif status.state == S.COMPLETED and ex.state == S.PUBLISHING:
                 log.warning("execution %s was published on %s but its publish-complete never arrived: catching up",
                             ex.id, ex.node_id)
-                await self._on_publish_complete(ex.node_id, m.PublishComplete(**info, result_ref=status.result_ref))
+                await self._published_per_status(info, status.result_ref)
             elif status.state in (S.FAILED, S.CANCELLED) and not ex.state.terminal:
                 await self._execution_failed(job_id, ex.id, (ex.state,), status.state,
                                              status.reason or status.state.value)
@@ -684,6 +683,19 @@ class Requester:
         finally:
             self._checking.discard(ex.id)
         self._notify(job_id)
+
+    async def _published_per_status(self, info: dict[str, str], result_ref: str) -> None:
+        """An execution its node says is published (a reconcile pass), taken as its publish-complete. A reference
+        that is not ipfs://<CID> fails the execution and the job goes on to its retry, as a bad publish-complete
+        does (building the message raised on every pass: the job stayed in progress for good)."""
+        try:
+            msg = m.PublishComplete(**info, result_ref=result_ref)
+        except ValueError:
+            await self._execution_failed(info["job_id"], info["execution_id"], (S.PUBLISHING,), S.FAILED,
+                                         f"node {info['node_id']} reported a bad result reference: "
+                                         f"{result_ref[:80]!r} is not ipfs://<CID>")
+            return
+        await self._on_publish_complete(msg.node_id, msg)
 
     async def _cancel_when_back(self, node_id: str, execution_id: str) -> None:
         """A node cut off (not dead) comes back still holding what was written off and run elsewhere: its
@@ -719,6 +731,15 @@ class Requester:
     def _spawn(self, fn: Callable[[*Ts], Awaitable[object]], *args: *Ts) -> None:
         assert self._nursery is not None, "Requester.run() is not running"
         self._nursery.start_soon(_guarded, fn, args, name=getattr(fn, "__qualname__", fn))
+
+
+def _ran(status: m.ExecutionStatus) -> bool:
+    """The node ran the execution to a result: what its run-complete (lost, or missed while down) would say.
+    One failed with the run's own error (its timeout) too: the job fails, not retried, as the callback has it."""
+    if status.result is None:
+        return False
+    return status.state in (S.RUNNING, S.PUBLISHING, S.COMPLETED) or (
+        status.state == S.FAILED and bool(status.result.error))
 
 
 async def _guarded(fn: Callable[[*Ts], Awaitable[object]], args: tuple[*Ts]) -> None:
