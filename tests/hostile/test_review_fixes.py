@@ -135,3 +135,17 @@ async def test_a_bad_result_ref_in_an_execution_status_fails_the_execution_and_t
         assert done.state == JobState.COMPLETED, done.reason        # its retry ran
         assert any(e.state == ExecutionState.COMPLETED and e.result_ref.startswith("ipfs://")
                    for e in done.executions)
+
+
+async def test_an_in_memory_call_whose_handler_runs_on_fails_as_a_transport_error() -> None:
+    net = InMemoryNetwork()
+    net.latency = 0.001         # the path with a simulated network, where the handler is shielded and bounded
+    a, b = net.transport("a"), net.transport("b")
+
+    async def stuck(peer_id: str, payload: bytes) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    b.handlers["/test/stuck/1.0.0"] = stuck
+    with trio.fail_after(5), pytest.raises(TransportError, match="ran past"):
+        await a.call("b", "/test/stuck/1.0.0", b"{}", timeout=0.05)
