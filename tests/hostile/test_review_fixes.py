@@ -5,6 +5,7 @@ closed held open on the server until its keep-alive timeout."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from bacalhau.config import NodeConfig
 from bacalhau.errors import TransportError
 from bacalhau.models import Engine, ExecutionState, Job, JobSpec, JobState, NodeType, NoopSpec
 from bacalhau.node import Node, NodeDeps
+from tests.hostile.test_api import call
 
 
 @asynccontextmanager
@@ -149,3 +151,63 @@ async def test_an_in_memory_call_whose_handler_runs_on_fails_as_a_transport_erro
     b.handlers["/test/stuck/1.0.0"] = stuck
     with trio.fail_after(5), pytest.raises(TransportError, match="ran past"):
         await a.call("b", "/test/stuck/1.0.0", b"{}", timeout=0.05)
+
+
+@pytest.fixture
+async def long_keep_alive_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Node]:
+    from hypercorn.config import Config
+
+    from tests.conftest import node_config
+
+    monkeypatch.setattr(Config, "keep_alive_timeout", 60.0)    # the API's Config() reads it when it starts
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(node_config(tmp_path / "node", engines=("noop",)),
+                                        NodeDeps(network=InMemoryNetwork())).run)
+        yield node
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_idle_connection_the_client_closes_is_closed_by_the_server_at_once(
+        long_keep_alive_node: Node) -> None:
+    """On main the server kept its side open (CLOSE-WAIT) and the connection's task alive until the keep-alive
+    timeout: a client opening and closing connections quickly held each one on the server that long."""
+    from tests.hostile.test_api_cost_hostile import (
+        _closed_by_server,
+        _connect,
+        _connection_tasks,
+        _get,
+        _read_answer,
+    )
+
+    port = long_keep_alive_node.api_port
+    before = _connection_tasks()
+    s = await trio.to_thread.run_sync(_connect, port)
+    try:
+        await trio.to_thread.run_sync(s.sendall, _get(port, "/api/v1/version"))
+        assert (await trio.to_thread.run_sync(_read_answer, s)).startswith(b"HTTP/1.1 200")
+        await trio.to_thread.run_sync(s.shutdown, socket.SHUT_WR)
+        # the keep-alive time is 60 s: closed within 10 is the EOF's doing
+        assert await trio.to_thread.run_sync(_closed_by_server, s, 10.0), "the server kept its side open"
+    finally:
+        s.close()
+    with trio.fail_after(10):
+        while _connection_tasks() > before:
+            await trio.sleep(0.02)
+    status, _ = await call(port, "GET", "/api/v1/version")
+    assert status == 200
+
+
+async def test_a_request_sent_with_its_eof_is_still_answered(long_keep_alive_node: Node) -> None:
+    """A client that sends its request and closes its side at once (`nc -N`) is answered as before: the EOF
+    ends the connection only once no request is in progress."""
+    from tests.hostile.test_api_cost_hostile import _closed_by_server, _connect, _get, _read_answer
+
+    port = long_keep_alive_node.api_port
+    s = await trio.to_thread.run_sync(_connect, port)
+    try:
+        await trio.to_thread.run_sync(s.sendall, _get(port, "/api/v1/version"))
+        await trio.to_thread.run_sync(s.shutdown, socket.SHUT_WR)
+        assert (await trio.to_thread.run_sync(_read_answer, s)).startswith(b"HTTP/1.1 200")
+        assert await trio.to_thread.run_sync(_closed_by_server, s, 10.0), "the server kept its side open"
+    finally:
+        s.close()
