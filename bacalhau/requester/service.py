@@ -31,6 +31,7 @@ from bacalhau.requester.logs import LogReader
 from bacalhau.requester.nodes import NodeTable
 from bacalhau.requester.ranking import NO_COMPUTE_NODE, SAMPLE, rank_loads
 from bacalhau.requester.retry import MaxAttempts, RetryStrategy, attempts_summary, chain_for, decide
+from bacalhau.requester.silent import SilentNodes
 from bacalhau.requester.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Requester:
         # taken (a restart forgets them: those are caught up with through execution_status, as any lost callback)
         self._preapproved: set[str] = set()
         self._old_flow: set[str] = set()     # nodes that do not speak the pre-approved ask (older versions)
+        self._silent = SilentNodes()           # nodes whose asks went unanswered: left out of placement a while
         self._waiting_pass: trio.Event | None = None           # set when a pass over waiting jobs is due
         self._changed: dict[str, trio.Event] = {}
         self.on_change: list[Callable[[str], None]] = []      # told a job's id at each change (the dashboard)
@@ -369,7 +371,10 @@ class Requester:
     async def _ask_for_bids(self, job: Job, needed: int, live: list[Execution]) -> None:
         exclude = {e.node_id for e in job.executions if e.state == S.FAILED
                    or (e.state == S.BID_REJECTED and e.reason not in NOT_TRIED)} | {e.node_id for e in live}
-        candidates, why = rank_loads(job, self.nodes.sample(), exclude, sample=SAMPLE)
+        silent = self._silent.left_out() - exclude
+        candidates, why = rank_loads(job, self.nodes.sample(), exclude | silent, sample=SAMPLE)
+        if not candidates and silent:     # none but silent ones: asked all the same
+            candidates, why = rank_loads(job, self.nodes.sample(), exclude, sample=SAMPLE)
         if not candidates:
             if live:
                 return  # bids or runs in flight may still do it
@@ -396,6 +401,7 @@ class Requester:
                  for load in candidates[: needed if sure else needed * BID_OVERASK]]
         for ex in asked:     # counted at once: the next job ranked, even before any await here, sees them
             self.nodes.placed(ex.node_id, ex.id)
+            self._silent.asked(ex.node_id)
         for ex in asked:
             if sure and ex.node_id not in self._old_flow:
                 # the one execution needed, asked of one node: no other bid to wait for or choose between
@@ -419,14 +425,21 @@ class Requester:
                 await self._compute.ask_for_bid(ex.node_id, req)
             except BacalhauError as exc:
                 reason = f"ask for bid failed: {exc}"
+                unanswered = isinstance(exc, TransportError)
             else:
                 with deadline:
                     await trio.sleep(self._bid_timeout)
                 reason = f"no bid within {self._bid_timeout:g}s"
+                unanswered = True
         finally:
             self._awaiting_bid.pop(ex.id, None)
         if deadline.cancel_called:
+            self._silent.answered(ex.node_id)
             return
+        if unanswered:
+            self._silent.unanswered(ex.node_id)
+        else:
+            self._silent.answered(ex.node_id)
         await self._execution_failed(job.id, ex.id, (S.ASKED_FOR_BID,), S.BID_REJECTED, reason)
 
     async def _ask_approved(self, job: Job, ex: Execution) -> None:
@@ -443,12 +456,17 @@ class Requester:
         except BacalhauError as exc:
             # only the reply may have been lost, the node running it: ask before writing the attempt off
             if not isinstance(exc, TransportError) or not await self._took_it(ex.node_id, ex.id):
+                if isinstance(exc, TransportError):
+                    self._silent.unanswered(ex.node_id)
+                else:
+                    self._silent.answered(ex.node_id)
                 await self._execution_failed(job.id, ex.id, (S.ASKED_FOR_BID,), S.BID_REJECTED,
                                              f"ask for bid failed: {exc}")
                 if isinstance(exc, TransportError):    # it may still come: dropped where it does
                     self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, "ask for bid failed")
                 return
             bid = m.BidResult(execution_id=ex.id, job_id=job.id, node_id=ex.node_id, accepted=True)
+        self._silent.answered(ex.node_id)
         if (bid.execution_id, bid.job_id, bid.node_id) != (ex.id, job.id, ex.node_id):
             # an answer about something else than what was asked: not this ask's bid
             reason = f"node {ex.node_id} answered the ask with a bid for another execution"

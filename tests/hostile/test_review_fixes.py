@@ -211,3 +211,25 @@ async def test_a_request_sent_with_its_eof_is_still_answered(long_keep_alive_nod
         assert await trio.to_thread.run_sync(_closed_by_server, s, 10.0), "the server kept its side open"
     finally:
         s.close()
+
+
+async def test_a_node_that_takes_asks_and_never_answers_delays_at_most_one_job_at_a_time(tmp_path: Path) -> None:
+    """One node is asked per plain job: on main a silent node cost each job placed on it the whole call
+    timeout, and it kept being chosen (it runs nothing: it looks idle). Now it is left out for a while after an
+    ask goes unanswered (requester/silent.py). The call timeout is 1 s here, 10 s by default."""
+    async with _cluster(tmp_path, computes=2, call_timeout=1.0) as (req, (silent, good)):
+        async def never(peer_id: str, payload: bytes) -> bytes:
+            await trio.sleep_forever()
+            raise AssertionError
+
+        silent.transport.handlers[m.ASK_FOR_BID_APPROVED] = never
+        silent.transport.handlers[m.ASK_FOR_BID] = never
+        delayed = 0
+        with trio.fail_after(30):
+            for _ in range(20):
+                job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="hi\n")))
+                done = await _ended(req, job.id)
+                assert done.state == JobState.COMPLETED, done.reason
+                delayed += any(e.node_id == silent.node_id for e in done.executions)
+        assert 1 <= delayed <= 2, delayed      # its first ask (and a second once it may be asked again)
+        assert req.requester is not None and silent.node_id in req.requester._silent.left_out()
