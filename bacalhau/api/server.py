@@ -119,7 +119,9 @@ def _guard_hypercorn() -> None:
     at once, as before: a client waiting on a stream sees the status before the first part.
 
     It stops a connection's idle watcher (a task) as each request comes and starts a new one when it is
-    answered; the watcher is now one task for the connection's life whose deadline moves (_IdleWatch).
+    answered; the watcher is now one task for the connection's life whose deadline moves (_IdleWatch),
+    stopped when the client's side ends (hypercorn's kept an idle connection the client closed open until
+    its keep-alive time).
     A write the socket takes whole at once (nearly every answer) is made in the writer's step (_send_now):
     the lock, the two scopes and trio's scheduler round trips are for a write that has to wait.
     Together they took a GET /api/v1/version from ~500 to ~290 us of node CPU (benchmarks/api_requests.py)."""
@@ -201,8 +203,10 @@ def _guard_hypercorn() -> None:
 
     async def _read_data(self: Any) -> None:
         await original_read(self)
-        if not _idle_watch(self).idle:
-            await self.idle_task.stop()     # the connection ended in a request: nothing to watch (as before)
+        # the client's EOF (or a read error) ends the connection: nothing more to watch. In a request (as
+        # before) it is answered or cancelled; idle, its watcher held the connection (CLOSE-WAIT) and its task
+        # up to the keep-alive time, for each a client opened and closed
+        await self.idle_task.stop()
 
     TCPServer._idle_timeout = _idle_timeout  # type: ignore[method-assign]
     TCPServer._read_data = _read_data  # type: ignore[method-assign]

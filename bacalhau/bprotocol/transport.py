@@ -267,8 +267,10 @@ class InMemoryTransport(LocalTransport):
             await net._hop()
             # the handler runs on the peer: the caller giving up does not cut it halfway (as over a socket,
             # where a timed-out caller's reset is seen only when the reply is written); bounded all the same
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + 4 * timeout):
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + 4 * timeout) as bound:
                 reply = await self._peer(peer_id).call_local(self.self_id, protocol_id, payload)
+            if bound.cancelled_caught:
+                raise TransportError(f"{protocol_id} to {peer_id}: its handler ran past {4 * timeout:g}s")
             if lose == "reply":
                 net.lost += 1
                 await trio.sleep_forever()

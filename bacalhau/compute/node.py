@@ -387,7 +387,16 @@ class ComputeNode:
             # at the next start, as one left publishing)
             await self._publish(ex, result)
             return
-        await self._store.record_result(ex.id, result)
+        if result.error:
+            # the run hit its own limit (its timeout): the requester fails the job and sends nothing back, so the
+            # node ends the execution here (it stayed running and busy, and drain() waited its grace for it)
+            try:
+                await self._store.update(ex.id, (S.RUNNING,), S.FAILED, result.error, result=result)
+            except StateError:
+                return  # cancelled meanwhile: _cancel recorded and reported it
+            self._done(ex.id)
+        else:
+            await self._store.record_result(ex.id, result)
         # its record says from now on what it printed (HeldOutputs.of): the requester may never answer the
         # run-complete (nothing else ends the execution), and it must not pin its output in memory meanwhile
         self._held.release(ex.id)

@@ -31,6 +31,7 @@ from bacalhau.requester.logs import LogReader
 from bacalhau.requester.nodes import NodeTable
 from bacalhau.requester.ranking import NO_COMPUTE_NODE, SAMPLE, rank_loads
 from bacalhau.requester.retry import MaxAttempts, RetryStrategy, attempts_summary, chain_for, decide
+from bacalhau.requester.silent import SilentNodes
 from bacalhau.requester.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Requester:
         # taken (a restart forgets them: those are caught up with through execution_status, as any lost callback)
         self._preapproved: set[str] = set()
         self._old_flow: set[str] = set()     # nodes that do not speak the pre-approved ask (older versions)
+        self._silent = SilentNodes()           # nodes whose asks went unanswered: left out of placement a while
         self._waiting_pass: trio.Event | None = None           # set when a pass over waiting jobs is due
         self._changed: dict[str, trio.Event] = {}
         self.on_change: list[Callable[[str], None]] = []      # told a job's id at each change (the dashboard)
@@ -369,7 +371,10 @@ class Requester:
     async def _ask_for_bids(self, job: Job, needed: int, live: list[Execution]) -> None:
         exclude = {e.node_id for e in job.executions if e.state == S.FAILED
                    or (e.state == S.BID_REJECTED and e.reason not in NOT_TRIED)} | {e.node_id for e in live}
-        candidates, why = rank_loads(job, self.nodes.sample(), exclude, sample=SAMPLE)
+        silent = self._silent.left_out() - exclude
+        candidates, why = rank_loads(job, self.nodes.sample(), exclude | silent, sample=SAMPLE)
+        if not candidates and silent:     # none but silent ones: asked all the same
+            candidates, why = rank_loads(job, self.nodes.sample(), exclude, sample=SAMPLE)
         if not candidates:
             if live:
                 return  # bids or runs in flight may still do it
@@ -396,6 +401,7 @@ class Requester:
                  for load in candidates[: needed if sure else needed * BID_OVERASK]]
         for ex in asked:     # counted at once: the next job ranked, even before any await here, sees them
             self.nodes.placed(ex.node_id, ex.id)
+            self._silent.asked(ex.node_id)
         for ex in asked:
             if sure and ex.node_id not in self._old_flow:
                 # the one execution needed, asked of one node: no other bid to wait for or choose between
@@ -419,14 +425,21 @@ class Requester:
                 await self._compute.ask_for_bid(ex.node_id, req)
             except BacalhauError as exc:
                 reason = f"ask for bid failed: {exc}"
+                unanswered = isinstance(exc, TransportError)
             else:
                 with deadline:
                     await trio.sleep(self._bid_timeout)
                 reason = f"no bid within {self._bid_timeout:g}s"
+                unanswered = True
         finally:
             self._awaiting_bid.pop(ex.id, None)
         if deadline.cancel_called:
+            self._silent.answered(ex.node_id)
             return
+        if unanswered:
+            self._silent.unanswered(ex.node_id)
+        else:
+            self._silent.answered(ex.node_id)
         await self._execution_failed(job.id, ex.id, (S.ASKED_FOR_BID,), S.BID_REJECTED, reason)
 
     async def _ask_approved(self, job: Job, ex: Execution) -> None:
@@ -443,12 +456,17 @@ class Requester:
         except BacalhauError as exc:
             # only the reply may have been lost, the node running it: ask before writing the attempt off
             if not isinstance(exc, TransportError) or not await self._took_it(ex.node_id, ex.id):
+                if isinstance(exc, TransportError):
+                    self._silent.unanswered(ex.node_id)
+                else:
+                    self._silent.answered(ex.node_id)
                 await self._execution_failed(job.id, ex.id, (S.ASKED_FOR_BID,), S.BID_REJECTED,
                                              f"ask for bid failed: {exc}")
                 if isinstance(exc, TransportError):    # it may still come: dropped where it does
                     self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, "ask for bid failed")
                 return
             bid = m.BidResult(execution_id=ex.id, job_id=job.id, node_id=ex.node_id, accepted=True)
+        self._silent.answered(ex.node_id)
         if (bid.execution_id, bid.job_id, bid.node_id) != (ex.id, job.id, ex.node_id):
             # an answer about something else than what was asked: not this ask's bid
             reason = f"node {ex.node_id} answered the ask with a bid for another execution"
@@ -585,14 +603,14 @@ class Requester:
                     self._preapproved.add(ex.id)
                     async with self._lock(job_id):
                         await self._take_bid(job_id, ex.id, f"{PREAPPROVED_BID}; seen after a restart)")
-            elif status.state in (S.RUNNING, S.PUBLISHING, S.COMPLETED) and status.result is not None:
+            elif _ran(status):
                 if ex.state in (S.ASKED_FOR_BID, S.NEW):
                     async with self._lock(job_id):
                         await self._take_bid(job_id, ex.id, "bid accepted (seen after a restart)")
                 if ex.state != S.PUBLISHING:
                     await self._on_run_complete(ex.node_id, m.RunComplete(**info, result=status.result))
                 if status.state == S.COMPLETED:
-                    await self._on_publish_complete(ex.node_id, m.PublishComplete(**info, result_ref=status.result_ref))
+                    await self._published_per_status(info, status.result_ref)
             elif status.state.terminal:
                 new = S.CANCELLED if status.state == S.CANCELLED else S.FAILED
                 await self._execution_failed(job_id, ex.id, None, new, status.reason or status.state.value)
@@ -661,8 +679,7 @@ class Requester:
                 log.info("execution %s: its node %s did not say how it goes: %s", ex.id, ex.node_id, exc)
                 return
             info = dict(execution_id=ex.id, job_id=job_id, node_id=ex.node_id)
-            if status.result is not None and ex.state in (S.BID_ACCEPTED, S.RUNNING) and status.state in (
-                    S.RUNNING, S.PUBLISHING, S.COMPLETED):
+            if ex.state in (S.BID_ACCEPTED, S.RUNNING) and _ran(status):
                 log.warning("execution %s ran on %s but its run-complete never arrived: catching up", ex.id,
                             ex.node_id)
                 await self._on_run_complete(ex.node_id, m.RunComplete(**info, result=status.result))
@@ -675,7 +692,7 @@ class Requester:
             elif status.state == S.COMPLETED and ex.state == S.PUBLISHING:
                 log.warning("execution %s was published on %s but its publish-complete never arrived: catching up",
                             ex.id, ex.node_id)
-                await self._on_publish_complete(ex.node_id, m.PublishComplete(**info, result_ref=status.result_ref))
+                await self._published_per_status(info, status.result_ref)
             elif status.state in (S.FAILED, S.CANCELLED) and not ex.state.terminal:
                 await self._execution_failed(job_id, ex.id, (ex.state,), status.state,
                                              status.reason or status.state.value)
@@ -684,6 +701,19 @@ class Requester:
         finally:
             self._checking.discard(ex.id)
         self._notify(job_id)
+
+    async def _published_per_status(self, info: dict[str, str], result_ref: str) -> None:
+        """An execution its node says is published (a reconcile pass), taken as its publish-complete. A reference
+        that is not ipfs://<CID> fails the execution and the job goes on to its retry, as a bad publish-complete
+        does (building the message raised on every pass: the job stayed in progress for good)."""
+        try:
+            msg = m.PublishComplete(**info, result_ref=result_ref)
+        except ValueError:
+            await self._execution_failed(info["job_id"], info["execution_id"], (S.PUBLISHING,), S.FAILED,
+                                         f"node {info['node_id']} reported a bad result reference: "
+                                         f"{result_ref[:80]!r} is not ipfs://<CID>")
+            return
+        await self._on_publish_complete(msg.node_id, msg)
 
     async def _cancel_when_back(self, node_id: str, execution_id: str) -> None:
         """A node cut off (not dead) comes back still holding what was written off and run elsewhere: its
@@ -719,6 +749,15 @@ class Requester:
     def _spawn(self, fn: Callable[[*Ts], Awaitable[object]], *args: *Ts) -> None:
         assert self._nursery is not None, "Requester.run() is not running"
         self._nursery.start_soon(_guarded, fn, args, name=getattr(fn, "__qualname__", fn))
+
+
+def _ran(status: m.ExecutionStatus) -> bool:
+    """The node ran the execution to a result: what its run-complete (lost, or missed while down) would say.
+    One failed with the run's own error (its timeout) too: the job fails, not retried, as the callback has it."""
+    if status.result is None:
+        return False
+    return status.state in (S.RUNNING, S.PUBLISHING, S.COMPLETED) or (
+        status.state == S.FAILED and bool(status.result.error))
 
 
 async def _guarded(fn: Callable[[*Ts], Awaitable[object]], args: tuple[*Ts]) -> None:
