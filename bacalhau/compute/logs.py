@@ -143,13 +143,20 @@ async def stream_logs(
                         yield frame(kind, offsets[kind], data)
                         offsets[kind] += len(data)
                         progressed = True
-            if ended is not None:
-                yield end_frame(ended)
-                return
-            if not req.follow:
-                yield end_frame(LogEnd("running", None, "not following: the execution is still running"))
+            last = _last_frame(ended, req.follow)
+            if last is not None:
+                yield last
                 return
             await watch.next_tick()
+
+
+def _last_frame(ended: LogEnd | None, follow: bool) -> bytes | None:
+    """The frame that ends a log stream here (the execution ended, or the request does not follow), or None."""
+    if ended is not None:
+        return end_frame(ended)
+    if not follow:
+        return end_frame(LogEnd("running", None, "not following: the execution is still running"))
+    return None
 
 
 async def stream_known_logs(
@@ -167,10 +174,8 @@ async def stream_known_logs(
                 chunk = data[offsets[kind]:offsets[kind] + MAX_CHUNK]
                 yield frame(kind, offsets[kind], chunk)
                 offsets[kind] += len(chunk)
-        if ended is not None:
-            yield end_frame(ended)
-            return
-        if not req.follow:
-            yield end_frame(LogEnd("running", None, "not following: the execution is still running"))
+        last = _last_frame(ended, req.follow)
+        if last is not None:
+            yield last
             return
         await trio.sleep(POLL_INTERVAL)
