@@ -47,6 +47,13 @@ result-accepted round trip are gone, the rest is Docker's.
 Durable commits (synchronous=FULL), measured with --noop-only --noop-jobs 100 on a shared 2-core machine,
 interleaved with the code before them, medians: one fsync per transaction 36.2 jobs/s against 53.6 before
 (4 runs each); grouped commits 68.5 against 57.0, then 44.1 against 45.1 (5 runs each, two sessions).
+
+Pre-approved asks (this session's main against its start, 96d88c8), --runs 12, load ~3-4, one run each unless
+said: --split main 1.25 (377.8 against 302.8 ms), 96d88c8 1.29 (342.5 against 264.6 ms). One node, 4 runs of main
+1.25, 1.25, 1.29, 1.27 against 3 of 96d88c8 1.15, 1.25, 1.18 (the CLI's CPU 40-47 ms against 36-37 ms); with
+--breakdown --runs 10: main 1.22 (bid round 6.7 ms, bid accepted to completed 256.5 ms, completed to exit 16.1
+ms) against 1.21 (bid round 5.4 ms, accepted to running 2.2, running to ran 224.1, publishing 6.3, completed to
+exit 8.9 ms). The one-node ratio did not move: the container's start through the Docker API is most of it.
 """
 
 from __future__ import annotations

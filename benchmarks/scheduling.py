@@ -62,6 +62,16 @@ pair: within the noise, the node's calls to itself were already in-process objec
 jobs/s, 13.10 -> 9.99 ms a job (11.92/9.81, 13.10/9.99, 14.84/12.81). Where one node's event loop goes after it
 (py-spy, 15 s of a 4000-job run, 116 jobs/s, 5.66 ms a job): the bprotocol's calls (the node's to itself) ~7%,
 the API (hypercorn, the guard, submit and its long polls) ~41%.
+Lead's final runs of the session (main at afa40dc: noopmem, proto, the reviews' fixes, placement reckoned from
+bids and ends, long-lived clients signing through cryptography), interleaved with the session's start (96d88c8),
+quiet machine (load 1.3-2.1): 1 node, 5000 jobs: main 466.4 and 420.1 jobs/s (last/first 1.07, 1.03; node CPU
+2.13, 2.37 ms a job; submit p50 14.5/15.8 ms, p99 28.3/33.1 ms) against 232.3 (0.96; 4.71 ms; p99 32.3 ms).
+1500 jobs, --nodes 1 3 12 in one run: main 447.7 / 342.2 / 255.1 jobs/s (2.23 / 2.97 / 4.22 ms a job), again
+390.5 / 290.7 / 293.0 (2.56 / 3.55 / 3.71 ms). The session's start, each devstack the first cluster of its run
+(load ~3): -n 3 135.9 and 107.1 jobs/s (8.82, 11.36 ms), -n 12 98.2 and 91.7 (12.59, 13.57 ms).
+A cluster run second in one run of this script was limited by the script's own signing until then: once the
+client's key file existed, its 32 threads signed in pure Python (5.8 ms each, ~0.9 of a core), submit p50 126-156
+ms with the node idle; rsa_pkcs1.py now signs through cryptography from a process's second signature.
 """
 
 from __future__ import annotations
