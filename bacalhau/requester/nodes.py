@@ -141,7 +141,12 @@ class NodeTable:
             entry.awaiting.pop(execution_id, None)
             bid = entry.past_bid.pop(execution_id, None)
             if bid is not None:
-                entry.ended.append((bid, time.time()))   # kept until a report stands for a later moment
+                now = time.time()
+                entry.ended.append((bid, now))   # kept until a report stands for a later moment, or for a TTL:
+                # a node resending an old report (only "alive") would have each kept for ever; a report made
+                # over a TTL ago is stale and its count of ours matters little
+                while entry.ended[0][1] < now - self.ttl:
+                    entry.ended.popleft()
 
     def answered(self, node_id: str, execution_id: str) -> None:
         """The node bid (or refused, or the ask failed or timed out): no longer an unanswered ask."""
