@@ -5,6 +5,8 @@ call (or bid) timeout before another node was tried, and it kept being chosen (n
 After an ask of it goes unanswered it is left out of ranking for SILENT_FOR seconds, twice as long at each
 repeat (up to SILENT_FOR_MAX); once that time is up, one job at a time is placed on it until it answers, which
 clears it. A node is left out only while others can take the job (the caller falls back to every node).
+One not asked again for SILENT_FOR_MAX after its time was up is forgotten: peer ids cost nothing, and a peer
+joining as node after node, each silent once, was held (and walked at each placement) for the requester's life.
 """
 
 from __future__ import annotations
@@ -25,7 +27,17 @@ class SilentNodes:
         if not self._until:
             return set()
         now = trio.current_time()
-        return {n for n, until in self._until.items() if until > now} | self._probing
+        out = set(self._probing)
+        gone = []
+        for n, until in self._until.items():
+            if until > now:
+                out.add(n)
+            elif until < now - SILENT_FOR_MAX and n not in self._probing:
+                gone.append(n)      # not asked again since its time was up: gone, or to be marked afresh
+        for n in gone:
+            del self._until[n]
+            self._strikes.pop(n, None)
+        return out
 
     def asked(self, node_id: str) -> None:
         """An ask is going to the node: one of a node kept out before is its probe."""

@@ -33,3 +33,26 @@ def test_a_node_replaying_its_first_report_cannot_grow_the_requesters_memory_wit
     kept = len(table._nodes["replayer"].ended)
     assert kept < jobs // 5, f"{kept} ended executions held for a report that never comes"
     assert table.load("replayer").extra == 0         # and its load is still reckoned right
+
+
+def test_nodes_once_silent_and_gone_are_not_kept_for_ever() -> None:
+    """Peer ids cost nothing: a peer can join as node after node, take one ask each, never answer, and go.
+    Each was kept in SilentNodes for the requester's life (and walked at every placement). Now one past its
+    time and not asked again for SILENT_FOR_MAX is let go (asked again and silent, it is marked again)."""
+    import trio
+    import trio.testing
+
+    from bacalhau.requester.silent import SILENT_FOR_MAX, SilentNodes
+
+    async def main() -> None:
+        silent = SilentNodes()
+        for i in range(2000):
+            silent.asked(f"sybil{i}")
+            silent.unanswered(f"sybil{i}")
+        assert len(silent.left_out()) == 2000
+        await trio.sleep(3 * SILENT_FOR_MAX)
+        silent.unanswered("still-there")
+        assert silent.left_out() == {"still-there"}
+        assert len(silent._until) + len(silent._strikes) < 10, "nodes long gone still held"
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
