@@ -104,7 +104,8 @@ class Database:
             try:
                 out = fn(self._conn)
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:   # SQLite ends it itself on some errors (a full disk)
+                    self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
             return out
@@ -134,10 +135,17 @@ class Database:
                     try:
                         call.value = call.fn(self._conn)
                     except Exception as exc:
+                        if not self._conn.in_transaction:
+                            raise    # SQLite ended the whole transaction (a full disk): every call failed
                         self._conn.execute("ROLLBACK TO call")
                         call.error = exc
                     self._conn.execute("RELEASE call")
-                self._conn.execute("ROLLBACK" if undo else "COMMIT")
+                if not undo:
+                    self._conn.execute("COMMIT")
+                elif self._conn.in_transaction:
+                    # SQLite may have ended it itself (SQLITE_FULL): a ROLLBACK then raised "cannot rollback - no
+                    # transaction is active", which every caller got in place of "database or disk is full"
+                    self._conn.execute("ROLLBACK")
             except BaseException as exc:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -37,6 +38,8 @@ MAX_PUBLISHED = 10_000       # jobs whose last published snapshot is remembered 
 # a requester gossips what changed at most this often: the changes of a busy interval go out together, in as
 # few messages as events.MAX_BATCH_* allow, and a job that changed several times meanwhile goes out once
 PUBLISH_INTERVAL = 0.2
+RETRY_AFTER = 1.0            # seconds before events dashboard.db could not take are written again
+STORE_ERRORS = (sqlite3.Error, OSError)   # dashboard.db failing (its disk full): figures wait, the node goes on
 
 
 class JobReader(Protocol):
@@ -256,7 +259,12 @@ class Dashboard:
                     batch.append(self._queue_recv.receive_nowait()[1])
                 except trio.WouldBlock:
                     break
-            if await self.store.ingest(batch):
+            try:
+                changed = await self.store.ingest(batch)
+            except STORE_ERRORS as exc:    # peers' events: the catch-up brings them again
+                log.warning("dashboard: %d events from peers not recorded: %s", len(batch), exc)
+                continue
+            if changed:
                 self._poke()
 
     # -- catch-up: a requester's aggregates and recent jobs, asked for when it is first heard of and then every
@@ -301,7 +309,7 @@ class Dashboard:
                 self.refused += 1
                 self._ignore(peer, f"catch-up: {exc}")
                 return
-            except (BacalhauError, trio.TooSlowError, ValueError) as exc:
+            except (BacalhauError, trio.TooSlowError, ValueError, *STORE_ERRORS) as exc:
                 log.info("dashboard: no totals from requester %s: %s", peer, exc)
                 return
             finally:
@@ -390,7 +398,20 @@ class Dashboard:
                     self._published.clear()
                 self._published[job_id] = key
                 events.append(event)
-            if events and await self.store.ingest(events):     # one transaction for what changed meanwhile
+            try:
+                changed = events and await self.store.ingest(events)   # one transaction for what changed meanwhile
+            except STORE_ERRORS as exc:
+                # dashboard.db cannot take them now (its disk full: a job filled it, the node frees that): the
+                # node goes on, and these jobs are written again later
+                log.warning("dashboard: %d job events not recorded, tried again in %gs: %s", len(events),
+                            RETRY_AFTER, exc)
+                for event in events:
+                    self._published.pop(event.job_id, None)
+                    self._dirty[event.job_id] = None
+                await trio.sleep(RETRY_AFTER)
+                self._dirty_event.set()
+                continue
+            if changed:
                 self._poke()
             if self._host is not None and events:
                 for message in ev.dump_batches(events):
