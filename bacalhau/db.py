@@ -128,6 +128,8 @@ class Database:
                         try:
                             call.value = call.fn(self._conn)
                         except Exception as exc:
+                            if not alone and not self._conn.in_transaction:
+                                raise    # SQLite ended the whole transaction (a full disk): every call failed
                             call.error = exc
                             undo = undo or not call.reads
                         continue
@@ -140,12 +142,14 @@ class Database:
                         self._conn.execute("ROLLBACK TO call")
                         call.error = exc
                     self._conn.execute("RELEASE call")
-                if not undo:
-                    self._conn.execute("COMMIT")
-                elif self._conn.in_transaction:
-                    # SQLite may have ended it itself (SQLITE_FULL): a ROLLBACK then raised "cannot rollback - no
-                    # transaction is active", which every caller got in place of "database or disk is full"
+                if not self._conn.in_transaction:
+                    # SQLite ended it itself (SQLITE_FULL) under the one call, which holds that error: a ROLLBACK
+                    # raised "cannot rollback - no transaction is active", which the caller got in its place
+                    pass
+                elif undo:
                     self._conn.execute("ROLLBACK")
+                else:
+                    self._conn.execute("COMMIT")
             except BaseException as exc:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")

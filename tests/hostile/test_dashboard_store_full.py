@@ -50,3 +50,31 @@ async def test_a_dashboard_db_that_cannot_grow_does_not_end_the_node_and_its_eve
             while any([await node.dashboard.store.job(i) is None for i in [*ids, late.id]]):
                 await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
+
+
+async def test_each_write_of_a_group_on_a_full_database_hears_that_it_is_full(tmp_path: Path) -> None:
+    """Writes grouped in one transaction, the file capped (as a full disk): SQLite may end the transaction
+    itself; each caller hears "database or disk is full" (not "cannot rollback/commit - no transaction is
+    active"), nothing of theirs is in, and the database takes writes again once there is room."""
+    from bacalhau.db import Database
+
+    db = Database(tmp_path / "x.db", "CREATE TABLE IF NOT EXISTS t(x BLOB);")
+    pages = db.run_sync(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+    db.run_sync(lambda conn: conn.execute(f"PRAGMA max_page_count={pages}"))
+    errors: list[str] = []
+
+    async def write(size: int) -> None:
+        try:
+            await db.run(lambda conn: conn.execute("INSERT INTO t VALUES (?)", (b"x" * size,)))
+        except sqlite3.Error as exc:
+            errors.append(str(exc))
+
+    async with trio.open_nursery() as nursery:
+        for size in (10, 100_000, 10, 200_000):
+            nursery.start_soon(write, size)
+    assert errors and all("full" in e for e in errors), errors
+    db.run_sync(lambda conn: conn.execute("PRAGMA max_page_count=1073741823"))
+    await db.run(lambda conn: conn.execute("INSERT INTO t VALUES (?)", (b"y",)))
+    rows = db.run_sync(lambda conn: conn.execute("SELECT x FROM t").fetchall())
+    assert [bytes(r[0]) for r in rows][-1] == b"y" and all(len(r[0]) < 100_000 for r in rows), len(rows)
+    db.close()
