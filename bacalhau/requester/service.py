@@ -26,7 +26,7 @@ from bacalhau.errors import (
     UnsupportedProtocolError,
 )
 from bacalhau.log_frames import LogEvent
-from bacalhau.models import Execution, ExecutionState, Job, JobSpec, JobState, NodeInfo
+from bacalhau.models import Execution, ExecutionState, Job, JobSpec, JobState, NodeInfo, RunResult
 from bacalhau.requester.logs import LogReader
 from bacalhau.requester.nodes import NodeTable
 from bacalhau.requester.ranking import NO_COMPUTE_NODE, SAMPLE, rank_loads
@@ -227,63 +227,52 @@ class Requester:
         return m.Ack()
 
     async def _on_publish_complete(self, peer_id: str, msg: m.PublishComplete) -> m.Ack:
-        from bacalhau.ipfs.result_ref import parse_result_ref
-
-        try:
-            parse_result_ref(msg.result_ref)     # what downloads will trust: ipfs://<CID> and nothing else
-        except ProtocolError as exc:
-            async with self._lock(msg.job_id):
-                await self._set(msg.execution_id, (S.PUBLISHING,), S.FAILED, f"node {peer_id} published a bad "
-                                f"result reference: {exc}")
-            await self._evaluate(msg.job_id)
-            raise
-        async with self._lock(msg.job_id):
-            # the execution that completes its job completes it in the same transaction (what _evaluate would
-            # do next, one commit earlier); with others still live, _evaluate cancels them first
-            job = await self.store.get_job(msg.job_id, full=False)
-            done = 1 + sum(1 for e in job.executions if e.state == S.COMPLETED and e.id != msg.execution_id)
-            others = any(not e.state.terminal and e.id != msg.execution_id for e in job.executions)
-            ends = not job.state.terminal and not others and done >= job.spec.concurrency
-            await self._set(msg.execution_id, (S.PUBLISHING,), S.COMPLETED, "result published",
-                            result_ref=msg.result_ref, job_to=(job.state, JobState.COMPLETED, "") if ends else None)
-        if ends:
-            self._notify(msg.job_id)
-            return m.Ack()
-        await self._evaluate(msg.job_id)
-        return m.Ack()
+        return await self._published(peer_id, msg.job_id, msg.execution_id, msg.result_ref, (S.PUBLISHING,),
+                                     "result published")
 
     async def _on_run_published(self, peer_id: str, msg: m.RunPublished) -> m.Ack:
         """A pre-approved execution ran and is published (bprotocol/messages.py): what on_run_complete and
         on_publish_complete would do, in one transaction. Taken only for an execution this requester asked
         pre-approved: for any other, the node was to wait for result_accepted (a peer cannot skip the steps)."""
-        from bacalhau.ipfs.result_ref import parse_result_ref
-
         if msg.execution_id not in self._preapproved:
             raise ProtocolError(f"execution {msg.execution_id} is not one asked pre-approved and still live: its "
                                 "run and its publication are reported apart")
+        return await self._published(peer_id, msg.job_id, msg.execution_id, msg.result_ref,
+                                     (S.BID_ACCEPTED, S.RUNNING, S.PUBLISHING),
+                                     f"ran, exit code {msg.result.exit_code}; result published", result=msg.result)
+
+    async def _published(self, peer_id: str, job_id: str, execution_id: str, result_ref: str,
+                         expected: tuple[ExecutionState, ...], reason: str, *, result: RunResult | None = None
+                         ) -> m.Ack:
+        """An execution's result is published (a publish-complete, or with its `result` a pre-approved
+        run-published, which may overtake the ask's reply: its bid is taken first)."""
+        from bacalhau.ipfs.result_ref import parse_result_ref
+
         try:
-            parse_result_ref(msg.result_ref)     # what downloads will trust: ipfs://<CID> and nothing else
+            parse_result_ref(result_ref)     # what downloads will trust: ipfs://<CID> and nothing else
         except ProtocolError as exc:
-            async with self._lock(msg.job_id):
-                await self._accept_overtaken(msg.job_id, msg.execution_id)
-                await self._set(msg.execution_id, (S.BID_ACCEPTED, S.RUNNING, S.PUBLISHING), S.FAILED,
+            async with self._lock(job_id):
+                if result is not None:
+                    await self._accept_overtaken(job_id, execution_id)
+                await self._set(execution_id, expected, S.FAILED,
                                 f"node {peer_id} published a bad result reference: {exc}")
-            await self._evaluate(msg.job_id)
+            await self._evaluate(job_id)
             raise
-        async with self._lock(msg.job_id):
-            await self._accept_overtaken(msg.job_id, msg.execution_id)
-            job = await self.store.get_job(msg.job_id, full=False)
-            done = 1 + sum(1 for e in job.executions if e.state == S.COMPLETED and e.id != msg.execution_id)
-            others = any(not e.state.terminal and e.id != msg.execution_id for e in job.executions)
+        async with self._lock(job_id):
+            if result is not None:
+                await self._accept_overtaken(job_id, execution_id)
+            # the execution that completes its job completes it in the same transaction (what _evaluate would
+            # do next, one commit earlier); with others still live, _evaluate cancels them first
+            job = await self.store.get_job(job_id, full=False)
+            done = 1 + sum(1 for e in job.executions if e.state == S.COMPLETED and e.id != execution_id)
+            others = any(not e.state.terminal and e.id != execution_id for e in job.executions)
             ends = not job.state.terminal and not others and done >= job.spec.concurrency
-            await self._set(msg.execution_id, (S.BID_ACCEPTED, S.RUNNING, S.PUBLISHING), S.COMPLETED,
-                            f"ran, exit code {msg.result.exit_code}; result published", result=msg.result,
-                            result_ref=msg.result_ref,
+            await self._set(execution_id, expected, S.COMPLETED, reason, result=result, result_ref=result_ref,
                             job_to=(job.state, JobState.COMPLETED, "") if ends else None)
         if ends:
-            self._notify(msg.job_id)
+            self._notify(job_id)
             return m.Ack()
-        await self._evaluate(msg.job_id)
+        await self._evaluate(job_id)
         return m.Ack()
 
     async def _accept_overtaken(self, job_id: str, execution_id: str) -> None:
