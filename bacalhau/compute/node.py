@@ -32,7 +32,7 @@ from bacalhau.errors import BacalhauError, ExecutorError, NotFoundError, Protoco
 from bacalhau.executors.types import ExecutionDir, Executor
 from bacalhau.ipfs.blockstore import Blockstore
 from bacalhau.ipfs.publish import ResultTooLarge, scan_result, skipped_note, tree_size
-from bacalhau.models import Engine, ExecutionState, NodeInfo, NodeType, Resources, RunResult
+from bacalhau.models import Engine, ExecutionState, Job, NodeInfo, NodeType, Resources, RunResult
 from bacalhau.storage.inputs import DEFAULT_PROVIDERS, prepare_inputs
 from bacalhau.storage.ipfs import IpfsStorage
 from bacalhau.storage.types import StorageProvider
@@ -187,9 +187,13 @@ class ComputeNode:
 
     # -- handlers (requester -> compute) --------------------------------------------------------------------
 
-    async def _ask_for_bid(self, peer_id: str, req: m.AskForBidRequest) -> m.Ack:
+    def _bid_on(self, job: Job) -> tuple[BidContext, str | None]:
+        """What this node knows to bid with, and why it refuses the job (None: it bids yes). Both asks."""
         ctx = BidContext(self.engines, self.capacity.total, self.labels, self._blockstore, self.limits)
-        reason = "the node is shutting down" if not self._accepting else bid(req.job, ctx)
+        return ctx, "the node is shutting down" if not self._accepting else bid(job, ctx)
+
+    async def _ask_for_bid(self, peer_id: str, req: m.AskForBidRequest) -> m.Ack:
+        ctx, reason = self._bid_on(req.job)
         state = S.NEW if reason is None else S.BID_REJECTED
         # an id is created once, by one requester: asking again (anyone) takes nothing over (StateError)
         await self._store.create(
@@ -206,8 +210,7 @@ class ComputeNode:
     async def _ask_for_bid_approved(self, peer_id: str, req: m.AskForBidRequest) -> m.BidResult:
         """A pre-approved ask (messages.py): the bid is the reply, a yes is accepted as it is written down (one
         write, before the reply: what the requester is told is on disk) and starts at once."""
-        ctx = BidContext(self.engines, self.capacity.total, self.labels, self._blockstore, self.limits)
-        reason = "the node is shutting down" if not self._accepting else bid(req.job, ctx)
+        _, reason = self._bid_on(req.job)
         ex = LocalExecution(id=req.execution_id, job=req.job, requester_id=req.requester_id,
                             state=S.BID_ACCEPTED if reason is None else S.BID_REJECTED,
                             reason=reason or "bid accepted (pre-approved)")
