@@ -41,6 +41,12 @@ class _Entry:
     ours_in_report: int = 0                                   # ours past their bid, not ended, at `since`
 
 
+def _let_go(entry: _Entry, upto: float) -> None:
+    """Forget ours that ended up to `upto` (a report for a later moment, or a TTL ago, never counts them)."""
+    while entry.ended and entry.ended[0][1] <= upto:
+        entry.ended.popleft()
+
+
 @dataclass(frozen=True)
 class Load:
     """A node as the requester reckons it now: its report, and executions not in it."""
@@ -80,8 +86,7 @@ class NodeTable:
     def _ours_at(entry: _Entry, since: float) -> int:
         """Our executions on the node past their bid and not yet ended at `since` (those ended before it are
         let go: a later report stands for a later moment)."""
-        while entry.ended and entry.ended[0][1] <= since:
-            entry.ended.popleft()
+        _let_go(entry, since)
         return (sum(1 for bid in entry.past_bid.values() if bid <= since)
                 + sum(1 for bid, _ in entry.ended if bid <= since))
 
@@ -145,8 +150,7 @@ class NodeTable:
                 entry.ended.append((bid, now))   # kept until a report stands for a later moment, or for a TTL:
                 # a node resending an old report (only "alive") would have each kept for ever; a report made
                 # over a TTL ago is stale and its count of ours matters little
-                while entry.ended[0][1] < now - self.ttl:
-                    entry.ended.popleft()
+                _let_go(entry, now - self.ttl)
 
     def answered(self, node_id: str, execution_id: str) -> None:
         """The node bid (or refused, or the ask failed or timed out): no longer an unanswered ask."""
