@@ -8,12 +8,35 @@ from pathlib import Path
 import trio
 
 from bacalhau.bprotocol import messages as m
+from bacalhau.config import NodeConfig
 from bacalhau.errors import NotFoundError
 from bacalhau.models import Engine, ExecutionState, JobSpec, JobState, NodeType, NoopSpec
 from bacalhau.node import Node
 from tests.conftest import node_config
 
 S = ExecutionState
+
+
+async def stoppable_requester_and_compute(nursery: trio.Nursery, tmp_path: Path
+                                          ) -> tuple[NodeConfig, trio.CancelScope, Node, Node]:
+    """A requester (over libp2p, a fixed swarm port: it comes back where it was) that cancelling the scope
+    stops, and a compute node joined to it: (the requester's config, the scope, the requester, the node)."""
+    from bacalhau.testing import free_port
+
+    req_cfg = node_config(tmp_path / "r", node_types=(NodeType.REQUESTER,), serve_api=False,
+                          swarm_port=free_port())
+    first = trio.CancelScope()
+
+    async def requester_until_stopped(task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        with first:
+            async with trio.open_nursery() as inner:
+                task_status.started(await inner.start(Node(req_cfg).run))
+
+    req = await nursery.start(requester_until_stopped)
+    compute = await nursery.start(Node(node_config(tmp_path / "c", node_types=(NodeType.COMPUTE,),
+                                                   serve_api=False, engines=("noop",),
+                                                   peers=(req.addrs()[0],))).run)
+    return req_cfg, first, req, compute
 
 
 async def wait_job(node: Node, job_id: str, states: set[JobState], timeout: float) -> None:
@@ -27,22 +50,8 @@ async def test_a_requester_restarted_while_a_pre_approved_execution_runs_takes_i
     and comes back before the run ends. The node's one callback (on_run_published) must be taken: refused (the
     restart forgot the execution was asked pre-approved), the job waited for the reconcile pass (30 s, up to 60)
     to be completed, and the node was sent a result_accepted it could only refuse."""
-    from bacalhau.testing import free_port
-
-    req_cfg = node_config(tmp_path / "r", node_types=(NodeType.REQUESTER,), serve_api=False,
-                          swarm_port=free_port())
     async with trio.open_nursery() as nursery:
-        first = trio.CancelScope()
-
-        async def requester_until_stopped(task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
-            with first:
-                async with trio.open_nursery() as inner:
-                    task_status.started(await inner.start(Node(req_cfg).run))
-
-        req = await nursery.start(requester_until_stopped)
-        compute = await nursery.start(Node(node_config(tmp_path / "c", node_types=(NodeType.COMPUTE,),
-                                                       serve_api=False, engines=("noop",),
-                                                       peers=(req.addrs()[0],))).run)
+        req_cfg, first, req, compute = await stoppable_requester_and_compute(nursery, tmp_path)
         with trio.fail_after(15):
             while not req.requester.nodes.alive():
                 await trio.sleep(0.05)
@@ -135,22 +144,8 @@ async def test_an_ask_a_restarted_requester_wrote_off_as_never_sent_is_not_run_w
     Then the node takes the first ask and, pre-approved, starts it: the job ran twice, the first run to its end
     (nobody told the node to drop it). The restarted requester tells the node to drop what it wrote off, and
     the node keeps that cancel for the ask still on its way."""
-    from bacalhau.testing import free_port
-
-    req_cfg = node_config(tmp_path / "r", node_types=(NodeType.REQUESTER,), serve_api=False,
-                          swarm_port=free_port())
     async with trio.open_nursery() as nursery:
-        first = trio.CancelScope()
-
-        async def requester_until_stopped(task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
-            with first:
-                async with trio.open_nursery() as inner:
-                    task_status.started(await inner.start(Node(req_cfg).run))
-
-        req = await nursery.start(requester_until_stopped)
-        compute = await nursery.start(Node(node_config(tmp_path / "c", node_types=(NodeType.COMPUTE,),
-                                                       serve_api=False, engines=("noop",),
-                                                       peers=(req.addrs()[0],))).run)
+        req_cfg, first, req, compute = await stoppable_requester_and_compute(nursery, tmp_path)
         handler = compute.transport.handlers[m.ASK_FOR_BID_APPROVED]
         asked, go = trio.Event(), trio.Event()
         held: list[str] = []
