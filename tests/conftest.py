@@ -68,6 +68,18 @@ async def single_node(tmp_path: Path) -> AsyncIterator[Node]:
         nursery.cancel_scope.cancel()
 
 
+@pytest.fixture
+async def api_node(tmp_path: Path) -> AsyncIterator[Node]:
+    """One noop node on the in-memory bprotocol network (no libp2p), API on an ephemeral port."""
+    from bacalhau.bprotocol.transport import InMemoryNetwork
+    from bacalhau.node import NodeDeps
+
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(node_config(tmp_path / "node", engines=("noop",)),
+                                        NodeDeps(network=InMemoryNetwork())).run)
+        yield node
+        nursery.cancel_scope.cancel()
+
 
 # -- `bacalhau serve` as a real process ------------------------------------------------------------------
 

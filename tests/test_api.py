@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bacalhau.bprotocol.transport import InMemoryNetwork
-from bacalhau.node import Node, NodeDeps
+from bacalhau.node import Node
 from bacalhau.signing import load_or_create_client_key, sign
-from tests.conftest import node_config
 
 
 def post(port: int, path: str, body: bytes) -> tuple[int, dict]:
@@ -38,13 +34,6 @@ def get(port: int, path: str) -> tuple[int, dict]:
     conn.close()
     return resp.status, json.loads(data)
 
-
-@pytest.fixture
-async def api_node(tmp_path: Path) -> AsyncIterator[Node]:
-    async with trio.open_nursery() as nursery:
-        node = await nursery.start(Node(node_config(tmp_path, engines=("noop",)), NodeDeps(network=InMemoryNetwork())).run)
-        yield node
-        nursery.cancel_scope.cancel()
 
 
 async def test_bad_submissions_get_a_400_that_names_the_field(api_node: Node) -> None:

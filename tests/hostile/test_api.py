@@ -11,7 +11,6 @@ import select
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
@@ -49,14 +48,6 @@ def signed(key: object, spec: dict, cluster_id: str) -> bytes:  # type: ignore[t
 
 JSON = {"Content-Type": "application/json"}
 
-
-@pytest.fixture
-async def api_node(tmp_path: Path) -> AsyncIterator[Node]:
-    async with trio.open_nursery() as nursery:
-        node = await nursery.start(Node(node_config(tmp_path / "node", engines=("noop",)),
-                                        NodeDeps(network=InMemoryNetwork())).run)
-        yield node
-        nursery.cancel_scope.cancel()
 
 
 async def job_count(node: Node) -> int:

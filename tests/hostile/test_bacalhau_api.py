@@ -356,21 +356,6 @@ def test_import_modules_are_refused() -> None:
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-@pytest.fixture
-async def api_node(tmp_path: Path) -> Any:
-    import trio
-
-    from bacalhau.bprotocol.transport import InMemoryNetwork
-    from bacalhau.node import Node, NodeDeps
-    from tests.conftest import node_config
-
-    async with trio.open_nursery() as nursery:
-        node = await nursery.start(Node(node_config(tmp_path / "node", engines=("noop",)),
-                                        NodeDeps(network=InMemoryNetwork())).run)
-        yield node
-        nursery.cancel_scope.cancel()
-
-
 async def post(port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     import http.client
     from functools import partial

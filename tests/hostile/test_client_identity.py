@@ -7,31 +7,21 @@ import base64
 import json
 import os
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from bacalhau.bprotocol.transport import InMemoryNetwork
-from bacalhau.node import Node, NodeDeps
+from bacalhau.node import Node
 from bacalhau.rsa_identity import client_id_of, load_or_create
 from bacalhau.signing import load_or_create_client_key, sign
-from tests.conftest import node_config, run_cli
+from tests.conftest import run_cli
 from tests.test_api import post
 
 NOOP = {"engine": "noop", "noop": {"sleep": 30}}
 ENV_JOB = {"engine": "docker", "docker": {"image": "x", "env": {"TOKEN": "hunter2"}}}   # no docker here: it fails
 
-
-@pytest.fixture
-async def api_node(tmp_path: Path) -> AsyncIterator[Node]:
-    async with trio.open_nursery() as nursery:
-        node = await nursery.start(Node(node_config(tmp_path / "node", engines=("noop",)),
-                                        NodeDeps(network=InMemoryNetwork())).run)
-        yield node
-        nursery.cancel_scope.cancel()
 
 
 def submit_body(key: Any, spec: dict[str, Any], cluster_id: str) -> dict[str, Any]:

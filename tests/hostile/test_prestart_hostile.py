@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,24 +13,14 @@ from typing import Any
 import pytest
 import trio
 
-from bacalhau.bprotocol.transport import InMemoryNetwork
 from bacalhau.cli.client import CLUSTER_CACHE, ApiClient
 from bacalhau.errors import UserError
-from bacalhau.node import Node, NodeDeps
+from bacalhau.node import Node
 from bacalhau.signing import cluster_id_of
-from tests.conftest import node_config
 from tests.test_client import http_server, json_answer
 
 NOOP = {"engine": "noop", "docker": None}
 
-
-@pytest.fixture
-async def api_node(tmp_path: Path) -> AsyncIterator[Node]:
-    async with trio.open_nursery() as nursery:
-        node = await nursery.start(Node(node_config(tmp_path / "node", engines=("noop",)),
-                                        NodeDeps(network=InMemoryNetwork())).run)
-        yield node
-        nursery.cancel_scope.cancel()
 
 
 class Recording(ApiClient):

@@ -6,29 +6,17 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bacalhau.bprotocol.transport import InMemoryNetwork
-from bacalhau.node import Node, NodeDeps
-from tests.conftest import CliResult, node_config, run_cli
+from bacalhau.node import Node
+from tests.conftest import CliResult, run_cli
 
 IMAGE = "bacalhau/busybox:latest"
 PATHS = ({}, {"BACALHAU_DOCKER_RUN_NETWORK": "none"})    # the click-free path, then click's
 
-
-@pytest.fixture
-async def api_node(tmp_path: Path) -> AsyncIterator[Node]:
-    async with trio.open_nursery() as nursery:
-        node = await nursery.start(Node(node_config(tmp_path / "node", engines=("noop",)),
-                                        NodeDeps(network=InMemoryNetwork())).run)
-        yield node
-        nursery.cancel_scope.cancel()
 
 
 async def submit_from(node: Node, state: Path, *args: str, env: dict[str, str]) -> CliResult:
