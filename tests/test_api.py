@@ -35,7 +35,6 @@ def get(port: int, path: str) -> tuple[int, dict]:
     return resp.status, json.loads(data)
 
 
-
 async def test_bad_submissions_get_a_400_that_names_the_field(api_node: Node) -> None:
     port = api_node.api_port
     cases = [

@@ -49,7 +49,6 @@ def signed(key: object, spec: dict, cluster_id: str) -> bytes:  # type: ignore[t
 JSON = {"Content-Type": "application/json"}
 
 
-
 async def job_count(node: Node) -> int:
     assert node.requester is not None
     return len(await node.requester.store.list_jobs(None))

@@ -550,7 +550,6 @@ def test_two_keys_for_one_field_in_different_case_are_refused() -> None:
         parse_signed(envelope('{"ClientID": "%s", "clientid": "%s"}' % (cid, "0" * 64)))
 
 
-
 async def test_list_filters_by_annotations_short_id_and_sorts_before_it_limits(api_node: Any) -> None:
     ids = []
     for tags in (["a"], ["b"], ["a", "team=x"]):

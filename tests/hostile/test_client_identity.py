@@ -23,7 +23,6 @@ NOOP = {"engine": "noop", "noop": {"sleep": 30}}
 ENV_JOB = {"engine": "docker", "docker": {"image": "x", "env": {"TOKEN": "hunter2"}}}   # no docker here: it fails
 
 
-
 def submit_body(key: Any, spec: dict[str, Any], cluster_id: str) -> dict[str, Any]:
     return {"spec": spec, **sign(key, {"submit": spec}, cluster_id)}
 

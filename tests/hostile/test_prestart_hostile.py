@@ -22,7 +22,6 @@ from tests.test_client import http_server, json_answer
 NOOP = {"engine": "noop", "docker": None}
 
 
-
 class Recording(ApiClient):
     """The real client, noting each request it makes and how it ended."""
 

@@ -18,7 +18,6 @@ IMAGE = "bacalhau/busybox:latest"
 PATHS = ({}, {"BACALHAU_DOCKER_RUN_NETWORK": "none"})    # the click-free path, then click's
 
 
-
 async def submit_from(node: Node, state: Path, *args: str, env: dict[str, str]) -> CliResult:
     return await run_cli(node, "docker", "run", "--id-only", *args, IMAGE, "--", "true",
                          env={**env, "BACALHAU_DIR": str(state)}, timeout=15)
