@@ -192,3 +192,36 @@ async def test_a_job_may_ask_to_be_retried_when_it_exits_non_zero(tmp_path: Path
         assert len(failed) == 2 and len({e.node_id for e in failed}) == 2
         assert all("exited with code 3" in e.reason for e in failed)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_plain_jobs_first_ask_is_on_disk_when_its_submit_returns(tmp_path: Path) -> None:
+    """A job needing one execution has it chosen at submit and written with the job, in one transaction: no
+    second durable write in series before its node is asked."""
+    import sqlite3
+    import time
+
+    from bacalhau.errors import ReplayedSignature
+
+    net = InMemoryNetwork()
+    cfg = NodeConfig(repo_dir=tmp_path, serve_api=False, engines=("noop",))
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg, NodeDeps(network=net, executors={Engine.NOOP: NoopExecutor()})).run)
+        with trio.fail_after(5):
+            while not node.requester.nodes.alive():
+                await trio.sleep(0.02)
+        spec = JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=30))
+        job = await node.requester.submit(spec, signature=("sig-1", time.time()))
+        # no checkpoint since: nothing spawned by the submit has run yet; what is on disk is the submit's own
+        with sqlite3.connect(tmp_path / "jobs.db") as conn:
+            rows = conn.execute("SELECT node_id, state FROM executions WHERE job_id=?", (job.id,)).fetchall()
+        assert rows == [(node.node_id, "asked_for_bid")]
+        assert [e.state for e in (await node.requester.store.get_job(job.id, full=False)).executions] == [
+            ExecutionState.ASKED_FOR_BID]
+        # a replayed submit makes no job, and the node it would have gone to is not left counting it as load
+        load = node.requester.nodes.load(node.node_id)
+        with pytest.raises(ReplayedSignature):
+            await node.requester.submit(spec, signature=("sig-1", time.time()))
+        assert node.requester.nodes.load(node.node_id) == load
+        with sqlite3.connect(tmp_path / "jobs.db") as conn:
+            assert conn.execute("SELECT count(*) FROM executions").fetchone()[0] == 1
+        nursery.cancel_scope.cancel()

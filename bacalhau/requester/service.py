@@ -28,11 +28,11 @@ from bacalhau.errors import (
 from bacalhau.log_frames import LogEvent
 from bacalhau.models import Execution, ExecutionState, Job, JobSpec, JobState, NodeInfo, RunResult
 from bacalhau.requester.logs import LogReader
-from bacalhau.requester.nodes import NodeTable
+from bacalhau.requester.nodes import Load, NodeTable
 from bacalhau.requester.ranking import NO_COMPUTE_NODE, SAMPLE, rank_loads
 from bacalhau.requester.retry import MaxAttempts, RetryStrategy, attempts_summary, chain_for, decide
 from bacalhau.requester.silent import SilentNodes
-from bacalhau.requester.store import JobStore
+from bacalhau.requester.store import ASKED_REASON, JobStore
 
 log = logging.getLogger(__name__)
 S = ExecutionState
@@ -132,11 +132,53 @@ class Requester:
         """`signature`: the signed submit's (signature, signed at), recorded with the job: a replay is refused
         (ReplayedSignature) and makes no job."""
         job = Job(spec=spec, client_id=client_id)
-        await self.store.create_job(job, signature=signature)
+        # a plain job's one execution is chosen now and written with the job: one durable write less in series
+        # before its ask (a job's first ask waited for its own commit, ~a tenth of a job's time under load)
+        first = self._first_ask(job)
+        try:
+            # shielded: a submit cancelled once its write is in would leave the job, never evaluated or asked
+            with trio.CancelScope(shield=True):
+                await self.store.create_job(job, signature=signature, execution=first)
+        except BaseException:
+            if first is not None:      # never asked: not the node's load
+                self.nodes.ended(first.node_id, first.id)
+                self._preapproved.discard(first.id)
+            raise
         log.info("job %s submitted", job.id)
         self._notify(job.id)
-        self._spawn(self._evaluate, job.id)
+        if first is None:
+            self._spawn(self._evaluate, job.id)
+        else:
+            self._silent.asked(first.node_id)
+            self._spawn(self._ask_one, job.model_copy(update={"executions": [first]}), first)
         return job
+
+    def _first_ask(self, job: Job) -> Execution | None:
+        """The execution a new job needs, of the best ranked node, if it needs one and one node is asked (see
+        _ask_for_bids); None leaves the job to _evaluate (fan-out, inputs to fetch, no node to ask yet)."""
+        if not self._sure(job):
+            return None
+        candidates, _ = self._rank(job, set())
+        if not candidates:
+            return None
+        ex = Execution(job_id=job.id, node_id=candidates[0].info.node_id, state=S.ASKED_FOR_BID)
+        self.nodes.placed(ex.node_id, ex.id)
+        if ex.node_id not in self._old_flow:
+            self._preapproved.add(ex.id)
+        return ex
+
+    @staticmethod
+    def _sure(job: Job) -> bool:
+        """One execution needed and no node holding inputs to race for: the ranking's first is asked alone."""
+        return job.spec.concurrency == 1 and not any(i.source.startswith("ipfs://") for i in job.spec.inputs)
+
+    def _rank(self, job: Job, exclude: set[str]) -> tuple[list[Load], str]:
+        """Nodes that can take the job, best first; silent ones left out unless none other can."""
+        silent = self._silent.left_out() - exclude
+        candidates, why = rank_loads(job, self.nodes.sample(), exclude | silent, sample=SAMPLE)
+        if not candidates and silent:     # none but silent ones: asked all the same
+            candidates, why = rank_loads(job, self.nodes.sample(), exclude, sample=SAMPLE)
+        return candidates, why
 
     async def cancel(self, job_id: str, reason: str = "cancelled by the user") -> Job:
         async with self._lock(job_id):
@@ -360,10 +402,7 @@ class Requester:
     async def _ask_for_bids(self, job: Job, needed: int, live: list[Execution]) -> None:
         exclude = {e.node_id for e in job.executions if e.state == S.FAILED
                    or (e.state == S.BID_REJECTED and e.reason not in NOT_TRIED)} | {e.node_id for e in live}
-        silent = self._silent.left_out() - exclude
-        candidates, why = rank_loads(job, self.nodes.sample(), exclude | silent, sample=SAMPLE)
-        if not candidates and silent:     # none but silent ones: asked all the same
-            candidates, why = rank_loads(job, self.nodes.sample(), exclude, sample=SAMPLE)
+        candidates, why = self._rank(job, exclude)
         if not candidates:
             if live:
                 return  # bids or runs in flight may still do it
@@ -384,8 +423,7 @@ class Requester:
         # fans out, or one whose inputs some node already holds (that node bids first). A cluster whose nodes
         # are all full was raced too, but its bids came as fast from every node: 1.85 nodes asked a job in a
         # burst of 600 on 3 nodes (benchmarks/cluster_throughput.py), nearly every ask past the first 48.
-        fetches = any(i.source.startswith("ipfs://") for i in job.spec.inputs)
-        sure = job.spec.concurrency == 1 and not fetches
+        sure = self._sure(job)
         asked = [Execution(job_id=job.id, node_id=load.info.node_id, state=S.ASKED_FOR_BID)
                  for load in candidates[: needed if sure else needed * BID_OVERASK]]
         for ex in asked:     # counted at once: the next job ranked, even before any await here, sees them
@@ -395,7 +433,7 @@ class Requester:
             if sure and ex.node_id not in self._old_flow:
                 # the one execution needed, asked of one node: no other bid to wait for or choose between
                 self._preapproved.add(ex.id)
-            await self.store.create_execution(ex, "asked for a bid")
+            await self.store.create_execution(ex, ASKED_REASON)
             self._spawn(self._ask_one, job, ex)
         self._notify(job.id)
 

@@ -61,6 +61,7 @@ CREATE INDEX IF NOT EXISTS seen_signatures_signed_at ON seen_signatures(signed_a
 """
 MIGRATIONS = [QUARANTINE, INDEXES, SIGNATURES]   # 0 -> 1: the quarantine table; 1 -> 2: INDEXES; 2 -> 3: SIGNATURES
 SIGNATURE_WINDOW = 2 * MAX_AGE      # a signature is good MAX_AGE either side of the clock
+ASKED_REASON = "asked for a bid"     # an execution's reason when it is written, before its node is asked
 _UNFINISHED_JOB = [s.value for s in JobState if not s.terminal]
 _UNFINISHED_EXECUTION = [s.value for s in ExecutionState if not s.terminal]
 
@@ -98,6 +99,20 @@ def _unfinished_jobs(conn: sqlite3.Connection, limit: int) -> list[Job]:
         rows = conn.execute("SELECT * FROM executions WHERE job_id=? ORDER BY created_at", (job.id,)).fetchall()
         job.executions = [_row_to_execution(r) for r in rows]
     return jobs
+
+
+def _insert_execution(conn: sqlite3.Connection, execution: Execution, reason: str) -> None:
+    conn.execute(
+        "INSERT INTO executions(id, job_id, node_id, state, reason, created_at, updated_at) VALUES (?,?,?,?,?,?,?)",
+        (execution.id, execution.job_id, execution.node_id, execution.state.value, reason,
+         execution.created_at, execution.updated_at),
+    )
+    _event(conn, execution.job_id, "execution", execution.id, execution.state.value, reason, execution.node_id)
+
+
+def _held(execution: Execution, reason: str) -> Execution:
+    """The execution as the view holds it once written."""
+    return execution.model_copy(update={"reason": reason, "result": None, "result_ref": ""})
 
 
 def _record_signature(conn: sqlite3.Connection, signature: str, signed_at: float) -> None:
@@ -215,9 +230,11 @@ class JobStore:
     def close(self) -> None:
         self._db.close()
 
-    async def create_job(self, job: Job, *, signature: tuple[str, float] | None = None) -> None:
+    async def create_job(self, job: Job, *, signature: tuple[str, float] | None = None,
+                         execution: Execution | None = None) -> None:
         """Store a new job; with `signature` (the submit's signature and when it was signed), record that in
-        the same transaction: ReplayedSignature, and no job, if it was recorded before."""
+        the same transaction: ReplayedSignature, and no job, if it was recorded before. With `execution`, its
+        first execution too (asked for a bid), in the same transaction: a plain job's one write before its ask."""
         def tx(conn: sqlite3.Connection) -> bool:
             if signature is not None:
                 _record_signature(conn, *signature)
@@ -227,13 +244,16 @@ class JobStore:
                 (job.id, spec, job.state.value, job.reason, job.client_id, job.created_at, job.updated_at),
             )
             _event(conn, job.id, "job", job.id, job.state.value, "submitted")
+            if execution is not None:
+                _insert_execution(conn, execution, ASKED_REASON)
             return len(spec) <= VIEW_MAX_SPEC_CHARS     # a big spec is read from disk, not held (view.py)
 
         def on_commit(small: bool) -> None:
             if small:
                 self.view.add_job(held)
 
-        held = job.model_copy(update={"executions": [], "events": []})
+        first = [] if execution is None else [_held(execution, ASKED_REASON)]
+        held = job.model_copy(update={"executions": first, "events": []})
         await self._db.run(tx, on_commit=on_commit)
 
     def remember_signatures(self, signatures: list[tuple[str, float]]) -> None:
@@ -355,18 +375,9 @@ class JobStore:
                            on_commit=lambda now: self.view.job_moved(job_id, new, reason, now))
 
     async def create_execution(self, execution: Execution, reason: str = "") -> None:
-        def tx(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO executions(id, job_id, node_id, state, reason, created_at, updated_at)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (execution.id, execution.job_id, execution.node_id, execution.state.value, reason,
-                 execution.created_at, execution.updated_at),
-            )
-            _event(conn, execution.job_id, "execution", execution.id, execution.state.value, reason,
-                   execution.node_id)
-
-        held = execution.model_copy(update={"reason": reason, "result": None, "result_ref": ""})
-        await self._db.run(tx, on_commit=lambda _: self.view.execution_added(held))
+        held = _held(execution, reason)
+        await self._db.run(lambda conn: _insert_execution(conn, execution, reason),
+                           on_commit=lambda _: self.view.execution_added(held))
 
     async def update_execution(
         self, execution_id: str, expected: ExecutionState | tuple[ExecutionState, ...] | None,
