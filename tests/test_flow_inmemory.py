@@ -225,3 +225,35 @@ async def test_a_plain_jobs_first_ask_is_on_disk_when_its_submit_returns(tmp_pat
         with sqlite3.connect(tmp_path / "jobs.db") as conn:
             assert conn.execute("SELECT count(*) FROM executions").fetchone()[0] == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_pre_approved_ask_with_room_is_accepted_and_started_in_one_write(tmp_path: Path) -> None:
+    """The compute node writes a pre-approved execution it has room for as accepted and running at once (one
+    durable write less in series before it runs); one without room waits accepted, and starts when room frees."""
+    import sqlite3
+
+    from bacalhau.models import Resources
+
+    net = InMemoryNetwork()
+    cfg = NodeConfig(repo_dir=tmp_path, serve_api=False, engines=("noop",), capacity=Resources(cpu=1, memory=1 << 30))
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg, NodeDeps(network=net, executors={Engine.NOOP: NoopExecutor()})).run)
+        with trio.fail_after(5):
+            while not node.requester.nodes.alive():
+                await trio.sleep(0.02)
+        whole = Resources(cpu=1, memory=1 << 20)      # one at a time: the second queues
+        first = await node.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=0.3), resources=whole))
+        second = await node.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=0.3), resources=whole))
+        for job in (first, second):
+            await wait_terminal(node, job.id)
+            assert (await node.requester.store.get_job(job.id)).state == JobState.COMPLETED
+        with sqlite3.connect(tmp_path / "compute.db") as conn:
+            def history(job_id: str) -> list[tuple[float, str]]:
+                return conn.execute(
+                    "SELECT e.time, e.state FROM local_events e JOIN local_executions x ON x.id = e.execution_id"
+                    " WHERE x.job LIKE ? ORDER BY e.seq", (f'%"{job_id}"%',)).fetchall()
+            one, two = history(first.id), history(second.id)
+        assert [s for _, s in one][:2] == ["bid_accepted", "running"] and one[0][0] == one[1][0], one
+        assert [s for _, s in two][:2] == ["bid_accepted", "running"] and two[1][0] > two[0][0], two
+        assert node.compute.capacity.used == Resources(), node.compute.capacity.used
+        nursery.cancel_scope.cancel()

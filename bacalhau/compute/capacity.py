@@ -42,6 +42,27 @@ class Capacity:
             self.used = self.used + need
             event.set()
 
+    def take_now(self, asked: Resources, engine: str | None = None) -> Resources | None:
+        """What `asked` needs, taken if it is free now with nobody queued before it (then `holding` it gives it
+        back); None if it would have to queue."""
+        need = effective(asked, self.limits, engine)
+        if self._waiters or not need.fits_in(self.free):
+            return None
+        self.used = self.used + need
+        return need
+
+    def give_back(self, need: Resources) -> None:
+        self.used = self.used - need
+        self._wake()
+
+    @asynccontextmanager
+    async def holding(self, need: Resources) -> AsyncIterator[None]:
+        """What take_now took, given back when the block ends."""
+        try:
+            yield
+        finally:
+            self.give_back(need)
+
     @asynccontextmanager
     async def reserve(self, asked: Resources, engine: str | None = None) -> AsyncIterator[None]:
         need = effective(asked, self.limits, engine)
@@ -60,8 +81,5 @@ class Capacity:
                     self._waiters.remove(entry)
                 self._wake()
                 raise
-        try:
+        async with self.holding(need):
             yield
-        finally:
-            self.used = self.used - need
-            self._wake()

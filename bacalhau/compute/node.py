@@ -39,6 +39,7 @@ from bacalhau.storage.types import StorageProvider
 
 log = logging.getLogger(__name__)
 S = ExecutionState
+STARTED = "started"            # an execution's reason once it runs
 Ts = TypeVarTuple("Ts")
 REMOTE_INPUT_BID_DELAY = 0.3   # seconds a node that must fetch a job's ipfs:// inputs waits before bidding
 MAX_CANCELLED_AHEAD = 4096     # cancels kept that came before their (pre-approved) ask; the oldest go first
@@ -82,6 +83,7 @@ class ComputeNode:
         self._busy: set[str] = set()   # accepted and not yet published, failed or cancelled
         self._held = HeldOutputs(store)   # the outputs in memory (a noop's) of those of _busy that have one
         self._cancelled_ahead: dict[tuple[str, str], str] = {}   # (requester, execution id) -> the cancel's reason
+        self._taking = Resources()    # capacity taken by pre-approved asks being written down, not yet started
         requests: list[tuple[str, type[BaseModel], AnyModelHandler]] = [
             (m.ASK_FOR_BID, m.AskForBidRequest, self._ask_for_bid),
             (m.ASK_FOR_BID_APPROVED, m.AskForBidRequest, self._ask_for_bid_approved),
@@ -160,7 +162,7 @@ class ComputeNode:
     def node_info(self, addrs: list[str], node_types: list[NodeType]) -> NodeInfo:
         return NodeInfo(
             node_id=self.node_id, node_types=node_types, addrs=addrs, engines=sorted(self.engines),
-            labels=self.labels, capacity_total=self.capacity.total, capacity_free=self.capacity.free,
+            labels=self.labels, capacity_total=self.capacity.total, capacity_free=self.capacity.free + self._taking,
             running=len(self._scopes), queued=self.capacity.queued, version=self.version,
             published_at=time.time(), log_stream_addr=self.log_stream_addr,
         )
@@ -214,14 +216,31 @@ class ComputeNode:
         ex = LocalExecution(id=req.execution_id, job=req.job, requester_id=req.requester_id,
                             state=S.BID_ACCEPTED if reason is None else S.BID_REJECTED,
                             reason=reason or "bid accepted (pre-approved)")
-        await self._store.create(ex)     # an id taken already: StateError, nothing started
+        # room for it now: taken before the write, which records it accepted and started at once (one durable
+        # write in series less before it runs); otherwise it queues in _execute, accepted, as a bid does
+        taken = self.capacity.take_now(req.job.spec.resources, req.job.spec.engine) if reason is None else None
+        if taken is not None:
+            # reported free until it starts (the requester counts it as its own once it has the bid)
+            self._taking = self._taking + taken
+        try:
+            # an id taken already: StateError, nothing started
+            await self._store.create(ex, then=(S.RUNNING, STARTED) if taken is not None else None)
+        except BaseException:
+            if taken is not None:
+                self.capacity.give_back(taken)
+            raise
+        finally:
+            if taken is not None:
+                self._taking = self._taking - taken
         ahead = self._cancelled_ahead.pop((peer_id, req.execution_id), None)
         if reason is None and ahead is not None:    # the requester gave it up before it was taken (_cancel_ahead)
             reason = f"cancelled before the ask was taken: {ahead}"
+            if taken is not None:
+                self.capacity.give_back(taken)
             with contextlib.suppress(StateError):      # or a cancel that came meanwhile did it
-                await self._store.update(ex.id, (S.BID_ACCEPTED,), S.CANCELLED, ahead)
+                await self._store.update(ex.id, (S.BID_ACCEPTED, S.RUNNING), S.CANCELLED, ahead)
         elif reason is None:
-            self._start(ex, preapproved=True)
+            self._start(ex, preapproved=True, taken=taken)
         return m.BidResult(execution_id=req.execution_id, job_id=req.job.id, node_id=self.node_id,
                            accepted=reason is None, reason=reason or "", log_stream_addr=self.log_stream_addr)
 
@@ -229,11 +248,12 @@ class ComputeNode:
         self._start(await self._store.update(req.execution_id, (S.NEW,), S.BID_ACCEPTED, "bid accepted"))
         return m.Ack()
 
-    def _start(self, ex: LocalExecution, *, preapproved: bool = False) -> None:
+    def _start(self, ex: LocalExecution, *, preapproved: bool = False, taken: Resources | None = None) -> None:
+        """`taken`: the capacity it holds already, its RUNNING already written (_ask_for_bid_approved)."""
         scope = trio.CancelScope()
         self._scopes[ex.id] = scope
         self._busy.add(ex.id)
-        self._spawn(self._execute, ex, scope, preapproved, execution=ex)
+        self._spawn(self._execute, ex, scope, preapproved, taken, execution=ex)
 
     async def _bid_rejected(self, peer_id: str, req: m.ExecutionReasonRequest) -> m.Ack:
         await self._store.update(req.execution_id, (S.NEW,), S.BID_REJECTED, req.reason or "bid rejected")
@@ -365,16 +385,21 @@ class ComputeNode:
                 raise ProtocolError(f"execution {execution_id!r} is not a directory under {base}")
         return ExecutionDir(root)
 
-    async def _execute(self, ex: LocalExecution, scope: trio.CancelScope, preapproved: bool = False) -> None:
+    async def _execute(self, ex: LocalExecution, scope: trio.CancelScope, preapproved: bool = False,
+                       taken: Resources | None = None) -> None:
         """Run one execution. Whatever goes wrong escapes to the _spawn boundary, which fails it alone.
-        `preapproved`: a run that ends well is published at once (no result_accepted to wait for)."""
-        executor = self._executors[ex.job.spec.engine]
+        `preapproved`: a run that ends well is published at once (no result_accepted to wait for). `taken`: the
+        capacity it holds, its start written already (_ask_for_bid_approved)."""
         result = None
         try:
             with scope:
-                async with self.capacity.reserve(ex.job.spec.resources, ex.job.spec.engine):
+                room = (self.capacity.holding(taken) if taken is not None
+                        else self.capacity.reserve(ex.job.spec.resources, ex.job.spec.engine))
+                async with room:
+                    executor = self._executors[ex.job.spec.engine]
                     exec_dir = await self._create_dir(ex)
-                    await self._store.update(ex.id, (S.BID_ACCEPTED,), S.RUNNING, "started")
+                    if taken is None:
+                        await self._store.update(ex.id, (S.BID_ACCEPTED,), S.RUNNING, STARTED)
                     mounts = await prepare_inputs(ex.job, exec_dir.inputs, self._storage)
                     await executor.start(ex.id, ex.job, exec_dir, mounts)
                     result = await executor.wait(ex.id)

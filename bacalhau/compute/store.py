@@ -103,22 +103,29 @@ class ExecutionStore:
     def close(self) -> None:
         self._db.close()
 
-    async def create(self, execution: LocalExecution) -> None:
-        """StateError if the id is taken (an id is created once, by one requester)."""
+    async def create(self, execution: LocalExecution, *, then: tuple[ExecutionState, str] | None = None) -> None:
+        """StateError if the id is taken (an id is created once, by one requester). `then` (state, reason): a
+        second step taken at once, in the same write, both in the history (a pre-approved bid whose run can
+        start at once is accepted and started as one write)."""
+        steps = [(execution.state, execution.reason)]
+        if then is not None:
+            check_execution_transition(execution.id, execution.state, then[0])
+            steps.append(then)
+
         def tx(conn: sqlite3.Connection) -> None:
             now = time.time()
             try:
                 conn.execute(
                     "INSERT INTO local_executions(id, job, requester_id, state, reason, created_at, updated_at)"
                     " VALUES (?,?,?,?,?,?,?)",
-                    (execution.id, execution.job.model_dump_json(), execution.requester_id, execution.state.value,
-                     execution.reason, now, now),
+                    (execution.id, execution.job.model_dump_json(), execution.requester_id, steps[-1][0].value,
+                     steps[-1][1], now, now),
                 )
             except sqlite3.IntegrityError:
                 raise StateError(f"execution {execution.id} exists already on this node") from None
-            conn.execute(
+            conn.executemany(
                 "INSERT INTO local_events(execution_id, time, state, reason) VALUES (?,?,?,?)",
-                (execution.id, now, execution.state.value, execution.reason),
+                [(execution.id, now, state.value, reason) for state, reason in steps],
             )
 
         await self._db.run(tx)
