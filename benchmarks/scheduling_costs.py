@@ -59,7 +59,8 @@ def fill(path: Path, stored: int) -> None:
                 jobs.append((job_id, spec, "completed", "", "c", 1.0, 2.0))
                 executions.append((str(uuid.uuid4()), job_id, f"node-{i % 7}", "completed", "", None, "", 1.0, 2.0))
             conn.executemany("INSERT INTO jobs VALUES (?,?,?,?,?,?,?)", jobs)
-            conn.executemany("INSERT INTO executions VALUES (?,?,?,?,?,?,?,?,?)", executions)
+            conn.executemany("INSERT INTO executions(id, job_id, node_id, state, reason, result, result_ref,"
+                             " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)", executions)
 
 
 def store_costs(stored: int) -> None:

@@ -41,10 +41,10 @@ NOT_NEEDED = "not needed: the job had enough accepted bids"
 # the requester stopped between writing an ask down and sending it: no attempt was made, the node is asked again
 NEVER_SENT = "the ask never reached the node: the requester stopped first"
 NOT_TRIED = (NOT_NEEDED, NEVER_SENT)    # bids rejected for these do not rule the node out for the job
-# how the record of an execution asked pre-approved starts while its bid is accepted: a restarted requester
-# knows it by this for one whose node reports it with on_run_published
+# what `describe` shows of an execution asked pre-approved while its bid is accepted, and its next step in the
+# same write (_take_bid); a restarted requester knows such an execution by its stored flag, not by these
 PREAPPROVED_BID = "bid accepted (pre-approved"
-PREAPPROVED_RUNNING = "running (pre-approved)"   # its next step, in the same write (_take_bid)
+PREAPPROVED_RUNNING = "running (pre-approved)"
 BID_OVERASK = 2        # nodes asked per execution still needed, where a race between bids is worth it
 LOST_EXECUTION_CANCEL_WINDOW = 3600.0   # a lost node back within this is told to drop what was written off
 # expiry passes (TTL/2 each) a requester hearing no compute node at all holds their executions, taking itself
@@ -72,7 +72,7 @@ class Requester:
         self._job_locks: weakref.WeakValueDictionary[str, trio.Lock] = weakref.WeakValueDictionary()
         self._awaiting_bid: dict[str, trio.CancelScope] = {}   # execution id -> its bid deadline's scope
         # executions asked pre-approved (bprotocol/messages.py), until they end: only theirs is an on_run_published
-        # taken (a restart forgets them: those are caught up with through execution_status, as any lost callback)
+        # taken, and a node's word that it runs what it was only asked (their rows say so: read again at a start)
         self._preapproved: set[str] = set()
         self._old_flow: set[str] = set()     # nodes that do not speak the pre-approved ask (older versions)
         self._silent = SilentNodes()           # nodes whose asks went unanswered: left out of placement a while
@@ -116,6 +116,7 @@ class Requester:
     async def run(self, *, task_status: trio.TaskStatus[Requester] = trio.TASK_STATUS_IGNORED) -> None:
         self._started_at = trio.current_time()
         unfinished = await self.store.jobs_in_states([JobState.PENDING, JobState.IN_PROGRESS])
+        self._preapproved |= await self.store.preapproved()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for job in unfinished:
@@ -138,7 +139,8 @@ class Requester:
         try:
             # shielded: a submit cancelled once its write is in would leave the job, never evaluated or asked
             with trio.CancelScope(shield=True):
-                await self.store.create_job(job, signature=signature, execution=first)
+                await self.store.create_job(job, signature=signature, execution=first,
+                                            preapproved=first is not None and first.id in self._preapproved)
         except BaseException:
             if first is not None:      # never asked: not the node's load
                 self.nodes.ended(first.node_id, first.id)
@@ -433,7 +435,7 @@ class Requester:
             if sure and ex.node_id not in self._old_flow:
                 # the one execution needed, asked of one node: no other bid to wait for or choose between
                 self._preapproved.add(ex.id)
-            await self.store.create_execution(ex, ASKED_REASON)
+            await self.store.create_execution(ex, ASKED_REASON, preapproved=ex.id in self._preapproved)
             self._spawn(self._ask_one, job, ex)
         self._notify(job.id)
 
@@ -478,6 +480,7 @@ class Requester:
             log.info("node %s does not take pre-approved asks (an older version): asking it the old way", ex.node_id)
             self._old_flow.add(ex.node_id)
             self._preapproved.discard(ex.id)
+            await self.store.asked_the_old_way(ex.id)
             await self._ask_one(job, ex)
             return
         except BacalhauError as exc:
@@ -618,18 +621,21 @@ class Requester:
             elif status.state == S.NEW:
                 await self._execution_failed(job_id, ex.id, None, S.BID_REJECTED, NOT_NEEDED)
                 await self._tell_compute("bid_rejected", ex.node_id, ex.id, "the requester restarted")
+            elif ex.state in (S.ASKED_FOR_BID, S.NEW) and ex.id not in self._preapproved and (
+                    status.state in (S.BID_ACCEPTED, S.RUNNING) or _ran(status)):
+                # only a pre-approved ask has a node run what the requester only asked about (a fan-out job's
+                # are not: taking them ran it past its concurrency on the node's word)
+                reason = f"node {ex.node_id} says it runs an execution it was only asked to bid on: not taken"
+                await self._execution_failed(job_id, ex.id, (S.ASKED_FOR_BID, S.NEW), S.BID_REJECTED, reason)
+                self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, reason)
             elif status.state in (S.BID_ACCEPTED, S.RUNNING) and status.result is None:
-                if ex.state in (S.BID_ACCEPTED, S.RUNNING) and ex.reason.startswith((PREAPPROVED_BID,
-                                                                                     PREAPPROVED_RUNNING)):
-                    self._preapproved.add(ex.id)     # its outcome comes in one on_run_published: taken
-                elif ex.state == S.BID_ACCEPTED:
-                    async with self._lock(job_id):
-                        await self._set(ex.id, (S.BID_ACCEPTED,), S.RUNNING, "running (seen after a restart)")
-                elif ex.state == S.ASKED_FOR_BID:
-                    # only a pre-approved ask has a node run what the requester only asked about: it still is
-                    self._preapproved.add(ex.id)
+                if ex.id in self._preapproved and ex.state == S.ASKED_FOR_BID:
+                    # its ask's reply was lost with the requester: the node runs it, as a pre-approved ask has it
                     async with self._lock(job_id):
                         await self._take_bid(job_id, ex.id, f"{PREAPPROVED_BID}; seen after a restart)")
+                elif ex.state == S.BID_ACCEPTED and ex.id not in self._preapproved:
+                    async with self._lock(job_id):
+                        await self._set(ex.id, (S.BID_ACCEPTED,), S.RUNNING, "running (seen after a restart)")
             elif _ran(status):
                 if ex.state in (S.ASKED_FOR_BID, S.NEW):
                     async with self._lock(job_id):

@@ -59,7 +59,16 @@ SIGNATURES = """
 CREATE TABLE IF NOT EXISTS seen_signatures (signature TEXT PRIMARY KEY, signed_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS seen_signatures_signed_at ON seen_signatures(signed_at);
 """
-MIGRATIONS = [QUARANTINE, INDEXES, SIGNATURES]   # 0 -> 1: the quarantine table; 1 -> 2: INDEXES; 2 -> 3: SIGNATURES
+# An execution asked pre-approved (bprotocol/messages.py: its node runs it on the ask alone) says so in a column of
+# its own: a restarted requester takes a node's word that it runs one only for these. Before it, the requester
+# knew them by their reason's first words, which the executions already in flight keep: read once, here.
+PREAPPROVED = """
+ALTER TABLE executions ADD COLUMN preapproved INTEGER NOT NULL DEFAULT 0;
+UPDATE executions SET preapproved = 1
+    WHERE reason GLOB 'bid accepted (pre-approved*' OR reason GLOB 'running (pre-approved)*'
+"""
+# 0 -> 1: the quarantine table; 1 -> 2: INDEXES; 2 -> 3: SIGNATURES; 3 -> 4: PREAPPROVED
+MIGRATIONS = [QUARANTINE, INDEXES, SIGNATURES, PREAPPROVED]
 SIGNATURE_WINDOW = 2 * MAX_AGE      # a signature is good MAX_AGE either side of the clock
 ASKED_REASON = "asked for a bid"     # an execution's reason when it is written, before its node is asked
 _UNFINISHED_JOB = [s.value for s in JobState if not s.terminal]
@@ -101,11 +110,12 @@ def _unfinished_jobs(conn: sqlite3.Connection, limit: int) -> list[Job]:
     return jobs
 
 
-def _insert_execution(conn: sqlite3.Connection, execution: Execution, reason: str) -> None:
+def _insert_execution(conn: sqlite3.Connection, execution: Execution, reason: str, preapproved: bool) -> None:
     conn.execute(
-        "INSERT INTO executions(id, job_id, node_id, state, reason, created_at, updated_at) VALUES (?,?,?,?,?,?,?)",
+        "INSERT INTO executions(id, job_id, node_id, state, reason, created_at, updated_at, preapproved)"
+        " VALUES (?,?,?,?,?,?,?,?)",
         (execution.id, execution.job_id, execution.node_id, execution.state.value, reason,
-         execution.created_at, execution.updated_at),
+         execution.created_at, execution.updated_at, int(preapproved)),
     )
     _event(conn, execution.job_id, "execution", execution.id, execution.state.value, reason, execution.node_id)
 
@@ -231,10 +241,11 @@ class JobStore:
         self._db.close()
 
     async def create_job(self, job: Job, *, signature: tuple[str, float] | None = None,
-                         execution: Execution | None = None) -> None:
+                         execution: Execution | None = None, preapproved: bool = False) -> None:
         """Store a new job; with `signature` (the submit's signature and when it was signed), record that in
         the same transaction: ReplayedSignature, and no job, if it was recorded before. With `execution`, its
-        first execution too (asked for a bid), in the same transaction: a plain job's one write before its ask."""
+        first execution too (asked for a bid; `preapproved` as create_execution's), in the same transaction: a
+        plain job's one write before its ask."""
         def tx(conn: sqlite3.Connection) -> bool:
             if signature is not None:
                 _record_signature(conn, *signature)
@@ -245,7 +256,7 @@ class JobStore:
             )
             _event(conn, job.id, "job", job.id, job.state.value, "submitted")
             if execution is not None:
-                _insert_execution(conn, execution, ASKED_REASON)
+                _insert_execution(conn, execution, ASKED_REASON, preapproved)
             return len(spec) <= VIEW_MAX_SPEC_CHARS     # a big spec is read from disk, not held (view.py)
 
         def on_commit(small: bool) -> None:
@@ -374,9 +385,10 @@ class JobStore:
         await self._db.run(lambda conn: _move_job(conn, job_id, expected, new, reason),
                            on_commit=lambda now: self.view.job_moved(job_id, new, reason, now))
 
-    async def create_execution(self, execution: Execution, reason: str = "") -> None:
+    async def create_execution(self, execution: Execution, reason: str = "", *, preapproved: bool = False) -> None:
+        """`preapproved`: it is asked pre-approved (kept in its row, for a restarted requester: `preapproved`)."""
         held = _held(execution, reason)
-        await self._db.run(lambda conn: _insert_execution(conn, execution, reason),
+        await self._db.run(lambda conn: _insert_execution(conn, execution, reason, preapproved),
                            on_commit=lambda _: self.view.execution_added(held))
 
     async def update_execution(
@@ -433,6 +445,25 @@ class JobStore:
                 self.view.job_moved(ex.job_id, job_to[1], job_to[2], moved[0])
 
         return await self._db.run(tx, on_commit=on_commit)
+
+    async def asked_the_old_way(self, execution_id: str) -> None:
+        """An execution asked pre-approved is asked the old way after all (its node is of before that ask)."""
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE executions SET preapproved = 0 WHERE id=?", (execution_id,))
+
+        await self._db.run(tx)
+
+    async def preapproved(self) -> set[str]:
+        """The unfinished executions of unfinished jobs that were asked pre-approved (read at a requester's start)."""
+        def tx(conn: sqlite3.Connection) -> set[str]:
+            jobs, states = _UNFINISHED_JOB, _UNFINISHED_EXECUTION
+            rows = conn.execute(
+                f"SELECT e.id FROM jobs j JOIN executions e ON e.job_id = j.id WHERE j.state IN"
+                f" ({','.join('?' * len(jobs))}) AND e.preapproved = 1 AND e.state IN ({','.join('?' * len(states))})",
+                [*jobs, *states]).fetchall()
+            return {str(r["id"]) for r in rows}
+
+        return await self._db.run(tx, reads=True)
 
     async def get_execution(self, execution_id: str) -> Execution:
         held = self.view.execution(execution_id)
