@@ -88,6 +88,7 @@ def run(spec):
     out = dict(job_id=job_id, state=st.state, seen=seen, client_id=get_client_id())
     if done:
         out.update(stdout=done[0].run_output.stdout, exit_code=done[0].run_output.exit_code,
+                   stderr=done[0].run_output.stderr, stderr_truncated=done[0].run_output.stderrtruncated,
                    published=done[0].published_results.cid, node_id=done[0].node_id,
                    verified=[done[0].verification_result.complete, done[0].verification_result.result])
     out["cids"] = [r.data.cid for r in results(job_id).results]
@@ -112,6 +113,7 @@ def test_sdk_runs_a_docker_job_to_completed_and_its_result_cid_holds_stdout(node
     out = run_client("sdk", node, DOCKER_JOB % IMAGE, tmp_path / "client")
     assert out["state"] == "Completed", out
     assert out["stdout"] == "Hello from the SDK\nhola\nan inline input" and out["exit_code"] == 0
+    assert (out["stderr"], out["stderr_truncated"]) == ("", False)
     assert out["verified"] == [True, True]
     assert out["cids"] == [out["published"]] and out["published"].startswith(("Qm", "bafy"))
     assert out["job_id"] in out["listed"]
@@ -132,6 +134,30 @@ def test_sdk_runs_a_docker_job_to_completed_and_its_result_cid_holds_stdout(node
     job = json.loads(described.stdout)
     assert job["client_id"] == out["client_id"] and job["state"] == "completed"
     assert job["spec"]["docker"]["image"] == IMAGE
+
+
+STDERR_JOB = SDK_PRELUDE + """
+spec = Spec(engine="Docker", verifier="Noop", publisher_spec=PublisherSpec(type="IPFS"),
+            docker=JobSpecDocker(image=%r, entrypoint=["sh", "-c", "echo partial; "
+                                                                   "echo 'cannot open /inputs/x: no such file' >&2; "
+                                                                   "exit 3"]),
+            timeout=300, deal=Deal(concurrency=1), outputs=[StorageSpec(name="outputs", path="/outputs")])
+print(json.dumps(run(spec)))
+"""
+
+
+def test_sdk_users_see_the_error_text_a_job_wrote_on_stderr_and_so_does_describe(node: Served, tmp_path: Path) -> None:
+    """RunOutput's stderr was always "": a user of the SDK saw an exit code and no word of what went wrong."""
+    out = run_client("sdk", node, STDERR_JOB % IMAGE, tmp_path / "client")
+    assert out["exit_code"] == 3 and out["stdout"] == "partial\n", out
+    assert (out["stderr"], out["stderr_truncated"]) == ("cannot open /inputs/x: no such file\n", False)
+    described = node.cli("describe", out["job_id"], "--output", "table")
+    assert described.returncode == 0, described.stderr
+    assert "Stderr of execution" in described.stdout, described.stdout
+    assert "\ncannot open /inputs/x: no such file\n" in described.stdout, described.stdout
+    as_json = json.loads(node.cli("describe", out["job_id"], "--output", "json").stdout)
+    [ex] = as_json["executions"]
+    assert ex["result"]["stderr_tail"] == "cannot open /inputs/x: no such file\n"
 
 
 WASM_JOB = SDK_PRELUDE + """

@@ -57,6 +57,11 @@ def describe(client: ApiClient, job_id: str, output: str) -> None:
     ])
     if any(e.get("result") for e in job["executions"]):
         echo("\nStdout:\n" + stdout_head(client, job["id"]).rstrip("\n"))
+    for e in job["executions"]:      # a failed job's error is most often here (each attempt's, its last KiB)
+        tail = (e.get("result") or {}).get("stderr_tail")
+        if tail:
+            echo(f"\nStderr of execution {e['id'][:8]} (its end; all of it: bacalhau get {job['id'][:8]}):\n"
+                 + tail.rstrip("\n"))
     echo("\nEvents:")
     table(["TIME", "WHAT", "STATE", "REASON"], [
         [time.strftime("%H:%M:%S", time.localtime(ev["time"])) + f".{int(ev['time'] * 1000) % 1000:03d}",

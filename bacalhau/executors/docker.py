@@ -27,6 +27,7 @@ from bacalhau.errors import ExecutorError
 from bacalhau.executors.output import CappedOutput
 from bacalhau.executors.types import ExecutionDir
 from bacalhau.models import Engine, Job, Network, RunResult
+from bacalhau.models.job import TAIL_BYTES
 from bacalhau.models.resources import format_size
 from bacalhau.storage.types import Mount
 
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 LABEL_NODE = "bacalhau.node_id"
 LABEL_EXECUTION = "bacalhau.execution_id"
 LABEL_JOB = "bacalhau.job_id"
-TAIL_BYTES = 1024
 KILLED_EXIT_CODE = -1       # what a timed-out or cancelled run reports (its RunResult.error says which)
 DEFAULT_CONCURRENT_CALLS = 16
 READ_SIZE = 1024 * 1024
@@ -252,10 +252,11 @@ class DockerExecutor:
                 raise ExecutorError(f"the container was killed from outside the job (signal {signal}): the "
                                     f"Docker engine stopped or restarted, or someone stopped it")
         await self._note_limits(run)
-        tail = await trio.to_thread.run_sync(_settle, run.exec_dir, exit_code)
+        stdout_tail, stderr_tail = await trio.to_thread.run_sync(_settle, run.exec_dir, exit_code)
         out, err = run.outputs["stdout"], run.outputs["stderr"]
         return RunResult(exit_code=exit_code, error=error, stdout_bytes=out.kept, stderr_bytes=err.kept,
-                         stdout_tail=tail, stdout_truncated=out.truncated, stderr_truncated=err.truncated)
+                         stdout_tail=stdout_tail, stdout_truncated=out.truncated, stderr_truncated=err.truncated,
+                         stderr_tail=stderr_tail)
 
     async def _out_of_memory(self, run: _Run) -> str:
         """The job's error if the kernel killed it at its memory limit (it failed on its own otherwise)."""
@@ -315,11 +316,11 @@ def _append(path: Any, data: bytes) -> None:
         f.write(data)
 
 
-def _settle(exec_dir: ExecutionDir, exit_code: int) -> str:
-    """Write the exit code down and read the stdout's tail: one trip to a worker thread, not two, on the way
-    from the container's exit to the job's result."""
+def _settle(exec_dir: ExecutionDir, exit_code: int) -> tuple[str, str]:
+    """Write the exit code down and read the tails of stdout and stderr: one trip to a worker thread, not
+    three, on the way from the container's exit to the job's result."""
     exec_dir.exit_code.write_text(str(exit_code))
-    return _tail(exec_dir.stdout)
+    return _tail(exec_dir.stdout), _tail(exec_dir.stderr)
 
 
 def _tail(path: Any) -> str:

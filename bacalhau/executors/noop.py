@@ -13,6 +13,7 @@ import trio
 
 from bacalhau.executors.types import ExecutionDir, KnownOutput
 from bacalhau.models import Engine, Job, RunResult
+from bacalhau.models.job import TAIL_BYTES
 from bacalhau.storage.types import Mount
 
 Hook = Callable[[str, Job], Awaitable[None]]
@@ -65,10 +66,10 @@ class NoopExecutor:
         try:
             if exec_dir.known is not None:
                 exec_dir.known.ran = True     # nothing to write: the node serves it from memory
-                return RunResult(exit_code=spec.exit_code, stdout_bytes=len(data), stdout_tail=spec.stdout[-1024:])
+                return RunResult(exit_code=spec.exit_code, stdout_bytes=len(data), stdout_tail=spec.stdout[-TAIL_BYTES:])
             if not spec.sleep:
                 await trio.to_thread.run_sync(write_both)
-                return RunResult(exit_code=spec.exit_code, stdout_bytes=len(data), stdout_tail=spec.stdout[-1024:])
+                return RunResult(exit_code=spec.exit_code, stdout_bytes=len(data), stdout_tail=spec.stdout[-TAIL_BYTES:])
             await trio.to_thread.run_sync(write_stdout)   # before sleeping: followers see output while it "runs"
             with scope:
                 with trio.move_on_after(job.spec.timeout) as timeout_scope:
@@ -79,7 +80,7 @@ class NoopExecutor:
                 return RunResult(exit_code=-1, error="cancelled")
             await trio.to_thread.run_sync(exec_dir.exit_code.write_text, exit_text)
             return RunResult(
-                exit_code=spec.exit_code, stdout_bytes=len(data), stdout_tail=spec.stdout[-1024:]
+                exit_code=spec.exit_code, stdout_bytes=len(data), stdout_tail=spec.stdout[-TAIL_BYTES:]
             )
         finally:
             del self._runs[execution_id]

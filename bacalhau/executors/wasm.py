@@ -33,6 +33,7 @@ from bacalhau.errors import ExecutorError, JobCausedError
 from bacalhau.executors.output import CappedOutput
 from bacalhau.executors.types import ExecutionDir
 from bacalhau.models import Engine, Job, RunResult
+from bacalhau.models.job import TAIL_BYTES
 from bacalhau.models.job import WASM_INLINE_PREFIX as INLINE_PREFIX
 from bacalhau.storage.types import Mount
 
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     import wasmtime  # imported where it runs: a client command need not load it
 
 log = logging.getLogger(__name__)
-TAIL_BYTES = 1024
 WASM_STOP_GRACE = 1.0     # seconds a run gets after its epoch bump before it is abandoned (in a host call)
 MAX_STUCK_RUNS = 8        # abandoned runner threads still alive before new runs are refused
 MAX_TABLE_ELEMENTS = 1_000_000
@@ -178,7 +178,8 @@ def _result(run: _Run, exit_code: int, error: str) -> RunResult:
     out, err = run.outputs.get("stdout"), run.outputs.get("stderr")
     return RunResult(exit_code=exit_code, error=error, stdout_bytes=run.exec_dir.stdout.stat().st_size,
                      stderr_bytes=run.exec_dir.stderr.stat().st_size, stdout_tail=_tail(run.exec_dir.stdout),
-                     stdout_truncated=bool(out and out.truncated), stderr_truncated=bool(err and err.truncated))
+                     stdout_truncated=bool(out and out.truncated), stderr_truncated=bool(err and err.truncated),
+                     stderr_tail=_tail(run.exec_dir.stderr))
 
 
 def _run_in_thread(run: _Run) -> RunResult:

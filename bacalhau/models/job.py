@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -165,6 +165,9 @@ class Event(_Strict):
     node_id: str = ""
 
 
+TAIL_BYTES = 1024      # the last bytes of a run's stdout and stderr its RunResult holds (decoded: as many characters)
+
+
 class RunResult(_Strict):
     """What an executor reports: exit code and where the outputs are kept (stdout/stderr in full)."""
 
@@ -175,6 +178,17 @@ class RunResult(_Strict):
     stdout_tail: str = ""          # the last bytes of stdout, for describe
     stdout_truncated: bool = False  # the stream passed the node's --max-job-output: the rest was dropped
     stderr_truncated: bool = False
+    # the last TAIL_BYTES of stderr (a failed job's error, for describe and Go Bacalhau's RunOutput); a result
+    # stored before it has none
+    stderr_tail: str = Field(default="", max_length=TAIL_BYTES)
+
+    def tail_is_whole(self, stream: Literal["stdout", "stderr"]) -> bool:
+        """Whether the stream's tail is all of it. Undecodable bytes read as U+FFFD (3 bytes encoded), so a
+        tail holding one is whole only if the stream fits in TAIL_BYTES (an executor reads that much)."""
+        tail, size = (self.stdout_tail, self.stdout_bytes) if stream == "stdout" else (self.stderr_tail,
+                                                                                      self.stderr_bytes)
+        truncated = self.stdout_truncated if stream == "stdout" else self.stderr_truncated
+        return not truncated and size <= len(tail.encode()) and (size <= TAIL_BYTES or "\ufffd" not in tail)
 
 
 class Execution(_Strict):

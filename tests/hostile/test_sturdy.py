@@ -1,5 +1,5 @@
 """Left-over correctness items, each tested as the attack or the upgrade it is about: pre-approved executions known
-by a stored flag, not by their reason's text."""
+by a stored flag, not by their reason's text; a run's stderr tail kept (RunOutput, describe), bounded and readable."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import trio
 
 from bacalhau.bprotocol import messages as m
 from bacalhau.db import QUARANTINE
 from bacalhau.errors import NotFoundError
 from bacalhau.models import Engine, Execution, ExecutionState, Job, JobSpec, JobState, NodeType, NoopSpec
+from bacalhau.models.job import TAIL_BYTES, RunResult
 from bacalhau.node import Node
 from bacalhau.requester import store as job_store
 from bacalhau.requester.store import JobStore
-from tests.conftest import node_config
+from tests.conftest import node_config, run_cli
 
 S = ExecutionState
 
@@ -149,3 +151,131 @@ async def test_a_jobs_db_of_layout_3_opens_knowing_its_pre_approved_executions_i
         assert await store.preapproved() == {ids["pre-running"], ids["pre-accepted"], flagged.id}
     finally:
         store.close()
+
+
+# -- stderr's tail: kept, bounded, readable -------------------------------------------------------------------
+
+# 2 MB of 'x' on stderr, then bytes that are no UTF-8 (a lone continuation byte, an invalid start byte, a 3-byte
+# sequence cut short), exit 1
+FLOOD_THEN_BAD_BYTES = "head -c 2000000 /dev/zero | tr '\\000' x >&2; printf 'end \\200\\377 \\350\\200' >&2; exit 1"
+BAD_END = "end \ufffd\ufffd \ufffd"
+
+
+async def test_a_docker_job_flooding_stderr_with_bytes_that_are_not_utf8_keeps_a_bounded_readable_tail(
+        single_node: Node) -> None:
+    """The attack on the new stderr tail: a job writing megabytes, ending in bytes no UTF-8 decoder takes. What
+    the requester stores, `describe` prints and RunOutput maps stays a KiB of text, its end readable."""
+    from bacalhau.api.bacalhau_v1.mappers import execution_out
+    from bacalhau.models import DockerSpec
+
+    req = single_node.requester
+    job = await req.submit(JobSpec(engine=Engine.DOCKER, docker=DockerSpec(
+        image="bacalhau/busybox:latest", entrypoint=["sh", "-c", FLOOD_THEN_BAD_BYTES])))
+    with trio.fail_after(60):
+        while not (await req.store.get_job(job.id, full=False)).state.terminal:
+            await req.wait_for_change(job.id, 1)
+    [ex] = [e for e in (await req.store.get_job(job.id)).executions if e.result is not None]
+    r = ex.result
+    assert r is not None and r.exit_code == 1 and r.stderr_bytes == 2_000_000 + len(b"end \x80\xff \xe8\x80")
+    assert r.stderr_tail.endswith(BAD_END) and set(r.stderr_tail[:-len(BAD_END)]) <= {"x", "\ufffd"}
+    assert len(r.stderr_tail.encode()) <= TAIL_BYTES * 3       # at most one U+FFFD (3 bytes) a byte read
+    assert len(r.stderr_tail) <= TAIL_BYTES
+    run_output = execution_out(ex)["RunOutput"]
+    assert run_output["stderr"] == r.stderr_tail and run_output["stderrtruncated"] is True
+    described = await run_cli(single_node, "describe", job.id, "--output", "table")
+    assert described.returncode == 0, described.stderr
+    assert BAD_END in described.stdout and len(described.stdout) < 20_000
+    assert "Traceback" not in described.stderr
+
+
+def _to_stderr(data: bytes, times: int) -> bytes:
+    """A WASM module that writes `data` to stderr `times` times, then exits 2."""
+    import wasmtime
+
+    from tests.executors.test_wasm import WASI
+
+    escaped = "".join("\\%02x" % b for b in data)
+    wat = """(module %s
+      (memory (export "memory") 1)
+      (data (i32.const 16) "%s")
+      (func (export "_start") (local $i i32)
+        (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const %d))
+        (loop $l
+          (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const %d))))
+        (call $proc_exit (i32.const 2))))""" % (WASI, escaped, len(data), times)
+    return wasmtime.wat2wasm(wat)
+
+
+async def test_a_wasm_module_flooding_stderr_with_bytes_that_are_not_utf8_keeps_a_bounded_readable_tail(
+        tmp_path: Path) -> None:
+    from bacalhau.executors.types import ExecutionDir
+    from bacalhau.executors.wasm import WasmExecutor
+    from tests.executors.test_wasm import job
+
+    ex = WasmExecutor()
+    d = ExecutionDir(tmp_path / "exec")
+    d.create()
+    await ex.start("e1", job(_to_stderr(b"oops \xff\xfe\xc3", 200_000)), d)
+    with trio.fail_after(30):
+        result = await ex.wait("e1")
+    assert result.exit_code == 2 and result.stderr_bytes == 8 * 200_000
+    assert len(result.stderr_tail) <= TAIL_BYTES and result.stderr_tail.endswith("oops \ufffd\ufffd\ufffd")
+    assert not result.tail_is_whole("stderr")
+    stored = RunResult.model_validate_json(result.model_dump_json())     # as the stores keep it
+    assert stored.stderr_tail == result.stderr_tail
+
+
+def test_a_run_result_with_a_stderr_tail_past_its_cap_is_refused() -> None:
+    """A peer's RunResult (a run-complete, an execution status) is parsed at the edge: a tail longer than any
+    executor keeps is refused there, not stored and served to every describe."""
+    with pytest.raises(ValueError, match="stderr_tail"):
+        RunResult(exit_code=1, stderr_tail="x" * (TAIL_BYTES + 1))
+
+
+async def test_a_result_stored_before_the_stderr_tail_still_reads(tmp_path: Path) -> None:
+    """jobs.db and compute.db rows whose RunResult was written without the field (the layout before it)."""
+    from bacalhau.api.bacalhau_v1.mappers import execution_out
+    from bacalhau.compute.store import ExecutionStore
+
+    old = ('{"exit_code": 3, "error": "", "stdout_bytes": 3, "stderr_bytes": 5, "stdout_tail": "hi\\n",'
+           ' "stdout_truncated": false, "stderr_truncated": false}')
+    store = JobStore(tmp_path / "jobs.db")
+    job = Job(spec=JobSpec(engine=Engine.NOOP))
+    try:
+        await store.create_job(job)
+        ex = Execution(job_id=job.id, node_id="node-a", state=S.ASKED_FOR_BID)
+        await store.create_execution(ex, "asked for a bid")
+    finally:
+        store.close()
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        conn.execute("UPDATE executions SET state='completed', result=?, result_ref='ipfs://x' WHERE id=?",
+                     (old, ex.id))
+        conn.execute("UPDATE jobs SET state='completed' WHERE id=?", (job.id,))
+    conn.close()
+    store = JobStore(tmp_path / "jobs.db")
+    try:
+        read = await store.get_execution(ex.id)
+    finally:
+        store.close()
+    assert read.state == S.COMPLETED and read.result is not None
+    assert (read.result.stdout_tail, read.result.stderr_tail, read.result.stderr_bytes) == ("hi\n", "", 5)
+    run_output = execution_out(read)["RunOutput"]
+    # the stderr was not kept then: the tail is empty and says it is not the whole of it
+    assert (run_output["stderr"], run_output["stderrtruncated"]) == ("", True)
+    assert (run_output["stdout"], run_output["stdouttruncated"]) == ("hi\n", False)
+
+    compute = ExecutionStore(tmp_path / "compute.db")
+    compute.close()
+    with sqlite3.connect(tmp_path / "compute.db") as conn:
+        conn.execute("INSERT INTO local_executions(id, job, requester_id, state, reason, result, result_ref,"
+                     " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                     (ex.id, job.model_dump_json(), "r", "completed", "", old, "ipfs://x", 1.0, 2.0))
+    conn.close()
+    compute = ExecutionStore(tmp_path / "compute.db")
+    try:
+        local = await compute.get(ex.id)
+    finally:
+        compute.close()
+    assert local.result is not None and local.result.stderr_tail == "" and local.result.exit_code == 3

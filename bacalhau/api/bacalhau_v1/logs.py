@@ -213,6 +213,8 @@ async def _send(websocket: WebSocket, tag: int, text: str) -> None:
 
 
 async def _replay_run_output(websocket: WebSocket, ex: Execution) -> None:
-    """What the requester kept of a run (Go's RunOutput: the stdout tail; stderr is not kept here)."""
+    """What the requester kept of a run (Go's RunOutput: the tails of stdout and stderr)."""
     if ex.result is not None and ex.result.stdout_tail:
         await _send(websocket, STDOUT, ex.result.stdout_tail)
+    if ex.result is not None and ex.result.stderr_tail:
+        await _send(websocket, STDERR, ex.result.stderr_tail)

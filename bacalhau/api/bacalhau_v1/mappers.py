@@ -506,9 +506,9 @@ def execution_out(execution: Execution, version: int = 1) -> dict[str, Any]:
         out["PublishedResults"] = {"StorageSource": "IPFS", "Name": execution.result_ref, "CID": cid}
     if execution.result is not None:
         r = execution.result
-        tail_bytes = len(r.stdout_tail.encode())
-        out["RunOutput"] = {"stdout": r.stdout_tail, "stdouttruncated": r.stdout_truncated or r.stdout_bytes > tail_bytes,
-                            "stderr": "", "stderrtruncated": r.stderr_truncated or r.stderr_bytes > 0,
+        # Go's RunOutput holds the outputs themselves, cut to a size: ours, their tails (all of them: `get`)
+        out["RunOutput"] = {"stdout": r.stdout_tail, "stdouttruncated": not r.tail_is_whole("stdout"),
+                            "stderr": r.stderr_tail, "stderrtruncated": not r.tail_is_whole("stderr"),
                             "exitCode": r.exit_code, "runnerError": r.error}
     return out
 
