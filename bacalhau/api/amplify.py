@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from bacalhau.amplify.actions import cancel_action, run_action
-from bacalhau.api.common import handle_errors, int_param
+from bacalhau.api.common import handle_errors, int_param, read_body
 from bacalhau.errors import NotFoundError, UserError
 
 if TYPE_CHECKING:
@@ -100,11 +100,8 @@ def parse_cid(text: object) -> str:
 
 
 async def _body(request: Request) -> Any:
-    data = b""
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > MAX_BODY:
-            raise UserError(f"the request body is over {MAX_BODY} bytes")
+    # refused as it passes the cap, a 413 as on every other route (it was a 400, the body grown by copies)
+    data = await read_body(request, MAX_BODY)
     try:
         return json.loads(data) if data else {}
     except ValueError:

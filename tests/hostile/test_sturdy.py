@@ -1,10 +1,12 @@
 """Left-over correctness items, each tested as the attack or the upgrade it is about: pre-approved executions known
-by a stored flag, not by their reason's text; a run's stderr tail kept (RunOutput, describe), bounded and readable."""
+by a stored flag, not by their reason's text; a run's stderr tail kept (RunOutput, describe), bounded and
+readable; amplify's oversize bodies a 413."""
 
 from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -279,3 +281,36 @@ async def test_a_result_stored_before_the_stderr_tail_still_reads(tmp_path: Path
     finally:
         compute.close()
     assert local.result is not None and local.result.stderr_tail == "" and local.result.exit_code == 3
+
+
+# -- amplify's request bodies ----------------------------------------------------------------------------------
+
+async def test_an_oversize_amplify_body_streamed_without_a_length_is_a_413_and_the_node_serves_on(
+        single_node: Node) -> None:
+    """The attack: a run request (and a cancel) whose body streams on past the cap with no length declared.
+    Every other route of ours answers that 413; amplify's answered 400 (a user's mistake in the body, to a
+    client), having grown the body by copying it at each chunk."""
+    import httpx
+
+    from bacalhau.api.amplify import MAX_BODY
+
+    async def endless() -> AsyncIterator[bytes]:
+        yield b'{"data": {"attributes": {"inputs": [{"cid": "'
+        for _ in range(4 * MAX_BODY // 65536):        # 4 times the cap, 64 KiB a chunk
+            yield b"Q" * 65536
+
+    run_id = str(uuid.uuid4())
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{single_node.api_port}", timeout=30) as client:
+        for method, path in (("PUT", f"/api/v0/queue/{run_id}"), ("POST", f"/api/v0/queue/{run_id}/cancel")):
+            answer = await client.request(method, path, content=endless(),
+                                          headers={"Content-Type": "application/json"})
+            assert "content-length" not in answer.request.headers      # streamed: no length to refuse it by
+            assert answer.status_code == 413, (path, answer.text)
+            body = answer.json()
+            assert body["status"] == 413 and body["title"] == "Too large", body
+            assert body["error"] == f"request body over {MAX_BODY} bytes"
+        declared = await client.put(f"/api/v0/queue/{run_id}", content=b"Q" * (MAX_BODY + 1),
+                                    headers={"Content-Type": "application/json"})
+        assert declared.status_code == 413, declared.text
+        listed = await client.get("/api/v0/queue")      # the node serves on
+        assert listed.status_code == 200 and listed.json()["meta"]["count"] == 0
