@@ -99,6 +99,39 @@ async def test_a_fan_out_ask_a_node_says_it_runs_is_not_taken_by_a_restarted_req
         nursery.cancel_scope.cancel()
 
 
+async def test_the_flag_is_written_with_the_ask_a_plain_jobs_at_submit_and_a_fan_out_jobs_never(
+        tmp_path: Path) -> None:
+    """What a restarted requester reads back: a plain job's one execution (written with the job at submit) is
+    flagged; a fan-out job's asks are not."""
+    from bacalhau.bprotocol.transport import InMemoryNetwork
+    from bacalhau.config import NodeConfig
+    from bacalhau.node import NodeDeps
+
+    net = InMemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        req = await nursery.start(Node(NodeConfig(repo_dir=tmp_path / "r", serve_api=False,
+                                                  node_types=(NodeType.REQUESTER,)), NodeDeps(network=net)).run)
+        for name in ("a", "b"):
+            await nursery.start(Node(NodeConfig(repo_dir=tmp_path / name, node_types=(NodeType.COMPUTE,),
+                                                engines=("noop",), node_info_interval=0.2),
+                                     NodeDeps(network=net)).run)
+        with trio.fail_after(10):
+            while len(req.requester.nodes.alive()) < 2:
+                await trio.sleep(0.05)
+        plain = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=60)))
+        fan_out = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=60), concurrency=2))
+        with trio.fail_after(10):
+            for job in (plain, fan_out):
+                while sum(e.state == S.RUNNING for e in (await req.requester.store.get_job(job.id)).executions) \
+                        < job.spec.concurrency:
+                    await req.requester.wait_for_change(job.id, 0.2)
+        [first] = (await req.requester.store.get_job(plain.id)).executions
+        flagged = await req.requester.store.preapproved()
+        assert first.id in flagged
+        assert not flagged & {e.id for e in (await req.requester.store.get_job(fan_out.id)).executions}
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_jobs_db_of_layout_3_opens_knowing_its_pre_approved_executions_in_flight(tmp_path: Path) -> None:
     """A repo the layout before the flag wrote (version 3: pre-approved executions known by their reason's first
     words): opened, the flag is inferred once from those words, so a restarted requester still takes the
