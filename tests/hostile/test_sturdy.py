@@ -347,3 +347,45 @@ async def test_an_oversize_amplify_body_streamed_without_a_length_is_a_413_and_t
         assert declared.status_code == 413, declared.text
         listed = await client.get("/api/v0/queue")      # the node serves on
         assert listed.status_code == 200 and listed.json()["meta"]["count"] == 0
+
+
+async def test_logs_of_a_finished_execution_whose_node_is_away_replay_its_stderr_tail_too(tmp_path: Path) -> None:
+    """Go's logs websocket replays what the requester kept of a run when its node is away: stdout's tail only,
+    before (the error text a failed job wrote was what a user looked for)."""
+    from bacalhau.bprotocol.transport import InMemoryNetwork
+    from bacalhau.config import NodeConfig
+    from bacalhau.executors.noop import NoopExecutor
+    from bacalhau.node import NodeDeps
+    from bacalhau.rsa_identity import client_id_of, load_or_create
+    from tests.test_bacalhau_logs import envelope, joined, logs_payload, read_frames
+
+    class WritesStderr(NoopExecutor):
+        """The noop executor writes no stderr: this one's result says it wrote some (as Docker's would)."""
+        async def wait(self, execution_id: str) -> RunResult:
+            result = await super().wait(execution_id)
+            return result.model_copy(update={"stderr_tail": "it went wrong\n", "stderr_bytes": 14})
+
+    key = load_or_create(tmp_path / "client" / "user_id.pem")
+    net = InMemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        req = await nursery.start(Node(node_config(tmp_path / "r", node_types=(NodeType.REQUESTER,)),
+                                       NodeDeps(network=net)).run)
+        compute = await nursery.start(Node(NodeConfig(repo_dir=tmp_path / "c", node_types=(NodeType.COMPUTE,),
+                                                      node_info_interval=0.2),
+                                           NodeDeps(network=net, executors={Engine.NOOP: WritesStderr()})).run)
+        with trio.fail_after(10):
+            while not req.requester.nodes.alive():
+                await trio.sleep(0.05)
+        job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="some\n", exit_code=1)),
+                                         client_id=client_id_of(key.public_key()))
+        with trio.fail_after(10):
+            while not (await req.requester.store.get_job(job.id, full=False)).state.terminal:
+                await req.requester.wait_for_change(job.id, 0.5)
+        [ran] = (await req.requester.store.get_job(job.id)).executions
+        assert ran.result is not None and ran.result.stderr_tail == "it went wrong\n"
+        net.take_down(compute.node_id)     # the only node that holds the whole log
+        first = envelope(key, logs_payload(key, job.id, ran.id, follow=True))
+        frames, code, reason = await trio.to_thread.run_sync(read_frames, req.api_port, first)
+        assert code == 1000, reason
+        assert (joined(frames, 1), joined(frames, 2)) == ("some\n", "it went wrong\n")
+        nursery.cancel_scope.cancel()
