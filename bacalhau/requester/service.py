@@ -596,11 +596,26 @@ class Requester:
         if not live:
             self._spawn(self._evaluate, job_id)
 
-    async def _reconcile_execution(self, job_id: str, ex: Execution) -> None:
+    async def _status_after_restart(self, ex: Execution) -> m.ExecutionStatus:
+        """The node's word on an execution, once it is back: a node may be heard of (another node's gossip)
+        before it can be reached, so a call that gets no answer is tried again until the nodes have had a few
+        TTLs to come back (written off at the first, a job the node was running ran again elsewhere)."""
+        patience = trio.current_time() + self.nodes.ttl * 3
         with trio.move_on_after(self.nodes.ttl * 3):   # nodes reconnect and gossip again after a restart
             await self.nodes.wait_for(ex.node_id)
+        pause = 0.25
+        while True:
+            try:
+                return await self._compute.execution_status(ex.node_id, ex.id)
+            except TransportError:
+                if trio.current_time() + pause >= patience:
+                    raise
+            await trio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+    async def _reconcile_execution(self, job_id: str, ex: Execution) -> None:
         try:
-            status = await self._compute.execution_status(ex.node_id, ex.id)
+            status = await self._status_after_restart(ex)
         except BacalhauError as exc:
             if isinstance(exc, RemoteError) and exc.code == m.ErrorCode.NOT_FOUND and ex.state == S.ASKED_FOR_BID:
                 # written down, never sent: no attempt was made on that node (with one node asked, counting it
@@ -611,6 +626,8 @@ class Requester:
             else:
                 await self._execution_failed(job_id, ex.id, None, S.FAILED,
                                              f"lost while the requester was down: {exc}")
+                if isinstance(exc, TransportError):    # it may still run there: it is retried elsewhere
+                    self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, "lost while the requester was down")
             return
         log.info("reconciling execution %s: requester had %s, node %s says %s", ex.id, ex.state.value,
                  ex.node_id, status.state.value)

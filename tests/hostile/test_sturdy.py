@@ -389,3 +389,55 @@ async def test_logs_of_a_finished_execution_whose_node_is_away_replay_its_stderr
         assert code == 1000, reason
         assert (joined(frames, 1), joined(frames, 2)) == ("some\n", "it went wrong\n")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_restarted_requester_that_hears_of_a_node_before_reaching_it_does_not_write_its_run_off(
+        tmp_path: Path) -> None:
+    """A requester restarts knowing no node: its compute nodes redial it, and the first back gossips the others'
+    NodeInfo before they have redialed. Before, the requester asked such a node how its execution went, got "no
+    known addresses", wrote the running execution off as lost and ran the job again elsewhere (twice at once).
+    Now a call with no answer is tried again while the nodes come back."""
+    from bacalhau.testing import free_port
+
+    req_cfg = node_config(tmp_path / "r", node_types=(NodeType.REQUESTER,), serve_api=False, swarm_port=free_port())
+    first = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        async def requester_until_stopped(task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+            with first:
+                async with trio.open_nursery() as inner:
+                    task_status.started(await inner.start(Node(req_cfg).run))
+
+        req = await nursery.start(requester_until_stopped)
+        computes = [await nursery.start(Node(node_config(tmp_path / name, node_types=(NodeType.COMPUTE,),
+                                                         serve_api=False, engines=("noop",),
+                                                         peers=(req.addrs()[0],))).run)
+                    for name in ("a", "b", "c")]
+        with trio.fail_after(15):
+            while len(req.requester.nodes.alive()) < 3:
+                await trio.sleep(0.05)
+        jobs = [await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=60))) for _ in range(3)]
+        running: dict[str, Execution] = {}
+        with trio.fail_after(15):
+            while len(running) < 3:
+                for job in jobs:
+                    for e in (await req.requester.store.get_job(job.id)).executions:
+                        if e.state == S.RUNNING:
+                            running[job.id] = e
+                await trio.sleep(0.05)
+        first.cancel()
+        with trio.fail_after(10):
+            while not first.cancelled_caught:
+                await trio.sleep(0.02)
+        again = await nursery.start(Node(req_cfg).run)       # knows no node: they redial it
+        with trio.fail_after(30):
+            while len(again.requester.nodes.alive()) < 3:
+                await trio.sleep(0.05)
+        await trio.sleep(3 * again.config.node_info_ttl)     # the reconcile passes have run by now
+        by_id = {c.node_id: c for c in computes}
+        for job in jobs:
+            done = await again.requester.store.get_job(job.id)
+            active = [e for e in done.executions if e.state.active]
+            assert [e.id for e in active] == [running[job.id].id], [
+                (e.node_id[-6:], e.state, e.reason) for e in done.executions]
+            assert await _state_on(by_id[running[job.id].node_id], running[job.id].id) == S.RUNNING
+        nursery.cancel_scope.cancel()
