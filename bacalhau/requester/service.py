@@ -136,6 +136,8 @@ class Requester:
         # a plain job's one execution is chosen now and written with the job: one durable write less in series
         # before its ask (a job's first ask waited for its own commit, ~a tenth of a job's time under load)
         first = self._first_ask(job)
+        # marked as it is chosen, as _ask_for_bids does: submits ranked during this write must not probe it too
+        probe = first is not None and self._silent.asked(first.node_id)
         try:
             # shielded: a submit cancelled once its write is in would leave the job, never evaluated or asked
             with trio.CancelScope(shield=True):
@@ -145,13 +147,14 @@ class Requester:
             if first is not None:      # never asked: not the node's load
                 self.nodes.ended(first.node_id, first.id)
                 self._preapproved.discard(first.id)
+                if probe:
+                    self._silent.not_sent(first.node_id)
             raise
         log.info("job %s submitted", job.id)
         self._notify(job.id)
         if first is None:
             self._spawn(self._evaluate, job.id)
         else:
-            self._silent.asked(first.node_id)
             self._spawn(self._ask_one, job.model_copy(update={"executions": [first]}), first)
         return job
 

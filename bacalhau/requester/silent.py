@@ -39,10 +39,16 @@ class SilentNodes:
             self._strikes.pop(n, None)
         return out
 
-    def asked(self, node_id: str) -> None:
-        """An ask is going to the node: one of a node kept out before is its probe."""
-        if node_id in self._until:
+    def asked(self, node_id: str) -> bool:
+        """An ask is going to the node: one of a node kept out before is its probe (True: this one is)."""
+        if node_id in self._until and node_id not in self._probing:
             self._probing.add(node_id)
+            return True
+        return False
+
+    def not_sent(self, node_id: str) -> None:
+        """The probe `asked` marked is not going after all (its job was refused): another ask may be it."""
+        self._probing.discard(node_id)
 
     def answered(self, node_id: str) -> None:
         if node_id in self._until:
