@@ -11,8 +11,9 @@ import pytest
 import trio
 
 from bacalhau.bprotocol import messages as m
-from bacalhau.errors import ReplayedSignature
-from bacalhau.models import Engine, JobSpec, NoopSpec
+from bacalhau.bprotocol.proxies import ComputeProxy
+from bacalhau.errors import RemoteError, ReplayedSignature
+from bacalhau.models import Engine, Job, JobSpec, NoopSpec, Resources, new_id
 from bacalhau.requester import silent as silent_mod
 from tests.hostile.test_review_fixes import _cluster, _ended
 
@@ -77,3 +78,52 @@ async def test_a_refused_submit_does_not_leave_a_node_on_probation_left_out_for_
         with pytest.raises(ReplayedSignature):
             await requester.submit(spec, signature=("sig-1", time.time()))
         assert requester._silent.left_out() == set()
+
+
+async def test_a_requesters_asks_that_fail_or_are_cancelled_leave_the_nodes_capacity_as_it_was(tmp_path: Path) -> None:
+    """09d57a7 takes a pre-approved execution's capacity before its write and gives it back on every way the
+    ask can end without a run. The attacks a requester peer can make on that: ten asks for one id at once (one
+    runs, the other nine are refused by the write), an ask whose cancel came first, asks the node refuses, a
+    cancel of the one running. None leaks (this passes on main as on this branch; kept as the record of the
+    attack), and the node reports its whole capacity free once nothing runs."""
+    async with _cluster(tmp_path, computes=1) as (req, (node,)):
+        compute = node.compute
+        assert compute is not None
+        proxy = ComputeProxy(req.transport, 5)
+        size = Resources(cpu=round(compute.capacity.total.cpu / 4, 3), memory=1 << 20)    # room for two
+
+        def ask(execution_id: str, resources: Resources = size) -> m.AskForBidRequest:
+            job = Job(spec=JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=30), resources=resources))
+            return m.AskForBidRequest(execution_id=execution_id, requester_id=req.node_id, job=job)
+
+        def used() -> tuple[float, int]:
+            return round(compute.capacity.used.cpu, 6), compute.capacity.used.memory
+
+        one = new_id()
+        replies: list[m.BidResult | RemoteError] = []
+
+        async def ask_one() -> None:
+            try:
+                replies.append(await proxy.ask_for_bid_approved(node.node_id, ask(one)))
+            except RemoteError as exc:
+                replies.append(exc)
+
+        async with trio.open_nursery() as burst:
+            for _ in range(10):
+                burst.start_soon(ask_one)
+        assert sum(isinstance(r, m.BidResult) and r.accepted for r in replies) == 1, replies
+        assert used() == (size.cpu, size.memory)
+        ahead = new_id()
+        with pytest.raises(RemoteError):
+            await proxy.cancel(node.node_id, ahead, "given up")
+        assert not (await proxy.ask_for_bid_approved(node.node_id, ask(ahead))).accepted
+        too_big = ask(new_id(), Resources(cpu=1000, memory=1 << 20))
+        assert not (await proxy.ask_for_bid_approved(node.node_id, too_big)).accepted
+        assert used() == (size.cpu, size.memory)
+        await proxy.cancel(node.node_id, one, "enough")
+        with trio.fail_after(5):
+            while used() != (0.0, 0):
+                await trio.sleep(0.02)
+        info = compute.node_info([], [])
+        assert round(info.capacity_free.cpu, 6) == info.capacity_total.cpu
+        assert info.capacity_free.memory == info.capacity_total.memory
