@@ -139,10 +139,9 @@ class Requester:
         # marked as it is chosen, as _ask_for_bids does: submits ranked during this write must not probe it too
         probe = first is not None and self._silent.asked(first.node_id)
         try:
-            # shielded: a submit cancelled once its write is in would leave the job, never evaluated or asked
-            with trio.CancelScope(shield=True):
-                await self.store.create_job(job, signature=signature, execution=first,
-                                            preapproved=first is not None and first.id in self._preapproved)
+            # not cancelled once its write is taken (db.py): a submit that returns here has it on disk and asks
+            await self.store.create_job(job, signature=signature, execution=first,
+                                        preapproved=first is not None and first.id in self._preapproved)
         except BaseException:
             if first is not None:      # never asked: not the node's load
                 self.nodes.ended(first.node_id, first.id)
