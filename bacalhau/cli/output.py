@@ -35,7 +35,17 @@ def emit(data: Any, fmt: str) -> None:
         raise ValueError(fmt)
 
 
+def printable(text: str, keep: str = "") -> str:
+    """`text` with what is not printable (a terminal's escape sequences, other controls, bidi overrides) written
+    as Python escapes it, but for the characters in `keep`: a job's output or a peer's reason is shown to the
+    user, never run by their terminal (an OSC sequence sets its title, CSI ones clear or move the screen)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
+
+
 def table(headers: list[str], rows: list[list[str]]) -> None:
+    rows = [[printable(str(cell)) for cell in row] for row in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
     _out("".join("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() + "\n"
                  for row in [headers, *rows]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from bacalhau.cli.output import ago, echo, emit, short, table
+from bacalhau.cli.output import ago, echo, emit, printable, short, table
 from bacalhau.errors import BacalhauError
 
 TYPE_CHECKING = False
@@ -44,24 +44,24 @@ def describe(client: ApiClient, job_id: str, output: str) -> None:
     if output != "table":
         emit(job, output)
         return
-    echo(f"Job:    {job['id']}\nState:  {job['state']}" + (f" ({job['reason']})" if job["reason"] else ""))
+    echo(f"Job:    {job['id']}\nState:  {job['state']}" + (f" ({printable(job['reason'])})" if job["reason"] else ""))
     spec = job["spec"]
     engine = spec["engine"]
     detail = spec.get(engine) or {}
     if engine == "docker":
-        echo(f"Docker: {detail['image']} {' '.join(detail.get('parameters', []))}")
+        echo(printable(f"Docker: {detail['image']} {' '.join(detail.get('parameters', []))}"))
     echo("\nExecutions:")
     table(["ID", "NODE", "STATE", "EXIT", "REASON"], [
         [e["id"][:8], short(e["node_id"]), e["state"], str((e.get("result") or {}).get("exit_code", "")),
          e["reason"][:70]] for e in job["executions"]
     ])
     if any(e.get("result") for e in job["executions"]):
-        echo("\nStdout:\n" + stdout_head(client, job["id"]).rstrip("\n"))
+        echo("\nStdout:\n" + printable(stdout_head(client, job["id"]).rstrip("\n"), keep="\n\t"))
     for e in job["executions"]:      # a failed job's error is most often here (each attempt's, its last KiB)
         tail = (e.get("result") or {}).get("stderr_tail")
         if tail:
             echo(f"\nStderr of execution {e['id'][:8]} (its end; all of it: bacalhau get {job['id'][:8]}):\n"
-                 + tail.rstrip("\n"))
+                 + printable(tail.rstrip("\n"), keep="\n\t"))
     echo("\nEvents:")
     table(["TIME", "WHAT", "STATE", "REASON"], [
         [time.strftime("%H:%M:%S", time.localtime(ev["time"])) + f".{int(ev['time'] * 1000) % 1000:03d}",
