@@ -631,6 +631,13 @@ class Requester:
                 if isinstance(exc, TransportError):    # it may still run there: it is retried elsewhere
                     self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, "lost while the requester was down")
             return
+        # weighed against the execution as it is now, not as read before a wait of up to 3 TTLs: written off
+        # meanwhile (the node lost, the job cancelled), it was accepted on a node the job had gone on without
+        ex = await self.store.get_execution(ex.id)
+        if ex.state.terminal:
+            if ex.state != S.COMPLETED and not status.state.terminal:
+                self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, ex.reason or ex.state.value)
+            return
         log.info("reconciling execution %s: requester had %s, node %s says %s", ex.id, ex.state.value,
                  ex.node_id, status.state.value)
         info = dict(execution_id=ex.id, job_id=job_id, node_id=ex.node_id)

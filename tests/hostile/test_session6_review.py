@@ -3,11 +3,32 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import trio
 
-from bacalhau.models import DockerSpec, Engine, JobSpec
+from bacalhau.bprotocol import messages as m
+from bacalhau.bprotocol.transport import InMemoryNetwork, typed_handler
+from bacalhau.models import (
+    DockerSpec,
+    Engine,
+    Execution,
+    ExecutionState,
+    Job,
+    JobSpec,
+    JobState,
+    NodeInfo,
+    NodeType,
+    NoopSpec,
+)
 from bacalhau.node import Node
+from bacalhau.requester.nodes import NodeTable
+from bacalhau.requester.service import Requester
+from bacalhau.requester.store import JobStore
 from tests.conftest import run_cli
+
+S = ExecutionState
 
 # a window title set (OSC), the screen cleared and the cursor sent home (CSI), a bell, text hidden by a bidi override
 ESCAPES = "\\033]0;owned\\007\\033[2J\\033[H\\342\\200\\256evil"
@@ -33,3 +54,63 @@ async def test_a_jobs_escape_sequences_on_stdout_and_stderr_reach_describe_escap
     assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out, out
     assert out.count("\\x1b]0;owned\\x07\\x1b[2J\\x1b[H\\u202eevil") == 2, out      # stdout's and stderr's, readable
     assert "out\tline\n" in out and "err line\n" in out                           # their lines and tabs kept
+
+
+async def test_an_execution_written_off_while_its_node_was_retried_after_a_restart_is_not_accepted_on_it(
+        tmp_path: Path) -> None:
+    """The attack on 4a3558c's retries: a restarted requester asks a node (heard of, not reachable) again and again
+    for its execution's status, for up to 3 TTLs, holding the execution as read at its start. Meanwhile the node
+    table's expiry writes it off and the job goes on without it; the node then answers that it still waits for
+    its bid's acceptance. The requester sent it bid_accepted, from that stale read: a node it had written off ran
+    the execution. Now the node is told to drop it. (The node is a handler on the in-memory network: a real
+    compute node cannot be held unreachable while gossiped about.)"""
+    net = InMemoryNetwork()
+    node_id, requester_id = "mem-0000000000bb", "mem-0000000000aa"
+    node = net.transport(node_id)
+    told: list[str] = []
+    asked_after_back = trio.Event()
+
+    async def status(peer_id: str, msg: m.ExecutionRequest) -> m.ExecutionStatus:
+        asked_after_back.set()
+        return m.ExecutionStatus(execution_id=msg.execution_id, state=S.NEW)
+
+    async def accepted(peer_id: str, msg: m.ExecutionRequest) -> m.Ack:
+        told.append("bid_accepted")
+        return m.Ack()
+
+    async def cancel(peer_id: str, msg: m.ExecutionReasonRequest) -> m.Ack:
+        told.append("cancel")
+        return m.Ack()
+
+    node.register(m.EXECUTION_STATUS, typed_handler(m.ExecutionRequest, status))
+    node.register(m.BID_ACCEPTED, typed_handler(m.ExecutionRequest, accepted))
+    node.register(m.CANCEL, typed_handler(m.ExecutionReasonRequest, cancel))
+
+    store = JobStore(tmp_path / "jobs.db")       # what the requester left when it stopped: a bid accepted
+    job = Job(spec=JobSpec(engine=Engine.NOOP, noop=NoopSpec()))
+    ex = Execution(job_id=job.id, node_id=node_id, state=S.ASKED_FOR_BID)
+    await store.create_job(job, execution=ex)
+    await store.update_execution(ex.id, (S.ASKED_FOR_BID,), S.BID_ACCEPTED, "bid accepted",
+                                 job_to=(JobState.PENDING, JobState.IN_PROGRESS, "bid accepted"))
+    net.take_down(node_id)
+    nodes = NodeTable(ttl=2.0)
+    nodes.update(NodeInfo(node_id=node_id, node_types=[NodeType.COMPUTE], engines=[Engine.NOOP],
+                          published_at=time.time()))     # another node's gossip: heard of, not reachable
+    requester = Requester(node_id=requester_id, transport=net.transport(requester_id), store=store, nodes=nodes,
+                          call_timeout=0.5, bid_timeout=1.0)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(requester.run)
+            with trio.fail_after(10):
+                while (await store.get_execution(ex.id)).state != S.FAILED:     # written off by the expiry
+                    await trio.sleep(0.05)
+                net.bring_back(node_id)
+                asked_after_back = trio.Event()
+                await asked_after_back.wait()              # the retry reached it
+                while not told:
+                    await trio.sleep(0.02)
+            assert told == ["cancel"], told
+            assert (await store.get_execution(ex.id)).state == S.FAILED
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
