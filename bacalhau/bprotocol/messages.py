@@ -20,12 +20,13 @@ Every id in a message is typed (bprotocol/ids.py): a malformed one is refused as
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
 
 from bacalhau.bprotocol.ids import ExecutionId, JobId, NodeId, ResultItem, ResultRef, parse_execution_id
 from bacalhau.models import ExecutionState, Job, RunResult
+from bacalhau.models.job import TAIL_BYTES
 
 COMPUTE = "/bacalhau/compute"
 CALLBACK = "/bacalhau/callback"
@@ -46,6 +47,17 @@ ON_PUBLISH_COMPLETE = f"{CALLBACK}/on_publish_complete/1.0.0"
 ON_RUN_PUBLISHED = f"{CALLBACK}/on_run_published/1.0.0"         # a pre-approved execution ran and is published
 ON_CANCEL_COMPLETE = f"{CALLBACK}/on_cancel_complete/1.0.0"
 ON_COMPUTE_FAILURE = f"{CALLBACK}/on_compute_failure/1.0.0"
+
+
+def _bounded_tail(result: RunResult) -> RunResult:
+    # stderr_tail is capped by its model; stdout_tail, older, is not there (a row an older requester stored
+    # from a peer must still read): refused here, on the way in, as every executor keeps its last TAIL_BYTES
+    if len(result.stdout_tail) > TAIL_BYTES:
+        raise ValueError(f"stdout_tail over {TAIL_BYTES} characters (an executor keeps its last {TAIL_BYTES} bytes)")
+    return result
+
+
+PeerResult = Annotated[RunResult, AfterValidator(_bounded_tail)]   # a run's result as a peer reports it
 
 
 class _Msg(BaseModel):
@@ -90,7 +102,7 @@ class RunComplete(_Msg):
     execution_id: ExecutionId
     job_id: JobId
     node_id: NodeId
-    result: RunResult
+    result: PeerResult
 
 
 class PublishComplete(_Msg):
@@ -106,7 +118,7 @@ class RunPublished(_Msg):
     execution_id: ExecutionId
     job_id: JobId
     node_id: NodeId
-    result: RunResult
+    result: PeerResult
     result_ref: ResultRef
 
 
@@ -132,7 +144,7 @@ class ExecutionStatus(_Msg):
     execution_id: ExecutionId
     state: ExecutionState
     reason: str = ""
-    result: RunResult | None = None
+    result: PeerResult | None = None
     result_ref: str = ""
 
 

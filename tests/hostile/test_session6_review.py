@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+import pytest
 import trio
 
 from bacalhau.bprotocol import messages as m
+from bacalhau.bprotocol.framing import parse_reply
 from bacalhau.bprotocol.transport import InMemoryNetwork, typed_handler
+from bacalhau.errors import RemoteError
 from bacalhau.models import (
     DockerSpec,
     Engine,
@@ -22,6 +26,7 @@ from bacalhau.models import (
     NodeType,
     NoopSpec,
 )
+from bacalhau.models.job import TAIL_BYTES
 from bacalhau.node import Node
 from bacalhau.requester.nodes import NodeTable
 from bacalhau.requester.service import Requester
@@ -111,6 +116,42 @@ async def test_an_execution_written_off_while_its_node_was_retried_after_a_resta
                     await trio.sleep(0.02)
             assert told == ["cancel"], told
             assert (await store.get_execution(ex.id)).state == S.FAILED
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+
+
+async def test_a_compute_node_reporting_megabytes_of_stdout_tail_is_refused(tmp_path: Path) -> None:
+    """The attack on the tails `describe` and RunOutput show: stderr_tail is capped at TAIL_BYTES from a peer
+    (d12037c), stdout_tail was not. A compute node reporting its run with 2 MB of stdout tail (under the 4 MiB
+    frame) had it stored and sent in every describe, list and RunOutput of the job. Now the report is refused
+    and the execution stays as it was. (The node is a raw in-memory peer: a real one reports only its 1 KiB.)"""
+    net = InMemoryNetwork()
+    node_id, requester_id = "mem-0000000000bb", "mem-0000000000aa"
+    node = net.transport(node_id)
+    store = JobStore(tmp_path / "jobs.db")
+    requester = Requester(node_id=requester_id, transport=net.transport(requester_id), store=store,
+                          nodes=NodeTable(ttl=60.0), call_timeout=1.0, bid_timeout=1.0)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(requester.run)
+            job = Job(spec=JobSpec(engine=Engine.NOOP, noop=NoopSpec()))
+            ex = Execution(job_id=job.id, node_id=node_id, state=S.ASKED_FOR_BID)
+            await store.create_job(job, execution=ex)
+            await store.update_execution(ex.id, (S.ASKED_FOR_BID,), S.BID_ACCEPTED, "bid accepted",
+                                         job_to=(JobState.PENDING, JobState.IN_PROGRESS, "bid accepted"),
+                                         then=(S.RUNNING, "running"))
+            report = {"execution_id": ex.id, "job_id": job.id, "node_id": node_id,
+                      "result": {"exit_code": 0, "stdout_bytes": 2_000_000, "stdout_tail": "x" * 2_000_000}}
+            with pytest.raises(RemoteError, match="stdout_tail"):
+                parse_reply(await node.call(requester_id, m.ON_RUN_COMPLETE, json.dumps(report).encode(),
+                                            timeout=10), m.Ack)
+            report["result"]["stdout_tail"] = "x" * TAIL_BYTES       # what an executor keeps: taken
+            parse_reply(await node.call(requester_id, m.ON_RUN_COMPLETE, json.dumps(report).encode(),
+                                        timeout=10), m.Ack)
+            stored = await store.get_execution(ex.id)
+            assert stored.state == S.PUBLISHING and stored.result is not None
+            assert stored.result.stdout_tail == "x" * TAIL_BYTES
             nursery.cancel_scope.cancel()
     finally:
         store.close()
