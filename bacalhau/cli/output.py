@@ -174,5 +174,6 @@ def short(node_or_job_id: str, n: int = 8) -> str:
 
 
 def status(message: str) -> None:
-    """Progress and status go to stderr, so stdout stays the job's output or an ID."""
-    print(message, file=sys.stderr, flush=True)
+    """Progress and status go to stderr, so stdout stays the job's output or an ID (a job's reason in it is
+    a peer's text: shown, never run by the terminal)."""
+    print(printable(message, keep="\n\t"), file=sys.stderr, flush=True)

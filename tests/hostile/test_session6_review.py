@@ -155,3 +155,18 @@ async def test_a_compute_node_reporting_megabytes_of_stdout_tail_is_refused(tmp_
             nursery.cancel_scope.cancel()
     finally:
         store.close()
+
+
+def test_a_failed_jobs_reason_with_escape_sequences_reaches_the_waiting_cli_escaped(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The attack through the reason: a compute node's failure reason (or its run's error) becomes the job's,
+    which `docker run` prints when it waits for the job; it reached the user's terminal raw. The API's reply
+    is given as data here: what a hostile node's reason turns into, without a node of our own to lie."""
+    from bacalhau.cli.waiting import finish
+
+    reason = "out of memory\x1b]0;owned\x07\x1b[2J\u202eevil"
+    job = {"id": "0" * 36, "state": "failed", "reason": reason, "executions": []}
+    assert finish(None, job) == 1       # type: ignore[arg-type]   (a failed job asks nothing more of the API)
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err, err
+    assert "could not run: out of memory\\x1b]0;owned\\x07\\x1b[2J\\u202eevil" in err
