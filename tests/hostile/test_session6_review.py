@@ -1,5 +1,7 @@
 """Session 6's correctness changes read as an attacker (the pre-approved flag's migration, the stderr tail, amplify's
-413, the restarted requester's status retries): each hole found is tested here as the attack."""
+413, the restarted requester's status retries): each hole found is tested here as the attack. Found: a job's or a
+peer's terminal escapes printed raw by `describe` and by `docker run`'s status lines; a stdout tail of megabytes
+taken from a peer (stderr's was capped); an execution written off during the retries accepted on its node."""
 
 from __future__ import annotations
 
