@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -47,6 +48,7 @@ async def test_a_jobs_escape_sequences_on_stdout_and_stderr_reach_describe_escap
     sequences; `describe` printed its stdout's head and its stderr's tail raw, so whoever described the job had
     their terminal retitled, cleared and its cursor moved by it. Now shown as text, lines and tabs kept."""
     req = single_node.requester
+    assert req is not None
     script = f"printf 'out\\tline\\n{ESCAPES}\\n'; printf 'err line\\n{ESCAPES}\\n' >&2; exit 1"
     job = await req.submit(JobSpec(engine=Engine.DOCKER, docker=DockerSpec(
         image="bacalhau/busybox:latest", entrypoint=["sh", "-c", script])))
@@ -143,7 +145,7 @@ async def test_a_compute_node_reporting_megabytes_of_stdout_tail_is_refused(tmp_
             await store.update_execution(ex.id, (S.ASKED_FOR_BID,), S.BID_ACCEPTED, "bid accepted",
                                          job_to=(JobState.PENDING, JobState.IN_PROGRESS, "bid accepted"),
                                          then=(S.RUNNING, "running"))
-            report = {"execution_id": ex.id, "job_id": job.id, "node_id": node_id,
+            report: dict[str, Any] = {"execution_id": ex.id, "job_id": job.id, "node_id": node_id,
                       "result": {"exit_code": 0, "stdout_bytes": 2_000_000, "stdout_tail": "x" * 2_000_000}}
             with pytest.raises(RemoteError, match="stdout_tail"):
                 parse_reply(await node.call(requester_id, m.ON_RUN_COMPLETE, json.dumps(report).encode(),
@@ -168,7 +170,8 @@ def test_a_failed_jobs_reason_with_escape_sequences_reaches_the_waiting_cli_esca
 
     reason = "out of memory\x1b]0;owned\x07\x1b[2J\u202eevil"
     job = {"id": "0" * 36, "state": "failed", "reason": reason, "executions": []}
-    assert finish(None, job) == 1       # type: ignore[arg-type]   (a failed job asks nothing more of the API)
+    # a job that failed before it ran asks nothing more of the API: no client
+    assert finish(None, job) == 1  # type: ignore[arg-type]
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err, err
     assert "could not run: out of memory\\x1b]0;owned\\x07\\x1b[2J\\u202eevil" in err
