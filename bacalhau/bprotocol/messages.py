@@ -49,11 +49,16 @@ ON_CANCEL_COMPLETE = f"{CALLBACK}/on_cancel_complete/1.0.0"
 ON_COMPUTE_FAILURE = f"{CALLBACK}/on_compute_failure/1.0.0"
 
 
+MAX_PEER_ERROR_CHARS = 4096   # a run's error as a peer reports it (stored, shown by describe and every wait)
+
+
 def _bounded_tail(result: RunResult) -> RunResult:
     # stderr_tail is capped by its model; stdout_tail, older, is not there (a row an older requester stored
     # from a peer must still read): refused here, on the way in, as every executor keeps its last TAIL_BYTES
     if len(result.stdout_tail) > TAIL_BYTES:
         raise ValueError(f"stdout_tail over {TAIL_BYTES} characters (an executor keeps its last {TAIL_BYTES} bytes)")
+    if len(result.error) > MAX_PEER_ERROR_CHARS:     # a run's own failure, in a peer's words: kept, cut short
+        return result.model_copy(update={"error": result.error[:MAX_PEER_ERROR_CHARS] + " [cut]"})
     return result
 
 

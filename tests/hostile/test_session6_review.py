@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,14 @@ def test_a_failed_jobs_reason_with_escape_sequences_reaches_the_waiting_cli_esca
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err, err
     assert "could not run: out of memory\\x1b]0;owned\\x07\\x1b[2J\\u202eevil" in err
+
+
+def test_a_peers_run_error_of_megabytes_is_kept_cut_short() -> None:
+    """A run's `error` as a compute node reports it (run complete, run published, status) was taken whole: up to
+    the 4 MiB frame stored and sent with every describe and wait of the job. It is kept, cut to
+    MAX_PEER_ERROR_CHARS (a failure's words are worth keeping; refusing the report would lose the failure)."""
+    ids = {"execution_id": str(uuid.uuid4()), "job_id": str(uuid.uuid4()), "node_id": "mem-0000000000bb"}
+    msg = m.RunComplete.model_validate({**ids, "result": {"exit_code": 1, "error": "e" * 2_000_000}})
+    assert len(msg.result.error) <= m.MAX_PEER_ERROR_CHARS + 10 and msg.result.error.startswith("e" * 100)
+    short = m.RunComplete.model_validate({**ids, "result": {"exit_code": 1, "error": "timed out"}})
+    assert short.result.error == "timed out"
