@@ -251,10 +251,10 @@ class DockerExecutor:
             if signal:
                 raise ExecutorError(f"the container was killed from outside the job (signal {signal}): the "
                                     f"Docker engine stopped or restarted, or someone stopped it")
-        await self._note_limits(run)
+        noted = await self._note_limits(run)
         stdout_tail, stderr_tail = await trio.to_thread.run_sync(_settle, run.exec_dir, exit_code)
         out, err = run.outputs["stdout"], run.outputs["stderr"]
-        return RunResult(exit_code=exit_code, error=error, stdout_bytes=out.kept, stderr_bytes=err.kept,
+        return RunResult(exit_code=exit_code, error=error, stdout_bytes=out.kept, stderr_bytes=err.kept + noted,
                          stdout_tail=stdout_tail, stdout_truncated=out.truncated, stderr_truncated=err.truncated,
                          stderr_tail=stderr_tail)
 
@@ -266,15 +266,18 @@ class DockerExecutor:
         memory = self.limits.size(run.job.spec.resources).memory
         return f"out of memory: killed at its limit of {memory} bytes ({format_size(memory)}); ask for more with --memory"
 
-    async def _note_limits(self, run: _Run) -> None:
-        """Tell the job, at the end of its stderr, which of the node's limits it met."""
+    async def _note_limits(self, run: _Run) -> int:
+        """Tell the job, at the end of its stderr, which of the node's limits it met; the bytes added (counted
+        in its stderr_bytes: a client reads no stderr the result says is empty)."""
         notes = [note for note in (out.note() for out in run.outputs.values()) if note]
         if run.out_of_memory:
             notes.append(f"bacalhau: the container was killed: {run.out_of_memory}")
-        if notes:
-            text = "".join(f"\n{note}\n" for note in notes)
-            await trio.to_thread.run_sync(_append, run.exec_dir.stderr, text.encode())
-            log.info("job %s: %s", run.job.id, "; ".join(notes))
+        if not notes:
+            return 0
+        data = "".join(f"\n{note}\n" for note in notes).encode()
+        await trio.to_thread.run_sync(_append, run.exec_dir.stderr, data)
+        log.info("job %s: %s", run.job.id, "; ".join(notes))
+        return len(data)
 
     async def cancel(self, execution_id: str) -> None:
         run = self._runs.get(execution_id)
