@@ -112,7 +112,7 @@ def main() -> None:
             docker_breakdown(env, client, args.runs, target)
             return
         if not args.noop_only:
-            docker_latency(env, args.runs, target)
+            docker_latency(env, client, args.runs, target)
         noop_throughput(client, args.noop_jobs)
 
 
@@ -157,14 +157,26 @@ def split_serve() -> Iterator[Served]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def docker_latency(env: dict[str, str], runs: int, target: float) -> None:
+def removed(client: ApiClient, timeout: float = 20) -> None:
+    """Wait, untimed, until the last job's container is gone: the node removes it once the run is reported,
+    and that must not overlap the next command timed (`docker run --rm` has its own removal in its time)."""
+    label = f"label=bacalhau.job_id={client.list_jobs(1)[0]['id']}"
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["docker", "ps", "-aq", "--filter", label], capture_output=True, check=True).stdout.strip():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the container of the last job ({label}) was not removed in {timeout:g}s")
+        time.sleep(0.01)
+
+
+def docker_latency(env: dict[str, str], client: ApiClient, runs: int, target: float) -> None:
     docker_cmd = ["docker", "run", "--rm", "--network", "none", IMAGE, "echo", "hi"]
     ours_cmd = [BIN, "docker", "run", IMAGE, "--", "echo", "hi"]
-    timed(docker_cmd, env), timed(ours_cmd, env)  # warm both paths once
+    timed(docker_cmd, env), timed(ours_cmd, env), removed(client)  # warm both paths once
     docker_times, ours_times = [], []
     for _ in range(runs):
         docker_times.append(timed(docker_cmd, env))
         ours_times.append(timed(ours_cmd, env))
+        removed(client)
     d, o = statistics.median(docker_times), statistics.median(ours_times)
     print(f"docker run --rm          median {d * 1000:7.1f} ms  (n={runs})")
     print(f"bacalhau docker run      median {o * 1000:7.1f} ms  (n={runs}); its process's CPU median "
@@ -201,7 +213,7 @@ def docker_breakdown(env: dict[str, str], client: ApiClient, runs: int, target: 
     docker_cmd = ["docker", "run", "--rm", "--network", "none", IMAGE, "echo", "hi"]
     ours_cmd = [BIN, "docker", "run", IMAGE, "--", "echo", "hi"]
     refused_env = {**env, "BACALHAU_API_PORT": str(free_port())}     # nobody listens: the CLI's start alone
-    timed(docker_cmd, env), timed(ours_cmd, env), docker_api_steps()   # warm every path once
+    timed(docker_cmd, env), timed(ours_cmd, env), removed(client), docker_api_steps()   # warm every path once
     phases: dict[str, list[float]] = {}
 
     def add(name: str, seconds: float) -> None:
@@ -218,6 +230,7 @@ def docker_breakdown(env: dict[str, str], client: ApiClient, runs: int, target: 
         add("bacalhau docker run", timed(ours_cmd, env))
         wall_end = wall_start + phases["bacalhau docker run"][-1]
         job = client.job(client.list_jobs(1)[0]["id"])
+        removed(client)
         at = {f"{ev['kind']} {ev['state']}": ev["time"] for ev in job["events"]}
         marks = [("  start to submitted (CLI start, signing, submit)", wall_start, at["job pending"]),
                  ("  bid round (submitted to bid accepted)", at["job pending"], at["execution bid_accepted"])]

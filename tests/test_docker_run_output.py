@@ -1,6 +1,7 @@
 """What `bacalhau docker run` prints once its job ends, end to end against a real node and the real Docker engine:
 all of the output, stdout and stderr apart, the job's exit code; the node's own notes on stderr, counted in the
-result (the CLI asks for no stderr the result says is empty); one clear line for a container that cannot start."""
+result (the CLI asks for no stderr the result says is empty); one clear line for a container that cannot start.
+And the container's removal: once the node has reported the run's end, not while it does."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 import trio
 
 from bacalhau.config import JobLimits
-from bacalhau.executors.docker import DockerExecutor
+from bacalhau.executors import docker
+from bacalhau.executors.docker import LABEL_EXECUTION, LABEL_JOB, DockerExecutor
 from bacalhau.executors.types import ExecutionDir
 from bacalhau.models import DockerSpec, Job, JobSpec
 from bacalhau.node import Node
@@ -86,6 +88,7 @@ async def test_the_notes_a_node_adds_to_stderr_are_counted_in_the_result(tmp_pat
     await ex.start("e1", Job(spec=JobSpec(docker=DockerSpec(image=IMAGE, parameters=[
         "sh", "-c", "head -c 3000000 /dev/zero"]))), d)
     result = await ex.wait("e1")
+    ex.release("e1")
     assert result.exit_code == 0 and result.stdout_truncated and not result.stderr_truncated
     assert result.stderr_bytes == d.stderr.stat().st_size > 0
     assert "stdout was truncated" in d.stderr.read_text()
@@ -98,3 +101,71 @@ async def test_a_container_that_cannot_start_is_one_clear_line(single_node: Node
     last = res.stderr.splitlines()[-1]
     assert "could not run" in last and "docker could not start the container" in last, res.stderr
     assert "Traceback" not in res.stderr
+
+
+def containers(label: str) -> list[str]:
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"], capture_output=True, text=True,
+                         check=True)
+    return out.stdout.split()
+
+
+async def gone(label: str) -> None:
+    with trio.fail_after(20):
+        while containers(label):
+            await trio.sleep(0.05)
+
+
+def one_run(tmp_path: Path, eid: str) -> tuple[Job, ExecutionDir]:
+    d = ExecutionDir(tmp_path / eid)
+    d.create()
+    return Job(spec=JobSpec(docker=DockerSpec(image=IMAGE, parameters=["true"]))), d
+
+
+@pytest.mark.docker
+async def test_a_container_is_removed_when_released_not_when_its_run_ends(tmp_path: Path) -> None:
+    ex = DockerExecutor("test-docker-run-output")
+    await ex.start("r1", *one_run(tmp_path, "r1"))
+    assert (await ex.wait("r1")).exit_code == 0
+    assert len(containers(f"{LABEL_EXECUTION}=r1")) == 1     # its result is still being published and reported
+    ex.release("r1")
+    ex.release("r1")                                          # idempotent
+    await gone(f"{LABEL_EXECUTION}=r1")
+
+
+@pytest.mark.docker
+async def test_a_container_never_released_is_removed_all_the_same(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # a requester that never answers a run's end: its containers are not kept past REMOVE_UNRELEASED_AFTER (the
+    # next run's start or end removes them)
+    monkeypatch.setattr(docker, "REMOVE_UNRELEASED_AFTER", 0.0)
+    ex = DockerExecutor("test-docker-run-output")
+    await ex.start("u1", *one_run(tmp_path, "u1"))
+    await ex.wait("u1")
+    await ex.start("u2", *one_run(tmp_path, "u2"))
+    await gone(f"{LABEL_EXECUTION}=u1")
+    await ex.wait("u2")
+    ex.release("u2")
+    await gone(f"{LABEL_EXECUTION}=u2")
+
+
+@pytest.mark.docker
+async def test_the_node_has_its_jobs_containers_removed(single_node: Node) -> None:
+    for command, code in (("true", 0), ("false", 1)):
+        res = await run_cli(single_node, "docker", "run", IMAGE, "--", command)    # waits for the job's end
+        assert res.returncode == code, res.stderr
+        job_id = res.stderr.split()[1]      # "job <id> submitted"
+        assert len(containers(f"{LABEL_JOB}={job_id}")) <= 1   # (it ran here: removed now, or being removed)
+        await gone(f"{LABEL_JOB}={job_id}")
+
+
+@pytest.mark.docker
+async def test_a_cancelled_jobs_container_is_removed(single_node: Node) -> None:
+    # the node lets the execution go while the executor's wait is still ending (killed): removed all the same
+    submitted = await run_cli(single_node, "docker", "run", "--id-only", IMAGE, "--", "sleep", "60")
+    job_id = submitted.stdout.strip()
+    with trio.fail_after(20):
+        while not containers(f"{LABEL_JOB}={job_id}"):
+            await trio.sleep(0.05)
+    cancelled = await run_cli(single_node, "cancel", job_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    await gone(f"{LABEL_JOB}={job_id}")

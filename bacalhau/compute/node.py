@@ -547,6 +547,8 @@ class ComputeNode:
     def _done(self, execution_id: str) -> None:
         self._busy.discard(execution_id)
         self._held.release(execution_id)
+        for executor in self._executors.values():   # (its container removed now: not while it is reported)
+            executor.release(execution_id)
         self._idle.set()
 
     async def _notify_failure(self, ex: LocalExecution, reason: str, *, retry: bool = True) -> None:

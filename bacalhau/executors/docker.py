@@ -3,7 +3,10 @@
 A job's container is created with its limits, labels and the execution's `outputs/` mounted at /outputs,
 attached before it starts (so no byte is missed), and its stdout and stderr are appended to the execution's
 files as they arrive, each up to the node's --max-job-output (the rest is read and dropped). The container is
-always removed; `cleanup_orphans` removes what a crashed run left.
+always removed: once the node has reported the run's end (release), so that the engine's work of removing it
+(tens of ms of its CPU) is not spent while the job's result is published and reported, or after
+REMOVE_UNRELEASED_AFTER if the node never lets it go (a requester that never answers); `cleanup_orphans`
+removes what a crashed run left.
 
 The box: every capability is dropped but JOB_CAPABILITIES, setuid binaries cannot gain privileges
 (no-new-privileges), the processes are capped (--job-pids-limit), and CPU and memory are limited to what the
@@ -39,6 +42,8 @@ LABEL_JOB = "bacalhau.job_id"
 KILLED_EXIT_CODE = -1       # what a timed-out or cancelled run reports (its RunResult.error says which)
 DEFAULT_CONCURRENT_CALLS = 16
 READ_SIZE = 1024 * 1024
+REMOVE_UNRELEASED_AFTER = 10.0  # seconds after its run ended: a container not released by then is removed at the
+                                # next run's start or end (at most this much of them is kept, whatever a peer does)
 # What ordinary images need (chown/chmod of their files, dropping to a user, signalling their own children,
 # a server on a low port). Left out of Docker's default set: MKNOD (device nodes: a block device node is a way
 # to the host's disks), NET_RAW (forged packets), SYS_CHROOT, SETPCAP, SETFCAP, AUDIT_WRITE.
@@ -74,6 +79,9 @@ class DockerExecutor:
         self._client: Any = None
         self._limiter = trio.CapacityLimiter(DEFAULT_CONCURRENT_CALLS)
         self._runs: dict[str, _Run] = {}
+        self._ended: dict[str, tuple[Any, str, float]] = {}   # execution -> (api, container, ended at): to remove
+        self._live: set[str] = set()        # from start() to the end of wait()
+        self._released: set[str] = set()    # released while live (a cancel): removed as wait() ends
 
     async def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
         return await trio.to_thread.run_sync(lambda: fn(*args, **kw), limiter=self._limiter)
@@ -105,7 +113,15 @@ class DockerExecutor:
     # -- the Executor protocol ------------------------------------------------------------------------------
 
     async def start(self, execution_id: str, job: Job, exec_dir: ExecutionDir, mounts: Sequence[Mount] = ()) -> None:
-        await trio.to_thread.run_sync(self._start_blocking, execution_id, job, exec_dir, mounts, limiter=self._limiter)
+        self._remove_unreleased()
+        self._live.add(execution_id)
+        try:
+            await trio.to_thread.run_sync(self._start_blocking, execution_id, job, exec_dir, mounts,
+                                          limiter=self._limiter)
+        except BaseException:
+            self._live.discard(execution_id)    # no container left (_start_blocking removes one it made)
+            self._released.discard(execution_id)
+            raise
 
     def _create(self, client: Any, job: Job, execution_id: str, exec_dir: ExecutionDir, mounts: Sequence[Mount]) -> str:
         """The new container's id. Through the low-level API: `containers.create` inspects the container it
@@ -223,11 +239,30 @@ class DockerExecutor:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise ExecutorError(f"the Docker engine failed while the job ran: {_docker_error(exc)}") from None
         finally:
-            # Removal takes tens of ms and nobody waits on it: off the job's critical path, in a thread of its
-            # own (a node that dies first removes the leftover at restart, by label)
-            threading.Thread(target=_remove, args=(run.api, run.container_id), daemon=True,
-                             name=f"docker-rm-{execution_id[:8]}").start()
+            # removed at release (a node that dies first removes the leftover at restart, by label)
             self._runs.pop(execution_id, None)
+            self._live.discard(execution_id)
+            self._remove_unreleased()
+            self._ended[execution_id] = (run.api, run.container_id, time.monotonic())
+            if execution_id in self._released:
+                self._released.discard(execution_id)
+                self.release(execution_id)
+
+    def release(self, execution_id: str) -> None:
+        """Remove the execution's container, in a thread of its own: nobody waits on it."""
+        ended = self._ended.pop(execution_id, None)
+        if ended is not None:
+            threading.Thread(target=_remove, args=ended[:2], daemon=True, name=f"docker-rm-{execution_id[:8]}").start()
+        elif execution_id in self._live:
+            self._released.add(execution_id)
+
+    def _remove_unreleased(self) -> None:
+        too_old = time.monotonic() - REMOVE_UNRELEASED_AFTER
+        while self._ended:
+            execution_id, (_, _, ended_at) = next(iter(self._ended.items()))     # the oldest first
+            if ended_at >= too_old:
+                return
+            self.release(execution_id)
 
     async def _wait(self, run: _Run) -> RunResult:
         timeout = min(self.limits.max_timeout, run.job.spec.timeout)  # the bidder refuses more; NaN too
