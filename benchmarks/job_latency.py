@@ -54,6 +54,21 @@ said: --split main 1.25 (377.8 against 302.8 ms), 96d88c8 1.29 (342.5 against 26
 --breakdown --runs 10: main 1.22 (bid round 6.7 ms, bid accepted to completed 256.5 ms, completed to exit 16.1
 ms) against 1.21 (bid round 5.4 ms, accepted to running 2.2, running to ran 224.1, publishing 6.3, completed to
 exit 8.9 ms). The one-node ratio did not move: the container's start through the Docker API is most of it.
+
+Where completed-to-exit's 16 ms against 8.9 went (branch dockerstart; strace of the CLI, timestamps in the node):
+the CLI's stderr request (4-28 ms: the container's removal, started as it exited, ran in the engine and in a
+node thread while the pre-approved job was published and reported, ~8 ms after the exit, where the old flow's
+extra round trip had let it finish), then ~9 ms from the CLI's last answer to its exit (Python's collection at
+finalization); the CLI's CPU, rsa_pkcs1 importing typing (~3 ms). Now: no stderr request when the result says
+it is empty (the node counts its own notes in it), the CLI exits without that collection (last answer to exit
+8.5 -> 2.3 ms), and a container is removed once its run's end is reported (the container's exit to the CLI's
+exit 18.1 -> 15.7 ms, medians of 30). After the container's exit: ~19 ms of Docker's own before its wait
+answers, then ~8 ms in the node (settle, check, publish, two durable commits), ~3 ms in the CLI.
+This script now waits, untimed, for each job's container to be removed before the next timed command.
+--breakdown --runs 10, this script for every tree, 3 rounds interleaved, load 3.5-7 (`docker run --rm`
+285-464 ms): ratio 96d88c8 1.38/1.28/1.41, 6b97f58 1.39/1.48/1.36, dockerstart 1.30/1.17/1.24; completed to exit
+21.8/21.0/12.5, 26.6/26.1/16.0, 18.4/12.3/15.4 ms; the CLI's CPU 48.6/60.0/43.5, 56.2/61.5/49.3, 50.0/42.2/50.9
+ms. --split --runs 12, 2 rounds: 6b97f58 1.27, 1.32 against 1.19, 1.13 (the CLI's CPU 46.2/49.2 -> 36.6/37.6).
 """
 
 from __future__ import annotations
