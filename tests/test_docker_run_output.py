@@ -69,13 +69,16 @@ async def test_a_container_that_writes_a_lot_has_all_of_it_printed_apart_and_its
 
 
 @pytest.mark.docker
-async def test_an_empty_stderr_is_not_asked_for_and_one_with_bytes_is(single_node: Node) -> None:
+async def test_output_whole_in_the_result_is_not_asked_for_and_a_longer_one_is(single_node: Node) -> None:
     quiet = await recorded_run(single_node, "echo", "hi")
     assert quiet.returncode == 0 and quiet.stdout == "hi\n", quiet.stderr
     assert result_requests(quiet.stderr) == []      # stdout from the result's tail, stderr known empty
-    loud = await recorded_run(single_node, "sh", "-c", "echo hi; echo 'on stderr' >&2")
-    assert loud.returncode == 0 and loud.stdout == "hi\n", loud.stderr
-    assert result_requests(loud.stderr) == ["stderr"] and loud.stderr.endswith("on stderr\n")
+    loud = await recorded_run(single_node, "sh", "-c", "echo hi; echo 'on stderr' >&2; exit 3")
+    assert loud.returncode == 3 and loud.stdout == "hi\n", loud.stderr
+    assert result_requests(loud.stderr) == [] and loud.stderr.endswith("on stderr\n")     # its tail is all of it
+    long = await recorded_run(single_node, "sh", "-c", "echo hi; yes e | head -c 3000 >&2")
+    assert long.returncode == 0 and long.stdout == "hi\n", long.stderr
+    assert result_requests(long.stderr) == ["stderr"] and long.stderr.endswith("e\n" * 1500)
 
 
 @pytest.mark.docker

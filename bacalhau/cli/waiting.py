@@ -83,14 +83,17 @@ def finish(client: ApiClient, job: dict[str, Any]) -> int:
         status(f"job {short(job['id'])} could not run: {job['reason']}")
         return 1
     result = ran[0]["result"] if ran else {"exit_code": 1}
-    whole = _whole_stdout(ran)
+    whole = _whole_tail(ran, "stdout")
     out = sys.stdout.buffer
     for chunk in [whole] if whole is not None else client.result(job["id"], "stdout"):
         out.write(chunk)
     out.flush()
     err = sys.stderr.buffer
+    whole_err = _whole_tail(ran, "stderr")
     if whole is not None and job["state"] == "completed" and _stderr_empty(result):
         pass    # the result request (~4 ms, a tenth of what follows the job's end) is for nothing
+    elif whole is not None and whole_err:
+        err.write(whole_err)    # all of it in the result, the node's notes too (counted: docker.py)
     elif whole is not None and result.get("stderr_bytes", 0) <= SMALL_STDERR and not result.get("stderr_truncated"):
         err.write(client.small_result(job["id"], "stderr"))
     else:
@@ -112,15 +115,16 @@ def _stderr_empty(result: dict[str, Any]) -> bool:
         and not result.get("error")
 
 
-def _whole_stdout(ran: list[dict[str, Any]]) -> bytes | None:
-    """The job's stdout when the one result's tail (its last KiB, decoded) is all of it, byte for byte: the
-    result requests (http.client's import, a read of the published result) were ~40 ms of a short
-    `docker run`. None where the tail may not be exact (a U+FFFD could stand for undecodable bytes)."""
+def _whole_tail(ran: list[dict[str, Any]], stream: str) -> bytes | None:
+    """The job's stdout (stderr) when the one result's tail (its last KiB, decoded) is all of it, byte for
+    byte: the result requests (http.client's import, a read of the published result) were ~40 ms of a short
+    `docker run`. None where the tail may not be exact (a U+FFFD could stand for undecodable bytes; a note the
+    node added after the tail was read is counted in the size, not in the tail)."""
     if len(ran) != 1:
         return None
     result = ran[0]["result"]
-    tail = result.get("stdout_tail")
-    if not isinstance(tail, str) or "\ufffd" in tail or result.get("stdout_truncated"):
+    tail = result.get(f"{stream}_tail")
+    if not isinstance(tail, str) or "\ufffd" in tail or result.get(f"{stream}_truncated"):
         return None
     data = tail.encode()
-    return data if len(data) == result.get("stdout_bytes") else None
+    return data if len(data) == result.get(f"{stream}_bytes") else None
