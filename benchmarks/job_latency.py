@@ -69,6 +69,10 @@ This script now waits, untimed, for each job's container to be removed before th
 285-464 ms): ratio 96d88c8 1.38/1.28/1.41, 6b97f58 1.39/1.48/1.36, dockerstart 1.30/1.17/1.24; completed to exit
 21.8/21.0/12.5, 26.6/26.1/16.0, 18.4/12.3/15.4 ms; the CLI's CPU 48.6/60.0/43.5, 56.2/61.5/49.3, 50.0/42.2/50.9
 ms. --split --runs 12, 2 rounds: 6b97f58 1.27, 1.32 against 1.19, 1.13 (the CLI's CPU 46.2/49.2 -> 36.6/37.6).
+Rebased onto main 4a3558c (one durable write less before a run), against it, quieter (load 2-4): --breakdown
+ratio 1.38/1.24/1.16 -> 1.15/1.35/1.16 (medians 1.24 -> 1.16); completed to exit 18.0/15.8/19.0 ->
+7.9/10.6/8.4 ms; CLI start to its first request 38.1 -> 29.9 ms, start to submitted 45.6 -> 34.0 ms; the CLI's
+CPU 44.9/44.7/49.1 -> 34.2/34.5/33.4 ms. --split: 1.32, 1.18 -> 1.05, 1.20 (the CLI's CPU 41.5 -> 34.3 ms).
 """
 
 from __future__ import annotations
