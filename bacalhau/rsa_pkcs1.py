@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:    # typing's import is ~3 ms of a one-shot CLI's start
+    from typing import Any
 
 # DER of DigestInfo { AlgorithmIdentifier { id-sha256, NULL }, OCTET STRING (32 bytes) } up to the digest
 # (RFC 8017 9.2, note 1)

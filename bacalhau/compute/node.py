@@ -403,7 +403,8 @@ class ComputeNode:
                     mounts = await prepare_inputs(ex.job, exec_dir.inputs, self._storage)
                     await executor.start(ex.id, ex.job, exec_dir, mounts)
                     result = await executor.wait(ex.id)
-                    await self._check_result(exec_dir)
+                    if noted := await self._check_result(exec_dir):   # counted: a client skips an empty stderr
+                        result = result.model_copy(update={"stderr_bytes": result.stderr_bytes + noted})
         finally:
             self._scopes.pop(ex.id, None)
         if scope.cancelled_caught or result is None:
@@ -451,20 +452,21 @@ class ComputeNode:
         exec_dir.create()
         return exec_dir
 
-    async def _check_result(self, exec_dir: ExecutionDir) -> None:
+    async def _check_result(self, exec_dir: ExecutionDir) -> int:
         """Before the requester is told the job ran: the result must fit this node's --max-result-size. A
-        result in memory is measured there (the spec caps a noop's stdout at MAX_NOOP_STDOUT_CHARS)."""
+        result in memory is measured there (the spec caps a noop's stdout at MAX_NOOP_STDOUT_CHARS). The bytes
+        of a note added to its stderr."""
         if exec_dir.known is not None:
             size = tree_size(exec_dir.known.tree())
             if size > self._max_result_size:
                 raise ResultTooLarge(size, self._max_result_size)
-            return
-        await trio.to_thread.run_sync(self._check_files, exec_dir)
+            return 0
+        return await trio.to_thread.run_sync(self._check_files, exec_dir)
 
-    def _check_files(self, exec_dir: ExecutionDir) -> None:
+    def _check_files(self, exec_dir: ExecutionDir) -> int:
         """In a worker thread: the result must fit this node's --max-result-size (apparent sizes, so a sparse
         terabyte is refused before any byte is hashed) and its disk must not be full. What publishing will skip
-        (FIFOs, devices, sockets, names that are not UTF-8) is noted on the job's stderr."""
+        (FIFOs, devices, sockets, names that are not UTF-8) is noted on the job's stderr: the note's bytes."""
         if os.statvfs(exec_dir.root).f_bavail == 0:
             raise failures.DiskFullError("no space was left on the device after the job ran")
         try:
@@ -473,9 +475,12 @@ class ComputeNode:
             raise ExecutorError(f"the job's outputs cannot be read for publishing: {exc}") from exc
         if scan.size > self._max_result_size:
             raise ResultTooLarge(scan.size, self._max_result_size)
-        if scan.skipped:
-            with open(exec_dir.stderr, "ab") as f:
-                f.write(skipped_note(scan.skipped).encode())
+        if not scan.skipped:
+            return 0
+        note = skipped_note(scan.skipped).encode()
+        with open(exec_dir.stderr, "ab") as f:
+            f.write(note)
+        return len(note)
 
     async def _publish(self, ex: LocalExecution, result: RunResult | None = None) -> None:
         """Add the result to this node's blockstore as one UnixFS directory; the job records its CID. (The
@@ -542,6 +547,8 @@ class ComputeNode:
     def _done(self, execution_id: str) -> None:
         self._busy.discard(execution_id)
         self._held.release(execution_id)
+        for executor in self._executors.values():   # (its container removed now: not while it is reported)
+            executor.release(execution_id)
         self._idle.set()
 
     async def _notify_failure(self, ex: LocalExecution, reason: str, *, retry: bool = True) -> None:

@@ -3,7 +3,10 @@
 A job's container is created with its limits, labels and the execution's `outputs/` mounted at /outputs,
 attached before it starts (so no byte is missed), and its stdout and stderr are appended to the execution's
 files as they arrive, each up to the node's --max-job-output (the rest is read and dropped). The container is
-always removed; `cleanup_orphans` removes what a crashed run left.
+always removed: once the node has reported the run's end (release), so that the engine's work of removing it
+(tens of ms of its CPU) is not spent while the job's result is published and reported, or after
+REMOVE_UNRELEASED_AFTER if the node never lets it go (a requester that never answers); `cleanup_orphans`
+removes what a crashed run left.
 
 The box: every capability is dropped but JOB_CAPABILITIES, setuid binaries cannot gain privileges
 (no-new-privileges), the processes are capped (--job-pids-limit), and CPU and memory are limited to what the
@@ -39,6 +42,8 @@ LABEL_JOB = "bacalhau.job_id"
 KILLED_EXIT_CODE = -1       # what a timed-out or cancelled run reports (its RunResult.error says which)
 DEFAULT_CONCURRENT_CALLS = 16
 READ_SIZE = 1024 * 1024
+REMOVE_UNRELEASED_AFTER = 10.0  # seconds after its run ended: a container not released by then is removed at the
+                                # next run's start or end (at most this much of them is kept, whatever a peer does)
 # What ordinary images need (chown/chmod of their files, dropping to a user, signalling their own children,
 # a server on a low port). Left out of Docker's default set: MKNOD (device nodes: a block device node is a way
 # to the host's disks), NET_RAW (forged packets), SYS_CHROOT, SETPCAP, SETFCAP, AUDIT_WRITE.
@@ -74,6 +79,9 @@ class DockerExecutor:
         self._client: Any = None
         self._limiter = trio.CapacityLimiter(DEFAULT_CONCURRENT_CALLS)
         self._runs: dict[str, _Run] = {}
+        self._ended: dict[str, tuple[Any, str, float]] = {}   # execution -> (api, container, ended at): to remove
+        self._live: set[str] = set()        # from start() to the end of wait()
+        self._released: set[str] = set()    # released while live (a cancel): removed as wait() ends
 
     async def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
         return await trio.to_thread.run_sync(lambda: fn(*args, **kw), limiter=self._limiter)
@@ -105,7 +113,15 @@ class DockerExecutor:
     # -- the Executor protocol ------------------------------------------------------------------------------
 
     async def start(self, execution_id: str, job: Job, exec_dir: ExecutionDir, mounts: Sequence[Mount] = ()) -> None:
-        await trio.to_thread.run_sync(self._start_blocking, execution_id, job, exec_dir, mounts, limiter=self._limiter)
+        self._remove_unreleased()
+        self._live.add(execution_id)
+        try:
+            await trio.to_thread.run_sync(self._start_blocking, execution_id, job, exec_dir, mounts,
+                                          limiter=self._limiter)
+        except BaseException:
+            self._live.discard(execution_id)    # no container left (_start_blocking removes one it made)
+            self._released.discard(execution_id)
+            raise
 
     def _create(self, client: Any, job: Job, execution_id: str, exec_dir: ExecutionDir, mounts: Sequence[Mount]) -> str:
         """The new container's id. Through the low-level API: `containers.create` inspects the container it
@@ -223,11 +239,30 @@ class DockerExecutor:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise ExecutorError(f"the Docker engine failed while the job ran: {_docker_error(exc)}") from None
         finally:
-            # Removal takes tens of ms and nobody waits on it: off the job's critical path, in a thread of its
-            # own (a node that dies first removes the leftover at restart, by label)
-            threading.Thread(target=_remove, args=(run.api, run.container_id), daemon=True,
-                             name=f"docker-rm-{execution_id[:8]}").start()
+            # removed at release (a node that dies first removes the leftover at restart, by label)
             self._runs.pop(execution_id, None)
+            self._live.discard(execution_id)
+            self._remove_unreleased()
+            self._ended[execution_id] = (run.api, run.container_id, time.monotonic())
+            if execution_id in self._released:
+                self._released.discard(execution_id)
+                self.release(execution_id)
+
+    def release(self, execution_id: str) -> None:
+        """Remove the execution's container, in a thread of its own: nobody waits on it."""
+        ended = self._ended.pop(execution_id, None)
+        if ended is not None:
+            threading.Thread(target=_remove, args=ended[:2], daemon=True, name=f"docker-rm-{execution_id[:8]}").start()
+        elif execution_id in self._live:
+            self._released.add(execution_id)
+
+    def _remove_unreleased(self) -> None:
+        too_old = time.monotonic() - REMOVE_UNRELEASED_AFTER
+        while self._ended:
+            execution_id, (_, _, ended_at) = next(iter(self._ended.items()))     # the oldest first
+            if ended_at >= too_old:
+                return
+            self.release(execution_id)
 
     async def _wait(self, run: _Run) -> RunResult:
         timeout = min(self.limits.max_timeout, run.job.spec.timeout)  # the bidder refuses more; NaN too
@@ -251,10 +286,10 @@ class DockerExecutor:
             if signal:
                 raise ExecutorError(f"the container was killed from outside the job (signal {signal}): the "
                                     f"Docker engine stopped or restarted, or someone stopped it")
-        await self._note_limits(run)
+        noted = await self._note_limits(run)
         stdout_tail, stderr_tail = await trio.to_thread.run_sync(_settle, run.exec_dir, exit_code)
         out, err = run.outputs["stdout"], run.outputs["stderr"]
-        return RunResult(exit_code=exit_code, error=error, stdout_bytes=out.kept, stderr_bytes=err.kept,
+        return RunResult(exit_code=exit_code, error=error, stdout_bytes=out.kept, stderr_bytes=err.kept + noted,
                          stdout_tail=stdout_tail, stdout_truncated=out.truncated, stderr_truncated=err.truncated,
                          stderr_tail=stderr_tail)
 
@@ -266,15 +301,18 @@ class DockerExecutor:
         memory = self.limits.size(run.job.spec.resources).memory
         return f"out of memory: killed at its limit of {memory} bytes ({format_size(memory)}); ask for more with --memory"
 
-    async def _note_limits(self, run: _Run) -> None:
-        """Tell the job, at the end of its stderr, which of the node's limits it met."""
+    async def _note_limits(self, run: _Run) -> int:
+        """Tell the job, at the end of its stderr, which of the node's limits it met; the bytes added (counted
+        in its stderr_bytes: a client reads no stderr the result says is empty)."""
         notes = [note for note in (out.note() for out in run.outputs.values()) if note]
         if run.out_of_memory:
             notes.append(f"bacalhau: the container was killed: {run.out_of_memory}")
-        if notes:
-            text = "".join(f"\n{note}\n" for note in notes)
-            await trio.to_thread.run_sync(_append, run.exec_dir.stderr, text.encode())
-            log.info("job %s: %s", run.job.id, "; ".join(notes))
+        if not notes:
+            return 0
+        data = "".join(f"\n{note}\n" for note in notes).encode()
+        await trio.to_thread.run_sync(_append, run.exec_dir.stderr, data)
+        log.info("job %s: %s", run.job.id, "; ".join(notes))
+        return len(data)
 
     async def cancel(self, execution_id: str) -> None:
         run = self._runs.get(execution_id)

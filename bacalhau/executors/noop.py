@@ -85,6 +85,9 @@ class NoopExecutor:
         finally:
             del self._runs[execution_id]
 
+    def release(self, execution_id: str) -> None:
+        pass    # wait() left nothing
+
     async def cancel(self, execution_id: str) -> None:
         run = self._runs.get(execution_id)
         if run is not None:

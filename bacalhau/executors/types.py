@@ -88,7 +88,13 @@ class Executor(Protocol):
         ...
 
     async def wait(self, execution_id: str) -> RunResult:
-        """Wait for the started job to end (or its timeout to kill it); write exitCode; free engine resources."""
+        """Wait for the started job to end (or its timeout to kill it); write exitCode; free engine resources
+        (or have them freed at release)."""
+        ...
+
+    def release(self, execution_id: str) -> None:
+        """The node is done with the execution (its end reported): what wait() left to free then (a container
+        to remove) goes now. Returns at once; idempotent; unknown ids are ignored."""
         ...
 
     async def cancel(self, execution_id: str) -> None:

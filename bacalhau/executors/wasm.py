@@ -142,6 +142,9 @@ class WasmExecutor:
         finally:
             finished.set()
 
+    def release(self, execution_id: str) -> None:
+        pass    # wait() left nothing
+
     async def cancel(self, execution_id: str) -> None:
         run = self._runs.get(execution_id)
         if run is not None:

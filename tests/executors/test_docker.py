@@ -37,12 +37,13 @@ async def run(tmp_path: Path, j: Job, execution_id: str = "e1",
     d.create()
     await ex.start(execution_id, j, d)
     result = await ex.wait(execution_id)
+    ex.release(execution_id)
     await removed(execution_id)
     return result, d
 
 
 async def removed(execution_id: str) -> None:
-    """Containers are always removed (in the background, off the job's critical path)."""
+    """Containers are always removed once released (in the background, off the job's critical path)."""
     with trio.fail_after(20):
         while containers(f"{LABEL_EXECUTION}={execution_id}"):
             await trio.sleep(0.05)
@@ -134,6 +135,7 @@ async def test_cancel_kills_the_container_and_wait_returns(tmp_path: Path) -> No
             await trio.sleep(0.3)
             await ex.cancel("c1")
     assert results[0].error == "cancelled"
+    ex.release("c1")
     await removed("c1")
 
 

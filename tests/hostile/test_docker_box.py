@@ -41,8 +41,11 @@ async def start(tmp_path: Path, j: Job, eid: str, limits: JobLimits) -> tuple[Do
 
 async def run(tmp_path: Path, j: Job, limits: JobLimits, eid: str) -> tuple[RunResult, ExecutionDir]:
     ex, d = await start(tmp_path, j, eid, limits)
-    with trio.fail_after(60):
-        return await ex.wait(eid), d
+    try:
+        with trio.fail_after(60):
+            return await ex.wait(eid), d
+    finally:
+        ex.release(eid)
 
 
 async def containers_of(eid: str) -> list[str]:
@@ -121,6 +124,7 @@ async def test_the_container_is_limited_to_what_capacity_counts_for_a_job_that_a
     finally:
         await ex.cancel("box-size")
         await ex.wait("box-size")
+        ex.release("box-size")
     assert out.stdout.decode().split() == [str(int(counted.cpu * 1e9)), str(counted.memory), str(counted.memory),
                                            "100", "none", "[no-new-privileges]"]
 
@@ -146,6 +150,7 @@ async def test_a_fork_bomb_stays_under_the_pids_limit_and_ends_as_one_killed_job
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
             result = await ex.wait("box-bomb")
+            ex.release("box-bomb")
             nursery.cancel_scope.cancel()
     # busybox sh gives up (exit 2) when it cannot fork; a shell that kept trying would meet the timeout
     assert result.exit_code == 2 or result.error == "timed out after 4s", result
