@@ -4,6 +4,7 @@ flow of 2 calls a job left open. Each test is the attack or the fault, failing o
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -17,14 +18,15 @@ from tests.conftest import node_config
 S = ExecutionState
 
 
-async def stoppable_requester_and_compute(nursery: trio.Nursery, tmp_path: Path
-                                          ) -> tuple[NodeConfig, trio.CancelScope, Node, Node]:
-    """A requester (over libp2p, a fixed swarm port: it comes back where it was) that cancelling the scope
-    stops, and a compute node joined to it: (the requester's config, the scope, the requester, the node)."""
+async def stoppable_requester_and_computes(nursery: trio.Nursery, tmp_path: Path, names: tuple[str, ...] = ("c",),
+                                           **requester: Any) -> tuple[NodeConfig, trio.CancelScope, Node, list[Node]]:
+    """A requester (over libp2p, a fixed swarm port: it comes back where it was; `requester`: more of its
+    settings) that cancelling the scope stops, and a compute node for each name joined to it: (the requester's
+    config, the scope, the requester, the nodes)."""
     from bacalhau.testing import free_port
 
     req_cfg = node_config(tmp_path / "r", node_types=(NodeType.REQUESTER,), serve_api=False,
-                          swarm_port=free_port())
+                          swarm_port=free_port(), **requester)
     first = trio.CancelScope()
 
     async def requester_until_stopped(task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
@@ -33,10 +35,11 @@ async def stoppable_requester_and_compute(nursery: trio.Nursery, tmp_path: Path
                 task_status.started(await inner.start(Node(req_cfg).run))
 
     req = await nursery.start(requester_until_stopped)
-    compute = await nursery.start(Node(node_config(tmp_path / "c", node_types=(NodeType.COMPUTE,),
-                                                   serve_api=False, engines=("noop",),
-                                                   peers=(req.addrs()[0],))).run)
-    return req_cfg, first, req, compute
+    computes = [await nursery.start(Node(node_config(tmp_path / name, node_types=(NodeType.COMPUTE,),
+                                                     serve_api=False, engines=("noop",),
+                                                     peers=(req.addrs()[0],))).run)
+                for name in names]
+    return req_cfg, first, req, computes
 
 
 async def wait_job(node: Node, job_id: str, states: set[JobState], timeout: float) -> None:
@@ -51,7 +54,7 @@ async def test_a_requester_restarted_while_a_pre_approved_execution_runs_takes_i
     restart forgot the execution was asked pre-approved), the job waited for the reconcile pass (30 s, up to 60)
     to be completed, and the node was sent a result_accepted it could only refuse."""
     async with trio.open_nursery() as nursery:
-        req_cfg, first, req, compute = await stoppable_requester_and_compute(nursery, tmp_path)
+        req_cfg, first, req, [compute] = await stoppable_requester_and_computes(nursery, tmp_path)
         with trio.fail_after(15):
             while not req.requester.nodes.alive():
                 await trio.sleep(0.05)
@@ -145,7 +148,7 @@ async def test_an_ask_a_restarted_requester_wrote_off_as_never_sent_is_not_run_w
     (nobody told the node to drop it). The restarted requester tells the node to drop what it wrote off, and
     the node keeps that cancel for the ask still on its way."""
     async with trio.open_nursery() as nursery:
-        req_cfg, first, req, compute = await stoppable_requester_and_compute(nursery, tmp_path)
+        req_cfg, first, req, [compute] = await stoppable_requester_and_computes(nursery, tmp_path)
         handler = compute.transport.handlers[m.ASK_FOR_BID_APPROVED]
         asked, go = trio.Event(), trio.Event()
         held: list[str] = []

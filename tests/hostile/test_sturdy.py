@@ -22,6 +22,7 @@ from bacalhau.node import Node
 from bacalhau.requester import store as job_store
 from bacalhau.requester.store import JobStore
 from tests.conftest import node_config, run_cli
+from tests.hostile.test_proto_review import stoppable_requester_and_computes
 
 S = ExecutionState
 
@@ -40,22 +41,10 @@ async def test_a_fan_out_ask_a_node_says_it_runs_is_not_taken_by_a_restarted_req
     restarted requester took any asked execution its node reported running as a pre-approved one: three ran for a
     job of two, on the liar's word. Now only an execution stored as asked pre-approved is: the liar's ask is
     refused and the node told to drop it."""
-    from bacalhau.testing import free_port
-
-    req_cfg = node_config(tmp_path / "r", node_types=(NodeType.REQUESTER,), serve_api=False, swarm_port=free_port(),
-                          bid_timeout=60.0)     # the liar's unanswered ask is still open when the requester stops
-    first = trio.CancelScope()
     async with trio.open_nursery() as nursery:
-        async def requester_until_stopped(task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
-            with first:
-                async with trio.open_nursery() as inner:
-                    task_status.started(await inner.start(Node(req_cfg).run))
-
-        req = await nursery.start(requester_until_stopped)
-        computes = [await nursery.start(Node(node_config(tmp_path / name, node_types=(NodeType.COMPUTE,),
-                                                         serve_api=False, engines=("noop",),
-                                                         peers=(req.addrs()[0],))).run)
-                    for name in ("a", "b", "liar")]
+        # the liar's unanswered ask is still open when the requester stops
+        req_cfg, first, req, computes = await stoppable_requester_and_computes(
+            nursery, tmp_path, ("a", "b", "liar"), bid_timeout=60.0)
         liar = computes[2]
         approved = liar.transport.handlers[m.ASK_FOR_BID_APPROVED]
         ack = m.Envelope(result=m.Ack().model_dump(mode="json")).model_dump_json().encode()
@@ -397,21 +386,8 @@ async def test_a_restarted_requester_that_hears_of_a_node_before_reaching_it_doe
     NodeInfo before they have redialed. Before, the requester asked such a node how its execution went, got "no
     known addresses", wrote the running execution off as lost and ran the job again elsewhere (twice at once).
     Now a call with no answer is tried again while the nodes come back."""
-    from bacalhau.testing import free_port
-
-    req_cfg = node_config(tmp_path / "r", node_types=(NodeType.REQUESTER,), serve_api=False, swarm_port=free_port())
-    first = trio.CancelScope()
     async with trio.open_nursery() as nursery:
-        async def requester_until_stopped(task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
-            with first:
-                async with trio.open_nursery() as inner:
-                    task_status.started(await inner.start(Node(req_cfg).run))
-
-        req = await nursery.start(requester_until_stopped)
-        computes = [await nursery.start(Node(node_config(tmp_path / name, node_types=(NodeType.COMPUTE,),
-                                                         serve_api=False, engines=("noop",),
-                                                         peers=(req.addrs()[0],))).run)
-                    for name in ("a", "b", "c")]
+        req_cfg, first, req, computes = await stoppable_requester_and_computes(nursery, tmp_path, ("a", "b", "c"))
         with trio.fail_after(15):
             while len(req.requester.nodes.alive()) < 3:
                 await trio.sleep(0.05)
