@@ -44,6 +44,8 @@ DEFAULT_CONCURRENT_CALLS = 16
 READ_SIZE = 1024 * 1024
 REMOVE_UNRELEASED_AFTER = 10.0  # seconds after its run ended: a container not released by then is removed (by
                                 # _sweep, or the next run's start or end: at most this much is kept, whatever a peer does)
+MAX_UNRELEASED = 64     # containers kept for release at most; past it the oldest goes at once (a requester that
+                        # answers no run's end: a flood of short jobs kept each one's writable layer on the disk)
 # What ordinary images need (chown/chmod of their files, dropping to a user, signalling their own children,
 # a server on a low port). Left out of Docker's default set: MKNOD (device nodes: a block device node is a way
 # to the host's disks), NET_RAW (forged packets), SYS_CHROOT, SETPCAP, SETFCAP, AUDIT_WRITE.
@@ -254,6 +256,8 @@ class DockerExecutor:
                 self._released.discard(execution_id)
                 self.release(execution_id)
             else:
+                while len(self._ended) > MAX_UNRELEASED:
+                    self.release(next(iter(self._ended)))
                 self._sweep_later()
 
     def release(self, execution_id: str) -> None:

@@ -4,6 +4,8 @@
   removed only at the next run's start or end: on a node that gets no further job, kept for its life;
 - a wait given up (the node shutting down, its task cancelled) left its container running, in the list of
   those to release, where nothing would release it: a `sleep 3600` ran on after the node stopped;
+- a flood of short runs never released kept every container REMOVE_UNRELEASED_AFTER (each one's writable
+  layer on the disk): now at most MAX_UNRELEASED;
 - a run's exit code outside 0..255 as a node reports it (a hostile one: the model does not bound it) became the
   CLI's: `sys.exit(256)` exits 0, so a job that failed, or exited 256, was a success to the user's shell (also
   through `docker run -f`, the logs' verdict).
@@ -105,3 +107,26 @@ def test_a_nodes_exit_code_past_a_byte_does_not_make_a_followed_run_exit_0(state
 
     status = _verdict(Ended(state=state, exit_code=code, reason="ran"), follow=True)
     assert status & 0xFF != 0, status
+
+
+@pytest.mark.docker
+async def test_a_flood_of_runs_never_released_keeps_at_most_max_unreleased_containers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a requester that answers no run's end, its jobs short: each exited container (its writable layer on the
+    # disk, whatever the job wrote there) was kept REMOVE_UNRELEASED_AFTER, however many ended meanwhile
+    monkeypatch.setattr(docker, "MAX_UNRELEASED", 2, raising=False)   # (not there before the fix)
+    node = f"{NODE}-flood"
+    ex = DockerExecutor(node)
+    try:
+        for i in range(5):
+            eid = f"rev-flood-{i}"
+            await ex.start(eid, *one_run(tmp_path, eid, "true"))
+            await ex.wait(eid)
+        with trio.move_on_after(8.0):
+            while len(containers(f"bacalhau.node_id={node}")) > 2:
+                await trio.sleep(0.05)
+        kept = containers(f"bacalhau.node_id={node}")
+        assert len(kept) <= 2, kept
+        assert containers(f"{LABEL_EXECUTION}=rev-flood-4")     # the newest is still kept for its release
+    finally:
+        remove(f"bacalhau.node_id={node}")
