@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 import click
 
 from bacalhau.cli.main import client_from
-from bacalhau.cli.output import short, status
+from bacalhau.cli.output import exit_status, short, status
 from bacalhau.errors import ApiError, DaemonNotRunning, UserError
 from bacalhau.log_frames import STDERR, STDOUT, Data, Ended, Retried, Switched, from_message
 
@@ -83,11 +83,11 @@ def _verdict(end: Ended, follow: bool) -> int:
     if not follow:
         return 0
     if state == "completed":
-        return int(code or 0)
+        return exit_status(code or 0)
     if state in ("failed", "cancelled"):
         status(f"job {state}: {reason}" if reason else f"job {state}")
-        return int(code) if code else 1
-    return int(code or 0)
+        return exit_status(code) if code else 1
+    return exit_status(code or 0)
 
 
 @click.command()

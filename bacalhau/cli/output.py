@@ -177,3 +177,10 @@ def status(message: str) -> None:
     """Progress and status go to stderr, so stdout stays the job's output or an ID (a job's reason in it is
     a peer's text: shown, never run by the terminal)."""
     print(printable(message, keep="\n\t"), file=sys.stderr, flush=True)
+
+
+def exit_status(code: Any) -> int:
+    """A job's exit code as this process's: a status is one byte (sys.exit(256) exits 0, a success), so a code
+    outside 0..255 that a node reports (a hostile or broken one; -1 is a run killed) is 255."""
+    code = int(code)
+    return code if 0 <= code <= 255 else 255

@@ -7,7 +7,7 @@ import gc
 import sys
 import time
 
-from bacalhau.cli.output import short, status
+from bacalhau.cli.output import exit_status, short, status
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -102,8 +102,8 @@ def finish(client: ApiClient, job: dict[str, Any]) -> int:
     err.flush()
     if job["state"] == "failed":
         status(f"job {short(job['id'])} failed: {job['reason']}")
-        return int(result["exit_code"]) or 1
-    return int(result["exit_code"])
+        return exit_status(result["exit_code"]) or 1
+    return exit_status(result["exit_code"])
 
 
 def _stderr_empty(result: dict[str, Any]) -> bool:

@@ -42,8 +42,10 @@ LABEL_JOB = "bacalhau.job_id"
 KILLED_EXIT_CODE = -1       # what a timed-out or cancelled run reports (its RunResult.error says which)
 DEFAULT_CONCURRENT_CALLS = 16
 READ_SIZE = 1024 * 1024
-REMOVE_UNRELEASED_AFTER = 10.0  # seconds after its run ended: a container not released by then is removed at the
-                                # next run's start or end (at most this much of them is kept, whatever a peer does)
+REMOVE_UNRELEASED_AFTER = 10.0  # seconds after its run ended: a container not released by then is removed (by
+                                # _sweep, or the next run's start or end: at most this much is kept, whatever a peer does)
+MAX_UNRELEASED = 64     # containers kept for release at most; past it the oldest goes at once (a requester that
+                        # answers no run's end: a flood of short jobs kept each one's writable layer on the disk)
 # What ordinary images need (chown/chmod of their files, dropping to a user, signalling their own children,
 # a server on a low port). Left out of Docker's default set: MKNOD (device nodes: a block device node is a way
 # to the host's disks), NET_RAW (forged packets), SYS_CHROOT, SETPCAP, SETFCAP, AUDIT_WRITE.
@@ -82,6 +84,7 @@ class DockerExecutor:
         self._ended: dict[str, tuple[Any, str, float]] = {}   # execution -> (api, container, ended at): to remove
         self._live: set[str] = set()        # from start() to the end of wait()
         self._released: set[str] = set()    # released while live (a cancel): removed as wait() ends
+        self._sweeping = False              # a task removes what is not released in time (_sweep)
 
     async def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
         return await trio.to_thread.run_sync(lambda: fn(*args, **kw), limiter=self._limiter)
@@ -231,8 +234,11 @@ class DockerExecutor:
         import requests.exceptions
 
         run = self._runs[execution_id]
+        ended = False
         try:
-            return await self._wait(run)
+            result = await self._wait(run)
+            ended = True
+            return result
         except requests.exceptions.ConnectionError as exc:
             raise ExecutorError(f"the Docker engine went away while the job ran (stopped or restarted): "
                                 f"{_docker_error(exc)}") from None
@@ -244,9 +250,15 @@ class DockerExecutor:
             self._live.discard(execution_id)
             self._remove_unreleased()
             self._ended[execution_id] = (run.api, run.container_id, time.monotonic())
-            if execution_id in self._released:
+            # a wait given up (the node shutting down, its task cancelled) leaves the container running, and
+            # nothing may release it: removed now (killed), as one that failed (its outputs are on this host)
+            if execution_id in self._released or not ended:
                 self._released.discard(execution_id)
                 self.release(execution_id)
+            else:
+                while len(self._ended) > MAX_UNRELEASED:
+                    self.release(next(iter(self._ended)))
+                self._sweep_later()
 
     def release(self, execution_id: str) -> None:
         """Remove the execution's container, in a thread of its own: nobody waits on it."""
@@ -256,11 +268,27 @@ class DockerExecutor:
         elif execution_id in self._live:
             self._released.add(execution_id)
 
+    def _sweep_later(self) -> None:
+        """Have what is kept unreleased removed in time even if no run starts or ends after it (a requester
+        that never answers the node's last run): one system task while any is kept, gone when the run ends."""
+        if not self._sweeping:
+            self._sweeping = True
+            trio.lowlevel.spawn_system_task(self._sweep)
+
+    async def _sweep(self) -> None:
+        try:
+            while self._ended:
+                _, _, ended_at = next(iter(self._ended.values()))
+                await trio.sleep(max(0.0, ended_at + REMOVE_UNRELEASED_AFTER - time.monotonic()))
+                self._remove_unreleased()
+        finally:
+            self._sweeping = False
+
     def _remove_unreleased(self) -> None:
         too_old = time.monotonic() - REMOVE_UNRELEASED_AFTER
         while self._ended:
             execution_id, (_, _, ended_at) = next(iter(self._ended.items()))     # the oldest first
-            if ended_at >= too_old:
+            if ended_at > too_old:
                 return
             self.release(execution_id)
 
