@@ -72,6 +72,22 @@ quiet machine (load 1.3-2.1): 1 node, 5000 jobs: main 466.4 and 420.1 jobs/s (la
 A cluster run second in one run of this script was limited by the script's own signing until then: once the
 client's key file existed, its 32 threads signed in pure Python (5.8 ms each, ~0.9 of a core), submit p50 126-156
 ms with the node idle; rsa_pkcs1.py now signs through cryptography from a process's second signature.
+Lead's final runs of this session (main at 3b04b47: a plain job's first execution written with the job at submit;
+the compute node's pre-approved execution written accepted and running in one write; the docker-start and
+correctness branches), 3000 jobs, 32 in flight, --nodes 1 3 12, 3 runs interleaved with the session's start
+(6b97f58), load 2-3: medians 1 node 254.4 -> 294.8 jobs/s (3.37 -> 3.16 ms a job), devstack -n 3 193.0 -> 255.3
+(5.34 -> 3.98 ms), -n 12 170.2 -> 226.6 (6.35 -> 4.53 ms); run by run 308.3/216.0/254.4 -> 294.8/292.5/425.2,
+193.0/189.9/258.0 -> 255.3/223.9/334.7, 170.2/137.9/223.1 -> 210.9/234.8/226.6; submit p99 1 node 42.7-67.2 ms.
+Where one node's job goes under 32 in flight (client-side timestamps with the job's events, 150 jobs sampled,
+6b97f58): submit call p50 26-35 ms, its return to the first ask 10-17 ms, asked to bid accepted 27-36 ms, bid
+accepted to completed 31-44 ms, completed to the client 9-15 ms: ~125-155 ms, throughput = in flight / latency.
+Each durable commit a job waits for costs a group's round trip to a worker thread: 4.7-6.9 ms p50 (the group
+itself 0.6-3.8 ms, waiting for the GIL the loop holds), so commits in series, not CPU, set the rate at 32 in
+flight (at 128 in flight one node and devstack -n 3 both reached ~290-300 jobs/s at ~3.4 ms a job).
+A process-wide runner for every database's groups (branch dbrunner, not merged), 2000 jobs, 2 runs interleaved
+with main (load 6-10): node CPU 1 node 3.06/3.95 -> 4.13/4.64 ms a job, -n 3 4.13/5.17 -> 5.09/5.55, -n 12
+6.15/6.87 -> 5.88/5.47: fewer thread wake-ups (-n 12: 69 -> 24 voluntary switches a job) but no gain short of 12
+databases; the stores' own statements are most of the database threads' CPU.
 """
 
 from __future__ import annotations
