@@ -73,6 +73,12 @@ Rebased onto main 4a3558c (one durable write less before a run), against it, qui
 ratio 1.38/1.24/1.16 -> 1.15/1.35/1.16 (medians 1.24 -> 1.16); completed to exit 18.0/15.8/19.0 ->
 7.9/10.6/8.4 ms; CLI start to its first request 38.1 -> 29.9 ms, start to submitted 45.6 -> 34.0 ms; the CLI's
 CPU 44.9/44.7/49.1 -> 34.2/34.5/33.4 ms. --split: 1.32, 1.18 -> 1.05, 1.20 (the CLI's CPU 41.5 -> 34.3 ms).
+The lead's check at the session's end (main fef820e, every branch merged, the docker review's fixes included),
+--breakdown --runs 10, 7 rounds of main and 6 of the session's start (6b97f58) interleaved, load ~1-2: ratio main
+1.32, 1.35, 1.15, 1.35, 1.23, 1.18, 1.22 (median 1.23) against 1.24, 1.35, 1.37, 1.19, 1.21, 1.27 (1.26): the
+target (1.2) not shown. What did move: completed to exit 10.8-12.4 -> 4.6-6.0 ms, the CLI's CPU 35.8-39.3 ->
+29.5-32.0 ms, start to submitted 31-33 -> 29-31 ms. The rest is the container: its start alone 168-179 ms through
+the Docker API, and bid accepted to completed 195-240 ms for both trees (a round's swing is larger than the gap).
 """
 
 from __future__ import annotations
