@@ -88,6 +88,10 @@ A process-wide runner for every database's groups (branch dbrunner, not merged),
 with main (load 6-10): node CPU 1 node 3.06/3.95 -> 4.13/4.64 ms a job, -n 3 4.13/5.17 -> 5.09/5.55, -n 12
 6.15/6.87 -> 5.88/5.47: fewer thread wake-ups (-n 12: 69 -> 24 voluntary switches a job) but no gain short of 12
 databases; the stores' own statements are most of the database threads' CPU.
+5000 jobs on one node, 32 in flight, interleaved with 6b97f58 (load 1.3-2): 293.8, 305.9, 210.7, 222.6 -> 358.8,
+343.2, 298.9, 239.2, 294.5 jobs/s (medians 258.2 -> 298.9), last/first 0.94, 1.08, 0.87, 1.44 -> 0.85, 0.92, 0.77,
+1.04, 1.04: the ratio swings as much between runs of one tree; the node table, the pre-approved set and the
+capacity hold nothing per finished job after 1,500 in-process jobs (checked).
 """
 
 from __future__ import annotations
