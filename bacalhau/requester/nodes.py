@@ -39,6 +39,7 @@ class _Entry:
     past_bid: dict[str, float] = field(default_factory=dict)  # of `live`: execution id -> wall time of its bid
     ended: deque[tuple[float, float]] = field(default_factory=deque)  # (bid, end) of ours ended since `since`
     ours_in_report: int = 0                                   # ours past their bid, not ended, at `since`
+    placed_at: int = 0                                        # when we last placed one there (a count, not a time)
 
 
 def _let_go(entry: _Entry, upto: float) -> None:
@@ -53,6 +54,7 @@ class Load:
 
     info: NodeInfo
     extra: int = 0      # executions on the node now beyond the report's `running` (fewer when negative)
+    placed_at: int = 0  # when this requester last placed an execution there (NodeTable's count; 0: never)
 
 
 class NodeTable:
@@ -63,6 +65,7 @@ class NodeTable:
         self._index: dict[str, int] = {}
         self.pinned: set[str] = set()          # this node's own compute part: never expires
         self._seen: dict[str, trio.Event] = {}
+        self._placements = 0                   # executions placed so far: orders nodes by their last one
 
     def update(self, info: NodeInfo) -> bool:
         """Record a NodeInfo; True when the node is new (or had expired)."""
@@ -137,6 +140,8 @@ class NodeTable:
         if entry is not None:
             entry.live.add(execution_id)
             entry.awaiting[execution_id] = time.time()
+            self._placements += 1
+            entry.placed_at = self._placements
 
     def ended(self, node_id: str, execution_id: str) -> None:
         """The execution reached a terminal state (a refused or unneeded bid too): no longer load."""
@@ -174,7 +179,7 @@ class NodeTable:
     def _load(entry: _Entry) -> Load:
         reported = entry.info.running
         others = max(0, reported - entry.ours_in_report)    # other requesters' work, as the report showed it
-        return Load(entry.info, others + len(entry.live) - reported)
+        return Load(entry.info, others + len(entry.live) - reported, entry.placed_at)
 
     def sample(self) -> Iterator[Load]:
         """Every live node once, starting from a random one: a caller that stops early has a random sample."""
