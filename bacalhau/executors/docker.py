@@ -27,10 +27,9 @@ import trio
 
 from bacalhau.config import JobLimits
 from bacalhau.errors import ExecutorError
-from bacalhau.executors.output import CappedOutput
+from bacalhau.executors.output import CappedOutput, read_tail
 from bacalhau.executors.types import ExecutionDir
 from bacalhau.models import Engine, Job, Network, RunResult
-from bacalhau.models.job import TAIL_BYTES
 from bacalhau.models.resources import format_size
 from bacalhau.storage.types import Mount
 
@@ -386,11 +385,6 @@ def _settle(exec_dir: ExecutionDir, exit_code: int) -> tuple[str, str]:
     """Write the exit code down and read the tails of stdout and stderr: one trip to a worker thread, not
     three, on the way from the container's exit to the job's result."""
     exec_dir.exit_code.write_text(str(exit_code))
-    return _tail(exec_dir.stdout), _tail(exec_dir.stderr)
+    return read_tail(exec_dir.stdout), read_tail(exec_dir.stderr)
 
 
-def _tail(path: Any) -> str:
-    with open(path, "rb") as f:
-        f.seek(0, 2)
-        f.seek(max(0, f.tell() - TAIL_BYTES))
-        return f.read().decode(errors="replace")

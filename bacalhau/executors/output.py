@@ -4,7 +4,10 @@ dropped, and the job is told at the end of its stderr. Any executor that writes 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import BinaryIO
+
+from bacalhau.models.job import TAIL_BYTES
 
 
 class CappedOutput:
@@ -31,3 +34,12 @@ class CappedOutput:
             return ""
         return (f"bacalhau: {self.name} was truncated at {self.cap} bytes (this node's --max-job-output); "
                 f"{self.dropped} more bytes were dropped")
+
+
+def read_tail(path: Path) -> str:
+    """The last TAIL_BYTES of a job's stdout or stderr file, decoded (undecodable bytes as U+FFFD): its
+    RunResult's tail."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - TAIL_BYTES))
+        return f.read().decode(errors="replace")

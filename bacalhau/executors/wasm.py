@@ -23,17 +23,15 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import trio
 
 from bacalhau.config import DEFAULT_MAX_JOB_OUTPUT, DEFAULT_WASM_MEMORY_LIMIT
 from bacalhau.errors import ExecutorError, JobCausedError
-from bacalhau.executors.output import CappedOutput
+from bacalhau.executors.output import CappedOutput, read_tail
 from bacalhau.executors.types import ExecutionDir
 from bacalhau.models import Engine, Job, RunResult
-from bacalhau.models.job import TAIL_BYTES
 from bacalhau.models.job import WASM_INLINE_PREFIX as INLINE_PREFIX
 from bacalhau.storage.types import Mount
 
@@ -169,20 +167,14 @@ def _compile(data: bytes) -> tuple[wasmtime.Engine, wasmtime.Module]:
         raise JobCausedError(f"the WASM module does not compile: {str(exc).splitlines()[0]}") from None
 
 
-def _tail(path: Path) -> str:
-    with open(path, "rb") as f:
-        f.seek(0, 2)
-        size = f.tell()
-        f.seek(max(0, size - TAIL_BYTES))
-        return f.read().decode(errors="replace")
 
 
 def _result(run: _Run, exit_code: int, error: str) -> RunResult:
     out, err = run.outputs.get("stdout"), run.outputs.get("stderr")
     return RunResult(exit_code=exit_code, error=error, stdout_bytes=run.exec_dir.stdout.stat().st_size,
-                     stderr_bytes=run.exec_dir.stderr.stat().st_size, stdout_tail=_tail(run.exec_dir.stdout),
+                     stderr_bytes=run.exec_dir.stderr.stat().st_size, stdout_tail=read_tail(run.exec_dir.stdout),
                      stdout_truncated=bool(out and out.truncated), stderr_truncated=bool(err and err.truncated),
-                     stderr_tail=_tail(run.exec_dir.stderr))
+                     stderr_tail=read_tail(run.exec_dir.stderr))
 
 
 def _run_in_thread(run: _Run) -> RunResult:
