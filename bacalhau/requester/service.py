@@ -136,8 +136,8 @@ class Requester:
         # a plain job's one execution is chosen now and written with the job: one durable write less in series
         # before its ask (a job's first ask waited for its own commit, ~a tenth of a job's time under load)
         first = self._first_ask(job)
-        # marked as it is chosen, as _ask_for_bids does: submits ranked during this write must not probe it too
-        probe = first is not None and self._silent.asked(first.node_id)
+        # placed as it is chosen, as _ask_for_bids does: submits ranked during this write see it
+        probe = first is not None and self._place(first, sure=True)
         try:
             # not cancelled once its write is taken (db.py): a submit that returns here has it on disk and asks
             await self.store.create_job(job, signature=signature, execution=first,
@@ -159,17 +159,24 @@ class Requester:
 
     def _first_ask(self, job: Job) -> Execution | None:
         """The execution a new job needs, of the best ranked node, if it needs one and one node is asked (see
-        _ask_for_bids); None leaves the job to _evaluate (fan-out, inputs to fetch, no node to ask yet)."""
+        _ask_for_bids), not yet placed; None leaves the job to _evaluate (fan-out, inputs to fetch, no node
+        to ask yet)."""
         if not self._sure(job):
             return None
         candidates, _ = self._rank(job, set())
         if not candidates:
             return None
-        ex = Execution(job_id=job.id, node_id=candidates[0].info.node_id, state=S.ASKED_FOR_BID)
+        return Execution(job_id=job.id, node_id=candidates[0].info.node_id, state=S.ASKED_FOR_BID)
+
+    def _place(self, ex: Execution, *, sure: bool) -> bool:
+        """An execution about to be asked, counted at once (the next job ranked, even before any await, sees
+        it): its node's load, asked pre-approved when it is the one needed (`sure`) of a node that takes that
+        ask, and a node on probation's probe. True if it is that probe (SilentNodes.asked)."""
         self.nodes.placed(ex.node_id, ex.id)
-        if ex.node_id not in self._old_flow:
+        if sure and ex.node_id not in self._old_flow:
+            # the one execution needed, asked of one node: no other bid to wait for or choose between
             self._preapproved.add(ex.id)
-        return ex
+        return self._silent.asked(ex.node_id)
 
     @staticmethod
     def _sure(job: Job) -> bool:
@@ -430,13 +437,9 @@ class Requester:
         sure = self._sure(job)
         asked = [Execution(job_id=job.id, node_id=load.info.node_id, state=S.ASKED_FOR_BID)
                  for load in candidates[: needed if sure else needed * BID_OVERASK]]
-        for ex in asked:     # counted at once: the next job ranked, even before any await here, sees them
-            self.nodes.placed(ex.node_id, ex.id)
-            self._silent.asked(ex.node_id)
+        for ex in asked:     # all placed before any await here
+            self._place(ex, sure=sure)
         for ex in asked:
-            if sure and ex.node_id not in self._old_flow:
-                # the one execution needed, asked of one node: no other bid to wait for or choose between
-                self._preapproved.add(ex.id)
             await self.store.create_execution(ex, ASKED_REASON, preapproved=ex.id in self._preapproved)
             self._spawn(self._ask_one, job, ex)
         self._notify(job.id)
