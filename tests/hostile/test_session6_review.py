@@ -36,6 +36,7 @@ from bacalhau.requester.nodes import NodeTable
 from bacalhau.requester.service import Requester
 from bacalhau.requester.store import JobStore
 from tests.conftest import run_cli
+from tests.test_flow_inmemory import wait_terminal
 
 S = ExecutionState
 
@@ -53,9 +54,7 @@ async def test_a_jobs_escape_sequences_on_stdout_and_stderr_reach_describe_escap
     script = f"printf 'out\\tline\\n{ESCAPES}\\n'; printf 'err line\\n{ESCAPES}\\n' >&2; exit 1"
     job = await req.submit(JobSpec(engine=Engine.DOCKER, docker=DockerSpec(
         image="bacalhau/busybox:latest", entrypoint=["sh", "-c", script])))
-    with trio.fail_after(60):
-        while not (await req.store.get_job(job.id, full=False)).state.terminal:
-            await req.wait_for_change(job.id, 1)
+    await wait_terminal(single_node, job.id, timeout=60)
     [ex] = [e for e in (await req.store.get_job(job.id)).executions if e.result is not None]
     assert ex.result is not None and "\x1b]0;owned\x07" in ex.result.stderr_tail   # stored as written
     described = await run_cli(single_node, "describe", job.id, "--output", "table")

@@ -23,6 +23,7 @@ from bacalhau.requester import store as job_store
 from bacalhau.requester.store import JobStore
 from tests.conftest import node_config, run_cli
 from tests.hostile.test_proto_review import stoppable_requester_and_computes
+from tests.test_flow_inmemory import wait_terminal
 
 S = ExecutionState
 
@@ -195,9 +196,7 @@ async def test_a_docker_job_flooding_stderr_with_bytes_that_are_not_utf8_keeps_a
     req = single_node.requester
     job = await req.submit(JobSpec(engine=Engine.DOCKER, docker=DockerSpec(
         image="bacalhau/busybox:latest", entrypoint=["sh", "-c", FLOOD_THEN_BAD_BYTES])))
-    with trio.fail_after(60):
-        while not (await req.store.get_job(job.id, full=False)).state.terminal:
-            await req.wait_for_change(job.id, 1)
+    await wait_terminal(single_node, job.id, timeout=60)
     [ex] = [e for e in (await req.store.get_job(job.id)).executions if e.result is not None]
     r = ex.result
     assert r is not None and r.exit_code == 1 and r.stderr_bytes == 2_000_000 + len(b"end \x80\xff \xe8\x80")
