@@ -161,8 +161,11 @@ async def test_a_lost_node_mid_execution_is_retried_elsewhere(tmp_path: Path) ->
         job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=30)))
         with trio.fail_after(5):
             await started.wait()
-        first = next(e for e in (await req.requester.store.get_job(job.id)).executions
-                     if e.state in (ExecutionState.BID_ACCEPTED, ExecutionState.RUNNING))
+            # the requester takes the started run's bid a moment later (service.py PREAPPROVED_SETTLE)
+            while not (taken := [e for e in (await req.requester.store.get_job(job.id)).executions
+                                 if e.state in (ExecutionState.BID_ACCEPTED, ExecutionState.RUNNING)]):
+                await req.requester.wait_for_change(job.id, 0.5)
+        first = taken[0]
         # the node dies: no more NodeInfo, no calls get through
         net.down.add(first.node_id)
         victim = next(c for c in computes if c.node_id == first.node_id)
@@ -256,4 +259,63 @@ async def test_a_pre_approved_ask_with_room_is_accepted_and_started_in_one_write
         assert [s for _, s in one][:2] == ["bid_accepted", "running"] and one[0][0] == one[1][0], one
         assert [s for _, s in two][:2] == ["bid_accepted", "running"] and two[1][0] > two[0][0], two
         assert node.compute.capacity.used == Resources(), node.compute.capacity.used
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_short_pre_approved_run_is_written_with_its_bid_in_one_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                            ) -> None:
+    """A pre-approved ask's yes waits (PREAPPROVED_SETTLE) for the run's end that follows at once, and both are
+    written in one transaction: one durable commit in series less a short job (issue 15). The history keeps
+    every step, the bid's at the time its reply came."""
+    from bacalhau.requester import service
+
+    monkeypatch.setattr(service, "PREAPPROVED_SETTLE", 30.0)    # this test's run ends within it however slow
+    net = InMemoryNetwork()
+    cfg = NodeConfig(repo_dir=tmp_path, serve_api=False, engines=("noop",))
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg, NodeDeps(network=net, executors={Engine.NOOP: NoopExecutor()})).run)
+        with trio.fail_after(5):
+            while not node.requester.nodes.alive():
+                await trio.sleep(0.02)
+        store = node.requester.store
+        writes: list[ExecutionState] = []
+        update = store.update_execution
+
+        async def counted(execution_id: str, expected: object, new: ExecutionState, *args: object, **kw: object) -> object:
+            writes.append(new)
+            return await update(execution_id, expected, new, *args, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "update_execution", counted)
+        job = await node.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="hi\n")))
+        await wait_terminal(node, job.id)
+        done = await store.get_job(job.id)
+        assert done.state == JobState.COMPLETED, done.reason
+        assert writes == [ExecutionState.COMPLETED], writes       # not the bid first, then the end
+        steps = [(e.state, e.time) for e in done.events if e.kind == "execution"]
+        assert [s for s, _ in steps] == ["asked_for_bid", "bid_accepted", "running", "completed"], steps
+        assert steps[1][1] == steps[2][1] <= steps[3][1], steps
+        assert [e.state for e in done.events if e.kind == "job"] == ["pending", "in_progress", "completed"]
+        assert not node.requester._replied and not node.requester._awaiting_bid
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_longer_pre_approved_run_shows_running_within_the_settle_wait(tmp_path: Path) -> None:
+    """The wait for a run's end is short: a job that runs on is in progress, its execution running, well
+    before it ends."""
+    from bacalhau.requester.service import PREAPPROVED_SETTLE
+
+    net = InMemoryNetwork()
+    cfg = NodeConfig(repo_dir=tmp_path, serve_api=False, engines=("noop",))
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(Node(cfg, NodeDeps(network=net, executors={Engine.NOOP: NoopExecutor()})).run)
+        with trio.fail_after(5):
+            while not node.requester.nodes.alive():
+                await trio.sleep(0.02)
+        job = await node.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=5)))
+        with trio.fail_after(PREAPPROVED_SETTLE + 2):
+            while (now := await node.requester.store.get_job(job.id)).state != JobState.IN_PROGRESS:
+                await node.requester.wait_for_change(job.id, 0.5)
+        assert [e.state for e in now.executions] == [ExecutionState.RUNNING]
+        assert not node.requester._replied
+        await node.requester.cancel(job.id, "enough")
         nursery.cancel_scope.cancel()

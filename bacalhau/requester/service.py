@@ -45,6 +45,7 @@ NOT_TRIED = (NOT_NEEDED, NEVER_SENT)    # bids rejected for these do not rule th
 # same write (_take_bid); a restarted requester knows such an execution by its stored flag, not by these
 PREAPPROVED_BID = "bid accepted (pre-approved"
 PREAPPROVED_RUNNING = "running (pre-approved)"
+PREAPPROVED_SETTLE = 0.05   # seconds a pre-approved bid waits for its run's end, to be written with it (_settle)
 BID_OVERASK = 2        # nodes asked per execution still needed, where a race between bids is worth it
 LOST_EXECUTION_CANCEL_WINDOW = 3600.0   # a lost node back within this is told to drop what was written off
 # expiry passes (TTL/2 each) a requester hearing no compute node at all holds their executions, taking itself
@@ -74,6 +75,7 @@ class Requester:
         # executions asked pre-approved (bprotocol/messages.py), until they end: only theirs is an on_run_published
         # taken, and a node's word that it runs what it was only asked (their rows say so: read again at a start)
         self._preapproved: set[str] = set()
+        self._replied: dict[str, float] = {}     # execution id -> when its pre-approved ask's yes came (_settle)
         self._old_flow: set[str] = set()     # nodes that do not speak the pre-approved ask (older versions)
         self._silent = SilentNodes()           # nodes whose asks went unanswered: left out of placement a while
         self._waiting_pass: trio.Event | None = None           # set when a pass over waiting jobs is due
@@ -312,21 +314,49 @@ class Requester:
             await self._evaluate(job_id)
             raise
         async with self._lock(job_id):
-            if result is not None:
-                await self._accept_overtaken(job_id, execution_id)
+            job = await self.store.get_job(job_id, full=False)
+            first: list[tuple[ExecutionState, str, float]] = []
+            job_first: list[tuple[JobState | None, JobState, str, float]] = []
+            if result is not None and any(e.id == execution_id and e.state == S.ASKED_FOR_BID for e in job.executions):
+                # it overtook the ask's reply, or came while the reply waited for it (_ask_approved): the node
+                # said yes, so its bid is taken, when the reply came (now if it has not), in this same write
+                at = self._replied.get(execution_id) or time.time()
+                first = [(S.BID_ACCEPTED, f"{PREAPPROVED_BID})", at), (S.RUNNING, PREAPPROVED_RUNNING, at)]
+                if job.state == JobState.PENDING:
+                    job_first = [(JobState.PENDING, JobState.IN_PROGRESS, "bid accepted", at)]
+                expected = (S.ASKED_FOR_BID,)
             # the execution that completes its job completes it in the same transaction (what _evaluate would
             # do next, one commit earlier); with others still live, _evaluate cancels them first
-            job = await self.store.get_job(job_id, full=False)
             done = 1 + sum(1 for e in job.executions if e.state == S.COMPLETED and e.id != execution_id)
             others = any(not e.state.terminal and e.id != execution_id for e in job.executions)
             ends = not job.state.terminal and not others and done >= job.spec.concurrency
+            state = JobState.IN_PROGRESS if job_first else job.state
             await self._set(execution_id, expected, S.COMPLETED, reason, result=result, result_ref=result_ref,
-                            job_to=(job.state, JobState.COMPLETED, "") if ends else None)
+                            job_to=(state, JobState.COMPLETED, "") if ends else None, first=first,
+                            job_first=job_first)
         if ends:
             self._notify(job_id)
             return m.Ack()
         await self._evaluate(job_id)
         return m.Ack()
+
+    async def _settle(self, ex: Execution) -> None:
+        """A yes to a pre-approved ask: the run's end often follows at once (a short job), and is then written
+        with the bid taken, in one write (_published), not the bid first and the end after it, two commits in
+        series. So the bid waits up to PREAPPROVED_SETTLE for it (a longer run shows as running that much
+        later); the execution leaving ASKED_FOR_BID any way ends the wait (_set)."""
+        self.nodes.answered(ex.node_id, ex.id)
+        if (await self.store.get_execution(ex.id)).state != S.ASKED_FOR_BID:
+            return
+        self._replied[ex.id] = time.time()      # dropped at the end of _ask_approved
+        settle = trio.CancelScope(deadline=trio.current_time() + PREAPPROVED_SETTLE)
+        self._awaiting_bid[ex.id] = settle
+        try:
+            with settle:
+                await trio.sleep_forever()
+        finally:
+            if self._awaiting_bid.get(ex.id) is settle:
+                del self._awaiting_bid[ex.id]
 
     async def _accept_overtaken(self, job_id: str, execution_id: str) -> None:
         """(The job's lock held.) A pre-approved execution's outcome can overtake the ask's reply: the node said
@@ -509,6 +539,15 @@ class Requester:
             await self._execution_failed(job.id, ex.id, None, S.FAILED, reason)
             self._spawn(self._tell_compute, "cancel", ex.node_id, ex.id, reason)
             return
+        try:
+            if bid.accepted:
+                await self._settle(ex)
+            await self._take_reply(job, ex, bid)
+        finally:
+            self._replied.pop(ex.id, None)
+
+    async def _take_reply(self, job: Job, ex: Execution, bid: m.BidResult) -> None:
+        """(_ask_approved) The pre-approved ask's bid, as the execution stands once it came and settled."""
         cancel = ""
         async with self._lock(job.id):
             current = await self.store.get_execution(ex.id)
@@ -799,6 +838,7 @@ class Requester:
         if new.terminal:                 # a refused or unneeded bid too: no longer load on the node
             self.nodes.ended(ex.node_id, execution_id)
             self._preapproved.discard(execution_id)
+            self._replied.pop(execution_id, None)
         return ex
 
     def _notify(self, job_id: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from bacalhau.db import QUARANTINE, UNREADABLE_SPEC, Database, real, set_aside, why
@@ -76,15 +77,17 @@ _UNFINISHED_EXECUTION = [s.value for s in ExecutionState if not s.terminal]
 
 
 def _event(conn: sqlite3.Connection, job_id: str, kind: str, subject: str, state: str, reason: str,
-           node_id: str = "") -> None:
+           node_id: str = "", at: float | None = None) -> None:
     conn.execute(
         "INSERT INTO events(job_id, time, kind, subject, state, reason, node_id) VALUES (?,?,?,?,?,?,?)",
-        (job_id, time.time(), kind, subject, state, reason, node_id),
+        (job_id, at or time.time(), kind, subject, state, reason, node_id),
     )
 
 
-def _move_job(conn: sqlite3.Connection, job_id: str, expected: JobState | None, new: JobState, reason: str) -> float:
-    """Compare-and-set a job's state, with its event; returns the time written."""
+def _move_job(conn: sqlite3.Connection, job_id: str, expected: JobState | None, new: JobState, reason: str,
+              at: float | None = None) -> float:
+    """Compare-and-set a job's state, with its event (at `at`, when it happened: now by default); returns the
+    time written."""
     row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
     if row is None:
         raise NotFoundError(f"no job with id {job_id!r}")
@@ -92,9 +95,9 @@ def _move_job(conn: sqlite3.Connection, job_id: str, expected: JobState | None, 
     if expected is not None and current != expected:
         raise StateError(f"job {job_id}: expected state {expected.value}, found {current.value}")
     check_job_transition(job_id, current, new)
-    now = time.time()
+    now = at or time.time()
     conn.execute("UPDATE jobs SET state=?, reason=?, updated_at=? WHERE id=?", (new.value, reason, now, job_id))
-    _event(conn, job_id, "job", job_id, new.value, reason)
+    _event(conn, job_id, "job", job_id, new.value, reason, at=now)
     return now
 
 
@@ -396,11 +399,17 @@ class JobStore:
         new: ExecutionState, reason: str = "", *, result: RunResult | None = None, result_ref: str | None = None,
         job_to: tuple[JobState | None, JobState, str] | None = None,
         then: tuple[ExecutionState, str] | None = None,
+        first: Sequence[tuple[ExecutionState, str, float]] = (),
+        job_first: Sequence[tuple[JobState | None, JobState, str, float]] = (),
     ) -> Execution:
         """Compare-and-set an execution's state; with `job_to` (expected, new, reason), its job's too, in the
         same transaction (both or neither). `then` (state, reason): a second step taken at once, in the same
-        transaction, both in the history (a pre-approved bid is accepted and its run started as one write)."""
+        transaction, both in the history (a pre-approved bid is accepted and its run started as one write).
+        `first` (state, reason, time) and `job_first` (expected, new, reason, time): the execution's and the
+        job's steps that happened before, at their times, written with the rest (a pre-approved bid taken when
+        the ask's reply came, and the run's end that followed it at once: one write, not two in series)."""
         moved: list[float] = []
+        moves = [*job_first, *([(*job_to, None)] if job_to is not None else [])]
 
         def tx(conn: sqlite3.Connection) -> Execution:
             row = conn.execute("SELECT * FROM executions WHERE id=?", (execution_id,)).fetchone()
@@ -413,7 +422,11 @@ class JobStore:
                     f"execution {execution_id}: expected state {'/'.join(a.value for a in allowed)},"
                     f" found {current.value}"
                 )
+            for state, _, _ in first:
+                check_execution_transition(execution_id, current, state)
+                current = state
             check_execution_transition(execution_id, current, new)
+            current = ExecutionState(row["state"])
             if then is not None:
                 check_execution_transition(execution_id, new, then[0])
             final, final_reason = then or (new, reason)
@@ -426,11 +439,12 @@ class JobStore:
                 sets.append("result_ref=?")
                 args.append(result_ref)
             conn.execute(f"UPDATE executions SET {', '.join(sets)} WHERE id=?", [*args, execution_id])
+            for state, said, at in first:
+                _event(conn, row["job_id"], "execution", execution_id, state.value, said, row["node_id"], at=at)
             _event(conn, row["job_id"], "execution", execution_id, new.value, reason, row["node_id"])
             if then is not None:
                 _event(conn, row["job_id"], "execution", execution_id, final.value, final_reason, row["node_id"])
-            if job_to is not None:
-                moved[:] = [_move_job(conn, row["job_id"], *job_to)]
+            moved[:] = [_move_job(conn, row["job_id"], *move) for move in moves]
             # what was read, with what was written: no second read. The view's copy is the row as committed
             # (its hooks run only while no transaction does), so a held one is not parsed again
             held = self.view.execution(execution_id)
@@ -441,8 +455,8 @@ class JobStore:
 
         def on_commit(ex: Execution) -> None:
             self.view.execution_moved(ex)
-            if job_to is not None and moved:
-                self.view.job_moved(ex.job_id, job_to[1], job_to[2], moved[0])
+            for move, at in zip(moves, moved, strict=False):
+                self.view.job_moved(ex.job_id, move[1], move[2], at)
 
         return await self._db.run(tx, on_commit=on_commit)
 
