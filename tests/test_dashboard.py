@@ -275,3 +275,31 @@ async def test_the_catch_up_fits_one_frame_whatever_the_jobs_carry(tmp_path: Pat
     assert events[0].client == "client-1"
     store.close()
     await trio.lowlevel.checkpoint()
+
+
+async def test_a_batch_moves_the_figures_as_its_events_one_by_one_do(tmp_path: Path) -> None:
+    """ingest sums what a batch moves and writes each figure once (issue 14): every figure the page reads is
+    what the same events taken one at a time give, repeats, stale snapshots and two clients included."""
+    t0 = time.time() - 500
+    events: list[JobEvent] = []
+    for i in range(12):
+        end = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)[i % 3]
+        events += lifecycle(str(uuid.uuid4()), t0 + 37 * i, end, labels={"team": "ab"[i % 2]},
+                            engine=(Engine.NOOP, Engine.DOCKER)[i % 2])
+    events += events[3:9]                                      # repeated
+    events.insert(5, event(str(uuid.uuid4()), JobState.PENDING, t0, created=t0))   # one left pending
+    stores = [DashboardStore(tmp_path / "one.db"), DashboardStore(tmp_path / "batch.db")]
+    try:
+        changed = [sum([await stores[0].ingest([e]) for e in events]), await stores[1].ingest(events)]
+        assert changed[0] == changed[1] == 13 * 3 - 2, changed     # the left-pending one's single event
+        now = time.time()
+        figures = []
+        for s in stores:
+            figures.append([await s.summary(), await s.breakdowns(), await s.durations(),
+                            *[await s.timeseries(u, now) for u in ("minute", "hour", "day")]])
+        assert figures[0] == figures[1]
+        summary = figures[0][0]
+        assert (summary["jobs"], summary["pending"], summary["completed"], summary["failed"]) == (13, 1, 4, 4)
+    finally:
+        for s in stores:
+            s.close()

@@ -103,7 +103,16 @@ class DashboardStore:
     async def ingest(self, events: Iterable[JobEvent]) -> int:
         """Take events in one transaction; how many changed something."""
         batch = list(events)
-        changed = await self._db.run(lambda conn: sum(_apply(conn, e) for e in batch))
+
+        def take(conn: sqlite3.Connection) -> int:
+            # each figure a batch moves is written once, summed (a job's pending and then completed nets its
+            # pending out): ~20 statements a job were the most any database of a node ran (issue 14)
+            moved = _Sum()
+            marks = {r: _mark(conn, r) for r in {e.requester for e in batch}}
+            changed = sum(_apply(conn, e, moved, marks[e.requester]) for e in batch)
+            _write_sum(conn, moved, 1)
+            return changed
+        changed = await self._db.run(take)
         if changed:
             self.version += 1
         return changed
@@ -139,7 +148,10 @@ class DashboardStore:
             _write_sum(conn, _Sum.of(agg), 1)
             conn.execute("INSERT INTO marks(requester, upto) VALUES (?,?) ON CONFLICT(requester) "
                          "DO UPDATE SET upto=excluded.upto", (requester, agg.upto))
-            return 1 + sum(_apply(conn, e, agg.upto if e.state.terminal else None) for e in reply.events)
+            moved = _Sum()
+            changed = 1 + sum(_apply(conn, e, moved, agg.upto if e.state.terminal else None) for e in reply.events)
+            _write_sum(conn, moved, 1)
+            return changed
         changed = await self._db.run(apply)
         if changed:
             self.version += 1
@@ -234,24 +246,16 @@ def _total(conn: sqlite3.Connection, key: str, by: int = 1) -> None:
                  (key, by))
 
 
-def _bucket(conn: sqlite3.Connection, at: float, column: str) -> None:
-    for unit, width in UNITS.items():
-        start = int(at // width) * width
-        conn.execute(f"INSERT INTO buckets(unit, start, {column}) VALUES (?,?,1) "
-                     f"ON CONFLICT(unit, start) DO UPDATE SET {column} = {column} + 1", (unit, start))
-
-
 def _mark(conn: sqlite3.Connection, requester: str) -> float:
     row = conn.execute("SELECT upto FROM marks WHERE requester=?", (requester,)).fetchone()
     return float(row["upto"]) if row else 0.0
 
 
-def _apply(conn: sqlite3.Connection, e: JobEvent, mark: float | None = -1.0) -> bool:
-    """Take one event; `mark` is its requester's (read when -1.0; None: none applies)."""
+def _apply(conn: sqlite3.Connection, e: JobEvent, moved: _Sum, mark: float | None) -> bool:
+    """Take one event: its job's row now, what it moves in the figures added to `moved` (written by the caller,
+    once for a batch). `mark` is its requester's (None: none applies)."""
     row = conn.execute("SELECT * FROM jobs WHERE id=?", (e.job_id,)).fetchone()
     old: str | None = None
-    if mark == -1.0:
-        mark = _mark(conn, e.requester)
     if row is None and mark is not None and e.updated_at <= mark:
         if not e.state.terminal:
             return False            # an old snapshot of a job that has ended under the mark, or will be listed
@@ -278,35 +282,33 @@ def _apply(conn: sqlite3.Connection, e: JobEvent, mark: float | None = -1.0) -> 
         conn.execute("UPDATE jobs SET requester=?, state=?, engine=?, image=?, client=?, labels=?, created_at=?, "
                      "updated_at=?, reason=?, result_cid=?, executions=?, covered=1 WHERE id=?", (*values, e.job_id))
         return True
+    counts = moved.counts
     if old is None:
         _insert(conn, e)
-        _total(conn, "jobs")
-        _bucket(conn, e.created_at, "jobs")
-        _bump(conn, "engine", e.engine.value)
-        _bump(conn, "image", e.image or e.engine.value)
+        moved.totals["jobs"] += 1
+        moved.bucket(e.created_at, "jobs")
+        counts["engine", e.engine.value] += 1
+        counts["image", e.image or e.engine.value] += 1
         for k, v in e.labels.items():
-            _bump(conn, "label", f"{k}={v}")
-        if e.client and _bump(conn, "client", e.client):
-            _total(conn, "clients")
+            counts["label", f"{k}={v}"] += 1
+        if e.client:
+            counts["client", e.client] += 1      # a new one counts in "clients" too (_write_sum)
     else:
         conn.execute("UPDATE jobs SET requester=?, state=?, engine=?, image=?, client=?, labels=?, created_at=?, "
                      "updated_at=?, reason=?, result_cid=?, executions=? WHERE id=?", (*values, e.job_id))
         if old == e.state.value:
             return True             # a later snapshot (executions moved): the row is news, no count moves
-        _bump(conn, "state", old, -1)
-    _bump(conn, "state", e.state.value)
+        counts["state", old] -= 1
+    counts["state", e.state.value] += 1
     if e.state.terminal:
-        _total(conn, e.state.value)
-        _bucket(conn, e.updated_at, e.state.value)
+        moved.totals[e.state.value] += 1
+        moved.bucket(e.updated_at, e.state.value)
         if e.state == JobState.FAILED:
-            _bump(conn, "reason", " ".join(e.reason.split())[:120] or "(no reason)")
+            counts["reason", " ".join(e.reason.split())[:120] or "(no reason)"] += 1
         if e.state == JobState.COMPLETED:
-            dbin = duration_bin(e.updated_at - e.created_at)
-            conn.execute("INSERT INTO durations(engine, bin, n) VALUES (?,?,1) "
-                         "ON CONFLICT(engine, bin) DO UPDATE SET n = n + 1", (e.engine.value, dbin))
-        ran = {x.node_id for x in e.executions if x.state != ExecutionState.BID_REJECTED}
-        for node in sorted(ran):
-            _bump(conn, "node", node)
+            moved.durations[e.engine.value, duration_bin(e.updated_at - e.created_at)] += 1
+        for node in {x.node_id for x in e.executions if x.state != ExecutionState.BID_REJECTED}:
+            counts["node", node] += 1
     return True
 
 
@@ -336,7 +338,7 @@ class _Sum:
     def add(self, r: sqlite3.Row) -> None:
         state = JobState(r["state"])
         self.totals["jobs"] += 1
-        self._bucket(r["created_at"], "jobs")
+        self.bucket(r["created_at"], "jobs")
         self.counts["engine", r["engine"]] += 1
         self.counts["image", r["image"] or r["engine"]] += 1
         for k, v in json.loads(r["labels"]).items():
@@ -346,7 +348,7 @@ class _Sum:
         self.counts["state", state.value] += 1
         if state.terminal:
             self.totals[state.value] += 1
-            self._bucket(r["updated_at"], state.value)
+            self.bucket(r["updated_at"], state.value)
             if state == JobState.FAILED:
                 self.counts["reason", " ".join(r["reason"].split())[:120] or "(no reason)"] += 1
             if state == JobState.COMPLETED:
@@ -356,7 +358,7 @@ class _Sum:
             for node in ran:
                 self.counts["node", node] += 1
 
-    def _bucket(self, at: float, column: str) -> None:
+    def bucket(self, at: float, column: str) -> None:
         for unit, width in UNITS.items():
             self.buckets[unit, int(at // width) * width, column] += 1
 
