@@ -195,3 +195,75 @@ async def test_a_run_ending_before_the_yes_is_heard_leaves_no_settle_behind(tmp_
                                 ["pending", "in_progress", "completed"]), _steps(done)
         _nothing_left(req)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_requester_stopped_while_the_bid_waits_takes_the_run_once_back(tmp_path: Path) -> None:
+    """The crash: the requester stops (its settle cancelled) after the node's yes, before the bid is written:
+    on disk the execution is only asked. Back, it must take the node's word (the run goes on there), not write
+    it off nor ask again: one execution, run once, and a complete history (real libp2p, the restart's)."""
+    from tests.hostile.test_proto_review import stoppable_requester_and_computes, wait_job
+
+    async with trio.open_nursery() as nursery:
+        req_cfg, first, req, [compute] = await stoppable_requester_and_computes(nursery, tmp_path)
+        with trio.fail_after(15):
+            while not req.requester.nodes.alive():
+                await trio.sleep(0.05)
+        job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="once\n", sleep=2)))
+        execution_id = await _settling(req.requester)
+        first.cancel()
+        with trio.fail_after(10):
+            while not first.cancelled_caught:
+                await trio.sleep(0.02)
+        again = await nursery.start(Node(req_cfg).run)
+        assert (await again.requester.store.get_execution(execution_id)).state == S.ASKED_FOR_BID
+        await wait_job(again, job.id, {JobState.COMPLETED, JobState.FAILED}, timeout=15)
+        done = await again.requester.store.get_job(job.id)
+        assert done.state == JobState.COMPLETED, done.reason
+        [ex] = done.executions
+        assert ex.id == execution_id and ex.result is not None and ex.result.stdout_tail == "once\n"
+        execution, jobs = _steps(done)
+        assert execution[:3] == ["asked_for_bid", "bid_accepted", "running"] and execution[-1] == "completed"
+        assert jobs == ["pending", "in_progress", "completed"], jobs
+        assert (await compute.compute._store.get(execution_id)).state == S.COMPLETED    # its one run
+        assert not again.requester._replied and not again.requester._awaiting_bid
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_run_that_hits_its_timeout_while_the_bid_waits_fails_the_job_with_its_history(
+        tmp_path: Path) -> None:
+    """The run ends with its own error (its timeout: on_run_complete, not on_run_published) while its bid waits:
+    the bid is taken, the run failed and the job with it, nothing retried, nothing left counted."""
+    async with trio.open_nursery() as nursery:
+        node = await _node(nursery, tmp_path, NoopExecutor())
+        req = node.requester
+        job = await req.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=30), timeout=0.3))
+        await _settling(req)
+        await wait_terminal(node, job.id)
+        done = await req.store.get_job(job.id)
+        assert done.state == JobState.FAILED and "timed out" in done.reason, done.reason
+        assert _steps(done) == (["asked_for_bid", "bid_accepted", "running", "failed"],
+                                ["pending", "in_progress", "failed"]), _steps(done)
+        _nothing_left(req)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_saying_yes_to_every_ask_leaves_no_settle_behind(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer cannot make the settle's state grow: a node that says yes to every ask and never reports an end
+    has each bid written PREAPPROVED_SETTLE on, and no wait nor reply time is kept for any."""
+    monkeypatch.setattr(service, "PREAPPROVED_SETTLE", 0.05)
+    async with trio.open_nursery() as nursery:
+        node = await _node(nursery, tmp_path, NoopExecutor())
+        req = node.requester
+        jobs = [await req.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=30))) for _ in range(20)]
+        with trio.fail_after(10):
+            for job in jobs:
+                while (await req.store.get_job(job.id, full=False)).state != JobState.IN_PROGRESS:
+                    await req.wait_for_change(job.id, 0.5)
+        assert not req._replied and not req._awaiting_bid
+        for job in jobs:
+            assert [e.state for e in (await req.store.get_job(job.id)).executions] == [S.RUNNING]
+        for job in jobs:
+            await req.cancel(job.id)
+        _nothing_left(req)
+        nursery.cancel_scope.cancel()
