@@ -56,6 +56,17 @@ def _steps(job: Job) -> tuple[list[str], list[str]]:
     return ([e.state for e in job.events if e.kind == "execution"], [e.state for e in job.events if e.kind == "job"])
 
 
+async def _view_agrees(req: Requester, job_id: str) -> Job:
+    """The job as on disk, checked against the view the hot path reads (written from commit hooks)."""
+    done = await req.store.get_job(job_id)
+    held = req.store.view.job(job_id)
+    assert held is not None and (held.state, held.reason, held.updated_at) == (done.state, done.reason,
+                                                                               done.updated_at)
+    assert [(e.id, e.state, e.reason, e.updated_at) for e in held.executions] == [
+        (e.id, e.state, e.reason, e.updated_at) for e in done.executions]
+    return done
+
+
 def _nothing_left(req: Requester) -> None:
     """No settle, no yes waiting, and no node counting any execution of this requester as its load."""
     assert not req._replied and not req._awaiting_bid
@@ -82,7 +93,7 @@ async def test_a_run_failing_while_its_bid_waits_is_recorded_as_accepted_and_run
         req = node.requester
         job = await req.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec()))
         await wait_terminal(node, job.id)       # well within LONG_SETTLE: the failure ended the wait
-        done = await req.store.get_job(job.id)
+        done = await _view_agrees(req, job.id)
         assert done.state == JobState.FAILED, done.reason
         execution, jobs = _steps(done)
         assert execution[:4] == ["asked_for_bid", "bid_accepted", "running", "failed"], execution
@@ -103,7 +114,7 @@ async def test_a_cancel_while_the_bid_waits_records_the_run_it_stops(tmp_path: P
         job = await req.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=30)))
         await _settling(req)
         await req.cancel(job.id, "enough")
-        done = await req.store.get_job(job.id)
+        done = await _view_agrees(req, job.id)
         assert done.state == JobState.CANCELLED
         assert _steps(done) == (["asked_for_bid", "bid_accepted", "running", "cancelled"],
                                 ["pending", "in_progress", "cancelled"]), _steps(done)
@@ -136,7 +147,7 @@ async def test_a_node_lost_while_the_bid_waits_leaves_a_history_of_the_run_writt
         with trio.fail_after(10):
             while (await req.store.get_execution(execution_id)).state == S.ASKED_FOR_BID:
                 await req.wait_for_change(job.id, 0.5)
-        done = await req.store.get_job(job.id)
+        done = await _view_agrees(req, job.id)
         execution, jobs = _steps(done)
         assert execution[:4] == ["asked_for_bid", "bid_accepted", "running", "failed"], execution
         assert "the node was lost" in (await req.store.get_execution(execution_id)).reason
@@ -160,10 +171,7 @@ async def test_a_settled_jobs_history_never_goes_back_in_time(tmp_path: Path) ->
                                 ["pending", "in_progress", "completed"]), _steps(done)
         times = [e.time for e in done.events]
         assert times == sorted(times), [(e.kind, e.state, e.time) for e in done.events]
-        # and the view the hot path reads agrees with the disk
-        held = req.store.view.job(job.id)
-        assert held is not None and (held.state, held.updated_at) == (done.state, done.updated_at)
-        assert [(e.state, e.updated_at) for e in held.executions] == [(e.state, e.updated_at) for e in done.executions]
+        await _view_agrees(req, job.id)
         _nothing_left(req)
         nursery.cancel_scope.cancel()
 
