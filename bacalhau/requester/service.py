@@ -198,6 +198,13 @@ class Requester:
             job = await self.store.get_job(job_id, full=False)
             if job.state.terminal:
                 raise StateError(f"job {job_id} is already {job.state.value}")
+            settling = [e.id for e in job.executions if e.id in self._replied and e.state == S.ASKED_FOR_BID]
+            for execution_id in settling:
+                # its yes came, its bid waits for the run's end (_settle): it runs, so its bid is taken and the
+                # job in progress before the cancel, as the history would say had the bid not waited
+                await self._take_bid(job_id, execution_id, f"{PREAPPROVED_BID})")
+            if settling:
+                job = await self.store.get_job(job_id, full=False)
             await self.store.update_job(job_id, job.state, JobState.CANCELLED, reason)
             for ex in job.executions:
                 if not ex.state.terminal:
@@ -829,17 +836,33 @@ class Requester:
 
     async def _set(self, execution_id: str, expected: tuple[ExecutionState, ...] | None, new: ExecutionState,
                    reason: str, **kw: object) -> Execution:
+        if new in (S.FAILED, S.CANCELLED) and execution_id in self._replied and "first" not in kw:
+            kw.update(await self._settled_steps(execution_id))
         ex = await self.store.update_execution(execution_id, expected, new, reason, **kw)  # type: ignore[arg-type]
         if new != S.ASKED_FOR_BID:       # answered, or gone another way: its bid is no longer waited for
             deadline = self._awaiting_bid.pop(execution_id, None)
             if deadline is not None:
                 deadline.cancel()
             self.nodes.answered(ex.node_id, execution_id)
+            self._replied.pop(execution_id, None)     # its settle is over: no bid of it waits to be written
         if new.terminal:                 # a refused or unneeded bid too: no longer load on the node
             self.nodes.ended(ex.node_id, execution_id)
             self._preapproved.discard(execution_id)
-            self._replied.pop(execution_id, None)
         return ex
+
+    async def _settled_steps(self, execution_id: str) -> dict[str, object]:
+        """(The job's lock held.) An execution whose pre-approved yes came, its bid waiting to be written with
+        the run's end (_settle), fails or is cancelled first: the node took it and ran it, so its bid taken and
+        its run (the job's start too) go in the same write, at the yes's time. Without them the history said
+        asked_for_bid, failed: never run, the job never in progress."""
+        ex = await self.store.get_execution(execution_id)
+        at = self._replied.get(execution_id)
+        if ex.state != S.ASKED_FOR_BID or at is None:
+            return {}
+        job = await self.store.get_job(ex.job_id, full=False)
+        return {"first": [(S.BID_ACCEPTED, f"{PREAPPROVED_BID})", at), (S.RUNNING, PREAPPROVED_RUNNING, at)],
+                "job_first": [(JobState.PENDING, JobState.IN_PROGRESS, "bid accepted", at)]
+                if job.state == JobState.PENDING else []}
 
     def _notify(self, job_id: str) -> None:
         event = self._changed.pop(job_id, None)

@@ -441,10 +441,13 @@ class JobStore:
             conn.execute(f"UPDATE executions SET {', '.join(sets)} WHERE id=?", [*args, execution_id])
             for state, said, at in first:
                 _event(conn, row["job_id"], "execution", execution_id, state.value, said, row["node_id"], at=at)
+            # the history in the order things happened: the job's earlier steps before this one
+            moved[:] = [_move_job(conn, row["job_id"], *move) for move in job_first]
             _event(conn, row["job_id"], "execution", execution_id, new.value, reason, row["node_id"])
             if then is not None:
                 _event(conn, row["job_id"], "execution", execution_id, final.value, final_reason, row["node_id"])
-            moved[:] = [_move_job(conn, row["job_id"], *move) for move in moves]
+            if job_to is not None:
+                moved.append(_move_job(conn, row["job_id"], *job_to))
             # what was read, with what was written: no second read. The view's copy is the row as committed
             # (its hooks run only while no transaction does), so a held one is not parsed again
             held = self.view.execution(execution_id)
