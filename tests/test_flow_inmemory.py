@@ -317,5 +317,10 @@ async def test_a_longer_pre_approved_run_shows_running_within_the_settle_wait(tm
                 await node.requester.wait_for_change(job.id, 0.5)
         assert [e.state for e in now.executions] == [ExecutionState.RUNNING]
         assert not node.requester._replied
+        # the history says when the node's yes came, not when the wait for the run's end gave up
+        full = await node.requester.store.get_job(job.id)
+        taken = {(e.kind, e.state): e.time for e in full.events}
+        assert taken["execution", "bid_accepted"] == taken["execution", "running"] == taken["job", "in_progress"]
+        assert full.executions[0].updated_at - taken["execution", "running"] >= PREAPPROVED_SETTLE * 0.8, full.events
         await node.requester.cancel(job.id, "enough")
         nursery.cancel_scope.cancel()

@@ -375,11 +375,13 @@ class Requester:
     async def _take_bid(self, job_id: str, execution_id: str, reason: str) -> None:
         """(The job's lock held.) The execution's pre-approved bid accepted and, as the node started it at once,
         running (what `describe` shows while it runs, as the old flow's bid_accepted call led to), in one write;
-        the job's first moves it to in progress in the same transaction."""
+        the job's first moves it to in progress in the same transaction. Both at the time the node's yes came
+        where that is known (a bid that waited for its run's end in vain: _settle)."""
         job = await self.store.get_job(job_id, full=False)
         started = (JobState.PENDING, JobState.IN_PROGRESS, "bid accepted") if job.state == JobState.PENDING else None
         await self._set(execution_id, (S.ASKED_FOR_BID, S.NEW), S.BID_ACCEPTED, reason, job_to=started,
-                        then=(S.RUNNING, PREAPPROVED_RUNNING if reason.startswith(PREAPPROVED_BID) else "running"))
+                        then=(S.RUNNING, PREAPPROVED_RUNNING if reason.startswith(PREAPPROVED_BID) else "running"),
+                        at=self._replied.get(execution_id))
 
     async def _on_cancel_complete(self, peer_id: str, msg: m.CancelComplete) -> m.Ack:
         return m.Ack()

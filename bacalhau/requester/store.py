@@ -401,13 +401,15 @@ class JobStore:
         then: tuple[ExecutionState, str] | None = None,
         first: Sequence[tuple[ExecutionState, str, float]] = (),
         job_first: Sequence[tuple[JobState | None, JobState, str, float]] = (),
+        at: float | None = None,
     ) -> Execution:
         """Compare-and-set an execution's state; with `job_to` (expected, new, reason), its job's too, in the
         same transaction (both or neither). `then` (state, reason): a second step taken at once, in the same
         transaction, both in the history (a pre-approved bid is accepted and its run started as one write).
         `first` (state, reason, time) and `job_first` (expected, new, reason, time): the execution's and the
         job's steps that happened before, at their times, written with the rest (a pre-approved bid taken when
-        the ask's reply came, and the run's end that followed it at once: one write, not two in series)."""
+        the ask's reply came, and the run's end that followed it at once: one write, not two in series). `at`:
+        when `new`, `then` and `job_to` happened, if not now (a bid taken when the node's yes came)."""
         moved: list[float] = []
         moves = [*job_first, *([(*job_to, None)] if job_to is not None else [])]
 
@@ -439,15 +441,16 @@ class JobStore:
                 sets.append("result_ref=?")
                 args.append(result_ref)
             conn.execute(f"UPDATE executions SET {', '.join(sets)} WHERE id=?", [*args, execution_id])
-            for state, said, at in first:
-                _event(conn, row["job_id"], "execution", execution_id, state.value, said, row["node_id"], at=at)
+            for state, said, when in first:
+                _event(conn, row["job_id"], "execution", execution_id, state.value, said, row["node_id"], at=when)
             # the history in the order things happened: the job's earlier steps before this one
             moved[:] = [_move_job(conn, row["job_id"], *move) for move in job_first]
-            _event(conn, row["job_id"], "execution", execution_id, new.value, reason, row["node_id"])
+            _event(conn, row["job_id"], "execution", execution_id, new.value, reason, row["node_id"], at=at)
             if then is not None:
-                _event(conn, row["job_id"], "execution", execution_id, final.value, final_reason, row["node_id"])
+                _event(conn, row["job_id"], "execution", execution_id, final.value, final_reason, row["node_id"],
+                       at=at)
             if job_to is not None:
-                moved.append(_move_job(conn, row["job_id"], *job_to))
+                moved.append(_move_job(conn, row["job_id"], *job_to, at=at))
             # what was read, with what was written: no second read. The view's copy is the row as committed
             # (its hooks run only while no transaction does), so a held one is not parsed again
             held = self.view.execution(execution_id)
