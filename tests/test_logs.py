@@ -201,7 +201,7 @@ async def test_a_stalled_follower_slows_nobody_and_a_gone_one_frees_its_stream(s
                         "usleep 300000; head -c 30000000 /dev/zero | tr '\\0' x; echo; touch /outputs/printed; sleep 30")
     job_id = res.stdout.strip()
     url = f"ws://127.0.0.1:{single_node.api_port}/api/v1/jobs/{job_id}/logs?follow=1"
-    stalled = await trio.to_thread.run_sync(lambda: connect(url))   # connects, never reads
+    stalled = await trio.to_thread.run_sync(lambda: connect(url).__enter__())   # connects, never reads
     try:
         with trio.fail_after(60):   # the container is not slowed: it gets past its output meanwhile
             while True:
