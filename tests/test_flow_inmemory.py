@@ -21,6 +21,17 @@ async def wait_terminal(node: Node, job_id: str, timeout: float = 10) -> None:
             await node.requester.wait_for_change(job_id, 1)
 
 
+async def _single(nursery: trio.Nursery, tmp_path: Path) -> Node:
+    """One noop node, requester and compute, on an in-memory network: up once it hears itself."""
+    cfg = NodeConfig(repo_dir=tmp_path, serve_api=False, engines=("noop",))
+    node: Node = await nursery.start(Node(cfg, NodeDeps(network=InMemoryNetwork(),
+                                                        executors={Engine.NOOP: NoopExecutor()})).run)
+    with trio.fail_after(5):
+        while not node.requester.nodes.alive():
+            await trio.sleep(0.02)
+    return node
+
+
 async def test_noop_job_completes_on_a_single_node(tmp_path: Path) -> None:
     net = InMemoryNetwork()
     cfg = NodeConfig(repo_dir=tmp_path, serve_api=False, engines=("noop",))
@@ -205,13 +216,8 @@ async def test_a_plain_jobs_first_ask_is_on_disk_when_its_submit_returns(tmp_pat
 
     from bacalhau.errors import ReplayedSignature
 
-    net = InMemoryNetwork()
-    cfg = NodeConfig(repo_dir=tmp_path, serve_api=False, engines=("noop",))
     async with trio.open_nursery() as nursery:
-        node = await nursery.start(Node(cfg, NodeDeps(network=net, executors={Engine.NOOP: NoopExecutor()})).run)
-        with trio.fail_after(5):
-            while not node.requester.nodes.alive():
-                await trio.sleep(0.02)
+        node = await _single(nursery, tmp_path)
         spec = JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=30))
         job = await node.requester.submit(spec, signature=("sig-1", time.time()))
         # no checkpoint since: nothing spawned by the submit has run yet; what is on disk is the submit's own
@@ -270,13 +276,8 @@ async def test_a_short_pre_approved_run_is_written_with_its_bid_in_one_write(tmp
     from bacalhau.requester import service
 
     monkeypatch.setattr(service, "PREAPPROVED_SETTLE", 30.0)    # this test's run ends within it however slow
-    net = InMemoryNetwork()
-    cfg = NodeConfig(repo_dir=tmp_path, serve_api=False, engines=("noop",))
     async with trio.open_nursery() as nursery:
-        node = await nursery.start(Node(cfg, NodeDeps(network=net, executors={Engine.NOOP: NoopExecutor()})).run)
-        with trio.fail_after(5):
-            while not node.requester.nodes.alive():
-                await trio.sleep(0.02)
+        node = await _single(nursery, tmp_path)
         store = node.requester.store
         writes: list[ExecutionState] = []
         update = store.update_execution
@@ -304,13 +305,8 @@ async def test_a_longer_pre_approved_run_shows_running_within_the_settle_wait(tm
     before it ends."""
     from bacalhau.requester.service import PREAPPROVED_SETTLE
 
-    net = InMemoryNetwork()
-    cfg = NodeConfig(repo_dir=tmp_path, serve_api=False, engines=("noop",))
     async with trio.open_nursery() as nursery:
-        node = await nursery.start(Node(cfg, NodeDeps(network=net, executors={Engine.NOOP: NoopExecutor()})).run)
-        with trio.fail_after(5):
-            while not node.requester.nodes.alive():
-                await trio.sleep(0.02)
+        node = await _single(nursery, tmp_path)
         job = await node.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(sleep=5)))
         with trio.fail_after(PREAPPROVED_SETTLE + 2):
             while (now := await node.requester.store.get_job(job.id)).state != JobState.IN_PROGRESS:

@@ -22,7 +22,7 @@ async def stoppable_requester_and_computes(nursery: trio.Nursery, tmp_path: Path
                                            **requester: Any) -> tuple[NodeConfig, trio.CancelScope, Node, list[Node]]:
     """A requester (over libp2p, a fixed swarm port: it comes back where it was; `requester`: more of its
     settings) that cancelling the scope stops, and a compute node for each name joined to it: (the requester's
-    config, the scope, the requester, the nodes)."""
+    config, the scope, the requester, the nodes), returned once the requester hears every node."""
     from bacalhau.testing import free_port
 
     req_cfg = node_config(tmp_path / "r", node_types=(NodeType.REQUESTER,), serve_api=False,
@@ -39,6 +39,9 @@ async def stoppable_requester_and_computes(nursery: trio.Nursery, tmp_path: Path
                                                      serve_api=False, engines=("noop",),
                                                      peers=(req.addrs()[0],))).run)
                 for name in names]
+    with trio.fail_after(15):
+        while len(req.requester.nodes.alive()) < len(names):
+            await trio.sleep(0.05)
     return req_cfg, first, req, computes
 
 
@@ -55,9 +58,6 @@ async def test_a_requester_restarted_while_a_pre_approved_execution_runs_takes_i
     to be completed, and the node was sent a result_accepted it could only refuse."""
     async with trio.open_nursery() as nursery:
         req_cfg, first, req, [compute] = await stoppable_requester_and_computes(nursery, tmp_path)
-        with trio.fail_after(15):
-            while not req.requester.nodes.alive():
-                await trio.sleep(0.05)
         job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="once\n", sleep=3)))
         with trio.fail_after(10):
             while not [e for e in (await req.requester.store.get_job(job.id)).executions

@@ -219,9 +219,6 @@ async def test_a_requester_stopped_while_the_bid_waits_takes_the_run_once_back(t
 
     async with trio.open_nursery() as nursery:
         req_cfg, first, req, [compute] = await stoppable_requester_and_computes(nursery, tmp_path)
-        with trio.fail_after(15):
-            while not req.requester.nodes.alive():
-                await trio.sleep(0.05)
         job = await req.requester.submit(JobSpec(engine=Engine.NOOP, noop=NoopSpec(stdout="once\n", sleep=2)))
         execution_id = await _settling(req.requester)
         first.cancel()
