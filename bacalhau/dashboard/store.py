@@ -275,7 +275,10 @@ def _apply(conn: sqlite3.Connection, e: JobEvent, moved: _Sum, mark: float | Non
         return False
     if row is not None and mark is not None and e.state.terminal and e.updated_at <= mark:
         # it ended under the mark (a requester's unfinished jobs past what one answer lists): its aggregate
-        # counts it, so what this row counted goes
+        # counts it, so what this row counted goes: after what the batch moved so far, in the order the events
+        # came (a bucket's -1 is floored at 0 and a client's row goes at 0: taken first, they stuck)
+        _write_sum(conn, moved, 1)
+        moved.clear()
         counted = _Sum()
         counted.add(row)
         _write_sum(conn, counted, -1)
@@ -334,6 +337,10 @@ class _Sum:
         self.buckets: Counter[tuple[str, int, str]] = Counter()     # (unit, start, column)
         self.counts: Counter[tuple[str, str]] = Counter()
         self.durations: Counter[tuple[str, int]] = Counter()
+
+    def clear(self) -> None:
+        for c in (self.totals, self.buckets, self.counts, self.durations):
+            c.clear()
 
     def add(self, r: sqlite3.Row) -> None:
         state = JobState(r["state"])
