@@ -106,3 +106,31 @@ async def test_a_catch_up_listing_a_job_twice_moves_what_it_moves_one_by_one(tmp
     finally:
         store.close()
 
+
+async def test_a_requester_cannot_change_what_a_job_is_to_uncount_others(tmp_path: Path) -> None:
+    # a job counted under one client, label and minute, then snapshots saying another: when its requester's
+    # catch-up takes back what the row counted, it took back the new ones (another requester's label and
+    # client, a bucket below zero) and left the first ones counted for good
+    now = time.time()
+    minute = int((now - 900) // 60) * 60
+    store = DashboardStore(tmp_path / "dashboard.db")
+    try:
+        honest = snap(str(uuid.uuid4()), JobState.IN_PROGRESS, now - 30, created=now - 30, requester=OTHER,
+                      client="alice", labels={"team": "b"})
+        x = str(uuid.uuid4())
+        await store.ingest([honest, snap(x, JobState.PENDING, now - 20, created=now - 20, client="mallory",
+                                         labels={"team": "a"})])
+        await store.ingest([snap(x, JobState.IN_PROGRESS, now - 10, created=minute + 1, client="alice",
+                                 labels={"team": "b"}, image="other")])
+        agg = ev.Aggregate(since=0.0, upto=now - 60)
+        ev.check_aggregate(agg, 0.0)      # complete, and x not listed: it ended, up to the mark
+        await store.apply_totals(REQ, ev.TotalsReply(aggregate=agg, events=[], complete=True, now=now))
+        totals, buckets, counts, _ = raw(store)
+        assert all(n >= 0 for (*_, n) in counts), counts
+        assert all(min(b[2:]) >= 0 for b in buckets), buckets
+        s = await store.summary()
+        assert (s["jobs"], s["running"], s["clients"]) == (1, 1, 1)         # OTHER's job alone
+        b = await store.breakdowns()
+        assert b["label"] == [{"key": "team=b", "count": 1}] and b["image"] == [{"key": "noop", "count": 1}]
+    finally:
+        store.close()
