@@ -267,14 +267,15 @@ def _apply(conn: sqlite3.Connection, e: JobEvent, moved: _Sum, mark: float | Non
         old = row["state"]
         if _rank(old) == 2 or (e.updated_at <= row["updated_at"] and _rank(e.state.value) <= _rank(old)):
             return False            # a terminal state is final; an older or repeated snapshot is no news
-        first = (row["engine"], row["image"], row["client"], row["labels"], row["created_at"])
-        if first != (e.engine.value, e.image, e.client, json.dumps(e.labels), e.created_at):
-            # what a job is stays what its first snapshot said: the figures hold that, and taking the row's back
-            # (a catch-up) must take back what was counted, not another client's, label's or minute's
-            e = e.model_copy(update={"engine": Engine(first[0]), "image": first[1], "client": first[2],
-                                     "labels": json.loads(first[3]), "created_at": first[4]})
     values = (e.requester, e.state.value, e.engine.value, e.image, e.client, json.dumps(e.labels), e.created_at,
               e.updated_at, e.reason, e.result_cid, json.dumps([x.model_dump(mode="json") for x in e.executions]))
+    if row is not None and (first := (row["engine"], row["image"], row["client"], row["labels"],
+                                      row["created_at"])) != values[2:7]:
+        # what a job is stays what its first snapshot said: the figures hold that, and taking the row's back
+        # (a catch-up) must take back what was counted, not another client's, label's or minute's
+        e = e.model_copy(update={"engine": Engine(first[0]), "image": first[1], "client": first[2],
+                                 "labels": json.loads(first[3]), "created_at": first[4]})
+        values = (*values[:2], *first, *values[7:])
     if row is not None and row["covered"]:      # its requester's aggregate counted it: listed as it is now
         conn.execute("UPDATE jobs SET requester=?, state=?, engine=?, image=?, client=?, labels=?, created_at=?, "
                      "updated_at=?, reason=?, result_cid=?, executions=? WHERE id=?", (*values, e.job_id))
