@@ -269,13 +269,23 @@ def _apply(conn: sqlite3.Connection, e: JobEvent, moved: _Sum, mark: float | Non
             return False            # a terminal state is final; an older or repeated snapshot is no news
     values = (e.requester, e.state.value, e.engine.value, e.image, e.client, json.dumps(e.labels), e.created_at,
               e.updated_at, e.reason, e.result_cid, json.dumps([x.model_dump(mode="json") for x in e.executions]))
+    if row is not None and (first := (row["engine"], row["image"], row["client"], row["labels"],
+                                      row["created_at"])) != values[2:7]:
+        # what a job is stays what its first snapshot said: the figures hold that, and taking the row's back
+        # (a catch-up) must take back what was counted, not another client's, label's or minute's
+        e = e.model_copy(update={"engine": Engine(first[0]), "image": first[1], "client": first[2],
+                                 "labels": json.loads(first[3]), "created_at": first[4]})
+        values = (*values[:2], *first, *values[7:])
     if row is not None and row["covered"]:      # its requester's aggregate counted it: listed as it is now
         conn.execute("UPDATE jobs SET requester=?, state=?, engine=?, image=?, client=?, labels=?, created_at=?, "
                      "updated_at=?, reason=?, result_cid=?, executions=? WHERE id=?", (*values, e.job_id))
         return False
     if row is not None and mark is not None and e.state.terminal and e.updated_at <= mark:
         # it ended under the mark (a requester's unfinished jobs past what one answer lists): its aggregate
-        # counts it, so what this row counted goes
+        # counts it, so what this row counted goes: after what the batch moved so far, in the order the events
+        # came (a bucket's -1 is floored at 0 and a client's row goes at 0: taken first, they stuck)
+        _write_sum(conn, moved, 1)
+        moved.clear()
         counted = _Sum()
         counted.add(row)
         _write_sum(conn, counted, -1)
@@ -334,6 +344,10 @@ class _Sum:
         self.buckets: Counter[tuple[str, int, str]] = Counter()     # (unit, start, column)
         self.counts: Counter[tuple[str, str]] = Counter()
         self.durations: Counter[tuple[str, int]] = Counter()
+
+    def clear(self) -> None:
+        for c in (self.totals, self.buckets, self.counts, self.durations):
+            c.clear()
 
     def add(self, r: sqlite3.Row) -> None:
         state = JobState(r["state"])
