@@ -106,6 +106,12 @@ A devstack of processes (each node after the first a `bacalhau serve` of its own
 hour: -n 3 236.5 jobs/s, 5.52 ms of CPU a job over the processes (one process: 249.3, 4.11 ms); -n 12 109.1, 15.32
 ms (one process: 225.6, 4.72 ms). Each idle compute process used 3% of a core (py-libp2p's pubsub), 11 of them
 a third of a core; one process of 12 nodes idles at 3.7%.
+Lead's final runs of the session (main 042da5e: the settled bid, the dashboard's figures written once a batch,
+the reviews' fixes), 3000 jobs, 32 in flight, 3 runs interleaved with d40f05f, quiet machine (load ~1-2):
+1 node 284.5/260.7/382.5 -> 341.2/282.6/327.2 jobs/s (medians 284.5 -> 327.2), 3.55 -> 3.10 ms a job; -n 3
+209.1/255.2/300.9 -> 237.4/230.1/314.5 (255.2 -> 237.4), 4.00 -> 4.33 ms; -n 12 173.2/219.4/228.8 ->
+190.1/215.6/219.1 (219.4 -> 215.6), 4.84 -> 4.97 ms: within the noise. The GIL held a job (py-spy --gil, 1 node
+/ -n 3): loop 2.17 / 2.40 ms, database threads 0.45 / 0.48 ms; the client 0.86 ms of its own CPU a job.
 """
 
 from __future__ import annotations
