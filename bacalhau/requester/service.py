@@ -322,25 +322,20 @@ class Requester:
             raise
         async with self._lock(job_id):
             job = await self.store.get_job(job_id, full=False)
-            first: list[tuple[ExecutionState, str, float]] = []
-            job_first: list[tuple[JobState | None, JobState, str, float]] = []
+            steps: dict[str, Any] = {}
             if result is not None and any(e.id == execution_id and e.state == S.ASKED_FOR_BID for e in job.executions):
                 # it overtook the ask's reply, or came while the reply waited for it (_ask_approved): the node
                 # said yes, so its bid is taken, when the reply came (now if it has not), in this same write
-                at = self._replied.get(execution_id) or time.time()
-                first = [(S.BID_ACCEPTED, f"{PREAPPROVED_BID})", at), (S.RUNNING, PREAPPROVED_RUNNING, at)]
-                if job.state == JobState.PENDING:
-                    job_first = [(JobState.PENDING, JobState.IN_PROGRESS, "bid accepted", at)]
+                steps = _bid_steps(job, self._replied.get(execution_id) or time.time())
                 expected = (S.ASKED_FOR_BID,)
             # the execution that completes its job completes it in the same transaction (what _evaluate would
             # do next, one commit earlier); with others still live, _evaluate cancels them first
             done = 1 + sum(1 for e in job.executions if e.state == S.COMPLETED and e.id != execution_id)
             others = any(not e.state.terminal and e.id != execution_id for e in job.executions)
             ends = not job.state.terminal and not others and done >= job.spec.concurrency
-            state = JobState.IN_PROGRESS if job_first else job.state
+            state = JobState.IN_PROGRESS if steps.get("job_first") else job.state
             await self._set(execution_id, expected, S.COMPLETED, reason, result=result, result_ref=result_ref,
-                            job_to=(state, JobState.COMPLETED, "") if ends else None, first=first,
-                            job_first=job_first)
+                            job_to=(state, JobState.COMPLETED, "") if ends else None, **steps)
         if ends:
             self._notify(job_id)
             return m.Ack()
@@ -654,7 +649,7 @@ class Requester:
         before it can be reached, so a call that gets no answer is tried again until the nodes have had a few
         TTLs to come back (written off at the first, a job the node was running ran again elsewhere)."""
         patience = trio.current_time() + self.nodes.ttl * 3
-        with trio.move_on_after(self.nodes.ttl * 3):   # nodes reconnect and gossip again after a restart
+        with trio.move_on_at(patience):   # nodes reconnect and gossip again after a restart
             await self.nodes.wait_for(ex.node_id)
         pause = 0.25
         while True:
@@ -861,10 +856,7 @@ class Requester:
         at = self._replied.get(execution_id)
         if ex.state != S.ASKED_FOR_BID or at is None:
             return {}
-        job = await self.store.get_job(ex.job_id, full=False)
-        return {"first": [(S.BID_ACCEPTED, f"{PREAPPROVED_BID})", at), (S.RUNNING, PREAPPROVED_RUNNING, at)],
-                "job_first": [(JobState.PENDING, JobState.IN_PROGRESS, "bid accepted", at)]
-                if job.state == JobState.PENDING else []}
+        return _bid_steps(await self.store.get_job(ex.job_id, full=False), at)
 
     def _notify(self, job_id: str) -> None:
         event = self._changed.pop(job_id, None)
@@ -876,6 +868,14 @@ class Requester:
     def _spawn(self, fn: Callable[[*Ts], Awaitable[object]], *args: *Ts) -> None:
         assert self._nursery is not None, "Requester.run() is not running"
         self._nursery.start_soon(_guarded, fn, args, name=getattr(fn, "__qualname__", fn))
+
+
+def _bid_steps(job: Job, at: float) -> dict[str, Any]:
+    """update_execution's steps before an outcome of a pre-approved execution whose bid was not yet written:
+    its bid taken and its run started at `at` (the node's yes), its job in progress then if it was pending."""
+    return {"first": [(S.BID_ACCEPTED, f"{PREAPPROVED_BID})", at), (S.RUNNING, PREAPPROVED_RUNNING, at)],
+            "job_first": [(JobState.PENDING, JobState.IN_PROGRESS, "bid accepted", at)]
+            if job.state == JobState.PENDING else []}
 
 
 def _ran(status: m.ExecutionStatus) -> bool:

@@ -424,11 +424,11 @@ class JobStore:
                     f"execution {execution_id}: expected state {'/'.join(a.value for a in allowed)},"
                     f" found {current.value}"
                 )
+            step = current
             for state, _, _ in first:
-                check_execution_transition(execution_id, current, state)
-                current = state
-            check_execution_transition(execution_id, current, new)
-            current = ExecutionState(row["state"])
+                check_execution_transition(execution_id, step, state)
+                step = state
+            check_execution_transition(execution_id, step, new)
             if then is not None:
                 check_execution_transition(execution_id, new, then[0])
             final, final_reason = then or (new, reason)
@@ -461,8 +461,8 @@ class JobStore:
 
         def on_commit(ex: Execution) -> None:
             self.view.execution_moved(ex)
-            for move, at in zip(moves, moved, strict=False):
-                self.view.job_moved(ex.job_id, move[1], move[2], at)
+            for move, when in zip(moves, moved, strict=False):
+                self.view.job_moved(ex.job_id, move[1], move[2], when)
 
         return await self._db.run(tx, on_commit=on_commit)
 
