@@ -21,7 +21,7 @@ import json
 import math
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -105,13 +105,8 @@ class DashboardStore:
         batch = list(events)
 
         def take(conn: sqlite3.Connection) -> int:
-            # each figure a batch moves is written once, summed (a job's pending and then completed nets its
-            # pending out): ~20 statements a job were the most any database of a node ran (issue 14)
-            moved = _Sum()
             marks = {r: _mark(conn, r) for r in {e.requester for e in batch}}
-            changed = sum(_apply(conn, e, moved, marks[e.requester]) for e in batch)
-            _write_sum(conn, moved, 1)
-            return changed
+            return _apply_all(conn, batch, lambda e: marks[e.requester])
         changed = await self._db.run(take)
         if changed:
             self.version += 1
@@ -148,10 +143,7 @@ class DashboardStore:
             _write_sum(conn, _Sum.of(agg), 1)
             conn.execute("INSERT INTO marks(requester, upto) VALUES (?,?) ON CONFLICT(requester) "
                          "DO UPDATE SET upto=excluded.upto", (requester, agg.upto))
-            moved = _Sum()
-            changed = 1 + sum(_apply(conn, e, moved, agg.upto if e.state.terminal else None) for e in reply.events)
-            _write_sum(conn, moved, 1)
-            return changed
+            return 1 + _apply_all(conn, reply.events, lambda e: agg.upto if e.state.terminal else None)
         changed = await self._db.run(apply)
         if changed:
             self.version += 1
@@ -249,6 +241,16 @@ def _total(conn: sqlite3.Connection, key: str, by: int = 1) -> None:
 def _mark(conn: sqlite3.Connection, requester: str) -> float:
     row = conn.execute("SELECT upto FROM marks WHERE requester=?", (requester,)).fetchone()
     return float(row["upto"]) if row else 0.0
+
+
+def _apply_all(conn: sqlite3.Connection, events: Iterable[JobEvent], mark: Callable[[JobEvent], float | None]) -> int:
+    """Take events (each with its requester's `mark`); how many changed something. Each figure they move is
+    written once, summed (a job's pending and then completed nets its pending out): ~20 statements a job were
+    the most any database of a node ran (issue 14)."""
+    moved = _Sum()
+    changed = sum(_apply(conn, e, moved, mark(e)) for e in events)
+    _write_sum(conn, moved, 1)
+    return changed
 
 
 def _apply(conn: sqlite3.Connection, e: JobEvent, moved: _Sum, mark: float | None) -> bool:
